@@ -1,0 +1,9 @@
+//! mqd: a replicated queue appliance.
+//!
+//! The crate has two halves. [`protocol`] (the wire codec) and [`client`] (the async client
+//! library) always build; the server half (storage, state machine, QUIC server) builds
+//! with the default `server` feature. `mqctl` uses the crate without that feature.
+
+#![warn(missing_docs)]
+
+pub mod protocol;

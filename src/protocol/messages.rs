@@ -1,0 +1,534 @@
+//! Requests and responses: one variant per opcode, encoder and decoder side by side.
+//! `docs/PROTOCOL.md` draws each body; `tests` below pin the bytes.
+
+use bytes::{BufMut, Bytes};
+
+use super::frame::{begin_frame, finish_frame};
+use super::types::*;
+use super::wire::{DecodeError, Reader, WireWrite};
+use super::{Opcode, Status, MAX_BATCH};
+
+/// A request body, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Liveness check; needs no authentication.
+    Ping,
+    /// Authenticates the connection.
+    Hello {
+        /// The bearer token.
+        token: String,
+        /// Free-form client name for logs.
+        client: String,
+    },
+    /// Creates a queue; `attributes` override the defaults.
+    QueueCreate {
+        /// Queue name.
+        name: String,
+        /// Settings that differ from the defaults.
+        attributes: QueuePatch,
+    },
+    /// Deletes a queue.
+    QueueDelete {
+        /// Queue name.
+        name: String,
+        /// Delete even if messages remain.
+        force: bool,
+    },
+    /// Lists queues in name order.
+    QueueList {
+        /// Only names starting with this.
+        prefix: String,
+        /// Only names after this one (pagination).
+        start_after: String,
+        /// At most this many (1 to `MAX_BATCH`).
+        limit: u32,
+    },
+    /// Settings and counts of one queue.
+    QueueDescribe {
+        /// Queue name.
+        name: String,
+    },
+    /// Deletes every message of a queue.
+    QueuePurge {
+        /// Queue name.
+        name: String,
+    },
+    /// Changes settings of a queue.
+    QueueSet {
+        /// Queue name.
+        name: String,
+        /// The changes.
+        attributes: QueuePatch,
+    },
+    /// Moves visible messages out of a dead-letter queue.
+    QueueRedrive {
+        /// The dead-letter queue.
+        name: String,
+        /// Destination; empty means each message's source queue.
+        to: String,
+        /// Move at most this many; 0 means all.
+        max: u64,
+    },
+    /// Shows visible messages without receiving them.
+    QueuePeek {
+        /// Queue name.
+        name: String,
+        /// At most this many (1 to `MAX_BATCH`).
+        max: u32,
+    },
+    /// Sends a batch of messages.
+    Send {
+        /// Queue name.
+        queue: String,
+        /// The messages, 1 to `MAX_BATCH`.
+        messages: Vec<SendEntry>,
+    },
+    /// Receives up to `max` messages.
+    Receive {
+        /// Queue name.
+        queue: String,
+        /// 1 to `MAX_BATCH`.
+        max: u32,
+        /// Visibility timeout for these deliveries; `None` takes the queue's.
+        visibility_ms: Option<u64>,
+        /// Long-poll wait; `None` takes the queue's receive wait.
+        wait_ms: Option<u64>,
+    },
+    /// Acknowledges (deletes) delivered messages.
+    Ack {
+        /// Queue name.
+        queue: String,
+        /// 1 to `MAX_BATCH` receipts.
+        receipts: Vec<Receipt>,
+    },
+    /// Returns delivered messages to the queue, each after an optional delay.
+    Nack {
+        /// Queue name.
+        queue: String,
+        /// Receipt and delay pairs.
+        entries: Vec<(Receipt, u64)>,
+    },
+    /// Sets how much longer delivered messages stay hidden.
+    ChangeVisibility {
+        /// Queue name.
+        queue: String,
+        /// Receipt and new timeout (from now) pairs.
+        entries: Vec<(Receipt, u64)>,
+    },
+}
+
+/// Why a request frame's body was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The opcode is not known.
+    #[error("unknown opcode {0}")]
+    UnknownOpcode(u16),
+    /// The body is malformed.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+impl RequestError {
+    /// The status a server answers with.
+    pub fn status(&self) -> Status {
+        match self {
+            RequestError::UnknownOpcode(_) => Status::UnknownOpcode,
+            RequestError::Decode(DecodeError::TooMany { .. }) => Status::BatchTooLarge,
+            RequestError::Decode(_) => Status::BadRequest,
+        }
+    }
+}
+
+fn encode_receipt_pairs(b: &mut impl BufMut, v: &[(Receipt, u64)]) {
+    b.put_u32(v.len() as u32);
+    for (r, ms) in v {
+        r.encode(b);
+        b.put_u64(*ms);
+    }
+}
+
+fn decode_receipt_pairs(r: &mut Reader) -> Result<Vec<(Receipt, u64)>, DecodeError> {
+    let n = r.count("entries", MAX_BATCH)?;
+    (0..n)
+        .map(|_| Ok((Receipt::decode(r)?, r.u64("entry.ms")?)))
+        .collect()
+}
+
+impl Request {
+    /// The request's opcode.
+    pub fn opcode(&self) -> Opcode {
+        match self {
+            Request::Ping => Opcode::Ping,
+            Request::Hello { .. } => Opcode::Hello,
+            Request::QueueCreate { .. } => Opcode::QueueCreate,
+            Request::QueueDelete { .. } => Opcode::QueueDelete,
+            Request::QueueList { .. } => Opcode::QueueList,
+            Request::QueueDescribe { .. } => Opcode::QueueDescribe,
+            Request::QueuePurge { .. } => Opcode::QueuePurge,
+            Request::QueueSet { .. } => Opcode::QueueSet,
+            Request::QueueRedrive { .. } => Opcode::QueueRedrive,
+            Request::QueuePeek { .. } => Opcode::QueuePeek,
+            Request::Send { .. } => Opcode::Send,
+            Request::Receive { .. } => Opcode::Receive,
+            Request::Ack { .. } => Opcode::Ack,
+            Request::Nack { .. } => Opcode::Nack,
+            Request::ChangeVisibility { .. } => Opcode::ChangeVisibility,
+        }
+    }
+
+    /// Encodes the whole frame, header included.
+    pub fn encode(&self) -> Bytes {
+        let cap = match self {
+            Request::Send { messages, .. } => messages.iter().map(|m| m.size() + 32).sum(),
+            _ => 64,
+        };
+        let mut b = begin_frame(self.opcode() as u16, cap);
+        match self {
+            Request::Ping => {}
+            Request::Hello { token, client } => {
+                b.put_str(token);
+                b.put_str(client);
+            }
+            Request::QueueCreate { name, attributes } | Request::QueueSet { name, attributes } => {
+                b.put_str(name);
+                attributes.encode(&mut b);
+            }
+            Request::QueueDelete { name, force } => {
+                b.put_str(name);
+                b.put_bool(*force);
+            }
+            Request::QueueList {
+                prefix,
+                start_after,
+                limit,
+            } => {
+                b.put_str(prefix);
+                b.put_str(start_after);
+                b.put_u32(*limit);
+            }
+            Request::QueueDescribe { name } | Request::QueuePurge { name } => b.put_str(name),
+            Request::QueueRedrive { name, to, max } => {
+                b.put_str(name);
+                b.put_str(to);
+                b.put_u64(*max);
+            }
+            Request::QueuePeek { name, max } => {
+                b.put_str(name);
+                b.put_u32(*max);
+            }
+            Request::Send { queue, messages } => {
+                b.put_str(queue);
+                b.put_u32(messages.len() as u32);
+                for m in messages {
+                    put_opt_u64(&mut b, m.delay_ms);
+                    encode_attributes(&mut b, &m.attributes);
+                    b.put_blob(&m.body);
+                }
+            }
+            Request::Receive {
+                queue,
+                max,
+                visibility_ms,
+                wait_ms,
+            } => {
+                b.put_str(queue);
+                b.put_u32(*max);
+                put_opt_u64(&mut b, *visibility_ms);
+                put_opt_u64(&mut b, *wait_ms);
+            }
+            Request::Ack { queue, receipts } => {
+                b.put_str(queue);
+                b.put_u32(receipts.len() as u32);
+                for r in receipts {
+                    r.encode(&mut b);
+                }
+            }
+            Request::Nack { queue, entries } | Request::ChangeVisibility { queue, entries } => {
+                b.put_str(queue);
+                encode_receipt_pairs(&mut b, entries);
+            }
+        }
+        finish_frame(b)
+    }
+
+    /// Decodes a body for the opcode of its frame header.
+    pub fn decode(opcode: u16, body: Bytes) -> Result<Request, RequestError> {
+        let op = Opcode::from_u16(opcode).ok_or(RequestError::UnknownOpcode(opcode))?;
+        let mut r = Reader::new(body);
+        let req = match op {
+            Opcode::Ping => Request::Ping,
+            Opcode::Hello => Request::Hello {
+                token: r.str("token")?,
+                client: r.str("client")?,
+            },
+            Opcode::QueueCreate => Request::QueueCreate {
+                name: r.str("name")?,
+                attributes: QueuePatch::decode(&mut r)?,
+            },
+            Opcode::QueueSet => Request::QueueSet {
+                name: r.str("name")?,
+                attributes: QueuePatch::decode(&mut r)?,
+            },
+            Opcode::QueueDelete => Request::QueueDelete {
+                name: r.str("name")?,
+                force: r.bool("force")?,
+            },
+            Opcode::QueueList => Request::QueueList {
+                prefix: r.str("prefix")?,
+                start_after: r.str("start_after")?,
+                limit: r.u32("limit")?,
+            },
+            Opcode::QueueDescribe => Request::QueueDescribe {
+                name: r.str("name")?,
+            },
+            Opcode::QueuePurge => Request::QueuePurge {
+                name: r.str("name")?,
+            },
+            Opcode::QueueRedrive => Request::QueueRedrive {
+                name: r.str("name")?,
+                to: r.str("to")?,
+                max: r.u64("max")?,
+            },
+            Opcode::QueuePeek => Request::QueuePeek {
+                name: r.str("name")?,
+                max: r.u32("max")?,
+            },
+            Opcode::Send => {
+                let queue = r.str("queue")?;
+                let n = r.count("messages", MAX_BATCH)?;
+                let mut messages = Vec::with_capacity(n);
+                for _ in 0..n {
+                    messages.push(SendEntry {
+                        delay_ms: opt_u64(&mut r, "message.delay_ms")?,
+                        attributes: decode_attributes(&mut r)?,
+                        body: r.bytes("message.body")?,
+                    });
+                }
+                Request::Send { queue, messages }
+            }
+            Opcode::Receive => Request::Receive {
+                queue: r.str("queue")?,
+                max: r.u32("max")?,
+                visibility_ms: opt_u64(&mut r, "visibility_ms")?,
+                wait_ms: opt_u64(&mut r, "wait_ms")?,
+            },
+            Opcode::Ack => {
+                let queue = r.str("queue")?;
+                let n = r.count("receipts", MAX_BATCH)?;
+                let receipts = (0..n)
+                    .map(|_| Receipt::decode(&mut r))
+                    .collect::<Result<_, _>>()?;
+                Request::Ack { queue, receipts }
+            }
+            Opcode::Nack => Request::Nack {
+                queue: r.str("queue")?,
+                entries: decode_receipt_pairs(&mut r)?,
+            },
+            Opcode::ChangeVisibility => Request::ChangeVisibility {
+                queue: r.str("queue")?,
+                entries: decode_receipt_pairs(&mut r)?,
+            },
+        };
+        r.finish()?;
+        Ok(req)
+    }
+}
+
+/// A successful response body, decoded. Errors travel as [`encode_error`] frames.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// Answer to `PING` and to requests with nothing to return.
+    Empty,
+    /// Answer to `HELLO`.
+    Hello {
+        /// Server software version.
+        server_version: String,
+        /// Largest frame the server accepts.
+        max_frame: u32,
+        /// Largest batch the server accepts.
+        max_batch: u32,
+    },
+    /// Answer to `QUEUE_CREATE` and `QUEUE_SET`: the settings now in force.
+    Config(QueueConfig),
+    /// Answer to `QUEUE_DELETE`, `QUEUE_PURGE` and `QUEUE_REDRIVE`: messages affected.
+    Count(u64),
+    /// Answer to `QUEUE_LIST`.
+    List {
+        /// Queues in name order.
+        queues: Vec<QueueSummary>,
+        /// More queues follow the last one listed.
+        truncated: bool,
+    },
+    /// Answer to `QUEUE_DESCRIBE`.
+    Describe(QueueDescription),
+    /// Answer to `QUEUE_PEEK`.
+    Messages(Vec<Message>),
+    /// Answer to `SEND`: the message ids, in the order sent.
+    Sent(Vec<u64>),
+    /// Answer to `RECEIVE`.
+    Deliveries(Vec<Delivery>),
+    /// Answer to `ACK`, `NACK` and `CHANGE_VISIBILITY`: one status per entry.
+    Results(Vec<Status>),
+}
+
+/// Largest count a response list may declare: queue lists and deliveries are bounded by
+/// `MAX_BATCH`; the frame limit bounds everything else.
+const MAX_RESPONSE_ITEMS: u32 = MAX_BATCH;
+
+impl Response {
+    /// Encodes an `OK` frame carrying this body.
+    pub fn encode(&self) -> Bytes {
+        let cap = match self {
+            Response::Deliveries(d) => d.iter().map(|d| d.message.body.len() + 64).sum(),
+            Response::Messages(m) => m.iter().map(|m| m.body.len() + 64).sum(),
+            _ => 64,
+        };
+        let mut b = begin_frame(Status::Ok as u16, cap);
+        match self {
+            Response::Empty => {}
+            Response::Hello {
+                server_version,
+                max_frame,
+                max_batch,
+            } => {
+                b.put_str(server_version);
+                b.put_u32(*max_frame);
+                b.put_u32(*max_batch);
+            }
+            Response::Config(c) => c.encode(&mut b),
+            Response::Count(n) => b.put_u64(*n),
+            Response::List { queues, truncated } => {
+                b.put_u32(queues.len() as u32);
+                for q in queues {
+                    b.put_str(&q.name);
+                    b.put_u64(q.messages);
+                }
+                b.put_bool(*truncated);
+            }
+            Response::Describe(d) => {
+                b.put_str(&d.name);
+                b.put_u64(d.id);
+                b.put_u64(d.created_ms);
+                b.put_u64(d.updated_ms);
+                d.config.encode(&mut b);
+                b.put_u64(d.counts.visible);
+                b.put_u64(d.counts.in_flight);
+                b.put_u64(d.counts.delayed);
+            }
+            Response::Messages(ms) => {
+                b.put_u32(ms.len() as u32);
+                for m in ms {
+                    m.encode(&mut b);
+                }
+            }
+            Response::Sent(ids) => {
+                b.put_u32(ids.len() as u32);
+                for id in ids {
+                    b.put_u64(*id);
+                }
+            }
+            Response::Deliveries(ds) => {
+                b.put_u32(ds.len() as u32);
+                for d in ds {
+                    d.receipt.encode(&mut b);
+                    d.message.encode(&mut b);
+                }
+            }
+            Response::Results(v) => encode_statuses(&mut b, v),
+        }
+        finish_frame(b)
+    }
+
+    /// Decodes an `OK` body of a response to `op`.
+    pub fn decode(op: Opcode, body: Bytes) -> Result<Response, DecodeError> {
+        let mut r = Reader::new(body);
+        let resp = match op {
+            Opcode::Ping => Response::Empty,
+            Opcode::Hello => Response::Hello {
+                server_version: r.str("server_version")?,
+                max_frame: r.u32("max_frame")?,
+                max_batch: r.u32("max_batch")?,
+            },
+            Opcode::QueueCreate | Opcode::QueueSet => Response::Config(QueueConfig::decode(&mut r)?),
+            Opcode::QueueDelete | Opcode::QueuePurge | Opcode::QueueRedrive => {
+                Response::Count(r.u64("count")?)
+            }
+            Opcode::QueueList => {
+                let n = r.count("queues", MAX_RESPONSE_ITEMS)?;
+                let mut queues = Vec::with_capacity(n);
+                for _ in 0..n {
+                    queues.push(QueueSummary {
+                        name: r.str("queue.name")?,
+                        messages: r.u64("queue.messages")?,
+                    });
+                }
+                Response::List {
+                    queues,
+                    truncated: r.bool("truncated")?,
+                }
+            }
+            Opcode::QueueDescribe => Response::Describe(QueueDescription {
+                name: r.str("name")?,
+                id: r.u64("id")?,
+                created_ms: r.u64("created_ms")?,
+                updated_ms: r.u64("updated_ms")?,
+                config: QueueConfig::decode(&mut r)?,
+                counts: QueueCounts {
+                    visible: r.u64("visible")?,
+                    in_flight: r.u64("in_flight")?,
+                    delayed: r.u64("delayed")?,
+                },
+            }),
+            Opcode::QueuePeek => {
+                let n = r.count("messages", MAX_RESPONSE_ITEMS)?;
+                Response::Messages(
+                    (0..n)
+                        .map(|_| Message::decode(&mut r))
+                        .collect::<Result<_, _>>()?,
+                )
+            }
+            Opcode::Send => {
+                let n = r.count("ids", MAX_RESPONSE_ITEMS)?;
+                Response::Sent((0..n).map(|_| r.u64("id")).collect::<Result<_, _>>()?)
+            }
+            Opcode::Receive => {
+                let n = r.count("deliveries", MAX_RESPONSE_ITEMS)?;
+                let mut v = Vec::with_capacity(n);
+                for _ in 0..n {
+                    v.push(Delivery {
+                        receipt: Receipt::decode(&mut r)?,
+                        message: Message::decode(&mut r)?,
+                    });
+                }
+                Response::Deliveries(v)
+            }
+            Opcode::Ack | Opcode::Nack | Opcode::ChangeVisibility => {
+                Response::Results(decode_statuses(&mut r, MAX_RESPONSE_ITEMS)?)
+            }
+        };
+        r.finish()?;
+        Ok(resp)
+    }
+}
+
+/// Longest error message carried in an error frame; longer ones are cut at a char boundary.
+pub const MAX_ERROR_MESSAGE: usize = 1024;
+
+/// Encodes an error frame: the status and a human-readable message.
+pub fn encode_error(status: Status, message: &str) -> Bytes {
+    let mut end = message.len().min(MAX_ERROR_MESSAGE);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut b = begin_frame(status as u16, end + 2);
+    b.put_str(&message[..end]);
+    finish_frame(b)
+}
+
+/// Decodes the body of an error frame.
+pub fn decode_error_message(body: Bytes) -> Result<String, DecodeError> {
+    let mut r = Reader::new(body);
+    let m = r.str("message")?;
+    r.finish()?;
+    Ok(m)
+}

@@ -1,0 +1,430 @@
+//! Values carried inside bodies: queue settings, messages, receipts, and their encodings.
+
+use bytes::{BufMut, Bytes};
+use serde::{Deserialize, Serialize};
+
+use super::wire::{DecodeError, Reader, WireWrite};
+use super::{Status, MAX_ATTRIBUTES};
+
+/// A message header: a name and an opaque value, delivered with the message.
+pub type Attribute = (String, Bytes);
+
+/// Dead-letter policy of a queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Queue that receives messages received more than `max_receives` times.
+    pub queue: String,
+    /// How many receives a message gets before the next one moves it (1 or more).
+    pub max_receives: u32,
+}
+
+/// The complete settings of a queue, as stored and as shown by `describe`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueConfig {
+    /// How long a received message stays hidden from other consumers.
+    pub visibility_timeout_ms: u64,
+    /// How long a message is kept before it expires, received or not.
+    pub retention_ms: u64,
+    /// Largest body plus attributes a send may carry, in bytes.
+    pub max_message_size: u32,
+    /// Delay before a newly sent message becomes visible, unless the send names one.
+    pub delay_ms: u64,
+    /// How long a receive waits for a message when it names no wait itself.
+    pub receive_wait_ms: u64,
+    /// Where messages go after too many receives.
+    pub dead_letter: Option<DeadLetter>,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            visibility_timeout_ms: 30_000,
+            retention_ms: 4 * 24 * 3600 * 1000,
+            max_message_size: 1024 * 1024,
+            delay_ms: 0,
+            receive_wait_ms: 0,
+            dead_letter: None,
+        }
+    }
+}
+
+/// A change to a queue's settings: absent fields are left as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuePatch {
+    /// New visibility timeout.
+    pub visibility_timeout_ms: Option<u64>,
+    /// New retention period.
+    pub retention_ms: Option<u64>,
+    /// New maximum message size.
+    pub max_message_size: Option<u32>,
+    /// New default delivery delay.
+    pub delay_ms: Option<u64>,
+    /// New default receive wait.
+    pub receive_wait_ms: Option<u64>,
+    /// `Some(Some(_))` sets a dead-letter policy, `Some(None)` removes it.
+    pub dead_letter: Option<Option<DeadLetter>>,
+}
+
+// Tags of the patch's tag-value list.
+const TAG_VISIBILITY: u8 = 1;
+const TAG_RETENTION: u8 = 2;
+const TAG_MAX_SIZE: u8 = 3;
+const TAG_DELAY: u8 = 4;
+const TAG_RECEIVE_WAIT: u8 = 5;
+const TAG_DEAD_LETTER: u8 = 6;
+const TAG_NO_DEAD_LETTER: u8 = 7;
+
+impl QueuePatch {
+    /// Applies the patch to a configuration.
+    pub fn apply_to(&self, c: &mut QueueConfig) {
+        if let Some(v) = self.visibility_timeout_ms {
+            c.visibility_timeout_ms = v;
+        }
+        if let Some(v) = self.retention_ms {
+            c.retention_ms = v;
+        }
+        if let Some(v) = self.max_message_size {
+            c.max_message_size = v;
+        }
+        if let Some(v) = self.delay_ms {
+            c.delay_ms = v;
+        }
+        if let Some(v) = self.receive_wait_ms {
+            c.receive_wait_ms = v;
+        }
+        if let Some(v) = &self.dead_letter {
+            c.dead_letter.clone_from(v);
+        }
+    }
+
+    /// Whether the patch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == QueuePatch::default()
+    }
+
+    pub(crate) fn encode(&self, b: &mut impl BufMut) {
+        let mut entries: Vec<(u8, u64)> = Vec::new();
+        for (tag, v) in [
+            (TAG_VISIBILITY, self.visibility_timeout_ms),
+            (TAG_RETENTION, self.retention_ms),
+            (TAG_MAX_SIZE, self.max_message_size.map(u64::from)),
+            (TAG_DELAY, self.delay_ms),
+            (TAG_RECEIVE_WAIT, self.receive_wait_ms),
+        ] {
+            if let Some(v) = v {
+                entries.push((tag, v));
+            }
+        }
+        let n = entries.len() + usize::from(self.dead_letter.is_some());
+        b.put_u8(n as u8);
+        for (tag, v) in entries {
+            b.put_u8(tag);
+            if tag == TAG_MAX_SIZE {
+                b.put_u32(v as u32);
+            } else {
+                b.put_u64(v);
+            }
+        }
+        match &self.dead_letter {
+            Some(Some(dl)) => {
+                b.put_u8(TAG_DEAD_LETTER);
+                b.put_str(&dl.queue);
+                b.put_u32(dl.max_receives);
+            }
+            Some(None) => b.put_u8(TAG_NO_DEAD_LETTER),
+            None => {}
+        }
+    }
+
+    pub(crate) fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
+        let n = r.u8("attributes.count")?;
+        let mut p = QueuePatch::default();
+        let mut seen = 0u8;
+        for _ in 0..n {
+            let tag = r.u8("attributes.tag")?;
+            if !(TAG_VISIBILITY..=TAG_NO_DEAD_LETTER).contains(&tag) {
+                return Err(DecodeError::UnknownValue {
+                    what: "attributes.tag",
+                    value: u64::from(tag),
+                });
+            }
+            // Tags 6 and 7 both set the dead-letter policy; count them as one.
+            let bit = 1u8 << tag.min(TAG_DEAD_LETTER);
+            if seen & bit != 0 {
+                return Err(DecodeError::UnknownValue {
+                    what: "attributes.tag (repeated)",
+                    value: u64::from(tag),
+                });
+            }
+            seen |= bit;
+            match tag {
+                TAG_VISIBILITY => p.visibility_timeout_ms = Some(r.u64("visibility_timeout_ms")?),
+                TAG_RETENTION => p.retention_ms = Some(r.u64("retention_ms")?),
+                TAG_MAX_SIZE => p.max_message_size = Some(r.u32("max_message_size")?),
+                TAG_DELAY => p.delay_ms = Some(r.u64("delay_ms")?),
+                TAG_RECEIVE_WAIT => p.receive_wait_ms = Some(r.u64("receive_wait_ms")?),
+                TAG_DEAD_LETTER => {
+                    p.dead_letter = Some(Some(DeadLetter {
+                        queue: r.str("dead_letter.queue")?,
+                        max_receives: r.u32("dead_letter.max_receives")?,
+                    }))
+                }
+                _ => p.dead_letter = Some(None),
+            }
+        }
+        Ok(p)
+    }
+}
+
+impl QueueConfig {
+    pub(crate) fn encode(&self, b: &mut impl BufMut) {
+        b.put_u64(self.visibility_timeout_ms);
+        b.put_u64(self.retention_ms);
+        b.put_u32(self.max_message_size);
+        b.put_u64(self.delay_ms);
+        b.put_u64(self.receive_wait_ms);
+        match &self.dead_letter {
+            Some(dl) => {
+                b.put_u8(1);
+                b.put_str(&dl.queue);
+                b.put_u32(dl.max_receives);
+            }
+            None => b.put_u8(0),
+        }
+    }
+
+    pub(crate) fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(QueueConfig {
+            visibility_timeout_ms: r.u64("visibility_timeout_ms")?,
+            retention_ms: r.u64("retention_ms")?,
+            max_message_size: r.u32("max_message_size")?,
+            delay_ms: r.u64("delay_ms")?,
+            receive_wait_ms: r.u64("receive_wait_ms")?,
+            dead_letter: if r.bool("dead_letter.present")? {
+                Some(DeadLetter {
+                    queue: r.str("dead_letter.queue")?,
+                    max_receives: r.u32("dead_letter.max_receives")?,
+                })
+            } else {
+                None
+            },
+        })
+    }
+}
+
+/// Identifies one delivery of one message. A receipt from an earlier delivery of the same
+/// message is stale: it cannot acknowledge or change a later delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Receipt {
+    /// Internal id of the queue the message was received from.
+    pub queue_id: u64,
+    /// The message's sequence number in that queue (its message id).
+    pub seq: u64,
+    /// Which delivery of the message this is (its receive count then).
+    pub delivery: u32,
+}
+
+impl Receipt {
+    /// Length of the encoded receipt.
+    pub const LEN: usize = 20;
+
+    /// The 40-character lower-case hex form shown by `mqctl` and accepted by `mqctl ack`.
+    pub fn to_hex(&self) -> String {
+        let mut b = Vec::with_capacity(Self::LEN);
+        self.encode(&mut b);
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    /// Parses the hex form.
+    pub fn from_hex(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.len() != Self::LEN * 2 || !s.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err(format!(
+                "receipt handle `{s}` is not {} hex digits; use the `receipt` value printed by `mqctl receive`",
+                Self::LEN * 2
+            ));
+        }
+        let bytes: Vec<u8> = (0..Self::LEN)
+            .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap_or(0))
+            .collect();
+        Self::decode(&mut Reader::new(Bytes::from(bytes))).map_err(|e| e.to_string())
+    }
+
+    pub(crate) fn encode(&self, b: &mut impl BufMut) {
+        b.put_u64(self.queue_id);
+        b.put_u64(self.seq);
+        b.put_u32(self.delivery);
+    }
+
+    pub(crate) fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(Receipt {
+            queue_id: r.u64("receipt.queue_id")?,
+            seq: r.u64("receipt.seq")?,
+            delivery: r.u32("receipt.delivery")?,
+        })
+    }
+}
+
+pub(crate) fn encode_attributes(b: &mut impl BufMut, attrs: &[Attribute]) {
+    b.put_u32(attrs.len() as u32);
+    for (k, v) in attrs {
+        b.put_str(k);
+        b.put_blob(v);
+    }
+}
+
+pub(crate) fn decode_attributes(r: &mut Reader) -> Result<Vec<Attribute>, DecodeError> {
+    let n = r.count("attributes", MAX_ATTRIBUTES)?;
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push((r.str("attribute.name")?, r.bytes("attribute.value")?));
+    }
+    Ok(v)
+}
+
+/// One message of a `SEND` batch.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SendEntry {
+    /// Delivery delay for this message; `None` takes the queue's default.
+    pub delay_ms: Option<u64>,
+    /// Headers delivered with the message.
+    pub attributes: Vec<Attribute>,
+    /// The payload, carried as it is.
+    pub body: Bytes,
+}
+
+impl SendEntry {
+    /// A message with only a body.
+    pub fn new(body: impl Into<Bytes>) -> Self {
+        Self {
+            body: body.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Size counted against the queue's maximum message size: body plus attribute names
+    /// and values.
+    pub fn size(&self) -> usize {
+        self.body.len()
+            + self
+                .attributes
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+    }
+}
+
+/// A stored message as a receive or peek returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Message id: its sequence number in the queue.
+    pub id: u64,
+    /// How many times it has been received, this delivery included.
+    pub receive_count: u32,
+    /// When it was sent (milliseconds since the Unix epoch, node clock).
+    pub sent_ms: u64,
+    /// Headers given at send.
+    pub attributes: Vec<Attribute>,
+    /// The payload.
+    pub body: Bytes,
+}
+
+impl Message {
+    pub(crate) fn encode(&self, b: &mut impl BufMut) {
+        b.put_u64(self.id);
+        b.put_u32(self.receive_count);
+        b.put_u64(self.sent_ms);
+        encode_attributes(b, &self.attributes);
+        b.put_blob(&self.body);
+    }
+
+    pub(crate) fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(Message {
+            id: r.u64("message.id")?,
+            receive_count: r.u32("message.receive_count")?,
+            sent_ms: r.u64("message.sent_ms")?,
+            attributes: decode_attributes(r)?,
+            body: r.bytes("message.body")?,
+        })
+    }
+}
+
+/// A received message with the receipt that acknowledges it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Receipt for ack, nack and change-visibility.
+    pub receipt: Receipt,
+    /// The message.
+    pub message: Message,
+}
+
+/// Message counts of a queue at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueCounts {
+    /// Ready to be received now.
+    pub visible: u64,
+    /// Received and not yet acknowledged, still hidden.
+    pub in_flight: u64,
+    /// Not yet visible because of a delivery delay or a nack delay.
+    pub delayed: u64,
+}
+
+/// What `QUEUE_DESCRIBE` returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueDescription {
+    /// Queue name.
+    pub name: String,
+    /// Internal id, part of every receipt.
+    pub id: u64,
+    /// Creation time, ms since the epoch.
+    pub created_ms: u64,
+    /// Last change of settings, ms since the epoch.
+    pub updated_ms: u64,
+    /// Settings in force.
+    pub config: QueueConfig,
+    /// Message counts.
+    pub counts: QueueCounts,
+}
+
+/// One row of `QUEUE_LIST`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSummary {
+    /// Queue name.
+    pub name: String,
+    /// Messages stored (visible, in flight and delayed).
+    pub messages: u64,
+}
+
+pub(crate) fn encode_statuses(b: &mut impl BufMut, v: &[Status]) {
+    b.put_u32(v.len() as u32);
+    for s in v {
+        b.put_u16(*s as u16);
+    }
+}
+
+pub(crate) fn decode_statuses(r: &mut Reader, max: u32) -> Result<Vec<Status>, DecodeError> {
+    let n = r.count("results", max)?;
+    (0..n)
+        .map(|_| {
+            let v = r.u16("result")?;
+            Status::from_u16(v).ok_or(DecodeError::UnknownValue {
+                what: "result",
+                value: u64::from(v),
+            })
+        })
+        .collect()
+}
+
+pub(crate) fn put_opt_u64(b: &mut impl BufMut, v: Option<u64>) {
+    match v {
+        Some(v) => {
+            b.put_u8(1);
+            b.put_u64(v);
+        }
+        None => b.put_u8(0),
+    }
+}
+
+pub(crate) fn opt_u64(r: &mut Reader, what: &'static str) -> Result<Option<u64>, DecodeError> {
+    Ok(if r.bool(what)? { Some(r.u64(what)?) } else { None })
+}
