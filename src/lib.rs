@@ -6,4 +6,14 @@
 
 #![warn(missing_docs)]
 
+pub mod client;
+#[cfg(feature = "server")]
+pub mod config;
+#[cfg(feature = "server")]
+pub mod frontend;
+pub mod local;
 pub mod protocol;
+#[cfg(feature = "server")]
+pub mod server;
+#[cfg(feature = "server")]
+pub mod store;

@@ -63,11 +63,15 @@ fn cases() -> Vec<(&'static str, Case)> {
         ),
         (
             "queue-describe",
-            Request(super::Request::QueueDescribe { name: "jobs".into() }),
+            Request(super::Request::QueueDescribe {
+                name: "jobs".into(),
+            }),
         ),
         (
             "queue-purge",
-            Request(super::Request::QueuePurge { name: "jobs".into() }),
+            Request(super::Request::QueuePurge {
+                name: "jobs".into(),
+            }),
         ),
         (
             "queue-set",
@@ -149,9 +153,15 @@ fn cases() -> Vec<(&'static str, Case)> {
         ),
         (
             "config-response",
-            Response(Opcode::QueueCreate, super::Response::Config(QueueConfig::default())),
+            Response(
+                Opcode::QueueCreate,
+                super::Response::Config(QueueConfig::default()),
+            ),
         ),
-        ("count-response", Response(Opcode::QueuePurge, super::Response::Count(3))),
+        (
+            "count-response",
+            Response(Opcode::QueuePurge, super::Response::Count(3)),
+        ),
         (
             "list-response",
             Response(
@@ -196,7 +206,10 @@ fn cases() -> Vec<(&'static str, Case)> {
                 }]),
             ),
         ),
-        ("send-response", Response(Opcode::Send, super::Response::Sent(vec![7]))),
+        (
+            "send-response",
+            Response(Opcode::Send, super::Response::Sent(vec![7])),
+        ),
         (
             "receive-response",
             Response(
@@ -220,7 +233,10 @@ fn cases() -> Vec<(&'static str, Case)> {
                 super::Response::Results(vec![Status::Ok, Status::ReceiptStale]),
             ),
         ),
-        ("error-response", Error(Status::QueueNotFound, "no queue `x`")),
+        (
+            "error-response",
+            Error(Status::QueueNotFound, "no queue `x`"),
+        ),
     ]
 }
 
@@ -265,7 +281,12 @@ fn decode(case: &Case, frame: &[u8]) -> Result<(), String> {
 
 fn hex(b: &[u8]) -> String {
     b.chunks(16)
-        .map(|c| c.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" "))
+        .map(|c| {
+            c.iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -340,7 +361,11 @@ fn every_truncation_fails_cleanly() {
             let r = decode(&case, &b);
             // Empty bodies (PING) decode at the header cut; everything shorter must fail.
             if cut < full.len() && !(cut == HEADER_LEN && full.len() == HEADER_LEN) {
-                assert!(r.is_err(), "`{name}` cut at {cut} of {} decoded", full.len());
+                assert!(
+                    r.is_err(),
+                    "`{name}` cut at {cut} of {} decoded",
+                    full.len()
+                );
             }
         }
     }
@@ -348,12 +373,17 @@ fn every_truncation_fails_cleanly() {
 
 #[test]
 fn trailing_bytes_are_refused() {
-    let mut f = Request::QueueDescribe { name: "q".into() }.encode().to_vec();
+    let mut f = Request::QueueDescribe { name: "q".into() }
+        .encode()
+        .to_vec();
     f.push(0);
     let len = (f.len() - 4) as u32;
     f[..4].copy_from_slice(&len.to_be_bytes());
-    let err = Request::decode(Opcode::QueueDescribe as u16, Bytes::copy_from_slice(&f[HEADER_LEN..]))
-        .unwrap_err();
+    let err = Request::decode(
+        Opcode::QueueDescribe as u16,
+        Bytes::copy_from_slice(&f[HEADER_LEN..]),
+    )
+    .unwrap_err();
     assert_eq!(err.status(), Status::BadRequest);
 }
 
@@ -362,10 +392,16 @@ fn header_limits() {
     let mut h = [0u8; HEADER_LEN];
     h[..4].copy_from_slice(&(MAX_FRAME as u32).to_be_bytes());
     h[4] = VERSION;
-    assert_eq!(decode_header(&h).unwrap_err().status(), Status::FrameTooLarge);
+    assert_eq!(
+        decode_header(&h).unwrap_err().status(),
+        Status::FrameTooLarge
+    );
     h[..4].copy_from_slice(&4u32.to_be_bytes());
     h[4] = 9;
-    assert_eq!(decode_header(&h).unwrap_err().status(), Status::UnsupportedVersion);
+    assert_eq!(
+        decode_header(&h).unwrap_err().status(),
+        Status::UnsupportedVersion
+    );
     h[4] = VERSION;
     h[5] = 1;
     assert_eq!(decode_header(&h).unwrap_err().status(), Status::BadFrame);
@@ -396,6 +432,9 @@ fn receipt_hex_round_trip() {
 #[ignore = "prints the golden blocks for docs/PROTOCOL.md"]
 fn golden_dump() {
     for (name, case) in cases() {
-        println!("<!-- golden: {name} -->\n```text\n{}\n```\n", hex(&encode(&case)));
+        println!(
+            "<!-- golden: {name} -->\n```text\n{}\n```\n",
+            hex(&encode(&case))
+        );
     }
 }

@@ -449,7 +449,9 @@ impl Response {
                 max_frame: r.u32("max_frame")?,
                 max_batch: r.u32("max_batch")?,
             },
-            Opcode::QueueCreate | Opcode::QueueSet => Response::Config(QueueConfig::decode(&mut r)?),
+            Opcode::QueueCreate | Opcode::QueueSet => {
+                Response::Config(QueueConfig::decode(&mut r)?)
+            }
             Opcode::QueueDelete | Opcode::QueuePurge | Opcode::QueueRedrive => {
                 Response::Count(r.u64("count")?)
             }

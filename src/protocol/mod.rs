@@ -19,6 +19,8 @@ pub use messages::{
     decode_error_message, encode_error, Request, RequestError, Response, MAX_ERROR_MESSAGE,
 };
 pub use status::Status;
+#[cfg(feature = "server")]
+pub(crate) use types::{decode_stored, encode_stored};
 pub use types::{
     Attribute, DeadLetter, Delivery, Message, QueueConfig, QueueCounts, QueueDescription,
     QueuePatch, QueueSummary, Receipt, SendEntry,
@@ -142,7 +144,11 @@ impl Opcode {
     pub fn is_idempotent(self) -> bool {
         matches!(
             self,
-            Opcode::Ping | Opcode::Hello | Opcode::QueueList | Opcode::QueueDescribe | Opcode::QueuePeek
+            Opcode::Ping
+                | Opcode::Hello
+                | Opcode::QueueList
+                | Opcode::QueueDescribe
+                | Opcode::QueuePeek
         )
     }
 }
@@ -169,7 +175,9 @@ pub fn validate_queue_name(name: &str) -> Result<(), String> {
         ));
     }
     if name.starts_with('.') || name.starts_with('-') {
-        return Err(format!("queue name `{name}` must not start with `.` or `-`"));
+        return Err(format!(
+            "queue name `{name}` must not start with `.` or `-`"
+        ));
     }
     Ok(())
 }
@@ -258,13 +266,31 @@ mod tests {
     fn config_limits() {
         assert!(validate_config(&QueueConfig::default()).is_ok());
         let bad = [
-            QueuePatch { visibility_timeout_ms: Some(MAX_VISIBILITY_MS + 1), ..Default::default() },
-            QueuePatch { retention_ms: Some(999), ..Default::default() },
-            QueuePatch { max_message_size: Some(0), ..Default::default() },
-            QueuePatch { delay_ms: Some(MAX_DELAY_MS + 1), ..Default::default() },
-            QueuePatch { receive_wait_ms: Some(20_001), ..Default::default() },
             QueuePatch {
-                dead_letter: Some(Some(DeadLetter { queue: "d".into(), max_receives: 0 })),
+                visibility_timeout_ms: Some(MAX_VISIBILITY_MS + 1),
+                ..Default::default()
+            },
+            QueuePatch {
+                retention_ms: Some(999),
+                ..Default::default()
+            },
+            QueuePatch {
+                max_message_size: Some(0),
+                ..Default::default()
+            },
+            QueuePatch {
+                delay_ms: Some(MAX_DELAY_MS + 1),
+                ..Default::default()
+            },
+            QueuePatch {
+                receive_wait_ms: Some(20_001),
+                ..Default::default()
+            },
+            QueuePatch {
+                dead_letter: Some(Some(DeadLetter {
+                    queue: "d".into(),
+                    max_receives: 0,
+                })),
                 ..Default::default()
             },
         ];

@@ -283,7 +283,7 @@ pub(crate) fn decode_attributes(r: &mut Reader) -> Result<Vec<Attribute>, Decode
 }
 
 /// One message of a `SEND` batch.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct SendEntry {
     /// Delivery delay for this message; `None` takes the queue's default.
     pub delay_ms: Option<u64>,
@@ -426,5 +426,24 @@ pub(crate) fn put_opt_u64(b: &mut impl BufMut, v: Option<u64>) {
 }
 
 pub(crate) fn opt_u64(r: &mut Reader, what: &'static str) -> Result<Option<u64>, DecodeError> {
-    Ok(if r.bool(what)? { Some(r.u64(what)?) } else { None })
+    Ok(if r.bool(what)? {
+        Some(r.u64(what)?)
+    } else {
+        None
+    })
+}
+
+#[cfg(feature = "server")]
+/// Writes a message as a shard stores it: `attrs`, then the raw body (no length prefix).
+pub(crate) fn encode_stored(b: &mut impl BufMut, attrs: &[Attribute], body: &[u8]) {
+    encode_attributes(b, attrs);
+    b.put_slice(body);
+}
+
+#[cfg(feature = "server")]
+/// Reads a message written by [`encode_stored`]; the body shares `buf`'s allocation.
+pub(crate) fn decode_stored(buf: Bytes) -> Result<(Vec<Attribute>, Bytes), DecodeError> {
+    let mut r = Reader::new(buf);
+    let attrs = decode_attributes(&mut r)?;
+    Ok((attrs, r.rest()))
 }

@@ -132,6 +132,11 @@ impl Reader {
         }
         Ok(n as usize)
     }
+    /// Everything not yet read.
+    #[cfg(feature = "server")]
+    pub(crate) fn rest(self) -> Bytes {
+        self.buf
+    }
     pub(crate) fn finish(self) -> Result<(), DecodeError> {
         if self.buf.is_empty() {
             Ok(())

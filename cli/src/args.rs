@@ -1,0 +1,314 @@
+//! The command-line definitions. Kept apart from the code that runs them so that man pages
+//! and completions are generated from exactly these definitions.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  unexpected error
+  2  invalid input (bad flag or value, message too large, malformed receipt)
+  3  not found (queue does not exist)
+  4  conflict (queue exists, queue not empty, queue in use)
+  5  unavailable (cannot connect, timeout, node shutting down, storage failure)
+  6  authentication failed (wrong or missing token)
+  7  stale or invalid receipt (ack/nack/extend of a message redelivered or gone)
+
+Credentials are looked up in this order, each item separately:
+  1. flags: --server, --ca, --token
+  2. environment: MQ_SERVER, MQ_CA, MQ_TOKEN
+  3. the config file: $MQ_CONFIG or ~/.config/mqctl/config.toml (keys: servers, ca, token)
+  4. the local node's data directory (--data-dir, MQ_DATA_DIR, else /var/lib/mqd or
+     ~/.local/state/mqd): mqd.addr, ca.pem, admin.token";
+
+/// Command-line client for the mqd queue appliance.
+///
+/// On the host that runs mqd, no flags are needed: mqctl finds the node's address, CA and
+/// admin token in its data directory.
+#[derive(Debug, Parser)]
+#[command(name = "mqctl", version, max_term_width = 100, after_long_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Node address (HOST:PORT); repeat or separate with commas for failover.
+    #[arg(
+        long = "server",
+        short = 's',
+        global = true,
+        env = "MQ_SERVER",
+        value_delimiter = ',',
+        value_name = "ADDR"
+    )]
+    pub servers: Vec<String>,
+    /// CA certificate (PEM) the node's certificate must chain to.
+    #[arg(long, global = true, env = "MQ_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Bearer token.
+    #[arg(
+        long,
+        global = true,
+        env = "MQ_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+    /// Data directory of a local node to take address, CA and token from.
+    #[arg(long, global = true, env = "MQ_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Output format: tables for people, JSON for scripts.
+    #[arg(long, short = 'o', global = true, env = "MQ_OUTPUT", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// Per-request timeout (long-poll waits are added to it).
+    #[arg(long, global = true, default_value = "10s", value_parser = crate::units::duration, value_name = "DURATION")]
+    pub timeout: std::time::Duration,
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Human-readable tables.
+    Table,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, delete, list, inspect and manage queues.
+    #[command(subcommand)]
+    Queue(QueueCmd),
+    /// Send messages to a queue.
+    ///
+    /// The body is the argument, the contents of --file, or with --lines one message per
+    /// line of standard input.
+    ///
+    /// Examples:
+    ///   mqctl send jobs 'resize img-17.png'
+    ///   mqctl send jobs --file order.json --attr content-type=application/json
+    ///   seq 1 10000 | mqctl send jobs --lines
+    Send(SendArgs),
+    /// Receive messages; each stays hidden for the visibility timeout until acked.
+    ///
+    /// Example:
+    ///   mqctl receive jobs --max 10 --wait 20s --output json
+    Receive(ReceiveArgs),
+    /// Acknowledge (delete) received messages by receipt handle.
+    ///
+    /// Example:
+    ///   mqctl ack jobs 0000000000000001000000000000000000000001
+    Ack(ReceiptArgs),
+    /// Give received messages back, visible again now or after --delay.
+    ///
+    /// Example:
+    ///   mqctl nack jobs RECEIPT --delay 30s
+    Nack(NackArgs),
+    /// Keep received messages hidden longer (for long jobs).
+    ///
+    /// Example:
+    ///   mqctl extend jobs RECEIPT --by 5m
+    Extend(ExtendArgs),
+    /// Print shell completions.
+    ///
+    /// Example:
+    ///   mqctl completions bash > /etc/bash_completion.d/mqctl
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueCmd {
+    /// Create a queue.
+    ///
+    /// Example:
+    ///   mqctl queue create jobs --visibility 30s --retention 4d --max-size 1MiB \
+    ///     --dlq jobs-dead --max-receives 5
+    Create {
+        /// Queue name: letters, digits, '.', '_' and '-'.
+        name: String,
+        #[command(flatten)]
+        attrs: QueueAttrs,
+    },
+    /// Delete a queue. A queue holding messages needs --force.
+    ///
+    /// Example:
+    ///   mqctl queue delete jobs --force
+    Delete {
+        /// Queue name.
+        name: String,
+        /// Delete the queue's messages too.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List queues with their message counts.
+    ///
+    /// Example:
+    ///   mqctl queue list --prefix orders.
+    List {
+        /// Only queues whose name starts with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+    /// Show a queue's settings and message counts.
+    ///
+    /// Example:
+    ///   mqctl queue describe jobs
+    Describe {
+        /// Queue name.
+        name: String,
+    },
+    /// Delete every message of a queue.
+    ///
+    /// Example:
+    ///   mqctl queue purge jobs
+    Purge {
+        /// Queue name.
+        name: String,
+    },
+    /// Change a queue's settings.
+    ///
+    /// Example:
+    ///   mqctl queue set jobs --visibility 2m --no-dlq
+    Set {
+        /// Queue name.
+        name: String,
+        #[command(flatten)]
+        attrs: QueueAttrs,
+        /// Remove the dead-letter policy.
+        #[arg(long, conflicts_with_all = ["dlq", "max_receives"])]
+        no_dlq: bool,
+    },
+    /// Move messages from a dead-letter queue back to their source queues (or --to).
+    ///
+    /// Example:
+    ///   mqctl queue redrive jobs-dead
+    Redrive {
+        /// The dead-letter queue.
+        name: String,
+        /// Move to this queue instead of each message's source.
+        #[arg(long)]
+        to: Option<String>,
+        /// Move at most this many (default: all).
+        #[arg(long, default_value_t = 0)]
+        max: u64,
+    },
+    /// Show visible messages without receiving them.
+    ///
+    /// Example:
+    ///   mqctl queue peek jobs --max 5
+    Peek {
+        /// Queue name.
+        name: String,
+        /// At most this many messages (1 to 1000).
+        #[arg(long, default_value_t = 10)]
+        max: u32,
+    },
+}
+
+/// Queue settings as flags with human units.
+#[derive(Debug, Args)]
+pub struct QueueAttrs {
+    /// How long a received message stays hidden [default 30s].
+    #[arg(long, value_parser = crate::units::millis, value_name = "DURATION")]
+    pub visibility: Option<u64>,
+    /// How long messages are kept [default 4d, 1s to 14d].
+    #[arg(long, value_parser = crate::units::millis, value_name = "DURATION")]
+    pub retention: Option<u64>,
+    /// Largest message (body + attributes) [default 1MiB, up to 8MiB].
+    #[arg(long, value_parser = crate::units::size, value_name = "SIZE")]
+    pub max_size: Option<u32>,
+    /// Delay before new messages become visible [default 0s, up to 15m].
+    #[arg(long, value_parser = crate::units::millis, value_name = "DURATION")]
+    pub delay: Option<u64>,
+    /// How long receives wait for a message by default [default 0s, up to 20s].
+    #[arg(long, value_parser = crate::units::millis, value_name = "DURATION")]
+    pub receive_wait: Option<u64>,
+    /// Dead-letter queue for messages received more than --max-receives times.
+    #[arg(long, requires = "max_receives", value_name = "QUEUE")]
+    pub dlq: Option<String>,
+    /// Receives before a message moves to the dead-letter queue (1 to 1000).
+    #[arg(long, requires = "dlq", value_name = "N")]
+    pub max_receives: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Queue name.
+    pub queue: String,
+    /// Message body.
+    #[arg(conflicts_with_all = ["file", "lines"])]
+    pub body: Option<String>,
+    /// Read the body from this file ('-' for standard input).
+    #[arg(long, conflicts_with = "lines", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Send each line of standard input as one message.
+    #[arg(long)]
+    pub lines: bool,
+    /// Delivery delay for these messages (default: the queue's).
+    #[arg(long, value_parser = crate::units::millis, value_name = "DURATION")]
+    pub delay: Option<u64>,
+    /// Message attribute NAME=VALUE; repeat for several.
+    #[arg(long = "attr", value_name = "NAME=VALUE")]
+    pub attrs: Vec<String>,
+    /// Messages per request with --lines (1 to 1000).
+    #[arg(long, default_value_t = 100)]
+    pub batch: u32,
+    /// Requests in flight at once with --lines.
+    #[arg(long, default_value_t = 16)]
+    pub in_flight: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ReceiveArgs {
+    /// Queue name.
+    pub queue: String,
+    /// At most this many messages (1 to 1000).
+    #[arg(long, short = 'n', default_value_t = 1)]
+    pub max: u32,
+    /// Wait up to this long for a message (default: the queue's receive wait; up to 20s).
+    #[arg(long, value_parser = crate::units::millis, value_name = "DURATION")]
+    pub wait: Option<u64>,
+    /// Visibility timeout for these messages (default: the queue's).
+    #[arg(long, value_parser = crate::units::millis, value_name = "DURATION")]
+    pub visibility: Option<u64>,
+    /// Acknowledge the messages right after printing them.
+    #[arg(long)]
+    pub ack: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReceiptArgs {
+    /// Queue name.
+    pub queue: String,
+    /// Receipt handles, as printed by `mqctl receive`.
+    #[arg(required = true)]
+    pub receipts: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct NackArgs {
+    #[command(flatten)]
+    pub target: ReceiptArgs,
+    /// Keep the messages hidden this long before redelivery (backoff).
+    #[arg(long, value_parser = crate::units::millis, default_value = "0s", value_name = "DURATION")]
+    pub delay: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ExtendArgs {
+    #[command(flatten)]
+    pub target: ReceiptArgs,
+    /// New visibility timeout, counted from now.
+    #[arg(long, value_parser = crate::units::millis, value_name = "DURATION")]
+    pub by: u64,
+}

@@ -1,0 +1,609 @@
+//! The client library: typed async calls to an mqd node over QUIC, used by `mqctl` and by
+//! applications.
+//!
+//! One [`Client`] holds one QUIC connection; each call opens its own stream, so calls made
+//! concurrently (from several tasks, or with `join!`) are in flight together on one
+//! connection. Every call has a timeout. Calls that cannot change state twice (ping,
+//! list, describe, peek) are retried once on a fresh connection if the old one broke.
+//!
+//! ```no_run
+//! use mqd::client::{Client, ClientConfig};
+//! use mqd::protocol::{QueuePatch, SendEntry};
+//!
+//! # async fn demo() -> Result<(), mqd::client::ClientError> {
+//! // Finds the address, CA and admin token of the node whose data directory this is.
+//! let config = ClientConfig::from_data_dir("/var/lib/mqd".as_ref())?;
+//! let client = Client::connect(config).await?;
+//! client.create_queue("jobs", QueuePatch::default()).await?;
+//! client.send("jobs", vec![SendEntry::new("hello")]).await?;
+//! for d in client.receive("jobs", 10, None, Some(1000)).await? {
+//!     println!("{}", String::from_utf8_lossy(&d.message.body));
+//!     client.ack("jobs", vec![d.receipt]).await?;
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use tokio::sync::Mutex;
+
+use crate::local;
+use crate::protocol::{
+    decode_error_message, decode_header, Delivery, Message, Opcode, QueueConfig, QueueDescription,
+    QueuePatch, QueueSummary, Receipt, Request, Response, SendEntry, Status, ALPN, HEADER_LEN,
+    MAX_FRAME, TLS_SERVER_NAME,
+};
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error status.
+    #[error("{message} [{status}]")]
+    Server {
+        /// The status.
+        status: Status,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The server answered with a status number this client does not know.
+    #[error("server answered with unknown status {code}: {message}")]
+    UnknownStatus {
+        /// The number.
+        code: u16,
+        /// The server's explanation.
+        message: String,
+    },
+    /// No connection could be made or kept.
+    #[error("cannot reach {addr}: {detail}")]
+    Connect {
+        /// The address dialed.
+        addr: SocketAddr,
+        /// What failed.
+        detail: String,
+    },
+    /// The call did not complete in time.
+    #[error("no answer from {addr} within {timeout:?}")]
+    Timeout {
+        /// The address.
+        addr: SocketAddr,
+        /// The limit.
+        timeout: Duration,
+    },
+    /// The answer did not decode: a protocol mismatch or a bug.
+    #[error("malformed answer from the server: {0}")]
+    Protocol(String),
+    /// Local configuration is missing or wrong (CA file, token, address).
+    #[error("{0}")]
+    Config(String),
+}
+
+impl ClientError {
+    /// The server status, if the server answered with one.
+    pub fn status(&self) -> Option<Status> {
+        match self {
+            ClientError::Server { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// How to reach and authenticate to a node.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Node addresses; the first that answers is used, the others on failover.
+    pub servers: Vec<SocketAddr>,
+    /// CA certificate(s) the server's certificate must chain to, PEM.
+    pub ca_pem: Vec<u8>,
+    /// Bearer token.
+    pub token: String,
+    /// TLS server name to verify (every node certificate carries `mqd`).
+    pub server_name: String,
+    /// Per-call timeout, added to any long-poll wait the call asks for.
+    pub timeout: Duration,
+    /// Name sent in `HELLO`, for the server's logs.
+    pub client_name: String,
+}
+
+impl ClientConfig {
+    /// A config for `servers` with the given CA and token.
+    pub fn new(servers: Vec<SocketAddr>, ca_pem: Vec<u8>, token: String) -> Self {
+        Self {
+            servers,
+            ca_pem,
+            token,
+            server_name: TLS_SERVER_NAME.into(),
+            timeout: Duration::from_secs(10),
+            client_name: format!("mqd-client/{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+
+    /// Reads address, CA and admin token from a node's data directory.
+    pub fn from_data_dir(dir: &Path) -> Result<Self, ClientError> {
+        let read = |name: &str| -> Result<Vec<u8>, ClientError> {
+            let p = dir.join(name);
+            std::fs::read(&p).map_err(|e| {
+                ClientError::Config(format!(
+                    "cannot read {}: {e}; is mqd running with --data-dir {}? (or pass --server, --ca and --token)",
+                    p.display(),
+                    dir.display()
+                ))
+            })
+        };
+        let addr_text = String::from_utf8_lossy(&read(local::ADDR_FILE)?)
+            .trim()
+            .to_string();
+        let addr: SocketAddr = addr_text.parse().map_err(|_| {
+            ClientError::Config(format!(
+                "{}: `{addr_text}` is not an address",
+                dir.join(local::ADDR_FILE).display()
+            ))
+        })?;
+        let token = String::from_utf8_lossy(&read(local::ADMIN_TOKEN)?)
+            .trim()
+            .to_string();
+        Ok(Self::new(vec![addr], read(local::CA_CERT)?, token))
+    }
+}
+
+struct Conn {
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    addr: SocketAddr,
+}
+
+/// A connection to an mqd node. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct Client {
+    config: Arc<ClientConfig>,
+    quic: Arc<quinn::ClientConfig>,
+    current: Arc<Mutex<Option<Arc<Conn>>>>,
+}
+
+fn quic_config(config: &ClientConfig) -> Result<quinn::ClientConfig, ClientError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let mut n = 0;
+    for cert in CertificateDer::pem_slice_iter(&config.ca_pem) {
+        let cert = cert.map_err(|e| ClientError::Config(format!("CA file: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| ClientError::Config(format!("CA certificate: {e}")))?;
+        n += 1;
+    }
+    if n == 0 {
+        return Err(ClientError::Config(
+            "the CA file holds no PEM certificate; pass the node's ca.pem with --ca".into(),
+        ));
+    }
+    let mut crypto = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .map_err(|e| ClientError::Config(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    crypto.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
+        .map_err(|e| ClientError::Config(e.to_string()))?;
+    let mut qc = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(10)));
+    transport.max_concurrent_bidi_streams(0u32.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    qc.transport_config(Arc::new(transport));
+    Ok(qc)
+}
+
+impl Client {
+    /// Connects to the first reachable server and authenticates.
+    pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+        if config.servers.is_empty() {
+            return Err(ClientError::Config("no server address given".into()));
+        }
+        let client = Client {
+            quic: Arc::new(quic_config(&config)?),
+            config: Arc::new(config),
+            current: Arc::new(Mutex::new(None)),
+        };
+        client.connection().await?;
+        Ok(client)
+    }
+
+    /// The current connection, making one (trying each server in turn) if there is none.
+    async fn connection(&self) -> Result<Arc<Conn>, ClientError> {
+        let mut cur = self.current.lock().await;
+        if let Some(c) = cur.as_ref() {
+            if c.conn.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        let mut last = None;
+        for &addr in &self.config.servers {
+            match self.dial(addr).await {
+                Ok(c) => {
+                    let c = Arc::new(c);
+                    *cur = Some(c.clone());
+                    return Ok(c);
+                }
+                Err(e @ ClientError::Server { .. }) => return Err(e),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Config("no server address given".into())))
+    }
+
+    async fn dial(&self, addr: SocketAddr) -> Result<Conn, ClientError> {
+        let bind: SocketAddr = if addr.is_ipv6() {
+            "[::]:0"
+                .parse()
+                .map_err(|_| ClientError::Config("bind".into()))?
+        } else {
+            "0.0.0.0:0"
+                .parse()
+                .map_err(|_| ClientError::Config("bind".into()))?
+        };
+        let connect_err = |detail: String| ClientError::Connect { addr, detail };
+        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| connect_err(e.to_string()))?;
+        endpoint.set_default_client_config((*self.quic).clone());
+        let connecting = endpoint
+            .connect(addr, &self.config.server_name)
+            .map_err(|e| connect_err(e.to_string()))?;
+        let conn = match tokio::time::timeout(self.config.timeout, connecting).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(connect_err(e.to_string())),
+            Err(_) => {
+                return Err(connect_err(format!(
+                    "no QUIC handshake within {:?} (is mqd running there?)",
+                    self.config.timeout
+                )))
+            }
+        };
+        let c = Conn {
+            endpoint,
+            conn,
+            addr,
+        };
+        let hello = Request::Hello {
+            token: self.config.token.clone(),
+            client: self.config.client_name.clone(),
+        };
+        roundtrip(&c, &hello, self.config.timeout).await?;
+        Ok(c)
+    }
+
+    /// Sends one request and decodes the answer. Idempotent requests are retried once on
+    /// a new connection if the connection failed.
+    pub async fn call(&self, req: &Request, extra_wait: Duration) -> Result<Response, ClientError> {
+        let timeout = self.config.timeout + extra_wait;
+        let conn = self.connection().await?;
+        match roundtrip(&conn, req, timeout).await {
+            Err(ClientError::Connect { .. }) if req.opcode().is_idempotent() => {
+                self.forget(&conn).await;
+                let conn = self.connection().await?;
+                roundtrip(&conn, req, timeout).await
+            }
+            Err(e @ ClientError::Connect { .. }) => {
+                self.forget(&conn).await;
+                Err(e)
+            }
+            r => r,
+        }
+    }
+
+    async fn forget(&self, conn: &Arc<Conn>) {
+        let mut cur = self.current.lock().await;
+        if cur.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            *cur = None;
+        }
+    }
+
+    /// The address of the node currently connected, if any.
+    pub async fn connected_to(&self) -> Option<SocketAddr> {
+        self.current.lock().await.as_ref().map(|c| c.addr)
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(&self) {
+        if let Some(c) = self.current.lock().await.take() {
+            c.conn.close(0u32.into(), b"bye");
+            let _ = tokio::time::timeout(Duration::from_secs(1), c.endpoint.wait_idle()).await;
+        }
+    }
+
+    /// Checks the node answers.
+    pub async fn ping(&self) -> Result<(), ClientError> {
+        expect(
+            self.call(&Request::Ping, Duration::ZERO).await?,
+            |r| match r {
+                Response::Empty => Some(()),
+                _ => None,
+            },
+        )
+    }
+
+    /// Creates a queue; returns its settings.
+    pub async fn create_queue(
+        &self,
+        name: &str,
+        attributes: QueuePatch,
+    ) -> Result<QueueConfig, ClientError> {
+        let req = Request::QueueCreate {
+            name: name.into(),
+            attributes,
+        };
+        expect(self.call(&req, Duration::ZERO).await?, config)
+    }
+
+    /// Changes a queue's settings; returns them.
+    pub async fn set_queue(
+        &self,
+        name: &str,
+        attributes: QueuePatch,
+    ) -> Result<QueueConfig, ClientError> {
+        let req = Request::QueueSet {
+            name: name.into(),
+            attributes,
+        };
+        expect(self.call(&req, Duration::ZERO).await?, config)
+    }
+
+    /// Deletes a queue; returns how many messages went with it.
+    pub async fn delete_queue(&self, name: &str, force: bool) -> Result<u64, ClientError> {
+        let req = Request::QueueDelete {
+            name: name.into(),
+            force,
+        };
+        expect(self.call(&req, Duration::from_secs(600)).await?, count)
+    }
+
+    /// One page of queues.
+    pub async fn list_queues(
+        &self,
+        prefix: &str,
+        start_after: &str,
+        limit: u32,
+    ) -> Result<(Vec<QueueSummary>, bool), ClientError> {
+        let req = Request::QueueList {
+            prefix: prefix.into(),
+            start_after: start_after.into(),
+            limit,
+        };
+        expect(self.call(&req, Duration::ZERO).await?, |r| match r {
+            Response::List { queues, truncated } => Some((queues, truncated)),
+            _ => None,
+        })
+    }
+
+    /// Every queue with `prefix`, page by page.
+    pub async fn list_all_queues(&self, prefix: &str) -> Result<Vec<QueueSummary>, ClientError> {
+        let mut all: Vec<QueueSummary> = Vec::new();
+        loop {
+            let after = all.last().map(|q| q.name.clone()).unwrap_or_default();
+            let (page, truncated) = self
+                .list_queues(prefix, &after, crate::protocol::MAX_BATCH)
+                .await?;
+            all.extend(page);
+            if !truncated {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// Settings and counts of a queue.
+    pub async fn describe_queue(&self, name: &str) -> Result<QueueDescription, ClientError> {
+        let req = Request::QueueDescribe { name: name.into() };
+        expect(self.call(&req, Duration::ZERO).await?, |r| match r {
+            Response::Describe(d) => Some(d),
+            _ => None,
+        })
+    }
+
+    /// Deletes every message; returns how many.
+    pub async fn purge_queue(&self, name: &str) -> Result<u64, ClientError> {
+        let req = Request::QueuePurge { name: name.into() };
+        expect(self.call(&req, Duration::from_secs(600)).await?, count)
+    }
+
+    /// Moves visible messages out of a dead-letter queue (to their sources, or to `to`);
+    /// `max` 0 moves all. Returns how many moved.
+    pub async fn redrive(&self, dlq: &str, to: Option<&str>, max: u64) -> Result<u64, ClientError> {
+        let req = Request::QueueRedrive {
+            name: dlq.into(),
+            to: to.unwrap_or_default().into(),
+            max,
+        };
+        expect(self.call(&req, Duration::from_secs(600)).await?, count)
+    }
+
+    /// Visible messages, without receiving them.
+    pub async fn peek(&self, name: &str, max: u32) -> Result<Vec<Message>, ClientError> {
+        let req = Request::QueuePeek {
+            name: name.into(),
+            max,
+        };
+        expect(self.call(&req, Duration::ZERO).await?, |r| match r {
+            Response::Messages(m) => Some(m),
+            _ => None,
+        })
+    }
+
+    /// Sends a batch; returns the message ids. Acknowledged means durable.
+    pub async fn send(
+        &self,
+        queue: &str,
+        messages: Vec<SendEntry>,
+    ) -> Result<Vec<u64>, ClientError> {
+        let req = Request::Send {
+            queue: queue.into(),
+            messages,
+        };
+        expect(self.call(&req, Duration::ZERO).await?, |r| match r {
+            Response::Sent(ids) => Some(ids),
+            _ => None,
+        })
+    }
+
+    /// Receives up to `max` messages, waiting up to `wait_ms` (the queue's receive wait if
+    /// `None`) for one to arrive.
+    pub async fn receive(
+        &self,
+        queue: &str,
+        max: u32,
+        visibility_ms: Option<u64>,
+        wait_ms: Option<u64>,
+    ) -> Result<Vec<Delivery>, ClientError> {
+        let req = Request::Receive {
+            queue: queue.into(),
+            max,
+            visibility_ms,
+            wait_ms,
+        };
+        let wait = Duration::from_millis(wait_ms.unwrap_or(crate::protocol::MAX_RECEIVE_WAIT_MS));
+        expect(self.call(&req, wait).await?, |r| match r {
+            Response::Deliveries(d) => Some(d),
+            _ => None,
+        })
+    }
+
+    /// Acknowledges deliveries; one status per receipt.
+    pub async fn ack(
+        &self,
+        queue: &str,
+        receipts: Vec<Receipt>,
+    ) -> Result<Vec<Status>, ClientError> {
+        let req = Request::Ack {
+            queue: queue.into(),
+            receipts,
+        };
+        expect(self.call(&req, Duration::ZERO).await?, results)
+    }
+
+    /// Returns deliveries to the queue, each visible again after its delay (ms).
+    pub async fn nack(
+        &self,
+        queue: &str,
+        entries: Vec<(Receipt, u64)>,
+    ) -> Result<Vec<Status>, ClientError> {
+        let req = Request::Nack {
+            queue: queue.into(),
+            entries,
+        };
+        expect(self.call(&req, Duration::ZERO).await?, results)
+    }
+
+    /// Keeps deliveries hidden for a new timeout (ms) from now.
+    pub async fn change_visibility(
+        &self,
+        queue: &str,
+        entries: Vec<(Receipt, u64)>,
+    ) -> Result<Vec<Status>, ClientError> {
+        let req = Request::ChangeVisibility {
+            queue: queue.into(),
+            entries,
+        };
+        expect(self.call(&req, Duration::ZERO).await?, results)
+    }
+}
+
+fn config(r: Response) -> Option<QueueConfig> {
+    match r {
+        Response::Config(c) => Some(c),
+        _ => None,
+    }
+}
+fn count(r: Response) -> Option<u64> {
+    match r {
+        Response::Count(n) => Some(n),
+        _ => None,
+    }
+}
+fn results(r: Response) -> Option<Vec<Status>> {
+    match r {
+        Response::Results(v) => Some(v),
+        _ => None,
+    }
+}
+
+fn expect<T>(r: Response, f: impl FnOnce(Response) -> Option<T>) -> Result<T, ClientError> {
+    f(r).ok_or_else(|| ClientError::Protocol("answer of the wrong kind".into()))
+}
+
+/// Sends a raw frame on a new stream and returns the raw response frame's status and body.
+pub async fn raw_roundtrip(
+    conn: &quinn::Connection,
+    frame: &[u8],
+    timeout: Duration,
+) -> Result<(u16, Bytes), String> {
+    let work = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        send.write_all(frame).await.map_err(|e| e.to_string())?;
+        let _ = send.finish();
+        let data = recv
+            .read_to_end(MAX_FRAME)
+            .await
+            .map_err(|e| e.to_string())?;
+        if data.len() < HEADER_LEN {
+            return Err(format!(
+                "answer of {} bytes is shorter than a frame header",
+                data.len()
+            ));
+        }
+        let mut h = [0u8; HEADER_LEN];
+        h.copy_from_slice(&data[..HEADER_LEN]);
+        let header = decode_header(&h).map_err(|e| e.to_string())?;
+        if header.body_len != data.len() - HEADER_LEN {
+            return Err("answer length does not match its header".into());
+        }
+        Ok((header.code, Bytes::from(data).slice(HEADER_LEN..)))
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
+}
+
+async fn roundtrip(c: &Conn, req: &Request, timeout: Duration) -> Result<Response, ClientError> {
+    let op: Opcode = req.opcode();
+    let frame = req.encode();
+    let (code, body) = match raw_roundtrip(&c.conn, &frame, timeout).await {
+        Ok(x) => x,
+        Err(e) if e.starts_with("no answer within") => {
+            return Err(ClientError::Timeout {
+                addr: c.addr,
+                timeout,
+            })
+        }
+        Err(e) if e.contains("frame") || e.contains("answer") => {
+            return Err(ClientError::Protocol(e))
+        }
+        Err(detail) => {
+            return Err(ClientError::Connect {
+                addr: c.addr,
+                detail,
+            })
+        }
+    };
+    if code == Status::Ok as u16 {
+        return Response::decode(op, body).map_err(|e| ClientError::Protocol(e.to_string()));
+    }
+    let message =
+        decode_error_message(body).unwrap_or_else(|e| format!("(undecodable message: {e})"));
+    Err(match Status::from_u16(code) {
+        Some(status) => ClientError::Server { status, message },
+        None => ClientError::UnknownStatus { code, message },
+    })
+}
+
+/// Where a local client looks for a node when given no address: `MQ_DATA_DIR`, else the
+/// default data directory.
+pub fn local_data_dir() -> PathBuf {
+    std::env::var_os("MQ_DATA_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| local::default_data_dir(false))
+}

@@ -1,0 +1,387 @@
+//! The front end: turns a decoded [`Request`] into a shard command or read, and the result
+//! into a [`Response`]. It authenticates the connection, validates arguments that need no
+//! state, stamps commands with the clock, and waits for long-polling receives.
+//!
+//! It owns no state but per-connection authentication; storage belongs to `store`, bytes
+//! and sockets to `protocol` and `server`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+
+use crate::protocol::{Request, Response, Status, MAX_BATCH, MAX_FRAME, MAX_RECEIVE_WAIT_MS};
+use crate::store::{ApplyError, Command, Outcome, Shard, StoreError};
+
+/// Messages deleted per purge or expiry command; larger purges take several commits so
+/// that one purge never holds the writer for long.
+const PURGE_CHUNK: u64 = 10_000;
+
+/// A request's failure: a status and a message for the client.
+pub type Failure = (Status, String);
+
+/// Per-connection state.
+#[derive(Debug, Default)]
+pub struct Session {
+    authenticated: AtomicBool,
+}
+
+/// Shared by every connection of a node.
+pub struct Frontend {
+    shard: Shard,
+    admin_token_sha256: [u8; 32],
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Milliseconds since the Unix epoch on this node's clock.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn invalid(msg: impl Into<String>) -> Failure {
+    (Status::InvalidArgument, msg.into())
+}
+
+fn store_failure(e: StoreError) -> Failure {
+    match e {
+        StoreError::Closed => (
+            Status::ShuttingDown,
+            "the node is shutting down; retry on another node or later".into(),
+        ),
+        e => {
+            tracing::error!(error = %e, "storage failure");
+            (Status::Internal, format!("internal storage error: {e}"))
+        }
+    }
+}
+
+fn apply_failure(e: ApplyError) -> Failure {
+    match e {
+        ApplyError::Rejected { status, message } => (status, message),
+        ApplyError::Store(e) => store_failure(e),
+    }
+}
+
+fn queue_not_found(name: &str) -> Failure {
+    (
+        Status::QueueNotFound,
+        format!("queue `{name}` does not exist; `mqctl queue list` shows the queues"),
+    )
+}
+
+fn check_batch(what: &str, n: usize) -> Result<(), Failure> {
+    if n == 0 {
+        return Err(invalid(format!("{what} needs at least one entry")));
+    }
+    Ok(())
+}
+
+impl Frontend {
+    /// A front end over `shard`; requests must present the token whose hash is given.
+    pub fn new(
+        shard: Shard,
+        admin_token_sha256: [u8; 32],
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            shard,
+            admin_token_sha256,
+            shutdown,
+        }
+    }
+
+    async fn submit(&self, cmd: Command) -> Result<Outcome, Failure> {
+        self.shard
+            .submit(now_ms(), cmd)
+            .await
+            .map_err(apply_failure)
+    }
+
+    /// Handles one request.
+    #[tracing::instrument(level = "debug", skip_all, fields(op = req.opcode().name()))]
+    pub async fn handle(&self, session: &Session, req: Request) -> Result<Response, Failure> {
+        if *self.shutdown.borrow() {
+            return Err((
+                Status::ShuttingDown,
+                "the node is shutting down; retry on another node or later".into(),
+            ));
+        }
+        match req {
+            Request::Ping => return Ok(Response::Empty),
+            Request::Hello { token, client } => {
+                if crate::server::tls::sha256(token.trim().as_bytes()) != self.admin_token_sha256 {
+                    tracing::warn!(%client, "refused a HELLO with an unknown token");
+                    return Err((
+                        Status::Unauthenticated,
+                        "the token is not valid; pass --token or MQ_TOKEN, or run mqctl where it can read the node's admin.token".into(),
+                    ));
+                }
+                session.authenticated.store(true, Ordering::Release);
+                return Ok(Response::Hello {
+                    server_version: env!("CARGO_PKG_VERSION").into(),
+                    max_frame: MAX_FRAME as u32,
+                    max_batch: MAX_BATCH,
+                });
+            }
+            _ if !session.authenticated.load(Ordering::Acquire) => {
+                return Err((
+                    Status::Unauthenticated,
+                    "send HELLO with a valid token before other requests".into(),
+                ))
+            }
+            _ => {}
+        }
+        match req {
+            Request::Ping | Request::Hello { .. } => Ok(Response::Empty),
+            Request::QueueCreate { name, attributes } => match self
+                .submit(Command::CreateQueue {
+                    name,
+                    patch: attributes,
+                })
+                .await?
+            {
+                Outcome::Config(c) => Ok(Response::Config(c)),
+                o => Err(unexpected(o)),
+            },
+            Request::QueueSet { name, attributes } => {
+                if attributes.is_empty() {
+                    return Err(invalid("nothing to change: name at least one attribute"));
+                }
+                match self
+                    .submit(Command::SetQueue {
+                        name,
+                        patch: attributes,
+                    })
+                    .await?
+                {
+                    Outcome::Config(c) => Ok(Response::Config(c)),
+                    o => Err(unexpected(o)),
+                }
+            }
+            Request::QueueDelete { name, force } => {
+                let mut deleted = 0;
+                if force {
+                    deleted = self.purge_all(&name).await?;
+                }
+                match self.submit(Command::DeleteQueue { name, force }).await? {
+                    Outcome::Count(n) => Ok(Response::Count(deleted + n)),
+                    o => Err(unexpected(o)),
+                }
+            }
+            Request::QueuePurge { name } => Ok(Response::Count(self.purge_all(&name).await?)),
+            Request::QueueList {
+                prefix,
+                start_after,
+                limit,
+            } => {
+                if limit == 0 || limit > MAX_BATCH {
+                    return Err(invalid(format!(
+                        "list limit {limit} is outside 1 to {MAX_BATCH}"
+                    )));
+                }
+                let (queues, truncated) = self
+                    .shard
+                    .list(prefix, start_after, limit)
+                    .await
+                    .map_err(store_failure)?;
+                Ok(Response::List { queues, truncated })
+            }
+            Request::QueueDescribe { name } => self
+                .shard
+                .describe(name.clone(), now_ms())
+                .await
+                .map_err(store_failure)?
+                .map(Response::Describe)
+                .ok_or_else(|| queue_not_found(&name)),
+            Request::QueuePeek { name, max } => {
+                if max == 0 || max > MAX_BATCH {
+                    return Err(invalid(format!(
+                        "peek max {max} is outside 1 to {MAX_BATCH}"
+                    )));
+                }
+                self.shard
+                    .peek(name.clone(), max, now_ms())
+                    .await
+                    .map_err(store_failure)?
+                    .map(Response::Messages)
+                    .ok_or_else(|| queue_not_found(&name))
+            }
+            Request::QueueRedrive { name, to, max } => {
+                let to = (!to.is_empty()).then_some(to);
+                let mut moved = 0u64;
+                let mut after = None;
+                let limit = if max == 0 { u64::MAX } else { max };
+                loop {
+                    let chunk = (limit - moved).min(PURGE_CHUNK);
+                    match self
+                        .submit(Command::Redrive {
+                            name: name.clone(),
+                            to: to.clone(),
+                            max: chunk,
+                            after,
+                        })
+                        .await?
+                    {
+                        Outcome::Redrive { moved: m, resume } => {
+                            moved += m;
+                            match resume {
+                                Some(r) if moved < limit => after = Some(r),
+                                _ => break,
+                            }
+                        }
+                        o => return Err(unexpected(o)),
+                    }
+                }
+                Ok(Response::Count(moved))
+            }
+            Request::Send { queue, messages } => {
+                check_batch("a send", messages.len())?;
+                match self.submit(Command::Send { queue, messages }).await? {
+                    Outcome::Sent(ids) => Ok(Response::Sent(ids)),
+                    o => Err(unexpected(o)),
+                }
+            }
+            Request::Receive {
+                queue,
+                max,
+                visibility_ms,
+                wait_ms,
+            } => self.receive(queue, max, visibility_ms, wait_ms).await,
+            Request::Ack { queue, receipts } => {
+                check_batch("an ack", receipts.len())?;
+                self.results(Command::Ack { queue, receipts }).await
+            }
+            Request::Nack { queue, entries } => {
+                check_batch("a nack", entries.len())?;
+                self.results(Command::Nack { queue, entries }).await
+            }
+            Request::ChangeVisibility { queue, entries } => {
+                check_batch("a change-visibility", entries.len())?;
+                self.results(Command::ChangeVisibility { queue, entries })
+                    .await
+            }
+        }
+    }
+
+    async fn results(&self, cmd: Command) -> Result<Response, Failure> {
+        match self.submit(cmd).await? {
+            Outcome::Results(r) => Ok(Response::Results(r)),
+            o => Err(unexpected(o)),
+        }
+    }
+
+    /// Deletes every message of `name` in chunks; returns how many.
+    async fn purge_all(&self, name: &str) -> Result<u64, Failure> {
+        let mut total = 0;
+        loop {
+            match self
+                .submit(Command::Purge {
+                    name: name.to_string(),
+                    max: PURGE_CHUNK,
+                })
+                .await?
+            {
+                Outcome::Count(n) => {
+                    total += n;
+                    if n < PURGE_CHUNK {
+                        return Ok(total);
+                    }
+                }
+                o => return Err(unexpected(o)),
+            }
+        }
+    }
+
+    /// Receives, waiting up to the wait time for a message to become available. Returns as
+    /// soon as one is delivered: a send to the queue wakes the waiter at once, and a hidden
+    /// message's visibility time bounds each sleep.
+    async fn receive(
+        &self,
+        queue: String,
+        max: u32,
+        visibility_ms: Option<u64>,
+        wait_ms: Option<u64>,
+    ) -> Result<Response, Failure> {
+        if max == 0 || max > MAX_BATCH {
+            return Err(invalid(format!(
+                "receive max {max} is outside 1 to {MAX_BATCH}"
+            )));
+        }
+        if let Some(w) = wait_ms.filter(|w| *w > MAX_RECEIVE_WAIT_MS) {
+            return Err(invalid(format!(
+                "receive wait {w} ms is longer than the limit of {MAX_RECEIVE_WAIT_MS} ms"
+            )));
+        }
+        let start = tokio::time::Instant::now();
+        let waiter = self.shard.waiter(&queue);
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            // Register for wake-ups before looking, so a send between the look and the
+            // wait is not missed.
+            let notified = waiter.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (deliveries, next_visible_ms, queue_wait) = match self
+                .submit(Command::Receive {
+                    queue: queue.clone(),
+                    max,
+                    visibility_ms,
+                })
+                .await?
+            {
+                Outcome::Deliveries {
+                    deliveries,
+                    next_visible_ms,
+                    receive_wait_ms,
+                } => (deliveries, next_visible_ms, receive_wait_ms),
+                o => return Err(unexpected(o)),
+            };
+            if !deliveries.is_empty() {
+                return Ok(Response::Deliveries(deliveries));
+            }
+            let wait = Duration::from_millis(wait_ms.unwrap_or(queue_wait));
+            let deadline = start + wait;
+            let now = tokio::time::Instant::now();
+            if now >= deadline || *shutdown.borrow() {
+                return Ok(Response::Deliveries(Vec::new()));
+            }
+            let mut wake_at = deadline;
+            if let Some(t) = next_visible_ms {
+                let until = Duration::from_millis(t.saturating_sub(now_ms()));
+                wake_at = wake_at.min(now + until);
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(wake_at) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// Deletes expired messages; returns how many. Run periodically by the server.
+    pub async fn expire(&self) -> Result<u64, Failure> {
+        let mut total = 0;
+        loop {
+            match self.submit(Command::Expire { max: PURGE_CHUNK }).await? {
+                Outcome::Count(n) => {
+                    total += n;
+                    if n < PURGE_CHUNK {
+                        return Ok(total);
+                    }
+                }
+                o => return Err(unexpected(o)),
+            }
+        }
+    }
+}
+
+fn unexpected(o: Outcome) -> Failure {
+    tracing::error!(outcome = ?o, "state machine returned an outcome of the wrong kind");
+    (
+        Status::Internal,
+        "internal error: unexpected outcome".into(),
+    )
+}

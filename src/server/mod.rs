@@ -1,0 +1,371 @@
+//! The QUIC endpoint: accepts connections, gives each request stream its own task, reads
+//! one frame with bounded size and time, lets the front end answer, and drains cleanly on
+//! shutdown.
+//!
+//! `run` is a function of (config, shutdown signal): no globals, so tests start several
+//! nodes in one process or as separate processes on port 0. This module owns sockets and
+//! framing on the server side; it does not interpret request bodies.
+
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{watch, Semaphore};
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::frontend::{Frontend, Session};
+use crate::protocol::{decode_header, encode_error, Request, Status, ALPN, HEADER_LEN, MAX_FRAME};
+use crate::store::Shard;
+
+/// How long a client may take to deliver one request frame.
+const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most concurrent request streams per connection.
+const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+/// Most request body bytes buffered at once across all connections (256 MiB); a request
+/// waits for room rather than growing memory without bound.
+const MAX_BUFFERED_BODY_KIB: usize = 256 * 1024;
+/// How long shutdown waits for requests in progress before closing connections.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often expired messages are deleted.
+const EXPIRE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Credentials could not be created or loaded.
+    #[error(transparent)]
+    Credentials(#[from] tls::CredentialError),
+    /// The database could not be opened.
+    #[error("opening {path}: {source}")]
+    Store {
+        /// Database file.
+        path: std::path::PathBuf,
+        /// Cause.
+        source: crate::store::StoreError,
+    },
+    /// TLS configuration failed.
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    /// A file or socket operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
+    let what = what.into();
+    move |source| ServerError::Io { what, source }
+}
+
+/// A running node's handles, for tests and the binary.
+pub struct Running {
+    /// The address the endpoint is bound to.
+    pub local_addr: SocketAddr,
+}
+
+/// Starts a node and serves until `shutdown` turns true; then drains and returns.
+/// `on_ready` is called once the endpoint listens (the binary notifies systemd there).
+pub async fn run(
+    config: Config,
+    mut shutdown: watch::Receiver<bool>,
+    on_ready: impl FnOnce(&Running),
+) -> Result<(), ServerError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(io_err(format!(
+        "creating data directory {}",
+        config.data_dir.display()
+    )))?;
+    let creds = tls::ensure(&config.data_dir, &config.tls_names)?;
+    let db_path = config.data_dir.join("shard-0000.redb");
+    let (shard, writer) = Shard::open(&db_path).map_err(|source| ServerError::Store {
+        path: db_path.clone(),
+        source,
+    })?;
+
+    let mut crypto = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .map_err(|e| ServerError::Tls(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(creds.chain.clone(), creds.key.clone_key())
+    .map_err(|e| ServerError::Tls(e.to_string()))?;
+    crypto.alpn_protocols = vec![ALPN.to_vec()];
+    let quic_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
+        .map_err(|e| ServerError::Tls(e.to_string()))?;
+    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(MAX_STREAMS_PER_CONNECTION.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    transport.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(Duration::from_secs(60))
+            .map_err(|e| ServerError::Tls(e.to_string()))?,
+    ));
+    server_config.transport_config(Arc::new(transport));
+    let endpoint = quinn::Endpoint::server(server_config, config.listen)
+        .map_err(io_err(format!("listening on {}", config.listen)))?;
+    let local_addr = endpoint
+        .local_addr()
+        .map_err(io_err("reading the bound address"))?;
+
+    let addr_file = config.data_dir.join(crate::local::ADDR_FILE);
+    std::fs::write(
+        &addr_file,
+        format!("{}\n", crate::local::connect_addr(local_addr)),
+    )
+    .map_err(io_err(format!("writing {}", addr_file.display())))?;
+    let queues = shard.queue_count().await.unwrap_or(0);
+    tracing::info!(%local_addr, data_dir = %config.data_dir.display(), queues, "mqd is serving");
+
+    let frontend = Arc::new(Frontend::new(
+        shard.clone(),
+        creds.admin_token_sha256,
+        shutdown.clone(),
+    ));
+    let body_budget = Arc::new(Semaphore::new(MAX_BUFFERED_BODY_KIB));
+    let tracker = tracker::Tracker::default();
+
+    // Expiry runs beside the requests, through the same writer.
+    let expiry = {
+        let fe = frontend.clone();
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(EXPIRE_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.changed() => return,
+                }
+                match fe.expire().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(messages = n, "expired messages deleted"),
+                    Err((s, m)) => tracing::warn!(status = %s, error = %m, "expiry failed"),
+                }
+            }
+        })
+    };
+
+    on_ready(&Running { local_addr });
+
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                let fe = frontend.clone();
+                let budget = body_budget.clone();
+                let tracker = tracker.clone();
+                tokio::spawn(async move {
+                    let remote = incoming.remote_address();
+                    let span = tracing::info_span!("conn", %remote);
+                    async move {
+                        match incoming.await {
+                            Ok(conn) => serve_connection(conn, fe, budget, tracker).await,
+                            Err(e) => tracing::debug!(error = %e, "handshake failed"),
+                        }
+                    }
+                    .instrument(span)
+                    .await
+                });
+            }
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() { break; }
+            }
+        }
+    }
+
+    // Drain: refuse new connections, let requests in progress finish (long polls return
+    // early: they watch the same signal), then close.
+    tracing::info!("shutting down: draining requests in progress");
+    endpoint.set_server_config(None);
+    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still in progress after {DRAIN_TIMEOUT:?}; closing anyway");
+    }
+    endpoint.close(0u32.into(), b"shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    let _ = expiry.await;
+    drop(frontend);
+    drop(shard);
+    // The writer finishes the commands already queued, then exits when the last handle is
+    // gone; joining it means everything acknowledged is on disk.
+    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    let _ = std::fs::remove_file(&addr_file);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn serve_connection(
+    conn: quinn::Connection,
+    fe: Arc<Frontend>,
+    budget: Arc<Semaphore>,
+    tracker: tracker::Tracker,
+) {
+    let session = Arc::new(Session::default());
+    tracing::debug!("connection established");
+    loop {
+        let (send, recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(reason = %e, "connection closed");
+                return;
+            }
+        };
+        let fe = fe.clone();
+        let session = session.clone();
+        let budget = budget.clone();
+        let guard = tracker.guard();
+        tokio::spawn(
+            async move {
+                serve_stream(send, recv, &fe, &session, &budget).await;
+                drop(guard);
+            }
+            .in_current_span(),
+        );
+    }
+}
+
+/// What went wrong reading a request frame.
+enum ReadError {
+    /// Answer with this status and close the stream.
+    Refuse(Status, String),
+    /// The peer went away or reset the stream: nothing to answer.
+    Gone,
+}
+
+async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    budget: &Semaphore,
+) -> Result<(u16, Bytes), ReadError> {
+    let mut header = [0u8; HEADER_LEN];
+    match recv.read_exact(&mut header).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(n)) => {
+            return Err(ReadError::Refuse(
+                Status::BadFrame,
+                format!("stream ended after {n} bytes, inside the {HEADER_LEN}-byte frame header"),
+            ))
+        }
+        Err(quinn::ReadExactError::ReadError(_)) => return Err(ReadError::Gone),
+    }
+    let h = decode_header(&header).map_err(|e| ReadError::Refuse(e.status(), e.to_string()))?;
+    let _permit = budget
+        .acquire_many((h.body_len / 1024 + 1).min(MAX_BUFFERED_BODY_KIB) as u32)
+        .await
+        .map_err(|_| ReadError::Gone)?;
+    let mut body = BytesMut::zeroed(h.body_len);
+    match recv.read_exact(&mut body).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(n)) => return Err(ReadError::Refuse(
+            Status::BadFrame,
+            format!(
+                "frame truncated: the header announces {} body bytes, the stream ended after {n}",
+                h.body_len
+            ),
+        )),
+        Err(quinn::ReadExactError::ReadError(_)) => return Err(ReadError::Gone),
+    }
+    Ok((h.code, body.freeze()))
+}
+
+async fn serve_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    fe: &Frontend,
+    session: &Session,
+    budget: &Semaphore,
+) {
+    let frame =
+        match tokio::time::timeout(REQUEST_READ_TIMEOUT, read_frame(&mut recv, budget)).await {
+            Err(_) => encode_error(
+                Status::BadFrame,
+                &format!("request frame not complete within {REQUEST_READ_TIMEOUT:?}"),
+            ),
+            Ok(Err(ReadError::Gone)) => return,
+            Ok(Err(ReadError::Refuse(status, msg))) => {
+                tracing::debug!(%status, %msg, "refused a frame");
+                encode_error(status, &msg)
+            }
+            Ok(Ok((code, body))) => match Request::decode(code, body) {
+                Err(e) => encode_error(e.status(), &e.to_string()),
+                Ok(req) => match fe.handle(session, req).await {
+                    Ok(resp) => resp.encode(),
+                    Err((status, msg)) => encode_error(status, &msg),
+                },
+            },
+        };
+    // One frame per stream: whatever else the client sent is not read.
+    let _ = recv.stop(0u32.into());
+    debug_assert!(frame.len() <= MAX_FRAME);
+    if send.write_all(&frame).await.is_ok() {
+        let _ = send.finish();
+    }
+}
+
+/// Counts request streams in progress so shutdown can wait for them.
+mod tracker {
+    use std::sync::Arc;
+    use tokio::sync::Notify;
+
+    #[derive(Default, Clone)]
+    pub struct Tracker {
+        inner: Arc<Inner>,
+    }
+
+    #[derive(Default)]
+    struct Inner {
+        count: std::sync::atomic::AtomicUsize,
+        idle: Notify,
+    }
+
+    /// Held by a task in progress.
+    pub struct Guard {
+        inner: Arc<Inner>,
+    }
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            if self
+                .inner
+                .count
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+                == 1
+            {
+                self.inner.idle.notify_waiters();
+            }
+        }
+    }
+
+    impl Tracker {
+        pub fn guard(&self) -> Guard {
+            self.inner
+                .count
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            Guard {
+                inner: self.inner.clone(),
+            }
+        }
+
+        /// Resolves when no guard is left.
+        pub async fn wait(&self) {
+            loop {
+                let idle = self.inner.idle.notified();
+                tokio::pin!(idle);
+                idle.as_mut().enable();
+                if self.inner.count.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        }
+    }
+}

@@ -1,0 +1,820 @@
+//! The state machine: every change of a shard's state is a [`Command`] applied by [`apply`].
+//!
+//! `apply` is deterministic: its result and its writes are a function of the tables'
+//! contents and of the command, whose `now_ms` was read from the node's clock before the
+//! command was submitted. It never reads a clock, a random source or anything outside the
+//! transaction. Replication puts a log in front of this function; every replica applying
+//! the same commands in the same order ends in the same state.
+//!
+//! A command is either rejected before it writes anything ([`ApplyError::Rejected`]) or
+//! applied whole. A storage error aborts the whole transaction it ran in.
+
+use std::collections::HashSet;
+
+use bytes::Bytes;
+use redb::{ReadableTable, Table, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use super::schema::*;
+use super::StoreError;
+use crate::protocol::{
+    validate_attributes, validate_config, validate_queue_name, Delivery, Message, QueueConfig,
+    QueuePatch, Receipt, SendEntry, Status, MAX_DELAY_MS, MAX_VISIBILITY_MS,
+};
+
+/// A change of state. Serializable: it is what a replicated log will carry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Create a queue with the defaults changed by `patch`.
+    CreateQueue {
+        /// Queue name.
+        name: String,
+        /// Settings that differ from the defaults.
+        patch: QueuePatch,
+    },
+    /// Delete a queue; with `force`, its remaining messages too.
+    DeleteQueue {
+        /// Queue name.
+        name: String,
+        /// Delete even if messages remain.
+        force: bool,
+    },
+    /// Change a queue's settings.
+    SetQueue {
+        /// Queue name.
+        name: String,
+        /// The changes.
+        patch: QueuePatch,
+    },
+    /// Delete up to `max` of the oldest messages.
+    Purge {
+        /// Queue name.
+        name: String,
+        /// Most messages deleted by this command.
+        max: u64,
+    },
+    /// Store messages.
+    Send {
+        /// Queue name.
+        queue: String,
+        /// The messages.
+        messages: Vec<SendEntry>,
+    },
+    /// Deliver up to `max` visible messages.
+    Receive {
+        /// Queue name.
+        queue: String,
+        /// Most messages delivered.
+        max: u32,
+        /// Visibility timeout; `None` takes the queue's.
+        visibility_ms: Option<u64>,
+    },
+    /// Delete delivered messages.
+    Ack {
+        /// Queue name.
+        queue: String,
+        /// Receipts of the deliveries.
+        receipts: Vec<Receipt>,
+    },
+    /// Return delivered messages, each visible again after its delay.
+    Nack {
+        /// Queue name.
+        queue: String,
+        /// (receipt, delay ms).
+        entries: Vec<(Receipt, u64)>,
+    },
+    /// Keep delivered messages hidden for a new timeout from now.
+    ChangeVisibility {
+        /// Queue name.
+        queue: String,
+        /// (receipt, timeout ms).
+        entries: Vec<(Receipt, u64)>,
+    },
+    /// Move visible messages out of a dead-letter queue.
+    Redrive {
+        /// The dead-letter queue.
+        name: String,
+        /// Destination; `None` sends each message back to its source queue.
+        to: Option<String>,
+        /// Most messages examined by this command.
+        max: u64,
+        /// Resume after this (visible_at, seq) position of the previous command.
+        after: Option<(u64, u64)>,
+    },
+    /// Delete messages older than their queue's retention, at most `max`.
+    Expire {
+        /// Most messages deleted by this command.
+        max: u64,
+    },
+}
+
+/// What an applied command produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing to return.
+    Unit,
+    /// Settings now in force.
+    Config(QueueConfig),
+    /// Messages affected.
+    Count(u64),
+    /// Ids of stored messages.
+    Sent(Vec<u64>),
+    /// Delivered messages, and when the next hidden message becomes visible.
+    Deliveries {
+        /// The deliveries.
+        deliveries: Vec<Delivery>,
+        /// Earliest `visible_at` after now in this queue, for long polling.
+        next_visible_ms: Option<u64>,
+        /// The queue's default receive wait.
+        receive_wait_ms: u64,
+    },
+    /// One status per entry.
+    Results(Vec<Status>),
+    /// Progress of a redrive.
+    Redrive {
+        /// Messages moved.
+        moved: u64,
+        /// Where to resume; `None` when the dead-letter queue has been gone through.
+        resume: Option<(u64, u64)>,
+    },
+}
+
+/// Why a command was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Refused for a reason the client can act on; nothing was written.
+    #[error("{message}")]
+    Rejected {
+        /// Wire status.
+        status: Status,
+        /// Human-readable reason.
+        message: String,
+    },
+    /// The storage failed; the transaction is aborted.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<redb::Error> for ApplyError {
+    fn from(e: redb::Error) -> Self {
+        ApplyError::Store(StoreError::Db(e))
+    }
+}
+impl From<redb::StorageError> for ApplyError {
+    fn from(e: redb::StorageError) -> Self {
+        ApplyError::Store(StoreError::Db(e.into()))
+    }
+}
+
+fn reject(status: Status, message: impl Into<String>) -> ApplyError {
+    ApplyError::Rejected {
+        status,
+        message: message.into(),
+    }
+}
+
+fn not_found(name: &str) -> ApplyError {
+    reject(
+        Status::QueueNotFound,
+        format!("queue `{name}` does not exist; `mqctl queue list` shows the queues"),
+    )
+}
+
+/// Most payload bytes one receive returns, so that its answer fits in one frame.
+const RECEIVE_BYTE_BUDGET: usize = crate::protocol::MAX_FRAME - 64 * 1024;
+
+/// Side effects the caller acts on after the commit.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Something was written; the transaction must be committed.
+    pub dirty: bool,
+    /// Queues that gained visible messages: wake their long-polling receivers.
+    pub wake: HashSet<String>,
+}
+
+/// The shard's tables, opened once per transaction.
+pub struct Tables<'txn> {
+    queues: Table<'txn, &'static str, &'static [u8]>,
+    names: Table<'txn, u64, &'static str>,
+    stats: Table<'txn, u64, (u64, u64, u64)>,
+    state: Table<'txn, (u64, u64), &'static [u8]>,
+    body: Table<'txn, (u64, u64), &'static [u8]>,
+    visible: Table<'txn, (u64, u64, u64), u8>,
+    system: Table<'txn, &'static str, u64>,
+}
+
+impl<'txn> Tables<'txn> {
+    /// Opens (and on first use creates) every table.
+    pub fn open(txn: &'txn WriteTransaction) -> Result<Self, redb::Error> {
+        Ok(Self {
+            queues: txn.open_table(QUEUES)?,
+            names: txn.open_table(QUEUE_NAMES)?,
+            stats: txn.open_table(STATS)?,
+            state: txn.open_table(STATE)?,
+            body: txn.open_table(BODY)?,
+            visible: txn.open_table(VISIBLE)?,
+            system: txn.open_table(SYSTEM)?,
+        })
+    }
+
+    fn queue(&self, name: &str) -> Result<Option<QueueRecord>, ApplyError> {
+        match self.queues.get(name)? {
+            Some(v) => Ok(Some(decode("queues", v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn stats(&self, id: u64) -> Result<Stats, ApplyError> {
+        Ok(self
+            .stats
+            .get(id)?
+            .map(|v| Stats::from_tuple(v.value()))
+            .unwrap_or_default())
+    }
+
+    fn msg(&self, qid: u64, seq: u64) -> Result<Option<MessageState>, ApplyError> {
+        match self.state.get((qid, seq))? {
+            Some(v) => Ok(Some(decode("message_state", v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_msg(&mut self, qid: u64, seq: u64, st: &MessageState) -> Result<(), ApplyError> {
+        self.state.insert((qid, seq), encode(st).as_slice())?;
+        Ok(())
+    }
+
+    /// Removes a message's three rows.
+    fn remove_msg(&mut self, qid: u64, seq: u64, st: &MessageState) -> Result<(), ApplyError> {
+        self.state.remove((qid, seq))?;
+        self.body.remove((qid, seq))?;
+        self.visible.remove((qid, st.visible_at, seq))?;
+        Ok(())
+    }
+
+    /// Stores a new message at the tail of queue `qid`; returns its seq.
+    fn append(
+        &mut self,
+        qid: u64,
+        now: u64,
+        visible_at: u64,
+        stored_body: &[u8],
+        source_queue: u64,
+    ) -> Result<u64, ApplyError> {
+        let mut s = self.stats(qid)?;
+        let seq = s.next_seq;
+        s.next_seq += 1;
+        s.total += 1;
+        s.last_sent_ms = s.last_sent_ms.max(now);
+        let st = MessageState {
+            visible_at,
+            sent_ms: s.last_sent_ms,
+            receive_count: 0,
+            in_flight: false,
+            source_queue,
+        };
+        self.stats.insert(qid, s.to_tuple())?;
+        self.put_msg(qid, seq, &st)?;
+        self.body.insert((qid, seq), stored_body)?;
+        self.visible.insert((qid, visible_at, seq), 0u8)?;
+        Ok(seq)
+    }
+
+    fn add_total(&mut self, qid: u64, delta: i64) -> Result<(), ApplyError> {
+        let mut s = self.stats(qid)?;
+        s.total = s.total.saturating_add_signed(delta);
+        self.stats.insert(qid, s.to_tuple())?;
+        Ok(())
+    }
+
+    /// Up to `n` (visible_at, seq) keys of queue `qid` visible at `now`, after `after`.
+    fn visible_keys(
+        &self,
+        qid: u64,
+        now: u64,
+        after: Option<(u64, u64)>,
+        n: usize,
+    ) -> Result<Vec<(u64, u64)>, ApplyError> {
+        let start = match after {
+            Some((v, s)) if s == u64::MAX => (qid, v.saturating_add(1), 0),
+            Some((v, s)) => (qid, v, s + 1),
+            None => (qid, 0, 0),
+        };
+        let mut out = Vec::with_capacity(n.min(1024));
+        for e in self.visible.range(start..=(qid, now, u64::MAX))? {
+            if out.len() >= n {
+                break;
+            }
+            let (k, _) = e?;
+            let (_, v, s) = k.value();
+            out.push((v, s));
+        }
+        Ok(out)
+    }
+
+    fn next_visible(&self, qid: u64, now: u64) -> Result<Option<u64>, ApplyError> {
+        let first = self
+            .visible
+            .range((qid, now.saturating_add(1), 0)..=(qid, u64::MAX, u64::MAX))?
+            .next();
+        Ok(match first {
+            Some(e) => Some(e?.0.value().1),
+            None => None,
+        })
+    }
+
+    /// Moves message `seq` of queue `from` to the tail of queue `to`.
+    fn move_msg(
+        &mut self,
+        from: u64,
+        seq: u64,
+        st: &MessageState,
+        to: u64,
+        now: u64,
+        source_queue: u64,
+    ) -> Result<(), ApplyError> {
+        let body = match self.body.get((from, seq))? {
+            Some(b) => b.value().to_vec(),
+            None => Vec::new(),
+        };
+        self.remove_msg(from, seq, st)?;
+        self.add_total(from, -1)?;
+        self.append(to, now, now, &body, source_queue)?;
+        Ok(())
+    }
+}
+
+/// Encodes attributes and body as stored in [`BODY`].
+fn stored_body(m: &SendEntry) -> Vec<u8> {
+    let mut b = Vec::with_capacity(m.size() + 8 + 8 * m.attributes.len());
+    crate::protocol::encode_stored(&mut b, &m.attributes, &m.body);
+    b
+}
+
+fn check_duration(what: &str, ms: u64, max: u64) -> Result<(), ApplyError> {
+    if ms > max {
+        return Err(reject(
+            Status::InvalidArgument,
+            format!("{what} of {ms} ms is longer than the limit of {max} ms"),
+        ));
+    }
+    Ok(())
+}
+
+/// Applies one command. `now_ms` is the node's clock read before the command was queued.
+pub fn apply(
+    t: &mut Tables<'_>,
+    now_ms: u64,
+    cmd: &Command,
+    fx: &mut Effects,
+) -> Result<Outcome, ApplyError> {
+    let now = now_ms;
+    match cmd {
+        Command::CreateQueue { name, patch } => {
+            validate_queue_name(name).map_err(|m| reject(Status::InvalidArgument, m))?;
+            if t.queue(name)?.is_some() {
+                return Err(reject(
+                    Status::QueueExists,
+                    format!(
+                        "queue `{name}` exists already; `mqctl queue set` changes its settings"
+                    ),
+                ));
+            }
+            let mut config = QueueConfig::default();
+            patch.apply_to(&mut config);
+            check_config(t, name, &config)?;
+            let id = t
+                .system
+                .get("next_queue_id")?
+                .map(|v| v.value())
+                .unwrap_or(1);
+            t.system.insert("next_queue_id", id + 1)?;
+            let rec = QueueRecord {
+                id,
+                config: config.clone(),
+                created_ms: now,
+                updated_ms: now,
+            };
+            t.queues.insert(name.as_str(), encode(&rec).as_slice())?;
+            t.names.insert(id, name.as_str())?;
+            t.stats.insert(
+                id,
+                Stats {
+                    next_seq: 1,
+                    ..Stats::default()
+                }
+                .to_tuple(),
+            )?;
+            fx.dirty = true;
+            Ok(Outcome::Config(config))
+        }
+        Command::SetQueue { name, patch } => {
+            let mut rec = t.queue(name)?.ok_or_else(|| not_found(name))?;
+            patch.apply_to(&mut rec.config);
+            check_config(t, name, &rec.config)?;
+            rec.updated_ms = now;
+            t.queues.insert(name.as_str(), encode(&rec).as_slice())?;
+            fx.dirty = true;
+            Ok(Outcome::Config(rec.config))
+        }
+        Command::DeleteQueue { name, force } => {
+            let rec = t.queue(name)?.ok_or_else(|| not_found(name))?;
+            let total = t.stats(rec.id)?.total;
+            if total > 0 && !force {
+                return Err(reject(
+                    Status::QueueNotEmpty,
+                    format!(
+                        "queue `{name}` holds {total} messages; purge it first or pass --force"
+                    ),
+                ));
+            }
+            if let Some(user) = dead_letter_users(t, name)?.first() {
+                return Err(reject(
+                    Status::QueueInUse,
+                    format!("queue `{name}` is the dead-letter queue of `{user}`; remove that policy first (`mqctl queue set {user} --no-dlq`)"),
+                ));
+            }
+            let qid = rec.id;
+            t.state
+                .retain_in((qid, 0)..=(qid, u64::MAX), |_, _| false)?;
+            t.body.retain_in((qid, 0)..=(qid, u64::MAX), |_, _| false)?;
+            t.visible
+                .retain_in((qid, 0, 0)..=(qid, u64::MAX, u64::MAX), |_, _| false)?;
+            t.stats.remove(qid)?;
+            t.names.remove(qid)?;
+            t.queues.remove(name.as_str())?;
+            fx.dirty = true;
+            Ok(Outcome::Count(total))
+        }
+        Command::Purge { name, max } => {
+            let rec = t.queue(name)?.ok_or_else(|| not_found(name))?;
+            let qid = rec.id;
+            let mut seqs = Vec::new();
+            for e in t.state.range((qid, 0)..=(qid, u64::MAX))? {
+                if seqs.len() as u64 >= *max {
+                    break;
+                }
+                let (k, v) = e?;
+                let st: MessageState = decode("message_state", v.value())?;
+                seqs.push((k.value().1, st));
+            }
+            for (seq, st) in &seqs {
+                t.remove_msg(qid, *seq, st)?;
+            }
+            if !seqs.is_empty() {
+                t.add_total(qid, -(seqs.len() as i64))?;
+                fx.dirty = true;
+            }
+            Ok(Outcome::Count(seqs.len() as u64))
+        }
+        Command::Send { queue, messages } => {
+            let rec = t.queue(queue)?.ok_or_else(|| not_found(queue))?;
+            if messages.is_empty() {
+                return Err(reject(
+                    Status::InvalidArgument,
+                    "a send needs at least one message",
+                ));
+            }
+            for (i, m) in messages.iter().enumerate() {
+                validate_attributes(&m.attributes)
+                    .map_err(|e| reject(Status::InvalidArgument, format!("message {i}: {e}")))?;
+                if m.size() > rec.config.max_message_size as usize {
+                    return Err(reject(
+                        Status::MessageTooLarge,
+                        format!(
+                            "message {i} is {} bytes; queue `{queue}` takes at most {} (raise it with `mqctl queue set {queue} --max-size`)",
+                            m.size(),
+                            rec.config.max_message_size
+                        ),
+                    ));
+                }
+                if let Some(d) = m.delay_ms {
+                    check_duration("delay", d, MAX_DELAY_MS)?;
+                }
+            }
+            let mut ids = Vec::with_capacity(messages.len());
+            for m in messages {
+                let delay = m.delay_ms.unwrap_or(rec.config.delay_ms);
+                let seq = t.append(rec.id, now, now.saturating_add(delay), &stored_body(m), 0)?;
+                if delay == 0 {
+                    fx.wake.insert(queue.clone());
+                }
+                ids.push(seq);
+            }
+            fx.dirty = true;
+            Ok(Outcome::Sent(ids))
+        }
+        Command::Receive {
+            queue,
+            max,
+            visibility_ms,
+        } => {
+            let rec = t.queue(queue)?.ok_or_else(|| not_found(queue))?;
+            let vis = visibility_ms.unwrap_or(rec.config.visibility_timeout_ms);
+            check_duration("visibility timeout", vis, MAX_VISIBILITY_MS)?;
+            if *max == 0 {
+                return Err(reject(
+                    Status::InvalidArgument,
+                    "receive max must be at least 1",
+                ));
+            }
+            let qid = rec.id;
+            let dead_letter = match &rec.config.dead_letter {
+                Some(dl) => t
+                    .queue(&dl.queue)?
+                    .map(|d| (d.id, dl.max_receives, dl.queue.clone())),
+                None => None,
+            };
+            let mut out = Vec::new();
+            let mut out_bytes = 0usize;
+            let mut seen = HashSet::new();
+            let mut after = None;
+            // Bound the work of one command: expired and dead-lettered messages are
+            // removed on the way, but never more than this many per receive.
+            let mut budget = (*max as usize).saturating_mul(4).max(256);
+            'scan: while out.len() < *max as usize && budget > 0 {
+                let keys =
+                    t.visible_keys(qid, now, after, (*max as usize - out.len()).min(budget))?;
+                if keys.is_empty() {
+                    break;
+                }
+                for &(visible_at, seq) in &keys {
+                    after = Some((visible_at, seq));
+                    budget -= 1;
+                    if !seen.insert(seq) {
+                        continue;
+                    }
+                    let Some(mut st) = t.msg(qid, seq)? else {
+                        // An index entry without its message cannot be delivered; drop it.
+                        t.visible.remove((qid, visible_at, seq))?;
+                        fx.dirty = true;
+                        continue;
+                    };
+                    if st.sent_ms.saturating_add(rec.config.retention_ms) <= now {
+                        t.remove_msg(qid, seq, &st)?;
+                        t.add_total(qid, -1)?;
+                        fx.dirty = true;
+                        continue;
+                    }
+                    if let Some((dq, max_receives, dq_name)) = &dead_letter {
+                        if st.receive_count >= *max_receives {
+                            t.move_msg(qid, seq, &st, *dq, now, qid)?;
+                            fx.wake.insert(dq_name.clone());
+                            fx.dirty = true;
+                            continue;
+                        }
+                    }
+                    let stored = t
+                        .body
+                        .get((qid, seq))?
+                        .map(|b| Bytes::copy_from_slice(b.value()))
+                        .unwrap_or_default();
+                    // The answer must fit in one frame: stop before a message overflows it.
+                    if !out.is_empty() && out_bytes + stored.len() + 64 > RECEIVE_BYTE_BUDGET {
+                        break 'scan;
+                    }
+                    out_bytes += stored.len() + 64;
+                    t.visible.remove((qid, visible_at, seq))?;
+                    st.receive_count = st.receive_count.saturating_add(1);
+                    st.in_flight = true;
+                    st.visible_at = now.saturating_add(vis);
+                    t.visible.insert((qid, st.visible_at, seq), 1u8)?;
+                    t.put_msg(qid, seq, &st)?;
+                    fx.dirty = true;
+                    let (attributes, body) =
+                        crate::protocol::decode_stored(stored).map_err(|e| {
+                            StoreError::Corrupt {
+                                table: "message_body",
+                                detail: e.to_string(),
+                            }
+                        })?;
+                    out.push(Delivery {
+                        receipt: Receipt {
+                            queue_id: qid,
+                            seq,
+                            delivery: st.receive_count,
+                        },
+                        message: Message {
+                            id: seq,
+                            receive_count: st.receive_count,
+                            sent_ms: st.sent_ms,
+                            attributes,
+                            body,
+                        },
+                    });
+                    if out.len() >= *max as usize {
+                        break 'scan;
+                    }
+                }
+            }
+            let next_visible_ms = if out.is_empty() {
+                t.next_visible(qid, now)?
+            } else {
+                None
+            };
+            Ok(Outcome::Deliveries {
+                deliveries: out,
+                next_visible_ms,
+                receive_wait_ms: rec.config.receive_wait_ms,
+            })
+        }
+        Command::Ack { queue, receipts } => {
+            let rec = t.queue(queue)?.ok_or_else(|| not_found(queue))?;
+            let mut results = Vec::with_capacity(receipts.len());
+            let mut removed = 0i64;
+            for r in receipts {
+                match check_receipt(t, rec.id, r)? {
+                    Ok(st) => {
+                        t.remove_msg(rec.id, r.seq, &st)?;
+                        removed += 1;
+                        results.push(Status::Ok);
+                    }
+                    Err(s) => results.push(s),
+                }
+            }
+            if removed > 0 {
+                t.add_total(rec.id, -removed)?;
+                fx.dirty = true;
+            }
+            Ok(Outcome::Results(results))
+        }
+        Command::Nack { queue, entries } | Command::ChangeVisibility { queue, entries } => {
+            let nack = matches!(cmd, Command::Nack { .. });
+            let rec = t.queue(queue)?.ok_or_else(|| not_found(queue))?;
+            for (_, ms) in entries {
+                check_duration(
+                    if nack {
+                        "nack delay"
+                    } else {
+                        "visibility timeout"
+                    },
+                    *ms,
+                    MAX_VISIBILITY_MS,
+                )?;
+            }
+            let mut results = Vec::with_capacity(entries.len());
+            for (r, ms) in entries {
+                let mut st = match check_receipt(t, rec.id, r)? {
+                    Ok(st) => st,
+                    Err(s) => {
+                        results.push(s);
+                        continue;
+                    }
+                };
+                if !nack && !st.in_flight {
+                    // The holder gave the message back already; it is no longer theirs.
+                    results.push(Status::ReceiptStale);
+                    continue;
+                }
+                t.visible.remove((rec.id, st.visible_at, r.seq))?;
+                st.visible_at = now.saturating_add(*ms);
+                st.in_flight = !nack;
+                t.visible
+                    .insert((rec.id, st.visible_at, r.seq), u8::from(!nack))?;
+                t.put_msg(rec.id, r.seq, &st)?;
+                if *ms == 0 {
+                    fx.wake.insert(queue.clone());
+                }
+                fx.dirty = true;
+                results.push(Status::Ok);
+            }
+            Ok(Outcome::Results(results))
+        }
+        Command::Redrive {
+            name,
+            to,
+            max,
+            after,
+        } => {
+            let rec = t.queue(name)?.ok_or_else(|| not_found(name))?;
+            let target = match to {
+                Some(to) if to == name => {
+                    return Err(reject(
+                        Status::InvalidArgument,
+                        format!("cannot redrive `{name}` into itself"),
+                    ))
+                }
+                Some(to) => Some((t.queue(to)?.ok_or_else(|| not_found(to))?.id, to.clone())),
+                None => None,
+            };
+            let keys = t.visible_keys(rec.id, now, *after, (*max).min(10_000) as usize)?;
+            let mut moved = 0;
+            for &(_, seq) in &keys {
+                let Some(st) = t.msg(rec.id, seq)? else {
+                    continue;
+                };
+                let dest = match &target {
+                    Some(d) => Some(d.clone()),
+                    None => match t.names.get(st.source_queue)? {
+                        Some(n) => Some((st.source_queue, n.value().to_string())),
+                        // Its source is gone and no destination was named: leave it.
+                        None => None,
+                    },
+                };
+                let Some((dest_id, dest_name)) = dest else {
+                    continue;
+                };
+                t.move_msg(rec.id, seq, &st, dest_id, now, 0)?;
+                fx.wake.insert(dest_name);
+                fx.dirty = true;
+                moved += 1;
+            }
+            let resume = if (keys.len() as u64) < (*max).min(10_000) {
+                None
+            } else {
+                keys.last().copied()
+            };
+            Ok(Outcome::Redrive { moved, resume })
+        }
+        Command::Expire { max } => {
+            let mut queues = Vec::new();
+            for e in t.queues.iter()? {
+                let (_, v) = e?;
+                let rec: QueueRecord = decode("queues", v.value())?;
+                queues.push((rec.id, rec.config.retention_ms));
+            }
+            let mut removed = 0u64;
+            for (qid, retention) in queues {
+                let mut doomed = Vec::new();
+                for e in t.state.range((qid, 0)..=(qid, u64::MAX))? {
+                    if removed + doomed.len() as u64 >= *max {
+                        break;
+                    }
+                    let (k, v) = e?;
+                    let st: MessageState = decode("message_state", v.value())?;
+                    // sent_ms grows with seq, so the first unexpired message ends the scan.
+                    if st.sent_ms.saturating_add(retention) > now {
+                        break;
+                    }
+                    doomed.push((k.value().1, st));
+                }
+                for (seq, st) in &doomed {
+                    t.remove_msg(qid, *seq, st)?;
+                }
+                if !doomed.is_empty() {
+                    t.add_total(qid, -(doomed.len() as i64))?;
+                    removed += doomed.len() as u64;
+                    fx.dirty = true;
+                }
+            }
+            Ok(Outcome::Count(removed))
+        }
+    }
+}
+
+/// Validates settings, including that a dead-letter queue exists and is not the queue.
+fn check_config(t: &Tables<'_>, name: &str, c: &QueueConfig) -> Result<(), ApplyError> {
+    validate_config(c).map_err(|m| reject(Status::InvalidArgument, m))?;
+    if let Some(dl) = &c.dead_letter {
+        if dl.queue == name {
+            return Err(reject(
+                Status::InvalidArgument,
+                format!("queue `{name}` cannot be its own dead-letter queue"),
+            ));
+        }
+        if t.queue(&dl.queue)?.is_none() {
+            return Err(reject(
+                Status::QueueNotFound,
+                format!(
+                    "dead-letter queue `{}` does not exist; create it first",
+                    dl.queue
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Queues whose dead-letter queue is `name`.
+fn dead_letter_users(t: &Tables<'_>, name: &str) -> Result<Vec<String>, ApplyError> {
+    let mut users = Vec::new();
+    for e in t.queues.iter()? {
+        let (k, v) = e?;
+        let rec: QueueRecord = decode("queues", v.value())?;
+        if rec
+            .config
+            .dead_letter
+            .as_ref()
+            .is_some_and(|d| d.queue == name)
+        {
+            users.push(k.value().to_string());
+        }
+    }
+    Ok(users)
+}
+
+/// Checks a receipt against the stored message: `Ok(state)` if it names the current
+/// delivery, else the per-entry status.
+fn check_receipt(
+    t: &Tables<'_>,
+    qid: u64,
+    r: &Receipt,
+) -> Result<Result<MessageState, Status>, ApplyError> {
+    if r.queue_id != qid {
+        return Ok(Err(Status::ReceiptInvalid));
+    }
+    Ok(match t.msg(qid, r.seq)? {
+        Some(st) if st.receive_count == r.delivery && r.delivery > 0 => Ok(st),
+        _ => Err(Status::ReceiptStale),
+    })
+}

@@ -1,0 +1,100 @@
+//! Table definitions and the records stored in them: the on-disk format of a shard.
+//!
+//! Keys are redb tuples so that one queue's rows are contiguous and ordered. Values that
+//! are structs are postcard-encoded; message bodies are stored in the wire encoding
+//! (`attrs` then the raw body) so a delivery copies them out without re-encoding.
+
+use redb::TableDefinition;
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::QueueConfig;
+
+/// Version of the on-disk format written by this build. A database with a newer version is
+/// refused at open.
+pub const FORMAT_VERSION: u64 = 1;
+
+/// name → [`QueueRecord`].
+pub const QUEUES: TableDefinition<&str, &[u8]> = TableDefinition::new("queues");
+/// queue id → name.
+pub const QUEUE_NAMES: TableDefinition<u64, &str> = TableDefinition::new("queue_names");
+/// queue id → (next sequence number, messages stored, last `sent_ms`).
+pub const STATS: TableDefinition<u64, (u64, u64, u64)> = TableDefinition::new("stats");
+/// (queue id, seq) → [`MessageState`].
+pub const STATE: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("message_state");
+/// (queue id, seq) → attributes and body, wire-encoded.
+pub const BODY: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("message_body");
+/// (queue id, visible_at ms, seq) → 1 if the message is in flight, else 0. Every stored
+/// message has exactly one entry; a receive reads the prefix up to "now".
+pub const VISIBLE: TableDefinition<(u64, u64, u64), u8> = TableDefinition::new("visible");
+/// Counters of the shard: `format_version`, `next_queue_id`.
+pub const SYSTEM: TableDefinition<&str, u64> = TableDefinition::new("system");
+
+/// A queue's catalog entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueRecord {
+    /// Internal id; message rows and receipts use it instead of the name.
+    pub id: u64,
+    /// Settings in force.
+    pub config: QueueConfig,
+    /// Creation time.
+    pub created_ms: u64,
+    /// Last change of settings.
+    pub updated_ms: u64,
+}
+
+/// The mutable part of a stored message, kept apart from the body so that a receive
+/// rewrites a few bytes, not the payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageState {
+    /// When it becomes (or became) visible; also its key in [`VISIBLE`].
+    pub visible_at: u64,
+    /// When it entered this queue; retention counts from here.
+    pub sent_ms: u64,
+    /// Deliveries so far.
+    pub receive_count: u32,
+    /// Received and neither acknowledged nor nacked.
+    pub in_flight: bool,
+    /// For a message moved to a dead-letter queue: the queue id it came from, else 0.
+    pub source_queue: u64,
+}
+
+/// Per-queue counters, the value of [`STATS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Sequence number the next message gets.
+    pub next_seq: u64,
+    /// Messages stored.
+    pub total: u64,
+    /// Highest `sent_ms` given out, so `sent_ms` never decreases with `seq` even if the
+    /// clock steps back; expiry relies on that order.
+    pub last_sent_ms: u64,
+}
+
+impl Stats {
+    pub(crate) fn from_tuple((next_seq, total, last_sent_ms): (u64, u64, u64)) -> Self {
+        Self {
+            next_seq,
+            total,
+            last_sent_ms,
+        }
+    }
+    pub(crate) fn to_tuple(self) -> (u64, u64, u64) {
+        (self.next_seq, self.total, self.last_sent_ms)
+    }
+}
+
+/// Encodes a record; postcard into a `Vec` cannot fail for these types.
+pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_allocvec(v).unwrap_or_default()
+}
+
+/// Decodes a record, naming the table on corruption.
+pub(crate) fn decode<'a, T: Deserialize<'a>>(
+    table: &'static str,
+    b: &'a [u8],
+) -> Result<T, super::StoreError> {
+    postcard::from_bytes(b).map_err(|e| super::StoreError::Corrupt {
+        table,
+        detail: e.to_string(),
+    })
+}
