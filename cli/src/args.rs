@@ -116,6 +116,15 @@ pub enum Command {
     /// Example:
     ///   mqctl extend jobs RECEIPT --by 5m
     Extend(ExtendArgs),
+    /// Measure send throughput and latency against a node.
+    ///
+    /// Sends --messages messages of --size bytes, --batch per request, with --in-flight
+    /// requests outstanding on each of --connections connections. A send completes only
+    /// once the node has fsynced it.
+    ///
+    /// Example:
+    ///   mqctl bench --messages 200000 --size 1KiB --in-flight 256
+    Bench(BenchArgs),
     /// Print shell completions.
     ///
     /// Example:
@@ -263,7 +272,8 @@ pub struct SendArgs {
     /// Messages per request with --lines (1 to 1000).
     #[arg(long, default_value_t = 100)]
     pub batch: u32,
-    /// Requests in flight at once with --lines.
+    /// Requests in flight at once with --lines. Batches may then be stored out of line
+    /// order; use 1 to keep the order of the input.
     #[arg(long, default_value_t = 16)]
     pub in_flight: usize,
 }
@@ -311,4 +321,29 @@ pub struct ExtendArgs {
     /// New visibility timeout, counted from now.
     #[arg(long, value_parser = crate::units::millis, value_name = "DURATION")]
     pub by: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Queue to send to; created (and deleted afterwards) if it does not exist.
+    #[arg(long, default_value = "mqctl-bench")]
+    pub queue: String,
+    /// Messages to send in all.
+    #[arg(long, default_value_t = 100_000)]
+    pub messages: u64,
+    /// Message size.
+    #[arg(long, value_parser = crate::units::size, default_value = "1KiB", value_name = "SIZE")]
+    pub size: u32,
+    /// Messages per send request (1 to 1000).
+    #[arg(long, default_value_t = 1)]
+    pub batch: u32,
+    /// Requests outstanding at once on each connection.
+    #[arg(long, default_value_t = 256)]
+    pub in_flight: usize,
+    /// QUIC connections.
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
+    /// Keep the queue (and its messages) afterwards.
+    #[arg(long)]
+    pub keep: bool,
 }

@@ -2,6 +2,7 @@
 //! client library; this file connects, runs one command and maps errors to exit codes.
 
 mod args;
+mod bench;
 mod output;
 mod units;
 
@@ -180,7 +181,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let out = cli.global.output;
-    let client = Client::connect(client_config(&cli.global)?).await?;
+    let config = client_config(&cli.global)?;
+    if let Command::Bench(a) = cli.command {
+        return bench::run(config, out, a).await;
+    }
+    let client = Client::connect(config).await?;
     let r = dispatch(&client, out, cli.command).await;
     client.close().await;
     r
@@ -208,12 +213,13 @@ fn patch(attrs: QueueAttrs, no_dlq: bool) -> QueuePatch {
 
 fn parse_receipts(v: &[String]) -> anyhow::Result<Vec<Receipt>> {
     v.iter()
-        .map(|s| Receipt::from_hex(s).map_err(|e| anyhow!(e).context(Exit(EXIT_INVALID))))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| {
-            eprintln!("mqctl: {}", e.root_cause());
-            e
+        .map(|s| {
+            Receipt::from_hex(s).map_err(|e| {
+                eprintln!("mqctl: {e}");
+                anyhow!(Exit(EXIT_INVALID))
+            })
         })
+        .collect()
 }
 
 fn parse_attrs(v: &[String]) -> anyhow::Result<Vec<(String, Bytes)>> {
@@ -230,7 +236,7 @@ fn parse_attrs(v: &[String]) -> anyhow::Result<Vec<(String, Bytes)>> {
 
 async fn dispatch(client: &Client, out: Output, cmd: Command) -> anyhow::Result<()> {
     match cmd {
-        Command::Completions { .. } => Ok(()),
+        Command::Completions { .. } | Command::Bench(_) => Ok(()),
         Command::Queue(q) => queue(client, out, q).await,
         Command::Send(a) => send(client, out, a).await,
         Command::Receive(a) => {

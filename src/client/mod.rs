@@ -316,6 +316,15 @@ impl Client {
         }
     }
 
+    /// Sends a pre-encoded frame on a new stream and returns the answer's status code and
+    /// body, undecoded. For tools and tests that speak the protocol below the typed calls.
+    pub async fn raw(&self, frame: &[u8]) -> Result<(u16, Bytes), ClientError> {
+        let conn = self.connection().await?;
+        raw_roundtrip(&conn.conn, frame, self.config.timeout)
+            .await
+            .map_err(ClientError::Protocol)
+    }
+
     /// Checks the node answers.
     pub async fn ping(&self) -> Result<(), ClientError> {
         expect(
@@ -535,7 +544,7 @@ fn expect<T>(r: Response, f: impl FnOnce(Response) -> Option<T>) -> Result<T, Cl
 }
 
 /// Sends a raw frame on a new stream and returns the raw response frame's status and body.
-pub async fn raw_roundtrip(
+async fn raw_roundtrip(
     conn: &quinn::Connection,
     frame: &[u8],
     timeout: Duration,

@@ -161,13 +161,11 @@ impl Frontend {
                     o => Err(unexpected(o)),
                 }
             }
+            // One command: every check happens before anything is deleted, and the queue
+            // with all its messages goes in one transaction.
             Request::QueueDelete { name, force } => {
-                let mut deleted = 0;
-                if force {
-                    deleted = self.purge_all(&name).await?;
-                }
                 match self.submit(Command::DeleteQueue { name, force }).await? {
-                    Outcome::Count(n) => Ok(Response::Count(deleted + n)),
+                    Outcome::Count(n) => Ok(Response::Count(n)),
                     o => Err(unexpected(o)),
                 }
             }
@@ -384,4 +382,76 @@ fn unexpected(o: Outcome) -> Failure {
         Status::Internal,
         "internal error: unexpected outcome".into(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::QueuePatch;
+
+    fn frontend(dir: &std::path::Path, stopping: bool) -> (Frontend, watch::Sender<bool>) {
+        let (shard, _writer) = Shard::open(&dir.join("s.redb")).unwrap();
+        let (tx, rx) = watch::channel(stopping);
+        (
+            Frontend::new(shard, crate::server::tls::sha256(b"t"), rx),
+            tx,
+        )
+    }
+
+    #[tokio::test]
+    async fn requests_while_stopping_are_shutting_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fe, _tx) = frontend(dir.path(), true);
+        let s = Session::default();
+        let err = fe
+            .handle(
+                &s,
+                Request::QueueCreate {
+                    name: "q".into(),
+                    attributes: QueuePatch::default(),
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.0, Status::ShuttingDown);
+    }
+
+    #[tokio::test]
+    async fn requests_before_hello_are_unauthenticated() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fe, _tx) = frontend(dir.path(), false);
+        let s = Session::default();
+        let req = || Request::QueueDescribe { name: "q".into() };
+        assert_eq!(
+            fe.handle(&s, req()).await.unwrap_err().0,
+            Status::Unauthenticated
+        );
+        assert!(matches!(
+            fe.handle(&s, Request::Ping).await,
+            Ok(Response::Empty)
+        ));
+        let hello = |t: &str| Request::Hello {
+            token: t.into(),
+            client: "test".into(),
+        };
+        assert_eq!(
+            fe.handle(&s, hello("wrong")).await.unwrap_err().0,
+            Status::Unauthenticated
+        );
+        fe.handle(&s, hello("t")).await.unwrap();
+        assert_eq!(
+            fe.handle(&s, req()).await.unwrap_err().0,
+            Status::QueueNotFound
+        );
+    }
+
+    #[test]
+    fn storage_failures_are_internal_and_closed_store_is_shutting_down() {
+        let corrupt = StoreError::Corrupt {
+            table: "t",
+            detail: "x".into(),
+        };
+        assert_eq!(store_failure(corrupt).0, Status::Internal);
+        assert_eq!(store_failure(StoreError::Closed).0, Status::ShuttingDown);
+    }
 }

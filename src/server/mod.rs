@@ -194,6 +194,12 @@ pub async fn run(
     endpoint.close(0u32.into(), b"shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     let _ = expiry.await;
+    let ws = shard.writer_stats();
+    tracing::info!(
+        commands = ws.commands.load(std::sync::atomic::Ordering::Relaxed),
+        commits = ws.commits.load(std::sync::atomic::Ordering::Relaxed),
+        "writer totals (each commit is one fsync)"
+    );
     drop(frontend);
     drop(shard);
     // The writer finishes the commands already queued, then exits when the last handle is
@@ -265,13 +271,15 @@ async fn read_frame(
     let mut body = BytesMut::zeroed(h.body_len);
     match recv.read_exact(&mut body).await {
         Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(n)) => return Err(ReadError::Refuse(
-            Status::BadFrame,
-            format!(
+        Err(quinn::ReadExactError::FinishedEarly(n)) => {
+            return Err(ReadError::Refuse(
+                Status::BadFrame,
+                format!(
                 "frame truncated: the header announces {} body bytes, the stream ended after {n}",
                 h.body_len
             ),
-        )),
+            ))
+        }
         Err(quinn::ReadExactError::ReadError(_)) => return Err(ReadError::Gone),
     }
     Ok((h.code, body.freeze()))

@@ -705,11 +705,11 @@ pub fn apply(
                 };
                 let dest = match &target {
                     Some(d) => Some(d.clone()),
-                    None => match t.names.get(st.source_queue)? {
-                        Some(n) => Some((st.source_queue, n.value().to_string())),
-                        // Its source is gone and no destination was named: leave it.
-                        None => None,
-                    },
+                    // A message whose source is gone stays, unless a destination is named.
+                    None => t
+                        .names
+                        .get(st.source_queue)?
+                        .map(|n| (st.source_queue, n.value().to_string())),
                 };
                 let Some((dest_id, dest_name)) = dest else {
                     continue;

@@ -1,0 +1,195 @@
+//! Starting and stopping real `mqd` processes for tests: each on 127.0.0.1 with an
+//! ephemeral port and its own temporary data directory, killed when dropped.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use mqd::client::{Client, ClientConfig};
+
+/// A running `mqd` process.
+pub struct Node {
+    child: Option<Child>,
+    dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub addr: SocketAddr,
+}
+
+pub fn mqd_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_mqd"))
+}
+
+/// `mqctl` is built beside `mqd` by `cargo nextest run --workspace` (the cli package has
+/// integration tests, so cargo builds its binary).
+pub fn mqctl_bin() -> PathBuf {
+    let p = mqd_bin().with_file_name("mqctl");
+    assert!(
+        p.exists(),
+        "{} is missing: run the tests with `cargo nextest run --workspace` (or build it first)",
+        p.display()
+    );
+    p
+}
+
+impl Node {
+    /// Starts a node in a new temporary data directory.
+    pub fn start() -> Node {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().to_path_buf();
+        let (child, addr) = Node::spawn(&dir);
+        Node {
+            child: Some(child),
+            dir,
+            _tmp: Some(tmp),
+            addr,
+        }
+    }
+
+    fn spawn(dir: &Path) -> (Child, SocketAddr) {
+        let addr_file = dir.join("mqd.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("test-mqd.log"))
+            .expect("log file");
+        let mut child = Command::new(mqd_bin())
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--log-level")
+            .arg("info")
+            .env("MQD_CONFIG", "/dev/null")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn mqd");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            if let Ok(text) = std::fs::read_to_string(&addr_file) {
+                if let Ok(a) = text.trim().parse() {
+                    break a;
+                }
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(dir.join("test-mqd.log")).unwrap_or_default();
+                panic!("mqd exited with {status} before listening:\n{log}");
+            }
+            assert!(Instant::now() < deadline, "mqd did not start within 30s");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (child, addr)
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A client authenticated with the node's admin token.
+    pub async fn client(&self) -> Client {
+        Client::connect(self.client_config())
+            .await
+            .expect("connect")
+    }
+
+    pub fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::from_data_dir(&self.dir).expect("client config");
+        c.timeout = Duration::from_secs(10);
+        c
+    }
+
+    /// Runs mqctl against this node and returns its output.
+    pub fn mqctl(&self, args: &[&str]) -> Output {
+        self.mqctl_with_stdin(args, None)
+    }
+
+    pub fn mqctl_with_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(mqctl_bin())
+            .args(args)
+            .env("MQ_DATA_DIR", &self.dir)
+            .env("MQ_CONFIG", "/dev/null")
+            .env_remove("MQ_SERVER")
+            .env_remove("MQ_TOKEN")
+            .env_remove("MQ_CA")
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn mqctl");
+        if let Some(data) = stdin {
+            let mut s = child.stdin.take().expect("stdin");
+            s.write_all(data).expect("write stdin");
+        }
+        child.wait_with_output().expect("mqctl output")
+    }
+
+    /// SIGKILL, then wait for the process to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait (up to 20 s) for a clean exit; returns whether it exited 0.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the node again on the same data directory (new port).
+    pub fn restart(&mut self) {
+        self.kill();
+        let (child, addr) = Node::spawn(&self.dir);
+        self.child = Some(child);
+        self.addr = addr;
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("test-mqd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Stdout of an mqctl run that must have succeeded.
+pub fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "mqctl failed with {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}

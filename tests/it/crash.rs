@@ -1,0 +1,90 @@
+//! Crash safety: every acknowledged send survives SIGKILL, and nothing is stored twice.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mqd::protocol::{QueuePatch, SendEntry};
+
+use crate::common::Node;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_sends_survive_sigkill() {
+    let mut node = Node::start();
+    let c = node.client().await;
+    c.create_queue("crash", QueuePatch::default())
+        .await
+        .unwrap();
+
+    // Eight producers send numbered messages in batches of 10 and record each batch
+    // the node acknowledged. The node is killed while they run.
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut producers = Vec::new();
+    for p in 0..8 {
+        let c = c.clone();
+        let acked = acked.clone();
+        producers.push(tokio::spawn(async move {
+            for b in 0..10_000u32 {
+                let bodies: Vec<String> = (0..10).map(|i| format!("p{p}-b{b}-m{i}")).collect();
+                let batch = bodies.iter().map(|s| SendEntry::new(s.clone())).collect();
+                match c.send("crash", batch).await {
+                    Ok(ids) => {
+                        assert_eq!(ids.len(), 10);
+                        acked.lock().unwrap().extend(bodies);
+                    }
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    // Let a few thousand messages through, then SIGKILL.
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if acked.lock().unwrap().len() >= 3000 {
+            break;
+        }
+    }
+    node.kill();
+    for p in producers {
+        p.await.unwrap();
+    }
+    let acked: Vec<String> = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 3000);
+
+    node.restart();
+    let c = node.client().await;
+    let mut seen = HashSet::new();
+    let mut ids = HashSet::new();
+    loop {
+        let got = c
+            .receive("crash", 1000, Some(600_000), Some(0))
+            .await
+            .unwrap();
+        if got.is_empty() {
+            break;
+        }
+        for d in got {
+            assert!(
+                ids.insert(d.message.id),
+                "message id {} delivered twice",
+                d.message.id
+            );
+            let body = String::from_utf8(d.message.body.to_vec()).unwrap();
+            assert!(seen.insert(body.clone()), "body {body} stored twice");
+        }
+    }
+    let missing: Vec<_> = acked.iter().filter(|b| !seen.contains(*b)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged messages lost after SIGKILL, e.g. {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
+    let d = c.describe_queue("crash").await.unwrap();
+    assert_eq!(
+        d.counts.in_flight as usize,
+        seen.len(),
+        "counts agree with what is stored"
+    );
+}

@@ -1,0 +1,9 @@
+//! Integration tests: real `mqd` processes on 127.0.0.1, driven through the client library,
+//! raw frames and `mqctl`. One binary, a module per area.
+
+mod common;
+mod crash;
+mod errors;
+mod messages;
+mod mqctl;
+mod queues;

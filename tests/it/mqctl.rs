@@ -1,0 +1,179 @@
+//! `mqctl` against a real node: the README's session, JSON output, exit codes, stdin lines.
+
+use serde_json::Value;
+
+use crate::common::{ok, Node};
+
+fn json_lines(s: &str) -> Vec<Value> {
+    s.lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect()
+}
+
+#[test]
+fn readme_session_create_send_receive_ack_describe() {
+    let node = Node::start();
+    ok(&node.mqctl(&["queue", "create", "jobs"]));
+    ok(&node.mqctl(&["send", "jobs", "hello"]));
+    let out = ok(&node.mqctl(&["receive", "jobs", "--output", "json"]));
+    let msgs = json_lines(&out);
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0]["body"], "hello");
+    assert_eq!(msgs[0]["receive_count"], 1);
+    let receipt = msgs[0]["receipt"].as_str().unwrap().to_string();
+
+    let d = json_lines(&ok(
+        &node.mqctl(&["queue", "describe", "jobs", "-o", "json"])
+    ));
+    assert_eq!(
+        (d[0]["visible"].as_u64(), d[0]["in_flight"].as_u64()),
+        (Some(0), Some(1))
+    );
+    ok(&node.mqctl(&["ack", "jobs", &receipt]));
+    let d = json_lines(&ok(
+        &node.mqctl(&["queue", "describe", "jobs", "-o", "json"])
+    ));
+    assert_eq!(d[0]["in_flight"].as_u64(), Some(0));
+    let table = ok(&node.mqctl(&["queue", "describe", "jobs"]));
+    assert!(table.contains("in flight"), "{table}");
+
+    // Acking again: the receipt is stale, exit code 7.
+    let again = node.mqctl(&["ack", "jobs", &receipt]);
+    assert_eq!(again.status.code(), Some(7));
+}
+
+#[test]
+fn attributes_flags_and_human_units() {
+    let node = Node::start();
+    ok(&node.mqctl(&["queue", "create", "jobs-dead"]));
+    let out = ok(&node.mqctl(&[
+        "queue",
+        "create",
+        "jobs",
+        "--visibility",
+        "45s",
+        "--retention",
+        "2d",
+        "--max-size",
+        "64KiB",
+        "--delay",
+        "0s",
+        "--receive-wait",
+        "5s",
+        "--dlq",
+        "jobs-dead",
+        "--max-receives",
+        "5",
+        "-o",
+        "json",
+    ]));
+    let v = &json_lines(&out)[0]["config"];
+    assert_eq!(v["visibility_timeout_ms"], 45_000);
+    assert_eq!(v["retention_ms"], 2 * 86_400_000u64);
+    assert_eq!(v["max_message_size"], 65536);
+    assert_eq!(v["dead_letter_queue"], "jobs-dead");
+    ok(&node.mqctl(&["queue", "set", "jobs", "--no-dlq", "--visibility", "1m"]));
+    ok(&node.mqctl(&[
+        "send",
+        "jobs",
+        "with attrs",
+        "--attr",
+        "kind=resize",
+        "--attr",
+        "n=1",
+    ]));
+    let out = ok(&node.mqctl(&["queue", "peek", "jobs", "-o", "json"]));
+    let m = &json_lines(&out)[0];
+    assert_eq!(m["attributes"]["kind"], "resize");
+    assert_eq!(m["receive_count"], 0);
+    let out = ok(&node.mqctl(&["queue", "list", "-o", "json"]));
+    assert_eq!(json_lines(&out).len(), 2);
+}
+
+#[test]
+fn send_lines_from_stdin_then_purge_and_delete() {
+    let node = Node::start();
+    ok(&node.mqctl(&["queue", "create", "bulk"]));
+    let input: String = (0..2500).map(|i| format!("line {i}\n")).collect();
+    let out = ok(&node.mqctl_with_stdin(
+        &["send", "bulk", "--lines", "-o", "json"],
+        Some(input.as_bytes()),
+    ));
+    assert_eq!(json_lines(&out)[0]["sent"], 2500);
+    let out = ok(&node.mqctl(&["receive", "bulk", "-n", "3", "--ack", "-o", "json"]));
+    let got = json_lines(&out);
+    assert_eq!(got.len(), 3);
+    // Batches go out concurrently, so only their content is certain, not their order.
+    for m in &got {
+        let body = m["body"].as_str().unwrap();
+        assert!(body.starts_with("line "), "{body}");
+    }
+    let del = node.mqctl(&["queue", "delete", "bulk"]);
+    assert_eq!(del.status.code(), Some(4), "non-empty queue needs --force");
+    let out = ok(&node.mqctl(&["queue", "purge", "bulk", "-o", "json"]));
+    assert_eq!(json_lines(&out)[0]["messages_deleted"], 2497);
+    ok(&node.mqctl(&["queue", "delete", "bulk"]));
+}
+
+#[test]
+fn exit_codes_are_stable() {
+    let node = Node::start();
+    assert_eq!(
+        node.mqctl(&["queue", "describe", "nope"]).status.code(),
+        Some(3)
+    );
+    ok(&node.mqctl(&["queue", "create", "q"]));
+    assert_eq!(node.mqctl(&["queue", "create", "q"]).status.code(), Some(4));
+    assert_eq!(
+        node.mqctl(&["queue", "create", "bad/name"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        node.mqctl(&["queue", "create", "x", "--visibility", "soon"])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(node.mqctl(&["ack", "q", "zz"]).status.code(), Some(2));
+    assert_eq!(
+        node.mqctl(&["--token", "wrong", "queue", "list"])
+            .status
+            .code(),
+        Some(6)
+    );
+    let out = node.mqctl(&[
+        "--server",
+        "127.0.0.1:1",
+        "--ca",
+        node.dir().join("ca.pem").to_str().unwrap(),
+        "--timeout",
+        "1s",
+        "queue",
+        "list",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Empty receive is not an error.
+    let out = node.mqctl(&["receive", "q", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn remote_style_flags_work_without_the_data_dir() {
+    let node = Node::start();
+    let token = std::fs::read_to_string(node.dir().join("admin.token")).unwrap();
+    let out = std::process::Command::new(crate::common::mqctl_bin())
+        .args(["--server", &node.addr.to_string(), "--ca"])
+        .arg(node.dir().join("ca.pem"))
+        .args(["--token", token.trim(), "queue", "create", "remote"])
+        .env("MQ_DATA_DIR", "/nonexistent")
+        .env("MQ_CONFIG", "/dev/null")
+        .output()
+        .unwrap();
+    ok(&out);
+}

@@ -1,0 +1,161 @@
+//! Queue administration: create, set, list, describe, purge, delete.
+
+use mqd::protocol::{DeadLetter, QueueConfig, QueuePatch, SendEntry, Status};
+
+use crate::common::Node;
+
+#[tokio::test]
+async fn create_with_attributes_then_set_and_describe() {
+    let node = Node::start();
+    let c = node.client().await;
+    c.create_queue("dead", QueuePatch::default()).await.unwrap();
+    let cfg = c
+        .create_queue(
+            "jobs",
+            QueuePatch {
+                visibility_timeout_ms: Some(45_000),
+                retention_ms: Some(3_600_000),
+                max_message_size: Some(2048),
+                delay_ms: Some(0),
+                receive_wait_ms: Some(20_000),
+                dead_letter: Some(Some(DeadLetter {
+                    queue: "dead".into(),
+                    max_receives: 5,
+                })),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(cfg.visibility_timeout_ms, 45_000);
+    assert_eq!(cfg.dead_letter.as_ref().unwrap().max_receives, 5);
+
+    let cfg = c
+        .set_queue(
+            "jobs",
+            QueuePatch {
+                visibility_timeout_ms: Some(10_000),
+                dead_letter: Some(None),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(cfg.visibility_timeout_ms, 10_000);
+    assert_eq!(cfg.retention_ms, 3_600_000, "untouched settings stay");
+    assert!(cfg.dead_letter.is_none());
+    let d = c.describe_queue("jobs").await.unwrap();
+    assert_eq!(d.config, cfg);
+    assert!(d.updated_ms >= d.created_ms);
+
+    // Defaults are DESIGN.md's.
+    let d = c.describe_queue("dead").await.unwrap();
+    assert_eq!(d.config, QueueConfig::default());
+    assert_eq!(d.config.visibility_timeout_ms, 30_000);
+    assert_eq!(d.config.retention_ms, 4 * 24 * 3600 * 1000);
+}
+
+#[tokio::test]
+async fn list_filters_by_prefix_and_pages() {
+    let node = Node::start();
+    let c = node.client().await;
+    for q in ["orders.eu", "orders.us", "billing", "orders.asia"] {
+        c.create_queue(q, QueuePatch::default()).await.unwrap();
+    }
+    c.send("orders.eu", vec![SendEntry::new("x")])
+        .await
+        .unwrap();
+    let all = c.list_all_queues("").await.unwrap();
+    let names: Vec<_> = all.iter().map(|q| q.name.as_str()).collect();
+    assert_eq!(names, ["billing", "orders.asia", "orders.eu", "orders.us"]);
+    let orders = c.list_all_queues("orders.").await.unwrap();
+    assert_eq!(orders.len(), 3);
+    assert_eq!(orders[1].messages, 1);
+    let (page, truncated) = c.list_queues("orders.", "", 2).await.unwrap();
+    assert_eq!(page.len(), 2);
+    assert!(truncated);
+    let (rest, truncated) = c.list_queues("orders.", &page[1].name, 2).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].name, "orders.us");
+    assert!(!truncated);
+}
+
+#[tokio::test]
+async fn purge_removes_everything_in_chunks() {
+    let node = Node::start();
+    let c = node.client().await;
+    c.create_queue("p", QueuePatch::default()).await.unwrap();
+    // More than one purge chunk (10,000).
+    for _ in 0..12 {
+        let batch = (0..1000).map(|i| SendEntry::new(format!("m{i}"))).collect();
+        c.send("p", batch).await.unwrap();
+    }
+    let taken = c.receive("p", 5, None, Some(0)).await.unwrap();
+    assert_eq!(c.purge_queue("p").await.unwrap(), 12_000);
+    let d = c.describe_queue("p").await.unwrap();
+    assert_eq!(
+        (d.counts.visible, d.counts.in_flight, d.counts.delayed),
+        (0, 0, 0)
+    );
+    // Receipts of purged messages are stale.
+    assert_eq!(
+        c.ack("p", vec![taken[0].receipt]).await.unwrap(),
+        vec![Status::ReceiptStale]
+    );
+    // The queue still works.
+    c.send("p", vec![SendEntry::new("after")]).await.unwrap();
+    assert_eq!(c.receive("p", 1, None, Some(0)).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn delete_non_empty_needs_force_and_the_name_can_be_reused() {
+    let node = Node::start();
+    let c = node.client().await;
+    c.create_queue("gone", QueuePatch::default()).await.unwrap();
+    c.send("gone", vec![SendEntry::new("a"), SendEntry::new("b")])
+        .await
+        .unwrap();
+    let old = c.receive("gone", 1, None, Some(0)).await.unwrap();
+    let e = c.delete_queue("gone", false).await.unwrap_err();
+    assert_eq!(e.status(), Some(Status::QueueNotEmpty));
+    assert_eq!(c.delete_queue("gone", true).await.unwrap(), 2);
+    let e = c.describe_queue("gone").await.unwrap_err();
+    assert_eq!(e.status(), Some(Status::QueueNotFound));
+
+    // A new queue with the same name is a different queue: old receipts do not apply.
+    c.create_queue("gone", QueuePatch::default()).await.unwrap();
+    assert_eq!(c.describe_queue("gone").await.unwrap().counts.visible, 0);
+    assert_eq!(
+        c.ack("gone", vec![old[0].receipt]).await.unwrap(),
+        vec![Status::ReceiptInvalid]
+    );
+    // An empty queue needs no force.
+    assert_eq!(c.delete_queue("gone", false).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn state_survives_a_clean_restart() {
+    let mut node = Node::start();
+    {
+        let c = node.client().await;
+        c.create_queue(
+            "keep",
+            QueuePatch {
+                visibility_timeout_ms: Some(1234),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        c.send("keep", vec![SendEntry::new("persisted")])
+            .await
+            .unwrap();
+        c.close().await;
+    }
+    assert!(node.terminate(), "clean exit on SIGTERM:\n{}", node.log());
+    node.restart();
+    let c = node.client().await;
+    let d = c.describe_queue("keep").await.unwrap();
+    assert_eq!(d.config.visibility_timeout_ms, 1234);
+    let got = c.receive("keep", 1, None, Some(0)).await.unwrap();
+    assert_eq!(&got[0].message.body[..], b"persisted");
+}
