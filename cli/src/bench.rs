@@ -15,14 +15,26 @@ use serde_json::json;
 use crate::args::{BenchArgs, Output};
 
 pub async fn run(config: ClientConfig, out: Output, a: BenchArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(a.batch >= 1 && a.batch <= mqd::protocol::MAX_BATCH, "--batch must be 1 to 1000");
-    anyhow::ensure!(a.in_flight >= 1 && a.connections >= 1, "--in-flight and --connections must be at least 1");
+    anyhow::ensure!(
+        a.batch >= 1 && a.batch <= mqd::protocol::MAX_BATCH,
+        "--batch must be 1 to 1000"
+    );
+    anyhow::ensure!(
+        a.in_flight >= 1 && a.connections >= 1,
+        "--in-flight and --connections must be at least 1"
+    );
     let mut clients = Vec::new();
     for _ in 0..a.connections {
         clients.push(Client::connect(config.clone()).await?);
     }
     let created = match clients[0]
-        .create_queue(&a.queue, QueuePatch { max_message_size: Some(a.size.max(1)), ..Default::default() })
+        .create_queue(
+            &a.queue,
+            QueuePatch {
+                max_message_size: Some(a.size.max(1)),
+                ..Default::default()
+            },
+        )
         .await
     {
         Ok(_) => true,
@@ -70,7 +82,13 @@ pub async fn run(config: ClientConfig, out: Output, a: BenchArgs) -> anyhow::Res
     report(out, &a, sent, elapsed, &hist)
 }
 
-fn report(out: Output, a: &BenchArgs, sent: u64, elapsed: Duration, h: &Histogram<u64>) -> anyhow::Result<()> {
+fn report(
+    out: Output,
+    a: &BenchArgs,
+    sent: u64,
+    elapsed: Duration,
+    h: &Histogram<u64>,
+) -> anyhow::Result<()> {
     let secs = elapsed.as_secs_f64();
     let rate = sent as f64 / secs;
     let mbps = rate * f64::from(a.size) / (1024.0 * 1024.0);

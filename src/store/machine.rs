@@ -818,3 +818,296 @@ fn check_receipt(
         _ => Err(Status::ReceiptStale),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::DeadLetter;
+    use redb::{Database, ReadableDatabase};
+
+    fn db() -> (tempfile::TempDir, Database) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("t.redb")).unwrap();
+        (dir, db)
+    }
+
+    /// Applies one command in its own transaction, as the writer would.
+    fn run(db: &Database, now: u64, cmd: Command) -> (Result<Outcome, ApplyError>, Effects) {
+        let txn = db.begin_write().unwrap();
+        let mut fx = Effects::default();
+        let r = {
+            let mut t = Tables::open(&txn).unwrap();
+            apply(&mut t, now, &cmd, &mut fx)
+        };
+        if fx.dirty {
+            txn.commit().unwrap();
+        } else {
+            txn.abort().unwrap();
+        }
+        (r, fx)
+    }
+
+    fn ok(db: &Database, now: u64, cmd: Command) -> Outcome {
+        run(db, now, cmd).0.unwrap()
+    }
+
+    /// Every row of every table, printed: equal dumps mean equal states.
+    fn dump(db: &Database) -> Vec<String> {
+        let txn = db.begin_read().unwrap();
+        let mut out = Vec::new();
+        macro_rules! table {
+            ($def:expr) => {
+                if let Ok(t) = txn.open_table($def) {
+                    for e in t.iter().unwrap() {
+                        let (k, v) = e.unwrap();
+                        out.push(format!(
+                            "{}: {:?} = {:?}",
+                            stringify!($def),
+                            k.value(),
+                            v.value()
+                        ));
+                    }
+                }
+            };
+        }
+        table!(QUEUES);
+        table!(QUEUE_NAMES);
+        table!(STATS);
+        table!(STATE);
+        table!(BODY);
+        table!(VISIBLE);
+        table!(SYSTEM);
+        out
+    }
+
+    fn create(name: &str) -> Command {
+        Command::CreateQueue {
+            name: name.into(),
+            patch: QueuePatch::default(),
+        }
+    }
+
+    fn send(q: &str, bodies: &[&str]) -> Command {
+        Command::Send {
+            queue: q.into(),
+            messages: bodies
+                .iter()
+                .map(|b| SendEntry::new(b.to_string()))
+                .collect(),
+        }
+    }
+
+    fn receive(q: &str, max: u32, vis: Option<u64>) -> Command {
+        Command::Receive {
+            queue: q.into(),
+            max,
+            visibility_ms: vis,
+        }
+    }
+
+    fn deliveries(o: Outcome) -> Vec<Delivery> {
+        match o {
+            Outcome::Deliveries { deliveries, .. } => deliveries,
+            o => panic!("{o:?}"),
+        }
+    }
+
+    /// The script used for the determinism check: every kind of command.
+    fn script() -> Vec<(u64, Command)> {
+        let dl = QueuePatch {
+            visibility_timeout_ms: Some(0),
+            dead_letter: Some(Some(DeadLetter {
+                queue: "dead".into(),
+                max_receives: 1,
+            })),
+            ..QueuePatch::default()
+        };
+        vec![
+            (1000, create("dead")),
+            (
+                1001,
+                Command::CreateQueue {
+                    name: "q".into(),
+                    patch: dl,
+                },
+            ),
+            (1002, send("q", &["a", "b", "c"])),
+            (1003, receive("q", 2, None)),
+            (1004, receive("q", 5, None)),
+            (
+                1005,
+                Command::Redrive {
+                    name: "dead".into(),
+                    to: None,
+                    max: 10,
+                    after: None,
+                },
+            ),
+            (
+                1006,
+                Command::SetQueue {
+                    name: "q".into(),
+                    patch: QueuePatch {
+                        retention_ms: Some(1000),
+                        ..QueuePatch::default()
+                    },
+                },
+            ),
+            (900, send("q", &["late clock"])),
+            (5000, Command::Expire { max: 100 }),
+            (5001, send("q", &["x"])),
+            (
+                5002,
+                Command::Purge {
+                    name: "q".into(),
+                    max: 10,
+                },
+            ),
+        ]
+    }
+
+    #[test]
+    fn same_commands_same_state() {
+        let (_a, da) = db();
+        let (_b, dbb) = db();
+        let mut results = (Vec::new(), Vec::new());
+        for (now, cmd) in script() {
+            results
+                .0
+                .push(format!("{:?}", run(&da, now, cmd.clone()).0));
+            results.1.push(format!("{:?}", run(&dbb, now, cmd).0));
+        }
+        assert_eq!(results.0, results.1);
+        assert_eq!(dump(&da), dump(&dbb));
+        assert!(!dump(&da).is_empty());
+    }
+
+    #[test]
+    fn commands_survive_serialization() {
+        for (_, cmd) in script() {
+            let bytes = postcard::to_allocvec(&cmd).unwrap();
+            let back: Command = postcard::from_bytes(&bytes).unwrap();
+            assert_eq!(back, cmd);
+        }
+    }
+
+    #[test]
+    fn a_rejected_send_writes_nothing() {
+        let (_d, db) = db();
+        ok(
+            &db,
+            1,
+            Command::CreateQueue {
+                name: "q".into(),
+                patch: QueuePatch {
+                    max_message_size: Some(4),
+                    ..QueuePatch::default()
+                },
+            },
+        );
+        let before = dump(&db);
+        let (r, fx) = run(&db, 2, send("q", &["ok", "too long"]));
+        assert!(matches!(
+            r,
+            Err(ApplyError::Rejected {
+                status: Status::MessageTooLarge,
+                ..
+            })
+        ));
+        assert!(!fx.dirty);
+        assert_eq!(dump(&db), before);
+    }
+
+    #[test]
+    fn empty_receive_is_not_a_write() {
+        let (_d, db) = db();
+        ok(&db, 1, create("q"));
+        let (r, fx) = run(&db, 2, receive("q", 10, None));
+        assert!(deliveries(r.unwrap()).is_empty());
+        assert!(!fx.dirty, "an empty receive must not cost a commit");
+    }
+
+    #[test]
+    fn stale_receipts_cannot_touch_a_redelivery() {
+        let (_d, db) = db();
+        ok(&db, 1, create("q"));
+        ok(&db, 2, send("q", &["m"]));
+        let first = deliveries(ok(&db, 3, receive("q", 1, Some(10))));
+        let second = deliveries(ok(&db, 20, receive("q", 1, Some(10))));
+        assert_eq!(second[0].message.receive_count, 2);
+        let r = ok(
+            &db,
+            21,
+            Command::Ack {
+                queue: "q".into(),
+                receipts: vec![first[0].receipt],
+            },
+        );
+        assert_eq!(r, Outcome::Results(vec![Status::ReceiptStale]));
+        let r = ok(
+            &db,
+            21,
+            Command::Nack {
+                queue: "q".into(),
+                entries: vec![(first[0].receipt, 0)],
+            },
+        );
+        assert_eq!(r, Outcome::Results(vec![Status::ReceiptStale]));
+        let r = ok(
+            &db,
+            22,
+            Command::Ack {
+                queue: "q".into(),
+                receipts: vec![second[0].receipt],
+            },
+        );
+        assert_eq!(r, Outcome::Results(vec![Status::Ok]));
+    }
+
+    #[test]
+    fn sent_time_never_goes_backwards_within_a_queue() {
+        let (_d, db) = db();
+        ok(&db, 1, create("q"));
+        ok(&db, 10_000, send("q", &["first"]));
+        ok(&db, 5_000, send("q", &["clock stepped back"]));
+        let ds = deliveries(ok(&db, 20_000, receive("q", 2, None)));
+        assert_eq!(ds.len(), 2);
+        assert!(ds[1].message.sent_ms >= ds[0].message.sent_ms);
+    }
+
+    #[test]
+    fn dead_letter_move_is_atomic_and_counted() {
+        let (_d, db) = db();
+        ok(&db, 1, create("dead"));
+        ok(
+            &db,
+            1,
+            Command::CreateQueue {
+                name: "q".into(),
+                patch: QueuePatch {
+                    visibility_timeout_ms: Some(0),
+                    dead_letter: Some(Some(DeadLetter {
+                        queue: "dead".into(),
+                        max_receives: 1,
+                    })),
+                    ..QueuePatch::default()
+                },
+            },
+        );
+        ok(&db, 2, send("q", &["m"]));
+        assert_eq!(deliveries(ok(&db, 3, receive("q", 1, None))).len(), 1);
+        let (r, fx) = run(&db, 4, receive("q", 1, None));
+        assert!(deliveries(r.unwrap()).is_empty());
+        assert!(fx.wake.contains("dead"));
+        let got = deliveries(ok(&db, 5, receive("dead", 1, None)));
+        assert_eq!(got[0].message.body, Bytes::from_static(b"m"));
+        let txn = db.begin_read().unwrap();
+        let stats = txn.open_table(STATS).unwrap();
+        let totals: Vec<u64> = stats
+            .iter()
+            .unwrap()
+            .map(|e| e.unwrap().1.value().1)
+            .collect();
+        assert_eq!(totals, vec![1, 0], "dead holds one, q holds none");
+    }
+}
