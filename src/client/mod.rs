@@ -6,20 +6,44 @@
 //! connection. Every call has a timeout. Calls that cannot change state twice (ping,
 //! list, describe, peek) are retried once on a fresh connection if the old one broke.
 //!
-//! ```no_run
+//! ```
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # // Start a real node in-process on a free loopback port, in a temporary directory.
+//! # let tmp = tempfile::tempdir()?;
+//! # let data_dir = tmp.path().to_path_buf();
+//! # let config = mqd::config::Config {
+//! #     data_dir: data_dir.clone(),
+//! #     listen: "127.0.0.1:0".parse()?,
+//! #     log_level: "warn".into(),
+//! #     tls_names: vec![],
+//! # };
+//! # let (stop, stopping) = tokio::sync::watch::channel(false);
+//! # let (ready, is_ready) = tokio::sync::oneshot::channel();
+//! # let node = tokio::spawn(mqd::server::run(config, stopping, move |_| {
+//! #     let _ = ready.send(());
+//! # }));
+//! # is_ready.await?;
 //! use mqd::client::{Client, ClientConfig};
 //! use mqd::protocol::{QueuePatch, SendEntry};
 //!
-//! # async fn demo() -> Result<(), mqd::client::ClientError> {
-//! // Finds the address, CA and admin token of the node whose data directory this is.
-//! let config = ClientConfig::from_data_dir("/var/lib/mqd".as_ref())?;
-//! let client = Client::connect(config).await?;
+//! // The address, CA and admin token of the node whose data directory this is
+//! // (e.g. /var/lib/mqd). Remote clients use ClientConfig::new(addrs, ca_pem, token).
+//! let client = Client::connect(ClientConfig::from_data_dir(&data_dir)?).await?;
 //! client.create_queue("jobs", QueuePatch::default()).await?;
-//! client.send("jobs", vec![SendEntry::new("hello")]).await?;
-//! for d in client.receive("jobs", 10, None, Some(1000)).await? {
-//!     println!("{}", String::from_utf8_lossy(&d.message.body));
-//!     client.ack("jobs", vec![d.receipt]).await?;
+//!
+//! // Acknowledged means fsynced. Batches of up to 1000 messages go in one request.
+//! let ids = client.send("jobs", vec![SendEntry::new("resize img-17.png")]).await?;
+//!
+//! // Wait up to 1 s for messages; each stays hidden until acked or its visibility runs out.
+//! for delivery in client.receive("jobs", 10, None, Some(1000)).await? {
+//!     assert_eq!(delivery.message.id, ids[0]);
+//!     println!("{}", String::from_utf8_lossy(&delivery.message.body));
+//!     client.ack("jobs", vec![delivery.receipt]).await?;
 //! }
+//! # client.close().await;
+//! # stop.send(true)?;
+//! # node.await??;
 //! # Ok(())
 //! # }
 //! ```

@@ -30,6 +30,9 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 const MAX_BUFFERED_BODY_KIB: usize = 256 * 1024;
 /// How long shutdown waits for requests in progress before closing connections.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a finished response may take to be acknowledged by the client before its
+/// request stops counting as in progress.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often expired messages are deleted.
 const EXPIRE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -162,12 +165,13 @@ pub async fn run(
                 let fe = frontend.clone();
                 let budget = body_budget.clone();
                 let tracker = tracker.clone();
+                let stop = shutdown.clone();
                 tokio::spawn(async move {
                     let remote = incoming.remote_address();
                     let span = tracing::info_span!("conn", %remote);
                     async move {
                         match incoming.await {
-                            Ok(conn) => serve_connection(conn, fe, budget, tracker).await,
+                            Ok(conn) => serve_connection(conn, fe, budget, tracker, stop).await,
                             Err(e) => tracing::debug!(error = %e, "handshake failed"),
                         }
                     }
@@ -215,6 +219,7 @@ async fn serve_connection(
     fe: Arc<Frontend>,
     budget: Arc<Semaphore>,
     tracker: tracker::Tracker,
+    shutdown: watch::Receiver<bool>,
 ) {
     let session = Arc::new(Session::default());
     tracing::debug!("connection established");
@@ -230,9 +235,10 @@ async fn serve_connection(
         let session = session.clone();
         let budget = budget.clone();
         let guard = tracker.guard();
+        let shutdown = shutdown.clone();
         tokio::spawn(
             async move {
-                serve_stream(send, recv, &fe, &session, &budget).await;
+                serve_stream(send, recv, &fe, &session, &budget, &shutdown).await;
                 drop(guard);
             }
             .in_current_span(),
@@ -291,32 +297,49 @@ async fn serve_stream(
     fe: &Frontend,
     session: &Session,
     budget: &Semaphore,
+    shutdown: &watch::Receiver<bool>,
 ) {
-    let frame =
-        match tokio::time::timeout(REQUEST_READ_TIMEOUT, read_frame(&mut recv, budget)).await {
-            Err(_) => encode_error(
-                Status::BadFrame,
-                &format!("request frame not complete within {REQUEST_READ_TIMEOUT:?}"),
-            ),
-            Ok(Err(ReadError::Gone)) => return,
-            Ok(Err(ReadError::Refuse(status, msg))) => {
-                tracing::debug!(%status, %msg, "refused a frame");
-                encode_error(status, &msg)
-            }
-            Ok(Ok((code, body))) => match Request::decode(code, body) {
-                Err(e) => encode_error(e.status(), &e.to_string()),
-                Ok(req) => match fe.handle(session, req).await {
-                    Ok(resp) => resp.encode(),
-                    Err((status, msg)) => encode_error(status, &msg),
-                },
+    // A request still arriving when the node starts to stop is not waited for: it is
+    // answered SHUTTING_DOWN at once, so a slow or stalled client cannot hold up a stop.
+    let read = tokio::select! {
+        r = tokio::time::timeout(REQUEST_READ_TIMEOUT, read_frame(&mut recv, budget)) => Some(r),
+        _ = wait_true(shutdown.clone()) => None,
+    };
+    let frame = match read {
+        None => encode_error(
+            Status::ShuttingDown,
+            "the node is shutting down; retry on another node or later",
+        ),
+        Some(Err(_)) => encode_error(
+            Status::BadFrame,
+            &format!("request frame not complete within {REQUEST_READ_TIMEOUT:?}"),
+        ),
+        Some(Ok(Err(ReadError::Gone))) => return,
+        Some(Ok(Err(ReadError::Refuse(status, msg)))) => {
+            tracing::debug!(%status, %msg, "refused a frame");
+            encode_error(status, &msg)
+        }
+        Some(Ok(Ok((code, body)))) => match Request::decode(code, body) {
+            Err(e) => encode_error(e.status(), &e.to_string()),
+            Ok(req) => match fe.handle(session, req).await {
+                Ok(resp) => resp.encode(),
+                Err((status, msg)) => encode_error(status, &msg),
             },
-        };
+        },
+    };
     // One frame per stream: whatever else the client sent is not read.
     let _ = recv.stop(0u32.into());
     debug_assert!(frame.len() <= MAX_FRAME);
-    if send.write_all(&frame).await.is_ok() {
-        let _ = send.finish();
+    if send.write_all(&frame).await.is_ok() && send.finish().is_ok() {
+        // Stay counted as in progress until the peer has the whole answer, so that a
+        // shutdown does not close the connection under a response still in transit.
+        let _ = tokio::time::timeout(DELIVERY_TIMEOUT, send.stopped()).await;
     }
+}
+
+/// Resolves once the watched flag is true.
+async fn wait_true(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
 }
 
 /// Counts request streams in progress so shutdown can wait for them.

@@ -729,9 +729,14 @@ pub fn apply(
         Command::Expire { max } => {
             let mut queues = Vec::new();
             for e in t.queues.iter()? {
-                let (_, v) = e?;
-                let rec: QueueRecord = decode("queues", v.value())?;
-                queues.push((rec.id, rec.config.retention_ms));
+                let (k, v) = e?;
+                // One unreadable record must not stop expiry everywhere else.
+                match decode::<QueueRecord>("queues", v.value()) {
+                    Ok(rec) => queues.push((rec.id, rec.config.retention_ms)),
+                    Err(e) => {
+                        tracing::warn!(queue = k.value(), error = %e, "expiry skips a queue whose record does not decode")
+                    }
+                }
             }
             let mut removed = 0u64;
             for (qid, retention) in queues {
@@ -790,7 +795,10 @@ fn dead_letter_users(t: &Tables<'_>, name: &str) -> Result<Vec<String>, ApplyErr
     let mut users = Vec::new();
     for e in t.queues.iter()? {
         let (k, v) = e?;
-        let rec: QueueRecord = decode("queues", v.value())?;
+        // A record that does not decode names no dead-letter queue anyone can use.
+        let Ok(rec) = decode::<QueueRecord>("queues", v.value()) else {
+            continue;
+        };
         if rec
             .config
             .dead_letter

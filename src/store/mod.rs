@@ -346,66 +346,103 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        let mut fx = Effects::default();
-        let results = run_batch(db, &batch, &mut fx);
         stats
             .commands
             .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        match results {
-            Ok(results) => {
-                if fx.dirty {
-                    stats
-                        .commits
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                for (job, r) in batch.drain(..).zip(results) {
-                    let _ = job.reply.send(r);
-                }
-                let w = waiters.lock().unwrap_or_else(|e| e.into_inner());
-                for q in &fx.wake {
-                    if let Some(n) = w.get(q) {
-                        n.notify_waiters();
+        // A command that hits a storage error is answered with it and taken out; the
+        // others run again in a fresh transaction (apply is deterministic, and the failed
+        // transaction left nothing behind), so one bad record fails one request only.
+        loop {
+            let mut fx = Effects::default();
+            match run_batch(db, &batch, &mut fx) {
+                Ok(results) => {
+                    if fx.dirty {
+                        stats
+                            .commits
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
+                    for (job, r) in batch.drain(..).zip(results) {
+                        let _ = job.reply.send(r);
+                    }
+                    let w = waiters.lock().unwrap_or_else(|e| e.into_inner());
+                    for q in &fx.wake {
+                        if let Some(n) = w.get(q) {
+                            n.notify_waiters();
+                        }
+                    }
+                    break;
                 }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, commands = batch.len(), "shard transaction failed; no command of the batch took effect");
-                for job in batch.drain(..) {
-                    let _ =
-                        job.reply
-                            .send(Err(ApplyError::Store(StoreError::Db(redb::Error::Io(
-                                std::io::Error::other(e.to_string()),
-                            )))));
+                Err(BatchError::Command(i, e)) => {
+                    tracing::error!(error = %e, command = ?batch[i].cmd_kind(), "command failed on storage; retrying the rest of its batch");
+                    let job = batch.remove(i);
+                    let _ = job.reply.send(Err(ApplyError::Store(e)));
+                }
+                Err(BatchError::Transaction(e)) => {
+                    tracing::error!(error = %e, commands = batch.len(), "shard transaction failed; no command of the batch took effect");
+                    let msg = e.to_string();
+                    for job in batch.drain(..) {
+                        let _ = job.reply.send(Err(ApplyError::Store(StoreError::Db(
+                            redb::Error::Io(std::io::Error::other(msg.clone())),
+                        ))));
+                    }
+                    break;
                 }
             }
         }
     }
 }
 
+impl Job {
+    /// The command's variant name, for logs (not its payload).
+    fn cmd_kind(&self) -> &'static str {
+        match &self.cmd {
+            Command::CreateQueue { .. } => "create_queue",
+            Command::DeleteQueue { .. } => "delete_queue",
+            Command::SetQueue { .. } => "set_queue",
+            Command::Purge { .. } => "purge",
+            Command::Send { .. } => "send",
+            Command::Receive { .. } => "receive",
+            Command::Ack { .. } => "ack",
+            Command::Nack { .. } => "nack",
+            Command::ChangeVisibility { .. } => "change_visibility",
+            Command::Redrive { .. } => "redrive",
+            Command::Expire { .. } => "expire",
+        }
+    }
+}
+
+/// Why a batch did not commit.
+enum BatchError {
+    /// Command `i` hit a storage error; the transaction was aborted.
+    Command(usize, StoreError),
+    /// The transaction itself could not begin or commit.
+    Transaction(StoreError),
+}
+
 /// Applies a batch in one transaction and commits it durably if anything was written.
-/// `Err` means the transaction failed and nothing of the batch took effect.
 fn run_batch(
     db: &Database,
     batch: &[Job],
     fx: &mut Effects,
-) -> Result<Vec<Result<Outcome, ApplyError>>, StoreError> {
-    let mut txn = db.begin_write()?;
+) -> Result<Vec<Result<Outcome, ApplyError>>, BatchError> {
+    let tx = BatchError::Transaction;
+    let mut txn = db.begin_write().map_err(|e| tx(e.into()))?;
     txn.set_durability(Durability::Immediate)
-        .map_err(|e| StoreError::Db(e.into()))?;
+        .map_err(|e| tx(StoreError::Db(e.into())))?;
     let mut results = Vec::with_capacity(batch.len());
     {
-        let mut tables = Tables::open(&txn)?;
-        for job in batch {
+        let mut tables = Tables::open(&txn).map_err(|e| tx(StoreError::Db(e)))?;
+        for (i, job) in batch.iter().enumerate() {
             match machine::apply(&mut tables, job.now_ms, &job.cmd, fx) {
-                Err(ApplyError::Store(e)) => return Err(e),
+                Err(ApplyError::Store(e)) => return Err(BatchError::Command(i, e)),
                 r => results.push(r),
             }
         }
     }
     if fx.dirty {
-        txn.commit()?;
+        txn.commit().map_err(|e| tx(e.into()))?;
     } else {
-        txn.abort()?;
+        txn.abort().map_err(|e| tx(e.into()))?;
     }
     Ok(results)
 }

@@ -193,3 +193,29 @@ pub fn ok(o: &Output) -> String {
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
+
+/// A bare QUIC connection to the node (no HELLO): for tests that need to hold a stream
+/// open mid-frame, below what the client library allows.
+pub async fn raw_connection(node: &Node) -> quinn::Connection {
+    use rustls_pki_types::pem::PemObject;
+    let ca = std::fs::read(node.dir().join("ca.pem")).expect("ca.pem");
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&ca) {
+        roots.add(c.expect("pem")).expect("root");
+    }
+    let mut crypto = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .expect("tls13")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    crypto.alpn_protocols = vec![mqd::protocol::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).expect("quic crypto");
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("endpoint");
+    ep.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    ep.connect(node.addr, mqd::protocol::TLS_SERVER_NAME)
+        .expect("connect")
+        .await
+        .expect("handshake")
+}

@@ -269,7 +269,9 @@ async fn sigterm_ends_long_polls_and_exits_cleanly() {
         (node, ok)
     });
     let (got, waited) = poller.await.unwrap();
-    let (mut node, clean) = stopper.join().unwrap();
+    let (mut node, clean) = tokio::task::spawn_blocking(move || stopper.join().unwrap())
+        .await
+        .unwrap();
     assert!(clean, "mqd did not exit 0 on SIGTERM:\n{}", node.log());
     assert!(
         waited < std::time::Duration::from_secs(15),
@@ -282,4 +284,83 @@ async fn sigterm_ends_long_polls_and_exits_cleanly() {
     node.restart();
     let c = node.client().await;
     assert_eq!(c.describe_queue("q").await.unwrap().counts.in_flight, 1);
+}
+
+#[tokio::test]
+async fn a_request_still_arriving_at_shutdown_gets_shutting_down() {
+    let mut node = Node::start();
+    let conn = crate::common::raw_connection(&node).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    // Half a frame: the header promises 100 body bytes, 10 arrive, the stream stays open.
+    let mut f = header(104, VERSION, 0, Opcode::Send as u16);
+    f.put_slice(&[0u8; 10]);
+    send.write_all(&f).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let stopper = std::thread::spawn(move || {
+        let ok = node.terminate();
+        (node, ok)
+    });
+    let answer = tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        recv.read_to_end(1 << 20),
+    )
+    .await
+    .expect("an answer before the drain timeout")
+    .expect("an answer, not a reset");
+    let (node, clean) = tokio::task::spawn_blocking(move || stopper.join().unwrap())
+        .await
+        .unwrap();
+    assert!(clean, "mqd did not exit 0:\n{}", node.log());
+    assert!(answer.len() >= 8);
+    assert_eq!(
+        Status::from_u16(u16::from_be_bytes([answer[6], answer[7]])),
+        Some(Status::ShuttingDown)
+    );
+}
+
+#[tokio::test]
+async fn a_corrupt_record_is_internal_and_the_node_keeps_serving() {
+    let mut node = Node::start();
+    {
+        let c = node.client().await;
+        c.create_queue("broken", QueuePatch::default())
+            .await
+            .unwrap();
+        c.create_queue("fine", QueuePatch::default()).await.unwrap();
+        c.close().await;
+    }
+    assert!(node.terminate());
+    {
+        let db = redb::Database::open(node.dir().join("shard-0000.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn
+                .open_table(redb::TableDefinition::<&str, &[u8]>::new("queues"))
+                .unwrap();
+            t.insert("broken", &[0xff, 0xff, 0xff][..]).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    node.restart();
+    let c = node.client().await;
+    let e = c.describe_queue("broken").await.unwrap_err();
+    assert_eq!(e.status(), Some(Status::Internal), "{e}");
+    assert!(
+        e.to_string().contains("queues"),
+        "the error names the table: {e}"
+    );
+    let e = c
+        .send("broken", vec![SendEntry::new("x")])
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(Status::Internal), "{e}");
+    // Other queues are untouched, even by requests that share a commit with the failure.
+    let (a, b) = tokio::join!(
+        c.send("broken", vec![SendEntry::new("x")]),
+        c.send("fine", vec![SendEntry::new("ok")])
+    );
+    assert!(a.is_err());
+    b.unwrap();
+    assert_eq!(c.receive("fine", 1, None, Some(0)).await.unwrap().len(), 1);
+    c.delete_queue("fine", true).await.unwrap();
 }
