@@ -14,6 +14,8 @@ pub mod frontend;
 pub mod local;
 pub mod protocol;
 #[cfg(feature = "server")]
+pub mod raft;
+#[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]
 pub mod store;

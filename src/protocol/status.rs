@@ -2,7 +2,7 @@
 //! `docs/PROTOCOL.md`, never changes meaning.
 
 /// Result of a request, or of one entry of a batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[repr(u16)]
 #[non_exhaustive]
 pub enum Status {

@@ -315,7 +315,7 @@ impl SendEntry {
 }
 
 /// A stored message as a receive or peek returns it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     /// Message id: its sequence number in the queue.
     pub id: u64,
@@ -350,7 +350,7 @@ impl Message {
 }
 
 /// A received message with the receipt that acknowledges it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivery {
     /// Receipt for ack, nack and change-visibility.
     pub receipt: Receipt,

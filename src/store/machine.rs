@@ -109,7 +109,7 @@ pub enum Command {
 }
 
 /// What an applied command produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     /// Nothing to return.
     Unit,

@@ -7,6 +7,7 @@
 
 pub mod machine;
 pub mod schema;
+pub mod snapshot;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,79 @@
+//! Replication glue: openraft's storage traits implemented over redb.
+//!
+//! Each shard is one Raft group. Its log and vote live in their own redb file
+//! ([`log_store::LogStore`]), so log appends and state-machine commits never wait for each
+//! other's single writer. Its state machine ([`state_machine::StateMachine`]) is the
+//! deterministic `store::machine::apply` over the shard's tables: a committed entry carries a
+//! [`Proposal`] (the command and the clock value read before it was proposed), and every
+//! replica applying the same entries reaches the same state.
+//!
+//! This module owns the Raft log format and the snapshot exchange; it does not touch the
+//! network (peer transport comes with the cluster wiring) or the wire protocol.
+
+// openraft's traits fix the error type (`StorageError`, over 200 bytes); our helpers return
+// it too rather than convert at every call.
+#![allow(clippy::result_large_err)]
+
+pub mod log_store;
+pub mod state_machine;
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::Status;
+use crate::store::{Command, Outcome};
+
+/// What a log entry carries: one state-machine command, stamped with the proposer's clock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// Milliseconds since the epoch on the proposing node, read once before proposing.
+    pub now_ms: u64,
+    /// The command.
+    pub cmd: Command,
+}
+
+/// A command refused by the state machine (nothing was written); the same on every replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    /// Wire status.
+    pub status: Status,
+    /// Human-readable reason.
+    pub message: String,
+}
+
+/// The answer to one applied entry.
+pub type Reply = Result<Outcome, Rejection>;
+
+openraft::declare_raft_types!(
+    /// Raft types of a shard group.
+    pub TypeConfig:
+        D = Proposal,
+        R = Reply,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// Node id type.
+pub type NodeId = u64;
+/// Storage error as openraft wants it.
+pub type StorageError = openraft::StorageError<NodeId>;
+
+/// Runs blocking redb work off the async workers, turning a panic or cancellation of the
+/// blocking task into a storage error.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(StorageError::from(
+            openraft::StorageIOError::<NodeId>::write(openraft::AnyError::error(e)),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,258 @@
+//! The Raft state machine of one shard: committed entries applied by the deterministic
+//! `store::machine::apply`, in one durable transaction per batch of entries, with the last
+//! applied log id and the membership written in that same transaction.
+//!
+//! A command the state machine rejects is a normal answer ([`Rejection`]), the same on
+//! every replica. A storage failure while applying is fatal for this replica of the group:
+//! openraft stops it rather than let it diverge from the others.
+
+use std::collections::HashSet;
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::Arc;
+
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    AnyError, Entry, EntryPayload, LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
+    StorageIOError, StoredMembership,
+};
+use redb::{Database, Durability, ReadableDatabase, TableDefinition};
+
+use super::{blocking, NodeId, Rejection, Reply, StorageError, TypeConfig};
+use crate::store::machine::{apply, Effects, Tables};
+use crate::store::{snapshot, ApplyError, Outcome};
+
+/// `applied` → postcard(Option<LogId>), `membership` → postcard(StoredMembership).
+const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_sm_meta");
+/// `current` → postcard((SnapshotMeta, data)): the last snapshot built or installed.
+const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_snapshot");
+
+type Membership = StoredMembership<NodeId, openraft::BasicNode>;
+type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
+
+/// Called after a commit with the queues that gained visible messages.
+pub type Waker = Arc<dyn Fn(&HashSet<String>) + Send + Sync>;
+
+/// A shard's state machine. Cheap to clone; clones share the database.
+#[derive(Clone)]
+pub struct StateMachine {
+    db: Arc<Database>,
+    wake: Waker,
+}
+
+fn sm_read(e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::read_state_machine(AnyError::error(e)).into()
+}
+fn sm_write(e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::write_state_machine(AnyError::error(e)).into()
+}
+fn snap_err(e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::write_snapshot(None, AnyError::error(e)).into()
+}
+
+impl StateMachine {
+    /// Opens or creates the shard database at `path`.
+    pub fn open(path: &Path, wake: Waker) -> Result<StateMachine, StorageError> {
+        let db = Database::create(path).map_err(sm_write)?;
+        let txn = db.begin_write().map_err(sm_write)?;
+        Tables::open(&txn).map_err(sm_write)?;
+        txn.open_table(SM_META).map_err(sm_write)?;
+        txn.open_table(SNAPSHOTS).map_err(sm_write)?;
+        txn.commit().map_err(sm_write)?;
+        Ok(StateMachine {
+            db: Arc::new(db),
+            wake,
+        })
+    }
+
+    /// The shard database, for snapshot reads (list, describe, peek).
+    pub fn database(&self) -> Arc<Database> {
+        self.db.clone()
+    }
+
+    fn meta<T: serde::de::DeserializeOwned + Default>(
+        txn: &redb::ReadTransaction,
+        key: &str,
+    ) -> Result<T, StorageError> {
+        let t = txn.open_table(SM_META).map_err(sm_read)?;
+        match t.get(key).map_err(sm_read)? {
+            Some(v) => postcard::from_bytes(v.value()).map_err(sm_read),
+            None => Ok(T::default()),
+        }
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId<NodeId>>, Membership), StorageError> {
+        let db = self.db.clone();
+        blocking(move || {
+            let txn = db.begin_read().map_err(sm_read)?;
+            Ok((
+                Self::meta(&txn, "applied")?,
+                Self::meta(&txn, "membership")?,
+            ))
+        })
+        .await
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Reply>, StorageError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let db = self.db.clone();
+        let (replies, fx) = blocking(move || {
+            let mut txn = db.begin_write().map_err(sm_write)?;
+            txn.set_durability(Durability::Immediate)
+                .map_err(sm_write)?;
+            let mut fx = Effects::default();
+            let mut replies = Vec::with_capacity(entries.len());
+            let mut applied = None;
+            let mut membership = None;
+            {
+                let mut tables = Tables::open(&txn).map_err(sm_write)?;
+                for e in &entries {
+                    applied = Some(e.log_id);
+                    let reply = match &e.payload {
+                        EntryPayload::Blank => Ok(Outcome::Unit),
+                        EntryPayload::Membership(m) => {
+                            membership = Some(StoredMembership::new(Some(e.log_id), m.clone()));
+                            Ok(Outcome::Unit)
+                        }
+                        EntryPayload::Normal(p) => {
+                            match apply(&mut tables, p.now_ms, &p.cmd, &mut fx) {
+                                Ok(o) => Ok(o),
+                                Err(ApplyError::Rejected { status, message }) => {
+                                    Err(Rejection { status, message })
+                                }
+                                Err(ApplyError::Store(err)) => {
+                                    return Err(StorageIOError::apply(
+                                        e.log_id,
+                                        AnyError::error(err),
+                                    )
+                                    .into())
+                                }
+                            }
+                        }
+                    };
+                    replies.push(reply);
+                }
+                let mut meta = txn.open_table(SM_META).map_err(sm_write)?;
+                let bytes = postcard::to_allocvec(&applied).map_err(sm_write)?;
+                meta.insert("applied", bytes.as_slice()).map_err(sm_write)?;
+                if let Some(m) = &membership {
+                    let bytes = postcard::to_allocvec(m).map_err(sm_write)?;
+                    meta.insert("membership", bytes.as_slice())
+                        .map_err(sm_write)?;
+                }
+            }
+            txn.commit().map_err(sm_write)?;
+            Ok((replies, fx))
+        })
+        .await?;
+        if !fx.wake.is_empty() {
+            (self.wake)(&fx.wake);
+        }
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let db = self.db.clone();
+        let meta = meta.clone();
+        let data = snapshot.into_inner();
+        blocking(move || {
+            let dump: snapshot::Dump = postcard::from_bytes(&data).map_err(snap_err)?;
+            let mut txn = db.begin_write().map_err(snap_err)?;
+            txn.set_durability(Durability::Immediate)
+                .map_err(snap_err)?;
+            snapshot::load(&txn, &dump).map_err(snap_err)?;
+            {
+                let mut m = txn.open_table(SM_META).map_err(snap_err)?;
+                let applied = postcard::to_allocvec(&meta.last_log_id).map_err(snap_err)?;
+                m.insert("applied", applied.as_slice()).map_err(snap_err)?;
+                let membership = postcard::to_allocvec(&meta.last_membership).map_err(snap_err)?;
+                m.insert("membership", membership.as_slice())
+                    .map_err(snap_err)?;
+                let mut s = txn.open_table(SNAPSHOTS).map_err(snap_err)?;
+                let stored = postcard::to_allocvec(&(&meta, &data)).map_err(snap_err)?;
+                s.insert("current", stored.as_slice()).map_err(snap_err)?;
+            }
+            txn.commit().map_err(snap_err)
+        })
+        .await
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let db = self.db.clone();
+        blocking(move || {
+            let txn = db.begin_read().map_err(sm_read)?;
+            let t = txn.open_table(SNAPSHOTS).map_err(sm_read)?;
+            let Some(v) = t.get("current").map_err(sm_read)? else {
+                return Ok(None);
+            };
+            let (meta, data): (Meta, Vec<u8>) = postcard::from_bytes(v.value()).map_err(sm_read)?;
+            Ok(Some(Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(data)),
+            }))
+        })
+        .await
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let db = self.db.clone();
+        blocking(move || {
+            // One read transaction: the tables, the applied id and the membership agree.
+            let (meta, data) = {
+                let txn = db.begin_read().map_err(snap_err)?;
+                let applied: Option<LogId<NodeId>> = Self::meta(&txn, "applied")?;
+                let membership: Membership = Self::meta(&txn, "membership")?;
+                let dump = snapshot::dump(&txn).map_err(snap_err)?;
+                let data = postcard::to_allocvec(&dump).map_err(snap_err)?;
+                let id = match applied {
+                    Some(l) => format!("{}-{}-{}", l.leader_id, l.index, data.len()),
+                    None => format!("empty-{}", data.len()),
+                };
+                (
+                    Meta {
+                        last_log_id: applied,
+                        last_membership: membership,
+                        snapshot_id: id,
+                    },
+                    data,
+                )
+            };
+            let mut txn = db.begin_write().map_err(snap_err)?;
+            txn.set_durability(Durability::Immediate)
+                .map_err(snap_err)?;
+            {
+                let mut s = txn.open_table(SNAPSHOTS).map_err(snap_err)?;
+                let stored = postcard::to_allocvec(&(&meta, &data)).map_err(snap_err)?;
+                s.insert("current", stored.as_slice()).map_err(snap_err)?;
+            }
+            txn.commit().map_err(snap_err)?;
+            Ok(Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(data)),
+            })
+        })
+        .await
+    }
+}

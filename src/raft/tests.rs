@@ -1,0 +1,218 @@
+//! openraft's storage conformance suite run on our stores, and a one-node Raft group that
+//! applies real commands through the log.
+
+use std::sync::Arc;
+
+use openraft::testing::{StoreBuilder, Suite};
+
+use super::log_store::LogStore;
+use super::state_machine::StateMachine;
+use super::{StorageError, TypeConfig};
+
+struct Builder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = LogStore::open(&dir.path().join("shard-0000.log.redb"))?;
+        let sm = StateMachine::open(&dir.path().join("shard-0000.redb"), Arc::new(|_| {}))?;
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn openraft_storage_suite() {
+    Suite::test_all(Builder).expect("openraft storage suite");
+}
+
+mod one_node {
+    //! A real one-node Raft group over our stores: commands go through the log, survive a
+    //! restart, and a snapshot captures the state.
+
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError};
+    use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+    use openraft::raft::{
+        AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest,
+        InstallSnapshotResponse, VoteRequest, VoteResponse,
+    };
+    use openraft::{BasicNode, Raft};
+
+    use super::super::log_store::LogStore;
+    use super::super::state_machine::StateMachine;
+    use super::super::{NodeId, Proposal, TypeConfig};
+    use crate::protocol::{QueuePatch, SendEntry, Status};
+    use crate::store::{Command, Outcome};
+
+    /// A group of one never sends an RPC; any attempt is a bug, reported as unreachable.
+    struct NoPeers;
+
+    fn unreachable<E: std::error::Error>() -> RPCError<NodeId, BasicNode, E> {
+        RPCError::Network(NetworkError::new(&std::io::Error::other(
+            "a one-node group has no peers",
+        )))
+    }
+
+    impl RaftNetworkFactory<TypeConfig> for NoPeers {
+        type Network = NoPeers;
+        async fn new_client(&mut self, _target: NodeId, _node: &BasicNode) -> NoPeers {
+            NoPeers
+        }
+    }
+
+    impl RaftNetwork<TypeConfig> for NoPeers {
+        async fn append_entries(
+            &mut self,
+            _rpc: AppendEntriesRequest<TypeConfig>,
+            _option: RPCOption,
+        ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>>
+        {
+            Err(unreachable())
+        }
+        async fn install_snapshot(
+            &mut self,
+            _rpc: InstallSnapshotRequest<TypeConfig>,
+            _option: RPCOption,
+        ) -> Result<
+            InstallSnapshotResponse<NodeId>,
+            RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+        > {
+            Err(unreachable())
+        }
+        async fn vote(
+            &mut self,
+            _rpc: VoteRequest<NodeId>,
+            _option: RPCOption,
+        ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+            Err(unreachable())
+        }
+    }
+
+    async fn start(dir: &std::path::Path) -> Raft<TypeConfig> {
+        let config = Arc::new(
+            openraft::Config {
+                heartbeat_interval: 100,
+                election_timeout_min: 200,
+                election_timeout_max: 400,
+                ..Default::default()
+            }
+            .validate()
+            .unwrap(),
+        );
+        // After a shutdown, openraft's workers may still hold the stores for a moment; the
+        // files stay locked until they let go.
+        let mut tries = 0;
+        let (log, sm) = loop {
+            let log = LogStore::open(&dir.join("shard-0000.log.redb"));
+            let sm = StateMachine::open(&dir.join("shard-0000.redb"), Arc::new(|_| {}));
+            match (log, sm) {
+                (Ok(l), Ok(s)) => break (l, s),
+                (l, s) => {
+                    tries += 1;
+                    assert!(
+                        tries < 100,
+                        "stores still locked: {:?} {:?}",
+                        l.err(),
+                        s.err()
+                    );
+                    drop((l, s));
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        };
+        Raft::new(1, config, NoPeers, log, sm).await.unwrap()
+    }
+
+    async fn propose(raft: &Raft<TypeConfig>, cmd: Command) -> super::super::Reply {
+        let now_ms = 1_700_000_000_000;
+        raft.client_write(Proposal { now_ms, cmd })
+            .await
+            .unwrap()
+            .data
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commands_apply_through_the_log_and_survive_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let raft = start(dir.path()).await;
+        let mut members = BTreeMap::new();
+        members.insert(1, BasicNode::new("127.0.0.1:0"));
+        raft.initialize(members).await.unwrap();
+        raft.wait(Some(std::time::Duration::from_secs(10)))
+            .current_leader(1, "becomes leader")
+            .await
+            .unwrap();
+
+        let created = propose(
+            &raft,
+            Command::CreateQueue {
+                name: "q".into(),
+                patch: QueuePatch::default(),
+            },
+        )
+        .await;
+        assert!(matches!(created, Ok(Outcome::Config(_))), "{created:?}");
+        let again = propose(
+            &raft,
+            Command::CreateQueue {
+                name: "q".into(),
+                patch: QueuePatch::default(),
+            },
+        )
+        .await;
+        assert_eq!(
+            again.unwrap_err().status,
+            Status::QueueExists,
+            "rejections are replies, not failures"
+        );
+        let sent = propose(
+            &raft,
+            Command::Send {
+                queue: "q".into(),
+                messages: vec![SendEntry::new("hi")],
+            },
+        )
+        .await;
+        assert_eq!(sent, Ok(Outcome::Sent(vec![1])));
+
+        raft.trigger().snapshot().await.unwrap();
+        let m = raft
+            .wait(Some(std::time::Duration::from_secs(10)))
+            .metrics(|m| m.snapshot.is_some(), "snapshot built")
+            .await
+            .unwrap();
+        assert_eq!(
+            m.snapshot, m.last_applied,
+            "the snapshot covers everything applied"
+        );
+        raft.shutdown().await.unwrap();
+        drop(raft);
+
+        // Restart on the same files: the log and state machine come back, and the message
+        // sent before is delivered.
+        let raft = start(dir.path()).await;
+        raft.wait(Some(std::time::Duration::from_secs(10)))
+            .current_leader(1, "leader again after restart")
+            .await
+            .unwrap();
+        let got = propose(
+            &raft,
+            Command::Receive {
+                queue: "q".into(),
+                max: 10,
+                visibility_ms: None,
+            },
+        )
+        .await;
+        match got {
+            Ok(Outcome::Deliveries { deliveries, .. }) => {
+                assert_eq!(deliveries.len(), 1);
+                assert_eq!(&deliveries[0].message.body[..], b"hi");
+            }
+            other => panic!("{other:?}"),
+        }
+        raft.shutdown().await.unwrap();
+    }
+}
