@@ -12,6 +12,47 @@ pub const DEFAULT_PORT: u16 = 7400;
 /// Default config file, read if it exists and no other file is named.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/mqd/mqd.toml";
 
+/// The mqd queue appliance daemon: durable work queues served over QUIC.
+///
+/// With no configuration it keeps its state in /var/lib/mqd (or ~/.local/state/mqd when
+/// that is not writable), creates a cluster CA, a node certificate and an admin token there
+/// on first start, and listens on UDP port 7400. `mqctl` on the same host finds it.
+///
+/// Settings come from, in increasing precedence: built-in defaults, the config file,
+/// MQD_* environment variables, and flags.
+///
+/// Example:
+///   mqd --data-dir /tmp/mq1 --listen 127.0.0.1:7401
+#[derive(Debug, clap::Parser)]
+#[command(name = "mqd", version, max_term_width = 100, verbatim_doc_comment)]
+pub struct Args {
+    /// Config file (TOML). Default: /etc/mqd/mqd.toml if it exists.
+    #[arg(long, env = "MQD_CONFIG", hide_env_values = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory for databases, credentials and the mqd.addr file.
+    #[arg(long, env = "MQD_DATA_DIR", hide_env_values = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// UDP address to listen on, e.g. 0.0.0.0:7400 or 127.0.0.1:0 (any free port).
+    #[arg(
+        long,
+        env = "MQD_LISTEN",
+        hide_env_values = true,
+        value_name = "ADDR:PORT"
+    )]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Log filter: error, warn, info, debug, trace, or per module (mqd=debug,quinn=warn).
+    #[arg(
+        long,
+        env = "MQD_LOG_LEVEL",
+        hide_env_values = true,
+        value_name = "FILTER"
+    )]
+    pub log_level: Option<String>,
+    /// Validate the config file and exit: 0 if valid, 2 if not.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
 /// Keys of the config file. All optional; absent keys take the defaults.
 #[derive(Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -100,9 +141,191 @@ impl Config {
     }
 }
 
+/// One documented config key: the source of `packaging/mqd.toml` and `mqd.toml(5)`.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyDoc {
+    /// Key name.
+    pub name: &'static str,
+    /// Value type, in words.
+    pub kind: &'static str,
+    /// The default, as TOML.
+    pub default: &'static str,
+    /// A non-default example value, as TOML.
+    pub example: &'static str,
+    /// Environment variable that overrides it, if any.
+    pub env: Option<&'static str>,
+    /// Flag that overrides it, if any.
+    pub flag: Option<&'static str>,
+    /// What it does.
+    pub doc: &'static str,
+}
+
+/// Every key of the config file.
+pub const KEYS: &[KeyDoc] = &[
+    KeyDoc {
+        name: "data_dir",
+        kind: "path",
+        default: "\"/var/lib/mqd\"",
+        example: "\"/srv/mqd\"",
+        env: Some("MQD_DATA_DIR"),
+        flag: Some("--data-dir"),
+        doc: "Directory for the databases, the credentials (cluster CA, node certificate and key, admin token) and mqd.addr, the address file local clients read. When unset: $STATE_DIRECTORY (set by systemd), else /var/lib/mqd if it can be created, else ~/.local/state/mqd.",
+    },
+    KeyDoc {
+        name: "listen",
+        kind: "address (IP:PORT)",
+        default: "\"0.0.0.0:7400\"",
+        example: "\"127.0.0.1:7400\"",
+        env: Some("MQD_LISTEN"),
+        flag: Some("--listen"),
+        doc: "UDP address for QUIC. Port 0 picks a free port; the chosen address is written to mqd.addr in the data directory.",
+    },
+    KeyDoc {
+        name: "log_level",
+        kind: "string",
+        default: "\"info\"",
+        example: "\"mqd=debug,quinn=warn\"",
+        env: Some("MQD_LOG_LEVEL"),
+        flag: Some("--log-level"),
+        doc: "Log filter: error, warn, info, debug or trace, optionally per module. Logs go to standard output (the journal under systemd).",
+    },
+    KeyDoc {
+        name: "tls_names",
+        kind: "list of DNS names",
+        default: "[]",
+        example: "[\"mq1.example.internal\"]",
+        env: None,
+        flag: None,
+        doc: "Extra DNS names for the node certificate, which always carries mqd and localhost. Used only when the certificate is generated (first start, or after node.pem is removed).",
+    },
+];
+
+/// Wraps text at `width` columns, each line starting with `prefix`.
+fn wrap(text: &str, width: usize, prefix: &str) -> String {
+    let mut out = String::new();
+    let mut line = String::from(prefix);
+    for word in text.split_whitespace() {
+        if line.len() > prefix.len() && line.len() + 1 + word.len() > width {
+            out.push_str(line.trim_end());
+            out.push('\n');
+            line = String::from(prefix);
+        }
+        if line.len() > prefix.len() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    out.push_str(line.trim_end());
+    out.push('\n');
+    out
+}
+
+fn overrides(k: &KeyDoc) -> String {
+    match (k.env, k.flag) {
+        (Some(e), Some(f)) => format!("Overridden by {e} and {f}."),
+        (Some(e), None) => format!("Overridden by {e}."),
+        (None, Some(f)) => format!("Overridden by {f}."),
+        (None, None) => String::new(),
+    }
+}
+
+/// The shipped `/etc/mqd/mqd.toml`: every key, commented out at its default.
+pub fn default_config_file() -> String {
+    let mut s = String::from(
+        "# /etc/mqd/mqd.toml: configuration of the mqd queue appliance; see mqd.toml(5).\n\
+         #\n\
+         # Every key is optional and shown commented out at its default value. MQD_*\n\
+         # environment variables and mqd's flags override this file. An unknown key is an\n\
+         # error. Check a changed file with: mqd --check-config --config /etc/mqd/mqd.toml\n",
+    );
+    for k in KEYS {
+        s.push('\n');
+        s.push_str(&wrap(&format!("{} {}", k.doc, overrides(k)), 88, "#"));
+        s.push_str(&format!("#{} = {}\n", k.name, k.default));
+    }
+    s
+}
+
+/// Escapes text for roff.
+pub fn roff_escape(s: &str) -> String {
+    let e = s.replace('\\', "\\e").replace('-', "\\-");
+    if e.starts_with('.') || e.starts_with('\'') {
+        format!("\\&{e}")
+    } else {
+        e
+    }
+}
+
+/// The `mqd.toml(5)` man page.
+pub fn config_man_page() -> String {
+    let mut s = format!(
+        ".TH MQD.TOML 5 \"\" \"mqd {}\" \"File Formats\"\n\
+         .SH NAME\nmqd.toml \\- configuration file of the mqd queue appliance\n\
+         .SH SYNOPSIS\n/etc/mqd/mqd.toml\n\
+         .SH DESCRIPTION\n\
+         mqd reads this TOML file at start, or the file named by \\fB\\-\\-config\\fR or MQD_CONFIG. \
+         Every key is optional. Settings come from, in increasing precedence: built\\-in defaults, \
+         this file, MQD_* environment variables, flags. An unknown key or a bad value is an error \
+         that names the key and the line; \\fBmqd \\-\\-check\\-config\\fR checks a file without starting.\n\
+         .SH KEYS\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    for k in KEYS {
+        s.push_str(&format!(
+            ".TP\n.B {}\n{}; default {}. {}\n.br\n{}\n",
+            roff_escape(k.name),
+            roff_escape(k.kind),
+            roff_escape(k.default),
+            roff_escape(&overrides(k)),
+            roff_escape(k.doc)
+        ));
+    }
+    s.push_str(".SH EXAMPLE\n.nf\n");
+    for k in KEYS {
+        s.push_str(&roff_escape(&format!("{} = {}", k.name, k.example)));
+        s.push('\n');
+    }
+    s.push_str(".fi\n.SH SEE ALSO\n.BR mqd (8),\n.BR mqctl (1)\n");
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shipped_file_parses_to_the_defaults_and_documents_every_key() {
+        let text = default_config_file();
+        assert_eq!(
+            FileConfig::parse(Path::new("mqd.toml"), &text).unwrap(),
+            FileConfig::default()
+        );
+        // Every documented key, set to its example, is a real key with a valid value...
+        let examples: String = KEYS
+            .iter()
+            .map(|k| format!("{} = {}\n", k.name, k.example))
+            .collect();
+        let all = FileConfig::parse(Path::new("x.toml"), &examples).unwrap();
+        // ...and together they set every field: no key is undocumented.
+        assert!(
+            all.data_dir.is_some()
+                && all.listen.is_some()
+                && all.log_level.is_some()
+                && all.tls_names.is_some()
+        );
+        // The defaults shown are the defaults in force.
+        let defaults: String = KEYS
+            .iter()
+            .map(|k| format!("{} = {}\n", k.name, k.default))
+            .collect();
+        let d = Config::resolve(
+            FileConfig::parse(Path::new("d.toml"), &defaults).unwrap(),
+            FileConfig::default(),
+        );
+        assert_eq!(d.listen, SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)));
+        assert_eq!(d.log_level, "info");
+        assert_eq!(d.data_dir, PathBuf::from("/var/lib/mqd"));
+    }
 
     #[test]
     fn unknown_key_is_an_error_naming_it() {

@@ -12,6 +12,8 @@ pub mod config;
 #[cfg(feature = "server")]
 pub mod frontend;
 pub mod local;
+#[cfg(all(test, feature = "server"))]
+mod man;
 pub mod protocol;
 #[cfg(feature = "server")]
 pub mod raft;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-const EXIT_CODES: &str = "\
+pub const EXIT_CODES: &str = "\
 Exit codes:
   0  success
   1  unexpected error
@@ -45,12 +45,19 @@ pub struct Global {
         short = 's',
         global = true,
         env = "MQ_SERVER",
+        hide_env_values = true,
         value_delimiter = ',',
         value_name = "ADDR"
     )]
     pub servers: Vec<String>,
     /// CA certificate (PEM) the node's certificate must chain to.
-    #[arg(long, global = true, env = "MQ_CA", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        env = "MQ_CA",
+        hide_env_values = true,
+        value_name = "FILE"
+    )]
     pub ca: Option<PathBuf>,
     /// Bearer token.
     #[arg(
@@ -62,10 +69,16 @@ pub struct Global {
     )]
     pub token: Option<String>,
     /// Data directory of a local node to take address, CA and token from.
-    #[arg(long, global = true, env = "MQ_DATA_DIR", value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        env = "MQ_DATA_DIR",
+        hide_env_values = true,
+        value_name = "DIR"
+    )]
     pub data_dir: Option<PathBuf>,
     /// Output format: tables for people, JSON for scripts.
-    #[arg(long, short = 'o', global = true, env = "MQ_OUTPUT", value_enum, default_value_t = Output::Table)]
+    #[arg(long, short = 'o', global = true, env = "MQ_OUTPUT", hide_env_values = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
     /// Per-request timeout (long-poll waits are added to it).
     #[arg(long, global = true, default_value = "10s", value_parser = crate::units::duration, value_name = "DURATION")]
@@ -95,26 +108,31 @@ pub enum Command {
     ///   mqctl send jobs 'resize img-17.png'
     ///   mqctl send jobs --file order.json --attr content-type=application/json
     ///   seq 1 10000 | mqctl send jobs --lines
+    #[command(verbatim_doc_comment)]
     Send(SendArgs),
     /// Receive messages; each stays hidden for the visibility timeout until acked.
     ///
     /// Example:
     ///   mqctl receive jobs --max 10 --wait 20s --output json
+    #[command(verbatim_doc_comment)]
     Receive(ReceiveArgs),
     /// Acknowledge (delete) received messages by receipt handle.
     ///
     /// Example:
     ///   mqctl ack jobs 0000000000000001000000000000000000000001
+    #[command(verbatim_doc_comment)]
     Ack(ReceiptArgs),
     /// Give received messages back, visible again now or after --delay.
     ///
     /// Example:
     ///   mqctl nack jobs RECEIPT --delay 30s
+    #[command(verbatim_doc_comment)]
     Nack(NackArgs),
     /// Keep received messages hidden longer (for long jobs).
     ///
     /// Example:
     ///   mqctl extend jobs RECEIPT --by 5m
+    #[command(verbatim_doc_comment)]
     Extend(ExtendArgs),
     /// Measure send throughput and latency against a node.
     ///
@@ -124,11 +142,13 @@ pub enum Command {
     ///
     /// Example:
     ///   mqctl bench --messages 200000 --size 1KiB --in-flight 256
+    #[command(verbatim_doc_comment)]
     Bench(BenchArgs),
     /// Print shell completions.
     ///
     /// Example:
     ///   mqctl completions bash > /etc/bash_completion.d/mqctl
+    #[command(verbatim_doc_comment)]
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
@@ -142,6 +162,7 @@ pub enum QueueCmd {
     /// Example:
     ///   mqctl queue create jobs --visibility 30s --retention 4d --max-size 1MiB \
     ///     --dlq jobs-dead --max-receives 5
+    #[command(verbatim_doc_comment)]
     Create {
         /// Queue name: letters, digits, '.', '_' and '-'.
         name: String,
@@ -152,6 +173,7 @@ pub enum QueueCmd {
     ///
     /// Example:
     ///   mqctl queue delete jobs --force
+    #[command(verbatim_doc_comment)]
     Delete {
         /// Queue name.
         name: String,
@@ -163,6 +185,7 @@ pub enum QueueCmd {
     ///
     /// Example:
     ///   mqctl queue list --prefix orders.
+    #[command(verbatim_doc_comment)]
     List {
         /// Only queues whose name starts with this.
         #[arg(long, default_value = "")]
@@ -172,6 +195,7 @@ pub enum QueueCmd {
     ///
     /// Example:
     ///   mqctl queue describe jobs
+    #[command(verbatim_doc_comment)]
     Describe {
         /// Queue name.
         name: String,
@@ -180,6 +204,7 @@ pub enum QueueCmd {
     ///
     /// Example:
     ///   mqctl queue purge jobs
+    #[command(verbatim_doc_comment)]
     Purge {
         /// Queue name.
         name: String,
@@ -188,6 +213,7 @@ pub enum QueueCmd {
     ///
     /// Example:
     ///   mqctl queue set jobs --visibility 2m --no-dlq
+    #[command(verbatim_doc_comment)]
     Set {
         /// Queue name.
         name: String,
@@ -201,6 +227,7 @@ pub enum QueueCmd {
     ///
     /// Example:
     ///   mqctl queue redrive jobs-dead
+    #[command(verbatim_doc_comment)]
     Redrive {
         /// The dead-letter queue.
         name: String,
@@ -215,6 +242,7 @@ pub enum QueueCmd {
     ///
     /// Example:
     ///   mqctl queue peek jobs --max 5
+    #[command(verbatim_doc_comment)]
     Peek {
         /// Queue name.
         name: String,

@@ -3,6 +3,8 @@
 
 mod args;
 mod bench;
+#[cfg(test)]
+mod man;
 mod output;
 mod units;
 

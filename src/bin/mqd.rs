@@ -5,38 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use mqd::config::{Config, FileConfig, DEFAULT_CONFIG_FILE};
-
-/// The mqd queue appliance daemon: durable work queues served over QUIC.
-///
-/// With no configuration it keeps its state in /var/lib/mqd (or ~/.local/state/mqd when
-/// that is not writable), creates a cluster CA, a node certificate and an admin token there
-/// on first start, and listens on UDP port 7400. `mqctl` on the same host finds it.
-///
-/// Settings come from, in increasing precedence: built-in defaults, the config file,
-/// MQD_* environment variables, and flags.
-///
-/// Example:
-///   mqd --data-dir /tmp/mq1 --listen 127.0.0.1:7401
-#[derive(Debug, Parser)]
-#[command(name = "mqd", version, max_term_width = 100)]
-struct Args {
-    /// Config file (TOML). Default: /etc/mqd/mqd.toml if it exists.
-    #[arg(long, env = "MQD_CONFIG", value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Directory for databases, credentials and the mqd.addr file.
-    #[arg(long, env = "MQD_DATA_DIR", value_name = "DIR")]
-    data_dir: Option<PathBuf>,
-    /// UDP address to listen on, e.g. 0.0.0.0:7400 or 127.0.0.1:0 (any free port).
-    #[arg(long, env = "MQD_LISTEN", value_name = "ADDR:PORT")]
-    listen: Option<std::net::SocketAddr>,
-    /// Log filter: error, warn, info, debug, trace, or per module (mqd=debug,quinn=warn).
-    #[arg(long, env = "MQD_LOG_LEVEL", value_name = "FILTER")]
-    log_level: Option<String>,
-    /// Validate the config file and exit: 0 if valid, 2 if not.
-    #[arg(long)]
-    check_config: bool,
-}
+use mqd::config::{Args, Config, FileConfig, DEFAULT_CONFIG_FILE};
 
 fn load_file(args: &Args) -> anyhow::Result<FileConfig> {
     match &args.config {
