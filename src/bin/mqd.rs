@@ -1,4 +1,6 @@
-//! `mqd`: the queue appliance daemon.
+//! `mqd`: the queue appliance daemon. Parses flags and the config file, sets up logging,
+//! and runs the server until SIGTERM or SIGINT; SIGHUP re-reads what can change at run
+//! time (the log level, the TLS certificate). Talks to systemd through sd_notify.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,24 +8,40 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use mqd::config::{Args, Config, FileConfig, DEFAULT_CONFIG_FILE};
+use sd_notify::NotifyState;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter};
 
-fn load_file(args: &Args) -> anyhow::Result<FileConfig> {
-    match &args.config {
+/// The config file in use: `--config`, else the default file if it exists.
+fn config_path(args: &Args) -> Option<PathBuf> {
+    args.config.clone().or_else(|| {
+        let p = PathBuf::from(DEFAULT_CONFIG_FILE);
+        p.exists().then_some(p)
+    })
+}
+
+fn load_file(path: Option<&PathBuf>) -> anyhow::Result<FileConfig> {
+    match path {
         Some(p) => Ok(FileConfig::load(p)?),
-        None => {
-            let p = PathBuf::from(DEFAULT_CONFIG_FILE);
-            if p.exists() {
-                Ok(FileConfig::load(&p)?)
-            } else {
-                Ok(FileConfig::default())
-            }
-        }
+        None => Ok(FileConfig::default()),
+    }
+}
+
+/// Flags and environment, which win over the file.
+fn overrides(args: &Args) -> FileConfig {
+    FileConfig {
+        data_dir: args.data_dir.clone(),
+        listen: args.listen,
+        log_level: args.log_level.clone(),
+        tls_names: None,
     }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let file = match load_file(&args) {
+    let path = config_path(&args);
+    let file = match load_file(path.as_ref()) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("mqd: invalid configuration: {e:#}");
@@ -31,19 +49,14 @@ fn main() -> ExitCode {
         }
     };
     if args.check_config {
-        println!("configuration is valid");
+        match &path {
+            Some(p) => println!("{}: configuration is valid", p.display()),
+            None => println!("no config file; the built-in defaults apply"),
+        }
         return ExitCode::SUCCESS;
     }
-    let config = Config::resolve(
-        file,
-        FileConfig {
-            data_dir: args.data_dir,
-            listen: args.listen,
-            log_level: args.log_level,
-            tls_names: None,
-        },
-    );
-    let filter = match tracing_subscriber::EnvFilter::try_new(&config.log_level) {
+    let config = Config::resolve(file, overrides(&args));
+    let filter = match EnvFilter::try_new(&config.log_level) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("mqd: invalid log level `{}`: {e}", config.log_level);
@@ -52,11 +65,12 @@ fn main() -> ExitCode {
     };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout())
         && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
+    let (filter, filter_handle) = reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_ansi(ansi))
         .init();
-    match serve(config) {
+    match serve(args, path, config, filter_handle) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -66,34 +80,73 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+type FilterHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
+
+fn serve(
+    args: Args,
+    path: Option<PathBuf>,
+    config: Config,
+    filter: FilterHandle,
+) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("stop signal received");
-            let _ = tx.send(true);
-        });
-        mqd::server::run(config, rx, |_| {}).await?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (reload_tx, reload_rx) = tokio::sync::watch::channel(0u64);
+        tokio::spawn(signals(args, path, filter, stop_tx, reload_tx));
+        mqd::server::run(config, stop_rx, reload_rx, |_| {
+            // Tells systemd (Type=notify) the node is serving; a no-op elsewhere.
+            let _ = sd_notify::notify(&[NotifyState::Ready]);
+        })
+        .await?;
         Ok(())
     })
 }
 
-async fn wait_for_signal() {
+/// SIGTERM/SIGINT stop the node; SIGHUP re-reads the config file's log level and the TLS
+/// certificate. A config file that no longer parses is reported and ignored.
+async fn signals(
+    args: Args,
+    path: Option<PathBuf>,
+    filter: FilterHandle,
+    stop: tokio::sync::watch::Sender<bool>,
+    reload_tx: tokio::sync::watch::Sender<u64>,
+) {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop mqd with SIGKILL");
+        return;
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = hup.recv() => {
+                let _ = sd_notify::notify(&[NotifyState::Reloading]);
+                match load_file(path.as_ref()) {
+                    Ok(file) => {
+                        let level = Config::resolve(file, overrides(&args)).log_level;
+                        match EnvFilter::try_new(&level) {
+                            Ok(f) => {
+                                let _ = filter.reload(f);
+                                tracing::info!(log_level = %level, "configuration reloaded");
+                            }
+                            Err(e) => tracing::error!(%level, error = %e, "invalid log level; keeping the current one"),
+                        }
+                    }
+                    Err(e) => tracing::error!("config file not reloaded: {e:#}"),
+                }
+                reload_tx.send_modify(|n| *n += 1);
+                let _ = sd_notify::notify(&[NotifyState::Ready]);
+            }
+        }
     }
+    tracing::info!("stop signal received");
+    let _ = sd_notify::notify(&[NotifyState::Stopping]);
+    let _ = stop.send(true);
 }

@@ -19,8 +19,9 @@
 //! #     tls_names: vec![],
 //! # };
 //! # let (stop, stopping) = tokio::sync::watch::channel(false);
+//! # let (_reload, reloads) = tokio::sync::watch::channel(0);
 //! # let (ready, is_ready) = tokio::sync::oneshot::channel();
-//! # let node = tokio::spawn(mqd::server::run(config, stopping, move |_| {
+//! # let node = tokio::spawn(mqd::server::run(config, stopping, reloads, move |_| {
 //! #     let _ = ready.send(());
 //! # }));
 //! # is_ready.await?;

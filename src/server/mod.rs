@@ -68,30 +68,8 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError
     move |source| ServerError::Io { what, source }
 }
 
-/// A running node's handles, for tests and the binary.
-pub struct Running {
-    /// The address the endpoint is bound to.
-    pub local_addr: SocketAddr,
-}
-
-/// Starts a node and serves until `shutdown` turns true; then drains and returns.
-/// `on_ready` is called once the endpoint listens (the binary notifies systemd there).
-pub async fn run(
-    config: Config,
-    mut shutdown: watch::Receiver<bool>,
-    on_ready: impl FnOnce(&Running),
-) -> Result<(), ServerError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(io_err(format!(
-        "creating data directory {}",
-        config.data_dir.display()
-    )))?;
-    let creds = tls::ensure(&config.data_dir, &config.tls_names)?;
-    let db_path = config.data_dir.join("shard-0000.redb");
-    let (shard, writer) = Shard::open(&db_path).map_err(|source| ServerError::Store {
-        path: db_path.clone(),
-        source,
-    })?;
-
+/// The QUIC server configuration for these credentials.
+fn server_config(creds: &tls::Credentials) -> Result<quinn::ServerConfig, ServerError> {
     let mut crypto = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -112,7 +90,38 @@ pub async fn run(
             .map_err(|e| ServerError::Tls(e.to_string()))?,
     ));
     server_config.transport_config(Arc::new(transport));
-    let endpoint = quinn::Endpoint::server(server_config, config.listen)
+    Ok(server_config)
+}
+
+/// A running node's handles, for tests and the binary.
+pub struct Running {
+    /// The address the endpoint is bound to.
+    pub local_addr: SocketAddr,
+}
+
+/// Starts a node and serves until `shutdown` turns true; then drains and returns.
+/// Each change of `reload` re-reads the TLS credentials (a missing node certificate is
+/// issued again by the CA) for new connections. `on_ready` is called once the endpoint
+/// listens (the binary notifies systemd there).
+pub async fn run(
+    config: Config,
+    mut shutdown: watch::Receiver<bool>,
+    mut reload: watch::Receiver<u64>,
+    on_ready: impl FnOnce(&Running),
+) -> Result<(), ServerError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(io_err(format!(
+        "creating data directory {}",
+        config.data_dir.display()
+    )))?;
+    let creds = tls::ensure(&config.data_dir, &config.tls_names)?;
+    let db_path = config.data_dir.join("shard-0000.redb");
+    let (shard, writer) = Shard::open(&db_path).map_err(|source| ServerError::Store {
+        path: db_path.clone(),
+        source,
+    })?;
+
+    let quic_config = server_config(&creds)?;
+    let endpoint = quinn::Endpoint::server(quic_config, config.listen)
         .map_err(io_err(format!("listening on {}", config.listen)))?;
     let local_addr = endpoint
         .local_addr()
@@ -181,6 +190,18 @@ pub async fn run(
             }
             _ = shutdown.changed() => {
                 if *shutdown.borrow() { break; }
+            }
+            Ok(()) = reload.changed() => {
+                let fresh = tls::ensure(&config.data_dir, &config.tls_names)
+                    .map_err(ServerError::from)
+                    .and_then(|c| server_config(&c));
+                match fresh {
+                    Ok(sc) => {
+                        endpoint.set_server_config(Some(sc));
+                        tracing::info!("reloaded the TLS certificate for new connections");
+                    }
+                    Err(e) => tracing::error!(error = %e, "reload failed; keeping the current TLS certificate"),
+                }
             }
         }
     }

@@ -1,7 +1,7 @@
 //! Zero-config credentials: on first start a node creates, in its data directory, a cluster
 //! CA, a node certificate signed by it, and an admin token. Later starts load them.
 //!
-//! Files (private ones are created with mode 0600):
+//! Files (keys are created with mode 0600, the admin token with 0640):
 //! `ca.pem` (CA certificate, given to clients), `ca.key`, `node.pem`, `node.key`,
 //! `admin.token` (the admin bearer token, read by `mqctl` on the same host).
 
@@ -58,15 +58,15 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CredentialError + '_ {
     }
 }
 
-/// Writes a file atomically (temp file + rename), with mode 0600 when `private`.
-fn write_file(path: &Path, data: &[u8], private: bool) -> Result<(), CredentialError> {
+/// Writes a file atomically (temp file + rename) with the given mode.
+fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), CredentialError> {
     let tmp = path.with_extension("tmp");
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(if private { 0o600 } else { 0o644 });
+        opts.mode(mode);
     }
     let mut f = opts.open(&tmp).map_err(io(&tmp))?;
     f.write_all(data).map_err(io(&tmp))?;
@@ -97,8 +97,8 @@ pub fn ensure(dir: &Path, extra_names: &[String]) -> Result<Credentials, Credent
     if !ca_cert_path.exists() || !ca_key_path.exists() {
         let key = KeyPair::generate()?;
         let cert = ca_params()?.self_signed(&key)?;
-        write_file(&ca_key_path, key.serialize_pem().as_bytes(), true)?;
-        write_file(&ca_cert_path, cert.pem().as_bytes(), false)?;
+        write_file(&ca_key_path, key.serialize_pem().as_bytes(), 0o600)?;
+        write_file(&ca_cert_path, cert.pem().as_bytes(), 0o644)?;
         tracing::info!(path = %ca_cert_path.display(), "created cluster CA");
         // A new CA invalidates any old node certificate.
         let _ = fs::remove_file(dir.join(NODE_CERT));
@@ -121,8 +121,8 @@ pub fn ensure(dir: &Path, extra_names: &[String]) -> Result<Credentials, Credent
         p.not_after = rcgen::date_time_ymd(2124, 1, 1);
         let key = KeyPair::generate()?;
         let cert = p.signed_by(&key, &issuer)?;
-        write_file(&node_key_path, key.serialize_pem().as_bytes(), true)?;
-        write_file(&node_cert_path, cert.pem().as_bytes(), true)?;
+        write_file(&node_key_path, key.serialize_pem().as_bytes(), 0o600)?;
+        write_file(&node_cert_path, cert.pem().as_bytes(), 0o644)?;
         tracing::info!(path = %node_cert_path.display(), "created node certificate");
     }
     let token_path = dir.join(ADMIN_TOKEN);
@@ -131,7 +131,9 @@ pub fn ensure(dir: &Path, extra_names: &[String]) -> Result<Credentials, Credent
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
             .map_err(|_| io(&token_path)(std::io::Error::other("no randomness available")))?;
         let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-        write_file(&token_path, format!("{token}\n").as_bytes(), true)?;
+        // Readable by the owner (the mqd user) and its group, so `sudo mqctl` and members of
+        // the mqd group can use it; nobody else.
+        write_file(&token_path, format!("{token}\n").as_bytes(), 0o640)?;
         tracing::info!(path = %token_path.display(), "created admin token");
     }
 
@@ -191,7 +193,12 @@ mod tests {
                 .unwrap()
                 .permissions()
                 .mode();
-            assert_eq!(mode & 0o777, 0o600);
+            assert_eq!(mode & 0o777, 0o640);
+            let key = fs::metadata(dir.path().join(CA_KEY))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(key & 0o777, 0o600);
         }
     }
 

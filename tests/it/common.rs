@@ -132,6 +132,18 @@ impl Node {
         child.wait_with_output().expect("mqctl output")
     }
 
+    /// Sends a signal (by name, e.g. "HUP") to the running process.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let ok = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{name} {pid} failed");
+    }
+
     /// SIGKILL, then wait for the process to be gone.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -159,3 +159,47 @@ async fn state_survives_a_clean_restart() {
     let got = c.receive("keep", 1, None, Some(0)).await.unwrap();
     assert_eq!(&got[0].message.body[..], b"persisted");
 }
+
+#[tokio::test]
+async fn sighup_reloads_a_rotated_certificate_for_new_connections() {
+    let node = Node::start();
+    let c = node.client().await;
+    c.create_queue("q", QueuePatch::default()).await.unwrap();
+    let before = crate::common::raw_connection(&node).await;
+    let cert = |conn: &quinn::Connection| {
+        conn.peer_identity()
+            .and_then(|i| {
+                i.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
+            .map(|chain| chain[0].to_vec())
+            .expect("peer certificate")
+    };
+    let old = cert(&before);
+
+    // Rotate: remove the node certificate; on SIGHUP the node issues a new one from its CA.
+    std::fs::remove_file(node.dir().join("node.pem")).unwrap();
+    std::fs::remove_file(node.dir().join("node.key")).unwrap();
+    node.signal("HUP");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !node.log().contains("reloaded the TLS certificate") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload logged:\n{}",
+            node.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let after = crate::common::raw_connection(&node).await;
+    assert_ne!(cert(&after), old, "new connections get the new certificate");
+    assert!(node.dir().join("node.pem").exists());
+    // Existing connections and clients carry on.
+    c.send("q", vec![SendEntry::new("still served")])
+        .await
+        .unwrap();
+    assert!(
+        node.log().contains("configuration reloaded"),
+        "{}",
+        node.log()
+    );
+}
