@@ -3,6 +3,7 @@
 
 mod common;
 mod crash;
+mod daemon;
 mod errors;
 mod messages;
 mod mqctl;
