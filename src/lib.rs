@@ -14,6 +14,8 @@ pub mod frontend;
 pub mod local;
 #[cfg(all(test, feature = "server"))]
 mod man;
+#[cfg(feature = "server")]
+pub mod peer;
 pub mod protocol;
 #[cfg(feature = "server")]
 pub mod raft;

@@ -1,0 +1,270 @@
+//! Three nodes in one process, each with its own QUIC endpoint on 127.0.0.1: a Raft group
+//! replicated over the peer transport, a leader lost and replaced, and nodes of another CA
+//! (or with no certificate) refused.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::{BasicNode, Raft};
+use redb::{Database, ReadableDatabase};
+
+use super::*;
+use crate::protocol::{QueuePatch, SendEntry};
+use crate::raft::log_store::LogStore;
+use crate::raft::state_machine::StateMachine;
+use crate::raft::Proposal;
+use crate::server::tls;
+use crate::store::schema::{QUEUES, STATS};
+use crate::store::Command;
+
+struct TestNode {
+    id: u64,
+    dir: tempfile::TempDir,
+    endpoint: quinn::Endpoint,
+    addr: SocketAddr,
+    raft: Raft<TypeConfig>,
+    db: Arc<Database>,
+    creds: Credentials,
+}
+
+fn endpoint(creds: &Credentials) -> quinn::Endpoint {
+    let crypto =
+        quinn::crypto::rustls::QuicServerConfig::try_from(server_crypto(creds).unwrap()).unwrap();
+    let sc = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    quinn::Endpoint::server(sc, "127.0.0.1:0".parse().unwrap()).unwrap()
+}
+
+/// A node; with `ca_of`, it joins the CA of that data directory (as an operator would copy
+/// ca.pem and ca.key to a new node).
+async fn start(id: u64, ca_of: Option<&Path>) -> TestNode {
+    let dir = tempfile::tempdir().unwrap();
+    if let Some(src) = ca_of {
+        for f in [tls::CA_CERT, tls::CA_KEY] {
+            std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+        }
+    }
+    let creds = tls::ensure(dir.path(), &[]).unwrap();
+    let endpoint = endpoint(&creds);
+    let addr = endpoint.local_addr().unwrap();
+    let router = Router::default();
+    {
+        let endpoint = endpoint.clone();
+        let router = router.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                let router = router.clone();
+                tokio::spawn(async move {
+                    if let Ok(conn) = incoming.await {
+                        serve_peer_connection(conn, router).await;
+                    }
+                });
+            }
+        });
+    }
+    let connector = Connector::new(endpoint.clone(), client_config(&creds).unwrap());
+    let config = Arc::new(
+        openraft::Config {
+            heartbeat_interval: 100,
+            election_timeout_min: 300,
+            election_timeout_max: 600,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap(),
+    );
+    let log = LogStore::open(&dir.path().join("g1.log.redb")).unwrap();
+    let sm = StateMachine::open(&dir.path().join("g1.redb"), Arc::new(|_| {})).unwrap();
+    let db = sm.database();
+    let raft = Raft::new(id, config, GroupNetwork::new(connector, 1), log, sm)
+        .await
+        .unwrap();
+    router.add(1, raft.clone());
+    TestNode {
+        id,
+        dir,
+        endpoint,
+        addr,
+        raft,
+        db,
+        creds,
+    }
+}
+
+/// (queue exists, messages stored) in a node's state machine.
+fn queue_state(db: &Database, name: &str) -> (bool, u64) {
+    let txn = db.begin_read().unwrap();
+    let queues = txn.open_table(QUEUES).unwrap();
+    let Some(v) = queues.get(name).unwrap() else {
+        return (false, 0);
+    };
+    let rec: crate::store::schema::QueueRecord = postcard::from_bytes(v.value()).unwrap();
+    let total = txn
+        .open_table(STATS)
+        .unwrap()
+        .get(rec.id)
+        .unwrap()
+        .map(|s| s.value().1)
+        .unwrap_or(0);
+    (true, total)
+}
+
+async fn leader_among(nodes: &[&TestNode], not: Option<u64>) -> u64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        for n in nodes {
+            let m = n.raft.metrics().borrow().clone();
+            if let Some(l) = m.current_leader {
+                if Some(l) != not
+                    && nodes.iter().any(|x| x.id == l)
+                    && m.state.is_leader() == (l == n.id)
+                {
+                    return l;
+                }
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no leader elected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn write(raft: &Raft<TypeConfig>, cmd: Command) -> u64 {
+    let r = raft
+        .client_write(Proposal {
+            now_ms: 1_700_000_000_000,
+            cmd,
+        })
+        .await
+        .unwrap();
+    assert!(r.data.is_ok(), "{:?}", r.data);
+    r.log_id.index
+}
+
+async fn applied(n: &TestNode, index: u64) {
+    n.raft
+        .wait(Some(Duration::from_secs(20)))
+        .metrics(
+            |m| m.last_applied.is_some_and(|l| l.index >= index),
+            "applied",
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_replicates_over_quic_and_survives_losing_its_leader() {
+    let n1 = start(1, None).await;
+    let n2 = start(2, Some(n1.dir.path())).await;
+    let n3 = start(3, Some(n1.dir.path())).await;
+    let members: BTreeMap<_, _> = [&n1, &n2, &n3]
+        .iter()
+        .map(|n| (n.id, BasicNode::new(n.addr.to_string())))
+        .collect();
+    n1.raft.initialize(members).await.unwrap();
+
+    let nodes = [&n1, &n2, &n3];
+    let leader = leader_among(&nodes, None).await;
+    let lead = nodes.iter().find(|n| n.id == leader).unwrap();
+    write(
+        &lead.raft,
+        Command::CreateQueue {
+            name: "q".into(),
+            patch: QueuePatch::default(),
+        },
+    )
+    .await;
+    let idx = write(
+        &lead.raft,
+        Command::Send {
+            queue: "q".into(),
+            messages: vec![SendEntry::new("one")],
+        },
+    )
+    .await;
+    for n in nodes {
+        applied(n, idx).await;
+        assert_eq!(
+            queue_state(&n.db, "q"),
+            (true, 1),
+            "node {} has the queue and its message",
+            n.id
+        );
+    }
+
+    // Lose the leader: its Raft stops and its endpoint goes away, as in a crash.
+    lead.raft.shutdown().await.unwrap();
+    lead.endpoint.close(0u32.into(), b"gone");
+    let rest: Vec<&TestNode> = nodes.iter().copied().filter(|n| n.id != leader).collect();
+    let new_leader = leader_among(&rest, Some(leader)).await;
+    let new_lead = rest.iter().find(|n| n.id == new_leader).unwrap();
+    let idx = write(
+        &new_lead.raft,
+        Command::Send {
+            queue: "q".into(),
+            messages: vec![SendEntry::new("two")],
+        },
+    )
+    .await;
+    for n in &rest {
+        applied(n, idx).await;
+        assert_eq!(
+            queue_state(&n.db, "q"),
+            (true, 2),
+            "node {} after failover",
+            n.id
+        );
+    }
+
+    // A node of another CA is refused: as a client of the cluster's CA presenting its own
+    // certificate, and with no certificate at all.
+    let alien = start(4, None).await;
+    let target = new_lead.addr;
+    let cluster_ca = n1.creds.chain[1].clone();
+    let mut with_alien_cert = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots(&cluster_ca).unwrap())
+        .with_client_auth_cert(alien.creds.chain.clone(), alien.creds.key.clone_key())
+        .unwrap();
+    with_alien_cert.alpn_protocols = vec![ALPN_PEER.to_vec()];
+    let mut no_cert = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots(&cluster_ca).unwrap())
+        .with_no_client_auth();
+    no_cert.alpn_protocols = vec![ALPN_PEER.to_vec()];
+    for (what, tls) in [
+        ("a foreign certificate", with_alien_cert),
+        ("no certificate", no_cert),
+    ] {
+        let qc = quinn::ClientConfig::new(Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+        ));
+        let c = Connector::new(alien.endpoint.clone(), qc);
+        let vote = openraft::raft::VoteRequest::<NodeId>::new(openraft::Vote::new(99, 4), None);
+        let r: Result<Result<VoteResponse<NodeId>, RaftError<NodeId>>, _> = c
+            .call(target, 1, KIND_VOTE, &vote, Duration::from_secs(3))
+            .await;
+        assert!(r.is_err(), "a peer with {what} was answered: {r:?}");
+    }
+    // The alien's own connector trusts only its own CA: it cannot even reach the cluster.
+    let alien_connector =
+        Connector::new(alien.endpoint.clone(), client_config(&alien.creds).unwrap());
+    let vote = openraft::raft::VoteRequest::<NodeId>::new(openraft::Vote::new(99, 4), None);
+    let r: Result<Result<VoteResponse<NodeId>, RaftError<NodeId>>, _> = alien_connector
+        .call(target, 1, KIND_VOTE, &vote, Duration::from_secs(3))
+        .await;
+    assert!(r.is_err());
+    // The cluster kept its leader and term: the refused votes never reached Raft.
+    assert_eq!(
+        new_lead.raft.metrics().borrow().current_leader,
+        Some(new_leader)
+    );
+
+    for n in rest {
+        n.raft.shutdown().await.unwrap();
+    }
+    alien.raft.shutdown().await.unwrap();
+}
