@@ -37,9 +37,12 @@ pub const ALPN_PEER: &[u8] = b"mq-peer/1";
 /// Largest peer message (a snapshot chunk or a batch of log entries), in bytes.
 pub const MAX_PEER_MESSAGE: usize = 64 * 1024 * 1024;
 
-const KIND_APPEND: u8 = 1;
-const KIND_VOTE: u8 = 2;
-const KIND_SNAPSHOT: u8 = 3;
+/// RPC kind: AppendEntries.
+pub const KIND_APPEND: u8 = 1;
+/// RPC kind: Vote.
+pub const KIND_VOTE: u8 = 2;
+/// RPC kind: InstallSnapshot.
+pub const KIND_SNAPSHOT: u8 = 3;
 
 const STATUS_OK: u8 = 0;
 const STATUS_NO_GROUP: u8 = 1;

@@ -18,7 +18,7 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::frontend::{Frontend, Session};
-use crate::protocol::{decode_header, encode_error, Request, Status, ALPN, HEADER_LEN, MAX_FRAME};
+use crate::protocol::{decode_header, encode_error, Request, Status, HEADER_LEN, MAX_FRAME};
 use crate::store::Shard;
 
 /// How long a client may take to deliver one request frame.
@@ -70,15 +70,8 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError
 
 /// The QUIC server configuration for these credentials.
 fn server_config(creds: &tls::Credentials) -> Result<quinn::ServerConfig, ServerError> {
-    let mut crypto = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .map_err(|e| ServerError::Tls(e.to_string()))?
-    .with_no_client_auth()
-    .with_single_cert(creds.chain.clone(), creds.key.clone_key())
-    .map_err(|e| ServerError::Tls(e.to_string()))?;
-    crypto.alpn_protocols = vec![ALPN.to_vec()];
+    // Clients (mq/1) and peers (mq-peer/1, mutual TLS) on the same port.
+    let crypto = crate::peer::server_crypto(creds).map_err(|e| ServerError::Tls(e.to_string()))?;
     let quic_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
         .map_err(|e| ServerError::Tls(e.to_string()))?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_crypto));
@@ -142,6 +135,9 @@ pub async fn run(
         shutdown.clone(),
     ));
     let body_budget = Arc::new(Semaphore::new(MAX_BUFFERED_BODY_KIB));
+    // Raft groups hosted here, for RPCs from peers. A single node hosts none yet: its shard
+    // still runs on the local writer (see docs/ARCHITECTURE.md).
+    let router = crate::peer::Router::default();
     let tracker = tracker::Tracker::default();
 
     // Expiry runs beside the requests, through the same writer.
@@ -175,11 +171,15 @@ pub async fn run(
                 let budget = body_budget.clone();
                 let tracker = tracker.clone();
                 let stop = shutdown.clone();
+                let router = router.clone();
                 tokio::spawn(async move {
                     let remote = incoming.remote_address();
                     let span = tracing::info_span!("conn", %remote);
                     async move {
                         match incoming.await {
+                            Ok(conn) if crate::peer::alpn(&conn).as_deref() == Some(crate::peer::ALPN_PEER) => {
+                                crate::peer::serve_peer_connection(conn, router).await
+                            }
                             Ok(conn) => serve_connection(conn, fe, budget, tracker, stop).await,
                             Err(e) => tracing::debug!(error = %e, "handshake failed"),
                         }

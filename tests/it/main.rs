@@ -7,4 +7,5 @@ mod daemon;
 mod errors;
 mod messages;
 mod mqctl;
+mod peer;
 mod queues;
