@@ -271,17 +271,13 @@ impl Frontend {
         }
     }
 
-    /// Deletes every message of `name` in chunks; returns how many.
-    async fn purge_all(&self, name: &str) -> Result<u64, Failure> {
+    /// Repeats a chunked command (purge, expiry) until a chunk does less than a full
+    /// chunk's work; returns the total. Each chunk is its own commit, so a large purge
+    /// never holds the writer for long.
+    async fn until_done(&self, chunk: impl Fn() -> Command) -> Result<u64, Failure> {
         let mut total = 0;
         loop {
-            match self
-                .submit(Command::Purge {
-                    name: name.to_string(),
-                    max: PURGE_CHUNK,
-                })
-                .await?
-            {
+            match self.submit(chunk()).await? {
                 Outcome::Count(n) => {
                     total += n;
                     if n < PURGE_CHUNK {
@@ -291,6 +287,15 @@ impl Frontend {
                 o => return Err(unexpected(o)),
             }
         }
+    }
+
+    /// Deletes every message of `name`; returns how many.
+    async fn purge_all(&self, name: &str) -> Result<u64, Failure> {
+        self.until_done(|| Command::Purge {
+            name: name.to_string(),
+            max: PURGE_CHUNK,
+        })
+        .await
     }
 
     /// Receives, waiting up to the wait time for a message to become available. Returns as
@@ -313,8 +318,23 @@ impl Frontend {
                 "receive wait {w} ms is longer than the limit of {MAX_RECEIVE_WAIT_MS} ms"
             )));
         }
-        let start = tokio::time::Instant::now();
         let waiter = self.shard.waiter(&queue);
+        let r = self
+            .receive_wait(&waiter, &queue, max, visibility_ms, wait_ms)
+            .await;
+        self.shard.release_waiter(&queue, waiter);
+        r
+    }
+
+    async fn receive_wait(
+        &self,
+        waiter: &tokio::sync::Notify,
+        queue: &str,
+        max: u32,
+        visibility_ms: Option<u64>,
+        wait_ms: Option<u64>,
+    ) -> Result<Response, Failure> {
+        let start = tokio::time::Instant::now();
         let mut shutdown = self.shutdown.clone();
         loop {
             // Register for wake-ups before looking, so a send between the look and the
@@ -324,7 +344,7 @@ impl Frontend {
             notified.as_mut().enable();
             let (deliveries, next_visible_ms, queue_wait) = match self
                 .submit(Command::Receive {
-                    queue: queue.clone(),
+                    queue: queue.to_string(),
                     max,
                     visibility_ms,
                 })
@@ -361,18 +381,8 @@ impl Frontend {
 
     /// Deletes expired messages; returns how many. Run periodically by the server.
     pub async fn expire(&self) -> Result<u64, Failure> {
-        let mut total = 0;
-        loop {
-            match self.submit(Command::Expire { max: PURGE_CHUNK }).await? {
-                Outcome::Count(n) => {
-                    total += n;
-                    if n < PURGE_CHUNK {
-                        return Ok(total);
-                    }
-                }
-                o => return Err(unexpected(o)),
-            }
-        }
+        self.until_done(|| Command::Expire { max: PURGE_CHUNK })
+            .await
     }
 }
 
@@ -443,6 +453,37 @@ mod tests {
             fe.handle(&s, req()).await.unwrap_err().0,
             Status::QueueNotFound
         );
+    }
+
+    #[tokio::test]
+    async fn receivers_do_not_leave_waiters_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fe, _tx) = frontend(dir.path(), false);
+        let s = Session::default();
+        fe.handle(
+            &s,
+            Request::Hello {
+                token: "t".into(),
+                client: "test".into(),
+            },
+        )
+        .await
+        .unwrap();
+        for i in 0..50 {
+            let r = fe
+                .handle(
+                    &s,
+                    Request::Receive {
+                        queue: format!("nope{i}"),
+                        max: 1,
+                        visibility_ms: None,
+                        wait_ms: Some(0),
+                    },
+                )
+                .await;
+            assert_eq!(r.unwrap_err().0, Status::QueueNotFound);
+        }
+        assert_eq!(fe.shard.waiting_queues(), 0);
     }
 
     #[test]

@@ -165,6 +165,21 @@ impl Shard {
         w.entry(queue.to_string()).or_default().clone()
     }
 
+    /// Gives back a notifier from [`Shard::waiter`]; the entry goes once no receiver holds
+    /// it, so the map holds only queues someone is waiting on.
+    pub fn release_waiter(&self, queue: &str, waiter: Arc<Notify>) {
+        let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        drop(waiter);
+        if w.get(queue).is_some_and(|n| Arc::strong_count(n) == 1) {
+            w.remove(queue);
+        }
+    }
+
+    /// Number of queues with a waiting receiver (for tests and metrics).
+    pub fn waiting_queues(&self) -> usize {
+        self.waiters.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// Writer counters.
     pub fn writer_stats(&self) -> &WriterStats {
         &self.stats
