@@ -134,11 +134,11 @@ async fn write(raft: &Raft<TypeConfig>, cmd: Command) -> u64 {
     let r = raft
         .client_write(Proposal {
             now_ms: 1_700_000_000_000,
-            cmd,
+            cmds: vec![cmd],
         })
         .await
         .unwrap();
-    assert!(r.data.is_ok(), "{:?}", r.data);
+    assert!(r.data.iter().all(|x| x.is_ok()), "{:?}", r.data);
     r.log_id.index
 }
 

@@ -15,6 +15,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod log_store;
+pub mod proposer;
 pub mod state_machine;
 
 use std::io::Cursor;
@@ -24,13 +25,15 @@ use serde::{Deserialize, Serialize};
 use crate::protocol::Status;
 use crate::store::{Command, Outcome};
 
-/// What a log entry carries: one state-machine command, stamped with the proposer's clock.
+/// What a log entry carries: a batch of state-machine commands, stamped with the proposer's
+/// clock. Batching is group commit at the Raft layer: one entry, one log fsync and one
+/// state-machine transaction for every command that arrived together.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
     /// Milliseconds since the epoch on the proposing node, read once before proposing.
     pub now_ms: u64,
-    /// The command.
-    pub cmd: Command,
+    /// The commands, applied in order.
+    pub cmds: Vec<Command>,
 }
 
 /// A command refused by the state machine (nothing was written); the same on every replica.
@@ -42,8 +45,9 @@ pub struct Rejection {
     pub message: String,
 }
 
-/// The answer to one applied entry.
-pub type Reply = Result<Outcome, Rejection>;
+/// The answer to one applied entry: one result per command of its proposal (none for
+/// entries that carry no proposal).
+pub type Reply = Vec<Result<Outcome, Rejection>>;
 
 openraft::declare_raft_types!(
     /// Raft types of a shard group.

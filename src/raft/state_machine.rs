@@ -3,8 +3,9 @@
 //! applied log id and the membership written in that same transaction.
 //!
 //! A command the state machine rejects is a normal answer ([`Rejection`]), the same on
-//! every replica. A storage failure while applying is fatal for this replica of the group:
-//! openraft stops it rather than let it diverge from the others.
+//! every replica. A command that hits a storage error on this replica is answered INTERNAL
+//! and skipped (the batch re-runs without it); a failure to begin or commit the
+//! transaction is fatal for this replica, and openraft stops it.
 
 use std::collections::HashSet;
 use std::io::Cursor;
@@ -19,8 +20,9 @@ use openraft::{
 use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 
 use super::{blocking, NodeId, Rejection, Reply, StorageError, TypeConfig};
+use crate::protocol::Status;
 use crate::store::machine::{apply, Effects, Tables};
-use crate::store::{snapshot, ApplyError, Outcome};
+use crate::store::{snapshot, ApplyError, StoreError};
 
 /// `applied` → postcard(Option<LogId>), `membership` → postcard(StoredMembership).
 const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_sm_meta");
@@ -105,52 +107,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         let db = self.db.clone();
         let (replies, fx) = blocking(move || {
-            let mut txn = db.begin_write().map_err(sm_write)?;
-            txn.set_durability(Durability::Immediate)
-                .map_err(sm_write)?;
-            let mut fx = Effects::default();
-            let mut replies = Vec::with_capacity(entries.len());
-            let mut applied = None;
-            let mut membership = None;
-            {
-                let mut tables = Tables::open(&txn).map_err(sm_write)?;
-                for e in &entries {
-                    applied = Some(e.log_id);
-                    let reply = match &e.payload {
-                        EntryPayload::Blank => Ok(Outcome::Unit),
-                        EntryPayload::Membership(m) => {
-                            membership = Some(StoredMembership::new(Some(e.log_id), m.clone()));
-                            Ok(Outcome::Unit)
-                        }
-                        EntryPayload::Normal(p) => {
-                            match apply(&mut tables, p.now_ms, &p.cmd, &mut fx) {
-                                Ok(o) => Ok(o),
-                                Err(ApplyError::Rejected { status, message }) => {
-                                    Err(Rejection { status, message })
-                                }
-                                Err(ApplyError::Store(err)) => {
-                                    return Err(StorageIOError::apply(
-                                        e.log_id,
-                                        AnyError::error(err),
-                                    )
-                                    .into())
-                                }
-                            }
-                        }
-                    };
-                    replies.push(reply);
-                }
-                let mut meta = txn.open_table(SM_META).map_err(sm_write)?;
-                let bytes = postcard::to_allocvec(&applied).map_err(sm_write)?;
-                meta.insert("applied", bytes.as_slice()).map_err(sm_write)?;
-                if let Some(m) = &membership {
-                    let bytes = postcard::to_allocvec(m).map_err(sm_write)?;
-                    meta.insert("membership", bytes.as_slice())
-                        .map_err(sm_write)?;
+            // A command that hits a storage error on this replica (I/O, a record that does
+            // not decode) is answered INTERNAL and skipped; the batch runs again without it
+            // in a fresh transaction, so it cannot leave half its writes behind.
+            let mut skip = HashSet::new();
+            loop {
+                match apply_batch(&db, &entries, &skip)? {
+                    Ok(done) => return Ok(done),
+                    Err((at, err)) => {
+                        tracing::error!(error = %err, entry = ?entries[at.0].log_id, command = at.1,
+                            "command failed on this replica's storage; answered INTERNAL");
+                        skip.insert(at);
+                    }
                 }
             }
-            txn.commit().map_err(sm_write)?;
-            Ok((replies, fx))
         })
         .await?;
         if !fx.wake.is_empty() {
@@ -213,6 +183,68 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })
         .await
     }
+}
+
+/// Applies `entries` in one durable transaction. `Ok(Err((entry, command), error))` means
+/// that command hit a storage error and the transaction was abandoned.
+#[allow(clippy::type_complexity)]
+fn apply_batch(
+    db: &Database,
+    entries: &[Entry<TypeConfig>],
+    skip: &HashSet<(usize, usize)>,
+) -> Result<Result<(Vec<Reply>, Effects), ((usize, usize), StoreError)>, StorageError> {
+    let mut txn = db.begin_write().map_err(sm_write)?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(sm_write)?;
+    let mut fx = Effects::default();
+    let mut replies = Vec::with_capacity(entries.len());
+    let mut applied = None;
+    let mut membership = None;
+    {
+        let mut tables = Tables::open(&txn).map_err(sm_write)?;
+        for (ei, e) in entries.iter().enumerate() {
+            applied = Some(e.log_id);
+            let reply = match &e.payload {
+                EntryPayload::Blank => Vec::new(),
+                EntryPayload::Membership(m) => {
+                    membership = Some(StoredMembership::new(Some(e.log_id), m.clone()));
+                    Vec::new()
+                }
+                EntryPayload::Normal(p) => {
+                    let mut out = Vec::with_capacity(p.cmds.len());
+                    for (ci, cmd) in p.cmds.iter().enumerate() {
+                        if skip.contains(&(ei, ci)) {
+                            out.push(Err(Rejection {
+                                status: Status::Internal,
+                                message: "storage error on this replica; the command had no effect"
+                                    .into(),
+                            }));
+                            continue;
+                        }
+                        match apply(&mut tables, p.now_ms, cmd, &mut fx) {
+                            Ok(o) => out.push(Ok(o)),
+                            Err(ApplyError::Rejected { status, message }) => {
+                                out.push(Err(Rejection { status, message }))
+                            }
+                            Err(ApplyError::Store(err)) => return Ok(Err(((ei, ci), err))),
+                        }
+                    }
+                    out
+                }
+            };
+            replies.push(reply);
+        }
+        let mut meta = txn.open_table(SM_META).map_err(sm_write)?;
+        let bytes = postcard::to_allocvec(&applied).map_err(sm_write)?;
+        meta.insert("applied", bytes.as_slice()).map_err(sm_write)?;
+        if let Some(m) = &membership {
+            let bytes = postcard::to_allocvec(m).map_err(sm_write)?;
+            meta.insert("membership", bytes.as_slice())
+                .map_err(sm_write)?;
+        }
+    }
+    txn.commit().map_err(sm_write)?;
+    Ok(Ok((replies, fx)))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {

@@ -125,18 +125,25 @@ mod one_node {
         Raft::new(1, config, NoPeers, log, sm).await.unwrap()
     }
 
-    async fn propose(raft: &Raft<TypeConfig>, cmd: Command) -> super::super::Reply {
+    async fn propose(
+        raft: &Raft<TypeConfig>,
+        cmd: Command,
+    ) -> Result<Outcome, super::super::Rejection> {
         let now_ms = 1_700_000_000_000;
-        raft.client_write(Proposal { now_ms, cmd })
+        let mut replies = raft
+            .client_write(Proposal {
+                now_ms,
+                cmds: vec![cmd],
+            })
             .await
             .unwrap()
-            .data
+            .data;
+        assert_eq!(replies.len(), 1);
+        replies.remove(0)
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn commands_apply_through_the_log_and_survive_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let raft = start(dir.path()).await;
+    async fn leader_of_one(dir: &std::path::Path) -> Raft<TypeConfig> {
+        let raft = start(dir).await;
         let mut members = BTreeMap::new();
         members.insert(1, BasicNode::new("127.0.0.1:0"));
         raft.initialize(members).await.unwrap();
@@ -144,6 +151,135 @@ mod one_node {
             .current_leader(1, "becomes leader")
             .await
             .unwrap();
+        raft
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_proposer_batches_concurrent_commands_into_few_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let raft = leader_of_one(dir.path()).await;
+        let p = super::super::proposer::Proposer::start(raft.clone(), 4);
+        p.submit(Command::CreateQueue {
+            name: "q".into(),
+            patch: QueuePatch::default(),
+        })
+        .await
+        .unwrap();
+        let before = raft.metrics().borrow().last_log_index.unwrap_or(0);
+        let mut tasks = Vec::new();
+        for i in 0..2000 {
+            let p = p.clone();
+            tasks.push(tokio::spawn(async move {
+                p.submit(Command::Send {
+                    queue: "q".into(),
+                    messages: vec![SendEntry::new(format!("m{i}"))],
+                })
+                .await
+            }));
+        }
+        let mut ids = std::collections::HashSet::new();
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(Outcome::Sent(v)) => assert!(ids.insert(v[0])),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(ids.len(), 2000);
+        let entries = raft.metrics().borrow().last_log_index.unwrap_or(0) - before;
+        assert!(
+            entries < 1000,
+            "2000 sends took {entries} log entries: not batched"
+        );
+        // Rejections come back per command.
+        let e = p
+            .submit(Command::CreateQueue {
+                name: "q".into(),
+                patch: QueuePatch::default(),
+            })
+            .await;
+        assert!(matches!(
+            e,
+            Err(super::super::proposer::ProposeError::Rejected {
+                status: Status::QueueExists,
+                ..
+            })
+        ));
+        raft.shutdown().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_storage_error_fails_one_command_not_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let raft = leader_of_one(dir.path()).await;
+        propose(
+            &raft,
+            Command::CreateQueue {
+                name: "broken".into(),
+                patch: QueuePatch::default(),
+            },
+        )
+        .await
+        .unwrap();
+        propose(
+            &raft,
+            Command::CreateQueue {
+                name: "fine".into(),
+                patch: QueuePatch::default(),
+            },
+        )
+        .await
+        .unwrap();
+        raft.shutdown().await.unwrap();
+        drop(raft);
+        {
+            // Damage one queue's record on disk (retrying while openraft lets go of the file).
+            let mut tries = 0;
+            let db = loop {
+                match redb::Database::open(dir.path().join("shard-0000.redb")) {
+                    Ok(db) => break db,
+                    Err(e) => {
+                        tries += 1;
+                        assert!(tries < 100, "{e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await
+                    }
+                }
+            };
+            let txn = db.begin_write().unwrap();
+            txn.open_table(crate::store::schema::QUEUES)
+                .unwrap()
+                .insert("broken", &[0xffu8, 0xff][..])
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let raft = start(dir.path()).await;
+        raft.wait(Some(std::time::Duration::from_secs(10)))
+            .current_leader(1, "leader again")
+            .await
+            .unwrap();
+        let cmds = vec![
+            Command::Send {
+                queue: "broken".into(),
+                messages: vec![SendEntry::new("x")],
+            },
+            Command::Send {
+                queue: "fine".into(),
+                messages: vec![SendEntry::new("y")],
+            },
+        ];
+        let replies = raft
+            .client_write(Proposal { now_ms: 1, cmds })
+            .await
+            .unwrap()
+            .data;
+        assert_eq!(replies[0].as_ref().unwrap_err().status, Status::Internal);
+        assert_eq!(replies[1], Ok(Outcome::Sent(vec![1])));
+        raft.shutdown().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commands_apply_through_the_log_and_survive_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let raft = leader_of_one(dir.path()).await;
 
         let created = propose(
             &raft,

@@ -1,0 +1,136 @@
+//! Group commit at the Raft layer: commands submitted concurrently are collected into one
+//! [`Proposal`] (one log entry, one log fsync, one apply transaction), and several proposals
+//! may be in flight at once so the log append of one batch overlaps the apply of the last.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::Raft;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::{NodeId, Proposal, TypeConfig};
+use crate::protocol::Status;
+use crate::store::{Command, Outcome};
+
+/// Most commands in one proposal.
+const MAX_BATCH: usize = 4096;
+
+/// Why a submitted command has no outcome.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// The state machine refused it; nothing was written.
+    #[error("{message}")]
+    Rejected {
+        /// Wire status.
+        status: Status,
+        /// Reason.
+        message: String,
+    },
+    /// This node does not lead the group; `leader` does, if known.
+    #[error("not the leader of this group (leader: {leader:?})")]
+    NotLeader {
+        /// The current leader, if known.
+        leader: Option<NodeId>,
+    },
+    /// Raft failed (shutting down, or a fatal storage error).
+    #[error("replication failed: {0}")]
+    Raft(String),
+}
+
+struct Job {
+    cmd: Command,
+    reply: oneshot::Sender<Result<Outcome, ProposeError>>,
+}
+
+/// Submits commands to one Raft group in batches. Cheap to clone.
+#[derive(Clone)]
+pub struct Proposer {
+    tx: mpsc::Sender<Job>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Proposer {
+    /// Starts the batching task for `raft`, with at most `in_flight` proposals outstanding.
+    pub fn start(raft: Raft<TypeConfig>, in_flight: usize) -> Proposer {
+        let (tx, rx) = mpsc::channel(MAX_BATCH * 2);
+        tokio::spawn(run(raft, rx, Arc::new(Semaphore::new(in_flight.max(1)))));
+        Proposer { tx }
+    }
+
+    /// Proposes `cmd` and waits until it is committed and applied.
+    pub async fn submit(&self, cmd: Command) -> Result<Outcome, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job { cmd, reply })
+            .await
+            .map_err(|_| ProposeError::Raft("the proposer has stopped".into()))?;
+        rx.await
+            .map_err(|_| ProposeError::Raft("the proposer has stopped".into()))?
+    }
+}
+
+async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Job>, slots: Arc<Semaphore>) {
+    while let Some(first) = rx.recv().await {
+        // Wait for a free slot first: commands keep queuing meanwhile, so a busy group
+        // proposes bigger batches instead of more of them.
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let (cmds, replies): (Vec<_>, Vec<_>) =
+                jobs.into_iter().map(|j| (j.cmd, j.reply)).unzip();
+            // The clock is read once for the batch, before proposing: apply never reads it.
+            let proposal = Proposal {
+                now_ms: now_ms(),
+                cmds,
+            };
+            match raft.client_write(proposal).await {
+                Ok(resp) => {
+                    let mut results = resp.data.into_iter();
+                    for reply in replies {
+                        let r = match results.next() {
+                            Some(Ok(o)) => Ok(o),
+                            Some(Err(rej)) => Err(ProposeError::Rejected {
+                                status: rej.status,
+                                message: rej.message,
+                            }),
+                            None => Err(ProposeError::Raft(
+                                "a command of the batch got no result".into(),
+                            )),
+                        };
+                        let _ = reply.send(r);
+                    }
+                }
+                Err(e) => {
+                    let err = match &e {
+                        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                            ProposeError::NotLeader {
+                                leader: f.leader_id,
+                            }
+                        }
+                        other => ProposeError::Raft(other.to_string()),
+                    };
+                    for reply in replies {
+                        let _ = reply.send(Err(err.clone()));
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+}
