@@ -35,6 +35,10 @@ pub const ALPN: &[u8] = b"mq/1";
 pub const TLS_SERVER_NAME: &str = "mqd";
 /// Largest frame, header included, in bytes (16 MiB).
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+/// Most message bytes (bodies and attributes) in one answer to `RECEIVE` or `QUEUE_PEEK`:
+/// a frame less 64 KiB for the per-message fields. An answer holds fewer messages than
+/// asked for rather than exceed it; a single message always fits.
+pub const MAX_RESPONSE_PAYLOAD: usize = MAX_FRAME - 64 * 1024;
 /// Most entries in one batch (send, receive, ack, nack, change-visibility, peek, list).
 pub const MAX_BATCH: u32 = 1000;
 /// Upper bound of a queue's `max_message_size` (8 MiB).

@@ -180,9 +180,6 @@ fn not_found(name: &str) -> ApplyError {
     )
 }
 
-/// Most payload bytes one receive returns, so that its answer fits in one frame.
-const RECEIVE_BYTE_BUDGET: usize = crate::protocol::MAX_FRAME - 64 * 1024;
-
 /// Side effects the caller acts on after the commit.
 #[derive(Debug, Default)]
 pub struct Effects {
@@ -570,7 +567,9 @@ pub fn apply(
                         .map(|b| Bytes::copy_from_slice(b.value()))
                         .unwrap_or_default();
                     // The answer must fit in one frame: stop before a message overflows it.
-                    if !out.is_empty() && out_bytes + stored.len() + 64 > RECEIVE_BYTE_BUDGET {
+                    if !out.is_empty()
+                        && out_bytes + stored.len() + 64 > crate::protocol::MAX_RESPONSE_PAYLOAD
+                    {
                         break 'scan;
                     }
                     out_bytes += stored.len() + 64;

@@ -23,6 +23,7 @@ use schema::*;
 
 use crate::protocol::{
     decode_stored, Message, QueueCounts, QueueDescription, QueueSummary, MAX_BATCH,
+    MAX_RESPONSE_PAYLOAD,
 };
 
 /// A storage failure. The command it happened in had no effect.
@@ -305,6 +306,7 @@ impl Shard {
             let state = txn.open_table(STATE)?;
             let body = txn.open_table(BODY)?;
             let mut out = Vec::new();
+            let mut out_bytes = 0usize;
             for e in visible.range((qid, 0, 0)..=(qid, now_ms, u64::MAX))? {
                 if out.len() >= max.min(MAX_BATCH) as usize {
                     break;
@@ -322,6 +324,11 @@ impl Shard {
                     .get((qid, seq))?
                     .map(|b| Bytes::copy_from_slice(b.value()))
                     .unwrap_or_default();
+                // The answer must fit in one frame, as for RECEIVE.
+                if !out.is_empty() && out_bytes + stored.len() + 64 > MAX_RESPONSE_PAYLOAD {
+                    break;
+                }
+                out_bytes += stored.len() + 64;
                 let (attributes, body) =
                     decode_stored(stored).map_err(|e| StoreError::Corrupt {
                         table: "message_body",

@@ -203,3 +203,35 @@ async fn sighup_reloads_a_rotated_certificate_for_new_connections() {
         node.log()
     );
 }
+
+#[tokio::test]
+async fn peek_and_receive_answers_stay_within_one_frame() {
+    let node = Node::start();
+    let c = node.client().await;
+    c.create_queue(
+        "big",
+        QueuePatch {
+            max_message_size: Some(8 * 1024 * 1024),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    // Three 7 MiB messages: any two exceed a 16 MiB frame.
+    for _ in 0..3 {
+        c.send("big", vec![SendEntry::new(vec![7u8; 7 * 1024 * 1024])])
+            .await
+            .unwrap();
+    }
+    let peeked = c.peek("big", 10).await.unwrap();
+    assert_eq!(
+        peeked.len(),
+        2,
+        "peek returns what fits in one answer, not an error"
+    );
+    let got = c.receive("big", 10, None, Some(0)).await.unwrap();
+    assert_eq!(got.len(), 2, "receive returns what fits in one answer");
+    assert_eq!(got[0].message.body.len(), 7 * 1024 * 1024);
+    let rest = c.receive("big", 10, None, Some(0)).await.unwrap();
+    assert_eq!(rest.len(), 1);
+}
