@@ -188,7 +188,10 @@ struct Conn {
 pub struct Client {
     config: Arc<ClientConfig>,
     quic: Arc<quinn::ClientConfig>,
-    current: Arc<Mutex<Option<Arc<Conn>>>>,
+    /// The connection in use. A plain mutex: calls only clone the `Arc` under it.
+    current: Arc<std::sync::Mutex<Option<Arc<Conn>>>>,
+    /// Held while dialing, so concurrent calls after a failure make one new connection.
+    dialing: Arc<Mutex<()>>,
 }
 
 fn quic_config(config: &ClientConfig) -> Result<quinn::ClientConfig, ClientError> {
@@ -234,26 +237,37 @@ impl Client {
         let client = Client {
             quic: Arc::new(quic_config(&config)?),
             config: Arc::new(config),
-            current: Arc::new(Mutex::new(None)),
+            current: Arc::default(),
+            dialing: Arc::default(),
         };
         client.connection().await?;
         Ok(client)
     }
 
+    /// The current connection if it is still open.
+    fn open_connection(&self) -> Option<Arc<Conn>> {
+        let cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        cur.as_ref()
+            .filter(|c| c.conn.close_reason().is_none())
+            .cloned()
+    }
+
     /// The current connection, making one (trying each server in turn) if there is none.
     async fn connection(&self) -> Result<Arc<Conn>, ClientError> {
-        let mut cur = self.current.lock().await;
-        if let Some(c) = cur.as_ref() {
-            if c.conn.close_reason().is_none() {
-                return Ok(c.clone());
-            }
+        if let Some(c) = self.open_connection() {
+            return Ok(c);
+        }
+        let _dialing = self.dialing.lock().await;
+        // Another call may have connected while this one waited.
+        if let Some(c) = self.open_connection() {
+            return Ok(c);
         }
         let mut last = None;
         for &addr in &self.config.servers {
             match self.dial(addr).await {
                 Ok(c) => {
                     let c = Arc::new(c);
-                    *cur = Some(c.clone());
+                    *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
                     return Ok(c);
                 }
                 Err(e @ ClientError::Server { .. }) => return Err(e),
@@ -322,7 +336,7 @@ impl Client {
     }
 
     async fn forget(&self, conn: &Arc<Conn>) {
-        let mut cur = self.current.lock().await;
+        let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
         if cur.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
             *cur = None;
         }
@@ -330,12 +344,21 @@ impl Client {
 
     /// The address of the node currently connected, if any.
     pub async fn connected_to(&self) -> Option<SocketAddr> {
-        self.current.lock().await.as_ref().map(|c| c.addr)
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|c| c.addr)
     }
 
     /// Closes the connection politely.
     pub async fn close(&self) {
-        if let Some(c) = self.current.lock().await.take() {
+        let taken = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(c) = taken {
             c.conn.close(0u32.into(), b"bye");
             let _ = tokio::time::timeout(Duration::from_secs(1), c.endpoint.wait_idle()).await;
         }
@@ -347,7 +370,7 @@ impl Client {
         let conn = self.connection().await?;
         raw_roundtrip(&conn.conn, frame, self.config.timeout)
             .await
-            .map_err(ClientError::Protocol)
+            .map_err(|e| e.into_client(conn.addr, self.config.timeout))
     }
 
     /// Checks the node answers.
@@ -568,60 +591,70 @@ fn expect<T>(r: Response, f: impl FnOnce(Response) -> Option<T>) -> Result<T, Cl
     f(r).ok_or_else(|| ClientError::Protocol("answer of the wrong kind".into()))
 }
 
+/// How a raw exchange failed, before any status could be read.
+enum RawError {
+    /// No answer within the timeout.
+    Timeout,
+    /// The connection or stream failed.
+    Transport(String),
+    /// An answer arrived but is not a frame.
+    Malformed(String),
+}
+
+impl RawError {
+    fn into_client(self, addr: SocketAddr, timeout: Duration) -> ClientError {
+        match self {
+            RawError::Timeout => ClientError::Timeout { addr, timeout },
+            RawError::Transport(detail) => ClientError::Connect { addr, detail },
+            RawError::Malformed(m) => ClientError::Protocol(m),
+        }
+    }
+}
+
 /// Sends a raw frame on a new stream and returns the raw response frame's status and body.
 async fn raw_roundtrip(
     conn: &quinn::Connection,
     frame: &[u8],
     timeout: Duration,
-) -> Result<(u16, Bytes), String> {
+) -> Result<(u16, Bytes), RawError> {
+    let transport = |e: &dyn std::fmt::Display| RawError::Transport(e.to_string());
     let work = async {
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-        send.write_all(frame).await.map_err(|e| e.to_string())?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| transport(&e))?;
+        send.write_all(frame).await.map_err(|e| transport(&e))?;
         let _ = send.finish();
-        let data = recv
-            .read_to_end(MAX_FRAME)
-            .await
-            .map_err(|e| e.to_string())?;
+        let data = recv.read_to_end(MAX_FRAME).await.map_err(|e| match e {
+            quinn::ReadToEndError::TooLong => RawError::Malformed(format!(
+                "answer longer than the {MAX_FRAME}-byte frame limit"
+            )),
+            e => transport(&e),
+        })?;
         if data.len() < HEADER_LEN {
-            return Err(format!(
+            return Err(RawError::Malformed(format!(
                 "answer of {} bytes is shorter than a frame header",
                 data.len()
-            ));
+            )));
         }
         let mut h = [0u8; HEADER_LEN];
         h.copy_from_slice(&data[..HEADER_LEN]);
-        let header = decode_header(&h).map_err(|e| e.to_string())?;
+        let header = decode_header(&h).map_err(|e| RawError::Malformed(e.to_string()))?;
         if header.body_len != data.len() - HEADER_LEN {
-            return Err("answer length does not match its header".into());
+            return Err(RawError::Malformed(
+                "answer length does not match its header".into(),
+            ));
         }
         Ok((header.code, Bytes::from(data).slice(HEADER_LEN..)))
     };
     tokio::time::timeout(timeout, work)
         .await
-        .map_err(|_| format!("no answer within {timeout:?}"))?
+        .map_err(|_| RawError::Timeout)?
 }
 
 async fn roundtrip(c: &Conn, req: &Request, timeout: Duration) -> Result<Response, ClientError> {
     let op: Opcode = req.opcode();
     let frame = req.encode();
-    let (code, body) = match raw_roundtrip(&c.conn, &frame, timeout).await {
-        Ok(x) => x,
-        Err(e) if e.starts_with("no answer within") => {
-            return Err(ClientError::Timeout {
-                addr: c.addr,
-                timeout,
-            })
-        }
-        Err(e) if e.contains("frame") || e.contains("answer") => {
-            return Err(ClientError::Protocol(e))
-        }
-        Err(detail) => {
-            return Err(ClientError::Connect {
-                addr: c.addr,
-                detail,
-            })
-        }
-    };
+    let (code, body) = raw_roundtrip(&c.conn, &frame, timeout)
+        .await
+        .map_err(|e| e.into_client(c.addr, timeout))?;
     if code == Status::Ok as u16 {
         return Response::decode(op, body).map_err(|e| ClientError::Protocol(e.to_string()));
     }

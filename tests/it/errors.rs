@@ -239,11 +239,30 @@ async fn every_request_status_is_reachable() {
         vec![Status::Ok]
     );
 
-    // PING needs no authentication; anything else before HELLO is refused. The raw frame
-    // goes out on an authenticated connection here, so check the pre-HELLO path through a
-    // fresh connection whose HELLO fails.
-    let (code, _) = c.raw(&empty_request(Opcode::Ping)).await.unwrap();
-    assert_eq!(code, 0);
+    // On a bare connection that never sent HELLO: PING is answered, anything else is
+    // UNAUTHENTICATED, and a valid HELLO then opens the connection.
+    let bare = crate::common::raw_connection(&node).await;
+    let ask = |frame: bytes::Bytes| {
+        let bare = bare.clone();
+        async move {
+            let (mut send, mut recv) = bare.open_bi().await.unwrap();
+            send.write_all(&frame).await.unwrap();
+            send.finish().unwrap();
+            let answer = recv.read_to_end(1 << 20).await.unwrap();
+            Status::from_u16(u16::from_be_bytes([answer[6], answer[7]]))
+        }
+    };
+    assert_eq!(ask(empty_request(Opcode::Ping)).await, Some(Status::Ok));
+    let describe = || Request::QueueDescribe { name: "q".into() }.encode();
+    assert_eq!(ask(describe()).await, Some(Status::Unauthenticated));
+    let token = std::fs::read_to_string(node.dir().join("admin.token")).unwrap();
+    let hello = Request::Hello {
+        token: token.trim().into(),
+        client: "test".into(),
+    }
+    .encode();
+    assert_eq!(ask(hello).await, Some(Status::Ok));
+    assert_eq!(ask(describe()).await, Some(Status::Ok));
 }
 
 #[tokio::test]
