@@ -20,7 +20,7 @@ pub use messages::{
 };
 pub use status::Status;
 #[cfg(feature = "server")]
-pub(crate) use types::{decode_stored, encode_stored};
+pub(crate) use types::{decode_stored, encode_stored, stored_len};
 pub use types::{
     Attribute, DeadLetter, Delivery, Message, QueueConfig, QueueCounts, QueueDescription,
     QueuePatch, QueueSummary, Receipt, SendEntry,

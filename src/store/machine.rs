@@ -249,16 +249,20 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
-    /// Stores a new message at the tail of queue `qid`; returns its seq.
+    /// Stores a new message at the tail of queue `qid`, counting it in `s` (the queue's
+    /// stats, read once and written once by the caller however many messages it appends);
+    /// `write` fills the stored body (attributes and payload, `len` bytes) in place.
+    #[allow(clippy::too_many_arguments)]
     fn append(
         &mut self,
         qid: u64,
+        s: &mut Stats,
         now: u64,
         visible_at: u64,
-        stored_body: &[u8],
+        len: usize,
+        write: impl FnOnce(&mut [u8]),
         source_queue: u64,
     ) -> Result<u64, ApplyError> {
-        let mut s = self.stats(qid)?;
         let seq = s.next_seq;
         s.next_seq += 1;
         s.total += 1;
@@ -270,9 +274,9 @@ impl<'txn> Tables<'txn> {
             in_flight: false,
             source_queue,
         };
-        self.stats.insert(qid, s.to_tuple())?;
         self.put_msg(qid, seq, &st)?;
-        self.body.insert((qid, seq), stored_body)?;
+        // The body goes straight into the page redb reserves: no intermediate buffer.
+        write(self.body.insert_reserve((qid, seq), len)?.as_mut());
         self.visible.insert((qid, visible_at, seq), 0u8)?;
         Ok(seq)
     }
@@ -336,16 +340,19 @@ impl<'txn> Tables<'txn> {
         };
         self.remove_msg(from, seq, st)?;
         self.add_total(from, -1)?;
-        self.append(to, now, now, &body, source_queue)?;
+        let mut s = self.stats(to)?;
+        self.append(
+            to,
+            &mut s,
+            now,
+            now,
+            body.len(),
+            |dst| dst.copy_from_slice(&body),
+            source_queue,
+        )?;
+        self.stats.insert(to, s.to_tuple())?;
         Ok(())
     }
-}
-
-/// Encodes attributes and body as stored in [`BODY`].
-fn stored_body(m: &SendEntry) -> Vec<u8> {
-    let mut b = Vec::with_capacity(m.size() + 8 + 8 * m.attributes.len());
-    crate::protocol::encode_stored(&mut b, &m.attributes, &m.body);
-    b
 }
 
 fn check_duration(what: &str, ms: u64, max: u64) -> Result<(), ApplyError> {
@@ -490,14 +497,28 @@ pub fn apply(
                 }
             }
             let mut ids = Vec::with_capacity(messages.len());
+            let mut stats = t.stats(rec.id)?;
             for m in messages {
                 let delay = m.delay_ms.unwrap_or(rec.config.delay_ms);
-                let seq = t.append(rec.id, now, now.saturating_add(delay), &stored_body(m), 0)?;
+                let len = crate::protocol::stored_len(&m.attributes, &m.body);
+                let write = |mut dst: &mut [u8]| {
+                    crate::protocol::encode_stored(&mut dst, &m.attributes, &m.body)
+                };
+                let seq = t.append(
+                    rec.id,
+                    &mut stats,
+                    now,
+                    now.saturating_add(delay),
+                    len,
+                    write,
+                    0,
+                )?;
                 if delay == 0 {
                     fx.wake.insert(queue.clone());
                 }
                 ids.push(seq);
             }
+            t.stats.insert(rec.id, stats.to_tuple())?;
             fx.dirty = true;
             Ok(Outcome::Sent(ids))
         }
