@@ -318,23 +318,56 @@ impl Frontend {
                 "receive wait {w} ms is longer than the limit of {MAX_RECEIVE_WAIT_MS} ms"
             )));
         }
+        // The common cases (messages ready, or no wait asked for) need no notifier: look
+        // first, and register only to wait. The wait loop looks again after registering,
+        // so a send landing in between is not missed.
+        let start = tokio::time::Instant::now();
+        let (deliveries, _, queue_wait) = self.receive_once(&queue, max, visibility_ms).await?;
+        if !deliveries.is_empty() || wait_ms.unwrap_or(queue_wait) == 0 {
+            return Ok(Response::Deliveries(deliveries));
+        }
         let waiter = self.shard.waiter(&queue);
         let r = self
-            .receive_wait(&waiter, &queue, max, visibility_ms, wait_ms)
+            .receive_wait(&waiter, start, &queue, max, visibility_ms, wait_ms)
             .await;
         self.shard.release_waiter(&queue, waiter);
         r
     }
 
+    /// One receive command: (deliveries, next hidden message's visibility time, the
+    /// queue's default wait).
+    async fn receive_once(
+        &self,
+        queue: &str,
+        max: u32,
+        visibility_ms: Option<u64>,
+    ) -> Result<(Vec<crate::protocol::Delivery>, Option<u64>, u64), Failure> {
+        match self
+            .submit(Command::Receive {
+                queue: queue.to_string(),
+                max,
+                visibility_ms,
+            })
+            .await?
+        {
+            Outcome::Deliveries {
+                deliveries,
+                next_visible_ms,
+                receive_wait_ms,
+            } => Ok((deliveries, next_visible_ms, receive_wait_ms)),
+            o => Err(unexpected(o)),
+        }
+    }
+
     async fn receive_wait(
         &self,
         waiter: &tokio::sync::Notify,
+        start: tokio::time::Instant,
         queue: &str,
         max: u32,
         visibility_ms: Option<u64>,
         wait_ms: Option<u64>,
     ) -> Result<Response, Failure> {
-        let start = tokio::time::Instant::now();
         let mut shutdown = self.shutdown.clone();
         loop {
             // Register for wake-ups before looking, so a send between the look and the
@@ -342,21 +375,8 @@ impl Frontend {
             let notified = waiter.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let (deliveries, next_visible_ms, queue_wait) = match self
-                .submit(Command::Receive {
-                    queue: queue.to_string(),
-                    max,
-                    visibility_ms,
-                })
-                .await?
-            {
-                Outcome::Deliveries {
-                    deliveries,
-                    next_visible_ms,
-                    receive_wait_ms,
-                } => (deliveries, next_visible_ms, receive_wait_ms),
-                o => return Err(unexpected(o)),
-            };
+            let (deliveries, next_visible_ms, queue_wait) =
+                self.receive_once(queue, max, visibility_ms).await?;
             if !deliveries.is_empty() {
                 return Ok(Response::Deliveries(deliveries));
             }
@@ -483,6 +503,33 @@ mod tests {
                 .await;
             assert_eq!(r.unwrap_err().0, Status::QueueNotFound);
         }
+        assert_eq!(fe.shard.waiting_queues(), 0);
+        // A receive that waits holds a notifier while it waits, and gives it back.
+        fe.handle(
+            &s,
+            Request::QueueCreate {
+                name: "empty".into(),
+                attributes: QueuePatch::default(),
+            },
+        )
+        .await
+        .unwrap();
+        let wait = fe.handle(
+            &s,
+            Request::Receive {
+                queue: "empty".into(),
+                max: 1,
+                visibility_ms: None,
+                wait_ms: Some(400),
+            },
+        );
+        let probe = async {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            fe.shard.waiting_queues()
+        };
+        let (r, during) = tokio::join!(wait, probe);
+        assert!(matches!(r, Ok(Response::Deliveries(d)) if d.is_empty()));
+        assert_eq!(during, 1);
         assert_eq!(fe.shard.waiting_queues(), 0);
     }
 
