@@ -373,41 +373,47 @@ async fn send(client: &Client, out: Output, a: args::SendArgs) -> anyhow::Result
         eprintln!("mqctl: --batch must be 1 to {MAX_BATCH}");
         bail!(Exit(EXIT_INVALID));
     }
-    let stdin = std::io::stdin();
-    let show_progress = std::io::stderr().is_terminal();
-    let bar = output::progress(out, show_progress);
-    let mut lines = stdin.lock().lines();
+    // Standard input is read on its own thread (blocking reads stay off the runtime), and
+    // each batch is sent by its own task, so sends progress while input is awaited. A batch
+    // takes the lines already read, up to --batch: a slow producer (`tail -f`) gets its
+    // lines sent as they come, a fast one gets full batches.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<String>>(a.batch as usize * 2);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            if tx.blocking_send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let bar = output::progress(out, std::io::stderr().is_terminal());
     let mut in_flight = FuturesUnordered::new();
     let mut ids = Vec::new();
     let mut done = false;
+    let max_in_flight = a.in_flight.max(1);
     loop {
-        while !done && in_flight.len() < a.in_flight.max(1) {
-            let mut batch = Vec::with_capacity(a.batch as usize);
-            while batch.len() < a.batch as usize {
-                match lines.next() {
-                    Some(line) => {
-                        batch.push(entry(Bytes::from(line.context("reading standard input")?)))
-                    }
-                    None => {
-                        done = true;
-                        break;
+        tokio::select! {
+            line = rx.recv(), if !done && in_flight.len() < max_in_flight => {
+                let Some(first) = line else {
+                    done = true;
+                    continue;
+                };
+                let mut batch = vec![entry(Bytes::from(first.context("reading standard input")?))];
+                while batch.len() < a.batch as usize {
+                    match rx.try_recv() {
+                        Ok(l) => batch.push(entry(Bytes::from(l.context("reading standard input")?))),
+                        Err(_) => break,
                     }
                 }
+                let c = client.clone();
+                let q = a.queue.clone();
+                in_flight.push(tokio::spawn(async move { c.send(&q, batch).await }));
             }
-            if batch.is_empty() {
-                break;
-            }
-            let c = client.clone();
-            let q = a.queue.clone();
-            in_flight.push(async move { c.send(&q, batch).await });
-        }
-        match in_flight.next().await {
-            Some(r) => {
-                let got = r?;
+            Some(r) = in_flight.next(), if !in_flight.is_empty() => {
+                let got = r.context("a send task failed")??;
                 bar.inc(got.len() as u64);
                 ids.extend(got);
             }
-            None => break,
+            else => break,
         }
     }
     bar.finish_and_clear();

@@ -177,3 +177,39 @@ fn remote_style_flags_work_without_the_data_dir() {
         .unwrap();
     ok(&out);
 }
+
+#[tokio::test]
+async fn send_lines_sends_a_slow_producers_lines_as_they_come() {
+    use std::io::Write;
+    let node = Node::start();
+    ok(&node.mqctl(&["queue", "create", "tail"]));
+    let mut child = std::process::Command::new(crate::common::mqctl_bin())
+        .args(["send", "tail", "--lines", "-o", "json"])
+        .env("MQ_DATA_DIR", node.dir())
+        .env("MQ_CONFIG", "/dev/null")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "first").unwrap();
+    stdin.flush().unwrap();
+    // The line is sent while standard input stays open, not when a batch fills up.
+    let c = node.client().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while c.peek("tail", 10).await.unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a single line was not sent while input stayed open"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    writeln!(stdin, "second").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        json_lines(&String::from_utf8_lossy(&out.stdout))[0]["sent"],
+        2
+    );
+}
