@@ -81,7 +81,7 @@ fn main() -> ExitCode {
                 match ce {
                     ClientError::Server { status, .. } => exit_code_of(*status),
                     ClientError::Connect { .. } | ClientError::Timeout { .. } => EXIT_UNAVAILABLE,
-                    ClientError::Config(_) => EXIT_INVALID,
+                    ClientError::Config(_) | ClientError::Invalid(_) => EXIT_INVALID,
                     _ => 1,
                 }
             } else {

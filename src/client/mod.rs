@@ -107,6 +107,10 @@ pub enum ClientError {
     /// Local configuration is missing or wrong (CA file, token, address).
     #[error("{0}")]
     Config(String),
+    /// The request cannot be sent as given (a field or the whole frame over the
+    /// protocol's limits); nothing was sent.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl ClientError {
@@ -319,6 +323,7 @@ impl Client {
     /// Sends one request and decodes the answer. Idempotent requests are retried once on
     /// a new connection if the connection failed.
     pub async fn call(&self, req: &Request, extra_wait: Duration) -> Result<Response, ClientError> {
+        req.check_lengths().map_err(ClientError::Invalid)?;
         let timeout = self.config.timeout + extra_wait;
         let conn = self.connection().await?;
         match roundtrip(&conn, req, timeout).await {
@@ -620,8 +625,15 @@ async fn raw_roundtrip(
     let transport = |e: &dyn std::fmt::Display| RawError::Transport(e.to_string());
     let work = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| transport(&e))?;
-        send.write_all(frame).await.map_err(|e| transport(&e))?;
-        let _ = send.finish();
+        match send.write_all(frame).await {
+            Ok(()) => {
+                let _ = send.finish();
+            }
+            // The server stops reading a frame it refuses (too large) and answers why:
+            // read that answer rather than report a broken connection.
+            Err(quinn::WriteError::Stopped(_)) => {}
+            Err(e) => return Err(transport(&e)),
+        }
         let data = recv.read_to_end(MAX_FRAME).await.map_err(|e| match e {
             quinn::ReadToEndError::TooLong => RawError::Malformed(format!(
                 "answer longer than the {MAX_FRAME}-byte frame limit"
@@ -652,6 +664,12 @@ async fn raw_roundtrip(
 async fn roundtrip(c: &Conn, req: &Request, timeout: Duration) -> Result<Response, ClientError> {
     let op: Opcode = req.opcode();
     let frame = req.encode();
+    if frame.len() > MAX_FRAME {
+        return Err(ClientError::Invalid(format!(
+            "the request is {} bytes, over the {MAX_FRAME}-byte frame limit; send fewer or smaller messages per request",
+            frame.len()
+        )));
+    }
     let (code, body) = raw_roundtrip(&c.conn, &frame, timeout)
         .await
         .map_err(|e| e.into_client(c.addr, timeout))?;

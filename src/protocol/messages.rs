@@ -176,6 +176,64 @@ impl Request {
         }
     }
 
+    /// Checks that every text field fits its `u16` length prefix; `encode` would otherwise
+    /// cut it. Returns the field that does not fit.
+    pub fn check_lengths(&self) -> Result<(), String> {
+        let mut fields: Vec<(&str, &str)> = Vec::new();
+        match self {
+            Request::Ping => {}
+            Request::Hello { token, client } => {
+                fields.extend([("token", token.as_str()), ("client", client.as_str())])
+            }
+            Request::QueueCreate { name, attributes } | Request::QueueSet { name, attributes } => {
+                fields.push(("name", name));
+                if let Some(Some(dl)) = &attributes.dead_letter {
+                    fields.push(("dead-letter queue", &dl.queue));
+                }
+            }
+            Request::QueueDelete { name, .. }
+            | Request::QueueDescribe { name }
+            | Request::QueuePurge { name }
+            | Request::QueuePeek { name, .. } => fields.push(("name", name)),
+            Request::QueueList {
+                prefix,
+                start_after,
+                ..
+            } => fields.extend([
+                ("prefix", prefix.as_str()),
+                ("start_after", start_after.as_str()),
+            ]),
+            Request::QueueRedrive { name, to, .. } => {
+                fields.extend([("name", name.as_str()), ("to", to.as_str())])
+            }
+            Request::Send { queue, messages } => {
+                fields.push(("queue", queue));
+                for m in messages {
+                    fields.extend(
+                        m.attributes
+                            .iter()
+                            .map(|(k, _)| ("attribute name", k.as_str())),
+                    );
+                }
+            }
+            Request::Receive { queue, .. }
+            | Request::Ack { queue, .. }
+            | Request::Nack { queue, .. }
+            | Request::ChangeVisibility { queue, .. } => fields.push(("queue", queue)),
+        }
+        match fields
+            .into_iter()
+            .find(|(_, v)| v.len() > u16::MAX as usize)
+        {
+            Some((field, v)) => Err(format!(
+                "{field} is {} bytes long; the protocol carries at most {} bytes",
+                v.len(),
+                u16::MAX
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Encodes the whole frame, header included.
     pub fn encode(&self) -> Bytes {
         let cap = match self {

@@ -48,8 +48,12 @@ pub(crate) trait WireWrite {
 
 impl<B: BufMut> WireWrite for B {
     fn put_str(&mut self, s: &str) {
-        // Callers validate lengths before encoding; clamp so a bug cannot write a lie.
-        let len = s.len().min(u16::MAX as usize);
+        // Callers check lengths before encoding (`Request::check_lengths`); clamp at a
+        // character boundary so a bug cannot write a lie or broken UTF-8.
+        let mut len = s.len().min(u16::MAX as usize);
+        while !s.is_char_boundary(len) {
+            len -= 1;
+        }
         self.put_u16(len as u16);
         self.put_slice(&s.as_bytes()[..len]);
     }

@@ -383,3 +383,46 @@ async fn a_corrupt_record_is_internal_and_the_node_keeps_serving() {
     assert_eq!(c.receive("fine", 1, None, Some(0)).await.unwrap().len(), 1);
     c.delete_queue("fine", true).await.unwrap();
 }
+
+#[tokio::test]
+async fn oversized_requests_are_refused_with_a_reason() {
+    let node = Node::start();
+    let c = node.client().await;
+    c.create_queue(
+        "q",
+        QueuePatch {
+            max_message_size: Some(8 * 1024 * 1024),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    // The client library refuses, before sending, what the protocol cannot carry.
+    let big = vec![
+        SendEntry::new(vec![1u8; 9 * 1024 * 1024]),
+        SendEntry::new(vec![1u8; 9 * 1024 * 1024]),
+    ];
+    let e = c.send("q", big).await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Invalid(m) if m.contains("frame limit")),
+        "{e}"
+    );
+    let e = c
+        .list_queues(&"p".repeat(70_000), "", 10)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Invalid(m) if m.contains("prefix")),
+        "{e}"
+    );
+
+    // A raw client that sends a whole oversized frame anyway gets FRAME_TOO_LARGE, not a
+    // broken connection, and the connection lives on.
+    let body = vec![0u8; 17 * 1024 * 1024];
+    let mut f = header(4 + body.len() as u32, VERSION, 0, Opcode::Send as u16);
+    f.put_slice(&body);
+    let (s, msg) = raw_status(&c, &f).await;
+    assert_eq!(s, Some(Status::FrameTooLarge), "{msg}");
+    c.ping().await.unwrap();
+    assert_eq!(c.describe_queue("q").await.unwrap().counts.visible, 0);
+}
