@@ -387,10 +387,12 @@ fn writer_loop(
                     for (job, r) in batch.drain(..).zip(results) {
                         let _ = job.reply.send(r);
                     }
-                    let w = waiters.lock().unwrap_or_else(|e| e.into_inner());
-                    for q in &fx.wake {
-                        if let Some(n) = w.get(q) {
-                            n.notify_waiters();
+                    if !fx.wake.is_empty() {
+                        let w = waiters.lock().unwrap_or_else(|e| e.into_inner());
+                        for q in &fx.wake {
+                            if let Some(n) = w.get(q) {
+                                n.notify_waiters();
+                            }
                         }
                     }
                     break;
