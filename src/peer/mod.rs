@@ -8,27 +8,36 @@
 //! `u8 status | postcard(result)`, where status 0 carries openraft's `Result<Response,
 //! RaftError>`, 1 means "no such group here", 2 means "malformed request".
 //!
+//! A snapshot (kind 3) is streamed on its stream rather than sent whole: after the group
+//! and kind come frames of `u32 length (big-endian) | postcard`, first `(vote, meta)` and
+//! then one per chunk of table rows, until the sender finishes the stream. The receiver
+//! spools the chunks to a file and installs them; the answer is
+//! `Result<SnapshotResponse, Fatal>`. Memory on both sides is bounded by a chunk.
+//!
 //! This module owns the peer wire format, the peer TLS configuration and the routing of an
 //! RPC to the local Raft instance of its group; it knows nothing of client requests.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    Fatal, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
-use openraft::{BasicNode, Raft};
+use openraft::{BasicNode, Raft, SnapshotMeta, Vote};
 use rustls_pki_types::CertificateDer;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::Mutex;
 
 use crate::protocol::{ALPN, TLS_SERVER_NAME};
+use crate::raft::snapshot::{each_chunk, SnapshotError, SpoolWriter, MAX_CHUNK_BYTES};
 use crate::raft::{NodeId, TypeConfig};
 use crate::server::tls::Credentials;
 
@@ -41,7 +50,7 @@ pub const MAX_PEER_MESSAGE: usize = 64 * 1024 * 1024;
 pub const KIND_APPEND: u8 = 1;
 /// RPC kind: Vote.
 pub const KIND_VOTE: u8 = 2;
-/// RPC kind: InstallSnapshot.
+/// RPC kind: a whole snapshot, streamed (see the module documentation).
 pub const KIND_SNAPSHOT: u8 = 3;
 
 const STATUS_OK: u8 = 0;
@@ -131,12 +140,21 @@ pub fn is_authenticated_peer(conn: &quinn::Connection) -> bool {
 }
 
 /// The local Raft instances by group id, for incoming RPCs.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Router {
     groups: Arc<RwLock<HashMap<u64, Raft<TypeConfig>>>>,
+    spool_dir: Arc<PathBuf>,
 }
 
 impl Router {
+    /// A router with no groups; snapshots being received are spooled in `spool_dir`.
+    pub fn new(spool_dir: &Path) -> Self {
+        Self {
+            groups: Arc::default(),
+            spool_dir: Arc::new(spool_dir.to_path_buf()),
+        }
+    }
+
     /// Routes RPCs for `group` to `raft`.
     pub fn add(&self, group: u64, raft: Raft<TypeConfig>) {
         self.groups
@@ -173,11 +191,30 @@ pub async fn serve_peer_connection(conn: quinn::Connection, router: Router) {
     while let Ok((mut send, mut recv)) = conn.accept_bi().await {
         let router = router.clone();
         tokio::spawn(async move {
-            let answer = match recv.read_to_end(MAX_PEER_MESSAGE).await {
-                Ok(req) => dispatch(&router, &req).await,
+            let mut head = [0u8; 9];
+            let answer = match recv.read_exact(&mut head).await {
+                Err(quinn::ReadExactError::FinishedEarly(_)) => {
+                    answer(STATUS_BAD_REQUEST, &"short peer request")
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "peer request not read");
                     return;
+                }
+                Ok(()) => {
+                    let mut g = [0u8; 8];
+                    g.copy_from_slice(&head[..8]);
+                    let (group, kind) = (u64::from_be_bytes(g), head[8]);
+                    if kind == KIND_SNAPSHOT {
+                        receive_snapshot(&router, group, &mut recv).await
+                    } else {
+                        match recv.read_to_end(MAX_PEER_MESSAGE).await {
+                            Ok(body) => dispatch(&router, group, kind, &body).await,
+                            Err(e) => {
+                                tracing::debug!(error = %e, "peer request not read");
+                                return;
+                            }
+                        }
+                    }
                 }
             };
             if send.write_all(&answer).await.is_ok() {
@@ -188,20 +225,100 @@ pub async fn serve_peer_connection(conn: quinn::Connection, router: Router) {
     }
 }
 
+/// Reads one `u32 length | bytes` frame of a snapshot stream; `None` at a clean end.
+async fn read_snapshot_frame(
+    recv: &mut quinn::RecvStream,
+    max: usize,
+) -> Result<Option<Vec<u8>>, String> {
+    let mut len = [0u8; 4];
+    match recv.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(format!("snapshot stream broken: {e}")),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(format!(
+            "snapshot frame of {len} bytes is over the limit of {max}"
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    recv.read_exact(&mut buf)
+        .await
+        .map_err(|e| format!("snapshot stream broken: {e}"))?;
+    Ok(Some(buf))
+}
+
+/// Receives a streamed snapshot for `group`, spools it and hands it to Raft to install.
+async fn receive_snapshot(router: &Router, group: u64, recv: &mut quinn::RecvStream) -> Vec<u8> {
+    let Some(raft) = router.get(group) else {
+        return answer(
+            STATUS_NO_GROUP,
+            &format!("no replica of group {group} here"),
+        );
+    };
+    let head = match read_snapshot_frame(recv, 1024 * 1024).await {
+        Ok(Some(h)) => h,
+        Ok(None) => return answer(STATUS_BAD_REQUEST, &"snapshot stream without a header"),
+        Err(e) => return answer(STATUS_BAD_REQUEST, &e),
+    };
+    let (vote, meta): (Vote<NodeId>, SnapshotMeta<NodeId, BasicNode>) =
+        match postcard::from_bytes(&head) {
+            Ok(h) => h,
+            Err(e) => return answer(STATUS_BAD_REQUEST, &format!("snapshot header: {e}")),
+        };
+    // The file is written off the async workers, a chunk at a time.
+    let writer = match SpoolWriter::create(&router.spool_dir, group) {
+        Ok(w) => w,
+        Err(e) => return answer(STATUS_BAD_REQUEST, &e.to_string()),
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let spooling = tokio::task::spawn_blocking(move || {
+        let mut writer = writer;
+        while let Some(chunk) = rx.blocking_recv() {
+            writer.push_encoded(&chunk)?;
+        }
+        writer.finish()
+    });
+    let mut read_error = None;
+    loop {
+        match read_snapshot_frame(recv, MAX_CHUNK_BYTES).await {
+            Ok(Some(chunk)) => {
+                if tx.send(chunk).await.is_err() {
+                    break; // the spooler failed; its error is reported below
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                read_error = Some(e);
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let data = match spooling.await {
+        Ok(Ok(data)) => data,
+        Ok(Err(e)) => return answer(STATUS_BAD_REQUEST, &e.to_string()),
+        Err(e) => return answer(STATUS_BAD_REQUEST, &e.to_string()),
+    };
+    if let Some(e) = read_error {
+        return answer(STATUS_BAD_REQUEST, &e);
+    }
+    tracing::info!(group, snapshot = %meta.snapshot_id, "installing a snapshot from the leader");
+    let snapshot = openraft::Snapshot {
+        meta,
+        snapshot: Box::new(data),
+    };
+    answer(STATUS_OK, &raft.install_full_snapshot(vote, snapshot).await)
+}
+
 fn answer<T: Serialize>(status: u8, body: &T) -> Vec<u8> {
     let mut out = vec![status];
     out.extend(postcard::to_allocvec(body).unwrap_or_default());
     out
 }
 
-async fn dispatch(router: &Router, req: &[u8]) -> Vec<u8> {
-    if req.len() < 9 {
-        return answer(STATUS_BAD_REQUEST, &"short peer request");
-    }
-    let mut g = [0u8; 8];
-    g.copy_from_slice(&req[..8]);
-    let group = u64::from_be_bytes(g);
-    let (kind, body) = (req[8], &req[9..]);
+async fn dispatch(router: &Router, group: u64, kind: u8, body: &[u8]) -> Vec<u8> {
     let Some(raft) = router.get(group) else {
         return answer(
             STATUS_NO_GROUP,
@@ -218,10 +335,6 @@ async fn dispatch(router: &Router, req: &[u8]) -> Vec<u8> {
         },
         KIND_VOTE => match decode::<VoteRequest<NodeId>>(body) {
             Ok(rpc) => Ok(answer(STATUS_OK, &raft.vote(rpc).await)),
-            Err(e) => Err(e),
-        },
-        KIND_SNAPSHOT => match decode::<InstallSnapshotRequest<TypeConfig>>(body) {
-            Ok(rpc) => Ok(answer(STATUS_OK, &raft.install_snapshot(rpc).await)),
             Err(e) => Err(e),
         },
         k => Err(answer(
@@ -337,6 +450,89 @@ impl Connector {
     }
 }
 
+impl Connector {
+    /// Streams `snapshot` of `group` to `addr` and returns the remote install's result.
+    /// `stall` bounds each write and the wait for the answer.
+    pub async fn send_snapshot(
+        &self,
+        addr: SocketAddr,
+        group: u64,
+        vote: Vote<NodeId>,
+        snapshot: openraft::Snapshot<TypeConfig>,
+        stall: Duration,
+    ) -> Result<Result<SnapshotResponse<NodeId>, Fatal<NodeId>>, CallError> {
+        let unreachable = |detail: String| CallError::Unreachable { addr, detail };
+        let conn = self.connection(addr).await?;
+        let (mut send, mut recv) = tokio::time::timeout(stall, conn.open_bi())
+            .await
+            .map_err(|_| unreachable("no stream opened in time".into()))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        let mut head = group.to_be_bytes().to_vec();
+        head.push(KIND_SNAPSHOT);
+        let meta = postcard::to_allocvec(&(&vote, &snapshot.meta))
+            .map_err(|e| unreachable(e.to_string()))?;
+        head.extend((meta.len() as u32).to_be_bytes());
+        head.extend(meta);
+        send.write_all(&head)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+
+        // Chunks are read from the pinned snapshot off the async workers; the channel keeps
+        // at most a few in memory.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+        let data = snapshot.snapshot;
+        let reading = tokio::task::spawn_blocking(move || {
+            each_chunk(&data, |c| {
+                let bytes = postcard::to_allocvec(&c)
+                    .map_err(|e| SnapshotError::Malformed(e.to_string()))?;
+                tx.blocking_send(bytes)
+                    .map_err(|_| SnapshotError::Stopped("the sender went away".into()))
+            })
+        });
+        let mut chunks = 0u64;
+        while let Some(bytes) = rx.recv().await {
+            let mut frame = (bytes.len() as u32).to_be_bytes().to_vec();
+            frame.extend(bytes);
+            tokio::time::timeout(stall, send.write_all(&frame))
+                .await
+                .map_err(|_| unreachable(format!("a snapshot chunk not taken within {stall:?}")))?
+                .map_err(|e| unreachable(e.to_string()))?;
+            chunks += 1;
+        }
+        match reading.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = send.reset(1u32.into());
+                return Err(unreachable(format!("reading the local snapshot: {e}")));
+            }
+            Err(e) => return Err(unreachable(format!("reading the local snapshot: {e}"))),
+        }
+        let _ = send.finish();
+        tracing::debug!(group, %addr, chunks, "snapshot sent; waiting for the install");
+        // Installing takes one transaction over the whole shard: allow it time.
+        let answer = tokio::time::timeout(
+            stall.max(Duration::from_secs(60)),
+            recv.read_to_end(1024 * 1024),
+        )
+        .await
+        .map_err(|_| unreachable("no answer to the snapshot in time".into()))?
+        .map_err(|e| unreachable(e.to_string()))?;
+        match answer.split_first() {
+            Some((&STATUS_OK, body)) => {
+                postcard::from_bytes(body).map_err(|e| CallError::Refused {
+                    addr,
+                    detail: format!("undecodable answer: {e}"),
+                })
+            }
+            Some((_, body)) => Err(CallError::Refused {
+                addr,
+                detail: postcard::from_bytes::<String>(body).unwrap_or_else(|_| "unknown".into()),
+            }),
+            None => Err(unreachable("empty answer".into())),
+        }
+    }
+}
+
 /// openraft's network for one group: reaches the group's replicas on other nodes.
 #[derive(Clone)]
 pub struct GroupNetwork {
@@ -408,15 +604,31 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         self.rpc(KIND_APPEND, &rpc, &option).await
     }
 
-    async fn install_snapshot(
+    async fn full_snapshot(
         &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
+        vote: Vote<NodeId>,
+        snapshot: openraft::Snapshot<TypeConfig>,
+        cancel: impl std::future::Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
-    > {
-        self.rpc(KIND_SNAPSHOT, &rpc, &option).await
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let addr = self.addr.clone().map_err(|e| {
+            StreamingError::Unreachable(Unreachable::new(&std::io::Error::other(e)))
+        })?;
+        let send =
+            self.connector
+                .send_snapshot(addr, self.group, vote, snapshot, option.hard_ttl());
+        let r = tokio::select! {
+            r = send => r,
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+        };
+        match r {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(fatal)) => Err(StreamingError::RemoteError(RemoteError::new(
+                self.target,
+                fatal,
+            ))),
+            Err(e) => Err(StreamingError::Unreachable(Unreachable::new(&e))),
+        }
     }
 
     async fn vote(

@@ -49,7 +49,7 @@ async fn start(id: u64, ca_of: Option<&Path>) -> TestNode {
     let creds = tls::ensure(dir.path(), &[]).unwrap();
     let endpoint = endpoint(&creds);
     let addr = endpoint.local_addr().unwrap();
-    let router = Router::default();
+    let router = Router::new(dir.path());
     {
         let endpoint = endpoint.clone();
         let router = router.clone();
@@ -267,4 +267,89 @@ async fn a_group_replicates_over_quic_and_survives_losing_its_leader() {
         n.raft.shutdown().await.unwrap();
     }
     alien.raft.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_missed_purged_entries_catches_up_from_a_streamed_snapshot() {
+    let n1 = start(1, None).await;
+    let n2 = start(2, Some(n1.dir.path())).await;
+    n1.raft
+        .initialize(BTreeMap::from([(1, BasicNode::new(n1.addr.to_string()))]))
+        .await
+        .unwrap();
+    leader_among(&[&n1], None).await;
+    write(
+        &n1.raft,
+        Command::CreateQueue {
+            name: "big".into(),
+            patch: QueuePatch::default(),
+        },
+    )
+    .await;
+    // Enough state for several 1 MiB chunks: 3,000 messages of 1 KiB.
+    let mut last = 0;
+    for i in 0..30 {
+        last = write(
+            &n1.raft,
+            Command::Send {
+                queue: "big".into(),
+                messages: (0..100)
+                    .map(|j| SendEntry::new(format!("{i}-{j}-{}", "x".repeat(1024))))
+                    .collect(),
+            },
+        )
+        .await;
+    }
+    n1.raft.trigger().snapshot().await.unwrap();
+    n1.raft
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(
+            |m| m.snapshot.is_some_and(|s| s.index >= last),
+            "snapshot built",
+        )
+        .await
+        .unwrap();
+    n1.raft.trigger().purge_log(last).await.unwrap();
+    n1.raft
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(|m| m.purged.is_some_and(|p| p.index >= last), "log purged")
+        .await
+        .unwrap();
+
+    // The log no longer holds the sends: node 2 can only catch up from the snapshot.
+    n1.raft
+        .add_learner(2, BasicNode::new(n2.addr.to_string()), true)
+        .await
+        .unwrap();
+    applied(&n2, last).await;
+    assert_eq!(queue_state(&n2.db, "big"), (true, 3000));
+    let m = n2.raft.metrics().borrow().clone();
+    assert!(
+        m.snapshot.is_some_and(|s| s.index >= last),
+        "node 2 installed a snapshot: {:?}",
+        m.snapshot
+    );
+    // The spool file is gone once the snapshot is installed.
+    let spooled = std::fs::read_dir(n2.dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".snap"))
+        })
+        .count();
+    assert_eq!(spooled, 0);
+
+    // And it keeps replicating after the snapshot.
+    let idx = write(
+        &n1.raft,
+        Command::Send {
+            queue: "big".into(),
+            messages: vec![SendEntry::new("after")],
+        },
+    )
+    .await;
+    applied(&n2, idx).await;
+    assert_eq!(queue_state(&n2.db, "big"), (true, 3001));
+    n1.raft.shutdown().await.unwrap();
+    n2.raft.shutdown().await.unwrap();
 }

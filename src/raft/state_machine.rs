@@ -8,9 +8,8 @@
 //! transaction is fatal for this replica, and openraft stops it.
 
 use std::collections::HashSet;
-use std::io::Cursor;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{
@@ -19,15 +18,16 @@ use openraft::{
 };
 use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 
+use super::snapshot::{each_chunk, SnapshotData};
 use super::{blocking, NodeId, Rejection, Reply, StorageError, TypeConfig};
 use crate::protocol::Status;
 use crate::store::machine::{apply, Effects, Tables};
-use crate::store::{snapshot, ApplyError, StoreError};
+use crate::store::{snapshot as store_snapshot, ApplyError, StoreError};
 
 /// `applied` → postcard(Option<LogId>), `membership` → postcard(StoredMembership).
 const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_sm_meta");
-/// `current` → postcard((SnapshotMeta, data)): the last snapshot built or installed.
-const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_snapshot");
+/// Where earlier builds kept whole snapshots; deleted at open.
+const OLD_SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_snapshot");
 
 type Membership = StoredMembership<NodeId, openraft::BasicNode>;
 type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
@@ -40,6 +40,9 @@ pub type Waker = Arc<dyn Fn(&HashSet<String>) + Send + Sync>;
 pub struct StateMachine {
     db: Arc<Database>,
     wake: Waker,
+    /// The last snapshot built or installed since the process started. openraft builds one
+    /// at start when the log was purged, so none needs to be stored.
+    current: Arc<Mutex<Option<Snapshot<TypeConfig>>>>,
 }
 
 fn sm_read(e: impl std::fmt::Display) -> StorageError {
@@ -59,11 +62,12 @@ impl StateMachine {
         let txn = db.begin_write().map_err(sm_write)?;
         Tables::open(&txn).map_err(sm_write)?;
         txn.open_table(SM_META).map_err(sm_write)?;
-        txn.open_table(SNAPSHOTS).map_err(sm_write)?;
+        txn.delete_table(OLD_SNAPSHOTS).map_err(sm_write)?;
         txn.commit().map_err(sm_write)?;
         Ok(StateMachine {
             db: Arc::new(db),
             wake,
+            current: Arc::default(),
         })
     }
 
@@ -133,24 +137,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
+        Ok(Box::new(SnapshotData::Chunks(Vec::new())))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &Meta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError> {
         let db = self.db.clone();
         let meta = meta.clone();
-        let data = snapshot.into_inner();
-        blocking(move || {
-            let dump: snapshot::Dump = postcard::from_bytes(&data).map_err(snap_err)?;
+        let installed = blocking(move || {
             let mut txn = db.begin_write().map_err(snap_err)?;
             txn.set_durability(Durability::Immediate)
                 .map_err(snap_err)?;
-            snapshot::load(&txn, &dump).map_err(snap_err)?;
+            store_snapshot::clear(&txn).map_err(snap_err)?;
+            each_chunk(&snapshot, |c| Ok(store_snapshot::load_chunk(&txn, &c)?))
+                .map_err(snap_err)?;
             {
                 let mut m = txn.open_table(SM_META).map_err(snap_err)?;
                 let applied = postcard::to_allocvec(&meta.last_log_id).map_err(snap_err)?;
@@ -158,30 +162,27 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let membership = postcard::to_allocvec(&meta.last_membership).map_err(snap_err)?;
                 m.insert("membership", membership.as_slice())
                     .map_err(snap_err)?;
-                let mut s = txn.open_table(SNAPSHOTS).map_err(snap_err)?;
-                let stored = postcard::to_allocvec(&(&meta, &data)).map_err(snap_err)?;
-                s.insert("current", stored.as_slice()).map_err(snap_err)?;
             }
-            txn.commit().map_err(snap_err)
+            txn.commit().map_err(snap_err)?;
+            // Applies are serialized with this call, so the state read now is exactly the
+            // installed one: it becomes the current snapshot.
+            let pinned = db.begin_read().map_err(snap_err)?;
+            Ok(Snapshot {
+                meta,
+                snapshot: Box::new(SnapshotData::Pinned(Arc::new(pinned))),
+            })
         })
-        .await
+        .await?;
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(installed);
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let db = self.db.clone();
-        blocking(move || {
-            let txn = db.begin_read().map_err(sm_read)?;
-            let t = txn.open_table(SNAPSHOTS).map_err(sm_read)?;
-            let Some(v) = t.get("current").map_err(sm_read)? else {
-                return Ok(None);
-            };
-            let (meta, data): (Meta, Vec<u8>) = postcard::from_bytes(v.value()).map_err(sm_read)?;
-            Ok(Some(Snapshot {
-                meta,
-                snapshot: Box::new(Cursor::new(data)),
-            }))
-        })
-        .await
+        Ok(self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone())
     }
 }
 
@@ -248,43 +249,31 @@ fn apply_batch(
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    /// O(1): a read transaction pins the state as of the last applied entry; the tables are
+    /// read only when the snapshot is sent.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let db = self.db.clone();
-        blocking(move || {
-            // One read transaction: the tables, the applied id and the membership agree.
-            let (meta, data) = {
-                let txn = db.begin_read().map_err(snap_err)?;
-                let applied: Option<LogId<NodeId>> = Self::meta(&txn, "applied")?;
-                let membership: Membership = Self::meta(&txn, "membership")?;
-                let dump = snapshot::dump(&txn).map_err(snap_err)?;
-                let data = postcard::to_allocvec(&dump).map_err(snap_err)?;
-                let id = match applied {
-                    Some(l) => format!("{}-{}-{}", l.leader_id, l.index, data.len()),
-                    None => format!("empty-{}", data.len()),
-                };
-                (
-                    Meta {
-                        last_log_id: applied,
-                        last_membership: membership,
-                        snapshot_id: id,
-                    },
-                    data,
-                )
+        let snap = blocking(move || {
+            let txn = db.begin_read().map_err(snap_err)?;
+            let applied: Option<LogId<NodeId>> = Self::meta(&txn, "applied")?;
+            let membership: Membership = Self::meta(&txn, "membership")?;
+            let id = match applied {
+                Some(l) => format!("{}-{}", l.leader_id, l.index),
+                None => "empty".to_string(),
             };
-            let mut txn = db.begin_write().map_err(snap_err)?;
-            txn.set_durability(Durability::Immediate)
-                .map_err(snap_err)?;
-            {
-                let mut s = txn.open_table(SNAPSHOTS).map_err(snap_err)?;
-                let stored = postcard::to_allocvec(&(&meta, &data)).map_err(snap_err)?;
-                s.insert("current", stored.as_slice()).map_err(snap_err)?;
-            }
-            txn.commit().map_err(snap_err)?;
             Ok(Snapshot {
-                meta,
-                snapshot: Box::new(Cursor::new(data)),
+                meta: Meta {
+                    last_log_id: applied,
+                    last_membership: membership,
+                    snapshot_id: id,
+                },
+                snapshot: Box::new(SnapshotData::Pinned(Arc::new(txn))),
             })
         })
-        .await
+        .await?;
+        // Replacing the previous snapshot releases its read transaction, so redb can reuse
+        // the pages it pinned.
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(snap.clone());
+        Ok(snap)
     }
 }

@@ -32,12 +32,9 @@ mod one_node {
     use std::collections::BTreeMap;
     use std::sync::Arc;
 
-    use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError};
+    use openraft::error::{NetworkError, RPCError, RaftError};
     use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-    use openraft::raft::{
-        AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest,
-        InstallSnapshotResponse, VoteRequest, VoteResponse,
-    };
+    use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
     use openraft::{BasicNode, Raft};
 
     use super::super::log_store::LogStore;
@@ -71,15 +68,23 @@ mod one_node {
         {
             Err(unreachable())
         }
-        async fn install_snapshot(
+        async fn full_snapshot(
             &mut self,
-            _rpc: InstallSnapshotRequest<TypeConfig>,
+            _vote: openraft::Vote<NodeId>,
+            _snapshot: openraft::Snapshot<TypeConfig>,
+            _cancel: impl std::future::Future<Output = openraft::error::ReplicationClosed>
+                + Send
+                + 'static,
             _option: RPCOption,
         ) -> Result<
-            InstallSnapshotResponse<NodeId>,
-            RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+            openraft::raft::SnapshotResponse<NodeId>,
+            openraft::error::StreamingError<TypeConfig, openraft::error::Fatal<NodeId>>,
         > {
-            Err(unreachable())
+            Err(openraft::error::StreamingError::Unreachable(
+                openraft::error::Unreachable::new(&std::io::Error::other(
+                    "a one-node group has no peers",
+                )),
+            ))
         }
         async fn vote(
             &mut self,

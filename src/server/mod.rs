@@ -137,7 +137,7 @@ pub async fn run(
     let body_budget = Arc::new(Semaphore::new(MAX_BUFFERED_BODY_KIB));
     // Raft groups hosted here, for RPCs from peers. A single node hosts none yet: its shard
     // still runs on the local writer (see docs/ARCHITECTURE.md).
-    let router = crate::peer::Router::default();
+    let router = crate::peer::Router::new(&config.data_dir);
     let tracker = tracker::Tracker::default();
 
     // Expiry runs beside the requests, through the same writer.

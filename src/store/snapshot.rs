@@ -1,9 +1,10 @@
-//! A shard's state as one value: what a Raft snapshot carries. `dump` reads every table of
-//! the state machine from a read transaction (a consistent view); `load` replaces them all
-//! inside a write transaction.
+//! A shard's state as a stream of chunks: what a Raft snapshot carries. [`for_each_chunk`]
+//! reads every state-machine table from one read transaction (a consistent view) and hands
+//! out rows in chunks of bounded size; [`clear`] and [`load_chunk`] rebuild the tables
+//! inside one write transaction on the receiving side.
 //!
-//! The whole state is held in memory while it is built or installed: fine for the queue
-//! depths the tests and benchmarks use, to be streamed for shards of many gigabytes.
+//! Nothing here holds more than one chunk in memory, so a shard of many gigabytes is sent
+//! and installed in constant memory.
 
 use redb::{ReadTransaction, ReadableTable, Table, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -11,92 +12,191 @@ use serde::{Deserialize, Serialize};
 use super::schema::*;
 use super::StoreError;
 
-/// Every row of a shard's state-machine tables.
-#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Dump {
-    queues: Vec<(String, Vec<u8>)>,
-    names: Vec<(u64, String)>,
-    stats: Vec<(u64, (u64, u64, u64))>,
-    state: Vec<((u64, u64), Vec<u8>)>,
-    body: Vec<((u64, u64), Vec<u8>)>,
-    visible: Vec<((u64, u64, u64), u8)>,
-    system: Vec<(String, u64)>,
+/// Rows of one state-machine table, in key order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Chunk {
+    /// [`QUEUES`].
+    Queues(Vec<(String, Vec<u8>)>),
+    /// [`QUEUE_NAMES`].
+    Names(Vec<(u64, String)>),
+    /// [`STATS`].
+    Stats(Vec<(u64, (u64, u64, u64))>),
+    /// [`STATE`].
+    State(Vec<((u64, u64), Vec<u8>)>),
+    /// [`BODY`].
+    Body(Vec<((u64, u64), Vec<u8>)>),
+    /// [`VISIBLE`].
+    Visible(Vec<((u64, u64, u64), u8)>),
+    /// [`SYSTEM`].
+    System(Vec<(String, u64)>),
 }
 
-macro_rules! rows {
-    ($txn:expr, $def:expr, |$k:ident, $v:ident| $map:expr) => {{
-        let mut out = Vec::new();
+/// Rows per chunk at most, whatever their size.
+const MAX_ROWS: usize = 4096;
+
+macro_rules! stream_table {
+    ($txn:expr, $def:expr, $variant:ident, $max:expr, $f:expr, |$k:ident, $v:ident| $map:expr, $size:expr) => {{
         match $txn.open_table($def) {
             Ok(t) => {
-                for e in t.iter()? {
-                    let (k, v) = e?;
+                let mut rows = Vec::new();
+                let mut bytes = 0usize;
+                for e in t.iter().map_err(StoreError::from)? {
+                    let (k, v) = e.map_err(StoreError::from)?;
                     let ($k, $v) = (k.value(), v.value());
-                    out.push($map);
+                    let row = $map;
+                    bytes += $size(&row);
+                    rows.push(row);
+                    if bytes >= $max || rows.len() >= MAX_ROWS {
+                        $f(Chunk::$variant(std::mem::take(&mut rows)))?;
+                        bytes = 0;
+                    }
+                }
+                if !rows.is_empty() {
+                    $f(Chunk::$variant(rows))?;
                 }
             }
             Err(redb::TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(StoreError::from(e)),
+            Err(e) => return Err(StoreError::from(e).into()),
         }
-        out
     }};
 }
 
-/// Reads the whole state.
-pub fn dump(txn: &ReadTransaction) -> Result<Dump, StoreError> {
-    Ok(Dump {
-        queues: rows!(txn, QUEUES, |k, v| (k.to_string(), v.to_vec())),
-        names: rows!(txn, QUEUE_NAMES, |k, v| (k, v.to_string())),
-        stats: rows!(txn, STATS, |k, v| (k, v)),
-        state: rows!(txn, STATE, |k, v| (k, v.to_vec())),
-        body: rows!(txn, BODY, |k, v| (k, v.to_vec())),
-        visible: rows!(txn, VISIBLE, |k, v| (k, v)),
-        system: rows!(txn, SYSTEM, |k, v| (k.to_string(), v)),
-    })
+/// Calls `f` with every row of the state, table by table, in chunks of about `max_bytes`
+/// (at least one row each). Stops at the first error `f` returns.
+pub fn for_each_chunk<E: From<StoreError>>(
+    txn: &ReadTransaction,
+    max_bytes: usize,
+    mut f: impl FnMut(Chunk) -> Result<(), E>,
+) -> Result<(), E> {
+    let small = |_: &dyn std::any::Any| 16usize;
+    let read =
+        |txn: &ReadTransaction, f: &mut dyn FnMut(Chunk) -> Result<(), E>| -> Result<(), E> {
+            stream_table!(
+                txn,
+                QUEUES,
+                Queues,
+                max_bytes,
+                f,
+                |k, v| (k.to_string(), v.to_vec()),
+                |r: &(String, Vec<u8>)| r.0.len() + r.1.len()
+            );
+            stream_table!(
+                txn,
+                QUEUE_NAMES,
+                Names,
+                max_bytes,
+                f,
+                |k, v| (k, v.to_string()),
+                |r: &(u64, String)| 8 + r.1.len()
+            );
+            stream_table!(txn, STATS, Stats, max_bytes, f, |k, v| (k, v), |r: &_| {
+                small(r)
+            });
+            stream_table!(
+                txn,
+                STATE,
+                State,
+                max_bytes,
+                f,
+                |k, v| (k, v.to_vec()),
+                |r: &((u64, u64), Vec<u8>)| 16 + r.1.len()
+            );
+            stream_table!(
+                txn,
+                BODY,
+                Body,
+                max_bytes,
+                f,
+                |k, v| (k, v.to_vec()),
+                |r: &((u64, u64), Vec<u8>)| 16 + r.1.len()
+            );
+            stream_table!(
+                txn,
+                VISIBLE,
+                Visible,
+                max_bytes,
+                f,
+                |k, v| (k, v),
+                |r: &_| small(r)
+            );
+            stream_table!(
+                txn,
+                SYSTEM,
+                System,
+                max_bytes,
+                f,
+                |k, v| (k.to_string(), v),
+                |r: &(String, u64)| 8 + r.0.len()
+            );
+            Ok(())
+        };
+    read(txn, &mut f)
 }
 
-fn clear<K: redb::Key + 'static, V: redb::Value + 'static>(
+fn clear_table<K: redb::Key + 'static, V: redb::Value + 'static>(
     t: &mut Table<K, V>,
 ) -> Result<(), StoreError> {
     t.retain(|_, _| false)?;
     Ok(())
 }
 
-/// Replaces the whole state with `d`.
-pub fn load(txn: &WriteTransaction, d: &Dump) -> Result<(), StoreError> {
-    let mut t = txn.open_table(QUEUES)?;
-    clear(&mut t)?;
-    for (k, v) in &d.queues {
-        t.insert(k.as_str(), v.as_slice())?;
-    }
-    let mut t = txn.open_table(QUEUE_NAMES)?;
-    clear(&mut t)?;
-    for (k, v) in &d.names {
-        t.insert(*k, v.as_str())?;
-    }
-    let mut t = txn.open_table(STATS)?;
-    clear(&mut t)?;
-    for (k, v) in &d.stats {
-        t.insert(*k, *v)?;
-    }
-    let mut t = txn.open_table(STATE)?;
-    clear(&mut t)?;
-    for (k, v) in &d.state {
-        t.insert(*k, v.as_slice())?;
-    }
-    let mut t = txn.open_table(BODY)?;
-    clear(&mut t)?;
-    for (k, v) in &d.body {
-        t.insert(*k, v.as_slice())?;
-    }
-    let mut t = txn.open_table(VISIBLE)?;
-    clear(&mut t)?;
-    for (k, v) in &d.visible {
-        t.insert(*k, *v)?;
-    }
-    let mut t = txn.open_table(SYSTEM)?;
-    clear(&mut t)?;
-    for (k, v) in &d.system {
-        t.insert(k.as_str(), *v)?;
+/// Empties every state-machine table: the first step of installing a snapshot.
+pub fn clear(txn: &WriteTransaction) -> Result<(), StoreError> {
+    clear_table(&mut txn.open_table(QUEUES)?)?;
+    clear_table(&mut txn.open_table(QUEUE_NAMES)?)?;
+    clear_table(&mut txn.open_table(STATS)?)?;
+    clear_table(&mut txn.open_table(STATE)?)?;
+    clear_table(&mut txn.open_table(BODY)?)?;
+    clear_table(&mut txn.open_table(VISIBLE)?)?;
+    clear_table(&mut txn.open_table(SYSTEM)?)?;
+    Ok(())
+}
+
+/// Writes the rows of one chunk.
+pub fn load_chunk(txn: &WriteTransaction, c: &Chunk) -> Result<(), StoreError> {
+    match c {
+        Chunk::Queues(rows) => {
+            let mut t = txn.open_table(QUEUES)?;
+            for (k, v) in rows {
+                t.insert(k.as_str(), v.as_slice())?;
+            }
+        }
+        Chunk::Names(rows) => {
+            let mut t = txn.open_table(QUEUE_NAMES)?;
+            for (k, v) in rows {
+                t.insert(*k, v.as_str())?;
+            }
+        }
+        Chunk::Stats(rows) => {
+            let mut t = txn.open_table(STATS)?;
+            for (k, v) in rows {
+                t.insert(*k, *v)?;
+            }
+        }
+        Chunk::State(rows) => {
+            let mut t = txn.open_table(STATE)?;
+            for (k, v) in rows {
+                t.insert(*k, v.as_slice())?;
+            }
+        }
+        Chunk::Body(rows) => {
+            let mut t = txn.open_table(BODY)?;
+            for (k, v) in rows {
+                t.insert(*k, v.as_slice())?;
+            }
+        }
+        Chunk::Visible(rows) => {
+            let mut t = txn.open_table(VISIBLE)?;
+            for (k, v) in rows {
+                t.insert(*k, *v)?;
+            }
+        }
+        Chunk::System(rows) => {
+            let mut t = txn.open_table(SYSTEM)?;
+            for (k, v) in rows {
+                t.insert(k.as_str(), *v)?;
+            }
+        }
     }
     Ok(())
 }
@@ -117,8 +217,32 @@ mod tests {
         txn.commit().unwrap();
     }
 
+    fn chunks(db: &Database, max: usize) -> Vec<Chunk> {
+        let mut out = Vec::new();
+        for_each_chunk::<StoreError>(&db.begin_read().unwrap(), max, |c| {
+            out.push(c);
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    fn rows(c: &[Chunk]) -> usize {
+        c.iter()
+            .map(|c| match c {
+                Chunk::Queues(r) => r.len(),
+                Chunk::Names(r) => r.len(),
+                Chunk::Stats(r) => r.len(),
+                Chunk::State(r) => r.len(),
+                Chunk::Body(r) => r.len(),
+                Chunk::Visible(r) => r.len(),
+                Chunk::System(r) => r.len(),
+            })
+            .sum()
+    }
+
     #[test]
-    fn load_of_a_dump_reproduces_the_state_exactly() {
+    fn loading_the_chunks_reproduces_the_state_exactly() {
         let dir = tempfile::tempdir().unwrap();
         let a = Database::create(dir.path().join("a.redb")).unwrap();
         let b = Database::create(dir.path().join("b.redb")).unwrap();
@@ -135,7 +259,7 @@ mod tests {
             2,
             Command::Send {
                 queue: "q".into(),
-                messages: vec![SendEntry::new("x"), SendEntry::new("y")],
+                messages: (0..50).map(|i| SendEntry::new(format!("m{i}"))).collect(),
             },
         );
         run(
@@ -157,13 +281,21 @@ mod tests {
             },
         );
 
-        let d = dump(&a.begin_read().unwrap()).unwrap();
-        let bytes = postcard::to_allocvec(&d).unwrap();
-        let back: Dump = postcard::from_bytes(&bytes).unwrap();
+        // Tiny chunks: every table is split, and each chunk survives encoding.
+        let sent = chunks(&a, 64);
+        assert!(sent.len() > 7, "{} chunks", sent.len());
         let txn = b.begin_write().unwrap();
-        load(&txn, &back).unwrap();
+        clear(&txn).unwrap();
+        for c in &sent {
+            let bytes = postcard::to_allocvec(c).unwrap();
+            load_chunk(&txn, &postcard::from_bytes(&bytes).unwrap()).unwrap();
+        }
         txn.commit().unwrap();
-        assert_eq!(dump(&b.begin_read().unwrap()).unwrap(), d);
-        assert_eq!(d.state.len(), 2);
+        let big = chunks(&b, usize::MAX);
+        assert_eq!(rows(&big), rows(&sent));
+        assert_eq!(big, chunks(&a, usize::MAX));
+        assert!(big
+            .iter()
+            .any(|c| matches!(c, Chunk::State(r) if r.len() == 50)));
     }
 }
