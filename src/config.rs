@@ -48,9 +48,86 @@ pub struct Args {
         value_name = "FILTER"
     )]
     pub log_level: Option<String>,
+    /// This node's id in its cluster (1 or more; unique among the peers).
+    #[arg(long, env = "MQD_NODE_ID", hide_env_values = true, value_name = "ID")]
+    pub node_id: Option<u64>,
+    /// A member of the cluster as ID=ADDR:PORT, this node included; repeat for each member.
+    /// Without peers the node is a cluster of one.
+    #[arg(
+        long = "peer",
+        env = "MQD_PEERS",
+        hide_env_values = true,
+        value_name = "ID=ADDR:PORT",
+        value_delimiter = ','
+    )]
+    pub peers: Vec<String>,
+    /// Shards of a new cluster (fixed once the node has started).
+    #[arg(long, env = "MQD_SHARDS", hide_env_values = true, value_name = "N")]
+    pub shards: Option<u32>,
+    /// Replicas per shard (capped by the number of nodes).
+    #[arg(long, env = "MQD_REPLICAS", hide_env_values = true, value_name = "N")]
+    pub replicas: Option<u32>,
     /// Validate the config file and exit: 0 if valid, 2 if not.
     #[arg(long)]
     pub check_config: bool,
+}
+
+/// The `[cluster]` section of the config file.
+#[derive(Debug, Default, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// This node's id.
+    pub node_id: Option<u64>,
+    /// Members as `ID=ADDR:PORT`.
+    pub peers: Option<Vec<String>>,
+    /// Shards of a new cluster.
+    pub shards: Option<u32>,
+    /// Replicas per shard.
+    pub replicas: Option<u32>,
+}
+
+/// Default number of shards.
+pub const DEFAULT_SHARDS: u32 = 16;
+/// Default replicas per shard.
+pub const DEFAULT_REPLICAS: u32 = 3;
+/// Most shards a cluster may have.
+pub const MAX_SHARDS: u32 = 1024;
+/// Most replicas per shard.
+pub const MAX_REPLICAS: u32 = 7;
+
+/// Cluster settings in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// This node's id.
+    pub node_id: u64,
+    /// Every member (this node included) by id; empty for a cluster of one.
+    pub peers: std::collections::BTreeMap<u64, SocketAddr>,
+    /// Number of shards.
+    pub shards: u32,
+    /// Replicas per shard.
+    pub replicas: u32,
+}
+
+/// Parses one `ID=ADDR:PORT` member.
+pub fn parse_peer(s: &str) -> Result<(u64, SocketAddr), String> {
+    let (id, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("peer `{s}` is not ID=ADDR:PORT, e.g. 2=10.0.0.2:7400"))?;
+    let id: u64 = id
+        .trim()
+        .parse()
+        .ok()
+        .filter(|i| *i >= 1)
+        .ok_or_else(|| format!("peer `{s}`: the id must be a whole number of 1 or more"))?;
+    let addr: SocketAddr = addr.trim().parse().map_err(|_| {
+        format!("peer `{s}`: `{addr}` is not an IP:PORT address (host names are not resolved)")
+    })?;
+    if addr.port() == 0 || addr.ip().is_unspecified() {
+        return Err(format!(
+            "peer `{s}`: other nodes dial this address, so it needs a real IP and port"
+        ));
+    }
+    Ok((id, addr))
 }
 
 /// Keys of the config file. All optional; absent keys take the defaults.
@@ -65,6 +142,8 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     /// Extra DNS names for the node certificate (generated on first start).
     pub tls_names: Option<Vec<String>>,
+    /// Cluster membership and layout.
+    pub cluster: Option<ClusterFile>,
 }
 
 /// Why the configuration was refused.
@@ -86,6 +165,9 @@ pub enum ConfigError {
         /// toml's message, naming the key and line.
         message: String,
     },
+    /// A value is well-formed but unusable.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// Settings in force.
@@ -99,6 +181,8 @@ pub struct Config {
     pub log_level: String,
     /// Extra DNS names for the node certificate.
     pub tls_names: Vec<String>,
+    /// Cluster membership and layout.
+    pub cluster: ClusterSettings,
 }
 
 impl FileConfig {
@@ -121,9 +205,52 @@ impl FileConfig {
 }
 
 impl Config {
-    /// Merges: `overrides` (flags and environment) win over `file`, which wins over defaults.
-    pub fn resolve(file: FileConfig, overrides: FileConfig) -> Config {
-        Config {
+    /// Merges: `overrides` (flags and environment) win over `file`, which wins over defaults;
+    /// then checks the cluster settings together.
+    pub fn resolve(file: FileConfig, overrides: FileConfig) -> Result<Config, ConfigError> {
+        let (fc, oc) = (
+            file.cluster.unwrap_or_default(),
+            overrides.cluster.unwrap_or_default(),
+        );
+        let node_id = oc.node_id.or(fc.node_id).unwrap_or(1);
+        if node_id == 0 {
+            return Err(ConfigError::Invalid(
+                "cluster.node_id must be 1 or more".into(),
+            ));
+        }
+        let mut peers = std::collections::BTreeMap::new();
+        for p in oc.peers.or(fc.peers).unwrap_or_default() {
+            let (id, addr) = parse_peer(&p).map_err(ConfigError::Invalid)?;
+            if peers.insert(id, addr).is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "peer id {id} is listed twice; each member needs its own id"
+                )));
+            }
+        }
+        if !peers.is_empty() && !peers.contains_key(&node_id) {
+            return Err(ConfigError::Invalid(format!(
+                "the peers do not include this node (id {node_id}); list every member, this one included, or set cluster.node_id"
+            )));
+        }
+        let shards = oc.shards.or(fc.shards).unwrap_or(DEFAULT_SHARDS);
+        if !(1..=MAX_SHARDS).contains(&shards) {
+            return Err(ConfigError::Invalid(format!(
+                "cluster.shards {shards} is outside 1 to {MAX_SHARDS}"
+            )));
+        }
+        let replicas = oc.replicas.or(fc.replicas).unwrap_or(DEFAULT_REPLICAS);
+        if !(1..=MAX_REPLICAS).contains(&replicas) {
+            return Err(ConfigError::Invalid(format!(
+                "cluster.replicas {replicas} is outside 1 to {MAX_REPLICAS}"
+            )));
+        }
+        Ok(Config {
+            cluster: ClusterSettings {
+                node_id,
+                peers,
+                shards,
+                replicas,
+            },
             data_dir: overrides
                 .data_dir
                 .or(file.data_dir)
@@ -137,7 +264,7 @@ impl Config {
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".into()),
             tls_names: overrides.tls_names.or(file.tls_names).unwrap_or_default(),
-        }
+        })
     }
 }
 
@@ -187,7 +314,7 @@ pub const KEYS: &[KeyDoc] = &[
         example: "\"mqd=debug,quinn=warn\"",
         env: Some("MQD_LOG_LEVEL"),
         flag: Some("--log-level"),
-        doc: "Log filter: error, warn, info, debug or trace, optionally per module. Logs go to standard output (the journal under systemd).",
+        doc: "Log filter: error, warn, info, debug or trace, optionally per module. Logs go to standard output (the journal under systemd). The Raft library logs warnings and errors only, unless the filter names it (e.g. info,openraft=info).",
     },
     KeyDoc {
         name: "tls_names",
@@ -197,6 +324,42 @@ pub const KEYS: &[KeyDoc] = &[
         env: None,
         flag: None,
         doc: "Extra DNS names for the node certificate, which always carries mqd and localhost. Used only when the certificate is generated (first start, or after node.pem is removed).",
+    },
+    KeyDoc {
+        name: "cluster.node_id",
+        kind: "integer",
+        default: "1",
+        example: "2",
+        env: Some("MQD_NODE_ID"),
+        flag: Some("--node-id"),
+        doc: "This node's id in its cluster: 1 or more, unique among the members, never reused for another node.",
+    },
+    KeyDoc {
+        name: "cluster.peers",
+        kind: "list of ID=IP:PORT",
+        default: "[]",
+        example: "[\"1=10.0.0.1:7400\", \"2=10.0.0.2:7400\", \"3=10.0.0.3:7400\"]",
+        env: Some("MQD_PEERS"),
+        flag: Some("--peer"),
+        doc: "Every member of the cluster, this node included, as its id and the address other nodes reach it at. Every node of a cluster lists the same members. Empty: the node is a cluster of one. Nodes copy ca.pem and ca.key from the first node's data directory before their first start, so that they trust each other.",
+    },
+    KeyDoc {
+        name: "cluster.shards",
+        kind: "integer",
+        default: "16",
+        example: "32",
+        env: Some("MQD_SHARDS"),
+        flag: Some("--shards"),
+        doc: "Number of shards queues are spread over by hash of their name, each a Raft group. Fixed when the node first starts; every node of a cluster must use the same number.",
+    },
+    KeyDoc {
+        name: "cluster.replicas",
+        kind: "integer",
+        default: "3",
+        example: "5",
+        env: Some("MQD_REPLICAS"),
+        flag: Some("--replicas"),
+        doc: "Copies of each shard, on as many nodes (capped by the cluster's size). A send is acknowledged once a majority of them have it on disk.",
     },
 ];
 
@@ -238,10 +401,22 @@ pub fn default_config_file() -> String {
          # environment variables and mqd's flags override this file. An unknown key is an\n\
          # error. Check a changed file with: mqd --check-config --config /etc/mqd/mqd.toml\n",
     );
+    let mut section = None;
     for k in KEYS {
+        // Keys named `section.key` go under a `[section]` header.
+        let (sec, key) = match k.name.split_once('.') {
+            Some((sec, key)) => (Some(sec), key),
+            None => (None, k.name),
+        };
+        if sec != section {
+            if let Some(sec) = sec {
+                s.push_str(&format!("\n#[{sec}]\n"));
+            }
+            section = sec;
+        }
         s.push('\n');
         s.push_str(&wrap(&format!("{} {}", k.doc, overrides(k)), 88, "#"));
-        s.push_str(&format!("#{} = {}\n", k.name, k.default));
+        s.push_str(&format!("#{key} = {}\n", k.default));
     }
     s
 }
@@ -312,6 +487,10 @@ mod tests {
                 && all.listen.is_some()
                 && all.log_level.is_some()
                 && all.tls_names.is_some()
+                && all.cluster.as_ref().is_some_and(|c| c.node_id.is_some()
+                    && c.peers.is_some()
+                    && c.shards.is_some()
+                    && c.replicas.is_some())
         );
         // The defaults shown are the defaults in force.
         let defaults: String = KEYS
@@ -321,7 +500,10 @@ mod tests {
         let d = Config::resolve(
             FileConfig::parse(Path::new("d.toml"), &defaults).unwrap(),
             FileConfig::default(),
-        );
+        )
+        .unwrap();
+        assert_eq!(d.cluster.shards, DEFAULT_SHARDS);
+        assert!(d.cluster.peers.is_empty());
         assert_eq!(d.listen, SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)));
         assert_eq!(d.log_level, "info");
         assert_eq!(d.data_dir, PathBuf::from("/var/lib/mqd"));
@@ -337,6 +519,44 @@ mod tests {
         .to_string();
         assert!(e.contains("listen_port"), "{e}");
         assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn cluster_settings_are_checked_together() {
+        let resolve = |text: &str| {
+            Config::resolve(
+                FileConfig::parse(Path::new("c.toml"), text).unwrap(),
+                FileConfig::default(),
+            )
+        };
+        let ok = resolve(
+            "[cluster]\nnode_id = 2\npeers = [\"1=127.0.0.1:7401\", \"2=127.0.0.1:7402\"]\n",
+        )
+        .unwrap();
+        assert_eq!(ok.cluster.node_id, 2);
+        assert_eq!(ok.cluster.peers.len(), 2);
+        for (text, says) in [
+            (
+                "[cluster]\nnode_id = 3\npeers = [\"1=127.0.0.1:1\"]\n",
+                "do not include this node",
+            ),
+            (
+                "[cluster]\npeers = [\"1=127.0.0.1:1\", \"1=127.0.0.1:2\"]\n",
+                "twice",
+            ),
+            ("[cluster]\npeers = [\"one=127.0.0.1:1\"]\n", "id must be"),
+            ("[cluster]\npeers = [\"1=localhost:1\"]\n", "not an IP:PORT"),
+            ("[cluster]\npeers = [\"1=0.0.0.0:7400\"]\n", "real IP"),
+            ("[cluster]\nshards = 0\n", "cluster.shards"),
+            ("[cluster]\nreplicas = 9\n", "cluster.replicas"),
+        ] {
+            let e = resolve(text).unwrap_err().to_string();
+            assert!(e.contains(says), "{text}: {e}");
+        }
+        let e = FileConfig::parse(Path::new("c.toml"), "[cluster]\nnodes = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nodes"), "{e}");
     }
 
     #[test]
@@ -360,7 +580,8 @@ mod tests {
                 listen: Some("127.0.0.1:2".parse().unwrap()),
                 ..Default::default()
             },
-        );
+        )
+        .unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/a"));
         assert_eq!(c.listen, "127.0.0.1:2".parse().unwrap());
         assert_eq!(c.log_level, "debug");

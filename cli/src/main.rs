@@ -46,7 +46,7 @@ fn exit_code_of(status: Status) -> u8 {
         Status::QueueExists | Status::QueueNotEmpty | Status::QueueInUse => EXIT_CONFLICT,
         Status::Unauthenticated => EXIT_AUTH,
         Status::ReceiptInvalid | Status::ReceiptStale => EXIT_RECEIPT,
-        Status::ShuttingDown | Status::Internal => EXIT_UNAVAILABLE,
+        Status::ShuttingDown | Status::Unavailable | Status::Internal => EXIT_UNAVAILABLE,
         _ => EXIT_INVALID,
     }
 }

@@ -35,6 +35,23 @@ fn overrides(args: &Args) -> FileConfig {
         listen: args.listen,
         log_level: args.log_level.clone(),
         tls_names: None,
+        cluster: Some(mqd::config::ClusterFile {
+            node_id: args.node_id,
+            peers: (!args.peers.is_empty()).then(|| args.peers.clone()),
+            shards: args.shards,
+            replicas: args.replicas,
+        }),
+    }
+}
+
+/// The log filter for a configured level. openraft reports every election, snapshot and
+/// membership step at info level (hundreds of lines a minute on a busy node); unless the
+/// filter names it, it logs warnings and errors only.
+fn log_filter(level: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
+    if level.contains("openraft") {
+        EnvFilter::try_new(level)
+    } else {
+        EnvFilter::try_new(format!("{level},openraft=warn"))
     }
 }
 
@@ -48,6 +65,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let config = match Config::resolve(file, overrides(&args)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mqd: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if args.check_config {
         match &path {
             Some(p) => println!("{}: configuration is valid", p.display()),
@@ -55,8 +79,7 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    let config = Config::resolve(file, overrides(&args));
-    let filter = match EnvFilter::try_new(&config.log_level) {
+    let filter = match log_filter(&config.log_level) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("mqd: invalid log level `{}`: {e}", config.log_level);
@@ -128,10 +151,12 @@ async fn signals(
             _ = tokio::signal::ctrl_c() => break,
             _ = hup.recv() => {
                 let _ = sd_notify::notify(&[NotifyState::Reloading]);
-                match load_file(path.as_ref()) {
-                    Ok(file) => {
-                        let level = Config::resolve(file, overrides(&args)).log_level;
-                        match EnvFilter::try_new(&level) {
+                let resolved = load_file(path.as_ref())
+                    .and_then(|file| Ok(Config::resolve(file, overrides(&args))?));
+                match resolved {
+                    Ok(config) => {
+                        let level = config.log_level;
+                        match log_filter(&level) {
                             Ok(f) => {
                                 let _ = filter.reload(f);
                                 tracing::info!(log_level = %level, "configuration reloaded");

@@ -17,6 +17,12 @@
 //! #     listen: "127.0.0.1:0".parse()?,
 //! #     log_level: "warn".into(),
 //! #     tls_names: vec![],
+//! #     cluster: mqd::config::ClusterSettings {
+//! #         node_id: 1,
+//! #         peers: Default::default(),
+//! #         shards: 4,
+//! #         replicas: 1,
+//! #     },
 //! # };
 //! # let (stop, stopping) = tokio::sync::watch::channel(false);
 //! # let (_reload, reloads) = tokio::sync::watch::channel(0);

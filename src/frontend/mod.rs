@@ -1,21 +1,26 @@
 //! The front end: turns a decoded [`Request`] into a shard command or read, and the result
 //! into a [`Response`]. It authenticates the connection, validates arguments that need no
-//! state, stamps commands with the clock, and waits for long-polling receives.
+//! state, and waits for long-polling receives; `cluster::Node` takes each operation to the
+//! leader of the queue's shard, wherever it is.
 //!
-//! It owns no state but per-connection authentication; storage belongs to `store`, bytes
-//! and sockets to `protocol` and `server`.
+//! It owns no state but per-connection authentication; placement and replication belong to
+//! `cluster`, storage to `store`, bytes and sockets to `protocol` and `server`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
+use crate::cluster::Node;
 use crate::protocol::{Request, Response, Status, MAX_BATCH, MAX_FRAME, MAX_RECEIVE_WAIT_MS};
-use crate::store::{ApplyError, Command, Outcome, Shard, StoreError};
+use crate::store::{Command, Outcome};
 
 /// Messages deleted per purge or expiry command; larger purges take several commits so
-/// that one purge never holds the writer for long.
+/// that one purge never holds a shard for long.
 const PURGE_CHUNK: u64 = 10_000;
+/// How often a receiver re-checks a queue whose shard has no replica on this node (no
+/// local apply wakes it).
+const REMOTE_POLL: Duration = Duration::from_millis(200);
 
 /// A request's failure: a status and a message for the client.
 pub type Failure = (Status, String);
@@ -28,7 +33,7 @@ pub struct Session {
 
 /// Shared by every connection of a node.
 pub struct Frontend {
-    shard: Shard,
+    node: Node,
     admin_token_sha256: [u8; 32],
     shutdown: watch::Receiver<bool>,
 }
@@ -43,26 +48,6 @@ pub fn now_ms() -> u64 {
 
 fn invalid(msg: impl Into<String>) -> Failure {
     (Status::InvalidArgument, msg.into())
-}
-
-fn store_failure(e: StoreError) -> Failure {
-    match e {
-        StoreError::Closed => (
-            Status::ShuttingDown,
-            "the node is shutting down; retry on another node or later".into(),
-        ),
-        e => {
-            tracing::error!(error = %e, "storage failure");
-            (Status::Internal, format!("internal storage error: {e}"))
-        }
-    }
-}
-
-fn apply_failure(e: ApplyError) -> Failure {
-    match e {
-        ApplyError::Rejected { status, message } => (status, message),
-        ApplyError::Store(e) => store_failure(e),
-    }
 }
 
 fn queue_not_found(name: &str) -> Failure {
@@ -80,24 +65,18 @@ fn check_batch(what: &str, n: usize) -> Result<(), Failure> {
 }
 
 impl Frontend {
-    /// A front end over `shard`; requests must present the token whose hash is given.
-    pub fn new(
-        shard: Shard,
-        admin_token_sha256: [u8; 32],
-        shutdown: watch::Receiver<bool>,
-    ) -> Self {
+    /// A front end over `node`; requests must present the token whose hash is given.
+    pub fn new(node: Node, admin_token_sha256: [u8; 32], shutdown: watch::Receiver<bool>) -> Self {
         Self {
-            shard,
+            node,
             admin_token_sha256,
             shutdown,
         }
     }
 
-    async fn submit(&self, cmd: Command) -> Result<Outcome, Failure> {
-        self.shard
-            .submit(now_ms(), cmd)
-            .await
-            .map_err(apply_failure)
+    /// Runs a command on the shard of `queue`.
+    async fn submit(&self, queue: &str, cmd: Command) -> Result<Outcome, Failure> {
+        self.node.command(queue, cmd).await
     }
 
     /// Handles one request.
@@ -136,27 +115,17 @@ impl Frontend {
         }
         match req {
             Request::Ping | Request::Hello { .. } => Ok(Response::Empty),
-            Request::QueueCreate { name, attributes } => match self
-                .submit(Command::CreateQueue {
-                    name,
-                    patch: attributes,
-                })
-                .await?
-            {
-                Outcome::Config(c) => Ok(Response::Config(c)),
-                o => Err(unexpected(o)),
-            },
+            Request::QueueCreate { name, attributes } => {
+                match self.node.create_queue(&name, attributes).await? {
+                    Outcome::Config(c) => Ok(Response::Config(c)),
+                    o => Err(unexpected(o)),
+                }
+            }
             Request::QueueSet { name, attributes } => {
                 if attributes.is_empty() {
                     return Err(invalid("nothing to change: name at least one attribute"));
                 }
-                match self
-                    .submit(Command::SetQueue {
-                        name,
-                        patch: attributes,
-                    })
-                    .await?
-                {
+                match self.node.set_queue(&name, attributes).await? {
                     Outcome::Config(c) => Ok(Response::Config(c)),
                     o => Err(unexpected(o)),
                 }
@@ -164,7 +133,7 @@ impl Frontend {
             // One command: every check happens before anything is deleted, and the queue
             // with all its messages goes in one transaction.
             Request::QueueDelete { name, force } => {
-                match self.submit(Command::DeleteQueue { name, force }).await? {
+                match self.node.delete_queue(&name, force).await? {
                     Outcome::Count(n) => Ok(Response::Count(n)),
                     o => Err(unexpected(o)),
                 }
@@ -180,18 +149,13 @@ impl Frontend {
                         "list limit {limit} is outside 1 to {MAX_BATCH}"
                     )));
                 }
-                let (queues, truncated) = self
-                    .shard
-                    .list(prefix, start_after, limit)
-                    .await
-                    .map_err(store_failure)?;
+                let (queues, truncated) = self.node.list(prefix, start_after, limit).await?;
                 Ok(Response::List { queues, truncated })
             }
             Request::QueueDescribe { name } => self
-                .shard
-                .describe(name.clone(), now_ms())
-                .await
-                .map_err(store_failure)?
+                .node
+                .describe(&name)
+                .await?
                 .map(Response::Describe)
                 .ok_or_else(|| queue_not_found(&name)),
             Request::QueuePeek { name, max } => {
@@ -200,27 +164,39 @@ impl Frontend {
                         "peek max {max} is outside 1 to {MAX_BATCH}"
                     )));
                 }
-                self.shard
-                    .peek(name.clone(), max, now_ms())
-                    .await
-                    .map_err(store_failure)?
+                self.node
+                    .peek(&name, max)
+                    .await?
                     .map(Response::Messages)
                     .ok_or_else(|| queue_not_found(&name))
             }
             Request::QueueRedrive { name, to, max } => {
                 let to = (!to.is_empty()).then_some(to);
+                if let Some(dest) = &to {
+                    let shard = self
+                        .node
+                        .shard_of_queue(&name)
+                        .await?
+                        .ok_or_else(|| queue_not_found(&name))?;
+                    self.node
+                        .same_shard(shard, &name, dest, "redrive destination")
+                        .await?;
+                }
                 let mut moved = 0u64;
                 let mut after = None;
                 let limit = if max == 0 { u64::MAX } else { max };
                 loop {
                     let chunk = (limit - moved).min(PURGE_CHUNK);
                     match self
-                        .submit(Command::Redrive {
-                            name: name.clone(),
-                            to: to.clone(),
-                            max: chunk,
-                            after,
-                        })
+                        .submit(
+                            &name,
+                            Command::Redrive {
+                                name: name.clone(),
+                                to: to.clone(),
+                                max: chunk,
+                                after,
+                            },
+                        )
                         .await?
                     {
                         Outcome::Redrive { moved: m, resume } => {
@@ -237,7 +213,10 @@ impl Frontend {
             }
             Request::Send { queue, messages } => {
                 check_batch("a send", messages.len())?;
-                match self.submit(Command::Send { queue, messages }).await? {
+                match self
+                    .submit(&queue.clone(), Command::Send { queue, messages })
+                    .await?
+                {
                     Outcome::Sent(ids) => Ok(Response::Sent(ids)),
                     o => Err(unexpected(o)),
                 }
@@ -250,22 +229,24 @@ impl Frontend {
             } => self.receive(queue, max, visibility_ms, wait_ms).await,
             Request::Ack { queue, receipts } => {
                 check_batch("an ack", receipts.len())?;
-                self.results(Command::Ack { queue, receipts }).await
+                self.results(&queue.clone(), Command::Ack { queue, receipts })
+                    .await
             }
             Request::Nack { queue, entries } => {
                 check_batch("a nack", entries.len())?;
-                self.results(Command::Nack { queue, entries }).await
+                self.results(&queue.clone(), Command::Nack { queue, entries })
+                    .await
             }
             Request::ChangeVisibility { queue, entries } => {
                 check_batch("a change-visibility", entries.len())?;
-                self.results(Command::ChangeVisibility { queue, entries })
+                self.results(&queue.clone(), Command::ChangeVisibility { queue, entries })
                     .await
             }
         }
     }
 
-    async fn results(&self, cmd: Command) -> Result<Response, Failure> {
-        match self.submit(cmd).await? {
+    async fn results(&self, queue: &str, cmd: Command) -> Result<Response, Failure> {
+        match self.submit(queue, cmd).await? {
             Outcome::Results(r) => Ok(Response::Results(r)),
             o => Err(unexpected(o)),
         }
@@ -274,10 +255,10 @@ impl Frontend {
     /// Repeats a chunked command (purge, expiry) until a chunk does less than a full
     /// chunk's work; returns the total. Each chunk is its own commit, so a large purge
     /// never holds the writer for long.
-    async fn until_done(&self, chunk: impl Fn() -> Command) -> Result<u64, Failure> {
+    async fn until_done(&self, queue: &str, chunk: impl Fn() -> Command) -> Result<u64, Failure> {
         let mut total = 0;
         loop {
-            match self.submit(chunk()).await? {
+            match self.submit(queue, chunk()).await? {
                 Outcome::Count(n) => {
                     total += n;
                     if n < PURGE_CHUNK {
@@ -291,7 +272,7 @@ impl Frontend {
 
     /// Deletes every message of `name`; returns how many.
     async fn purge_all(&self, name: &str) -> Result<u64, Failure> {
-        self.until_done(|| Command::Purge {
+        self.until_done(name, || Command::Purge {
             name: name.to_string(),
             max: PURGE_CHUNK,
         })
@@ -326,11 +307,19 @@ impl Frontend {
         if !deliveries.is_empty() || wait_ms.unwrap_or(queue_wait) == 0 {
             return Ok(Response::Deliveries(deliveries));
         }
-        let waiter = self.shard.waiter(&queue);
+        let (waiter, woken_here) = self.node.waiter(&queue);
         let r = self
-            .receive_wait(&waiter, start, &queue, max, visibility_ms, wait_ms)
+            .receive_wait(
+                &waiter,
+                woken_here,
+                start,
+                &queue,
+                max,
+                visibility_ms,
+                wait_ms,
+            )
             .await;
-        self.shard.release_waiter(&queue, waiter);
+        self.node.release_waiter(&queue, waiter);
         r
     }
 
@@ -343,11 +332,14 @@ impl Frontend {
         visibility_ms: Option<u64>,
     ) -> Result<(Vec<crate::protocol::Delivery>, Option<u64>, u64), Failure> {
         match self
-            .submit(Command::Receive {
-                queue: queue.to_string(),
-                max,
-                visibility_ms,
-            })
+            .submit(
+                queue,
+                Command::Receive {
+                    queue: queue.to_string(),
+                    max,
+                    visibility_ms,
+                },
+            )
             .await?
         {
             Outcome::Deliveries {
@@ -359,9 +351,11 @@ impl Frontend {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn receive_wait(
         &self,
         waiter: &tokio::sync::Notify,
+        woken_here: bool,
         start: tokio::time::Instant,
         queue: &str,
         max: u32,
@@ -391,6 +385,11 @@ impl Frontend {
                 let until = Duration::from_millis(t.saturating_sub(now_ms()));
                 wake_at = wake_at.min(now + until);
             }
+            if !woken_here {
+                // No replica of the shard here, so no apply wakes this receiver: look again
+                // every little while.
+                wake_at = wake_at.min(now + REMOTE_POLL);
+            }
             tokio::select! {
                 _ = notified => {}
                 _ = tokio::time::sleep_until(wake_at) => {}
@@ -399,10 +398,10 @@ impl Frontend {
         }
     }
 
-    /// Deletes expired messages; returns how many. Run periodically by the server.
-    pub async fn expire(&self) -> Result<u64, Failure> {
-        self.until_done(|| Command::Expire { max: PURGE_CHUNK })
-            .await
+    /// Deletes expired messages in the shards this node leads; returns how many. Run
+    /// periodically by the server.
+    pub async fn expire(&self) -> u64 {
+        self.node.expire(PURGE_CHUNK).await
     }
 }
 
@@ -419,11 +418,38 @@ mod tests {
     use super::*;
     use crate::protocol::QueuePatch;
 
-    fn frontend(dir: &std::path::Path, stopping: bool) -> (Frontend, watch::Sender<bool>) {
-        let (shard, _writer) = Shard::open(&dir.join("s.redb")).unwrap();
+    /// A front end over a cluster of one in `dir`, with its own endpoint on loopback.
+    async fn frontend(dir: &std::path::Path, stopping: bool) -> (Frontend, watch::Sender<bool>) {
+        let creds = crate::server::tls::ensure(dir, &[]).unwrap();
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(
+            crate::peer::server_crypto(&creds).unwrap(),
+        )
+        .unwrap();
+        let endpoint = quinn::Endpoint::server(
+            quinn::ServerConfig::with_crypto(std::sync::Arc::new(crypto)),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .unwrap();
+        let addr = endpoint.local_addr().unwrap();
+        let connector =
+            crate::peer::Connector::new(endpoint, crate::peer::client_config(&creds).unwrap());
+        let settings = crate::config::ClusterSettings {
+            node_id: 1,
+            peers: Default::default(),
+            shards: 4,
+            replicas: 1,
+        };
+        let node = Node::start(
+            crate::cluster::ClusterLayout::new(&settings, addr),
+            dir,
+            connector,
+            &crate::peer::Router::new(dir),
+        )
+        .await
+        .unwrap();
         let (tx, rx) = watch::channel(stopping);
         (
-            Frontend::new(shard, crate::server::tls::sha256(b"t"), rx),
+            Frontend::new(node, crate::server::tls::sha256(b"t"), rx),
             tx,
         )
     }
@@ -431,7 +457,7 @@ mod tests {
     #[tokio::test]
     async fn requests_while_stopping_are_shutting_down() {
         let dir = tempfile::tempdir().unwrap();
-        let (fe, _tx) = frontend(dir.path(), true);
+        let (fe, _tx) = frontend(dir.path(), true).await;
         let s = Session::default();
         let err = fe
             .handle(
@@ -449,7 +475,7 @@ mod tests {
     #[tokio::test]
     async fn requests_before_hello_are_unauthenticated() {
         let dir = tempfile::tempdir().unwrap();
-        let (fe, _tx) = frontend(dir.path(), false);
+        let (fe, _tx) = frontend(dir.path(), false).await;
         let s = Session::default();
         let req = || Request::QueueDescribe { name: "q".into() };
         assert_eq!(
@@ -478,7 +504,7 @@ mod tests {
     #[tokio::test]
     async fn receivers_do_not_leave_waiters_behind() {
         let dir = tempfile::tempdir().unwrap();
-        let (fe, _tx) = frontend(dir.path(), false);
+        let (fe, _tx) = frontend(dir.path(), false).await;
         let s = Session::default();
         fe.handle(
             &s,
@@ -503,7 +529,7 @@ mod tests {
                 .await;
             assert_eq!(r.unwrap_err().0, Status::QueueNotFound);
         }
-        assert_eq!(fe.shard.waiting_queues(), 0);
+        assert_eq!(fe.node.waiting_queues(), 0);
         // A receive that waits holds a notifier while it waits, and gives it back.
         fe.handle(
             &s,
@@ -525,21 +551,11 @@ mod tests {
         );
         let probe = async {
             tokio::time::sleep(Duration::from_millis(150)).await;
-            fe.shard.waiting_queues()
+            fe.node.waiting_queues()
         };
         let (r, during) = tokio::join!(wait, probe);
         assert!(matches!(r, Ok(Response::Deliveries(d)) if d.is_empty()));
         assert_eq!(during, 1);
-        assert_eq!(fe.shard.waiting_queues(), 0);
-    }
-
-    #[test]
-    fn storage_failures_are_internal_and_closed_store_is_shutting_down() {
-        let corrupt = StoreError::Corrupt {
-            table: "t",
-            detail: "x".into(),
-        };
-        assert_eq!(store_failure(corrupt).0, Status::Internal);
-        assert_eq!(store_failure(StoreError::Closed).0, Status::ShuttingDown);
+        assert_eq!(fe.node.waiting_queues(), 0);
     }
 }

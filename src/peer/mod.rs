@@ -14,6 +14,9 @@
 //! spools the chunks to a file and installs them; the answer is
 //! `Result<SnapshotResponse, Fatal>`. Memory on both sides is bounded by a chunk.
 //!
+//! Kind 4 passes a client operation (`cluster::Op`) to the node that leads its group; the
+//! answer is `Result<cluster::Answer, cluster::OpError>`.
+//!
 //! This module owns the peer wire format, the peer TLS configuration and the routing of an
 //! RPC to the local Raft instance of its group; it knows nothing of client requests.
 
@@ -52,6 +55,15 @@ pub const KIND_APPEND: u8 = 1;
 pub const KIND_VOTE: u8 = 2;
 /// RPC kind: a whole snapshot, streamed (see the module documentation).
 pub const KIND_SNAPSHOT: u8 = 3;
+/// RPC kind: a client operation passed on to the group's leader (`cluster::Op`).
+pub const KIND_FORWARD: u8 = 4;
+
+/// Answers forwarded operations: (group, postcard body) → postcard answer.
+pub type ForwardHandler = Arc<
+    dyn Fn(u64, Vec<u8>) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<u8>> + Send>>
+        + Send
+        + Sync,
+>;
 
 const STATUS_OK: u8 = 0;
 const STATUS_NO_GROUP: u8 = 1;
@@ -144,6 +156,7 @@ pub fn is_authenticated_peer(conn: &quinn::Connection) -> bool {
 pub struct Router {
     groups: Arc<RwLock<HashMap<u64, Raft<TypeConfig>>>>,
     spool_dir: Arc<PathBuf>,
+    forward: Arc<RwLock<Option<ForwardHandler>>>,
 }
 
 impl Router {
@@ -152,7 +165,13 @@ impl Router {
         Self {
             groups: Arc::default(),
             spool_dir: Arc::new(spool_dir.to_path_buf()),
+            forward: Arc::default(),
         }
+    }
+
+    /// Answers forwarded client operations with `handler`.
+    pub fn set_forward_handler(&self, handler: ForwardHandler) {
+        *self.forward.write().unwrap_or_else(|e| e.into_inner()) = Some(handler);
     }
 
     /// Routes RPCs for `group` to `raft`.
@@ -319,6 +338,24 @@ fn answer<T: Serialize>(status: u8, body: &T) -> Vec<u8> {
 }
 
 async fn dispatch(router: &Router, group: u64, kind: u8, body: &[u8]) -> Vec<u8> {
+    if kind == KIND_FORWARD {
+        let handler = router
+            .forward
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        return match handler {
+            Some(h) => {
+                let mut out = vec![STATUS_OK];
+                out.extend(h(group, body.to_vec()).await);
+                out
+            }
+            None => answer(
+                STATUS_NO_GROUP,
+                &"this node takes no forwarded requests yet",
+            ),
+        };
+    }
     let Some(raft) = router.get(group) else {
         return answer(
             STATUS_NO_GROUP,

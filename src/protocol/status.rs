@@ -40,13 +40,17 @@ pub enum Status {
     ReceiptStale = 25,
     /// The node is shutting down and takes no new work; retry on another node or later.
     ShuttingDown = 30,
+    /// The queue's shard has no leader this node can reach (an election is under way, or
+    /// this node is cut off from a majority). Nothing was done, unless the message says the
+    /// outcome is unknown. Retry after a moment or on another node.
+    Unavailable = 31,
     /// The node failed internally (storage error); the request had no effect.
     Internal = 99,
 }
 
 impl Status {
     /// Every status, in number order.
-    pub const ALL: [Status; 18] = [
+    pub const ALL: [Status; 19] = [
         Status::Ok,
         Status::BadFrame,
         Status::UnsupportedVersion,
@@ -64,6 +68,7 @@ impl Status {
         Status::ReceiptInvalid,
         Status::ReceiptStale,
         Status::ShuttingDown,
+        Status::Unavailable,
         Status::Internal,
     ];
 
@@ -92,13 +97,17 @@ impl Status {
             Status::ReceiptInvalid => "RECEIPT_INVALID",
             Status::ReceiptStale => "RECEIPT_STALE",
             Status::ShuttingDown => "SHUTTING_DOWN",
+            Status::Unavailable => "UNAVAILABLE",
             Status::Internal => "INTERNAL",
         }
     }
 
     /// Whether a client may retry the same request unchanged and expect a different result.
     pub fn is_retryable(self) -> bool {
-        matches!(self, Status::ShuttingDown | Status::Internal)
+        matches!(
+            self,
+            Status::ShuttingDown | Status::Unavailable | Status::Internal
+        )
     }
 }
 

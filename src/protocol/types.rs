@@ -359,7 +359,7 @@ pub struct Delivery {
 }
 
 /// Message counts of a queue at one instant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct QueueCounts {
     /// Ready to be received now.
     pub visible: u64,
@@ -370,7 +370,7 @@ pub struct QueueCounts {
 }
 
 /// What `QUEUE_DESCRIBE` returns.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueDescription {
     /// Queue name.
     pub name: String,
@@ -387,7 +387,7 @@ pub struct QueueDescription {
 }
 
 /// One row of `QUEUE_LIST`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueSummary {
     /// Queue name.
     pub name: String,

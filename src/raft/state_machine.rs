@@ -60,7 +60,7 @@ impl StateMachine {
     pub fn open(path: &Path, wake: Waker) -> Result<StateMachine, StorageError> {
         let db = Database::create(path).map_err(sm_write)?;
         let txn = db.begin_write().map_err(sm_write)?;
-        Tables::open(&txn).map_err(sm_write)?;
+        crate::store::prepare(&txn, path).map_err(sm_write)?;
         txn.open_table(SM_META).map_err(sm_write)?;
         txn.delete_table(OLD_SNAPSHOTS).map_err(sm_write)?;
         txn.commit().map_err(sm_write)?;

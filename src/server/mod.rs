@@ -16,10 +16,10 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{watch, Semaphore};
 use tracing::Instrument;
 
+use crate::cluster::{ClusterLayout, Node};
 use crate::config::Config;
 use crate::frontend::{Frontend, Session};
 use crate::protocol::{decode_header, encode_error, Request, Status, HEADER_LEN, MAX_FRAME};
-use crate::store::Shard;
 
 /// How long a client may take to deliver one request frame.
 const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -42,14 +42,9 @@ pub enum ServerError {
     /// Credentials could not be created or loaded.
     #[error(transparent)]
     Credentials(#[from] tls::CredentialError),
-    /// The database could not be opened.
-    #[error("opening {path}: {source}")]
-    Store {
-        /// Database file.
-        path: std::path::PathBuf,
-        /// Cause.
-        source: crate::store::StoreError,
-    },
+    /// The node's Raft groups could not start.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::NodeError),
     /// TLS configuration failed.
     #[error("TLS setup: {0}")]
     Tls(String),
@@ -107,11 +102,6 @@ pub async fn run(
         config.data_dir.display()
     )))?;
     let creds = tls::ensure(&config.data_dir, &config.tls_names)?;
-    let db_path = config.data_dir.join("shard-0000.redb");
-    let (shard, writer) = Shard::open(&db_path).map_err(|source| ServerError::Store {
-        path: db_path.clone(),
-        source,
-    })?;
 
     let quic_config = server_config(&creds)?;
     let endpoint = quinn::Endpoint::server(quic_config, config.listen)
@@ -120,27 +110,45 @@ pub async fn run(
         .local_addr()
         .map_err(io_err("reading the bound address"))?;
 
+    // The Raft groups this node hosts, reachable by peers through the router. Peer RPCs
+    // are served from the accept loop below, so groups of other nodes can talk to these
+    // as soon as it runs.
+    let router = crate::peer::Router::new(&config.data_dir);
+    let connector = crate::peer::Connector::new(
+        endpoint.clone(),
+        crate::peer::client_config(&creds).map_err(|e| ServerError::Tls(e.to_string()))?,
+    );
+    let layout = ClusterLayout::new(&config.cluster, local_addr);
+    let node = Node::start(layout, &config.data_dir, connector, &router).await?;
+    {
+        let node = node.clone();
+        router.set_forward_handler(Arc::new(move |group, body| {
+            let node = node.clone();
+            Box::pin(async move {
+                let answer = node.serve_forward(group, &body).await;
+                postcard::to_allocvec(&answer).unwrap_or_default()
+            })
+        }));
+    }
+
     let addr_file = config.data_dir.join(crate::local::ADDR_FILE);
     std::fs::write(
         &addr_file,
         format!("{}\n", crate::local::connect_addr(local_addr)),
     )
     .map_err(io_err(format!("writing {}", addr_file.display())))?;
-    let queues = shard.queue_count().await.unwrap_or(0);
+    let queues = node.local_queue_count().await;
     tracing::info!(%local_addr, data_dir = %config.data_dir.display(), queues, "mqd is serving");
 
     let frontend = Arc::new(Frontend::new(
-        shard.clone(),
+        node.clone(),
         creds.admin_token_sha256,
         shutdown.clone(),
     ));
     let body_budget = Arc::new(Semaphore::new(MAX_BUFFERED_BODY_KIB));
-    // Raft groups hosted here, for RPCs from peers. A single node hosts none yet: its shard
-    // still runs on the local writer (see docs/ARCHITECTURE.md).
-    let router = crate::peer::Router::new(&config.data_dir);
     let tracker = tracker::Tracker::default();
 
-    // Expiry runs beside the requests, through the same writer.
+    // Expiry runs beside the requests, in the shards this node leads.
     let expiry = {
         let fe = frontend.clone();
         let mut stop = shutdown.clone();
@@ -152,10 +160,9 @@ pub async fn run(
                     _ = tick.tick() => {}
                     _ = stop.changed() => return,
                 }
-                match fe.expire().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::debug!(messages = n, "expired messages deleted"),
-                    Err((s, m)) => tracing::warn!(status = %s, error = %m, "expiry failed"),
+                let n = fe.expire().await;
+                if n > 0 {
+                    tracing::debug!(messages = n, "expired messages deleted");
                 }
             }
         })
@@ -219,17 +226,10 @@ pub async fn run(
     endpoint.close(0u32.into(), b"shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     let _ = expiry.await;
-    let ws = shard.writer_stats();
-    tracing::info!(
-        commands = ws.commands.load(std::sync::atomic::Ordering::Relaxed),
-        commits = ws.commits.load(std::sync::atomic::Ordering::Relaxed),
-        "writer totals (each commit is one fsync)"
-    );
     drop(frontend);
-    drop(shard);
-    // The writer finishes the commands already queued, then exits when the last handle is
-    // gone; joining it means everything acknowledged is on disk.
-    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    // Raft groups stop after the clients are gone: every acknowledged request was committed
+    // to their logs before it was answered.
+    node.shutdown().await;
     let _ = std::fs::remove_file(&addr_file);
     tracing::info!("stopped");
     Ok(())

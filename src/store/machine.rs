@@ -106,6 +106,21 @@ pub enum Command {
         /// Most messages deleted by this command.
         max: u64,
     },
+    /// Control group: record that queue `name` lives in `shard`. Without `replace`, a name
+    /// placed already keeps its shard, which is returned.
+    Place {
+        /// Queue name.
+        name: String,
+        /// Shard index (0-based).
+        shard: u32,
+        /// Move an existing placement (only for a name whose queue does not exist).
+        replace: bool,
+    },
+    /// Control group: forget where queue `name` lives (it was deleted).
+    Unplace {
+        /// Queue name.
+        name: String,
+    },
 }
 
 /// What an applied command produced.
@@ -113,6 +128,8 @@ pub enum Command {
 pub enum Outcome {
     /// Nothing to return.
     Unit,
+    /// The shard a queue is placed in.
+    Shard(u32),
     /// Settings now in force.
     Config(QueueConfig),
     /// Messages affected.
@@ -198,6 +215,7 @@ pub struct Tables<'txn> {
     body: Table<'txn, (u64, u64), &'static [u8]>,
     visible: Table<'txn, (u64, u64, u64), u8>,
     system: Table<'txn, &'static str, u64>,
+    placement: Table<'txn, &'static str, u32>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -211,6 +229,7 @@ impl<'txn> Tables<'txn> {
             body: txn.open_table(BODY)?,
             visible: txn.open_table(VISIBLE)?,
             system: txn.open_table(SYSTEM)?,
+            placement: txn.open_table(PLACEMENT)?,
         })
     }
 
@@ -783,6 +802,26 @@ pub fn apply(
                 }
             }
             Ok(Outcome::Count(removed))
+        }
+        Command::Place {
+            name,
+            shard,
+            replace,
+        } => {
+            validate_queue_name(name).map_err(|m| reject(Status::InvalidArgument, m))?;
+            if !replace {
+                if let Some(existing) = t.placement.get(name.as_str())? {
+                    return Ok(Outcome::Shard(existing.value()));
+                }
+            }
+            t.placement.insert(name.as_str(), *shard)?;
+            fx.dirty = true;
+            Ok(Outcome::Shard(*shard))
+        }
+        Command::Unplace { name } => {
+            let removed = t.placement.remove(name.as_str())?.is_some();
+            fx.dirty |= removed;
+            Ok(Outcome::Count(removed as u64))
         }
     }
 }

@@ -26,6 +26,8 @@ pub const BODY: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("messa
 /// (queue id, visible_at ms, seq) → 1 if the message is in flight, else 0. Every stored
 /// message has exactly one entry; a receive reads the prefix up to "now".
 pub const VISIBLE: TableDefinition<(u64, u64, u64), u8> = TableDefinition::new("visible");
+/// Control group only: queue name → the shard (0-based) that holds it.
+pub const PLACEMENT: TableDefinition<&str, u32> = TableDefinition::new("placement");
 /// Counters of the shard: `format_version`, `next_queue_id`.
 pub const SYSTEM: TableDefinition<&str, u64> = TableDefinition::new("system");
 

@@ -29,6 +29,8 @@ pub enum Chunk {
     Visible(Vec<((u64, u64, u64), u8)>),
     /// [`SYSTEM`].
     System(Vec<(String, u64)>),
+    /// [`PLACEMENT`].
+    Placement(Vec<(String, u32)>),
 }
 
 /// Rows per chunk at most, whatever their size.
@@ -149,6 +151,7 @@ pub fn clear(txn: &WriteTransaction) -> Result<(), StoreError> {
     clear_table(&mut txn.open_table(BODY)?)?;
     clear_table(&mut txn.open_table(VISIBLE)?)?;
     clear_table(&mut txn.open_table(SYSTEM)?)?;
+    clear_table(&mut txn.open_table(PLACEMENT)?)?;
     Ok(())
 }
 
@@ -197,6 +200,12 @@ pub fn load_chunk(txn: &WriteTransaction, c: &Chunk) -> Result<(), StoreError> {
                 t.insert(k.as_str(), *v)?;
             }
         }
+        Chunk::Placement(rows) => {
+            let mut t = txn.open_table(PLACEMENT)?;
+            for (k, v) in rows {
+                t.insert(k.as_str(), *v)?;
+            }
+        }
     }
     Ok(())
 }
@@ -237,6 +246,7 @@ mod tests {
                 Chunk::Body(r) => r.len(),
                 Chunk::Visible(r) => r.len(),
                 Chunk::System(r) => r.len(),
+                Chunk::Placement(r) => r.len(),
             })
             .sum()
     }

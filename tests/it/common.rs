@@ -14,6 +14,10 @@ pub struct Node {
     dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     pub addr: SocketAddr,
+    /// Where it listens (`127.0.0.1:0` unless it is a cluster member, whose port is fixed).
+    listen: SocketAddr,
+    /// Extra flags (cluster membership).
+    args: Vec<String>,
 }
 
 pub fn mqd_bin() -> PathBuf {
@@ -37,16 +41,77 @@ impl Node {
     pub fn start() -> Node {
         let tmp = tempfile::tempdir().expect("temp dir");
         let dir = tmp.path().to_path_buf();
-        let (child, addr) = Node::spawn(&dir);
+        let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let (child, addr) = Node::spawn(&dir, listen, &[]);
         Node {
             child: Some(child),
             dir,
             _tmp: Some(tmp),
             addr,
+            listen,
+            args: Vec::new(),
         }
     }
 
-    fn spawn(dir: &Path) -> (Child, SocketAddr) {
+    /// Starts a cluster of `n` nodes on loopback, `shards` shards, three replicas each (as
+    /// an operator would: the first node's CA and admin token copied to the others).
+    pub fn start_cluster(n: usize, shards: u32) -> Vec<Node> {
+        // Ports must be known before start, since every node lists every member.
+        let sockets: Vec<std::net::UdpSocket> = (0..n)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("free port"))
+            .collect();
+        let addrs: Vec<SocketAddr> = sockets.iter().map(|s| s.local_addr().unwrap()).collect();
+        drop(sockets);
+        let peers = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let tmps: Vec<tempfile::TempDir> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
+        mqd::server::tls::ensure(tmps[0].path(), &[]).expect("first node's credentials");
+        for t in &tmps[1..] {
+            for f in ["ca.pem", "ca.key", "admin.token"] {
+                std::fs::copy(tmps[0].path().join(f), t.path().join(f)).expect("copy credentials");
+            }
+        }
+        let mut children: Vec<Option<(Child, PathBuf, Vec<String>)>> = Vec::new();
+        for (i, t) in tmps.iter().enumerate() {
+            let args = vec![
+                "--node-id".to_string(),
+                (i + 1).to_string(),
+                "--peer".to_string(),
+                peers.clone(),
+                "--shards".to_string(),
+                shards.to_string(),
+            ];
+            let child = Node::launch(t.path(), addrs[i], &args);
+            children.push(Some((child, t.path().to_path_buf(), args)));
+        }
+        let mut nodes = Vec::new();
+        for (i, (c, tmp)) in children.into_iter().zip(tmps).enumerate() {
+            let (mut child, dir, args) = c.unwrap();
+            let addr = Node::wait_listening(&mut child, &dir);
+            assert_eq!(addr, addrs[i]);
+            nodes.push(Node {
+                child: Some(child),
+                dir,
+                _tmp: Some(tmp),
+                addr,
+                listen: addrs[i],
+                args,
+            });
+        }
+        nodes
+    }
+
+    fn spawn(dir: &Path, listen: SocketAddr, args: &[String]) -> (Child, SocketAddr) {
+        let mut child = Node::launch(dir, listen, args);
+        let addr = Node::wait_listening(&mut child, dir);
+        (child, addr)
+    }
+
+    fn launch(dir: &Path, listen: SocketAddr, args: &[String]) -> Child {
         let addr_file = dir.join("mqd.addr");
         let _ = std::fs::remove_file(&addr_file);
         let log = std::fs::OpenOptions::new()
@@ -54,19 +119,24 @@ impl Node {
             .append(true)
             .open(dir.join("test-mqd.log"))
             .expect("log file");
-        let mut child = Command::new(mqd_bin())
+        Command::new(mqd_bin())
             .arg("--data-dir")
             .arg(dir)
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen.to_string())
             .arg("--log-level")
             .arg("info")
+            .args(args)
             .env("MQD_CONFIG", "/dev/null")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
-            .expect("spawn mqd");
+            .expect("spawn mqd")
+    }
+
+    fn wait_listening(child: &mut Child, dir: &Path) -> SocketAddr {
+        let addr_file = dir.join("mqd.addr");
         let deadline = Instant::now() + Duration::from_secs(30);
         let addr = loop {
             if let Ok(text) = std::fs::read_to_string(&addr_file) {
@@ -81,7 +151,7 @@ impl Node {
             assert!(Instant::now() < deadline, "mqd did not start within 30s");
             std::thread::sleep(Duration::from_millis(20));
         };
-        (child, addr)
+        addr
     }
 
     /// The data directory.
@@ -175,10 +245,11 @@ impl Node {
         }
     }
 
-    /// Starts the node again on the same data directory (new port).
+    /// Starts the node again on the same data directory (a new port, unless it is a
+    /// cluster member).
     pub fn restart(&mut self) {
         self.kill();
-        let (child, addr) = Node::spawn(&self.dir);
+        let (child, addr) = Node::spawn(&self.dir, self.listen, &self.args);
         self.child = Some(child);
         self.addr = addr;
     }

@@ -1,0 +1,1029 @@
+//! The node's place in its cluster: which Raft groups it hosts, where a queue lives, and how
+//! a request reaches the leader of the queue's shard from any node.
+//!
+//! Group 0 is the control group, replicated on every node; its state machine holds the
+//! catalog (queue name → shard). Groups 1..=S are the shards; a queue's metadata and
+//! messages live together in one shard, placed by a stable hash of its name (or in its
+//! dead-letter queue's shard, so that moving a message there stays one command). Each
+//! shard has R replicas, assigned by [`ClusterLayout::replicas_of`].
+//!
+//! [`Node::exec`] runs an operation on a group's leader: locally when this node leads it,
+//! else forwarded over `mq-peer/1` (kind [`crate::peer::KIND_FORWARD`]). A follower's
+//! "not the leader, try N" refreshes the hint and the call goes on until the deadline, so
+//! an election in progress delays a request instead of failing it; past the deadline the
+//! answer is `UNAVAILABLE`. A single node is a cluster of one on the same path.
+//!
+//! This module owns placement, forwarding and the Raft groups' lifecycle; request
+//! validation belongs to `frontend`, storage to `store`, the replication log to `raft`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::{BasicNode, Raft};
+use redb::{Database, ReadableDatabase};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::config::ClusterSettings;
+use crate::peer::{CallError, Connector, GroupNetwork, Router, KIND_FORWARD};
+use crate::protocol::{Message, QueueDescription, QueuePatch, QueueSummary, Status};
+use crate::raft::log_store::LogStore;
+use crate::raft::proposer::{ProposeError, Proposer};
+use crate::raft::state_machine::StateMachine;
+use crate::raft::{NodeId, TypeConfig};
+use crate::store::{self, Command, Outcome, StoreError};
+
+/// The control group's id.
+pub const CONTROL_GROUP: u64 = 0;
+/// How long a request keeps looking for its shard's leader before `UNAVAILABLE`.
+const EXEC_DEADLINE: Duration = Duration::from_secs(8);
+/// How long a forwarded operation may take on the leader.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// A leader that has not heard from a majority for this long refuses new work at once
+/// instead of letting it wait (it is probably cut off).
+const QUORUM_SILENCE_MS: u64 = 3_000;
+/// Proposals in flight per group.
+const PROPOSALS_IN_FLIGHT: usize = 8;
+/// Log entries between snapshots; the log is then purged up to the snapshot.
+const SNAPSHOT_EVERY: u64 = 4096;
+
+/// A request's failure: a status and a message for the client.
+pub type Failure = (Status, String);
+
+/// The group of shard `shard` (0-based).
+pub fn group_of_shard(shard: u32) -> u64 {
+    u64::from(shard) + 1
+}
+
+/// The shard a queue name hashes to: FNV-1a (64-bit) of the name's UTF-8 bytes, modulo
+/// the number of shards. Written down in docs/PROTOCOL.md; it must never change.
+pub fn shard_of(name: &str, shards: u32) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % u64::from(shards.max(1))) as u32
+}
+
+/// Who holds what: the members and the replica sets derived from them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterLayout {
+    /// This node.
+    pub node_id: NodeId,
+    /// Every member and its address.
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// Number of shards.
+    pub shards: u32,
+    /// Replicas per shard.
+    pub replicas: u32,
+}
+
+impl ClusterLayout {
+    /// The layout from the settings; a node without peers is a cluster of one at `listen`.
+    pub fn new(settings: &ClusterSettings, listen: SocketAddr) -> Self {
+        let mut peers = settings.peers.clone();
+        if peers.is_empty() {
+            peers.insert(settings.node_id, crate::local::connect_addr(listen));
+        }
+        Self {
+            node_id: settings.node_id,
+            peers,
+            shards: settings.shards,
+            replicas: settings.replicas,
+        }
+    }
+
+    /// The replicas of `group`: every node for the control group; for shard k, R nodes
+    /// starting at position k in id order, so shards spread evenly.
+    pub fn replicas_of(&self, group: u64) -> Vec<NodeId> {
+        let ids: Vec<NodeId> = self.peers.keys().copied().collect();
+        if group == CONTROL_GROUP {
+            return ids;
+        }
+        let r = (self.replicas as usize).min(ids.len());
+        let start = (group - 1) as usize;
+        (0..r).map(|i| ids[(start + i) % ids.len()]).collect()
+    }
+
+    /// Every group, control group first.
+    pub fn groups(&self) -> impl Iterator<Item = u64> {
+        0..=u64::from(self.shards)
+    }
+}
+
+/// An operation run on a group's leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Op {
+    /// A state-machine command, through the log.
+    Command(Command),
+    /// Queues by name (a linearizable read).
+    List {
+        /// Name prefix.
+        prefix: String,
+        /// Start after this name.
+        start_after: String,
+        /// Most names.
+        limit: u32,
+    },
+    /// A queue's settings and counts.
+    Describe {
+        /// Queue name.
+        name: String,
+    },
+    /// Visible messages, without receiving them.
+    Peek {
+        /// Queue name.
+        name: String,
+        /// Most messages.
+        max: u32,
+    },
+    /// Where a queue is placed (control group).
+    Placement {
+        /// Queue name.
+        name: String,
+    },
+}
+
+/// The result of an [`Op`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Answer {
+    /// A command's outcome.
+    Outcome(Outcome),
+    /// Queues, and whether more follow.
+    List(Vec<QueueSummary>, bool),
+    /// A description, if the queue exists.
+    Describe(Option<QueueDescription>),
+    /// Messages, if the queue exists.
+    Peek(Option<Vec<Message>>),
+    /// A placement, if the name is placed.
+    Placement(Option<u32>),
+}
+
+/// Why an [`Op`] has no answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum OpError {
+    /// This node does not lead the group; the leader, if known.
+    NotLeader(Option<NodeId>),
+    /// The operation failed with this status.
+    Failed(Status, String),
+}
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A group's storage could not be opened.
+    #[error("opening {path}: {detail}")]
+    Storage {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+    /// The data directory belongs to another cluster layout.
+    #[error("{0}")]
+    Layout(String),
+    /// openraft refused to start a group.
+    #[error("starting Raft group {group}: {detail}")]
+    Raft {
+        /// The group.
+        group: u64,
+        /// What failed.
+        detail: String,
+    },
+}
+
+/// Receivers waiting for queues to gain messages, woken by every local apply.
+#[derive(Clone, Default)]
+struct Waiters(Arc<Mutex<HashMap<String, Arc<Notify>>>>);
+
+impl Waiters {
+    fn get(&self, queue: &str) -> Arc<Notify> {
+        let mut w = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        w.entry(queue.to_string()).or_default().clone()
+    }
+
+    fn release(&self, queue: &str, waiter: Arc<Notify>) {
+        let mut w = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        drop(waiter);
+        if w.get(queue).is_some_and(|n| Arc::strong_count(n) == 1) {
+            w.remove(queue);
+        }
+    }
+
+    fn wake(&self, queues: &HashSet<String>) {
+        let w = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if w.is_empty() {
+            return;
+        }
+        for q in queues {
+            if let Some(n) = w.get(q) {
+                n.notify_waiters();
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// One group hosted here.
+#[derive(Clone)]
+struct Local {
+    raft: Raft<TypeConfig>,
+    proposer: Proposer,
+    db: Arc<Database>,
+}
+
+/// This node's view of the cluster. Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    layout: ClusterLayout,
+    connector: Connector,
+    groups: HashMap<u64, Local>,
+    waiters: Waiters,
+    /// Last known leader of groups, for forwarding.
+    hints: Mutex<HashMap<u64, NodeId>>,
+}
+
+fn file_stem(group: u64) -> String {
+    if group == CONTROL_GROUP {
+        "control".to_string()
+    } else {
+        format!("shard-{:04}", group - 1)
+    }
+}
+
+fn raft_config() -> Result<Arc<openraft::Config>, NodeError> {
+    openraft::Config {
+        cluster_name: "mqd".into(),
+        heartbeat_interval: 150,
+        election_timeout_min: 800,
+        election_timeout_max: 1600,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
+        max_in_snapshot_log_to_keep: 256,
+        ..Default::default()
+    }
+    .validate()
+    .map(Arc::new)
+    .map_err(|e| NodeError::Raft {
+        group: 0,
+        detail: e.to_string(),
+    })
+}
+
+/// What the data directory records about the layout it was created with.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct Stamp {
+    node_id: NodeId,
+    shards: u32,
+}
+
+const STAMP_FILE: &str = "cluster.toml";
+
+/// Checks the data directory against the layout; returns whether it is new.
+fn check_stamp(dir: &Path, layout: &ClusterLayout) -> Result<bool, NodeError> {
+    let path = dir.join(STAMP_FILE);
+    let want = Stamp {
+        node_id: layout.node_id,
+        shards: layout.shards,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let found: Stamp = toml::from_str(&text).map_err(|e| {
+                NodeError::Layout(format!(
+                    "{}: {e}; restore it or start from an empty data directory",
+                    path.display()
+                ))
+            })?;
+            if found != want {
+                return Err(NodeError::Layout(format!(
+                    "{} was created as node {} with {} shards, but the configuration says node {} with {} shards; a node's id and the shard count are fixed once it has started",
+                    dir.display(), found.node_id, found.shards, want.node_id, want.shards
+                )));
+            }
+            Ok(false)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if dir.join("shard-0000.redb").exists() && !dir.join("control.redb").exists() {
+                return Err(NodeError::Layout(format!(
+                    "{} holds data of an earlier mqd development build (one shard, no replication log), which this build cannot read; move it aside and start from an empty directory",
+                    dir.display()
+                )));
+            }
+            Ok(true)
+        }
+        Err(e) => Err(NodeError::Layout(format!(
+            "reading {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+fn write_stamp(dir: &Path, layout: &ClusterLayout) -> Result<(), NodeError> {
+    let path = dir.join(STAMP_FILE);
+    let text = format!(
+        "# Written by mqd at first start; the node id and shard count are fixed.\nnode_id = {}\nshards = {}\n",
+        layout.node_id, layout.shards
+    );
+    std::fs::write(&path, text)
+        .map_err(|e| NodeError::Layout(format!("writing {}: {e}", path.display())))
+}
+
+fn failed(status: Status, msg: impl Into<String>) -> OpError {
+    OpError::Failed(status, msg.into())
+}
+
+fn store_failed(e: StoreError) -> OpError {
+    tracing::error!(error = %e, "storage failure");
+    failed(Status::Internal, format!("internal storage error: {e}"))
+}
+
+fn not_found(name: &str) -> Failure {
+    (
+        Status::QueueNotFound,
+        format!("queue `{name}` does not exist; `mqctl queue list` shows the queues"),
+    )
+}
+
+impl Node {
+    /// Opens (or creates) every group this node hosts under `dir`, registers them with
+    /// `router` for peer RPCs, and on a new cluster initializes the groups this node is
+    /// the first replica of.
+    pub async fn start(
+        layout: ClusterLayout,
+        dir: &Path,
+        connector: Connector,
+        router: &Router,
+    ) -> Result<Node, NodeError> {
+        let fresh = check_stamp(dir, &layout)?;
+        let config = raft_config()?;
+        let waiters = Waiters::default();
+        let mut groups = HashMap::new();
+        for group in layout.groups() {
+            let replicas = layout.replicas_of(group);
+            if !replicas.contains(&layout.node_id) {
+                continue;
+            }
+            let stem = file_stem(group);
+            let log_path = dir.join(format!("{stem}.log.redb"));
+            let log = LogStore::open(&log_path).map_err(|e| NodeError::Storage {
+                path: log_path.clone(),
+                detail: e.to_string(),
+            })?;
+            let sm_path = dir.join(format!("{stem}.redb"));
+            let w = waiters.clone();
+            let sm = StateMachine::open(&sm_path, Arc::new(move |q| w.wake(q))).map_err(|e| {
+                NodeError::Storage {
+                    path: sm_path.clone(),
+                    detail: e.to_string(),
+                }
+            })?;
+            let db = sm.database();
+            let raft = Raft::new(
+                layout.node_id,
+                config.clone(),
+                GroupNetwork::new(connector.clone(), group),
+                log,
+                sm,
+            )
+            .await
+            .map_err(|e| NodeError::Raft {
+                group,
+                detail: e.to_string(),
+            })?;
+            router.add(group, raft.clone());
+            if fresh && replicas.first() == Some(&layout.node_id) {
+                let members: BTreeMap<NodeId, BasicNode> = replicas
+                    .iter()
+                    .map(|id| (*id, BasicNode::new(layout.peers[id].to_string())))
+                    .collect();
+                // Refused harmlessly when the group was initialized by an earlier start
+                // that stopped before writing the stamp.
+                if let Err(e) = raft.initialize(members).await {
+                    tracing::debug!(group, error = %e, "group not initialized");
+                }
+            }
+            let proposer = Proposer::start(raft.clone(), PROPOSALS_IN_FLIGHT);
+            groups.insert(group, Local { raft, proposer, db });
+        }
+        if fresh {
+            write_stamp(dir, &layout)?;
+        }
+        tracing::info!(
+            node = layout.node_id,
+            members = layout.peers.len(),
+            shards = layout.shards,
+            hosted = groups.len(),
+            "cluster groups started"
+        );
+        Ok(Node {
+            inner: Arc::new(Inner {
+                layout,
+                connector,
+                groups,
+                waiters,
+                hints: Mutex::default(),
+            }),
+        })
+    }
+
+    /// The layout in force.
+    pub fn layout(&self) -> &ClusterLayout {
+        &self.inner.layout
+    }
+
+    /// Stops every local group.
+    pub async fn shutdown(&self) {
+        for (group, l) in &self.inner.groups {
+            if let Err(e) = l.raft.shutdown().await {
+                tracing::warn!(group, error = %e, "Raft group did not stop cleanly");
+            }
+        }
+    }
+
+    /// Answers an operation forwarded by a peer: runs it if this node leads the group.
+    pub async fn serve_forward(&self, group: u64, body: &[u8]) -> Result<Answer, OpError> {
+        let op: Op = postcard::from_bytes(body)
+            .map_err(|e| failed(Status::BadRequest, format!("forwarded operation: {e}")))?;
+        match self.inner.groups.get(&group) {
+            Some(l) => self.run_local(group, l, op).await,
+            None => Err(OpError::NotLeader(None)),
+        }
+    }
+
+    /// The notifier woken when `queue` gains messages here, and whether such wake-ups
+    /// happen at all on this node (it must host a replica of the queue's shard).
+    pub fn waiter(&self, queue: &str) -> (Arc<Notify>, bool) {
+        let shard = self.placement_local(queue).ok().flatten();
+        let local = shard.is_some_and(|s| self.inner.groups.contains_key(&group_of_shard(s)));
+        (self.inner.waiters.get(queue), local)
+    }
+
+    /// Gives back a notifier from [`Node::waiter`].
+    pub fn release_waiter(&self, queue: &str, waiter: Arc<Notify>) {
+        self.inner.waiters.release(queue, waiter)
+    }
+
+    /// Queues with a waiting receiver here (tests, metrics).
+    pub fn waiting_queues(&self) -> usize {
+        self.inner.waiters.len()
+    }
+
+    fn placement_local(&self, name: &str) -> Result<Option<u32>, StoreError> {
+        match self.inner.groups.get(&CONTROL_GROUP) {
+            Some(l) => {
+                let txn = l.db.begin_read().map_err(redb::Error::from)?;
+                store::placement(&txn, name)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The shard of an existing queue: the local catalog first, and on a miss the control
+    /// group's leader (a queue created a moment ago through another node may not have
+    /// reached this replica yet).
+    pub async fn shard_of_queue(&self, name: &str) -> Result<Option<u32>, Failure> {
+        if let Ok(Some(s)) = self.placement_local(name) {
+            return Ok(Some(s));
+        }
+        match self
+            .exec(CONTROL_GROUP, Op::Placement { name: name.into() })
+            .await?
+        {
+            Answer::Placement(p) => Ok(p),
+            a => Err(unexpected(a)),
+        }
+    }
+
+    /// Runs `cmd` on the shard of queue `queue`.
+    pub async fn command(&self, queue: &str, cmd: Command) -> Result<Outcome, Failure> {
+        let shard = self
+            .shard_of_queue(queue)
+            .await?
+            .ok_or_else(|| not_found(queue))?;
+        self.shard_command(shard, cmd).await
+    }
+
+    async fn shard_command(&self, shard: u32, cmd: Command) -> Result<Outcome, Failure> {
+        match self.exec(group_of_shard(shard), Op::Command(cmd)).await? {
+            Answer::Outcome(o) => Ok(o),
+            a => Err(unexpected(a)),
+        }
+    }
+
+    async fn control(&self, cmd: Command) -> Result<Outcome, Failure> {
+        match self.exec(CONTROL_GROUP, Op::Command(cmd)).await? {
+            Answer::Outcome(o) => Ok(o),
+            a => Err(unexpected(a)),
+        }
+    }
+
+    /// Creates a queue: places it (in its dead-letter queue's shard if it names one, else
+    /// by hash), then creates it in that shard.
+    pub async fn create_queue(&self, name: &str, patch: QueuePatch) -> Result<Outcome, Failure> {
+        let shards = self.inner.layout.shards;
+        let mut want = shard_of(name, shards);
+        if let Some(Some(dl)) = &patch.dead_letter {
+            if let Some(s) = self.shard_of_queue(&dl.queue).await? {
+                want = s;
+            }
+        }
+        let place = |replace| Command::Place {
+            name: name.to_string(),
+            shard: want,
+            replace,
+        };
+        let mut shard = match self.control(place(false)).await? {
+            Outcome::Shard(s) => s,
+            o => return Err(unexpected_outcome(o)),
+        };
+        if shard != want && self.describe_in(shard, name).await?.is_none() {
+            // A placement left by a create that failed: the queue is not there, so it may
+            // move to where its dead-letter queue is.
+            shard = match self.control(place(true)).await? {
+                Outcome::Shard(s) => s,
+                o => return Err(unexpected_outcome(o)),
+            };
+        }
+        self.shard_command(
+            shard,
+            Command::CreateQueue {
+                name: name.to_string(),
+                patch,
+            },
+        )
+        .await
+    }
+
+    /// Changes a queue's settings; a new dead-letter queue must share its shard.
+    pub async fn set_queue(&self, name: &str, patch: QueuePatch) -> Result<Outcome, Failure> {
+        let shard = self
+            .shard_of_queue(name)
+            .await?
+            .ok_or_else(|| not_found(name))?;
+        if let Some(Some(dl)) = &patch.dead_letter {
+            self.same_shard(shard, name, &dl.queue, "dead-letter queue")
+                .await?;
+        }
+        self.shard_command(
+            shard,
+            Command::SetQueue {
+                name: name.to_string(),
+                patch,
+            },
+        )
+        .await
+    }
+
+    /// Refuses a reference from queue `name` (in `shard`) to `other` in another shard.
+    pub async fn same_shard(
+        &self,
+        shard: u32,
+        name: &str,
+        other: &str,
+        role: &str,
+    ) -> Result<(), Failure> {
+        match self.shard_of_queue(other).await? {
+            None => Err(not_found(other)),
+            Some(s) if s != shard => Err((
+                Status::InvalidArgument,
+                format!(
+                    "{role} `{other}` is in shard {s} and queue `{name}` in shard {shard}; a queue and its {role} must share a shard. Create the queue with the dead-letter queue set (it is then placed beside it), or pick a queue in shard {shard}"
+                ),
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Deletes a queue, then its placement.
+    pub async fn delete_queue(&self, name: &str, force: bool) -> Result<Outcome, Failure> {
+        let out = self
+            .command(
+                name,
+                Command::DeleteQueue {
+                    name: name.to_string(),
+                    force,
+                },
+            )
+            .await?;
+        if let Err((s, m)) = self
+            .control(Command::Unplace {
+                name: name.to_string(),
+            })
+            .await
+        {
+            // The queue is gone; a placement left behind is reused or moved by a later
+            // create of the same name.
+            tracing::warn!(queue = name, status = %s, error = %m, "placement not removed");
+        }
+        Ok(out)
+    }
+
+    /// Queues in name order across every shard.
+    pub async fn list(
+        &self,
+        prefix: String,
+        start_after: String,
+        limit: u32,
+    ) -> Result<(Vec<QueueSummary>, bool), Failure> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for shard in 0..self.inner.layout.shards {
+            let node = self.clone();
+            let op = Op::List {
+                prefix: prefix.clone(),
+                start_after: start_after.clone(),
+                limit,
+            };
+            tasks.spawn(async move { node.exec(group_of_shard(shard), op).await });
+        }
+        let mut all = Vec::new();
+        let mut truncated = false;
+        while let Some(r) = tasks.join_next().await {
+            match r {
+                Ok(Ok(Answer::List(q, t))) => {
+                    all.extend(q);
+                    truncated |= t;
+                }
+                Ok(Ok(a)) => return Err(unexpected(a)),
+                Ok(Err(f)) => return Err(f),
+                Err(e) => return Err((Status::Internal, format!("list task failed: {e}"))),
+            }
+        }
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        if all.len() > limit as usize {
+            all.truncate(limit as usize);
+            truncated = true;
+        }
+        Ok((all, truncated))
+    }
+
+    async fn describe_in(
+        &self,
+        shard: u32,
+        name: &str,
+    ) -> Result<Option<QueueDescription>, Failure> {
+        match self
+            .exec(group_of_shard(shard), Op::Describe { name: name.into() })
+            .await?
+        {
+            Answer::Describe(d) => Ok(d),
+            a => Err(unexpected(a)),
+        }
+    }
+
+    /// A queue's settings and counts.
+    pub async fn describe(&self, name: &str) -> Result<Option<QueueDescription>, Failure> {
+        match self.shard_of_queue(name).await? {
+            Some(s) => self.describe_in(s, name).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Visible messages of a queue, without receiving them.
+    pub async fn peek(&self, name: &str, max: u32) -> Result<Option<Vec<Message>>, Failure> {
+        let Some(s) = self.shard_of_queue(name).await? else {
+            return Ok(None);
+        };
+        match self
+            .exec(
+                group_of_shard(s),
+                Op::Peek {
+                    name: name.into(),
+                    max,
+                },
+            )
+            .await?
+        {
+            Answer::Peek(p) => Ok(p),
+            a => Err(unexpected(a)),
+        }
+    }
+
+    /// Deletes expired messages in the shards this node leads, each only if a read shows
+    /// something is due; returns how many.
+    pub async fn expire(&self, chunk: u64) -> u64 {
+        let mut total = 0;
+        for (group, l) in &self.inner.groups {
+            if *group == CONTROL_GROUP || !is_leader(l, self.inner.layout.node_id) {
+                continue;
+            }
+            loop {
+                let db = l.db.clone();
+                let now = crate::frontend::now_ms();
+                let due = tokio::task::spawn_blocking(move || {
+                    let txn = db.begin_read().map_err(redb::Error::from)?;
+                    store::expiry_due(&txn, now)
+                })
+                .await;
+                if !matches!(due, Ok(Ok(true))) {
+                    break;
+                }
+                match self
+                    .run_local(*group, l, Op::Command(Command::Expire { max: chunk }))
+                    .await
+                {
+                    Ok(Answer::Outcome(Outcome::Count(n))) => {
+                        total += n;
+                        if n < chunk {
+                            break;
+                        }
+                    }
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::debug!(group, error = ?e, "expiry not run");
+                        break;
+                    }
+                }
+            }
+        }
+        total
+    }
+
+    /// Runs `op` on the leader of `group`, wherever it is.
+    pub async fn exec(&self, group: u64, op: Op) -> Result<Answer, Failure> {
+        let deadline = tokio::time::Instant::now() + EXEC_DEADLINE;
+        let me = self.inner.layout.node_id;
+        let replicas = self.inner.layout.replicas_of(group);
+        let mut rotate = 0usize;
+        let mut last = String::from("no leader known yet");
+        loop {
+            let local = self.inner.groups.get(&group);
+            let target = match local {
+                Some(l) => l.raft.metrics().borrow().current_leader,
+                None => self.hint(group),
+            }
+            .or_else(|| {
+                // No leader known: ask the other replicas in turn.
+                let others: Vec<_> = replicas.iter().filter(|r| **r != me).collect();
+                (!others.is_empty()).then(|| *others[rotate % others.len()])
+            });
+            let result = match (target, local) {
+                (Some(t), Some(l)) if t == me => {
+                    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    match tokio::time::timeout(remaining.max(Duration::from_millis(100)), self.run_local(group, l, op.clone())).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            return Err((
+                                Status::Unavailable,
+                                format!("shard group {group}: this node leads it but no majority confirmed the request in time; its outcome is unknown. Retry in a moment"),
+                            ))
+                        }
+                    }
+                }
+                (Some(t), _) => self.forward(t, group, &op).await,
+                (None, _) => Err(OpError::NotLeader(None)),
+            };
+            match result {
+                Ok(a) => return Ok(a),
+                Err(OpError::Failed(s, m)) => return Err((s, m)),
+                Err(OpError::NotLeader(hint)) => match hint {
+                    Some(l) if Some(l) != target => self.set_hint(group, l),
+                    _ => {
+                        self.clear_hint(group);
+                        rotate += 1;
+                        last = format!("node {target:?} does not lead it and knows no leader");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err((
+                    Status::Unavailable,
+                    format!(
+                        "shard group {group} has no leader reachable from node {me} ({last}); an election may be under way or this node may be cut off from a majority. Retry in a moment or through another node"
+                    ),
+                ));
+            }
+        }
+    }
+
+    fn hint(&self, group: u64) -> Option<NodeId> {
+        self.inner
+            .hints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&group)
+            .copied()
+    }
+
+    fn set_hint(&self, group: u64, leader: NodeId) {
+        self.inner
+            .hints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(group, leader);
+    }
+
+    fn clear_hint(&self, group: u64) {
+        self.inner
+            .hints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&group);
+    }
+
+    async fn forward(&self, target: NodeId, group: u64, op: &Op) -> Result<Answer, OpError> {
+        let Some(addr) = self.inner.layout.peers.get(&target).copied() else {
+            return Err(OpError::NotLeader(None));
+        };
+        let r: Result<Result<Answer, OpError>, CallError> = self
+            .inner
+            .connector
+            .call(addr, group, KIND_FORWARD, op, FORWARD_TIMEOUT)
+            .await;
+        match r {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(group, target, error = %e, "forward failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Err(OpError::NotLeader(None))
+            }
+        }
+    }
+
+    async fn run_local(&self, group: u64, l: &Local, op: Op) -> Result<Answer, OpError> {
+        let me = self.inner.layout.node_id;
+        let m = l.raft.metrics().borrow().clone();
+        if m.current_leader != Some(me) {
+            return Err(OpError::NotLeader(m.current_leader));
+        }
+        if m.millis_since_quorum_ack
+            .is_some_and(|ms| ms > QUORUM_SILENCE_MS)
+        {
+            return Err(failed(
+                Status::Unavailable,
+                format!("this node leads shard group {group} but has not heard from a majority of its replicas for {} ms; it may be cut off. Retry through another node", m.millis_since_quorum_ack.unwrap_or(0)),
+            ));
+        }
+        match op {
+            Op::Command(cmd) => {
+                if let Command::Receive { queue, .. } = &cmd {
+                    // An empty receive changes nothing: answer it from a read, so long
+                    // polls append nothing to the log.
+                    let (db, queue) = (l.db.clone(), queue.clone());
+                    let now = crate::frontend::now_ms();
+                    let pre =
+                        read(db, move |txn| store::receive_precheck(txn, &queue, now)).await?;
+                    if let Some(o) = pre {
+                        return Ok(Answer::Outcome(o));
+                    }
+                }
+                match l.proposer.submit(cmd).await {
+                    Ok(o) => Ok(Answer::Outcome(o)),
+                    Err(ProposeError::Rejected { status, message }) => Err(failed(status, message)),
+                    Err(ProposeError::NotLeader { leader }) => Err(OpError::NotLeader(leader)),
+                    Err(ProposeError::Raft(m)) => Err(failed(
+                        Status::Unavailable,
+                        format!("shard group {group}: replication failed ({m}); retry"),
+                    )),
+                }
+            }
+            read_op => {
+                // Linearizable: confirm leadership with a majority and wait until this
+                // replica has applied everything committed before the read.
+                if let Err(e) = l.raft.ensure_linearizable().await {
+                    return match e.forward_to_leader() {
+                        Some(f) => Err(OpError::NotLeader(f.leader_id)),
+                        None => Err(failed(
+                            Status::Unavailable,
+                            format!("shard group {group}: leadership not confirmed ({e}); retry"),
+                        )),
+                    };
+                }
+                let db = l.db.clone();
+                let now = crate::frontend::now_ms();
+                read(db, move |txn| {
+                    Ok(match read_op {
+                        Op::List {
+                            prefix,
+                            start_after,
+                            limit,
+                        } => {
+                            let (q, t) = store::list(txn, prefix, start_after, limit)?;
+                            Answer::List(q, t)
+                        }
+                        Op::Describe { name } => Answer::Describe(store::describe(txn, name, now)?),
+                        Op::Peek { name, max } => Answer::Peek(store::peek(txn, name, max, now)?),
+                        Op::Placement { name } => Answer::Placement(store::placement(txn, &name)?),
+                        Op::Command(_) => unreachable_op()?,
+                    })
+                })
+                .await
+            }
+        }
+    }
+
+    /// Queues across the shards this node hosts, for the start-up log line.
+    pub async fn local_queue_count(&self) -> u64 {
+        let mut n = 0;
+        for (g, l) in &self.inner.groups {
+            if *g == CONTROL_GROUP {
+                continue;
+            }
+            n += read(l.db.clone(), store::queue_count).await.unwrap_or(0);
+        }
+        n
+    }
+
+    /// Groups hosted here and whether this node leads each (for status output).
+    pub fn hosted(&self) -> BTreeSet<(u64, bool)> {
+        let me = self.inner.layout.node_id;
+        self.inner
+            .groups
+            .iter()
+            .map(|(g, l)| (*g, is_leader(l, me)))
+            .collect()
+    }
+}
+
+fn unreachable_op() -> Result<Answer, StoreError> {
+    Err(StoreError::Corrupt {
+        table: "-",
+        detail: "a command reached the read path".into(),
+    })
+}
+
+fn is_leader(l: &Local, me: NodeId) -> bool {
+    l.raft.metrics().borrow().current_leader == Some(me)
+}
+
+async fn read<T: Send + 'static>(
+    db: Arc<Database>,
+    f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, OpError> {
+    tokio::task::spawn_blocking(move || {
+        let txn = db.begin_read().map_err(redb::Error::from)?;
+        f(&txn)
+    })
+    .await
+    .map_err(|_| failed(Status::ShuttingDown, "the node is shutting down"))?
+    .map_err(store_failed)
+}
+
+fn unexpected(a: Answer) -> Failure {
+    tracing::error!(answer = ?a, "an operation returned an answer of the wrong kind");
+    (Status::Internal, "internal error: unexpected answer".into())
+}
+
+fn unexpected_outcome(o: Outcome) -> Failure {
+    tracing::error!(outcome = ?o, "a command returned an outcome of the wrong kind");
+    (
+        Status::Internal,
+        "internal error: unexpected outcome".into(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shard_hash_is_stable_and_spreads() {
+        // Pinned values: changing the hash would move every queue of every cluster.
+        assert_eq!(shard_of("", 16), (0xcbf2_9ce4_8422_2325u64 % 16) as u32);
+        assert_eq!(shard_of("orders", 16), shard_of("orders", 16));
+        let mut counts = [0u32; 16];
+        for i in 0..1600 {
+            counts[shard_of(&format!("queue-{i}"), 16) as usize] += 1;
+        }
+        assert!(counts.iter().all(|c| (50..150).contains(c)), "{counts:?}");
+    }
+
+    #[test]
+    fn replicas_spread_over_the_members() {
+        let layout = ClusterLayout {
+            node_id: 1,
+            peers: (1..=4)
+                .map(|i| (i, SocketAddr::from(([127, 0, 0, 1], 7400 + i as u16))))
+                .collect(),
+            shards: 8,
+            replicas: 3,
+        };
+        assert_eq!(layout.replicas_of(CONTROL_GROUP), vec![1, 2, 3, 4]);
+        let mut per_node = BTreeMap::new();
+        for shard in 0..8 {
+            let r = layout.replicas_of(group_of_shard(shard));
+            assert_eq!(r.len(), 3);
+            assert_eq!(r.iter().collect::<BTreeSet<_>>().len(), 3, "distinct");
+            for n in r {
+                *per_node.entry(n).or_insert(0) += 1;
+            }
+        }
+        assert!(per_node.values().all(|c| *c == 6), "{per_node:?}");
+        // A cluster of one holds every shard.
+        let one = ClusterLayout {
+            peers: BTreeMap::from([(1, SocketAddr::from(([127, 0, 0, 1], 1)))]),
+            ..layout
+        };
+        assert_eq!(one.replicas_of(group_of_shard(5)), vec![1]);
+    }
+}
