@@ -185,33 +185,10 @@ pub struct Config {
     pub cluster: ClusterSettings,
 }
 
-impl FileConfig {
-    /// Parses config text; errors name the key and line.
-    pub fn parse(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string().trim_end().to_string(),
-        })
-    }
-
-    /// Reads and parses a config file.
-    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(path, &text)
-    }
-}
-
-impl Config {
-    /// Merges: `overrides` (flags and environment) win over `file`, which wins over defaults;
-    /// then checks the cluster settings together.
-    pub fn resolve(file: FileConfig, overrides: FileConfig) -> Result<Config, ConfigError> {
-        let (fc, oc) = (
-            file.cluster.unwrap_or_default(),
-            overrides.cluster.unwrap_or_default(),
-        );
+impl ClusterSettings {
+    /// Merges the `[cluster]` settings (`oc` wins over `fc`) and checks them together.
+    /// Pure: it touches no file, so `--check-config` can call it.
+    pub fn resolve(fc: ClusterFile, oc: ClusterFile) -> Result<ClusterSettings, ConfigError> {
         let node_id = oc.node_id.or(fc.node_id).unwrap_or(1);
         if node_id == 0 {
             return Err(ConfigError::Invalid(
@@ -244,13 +221,44 @@ impl Config {
                 "cluster.replicas {replicas} is outside 1 to {MAX_REPLICAS}"
             )));
         }
+        Ok(ClusterSettings {
+            node_id,
+            peers,
+            shards,
+            replicas,
+        })
+    }
+}
+
+impl FileConfig {
+    /// Parses config text; errors name the key and line.
+    pub fn parse(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })
+    }
+
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+}
+
+impl Config {
+    /// Merges: `overrides` (flags and environment) win over `file`, which wins over defaults;
+    /// then checks the cluster settings together.
+    pub fn resolve(file: FileConfig, overrides: FileConfig) -> Result<Config, ConfigError> {
+        let cluster = ClusterSettings::resolve(
+            file.cluster.clone().unwrap_or_default(),
+            overrides.cluster.clone().unwrap_or_default(),
+        )?;
         Ok(Config {
-            cluster: ClusterSettings {
-                node_id,
-                peers,
-                shards,
-                replicas,
-            },
+            cluster,
             data_dir: overrides
                 .data_dir
                 .or(file.data_dir)
@@ -524,17 +532,20 @@ mod tests {
     #[test]
     fn cluster_settings_are_checked_together() {
         let resolve = |text: &str| {
-            Config::resolve(
-                FileConfig::parse(Path::new("c.toml"), text).unwrap(),
-                FileConfig::default(),
+            ClusterSettings::resolve(
+                FileConfig::parse(Path::new("c.toml"), text)
+                    .unwrap()
+                    .cluster
+                    .unwrap_or_default(),
+                ClusterFile::default(),
             )
         };
         let ok = resolve(
             "[cluster]\nnode_id = 2\npeers = [\"1=127.0.0.1:7401\", \"2=127.0.0.1:7402\"]\n",
         )
         .unwrap();
-        assert_eq!(ok.cluster.node_id, 2);
-        assert_eq!(ok.cluster.peers.len(), 2);
+        assert_eq!(ok.node_id, 2);
+        assert_eq!(ok.peers.len(), 2);
         for (text, says) in [
             (
                 "[cluster]\nnode_id = 3\npeers = [\"1=127.0.0.1:1\"]\n",

@@ -65,6 +65,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.check_config {
+        // Only checks: resolving the whole configuration would create the data directory.
+        let cluster = mqd::config::ClusterSettings::resolve(
+            file.cluster.clone().unwrap_or_default(),
+            overrides(&args).cluster.unwrap_or_default(),
+        );
+        if let Err(e) = cluster {
+            eprintln!("mqd: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+        match &path {
+            Some(p) => println!("{}: configuration is valid", p.display()),
+            None => println!("no config file; the built-in defaults apply"),
+        }
+        return ExitCode::SUCCESS;
+    }
     let config = match Config::resolve(file, overrides(&args)) {
         Ok(c) => c,
         Err(e) => {
@@ -72,13 +88,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if args.check_config {
-        match &path {
-            Some(p) => println!("{}: configuration is valid", p.display()),
-            None => println!("no config file; the built-in defaults apply"),
-        }
-        return ExitCode::SUCCESS;
-    }
     let filter = match log_filter(&config.log_level) {
         Ok(f) => f,
         Err(e) => {
