@@ -65,74 +65,28 @@ macro_rules! stream_table {
 
 /// Calls `f` with every row of the state, table by table, in chunks of about `max_bytes`
 /// (at least one row each). Stops at the first error `f` returns.
+#[rustfmt::skip]
 pub fn for_each_chunk<E: From<StoreError>>(
     txn: &ReadTransaction,
     max_bytes: usize,
     mut f: impl FnMut(Chunk) -> Result<(), E>,
 ) -> Result<(), E> {
-    let small = |_: &dyn std::any::Any| 16usize;
-    let read =
-        |txn: &ReadTransaction, f: &mut dyn FnMut(Chunk) -> Result<(), E>| -> Result<(), E> {
-            stream_table!(
-                txn,
-                QUEUES,
-                Queues,
-                max_bytes,
-                f,
-                |k, v| (k.to_string(), v.to_vec()),
-                |r: &(String, Vec<u8>)| r.0.len() + r.1.len()
-            );
-            stream_table!(
-                txn,
-                QUEUE_NAMES,
-                Names,
-                max_bytes,
-                f,
-                |k, v| (k, v.to_string()),
-                |r: &(u64, String)| 8 + r.1.len()
-            );
-            stream_table!(txn, STATS, Stats, max_bytes, f, |k, v| (k, v), |r: &_| {
-                small(r)
-            });
-            stream_table!(
-                txn,
-                STATE,
-                State,
-                max_bytes,
-                f,
-                |k, v| (k, v.to_vec()),
-                |r: &((u64, u64), Vec<u8>)| 16 + r.1.len()
-            );
-            stream_table!(
-                txn,
-                BODY,
-                Body,
-                max_bytes,
-                f,
-                |k, v| (k, v.to_vec()),
-                |r: &((u64, u64), Vec<u8>)| 16 + r.1.len()
-            );
-            stream_table!(
-                txn,
-                VISIBLE,
-                Visible,
-                max_bytes,
-                f,
-                |k, v| (k, v),
-                |r: &_| small(r)
-            );
-            stream_table!(
-                txn,
-                SYSTEM,
-                System,
-                max_bytes,
-                f,
-                |k, v| (k.to_string(), v),
-                |r: &(String, u64)| 8 + r.0.len()
-            );
-            Ok(())
-        };
-    read(txn, &mut f)
+    // Every table of the state machine, each with its row and the row's estimated size.
+    stream_table!(txn, QUEUES, Queues, max_bytes, f,
+        |k, v| (k.to_string(), v.to_vec()), |r: &(String, Vec<u8>)| r.0.len() + r.1.len());
+    stream_table!(txn, QUEUE_NAMES, Names, max_bytes, f,
+        |k, v| (k, v.to_string()), |r: &(u64, String)| 8 + r.1.len());
+    stream_table!(txn, STATS, Stats, max_bytes, f, |k, v| (k, v), |_: &_| 32);
+    stream_table!(txn, STATE, State, max_bytes, f,
+        |k, v| (k, v.to_vec()), |r: &((u64, u64), Vec<u8>)| 16 + r.1.len());
+    stream_table!(txn, BODY, Body, max_bytes, f,
+        |k, v| (k, v.to_vec()), |r: &((u64, u64), Vec<u8>)| 16 + r.1.len());
+    stream_table!(txn, VISIBLE, Visible, max_bytes, f, |k, v| (k, v), |_: &_| 32);
+    stream_table!(txn, SYSTEM, System, max_bytes, f,
+        |k, v| (k.to_string(), v), |r: &(String, u64)| 8 + r.0.len());
+    stream_table!(txn, PLACEMENT, Placement, max_bytes, f,
+        |k, v| (k.to_string(), v), |r: &(String, u32)| 4 + r.0.len());
+    Ok(())
 }
 
 fn clear_table<K: redb::Key + 'static, V: redb::Value + 'static>(
@@ -281,6 +235,15 @@ mod tests {
                 visibility_ms: None,
             },
         );
+        run(
+            &a,
+            4,
+            Command::Place {
+                name: "q".into(),
+                shard: 3,
+                replace: false,
+            },
+        );
         // b starts with other state, which the load must replace entirely.
         run(
             &b,
@@ -307,5 +270,9 @@ mod tests {
         assert!(big
             .iter()
             .any(|c| matches!(c, Chunk::State(r) if r.len() == 50)));
+        // Every table is carried, the control group's catalog included.
+        assert!(big
+            .iter()
+            .any(|c| matches!(c, Chunk::Placement(r) if r == &[("q".to_string(), 3)])));
     }
 }
