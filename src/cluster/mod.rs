@@ -16,7 +16,7 @@
 //! This module owns placement, forwarding and the Raft groups' lifecycle; request
 //! validation belongs to `frontend`, storage to `store`, the replication log to `raft`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -120,7 +120,14 @@ impl ClusterLayout {
 pub enum Op {
     /// A state-machine command, through the log.
     Command(Command),
-    /// Queues by name (a linearizable read).
+    /// A linearizable read of the group's state.
+    Read(Read),
+}
+
+/// A read run on a group's leader after it confirmed its leadership.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Read {
+    /// Queues by name.
     List {
         /// Name prefix.
         prefix: String,
@@ -146,6 +153,14 @@ pub enum Op {
         /// Queue name.
         name: String,
     },
+}
+
+/// Why one attempt at an [`Op`] did not produce an answer, as seen by the caller.
+enum Attempt {
+    /// An answer from the group (or this node): not the leader, or a failure.
+    Op(OpError),
+    /// The target could not be reached or did not answer.
+    Unreachable(NodeId, String),
 }
 
 /// The result of an [`Op`].
@@ -274,10 +289,7 @@ fn raft_config() -> Result<Arc<openraft::Config>, NodeError> {
     }
     .validate()
     .map(Arc::new)
-    .map_err(|e| NodeError::Raft {
-        group: 0,
-        detail: e.to_string(),
-    })
+    .map_err(|e| NodeError::Layout(format!("Raft settings refused: {e}")))
 }
 
 /// What the data directory records about the layout it was created with.
@@ -347,10 +359,11 @@ fn store_failed(e: StoreError) -> OpError {
     failed(Status::Internal, format!("internal storage error: {e}"))
 }
 
-fn not_found(name: &str) -> Failure {
+/// `QUEUE_NOT_FOUND` for `name`, worded as the state machine words it.
+pub fn queue_not_found(name: &str) -> Failure {
     (
         Status::QueueNotFound,
-        format!("queue `{name}` does not exist; `mqctl queue list` shows the queues"),
+        store::machine::not_found_message(name),
     )
 }
 
@@ -496,7 +509,10 @@ impl Node {
             return Ok(Some(s));
         }
         match self
-            .exec(CONTROL_GROUP, Op::Placement { name: name.into() })
+            .exec(
+                CONTROL_GROUP,
+                Op::Read(Read::Placement { name: name.into() }),
+            )
             .await?
         {
             Answer::Placement(p) => Ok(p),
@@ -509,7 +525,7 @@ impl Node {
         let shard = self
             .shard_of_queue(queue)
             .await?
-            .ok_or_else(|| not_found(queue))?;
+            .ok_or_else(|| queue_not_found(queue))?;
         self.shard_command(shard, cmd).await
     }
 
@@ -569,7 +585,7 @@ impl Node {
         let shard = self
             .shard_of_queue(name)
             .await?
-            .ok_or_else(|| not_found(name))?;
+            .ok_or_else(|| queue_not_found(name))?;
         if let Some(Some(dl)) = &patch.dead_letter {
             self.same_shard(shard, name, &dl.queue, "dead-letter queue")
                 .await?;
@@ -593,7 +609,7 @@ impl Node {
         role: &str,
     ) -> Result<(), Failure> {
         match self.shard_of_queue(other).await? {
-            None => Err(not_found(other)),
+            None => Err(queue_not_found(other)),
             Some(s) if s != shard => Err((
                 Status::InvalidArgument,
                 format!(
@@ -638,11 +654,11 @@ impl Node {
         let mut tasks = tokio::task::JoinSet::new();
         for shard in 0..self.inner.layout.shards {
             let node = self.clone();
-            let op = Op::List {
+            let op = Op::Read(Read::List {
                 prefix: prefix.clone(),
                 start_after: start_after.clone(),
                 limit,
-            };
+            });
             tasks.spawn(async move { node.exec(group_of_shard(shard), op).await });
         }
         let mut all = Vec::new();
@@ -672,7 +688,10 @@ impl Node {
         name: &str,
     ) -> Result<Option<QueueDescription>, Failure> {
         match self
-            .exec(group_of_shard(shard), Op::Describe { name: name.into() })
+            .exec(
+                group_of_shard(shard),
+                Op::Read(Read::Describe { name: name.into() }),
+            )
             .await?
         {
             Answer::Describe(d) => Ok(d),
@@ -696,10 +715,10 @@ impl Node {
         match self
             .exec(
                 group_of_shard(s),
-                Op::Peek {
+                Op::Read(Read::Peek {
                     name: name.into(),
                     max,
-                },
+                }),
             )
             .await?
         {
@@ -718,7 +737,7 @@ impl Node {
             }
             loop {
                 let db = l.db.clone();
-                let now = crate::frontend::now_ms();
+                let now = store::now_ms();
                 let due = tokio::task::spawn_blocking(move || {
                     let txn = db.begin_read().map_err(redb::Error::from)?;
                     store::expiry_due(&txn, now)
@@ -754,7 +773,7 @@ impl Node {
         let me = self.inner.layout.node_id;
         let replicas = self.inner.layout.replicas_of(group);
         let mut rotate = 0usize;
-        let mut last = String::from("no leader known yet");
+        let mut last = String::from("no leader elected yet");
         loop {
             let local = self.inner.groups.get(&group);
             let target = match local {
@@ -769,31 +788,36 @@ impl Node {
             let result = match (target, local) {
                 (Some(t), Some(l)) if t == me => {
                     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    match tokio::time::timeout(remaining.max(Duration::from_millis(100)), self.run_local(group, l, op.clone())).await {
-                        Ok(r) => r,
+                    let run = self.run_local(group, l, op.clone());
+                    match tokio::time::timeout(remaining.max(Duration::from_millis(100)), run).await {
+                        Ok(r) => r.map_err(Attempt::Op),
                         Err(_) => {
                             return Err((
                                 Status::Unavailable,
-                                format!("shard group {group}: this node leads it but no majority confirmed the request in time; its outcome is unknown. Retry in a moment"),
+                                format!("shard group {group}: this node leads it but no majority confirmed the request within {EXEC_DEADLINE:?}; its outcome is unknown. Retry in a moment"),
                             ))
                         }
                     }
                 }
                 (Some(t), _) => self.forward(t, group, &op).await,
-                (None, _) => Err(OpError::NotLeader(None)),
+                (None, _) => Err(Attempt::Op(OpError::NotLeader(None))),
             };
             match result {
                 Ok(a) => return Ok(a),
-                Err(OpError::Failed(s, m)) => return Err((s, m)),
-                Err(OpError::NotLeader(hint)) => match hint {
-                    Some(l) if Some(l) != target => self.set_hint(group, l),
-                    _ => {
-                        self.clear_hint(group);
-                        rotate += 1;
-                        last = format!("node {target:?} does not lead it and knows no leader");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
+                Err(Attempt::Op(OpError::Failed(s, m))) => return Err((s, m)),
+                Err(Attempt::Op(OpError::NotLeader(Some(l)))) if Some(l) != target => {
+                    self.set_hint(group, l)
+                }
+                Err(other) => {
+                    last = match (other, target) {
+                        (Attempt::Unreachable(t, e), _) => format!("node {t} unreachable: {e}"),
+                        (_, Some(t)) => format!("node {t} does not lead it and knows no leader"),
+                        (_, None) => "no leader elected yet".to_string(),
+                    };
+                    self.clear_hint(group);
+                    rotate += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err((
@@ -831,9 +855,9 @@ impl Node {
             .remove(&group);
     }
 
-    async fn forward(&self, target: NodeId, group: u64, op: &Op) -> Result<Answer, OpError> {
+    async fn forward(&self, target: NodeId, group: u64, op: &Op) -> Result<Answer, Attempt> {
         let Some(addr) = self.inner.layout.peers.get(&target).copied() else {
-            return Err(OpError::NotLeader(None));
+            return Err(Attempt::Unreachable(target, "not a member".into()));
         };
         let r: Result<Result<Answer, OpError>, CallError> = self
             .inner
@@ -841,27 +865,30 @@ impl Node {
             .call(addr, group, KIND_FORWARD, op, FORWARD_TIMEOUT)
             .await;
         match r {
-            Ok(r) => r,
+            Ok(r) => r.map_err(Attempt::Op),
             Err(e) => {
                 tracing::debug!(group, target, error = %e, "forward failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                Err(OpError::NotLeader(None))
+                Err(Attempt::Unreachable(target, e.to_string()))
             }
         }
     }
 
     async fn run_local(&self, group: u64, l: &Local, op: Op) -> Result<Answer, OpError> {
         let me = self.inner.layout.node_id;
-        let m = l.raft.metrics().borrow().clone();
-        if m.current_leader != Some(me) {
-            return Err(OpError::NotLeader(m.current_leader));
+        // Read two fields under the borrow: cloning the metrics would copy the membership
+        // and replication maps on every request.
+        let (leader, silence) = {
+            let m = l.raft.metrics();
+            let m = m.borrow();
+            (m.current_leader, m.millis_since_quorum_ack)
+        };
+        if leader != Some(me) {
+            return Err(OpError::NotLeader(leader));
         }
-        if m.millis_since_quorum_ack
-            .is_some_and(|ms| ms > QUORUM_SILENCE_MS)
-        {
+        if let Some(ms) = silence.filter(|ms| *ms > QUORUM_SILENCE_MS) {
             return Err(failed(
                 Status::Unavailable,
-                format!("this node leads shard group {group} but has not heard from a majority of its replicas for {} ms; it may be cut off. Retry through another node", m.millis_since_quorum_ack.unwrap_or(0)),
+                format!("this node leads shard group {group} but has not heard from a majority of its replicas for {ms} ms; it may be cut off. Retry through another node"),
             ));
         }
         match op {
@@ -870,7 +897,7 @@ impl Node {
                     // An empty receive changes nothing: answer it from a read, so long
                     // polls append nothing to the log.
                     let (db, queue) = (l.db.clone(), queue.clone());
-                    let now = crate::frontend::now_ms();
+                    let now = store::now_ms();
                     let pre =
                         read(db, move |txn| store::receive_precheck(txn, &queue, now)).await?;
                     if let Some(o) = pre {
@@ -887,7 +914,7 @@ impl Node {
                     )),
                 }
             }
-            read_op => {
+            Op::Read(read_op) => {
                 // Linearizable: confirm leadership with a majority and wait until this
                 // replica has applied everything committed before the read.
                 if let Err(e) = l.raft.ensure_linearizable().await {
@@ -900,10 +927,10 @@ impl Node {
                     };
                 }
                 let db = l.db.clone();
-                let now = crate::frontend::now_ms();
+                let now = store::now_ms();
                 read(db, move |txn| {
                     Ok(match read_op {
-                        Op::List {
+                        Read::List {
                             prefix,
                             start_after,
                             limit,
@@ -911,10 +938,13 @@ impl Node {
                             let (q, t) = store::list(txn, prefix, start_after, limit)?;
                             Answer::List(q, t)
                         }
-                        Op::Describe { name } => Answer::Describe(store::describe(txn, name, now)?),
-                        Op::Peek { name, max } => Answer::Peek(store::peek(txn, name, max, now)?),
-                        Op::Placement { name } => Answer::Placement(store::placement(txn, &name)?),
-                        Op::Command(_) => unreachable_op()?,
+                        Read::Describe { name } => {
+                            Answer::Describe(store::describe(txn, name, now)?)
+                        }
+                        Read::Peek { name, max } => Answer::Peek(store::peek(txn, name, max, now)?),
+                        Read::Placement { name } => {
+                            Answer::Placement(store::placement(txn, &name)?)
+                        }
                     })
                 })
                 .await
@@ -933,23 +963,6 @@ impl Node {
         }
         n
     }
-
-    /// Groups hosted here and whether this node leads each (for status output).
-    pub fn hosted(&self) -> BTreeSet<(u64, bool)> {
-        let me = self.inner.layout.node_id;
-        self.inner
-            .groups
-            .iter()
-            .map(|(g, l)| (*g, is_leader(l, me)))
-            .collect()
-    }
-}
-
-fn unreachable_op() -> Result<Answer, StoreError> {
-    Err(StoreError::Corrupt {
-        table: "-",
-        detail: "a command reached the read path".into(),
-    })
 }
 
 fn is_leader(l: &Local, me: NodeId) -> bool {
@@ -974,7 +987,8 @@ fn unexpected(a: Answer) -> Failure {
     (Status::Internal, "internal error: unexpected answer".into())
 }
 
-fn unexpected_outcome(o: Outcome) -> Failure {
+/// The failure for a command whose outcome is of the wrong kind (a bug, logged).
+pub fn unexpected_outcome(o: Outcome) -> Failure {
     tracing::error!(outcome = ?o, "a command returned an outcome of the wrong kind");
     (
         Status::Internal,
@@ -985,6 +999,7 @@ fn unexpected_outcome(o: Outcome) -> Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     #[test]
     fn the_shard_hash_is_stable_and_spreads() {

@@ -7,13 +7,13 @@
 //! `cluster`, storage to `store`, bytes and sockets to `protocol` and `server`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
 use crate::cluster::Node;
 use crate::protocol::{Request, Response, Status, MAX_BATCH, MAX_FRAME, MAX_RECEIVE_WAIT_MS};
-use crate::store::{Command, Outcome};
+use crate::store::{now_ms, Command, Outcome};
 
 /// Messages deleted per purge or expiry command; larger purges take several commits so
 /// that one purge never holds a shard for long.
@@ -22,8 +22,7 @@ const PURGE_CHUNK: u64 = 10_000;
 /// local apply wakes it).
 const REMOTE_POLL: Duration = Duration::from_millis(200);
 
-/// A request's failure: a status and a message for the client.
-pub type Failure = (Status, String);
+pub use crate::cluster::Failure;
 
 /// Per-connection state.
 #[derive(Debug, Default)]
@@ -38,24 +37,11 @@ pub struct Frontend {
     shutdown: watch::Receiver<bool>,
 }
 
-/// Milliseconds since the Unix epoch on this node's clock.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 fn invalid(msg: impl Into<String>) -> Failure {
     (Status::InvalidArgument, msg.into())
 }
 
-fn queue_not_found(name: &str) -> Failure {
-    (
-        Status::QueueNotFound,
-        format!("queue `{name}` does not exist; `mqctl queue list` shows the queues"),
-    )
-}
+use crate::cluster::queue_not_found;
 
 fn check_batch(what: &str, n: usize) -> Result<(), Failure> {
     if n == 0 {
@@ -254,7 +240,7 @@ impl Frontend {
 
     /// Repeats a chunked command (purge, expiry) until a chunk does less than a full
     /// chunk's work; returns the total. Each chunk is its own commit, so a large purge
-    /// never holds the writer for long.
+    /// never holds its shard for long.
     async fn until_done(&self, queue: &str, chunk: impl Fn() -> Command) -> Result<u64, Failure> {
         let mut total = 0;
         loop {
@@ -405,13 +391,7 @@ impl Frontend {
     }
 }
 
-fn unexpected(o: Outcome) -> Failure {
-    tracing::error!(outcome = ?o, "state machine returned an outcome of the wrong kind");
-    (
-        Status::Internal,
-        "internal error: unexpected outcome".into(),
-    )
-}
+use crate::cluster::unexpected_outcome as unexpected;
 
 #[cfg(test)]
 mod tests {

@@ -471,19 +471,7 @@ impl Connector {
         let data = tokio::time::timeout(timeout, work)
             .await
             .map_err(|_| unreachable(format!("no answer within {timeout:?}")))??;
-        match data.split_first() {
-            Some((&STATUS_OK, body)) => {
-                postcard::from_bytes(body).map_err(|e| CallError::Refused {
-                    addr,
-                    detail: format!("undecodable answer: {e}"),
-                })
-            }
-            Some((_, body)) => Err(CallError::Refused {
-                addr,
-                detail: postcard::from_bytes::<String>(body).unwrap_or_else(|_| "unknown".into()),
-            }),
-            None => Err(unreachable("empty answer".into())),
-        }
+        decode_answer(addr, &data)
     }
 }
 
@@ -554,19 +542,26 @@ impl Connector {
         .await
         .map_err(|_| unreachable("no answer to the snapshot in time".into()))?
         .map_err(|e| unreachable(e.to_string()))?;
-        match answer.split_first() {
-            Some((&STATUS_OK, body)) => {
-                postcard::from_bytes(body).map_err(|e| CallError::Refused {
-                    addr,
-                    detail: format!("undecodable answer: {e}"),
-                })
-            }
-            Some((_, body)) => Err(CallError::Refused {
-                addr,
-                detail: postcard::from_bytes::<String>(body).unwrap_or_else(|_| "unknown".into()),
-            }),
-            None => Err(unreachable("empty answer".into())),
-        }
+        decode_answer(addr, &answer)
+    }
+}
+
+/// Decodes the answer side of a peer stream: `u8 status | postcard`.
+fn decode_answer<T: DeserializeOwned>(addr: SocketAddr, data: &[u8]) -> Result<T, CallError> {
+    match data.split_first() {
+        Some((&STATUS_OK, body)) => postcard::from_bytes(body).map_err(|e| CallError::Refused {
+            addr,
+            detail: format!("undecodable answer: {e}"),
+        }),
+        Some((status, body)) => Err(CallError::Refused {
+            addr,
+            detail: postcard::from_bytes::<String>(body)
+                .unwrap_or_else(|_| format!("status {status} without a readable reason")),
+        }),
+        None => Err(CallError::Unreachable {
+            addr,
+            detail: "empty answer".into(),
+        }),
     }
 }
 

@@ -3,7 +3,6 @@
 //! may be in flight at once so the log append of one batch overlaps the apply of the last.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::Raft;
@@ -11,7 +10,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::{NodeId, Proposal, TypeConfig};
 use crate::protocol::Status;
-use crate::store::{Command, Outcome};
+use crate::store::{now_ms, Command, Outcome};
 
 /// Most commands in one proposal.
 const MAX_BATCH: usize = 4096;
@@ -47,13 +46,6 @@ struct Job {
 #[derive(Clone)]
 pub struct Proposer {
     tx: mpsc::Sender<Job>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Proposer {

@@ -190,11 +190,13 @@ fn reject(status: Status, message: impl Into<String>) -> ApplyError {
     }
 }
 
+/// What a client is told about a queue that does not exist, wherever that is found out.
+pub fn not_found_message(name: &str) -> String {
+    format!("queue `{name}` does not exist; `mqctl queue list` shows the queues")
+}
+
 fn not_found(name: &str) -> ApplyError {
-    reject(
-        Status::QueueNotFound,
-        format!("queue `{name}` does not exist; `mqctl queue list` shows the queues"),
-    )
+    reject(Status::QueueNotFound, not_found_message(name))
 }
 
 /// Side effects the caller acts on after the commit.

@@ -46,9 +46,6 @@ pub enum StoreError {
         /// Version found.
         found: u64,
     },
-    /// The blocking task running the query went away (the node is shutting down).
-    #[error("the shard is shutting down")]
-    Closed,
 }
 
 macro_rules! db_err {
@@ -214,6 +211,15 @@ pub fn peek(
 /// Number of queues, for logs.
 pub fn queue_count(txn: &ReadTransaction) -> Result<u64, StoreError> {
     Ok(txn.open_table(QUEUES)?.len()?)
+}
+
+/// Milliseconds since the Unix epoch on this node's clock: what proposals are stamped
+/// with, and what reads compare visibility and retention against.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Checks the format version and creates every table, so read transactions find them.
