@@ -161,7 +161,10 @@ pub struct Router {
 
 impl Router {
     /// A router with no groups; snapshots being received are spooled in `spool_dir`.
+    /// Spool files a previous process left there (it stopped mid-transfer) are removed: a
+    /// transfer is never resumed, the leader sends the snapshot again.
     pub fn new(spool_dir: &Path) -> Self {
+        crate::raft::snapshot::remove_stale_spools(spool_dir);
         Self {
             groups: Arc::default(),
             spool_dir: Arc::new(spool_dir.to_path_buf()),

@@ -80,6 +80,29 @@ pub struct SpoolWriter {
     out: BufWriter<std::fs::File>,
 }
 
+fn is_spool_name(name: &str) -> bool {
+    name.starts_with("shard-") && name.contains(".incoming-") && name.ends_with(".snap")
+}
+
+/// Removes the spool files in `dir`; run before any transfer starts.
+pub fn remove_stale_spools(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_str().is_some_and(is_spool_name) {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => {
+                    tracing::info!(file = %e.path().display(), "removed an unfinished snapshot transfer")
+                }
+                Err(err) => {
+                    tracing::warn!(file = %e.path().display(), error = %err, "cannot remove an unfinished snapshot transfer")
+                }
+            }
+        }
+    }
+}
+
 impl SpoolWriter {
     /// Creates a new spool file in `dir`.
     pub fn create(dir: &Path, group: u64) -> Result<SpoolWriter, SnapshotError> {
@@ -198,5 +221,22 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
         drop(data);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn spools_left_by_a_crash_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = SpoolWriter::create(dir.path(), 2).unwrap();
+        // A crash: the writer's file stays behind.
+        std::mem::forget(w);
+        std::fs::write(dir.path().join("shard-0002.redb"), b"keep").unwrap();
+        std::fs::write(dir.path().join("notes.snap"), b"keep").unwrap();
+        remove_stale_spools(dir.path());
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["notes.snap", "shard-0002.redb"]);
     }
 }
