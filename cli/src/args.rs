@@ -99,6 +99,9 @@ pub enum Command {
     /// Create, delete, list, inspect and manage queues.
     #[command(subcommand)]
     Queue(QueueCmd),
+    /// Show the cluster: members, health, and who leads each shard.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
     /// Send messages to a queue.
     ///
     /// The body is the argument, the contents of --file, or with --lines one message per
@@ -250,6 +253,32 @@ pub enum QueueCmd {
         #[arg(long, default_value_t = 10)]
         max: u32,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// Members, whether each answers, and a health summary of the shards.
+    ///
+    /// Exits 0 even when the cluster is degraded; scripts read `healthy` in --output json.
+    ///
+    /// Example:
+    ///   mqctl cluster status
+    #[command(verbatim_doc_comment)]
+    Status,
+    /// Per shard: replicas, leader, term, commit index and each replica's lag.
+    ///
+    /// Group 0 is the control group (the catalog of queues, on every node).
+    ///
+    /// Example:
+    ///   mqctl cluster shards --output json
+    #[command(verbatim_doc_comment)]
+    Shards,
+    /// Per node: address, version, uptime, replicas held and groups led.
+    ///
+    /// Example:
+    ///   mqctl cluster nodes
+    #[command(verbatim_doc_comment)]
+    Nodes,
 }
 
 /// Queue settings as flags with human units.

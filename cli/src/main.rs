@@ -3,6 +3,7 @@
 
 mod args;
 mod bench;
+mod cluster;
 #[cfg(test)]
 mod man;
 mod output;
@@ -240,6 +241,7 @@ async fn dispatch(client: &Client, out: Output, cmd: Command) -> anyhow::Result<
     match cmd {
         Command::Completions { .. } | Command::Bench(_) => Ok(()),
         Command::Queue(q) => queue(client, out, q).await,
+        Command::Cluster(c) => cluster::print(out, c, &client.cluster_status().await?),
         Command::Send(a) => send(client, out, a).await,
         Command::Receive(a) => {
             let ds = client

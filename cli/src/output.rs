@@ -14,12 +14,12 @@ use serde_json::{json, Map, Value};
 use crate::args::Output;
 use crate::units::{human_bytes, human_ms};
 
-fn println(line: impl std::fmt::Display) -> std::io::Result<()> {
+pub(crate) fn println(line: impl std::fmt::Display) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{line}")
 }
 
-fn table(header: &[&str]) -> Table {
+pub(crate) fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
     if std::env::var_os("NO_COLOR").is_some()

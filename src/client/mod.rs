@@ -57,6 +57,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,9 +68,9 @@ use tokio::sync::Mutex;
 
 use crate::local;
 use crate::protocol::{
-    decode_error_message, decode_header, Delivery, Message, Opcode, QueueConfig, QueueDescription,
-    QueuePatch, QueueSummary, Receipt, Request, Response, SendEntry, Status, ALPN, HEADER_LEN,
-    MAX_FRAME, TLS_SERVER_NAME,
+    decode_error_message, decode_header, ClusterStatus, Delivery, Message, Opcode, QueueConfig,
+    QueueDescription, QueuePatch, QueueSummary, Receipt, Request, Response, SendEntry, Status,
+    ALPN, HEADER_LEN, MAX_FRAME, TLS_SERVER_NAME,
 };
 
 /// Why a call failed.
@@ -142,6 +143,8 @@ pub struct ClientConfig {
     pub server_name: String,
     /// Per-call timeout, added to any long-poll wait the call asks for.
     pub timeout: Duration,
+    /// How long to wait for one server's handshake before trying the next.
+    pub connect_timeout: Duration,
     /// Name sent in `HELLO`, for the server's logs.
     pub client_name: String,
 }
@@ -155,6 +158,7 @@ impl ClientConfig {
             token,
             server_name: TLS_SERVER_NAME.into(),
             timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(3),
             client_name: format!("mqd-client/{}", env!("CARGO_PKG_VERSION")),
         }
     }
@@ -202,6 +206,9 @@ pub struct Client {
     current: Arc<std::sync::Mutex<Option<Arc<Conn>>>>,
     /// Held while dialing, so concurrent calls after a failure make one new connection.
     dialing: Arc<Mutex<()>>,
+    /// Index of the server to try first: the one in use, or the one after a server that
+    /// failed, so a dead node is not dialed first on every reconnect.
+    first: Arc<AtomicUsize>,
 }
 
 fn quic_config(config: &ClientConfig) -> Result<quinn::ClientConfig, ClientError> {
@@ -231,7 +238,14 @@ fn quic_config(config: &ClientConfig) -> Result<quinn::ClientConfig, ClientError
         .map_err(|e| ClientError::Config(e.to_string()))?;
     let mut qc = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(10)));
+    // A node that stops answering (killed, paused, cut off) is noticed within the idle
+    // timeout, failing the calls waiting on it so they can move to the next server;
+    // keep-alives hold a quiet connection to a live node open.
+    transport.keep_alive_interval(Some(Duration::from_secs(1)));
+    transport.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(Duration::from_secs(5))
+            .map_err(|e| ClientError::Config(e.to_string()))?,
+    ));
     transport.max_concurrent_bidi_streams(0u32.into());
     transport.max_concurrent_uni_streams(0u32.into());
     qc.transport_config(Arc::new(transport));
@@ -249,6 +263,7 @@ impl Client {
             config: Arc::new(config),
             current: Arc::default(),
             dialing: Arc::default(),
+            first: Arc::default(),
         };
         client.connection().await?;
         Ok(client)
@@ -273,10 +288,14 @@ impl Client {
             return Ok(c);
         }
         let mut last = None;
-        for &addr in &self.config.servers {
+        let n = self.config.servers.len();
+        let first = self.first.load(Ordering::Relaxed);
+        for i in (0..n).map(|k| (first + k) % n) {
+            let addr = self.config.servers[i];
             match self.dial(addr).await {
                 Ok(c) => {
                     let c = Arc::new(c);
+                    self.first.store(i, Ordering::Relaxed);
                     *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
                     return Ok(c);
                 }
@@ -303,13 +322,13 @@ impl Client {
         let connecting = endpoint
             .connect(addr, &self.config.server_name)
             .map_err(|e| connect_err(e.to_string()))?;
-        let conn = match tokio::time::timeout(self.config.timeout, connecting).await {
+        let limit = self.config.connect_timeout.min(self.config.timeout);
+        let conn = match tokio::time::timeout(limit, connecting).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return Err(connect_err(e.to_string())),
             Err(_) => {
                 return Err(connect_err(format!(
-                    "no QUIC handshake within {:?} (is mqd running there?)",
-                    self.config.timeout
+                    "no QUIC handshake within {limit:?} (is mqd running there?)"
                 )))
             }
         };
@@ -326,19 +345,28 @@ impl Client {
         Ok(c)
     }
 
-    /// Sends one request and decodes the answer. Idempotent requests are retried once on
-    /// a new connection if the connection failed.
+    /// Sends one request and decodes the answer.
+    ///
+    /// When the connection fails or the node does not answer in time, the connection is
+    /// dropped, so the next call goes to the next server. The failed call itself is tried
+    /// once more there only if repeating it is harmless (an idempotent request), or if the
+    /// node said it did nothing (`SHUTTING_DOWN`). With several servers, an idempotent
+    /// request answered `UNAVAILABLE` (that node cannot reach the shard's leader) is also
+    /// tried once on the next server.
     pub async fn call(&self, req: &Request, extra_wait: Duration) -> Result<Response, ClientError> {
         req.check_lengths().map_err(ClientError::Invalid)?;
         let timeout = self.config.timeout + extra_wait;
         let conn = self.connection().await?;
+        let idempotent = req.opcode().is_idempotent();
+        let several = self.config.servers.len() > 1;
         match roundtrip(&conn, req, timeout).await {
-            Err(ClientError::Connect { .. }) if req.opcode().is_idempotent() => {
+            Err(e) if failover(&e, idempotent, several) => {
+                tracing::debug!(server = %conn.addr, error = %e, "trying the next server");
                 self.forget(&conn).await;
                 let conn = self.connection().await?;
                 roundtrip(&conn, req, timeout).await
             }
-            Err(e @ ClientError::Connect { .. }) => {
+            Err(e @ (ClientError::Connect { .. } | ClientError::Timeout { .. })) => {
                 self.forget(&conn).await;
                 Err(e)
             }
@@ -346,10 +374,16 @@ impl Client {
         }
     }
 
+    /// Drops `conn` if it is the one in use, and moves on to the next server.
     async fn forget(&self, conn: &Arc<Conn>) {
         let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
         if cur.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
             *cur = None;
+            let n = self.config.servers.len().max(1);
+            if let Some(i) = self.config.servers.iter().position(|a| *a == conn.addr) {
+                self.first.store((i + 1) % n, Ordering::Relaxed);
+            }
+            conn.conn.close(0u32.into(), b"failing over");
         }
     }
 
@@ -499,6 +533,18 @@ impl Client {
             Response::Messages(m) => Some(m),
             _ => None,
         })
+    }
+
+    /// Every member's health and every Raft group's leader and progress, as gathered by
+    /// the node this client is connected to.
+    pub async fn cluster_status(&self) -> Result<ClusterStatus, ClientError> {
+        expect(
+            self.call(&Request::ClusterStatus, Duration::ZERO).await?,
+            |r| match r {
+                Response::ClusterStatus(s) => Some(s),
+                _ => None,
+            },
+        )
     }
 
     /// Sends a batch; returns the message ids. Acknowledged means durable.
@@ -665,6 +711,22 @@ async fn raw_roundtrip(
     tokio::time::timeout(timeout, work)
         .await
         .map_err(|_| RawError::Timeout)?
+}
+
+/// Whether a failed call should be tried again on the next server.
+fn failover(e: &ClientError, idempotent: bool, several: bool) -> bool {
+    match e {
+        ClientError::Connect { .. } | ClientError::Timeout { .. } => idempotent,
+        ClientError::Server {
+            status: Status::ShuttingDown,
+            ..
+        } => several,
+        ClientError::Server {
+            status: Status::Unavailable,
+            ..
+        } => idempotent && several,
+        _ => false,
+    }
 }
 
 async fn roundtrip(c: &Conn, req: &Request, timeout: Duration) -> Result<Response, ClientError> {

@@ -16,11 +16,14 @@
 //! This module owns placement, forwarding and the Raft groups' lifecycle; request
 //! validation belongs to `frontend`, storage to `store`, the replication log to `raft`.
 
+mod status;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::{BasicNode, Raft};
 use redb::{Database, ReadableDatabase};
@@ -122,6 +125,9 @@ pub enum Op {
     Command(Command),
     /// A linearizable read of the group's state.
     Read(Read),
+    /// The receiving node's own view of the groups it hosts (any node answers; the
+    /// group is ignored).
+    Report,
 }
 
 /// A read run on a group's leader after it confirmed its leadership.
@@ -159,8 +165,10 @@ pub enum Read {
 enum Attempt {
     /// An answer from the group (or this node): not the leader, or a failure.
     Op(OpError),
-    /// The target could not be reached or did not answer.
+    /// The target could not be reached; it did not get the operation.
     Unreachable(NodeId, String),
+    /// The operation was passed on but no answer came back: it may have run.
+    Lost(NodeId, String),
 }
 
 /// The result of an [`Op`].
@@ -176,6 +184,8 @@ pub enum Answer {
     Peek(Option<Vec<Message>>),
     /// A placement, if the name is placed.
     Placement(Option<u32>),
+    /// A node's report on itself.
+    Report(status::NodeReport),
 }
 
 /// Why an [`Op`] has no answer.
@@ -252,6 +262,8 @@ struct Local {
     raft: Raft<TypeConfig>,
     proposer: Proposer,
     db: Arc<Database>,
+    /// The committed index, as the group's log store last heard it.
+    committed: Arc<AtomicU64>,
 }
 
 /// This node's view of the cluster. Cheap to clone.
@@ -267,6 +279,8 @@ struct Inner {
     waiters: Waiters,
     /// Last known leader of groups, for forwarding.
     hints: Mutex<HashMap<u64, NodeId>>,
+    /// When the node started, for status reports.
+    started: Instant,
 }
 
 fn file_stem(group: u64) -> String {
@@ -392,6 +406,7 @@ impl Node {
                 path: log_path.clone(),
                 detail: e.to_string(),
             })?;
+            let committed = log.committed();
             let sm_path = dir.join(format!("{stem}.redb"));
             let w = waiters.clone();
             let sm = StateMachine::open(&sm_path, Arc::new(move |q| w.wake(q))).map_err(|e| {
@@ -426,7 +441,15 @@ impl Node {
                 }
             }
             let proposer = Proposer::start(raft.clone(), PROPOSALS_IN_FLIGHT);
-            groups.insert(group, Local { raft, proposer, db });
+            groups.insert(
+                group,
+                Local {
+                    raft,
+                    proposer,
+                    db,
+                    committed,
+                },
+            );
         }
         if fresh {
             write_stamp(dir, &layout)?;
@@ -445,6 +468,7 @@ impl Node {
                 groups,
                 waiters,
                 hints: Mutex::default(),
+                started: Instant::now(),
             }),
         })
     }
@@ -467,6 +491,9 @@ impl Node {
     pub async fn serve_forward(&self, group: u64, body: &[u8]) -> Result<Answer, OpError> {
         let op: Op = postcard::from_bytes(body)
             .map_err(|e| failed(Status::BadRequest, format!("forwarded operation: {e}")))?;
+        if let Op::Report = op {
+            return Ok(Answer::Report(self.report()));
+        }
         match self.inner.groups.get(&group) {
             Some(l) => self.run_local(group, l, op).await,
             None => Err(OpError::NotLeader(None)),
@@ -805,12 +832,23 @@ impl Node {
             match result {
                 Ok(a) => return Ok(a),
                 Err(Attempt::Op(OpError::Failed(s, m))) => return Err((s, m)),
+                // Running a command twice is not harmless (a send would be stored twice),
+                // so an operation that may have run is not tried again here.
+                Err(Attempt::Lost(t, e)) if matches!(op, Op::Command(_)) => {
+                    self.clear_hint(group);
+                    return Err((
+                        Status::Unavailable,
+                        format!("node {t}, which led shard group {group}, stopped answering after the request was passed to it ({e}); its outcome is unknown. Retry in a moment"),
+                    ));
+                }
                 Err(Attempt::Op(OpError::NotLeader(Some(l)))) if Some(l) != target => {
                     self.set_hint(group, l)
                 }
                 Err(other) => {
                     last = match (other, target) {
-                        (Attempt::Unreachable(t, e), _) => format!("node {t} unreachable: {e}"),
+                        (Attempt::Unreachable(t, e) | Attempt::Lost(t, e), _) => {
+                            format!("node {t} unreachable: {e}")
+                        }
                         (_, Some(t)) => format!("node {t} does not lead it and knows no leader"),
                         (_, None) => "no leader elected yet".to_string(),
                     };
@@ -868,7 +906,10 @@ impl Node {
             Ok(r) => r.map_err(Attempt::Op),
             Err(e) => {
                 tracing::debug!(group, target, error = %e, "forward failed");
-                Err(Attempt::Unreachable(target, e.to_string()))
+                match e {
+                    CallError::Lost { .. } => Err(Attempt::Lost(target, e.to_string())),
+                    _ => Err(Attempt::Unreachable(target, e.to_string())),
+                }
             }
         }
     }
@@ -914,6 +955,7 @@ impl Node {
                     )),
                 }
             }
+            Op::Report => Ok(Answer::Report(self.report())),
             Op::Read(read_op) => {
                 // Linearizable: confirm leadership with a majority and wait until this
                 // replica has applied everything committed before the read.

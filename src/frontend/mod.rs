@@ -101,6 +101,7 @@ impl Frontend {
         }
         match req {
             Request::Ping | Request::Hello { .. } => Ok(Response::Empty),
+            Request::ClusterStatus => Ok(Response::ClusterStatus(self.node.cluster_status().await)),
             Request::QueueCreate { name, attributes } => {
                 match self.node.create_queue(&name, attributes).await? {
                     Outcome::Config(c) => Ok(Response::Config(c)),

@@ -39,6 +39,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::Mutex;
 
+pub mod faults;
+
+pub use faults::Faults;
+
 use crate::protocol::{ALPN, TLS_SERVER_NAME};
 use crate::raft::snapshot::{each_chunk, SnapshotError, SpoolWriter, MAX_CHUNK_BYTES};
 use crate::raft::{NodeId, TypeConfig};
@@ -48,6 +52,11 @@ use crate::server::tls::Credentials;
 pub const ALPN_PEER: &[u8] = b"mq-peer/1";
 /// Largest peer message (a snapshot chunk or a batch of log entries), in bytes.
 pub const MAX_PEER_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// Keep-alive interval of peer connections.
+const PEER_KEEP_ALIVE: Duration = Duration::from_secs(1);
+/// A peer connection that has heard nothing for this long is closed and dialed again.
+const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// RPC kind: AppendEntries.
 pub const KIND_APPEND: u8 = 1;
@@ -131,8 +140,14 @@ pub fn client_config(creds: &Credentials) -> Result<quinn::ClientConfig, PeerTls
     c.alpn_protocols = vec![ALPN_PEER.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(c).map_err(tls_err)?;
     let mut qc = quinn::ClientConfig::new(Arc::new(crypto));
+    // A peer that stops answering (killed, or restarted: its new process does not know
+    // the old connection) is noticed within the idle timeout; the next call dials again.
+    // Keep-alives keep a quiet but live connection open.
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(5)));
+    transport.keep_alive_interval(Some(PEER_KEEP_ALIVE));
+    transport.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(PEER_IDLE_TIMEOUT).map_err(tls_err)?,
+    ));
     qc.transport_config(Arc::new(transport));
     Ok(qc)
 }
@@ -157,6 +172,7 @@ pub struct Router {
     groups: Arc<RwLock<HashMap<u64, Raft<TypeConfig>>>>,
     spool_dir: Arc<PathBuf>,
     forward: Arc<RwLock<Option<ForwardHandler>>>,
+    faults: Faults,
 }
 
 impl Router {
@@ -169,7 +185,14 @@ impl Router {
             groups: Arc::default(),
             spool_dir: Arc::new(spool_dir.to_path_buf()),
             forward: Arc::default(),
+            faults: Faults::default(),
         }
+    }
+
+    /// Leaves streams from peers that `faults` cuts off unanswered (tests).
+    pub fn with_faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
+        self
     }
 
     /// Answers forwarded client operations with `handler`.
@@ -211,6 +234,11 @@ pub async fn serve_peer_connection(conn: quinn::Connection, router: Router) {
         return;
     }
     while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+        if router.faults.is_cut(conn.remote_address()) {
+            let _ = send.reset(0u32.into());
+            let _ = recv.stop(0u32.into());
+            continue;
+        }
         let router = router.clone();
         tokio::spawn(async move {
             let mut head = [0u8; 9];
@@ -385,12 +413,17 @@ async fn dispatch(router: &Router, group: u64, kind: u8, body: &[u8]) -> Vec<u8>
     r.unwrap_or_else(|e| e)
 }
 
+type Slot = Arc<Mutex<Option<quinn::Connection>>>;
+
 /// Dials peers from this node's endpoint and keeps one connection per address.
 #[derive(Clone)]
 pub struct Connector {
     endpoint: quinn::Endpoint,
     config: quinn::ClientConfig,
-    conns: Arc<Mutex<HashMap<SocketAddr, quinn::Connection>>>,
+    /// One slot per peer address; each slot's lock is held while dialing that peer only,
+    /// so a peer that does not answer delays no call to the others.
+    conns: Arc<std::sync::Mutex<HashMap<SocketAddr, Slot>>>,
+    faults: Faults,
 }
 
 /// Why a peer RPC failed before the remote Raft could answer.
@@ -399,6 +432,15 @@ pub enum CallError {
     /// No connection, or it broke, or the answer did not arrive in time.
     #[error("peer {addr} unreachable: {detail}")]
     Unreachable {
+        /// Peer address.
+        addr: SocketAddr,
+        /// What failed.
+        detail: String,
+    },
+    /// The request was sent (in part or whole) but no answer came: the peer may or may
+    /// not have acted on it.
+    #[error("peer {addr} did not answer: {detail}")]
+    Lost {
         /// Peer address.
         addr: SocketAddr,
         /// What failed.
@@ -421,12 +463,36 @@ impl Connector {
             endpoint,
             config,
             conns: Arc::default(),
+            faults: Faults::default(),
         }
     }
 
+    /// Fails calls to peers that `faults` cuts off (tests).
+    pub fn with_faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    fn check_cut(&self, addr: SocketAddr) -> Result<(), CallError> {
+        if self.faults.is_cut(addr) {
+            return Err(CallError::Unreachable {
+                addr,
+                detail: "cut off by fault injection".into(),
+            });
+        }
+        Ok(())
+    }
+
     async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection, CallError> {
-        let mut conns = self.conns.lock().await;
-        if let Some(c) = conns.get(&addr) {
+        let slot = self
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(addr)
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        if let Some(c) = slot.as_ref() {
             if c.close_reason().is_none() {
                 return Ok(c.clone());
             }
@@ -440,7 +506,7 @@ impl Connector {
             .await
             .map_err(|_| unreachable("no handshake within 5s".into()))?
             .map_err(|e| unreachable(e.to_string()))?;
-        conns.insert(addr, conn.clone());
+        *slot = Some(conn.clone());
         Ok(conn)
     }
 
@@ -453,27 +519,34 @@ impl Connector {
         req: &Req,
         timeout: Duration,
     ) -> Result<Resp, CallError> {
+        self.check_cut(addr)?;
         let unreachable = |detail: String| CallError::Unreachable { addr, detail };
+        let lost = |detail: String| CallError::Lost { addr, detail };
         let mut msg = group.to_be_bytes().to_vec();
         msg.push(kind);
         msg.extend(postcard::to_allocvec(req).map_err(|e| unreachable(e.to_string()))?);
-        let work = async {
+        let deadline = tokio::time::Instant::now() + timeout;
+        // Until the stream is open nothing has left this node: a failure is "unreachable".
+        let opening = async {
             let conn = self.connection(addr).await?;
-            let (mut send, mut recv) = conn
-                .open_bi()
-                .await
-                .map_err(|e| unreachable(e.to_string()))?;
+            conn.open_bi().await.map_err(|e| unreachable(e.to_string()))
+        };
+        let (mut send, mut recv) = tokio::time::timeout_at(deadline, opening)
+            .await
+            .map_err(|_| unreachable(format!("no stream opened within {timeout:?}")))??;
+        // From the first byte written on, a failure leaves the outcome unknown.
+        let exchange = async {
             send.write_all(&msg)
                 .await
-                .map_err(|e| unreachable(e.to_string()))?;
+                .map_err(|e| lost(e.to_string()))?;
             let _ = send.finish();
             recv.read_to_end(MAX_PEER_MESSAGE)
                 .await
-                .map_err(|e| unreachable(e.to_string()))
+                .map_err(|e| lost(e.to_string()))
         };
-        let data = tokio::time::timeout(timeout, work)
+        let data = tokio::time::timeout_at(deadline, exchange)
             .await
-            .map_err(|_| unreachable(format!("no answer within {timeout:?}")))??;
+            .map_err(|_| lost(format!("no answer within {timeout:?}")))??;
         decode_answer(addr, &data)
     }
 }
@@ -489,6 +562,7 @@ impl Connector {
         snapshot: openraft::Snapshot<TypeConfig>,
         stall: Duration,
     ) -> Result<Result<SnapshotResponse<NodeId>, Fatal<NodeId>>, CallError> {
+        self.check_cut(addr)?;
         let unreachable = |detail: String| CallError::Unreachable { addr, detail };
         let conn = self.connection(addr).await?;
         let (mut send, mut recv) = tokio::time::timeout(stall, conn.open_bi())
@@ -561,7 +635,7 @@ fn decode_answer<T: DeserializeOwned>(addr: SocketAddr, data: &[u8]) -> Result<T
             detail: postcard::from_bytes::<String>(body)
                 .unwrap_or_else(|_| format!("status {status} without a readable reason")),
         }),
-        None => Err(CallError::Unreachable {
+        None => Err(CallError::Lost {
             addr,
             detail: "empty answer".into(),
         }),

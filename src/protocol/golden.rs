@@ -233,6 +233,57 @@ fn cases() -> Vec<(&'static str, Case)> {
                 super::Response::Results(vec![Status::Ok, Status::ReceiptStale]),
             ),
         ),
+        ("cluster-status", Request(super::Request::ClusterStatus)),
+        (
+            "cluster-status-response",
+            Response(
+                Opcode::ClusterStatus,
+                super::Response::ClusterStatus(ClusterStatus {
+                    node_id: 1,
+                    shards: 1,
+                    replicas: 2,
+                    nodes: vec![
+                        NodeStatus {
+                            id: 1,
+                            address: "10.0.0.1:7411".into(),
+                            reachable: true,
+                            version: "0.1.0".into(),
+                            uptime_ms: 60_000,
+                            error: "".into(),
+                        },
+                        NodeStatus {
+                            id: 2,
+                            address: "10.0.0.2:7411".into(),
+                            reachable: false,
+                            version: "".into(),
+                            uptime_ms: 0,
+                            error: "timeout".into(),
+                        },
+                    ],
+                    groups: vec![GroupStatus {
+                        group: 1,
+                        leader: Some(1),
+                        term: 3,
+                        committed: 42,
+                        last_log: 42,
+                        replicas: vec![
+                            ReplicaStatus {
+                                node: 1,
+                                role: ReplicaRole::Leader,
+                                applied: 42,
+                                matched: Some(42),
+                            },
+                            ReplicaStatus {
+                                node: 2,
+                                role: ReplicaRole::Unreachable,
+                                applied: 0,
+                                matched: Some(40),
+                            },
+                        ],
+                    }],
+                }),
+            ),
+        ),
         (
             "error-response",
             Error(Status::QueueNotFound, "no queue `x`"),

@@ -115,6 +115,8 @@ pub enum Request {
         /// Receipt and new timeout (from now) pairs.
         entries: Vec<(Receipt, u64)>,
     },
+    /// Every member's health and every Raft group's leader, term and progress.
+    ClusterStatus,
 }
 
 /// Why a request frame's body was refused.
@@ -173,6 +175,7 @@ impl Request {
             Request::Ack { .. } => Opcode::Ack,
             Request::Nack { .. } => Opcode::Nack,
             Request::ChangeVisibility { .. } => Opcode::ChangeVisibility,
+            Request::ClusterStatus => Opcode::ClusterStatus,
         }
     }
 
@@ -181,7 +184,7 @@ impl Request {
     pub fn check_lengths(&self) -> Result<(), String> {
         let mut fields: Vec<(&str, &str)> = Vec::new();
         match self {
-            Request::Ping => {}
+            Request::Ping | Request::ClusterStatus => {}
             Request::Hello { token, client } => {
                 fields.extend([("token", token.as_str()), ("client", client.as_str())])
             }
@@ -242,7 +245,7 @@ impl Request {
         };
         let mut b = begin_frame(self.opcode() as u16, cap);
         match self {
-            Request::Ping => {}
+            Request::Ping | Request::ClusterStatus => {}
             Request::Hello { token, client } => {
                 b.put_str(token);
                 b.put_str(client);
@@ -315,6 +318,7 @@ impl Request {
         let mut r = Reader::new(body);
         let req = match op {
             Opcode::Ping => Request::Ping,
+            Opcode::ClusterStatus => Request::ClusterStatus,
             Opcode::Hello => Request::Hello {
                 token: r.str("token")?,
                 client: r.str("client")?,
@@ -427,6 +431,8 @@ pub enum Response {
     Deliveries(Vec<Delivery>),
     /// Answer to `ACK`, `NACK` and `CHANGE_VISIBILITY`: one status per entry.
     Results(Vec<Status>),
+    /// Answer to `CLUSTER_STATUS`.
+    ClusterStatus(ClusterStatus),
 }
 
 /// Largest count a response list may declare: queue lists and deliveries are bounded by
@@ -493,6 +499,7 @@ impl Response {
                 }
             }
             Response::Results(v) => encode_statuses(&mut b, v),
+            Response::ClusterStatus(c) => c.encode(&mut b),
         }
         finish_frame(b)
     }
@@ -565,6 +572,7 @@ impl Response {
             Opcode::Ack | Opcode::Nack | Opcode::ChangeVisibility => {
                 Response::Results(decode_statuses(&mut r, MAX_RESPONSE_ITEMS)?)
             }
+            Opcode::ClusterStatus => Response::ClusterStatus(ClusterStatus::decode(&mut r)?),
         };
         r.finish()?;
         Ok(resp)

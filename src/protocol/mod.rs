@@ -22,8 +22,9 @@ pub use status::Status;
 #[cfg(feature = "server")]
 pub(crate) use types::{decode_stored, encode_stored, stored_len};
 pub use types::{
-    Attribute, DeadLetter, Delivery, Message, QueueConfig, QueueCounts, QueueDescription,
-    QueuePatch, QueueSummary, Receipt, SendEntry,
+    Attribute, ClusterStatus, DeadLetter, Delivery, GroupStatus, Message, NodeStatus, QueueConfig,
+    QueueCounts, QueueDescription, QueuePatch, QueueSummary, Receipt, ReplicaRole, ReplicaStatus,
+    SendEntry,
 };
 pub use wire::DecodeError;
 
@@ -61,7 +62,7 @@ pub const RETENTION_RANGE_MS: (u64, u64) = (1000, 14 * 24 * 3600 * 1000);
 pub const MAX_RECEIVES_LIMIT: u32 = 1000;
 
 /// Request opcodes, grouped by hundreds: 0–99 connection, 100–199 queue administration,
-/// 200–299 messages.
+/// 200–299 messages, 300–399 cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u16)]
 pub enum Opcode {
@@ -95,11 +96,13 @@ pub enum Opcode {
     Nack = 203,
     /// `CHANGE_VISIBILITY`
     ChangeVisibility = 204,
+    /// `CLUSTER_STATUS`
+    ClusterStatus = 300,
 }
 
 impl Opcode {
     /// Every opcode, in number order.
-    pub const ALL: [Opcode; 15] = [
+    pub const ALL: [Opcode; 16] = [
         Opcode::Ping,
         Opcode::Hello,
         Opcode::QueueCreate,
@@ -115,6 +118,7 @@ impl Opcode {
         Opcode::Ack,
         Opcode::Nack,
         Opcode::ChangeVisibility,
+        Opcode::ClusterStatus,
     ];
 
     /// Parses a wire number.
@@ -140,6 +144,7 @@ impl Opcode {
             Opcode::Ack => "ACK",
             Opcode::Nack => "NACK",
             Opcode::ChangeVisibility => "CHANGE_VISIBILITY",
+            Opcode::ClusterStatus => "CLUSTER_STATUS",
         }
     }
 
@@ -153,6 +158,7 @@ impl Opcode {
                 | Opcode::QueueList
                 | Opcode::QueueDescribe
                 | Opcode::QueuePeek
+                | Opcode::ClusterStatus
         )
     }
 }

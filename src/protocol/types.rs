@@ -395,6 +395,208 @@ pub struct QueueSummary {
     pub messages: u64,
 }
 
+/// A node's part in one Raft group, as the node itself reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum ReplicaRole {
+    /// The node did not answer (down, or cut off from the node that asked).
+    Unreachable = 0,
+    /// It leads the group.
+    Leader = 1,
+    /// It follows a leader.
+    Follower = 2,
+    /// It is standing for election.
+    Candidate = 3,
+    /// It receives the log but does not vote.
+    Learner = 4,
+    /// The node answered but hosts no replica of the group.
+    Absent = 5,
+}
+
+impl ReplicaRole {
+    /// Every role, in number order.
+    pub const ALL: [ReplicaRole; 6] = [
+        ReplicaRole::Unreachable,
+        ReplicaRole::Leader,
+        ReplicaRole::Follower,
+        ReplicaRole::Candidate,
+        ReplicaRole::Learner,
+        ReplicaRole::Absent,
+    ];
+
+    /// The lower-case name `mqctl` prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReplicaRole::Unreachable => "unreachable",
+            ReplicaRole::Leader => "leader",
+            ReplicaRole::Follower => "follower",
+            ReplicaRole::Candidate => "candidate",
+            ReplicaRole::Learner => "learner",
+            ReplicaRole::Absent => "absent",
+        }
+    }
+
+    fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
+        let v = r.u8("replica.role")?;
+        ReplicaRole::ALL
+            .get(usize::from(v))
+            .copied()
+            .ok_or(DecodeError::UnknownValue {
+                what: "replica.role",
+                value: u64::from(v),
+            })
+    }
+}
+
+/// One member of the cluster in `CLUSTER_STATUS`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Node id.
+    pub id: u64,
+    /// Peer address from the cluster configuration.
+    pub address: String,
+    /// It answered the status request.
+    pub reachable: bool,
+    /// Its software version; empty when unreachable.
+    pub version: String,
+    /// Milliseconds since it started; 0 when unreachable.
+    pub uptime_ms: u64,
+    /// Why it is unreachable; empty when it answered.
+    pub error: String,
+}
+
+/// One replica of a group in `CLUSTER_STATUS`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    /// Node id.
+    pub node: u64,
+    /// Its role, as it reported it.
+    pub role: ReplicaRole,
+    /// Last log index it applied, as it reported it (0 when unreachable).
+    pub applied: u64,
+    /// Last log index the leader knows it holds; `None` without a reachable leader.
+    pub matched: Option<u64>,
+}
+
+/// One Raft group (the control group or a shard) in `CLUSTER_STATUS`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    /// Group id: 0 is the control group, k + 1 is shard k.
+    pub group: u64,
+    /// The leader that confirmed it leads, if one answered.
+    pub leader: Option<u64>,
+    /// Highest term any replica reported.
+    pub term: u64,
+    /// Highest committed index any replica reported.
+    pub committed: u64,
+    /// The leader's last log index (highest reported without a leader).
+    pub last_log: u64,
+    /// The group's replicas.
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+/// What `CLUSTER_STATUS` returns: every member and every group, as gathered by one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The node that gathered the reports.
+    pub node_id: u64,
+    /// Number of shards.
+    pub shards: u32,
+    /// Replicas per shard (configured; fewer when the cluster is smaller).
+    pub replicas: u32,
+    /// Members in id order.
+    pub nodes: Vec<NodeStatus>,
+    /// The control group, then the shards in order.
+    pub groups: Vec<GroupStatus>,
+}
+
+/// Most members and groups `CLUSTER_STATUS` may list.
+pub const MAX_STATUS_ITEMS: u32 = 65_536;
+
+impl ClusterStatus {
+    pub(crate) fn encode(&self, b: &mut impl BufMut) {
+        b.put_u64(self.node_id);
+        b.put_u32(self.shards);
+        b.put_u32(self.replicas);
+        b.put_u32(self.nodes.len() as u32);
+        for n in &self.nodes {
+            b.put_u64(n.id);
+            b.put_str(&n.address);
+            b.put_bool(n.reachable);
+            b.put_str(&n.version);
+            b.put_u64(n.uptime_ms);
+            b.put_str(&n.error);
+        }
+        b.put_u32(self.groups.len() as u32);
+        for g in &self.groups {
+            b.put_u64(g.group);
+            put_opt_u64(b, g.leader);
+            b.put_u64(g.term);
+            b.put_u64(g.committed);
+            b.put_u64(g.last_log);
+            b.put_u32(g.replicas.len() as u32);
+            for r in &g.replicas {
+                b.put_u64(r.node);
+                b.put_u8(r.role as u8);
+                b.put_u64(r.applied);
+                put_opt_u64(b, r.matched);
+            }
+        }
+    }
+
+    pub(crate) fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
+        let node_id = r.u64("node_id")?;
+        let shards = r.u32("shards")?;
+        let replicas = r.u32("replicas")?;
+        let n = r.count("nodes", MAX_STATUS_ITEMS)?;
+        let mut nodes = Vec::with_capacity(n);
+        for _ in 0..n {
+            nodes.push(NodeStatus {
+                id: r.u64("node.id")?,
+                address: r.str("node.address")?,
+                reachable: r.bool("node.reachable")?,
+                version: r.str("node.version")?,
+                uptime_ms: r.u64("node.uptime_ms")?,
+                error: r.str("node.error")?,
+            });
+        }
+        let n = r.count("groups", MAX_STATUS_ITEMS)?;
+        let mut groups = Vec::with_capacity(n);
+        for _ in 0..n {
+            let group = r.u64("group.id")?;
+            let leader = opt_u64(r, "group.leader")?;
+            let term = r.u64("group.term")?;
+            let committed = r.u64("group.committed")?;
+            let last_log = r.u64("group.last_log")?;
+            let k = r.count("group.replicas", MAX_STATUS_ITEMS)?;
+            let mut reps = Vec::with_capacity(k);
+            for _ in 0..k {
+                reps.push(ReplicaStatus {
+                    node: r.u64("replica.node")?,
+                    role: ReplicaRole::decode(r)?,
+                    applied: r.u64("replica.applied")?,
+                    matched: opt_u64(r, "replica.matched")?,
+                });
+            }
+            groups.push(GroupStatus {
+                group,
+                leader,
+                term,
+                committed,
+                last_log,
+                replicas: reps,
+            });
+        }
+        Ok(ClusterStatus {
+            node_id,
+            shards,
+            replicas,
+            nodes,
+            groups,
+        })
+    }
+}
+
 pub(crate) fn encode_statuses(b: &mut impl BufMut, v: &[Status]) {
     b.put_u32(v.len() as u32);
     for s in v {

@@ -7,6 +7,7 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
@@ -24,6 +25,9 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    /// Index of the last entry known committed (0 before any), kept in memory for status
+    /// reports: openraft learns it again from the leader after a restart.
+    committed: Arc<AtomicU64>,
 }
 
 fn read_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -41,7 +45,16 @@ impl LogStore {
         txn.open_table(LOG).map_err(write_err)?;
         txn.open_table(META).map_err(write_err)?;
         txn.commit().map_err(write_err)?;
-        Ok(LogStore { db: Arc::new(db) })
+        Ok(LogStore {
+            db: Arc::new(db),
+            committed: Arc::default(),
+        })
+    }
+
+    /// The committed index as this replica knows it; shared with the clones given to
+    /// openraft, so it stays current.
+    pub fn committed(&self) -> Arc<AtomicU64> {
+        self.committed.clone()
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(
@@ -127,6 +140,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .map_err(|e| StorageIOError::write_vote(AnyError::error(e)).into())
         })
         .await
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeId>>,
+    ) -> Result<(), StorageError> {
+        if let Some(c) = committed {
+            self.committed.fetch_max(c.index, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {

@@ -113,11 +113,13 @@ pub async fn run(
     // The Raft groups this node hosts, reachable by peers through the router. Peer RPCs
     // are served from the accept loop below, so groups of other nodes can talk to these
     // as soon as it runs.
-    let router = crate::peer::Router::new(&config.data_dir);
+    let faults = crate::peer::Faults::from_env();
+    let router = crate::peer::Router::new(&config.data_dir).with_faults(faults.clone());
     let connector = crate::peer::Connector::new(
         endpoint.clone(),
         crate::peer::client_config(&creds).map_err(|e| ServerError::Tls(e.to_string()))?,
-    );
+    )
+    .with_faults(faults);
     let layout = ClusterLayout::new(&config.cluster, local_addr);
     let node = Node::start(layout, &config.data_dir, connector, &router).await?;
     {

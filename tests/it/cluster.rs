@@ -1,15 +1,19 @@
 //! Three real mqd processes forming one cluster: queues spread over shards, every node
-//! serving every queue (followers pass requests to the shard's leader), and acknowledged
-//! sends surviving the SIGKILL of a node.
+//! serving every queue (followers pass requests to the shard's leader), acknowledged sends
+//! surviving the SIGKILL of a shard's leader and a partition that cuts the leader off, and
+//! `mqctl cluster` showing it all.
 
 use std::collections::{BTreeSet, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mqd::client::Client;
-use mqd::protocol::{QueuePatch, SendEntry, Status};
+use mqd::cluster::{group_of_shard, shard_of};
+use mqd::protocol::{QueuePatch, ReplicaRole, SendEntry, Status};
+use serde_json::Value;
 
-use crate::common::Node;
+use crate::common::{ok, Node};
 
 const SHARDS: u32 = 8;
 
@@ -118,97 +122,197 @@ async fn every_node_serves_every_queue_across_shards() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_sends_survive_a_sigkilled_node_and_it_catches_up() {
-    let mut nodes = Node::start_cluster(3, SHARDS);
-    let queues = names_on_distinct_shards(3);
-    {
-        let c = nodes[0].client().await;
-        for q in &queues {
-            c.create_queue(q, QueuePatch::default()).await.unwrap();
+/// The leader of `queue`'s shard as `CLUSTER_STATUS` through `c` reports it, once one is
+/// reported that is not `not`.
+async fn leader_of(c: &Client, queue: &str, not: Option<u64>) -> u64 {
+    let group = group_of_shard(shard_of(queue, SHARDS)) as usize;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(s) = c.cluster_status().await {
+            if let Some(l) = s.groups[group].leader.filter(|l| Some(*l) != not) {
+                return l;
+            }
         }
-    }
-    // Producers on nodes 2 and 3 send numbered messages to every queue; each records what
-    // was acknowledged. Node 1 (the first replica of some shards, so likely their leader)
-    // is killed while they run.
-    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut producers = Vec::new();
-    for (p, node) in nodes[1..].iter().enumerate() {
-        let c = node.client().await;
-        for q in queues.clone() {
-            let (c, acked, stop) = (c.clone(), acked.clone(), stop.clone());
-            producers.push(tokio::spawn(async move {
-                let mut b = 0u32;
-                let mut failures = 0u32;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let bodies: Vec<String> =
-                        (0..5).map(|i| format!("{q}-p{p}-b{b}-m{i}")).collect();
-                    let batch = bodies.iter().map(|s| SendEntry::new(s.clone())).collect();
-                    match c.send(&q, batch).await {
-                        Ok(ids) => {
-                            assert_eq!(ids.len(), 5);
-                            acked
-                                .lock()
-                                .unwrap()
-                                .extend(bodies.into_iter().map(|m| (q.clone(), m)));
-                            b += 1;
-                        }
-                        // UNAVAILABLE while the shard elects a new leader; the batch may
-                        // or may not have been stored, and is not counted.
-                        Err(_) => {
-                            failures += 1;
-                            b += 1;
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                }
-                failures
-            }));
-        }
-    }
-    let count = |acked: &Arc<Mutex<Vec<(String, String)>>>| acked.lock().unwrap().len();
-    while count(&acked) < 1500 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    nodes[0].kill();
-    let at_kill = count(&acked);
-    // Sends resume through the surviving nodes.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while count(&acked) < at_kill + 1500 {
         assert!(
-            std::time::Instant::now() < deadline,
-            "sends did not resume after the kill: {} acknowledged since",
-            count(&acked) - at_kill
+            Instant::now() < deadline,
+            "no new leader of {queue}'s shard within 20 s"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The killed node comes back and catches up while the producers go on.
-    nodes[0].restart();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for p in producers {
-        p.await.unwrap();
-    }
-    let acked = acked.lock().unwrap().clone();
+}
 
-    // Every acknowledged message is received exactly once, through the restarted node.
-    let c = nodes[0].client().await;
+/// `mqctl cluster shards --output json` through `node`, one object per group.
+fn shards_json(node: &Node) -> Vec<Value> {
+    ok(&node.mqctl(&["cluster", "shards", "--output", "json"]))
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect()
+}
+
+/// Waits until, as `mqctl cluster shards` through `node` shows, every group has a leader
+/// and every replica has matched the leader's whole log.
+fn wait_caught_up(node: &Node) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let groups = shards_json(node);
+        let behind: Vec<String> = groups
+            .iter()
+            .filter(|g| {
+                g["leader"].is_null()
+                    || g["replicas"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|r| r["lag"] != 0)
+            })
+            .map(|g| g.to_string())
+            .collect();
+        if behind.is_empty() {
+            assert_eq!(groups.len(), SHARDS as usize + 1);
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas did not catch up within 30 s: {behind:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// What producers recorded: bodies acknowledged, and bodies attempted (acknowledged or
+/// not; a failed send may still have been stored).
+#[derive(Default)]
+struct History {
+    acked: Mutex<Vec<String>>,
+    attempted: Mutex<HashSet<String>>,
+}
+
+impl History {
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+}
+
+/// Sends batches of 5 numbered messages to `queue` through `c` until `stop`; returns the
+/// number of failed sends.
+fn producer(
+    c: Client,
+    queue: String,
+    tag: String,
+    history: Arc<History>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<u32> {
+    tokio::spawn(async move {
+        let mut failures = 0;
+        for b in 0u32.. {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let bodies: Vec<String> = (0..5).map(|i| format!("{queue}-{tag}-b{b}-m{i}")).collect();
+            history
+                .attempted
+                .lock()
+                .unwrap()
+                .extend(bodies.iter().cloned());
+            let batch = bodies.iter().map(|s| SendEntry::new(s.clone())).collect();
+            match c.send(&queue, batch).await {
+                Ok(ids) => {
+                    assert_eq!(ids.len(), 5);
+                    history.acked.lock().unwrap().extend(bodies);
+                }
+                // UNAVAILABLE while the shard elects a new leader, or a lost connection;
+                // the batch may or may not have been stored and is not counted.
+                Err(_) => {
+                    failures += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        failures
+    })
+}
+
+/// Producers sending to every queue through each of some nodes, and what they recorded.
+struct Producers {
+    history: Arc<History>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<u32>>,
+}
+
+impl Producers {
+    /// One producer per queue on each node in `through` (indexes into `nodes`).
+    async fn start(nodes: &[Node], through: &[usize], queues: &[String]) -> Producers {
+        let history = Arc::new(History::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for &i in through {
+            let c = nodes[i].client().await;
+            for q in queues {
+                tasks.push(producer(
+                    c.clone(),
+                    q.clone(),
+                    format!("n{}", i + 1),
+                    history.clone(),
+                    stop.clone(),
+                ));
+            }
+        }
+        Producers {
+            history,
+            stop,
+            tasks,
+        }
+    }
+
+    async fn stop(self) -> Arc<History> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        self.history
+    }
+}
+
+/// Waits until `history` holds `n` more acknowledged messages than `from`.
+async fn wait_acked(history: &History, from: usize, n: usize, what: &str) -> Duration {
+    let started = Instant::now();
+    while history.acked() < from + n {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{what}: only {} sends acknowledged in 30 s",
+            history.acked() - from
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+/// Receives everything in `queues` through `rx` and acks it through `ack`; checks every
+/// body came from its queue, was attempted, and came once. Returns the bodies.
+async fn drain(rx: &Client, ack: &Client, queues: &[String], history: &History) -> HashSet<String> {
+    let attempted = history.attempted.lock().unwrap().clone();
     let mut seen = HashSet::new();
-    for q in &queues {
+    for q in queues {
         loop {
-            let got = c.receive(q, 1000, Some(600_000), Some(0)).await.unwrap();
+            let got = rx.receive(q, 1000, Some(600_000), Some(0)).await.unwrap();
             if got.is_empty() {
                 break;
             }
-            for d in got {
+            for d in &got {
                 let body = String::from_utf8(d.message.body.to_vec()).unwrap();
                 assert!(body.starts_with(q.as_str()), "{body} came out of {q}");
+                assert!(attempted.contains(&body), "phantom message {body}");
                 assert!(seen.insert(body.clone()), "{body} delivered twice");
             }
+            let results = ack
+                .ack(q, got.iter().map(|d| d.receipt).collect())
+                .await
+                .unwrap();
+            assert!(results.iter().all(|s| *s == Status::Ok), "{results:?}");
         }
     }
-    let missing: Vec<_> = acked.iter().filter(|(_, m)| !seen.contains(m)).collect();
+    let acked = history.acked.lock().unwrap().clone();
+    let missing: Vec<_> = acked.iter().filter(|m| !seen.contains(*m)).collect();
     assert!(
         missing.is_empty(),
         "{} of {} acknowledged messages lost, e.g. {:?}",
@@ -216,9 +320,229 @@ async fn acknowledged_sends_survive_a_sigkilled_node_and_it_catches_up() {
         acked.len(),
         &missing[..missing.len().min(5)]
     );
-    // The restarted node's replicas hold the same counts as the leaders report.
-    for q in &queues {
-        let d = c.describe_queue(q).await.unwrap();
-        assert_eq!(d.counts.visible, 0, "{q}: everything was received");
+    seen
+}
+
+/// Every node agrees that `queues` are empty, with nothing in flight.
+async fn assert_empty_everywhere(nodes: &[Node], queues: &[String]) {
+    for n in nodes {
+        let c = n.client().await;
+        for q in queues {
+            let d = c.describe_queue(q).await.unwrap();
+            assert_eq!(
+                (d.counts.visible, d.counts.in_flight, d.counts.delayed),
+                (0, 0, 0),
+                "{q} through {}",
+                n.addr
+            );
+        }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_sends_survive_the_sigkill_of_a_shard_leader() {
+    let mut nodes = Node::start_cluster(3, SHARDS);
+    let queues = names_on_distinct_shards(3);
+    let c1 = nodes[0].client().await;
+    for q in &queues {
+        c1.create_queue(q, QueuePatch::default()).await.unwrap();
+    }
+    // The busy shard is the first queue's; its leader is the node to kill.
+    let victim = leader_of(&c1, &queues[0], None).await;
+    let vi = victim as usize - 1;
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != vi).collect();
+
+    // Producers on the two other nodes send to every queue.
+    let producers = Producers::start(&nodes, &survivors, &queues).await;
+    let history = producers.history.clone();
+    wait_acked(&history, 0, 1500, "before the kill").await;
+    nodes[vi].kill();
+    let at_kill = history.acked();
+    let resumed = wait_acked(&history, at_kill, 1500, "after the kill").await;
+    let survivor = nodes[survivors[0]].client().await;
+    let new_leader = leader_of(&survivor, &queues[0], Some(victim)).await;
+    eprintln!(
+        "node {victim} (leader of {}'s shard) killed; 1500 more sends acknowledged {resumed:?} later; node {new_leader} leads it now",
+        queues[0]
+    );
+    // The survivors report the dead node as unreachable.
+    let status = survivor.cluster_status().await.unwrap();
+    assert!(!status.nodes[vi].reachable, "{status:?}");
+    let group = group_of_shard(shard_of(&queues[0], SHARDS)) as usize;
+    let replica = status.groups[group]
+        .replicas
+        .iter()
+        .find(|r| r.node == victim)
+        .expect("the victim is a replica");
+    assert_eq!(replica.role, ReplicaRole::Unreachable);
+
+    // The killed node comes back and catches up while the producers go on.
+    nodes[vi].restart();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    producers.stop().await;
+    wait_caught_up(&nodes[vi]);
+
+    // Every acknowledged message is received once, through the restarted node, and acked
+    // through another; afterwards every node agrees nothing is left or in flight.
+    let rx = nodes[vi].client().await;
+    drain(&rx, &survivor, &queues, &history).await;
+    assert_empty_everywhere(&nodes, &queues).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_the_majority_refuses_and_loses_nothing() {
+    let nodes = Node::start_cluster(3, SHARDS);
+    let queues = names_on_distinct_shards(2);
+    let c1 = nodes[0].client().await;
+    for q in &queues {
+        c1.create_queue(q, QueuePatch::default()).await.unwrap();
+    }
+    let old = leader_of(&c1, &queues[0], None).await;
+    let oi = old as usize - 1;
+    let majority: Vec<usize> = (0..3).filter(|i| *i != oi).collect();
+    let minority = nodes[oi].client().await;
+    let m0 = nodes[majority[0]].client().await;
+
+    // Producers through every node, the soon-to-be minority included.
+    let producers = Producers::start(&nodes, &[0, 1, 2], &queues).await;
+    let history = producers.history.clone();
+    wait_acked(&history, 0, 1000, "before the partition").await;
+
+    // Cut the leader off from the other two, both ways.
+    let others: Vec<_> = majority.iter().map(|i| nodes[*i].addr).collect();
+    nodes[oi].cut_off(&others);
+    for i in &majority {
+        nodes[*i].cut_off(&[nodes[oi].addr]);
+    }
+    let cut_at = history.acked();
+
+    // The majority elects a new leader and goes on serving.
+    let new = leader_of(&m0, &queues[0], Some(old)).await;
+    assert_ne!(new, old);
+    let resumed = wait_acked(&history, cut_at, 1000, "majority side").await;
+    eprintln!("node {old} cut off; node {new} leads {}'s shard; 1000 sends acknowledged {resumed:?} after the cut", queues[0]);
+
+    // The minority refuses writes with UNAVAILABLE (the first attempts may wait for the
+    // exec deadline; later ones are refused at once).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let err = loop {
+        match minority
+            .send(&queues[0], vec![SendEntry::new("minority")])
+            .await
+        {
+            Err(e) if e.status() == Some(Status::Unavailable) => break e,
+            Err(e) => panic!("minority send failed with something else than UNAVAILABLE: {e}"),
+            Ok(_) => {
+                assert!(Instant::now() < deadline, "the minority still takes sends");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    eprintln!("minority send: {err}");
+    history
+        .attempted
+        .lock()
+        .unwrap()
+        .insert("minority".to_string());
+    // Its own view: the peers do not answer.
+    let status = minority.cluster_status().await.unwrap();
+    for i in &majority {
+        assert!(!status.nodes[*i].reachable, "{status:?}");
+    }
+
+    // Heal; the old leader rejoins as a follower and the cluster converges.
+    for n in &nodes {
+        n.heal();
+    }
+    wait_acked(&history, history.acked(), 500, "after healing").await;
+    producers.stop().await;
+    wait_caught_up(&nodes[oi]);
+
+    // Nothing acknowledged is lost, nothing that was never sent appears, nothing twice —
+    // drained through the old leader.
+    let seen = drain(&minority, &m0, &queues, &history).await;
+    assert!(seen.len() >= history.acked());
+    assert_empty_everywhere(&nodes, &queues).await;
+}
+
+#[test]
+fn mqctl_shows_the_cluster() {
+    let nodes = Node::start_cluster(3, SHARDS);
+    wait_caught_up(&nodes[1]);
+    // status: three members up, every group led.
+    let status: Value = serde_json::from_str(
+        ok(&nodes[1].mqctl(&["cluster", "status", "--output", "json"])).trim(),
+    )
+    .unwrap();
+    assert_eq!(status["healthy"], Value::from(true), "{status}");
+    assert_eq!(status["nodes_answering"], Value::from(3));
+    assert_eq!(status["groups_with_leader"], Value::from(SHARDS + 1));
+    assert_eq!(status["answered_by"], Value::from(2));
+    // shards: the control group on all three, each shard on three replicas, one leader.
+    let groups = shards_json(&nodes[2]);
+    assert_eq!(groups[0]["shard"], Value::Null);
+    assert_eq!(groups[0]["replicas"].as_array().unwrap().len(), 3);
+    for g in &groups {
+        let replicas = g["replicas"].as_array().unwrap();
+        let leaders: Vec<_> = replicas.iter().filter(|r| r["role"] == "leader").collect();
+        assert_eq!(leaders.len(), 1, "{g}");
+        assert_eq!(leaders[0]["node"], g["leader"]);
+    }
+    // nodes: with three replicas on three nodes, each holds a replica of every shard.
+    let members: Vec<Value> = ok(&nodes[0].mqctl(&["cluster", "nodes", "-o", "json"]))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(members.len(), 3);
+    let mut led = 0;
+    for m in &members {
+        assert_eq!(m["reachable"], Value::from(true), "{m}");
+        assert_eq!(m["replicas"], Value::from(SHARDS), "{m}");
+        led += m["leads"].as_array().unwrap().len();
+        led += usize::from(m["leads_control"] == true);
+    }
+    assert_eq!(
+        led,
+        SHARDS as usize + 1,
+        "every group led once: {members:?}"
+    );
+    let table = ok(&nodes[0].mqctl(&["cluster", "nodes"]));
+    for n in &nodes {
+        assert!(table.contains(&n.addr.to_string()), "{table}");
+    }
+    assert!(table.contains(env!("CARGO_PKG_VERSION")), "{table}");
+    let text = ok(&nodes[0].mqctl(&["cluster", "status"]));
+    assert!(text.contains("healthy"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_with_several_servers_fail_over() {
+    let mut nodes = Node::start_cluster(3, SHARDS);
+    let q = "failover";
+    let mut config = nodes[0].client_config();
+    config.servers = nodes.iter().map(|n| n.addr).collect();
+    let c = Client::connect(config.clone()).await.unwrap();
+    assert_eq!(c.connected_to().await, Some(nodes[0].addr));
+    c.create_queue(q, QueuePatch::default()).await.unwrap();
+    c.send(q, vec![SendEntry::new("before")]).await.unwrap();
+
+    // The node in use dies: an idempotent call goes on through the next server at once,
+    // and later calls stay there.
+    nodes[0].kill();
+    let d = c.describe_queue(q).await.unwrap();
+    assert_eq!(d.counts.visible, 1);
+    assert_eq!(c.connected_to().await, Some(nodes[1].addr));
+    c.send(q, vec![SendEntry::new("after")]).await.unwrap();
+
+    // A new client whose first address is dead connects to the next one.
+    let c2 = Client::connect(config).await.unwrap();
+    assert_eq!(c2.connected_to().await, Some(nodes[1].addr));
+    let got = c2.receive(q, 10, None, Some(5_000)).await.unwrap();
+    assert_eq!(got.len(), 2);
+
+    // mqctl takes the list too: --server dead,alive.
+    let servers = format!("{},{}", nodes[0].addr, nodes[2].addr);
+    let out = ok(&nodes[2].mqctl(&["--server", &servers, "queue", "describe", q, "-o", "json"]));
+    let d: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(d["in_flight"], 2, "{d}");
 }

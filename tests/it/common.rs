@@ -20,6 +20,9 @@ pub struct Node {
     args: Vec<String>,
 }
 
+/// The fault-injection file in each node's data directory (see `mqd::peer::faults`).
+const FAULT_FILE: &str = "faults";
+
 pub fn mqd_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_mqd"))
 }
@@ -128,6 +131,7 @@ impl Node {
             .arg("info")
             .args(args)
             .env("MQD_CONFIG", "/dev/null")
+            .env(mqd::peer::faults::FAULT_FILE_ENV, dir.join(FAULT_FILE))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -252,6 +256,19 @@ impl Node {
         let (child, addr) = Node::spawn(&self.dir, self.listen, &self.args);
         self.child = Some(child);
         self.addr = addr;
+    }
+
+    /// Cuts this node off from the peers at `peers` (both directions, as far as this node
+    /// is concerned; cut the other side too for a full partition). Takes effect within
+    /// about 100 ms.
+    pub fn cut_off(&self, peers: &[SocketAddr]) {
+        let text: String = peers.iter().map(|a| format!("{a}\n")).collect();
+        std::fs::write(self.dir.join(FAULT_FILE), text).expect("write fault file");
+    }
+
+    /// Ends every cut made by [`Node::cut_off`].
+    pub fn heal(&self) {
+        self.cut_off(&[]);
     }
 
     pub fn log(&self) -> String {

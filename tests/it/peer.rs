@@ -70,7 +70,14 @@ async fn peers_need_a_certificate_of_the_cluster_ca() {
     let r: Result<VoteResult, CallError> = c
         .call(node.addr, 1, KIND_VOTE, &vote(), Duration::from_secs(5))
         .await;
-    assert!(matches!(r, Err(CallError::Unreachable { .. })), "{r:?}");
+    // Closed at once or just after the request left, depending on timing.
+    assert!(
+        matches!(
+            r,
+            Err(CallError::Unreachable { .. } | CallError::Lost { .. })
+        ),
+        "{r:?}"
+    );
     assert!(node
         .log()
         .contains("refused a peer connection without a cluster certificate"));

@@ -1,0 +1,301 @@
+//! Cluster status: each node reports its own view of the groups it hosts; the node asked
+//! by a client gathers every member's report and merges them per group.
+//!
+//! A group's leader is the replica that reports leading it (the highest term wins if a
+//! deposed leader has not heard yet); its report gives the term, commit and last log
+//! indexes and how far each replica has matched. Nothing here goes through Raft: the
+//! answer is a snapshot of what the members said within [`REPORT_TIMEOUT`].
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use openraft::ServerState;
+use serde::{Deserialize, Serialize};
+
+use super::{Answer, Node, Op, CONTROL_GROUP};
+use crate::peer::KIND_FORWARD;
+use crate::protocol::{ClusterStatus, GroupStatus, NodeStatus, ReplicaRole, ReplicaStatus};
+use crate::raft::NodeId;
+
+/// How long the gathering node waits for each member's report.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One group as one replica sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupReport {
+    /// Group id.
+    pub group: u64,
+    /// This replica's role.
+    pub role: ReplicaRole,
+    /// Its current term.
+    pub term: u64,
+    /// The leader it follows, if any.
+    pub leader: Option<NodeId>,
+    /// Its last log index.
+    pub last_log: u64,
+    /// The last index it applied.
+    pub applied: u64,
+    /// The last index it knows committed.
+    pub committed: u64,
+    /// When it leads: each replica's last matched index.
+    pub matched: Option<Vec<(NodeId, Option<u64>)>>,
+}
+
+/// What one node says about itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeReport {
+    /// Software version.
+    pub version: String,
+    /// Milliseconds since the node started.
+    pub uptime_ms: u64,
+    /// The groups it hosts.
+    pub groups: Vec<GroupReport>,
+}
+
+fn role_of(state: ServerState) -> ReplicaRole {
+    match state {
+        ServerState::Leader => ReplicaRole::Leader,
+        ServerState::Follower => ReplicaRole::Follower,
+        ServerState::Candidate => ReplicaRole::Candidate,
+        ServerState::Learner => ReplicaRole::Learner,
+        ServerState::Shutdown => ReplicaRole::Unreachable,
+    }
+}
+
+impl Node {
+    /// This node's own report.
+    pub fn report(&self) -> NodeReport {
+        let mut groups: Vec<GroupReport> = self
+            .inner
+            .groups
+            .iter()
+            .map(|(group, l)| {
+                let m = l.raft.metrics();
+                let m = m.borrow();
+                GroupReport {
+                    group: *group,
+                    role: role_of(m.state),
+                    term: m.current_term,
+                    leader: m.current_leader,
+                    last_log: m.last_log_index.unwrap_or(0),
+                    applied: m.last_applied.map_or(0, |l| l.index),
+                    committed: l.committed.load(Ordering::Relaxed),
+                    matched: m.replication.as_ref().map(|r| {
+                        r.iter()
+                            .map(|(id, log)| (*id, log.map(|l| l.index)))
+                            .collect()
+                    }),
+                }
+            })
+            .collect();
+        groups.sort_by_key(|g| g.group);
+        NodeReport {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_ms: self.inner.started.elapsed().as_millis() as u64,
+            groups,
+        }
+    }
+
+    /// Every member's report, merged: the answer to `CLUSTER_STATUS`.
+    pub async fn cluster_status(&self) -> ClusterStatus {
+        let layout = &self.inner.layout;
+        let mut asks = tokio::task::JoinSet::new();
+        for (&id, &addr) in &layout.peers {
+            if id == layout.node_id {
+                continue;
+            }
+            let connector = self.inner.connector.clone();
+            asks.spawn(async move {
+                let r: Result<Result<Answer, super::OpError>, _> = connector
+                    .call(
+                        addr,
+                        CONTROL_GROUP,
+                        KIND_FORWARD,
+                        &Op::Report,
+                        REPORT_TIMEOUT,
+                    )
+                    .await;
+                let r = match r {
+                    Ok(Ok(Answer::Report(rep))) => Ok(rep),
+                    Ok(Ok(a)) => Err(format!("unexpected answer {a:?}")),
+                    Ok(Err(e)) => Err(format!("{e:?}")),
+                    Err(e) => Err(e.to_string()),
+                };
+                (id, r)
+            });
+        }
+        let mut reports: HashMap<NodeId, Result<NodeReport, String>> = HashMap::new();
+        reports.insert(layout.node_id, Ok(self.report()));
+        while let Some(done) = asks.join_next().await {
+            if let Ok((id, r)) = done {
+                reports.insert(id, r);
+            }
+        }
+        merge(self.inner.layout.node_id, layout, &reports)
+    }
+}
+
+fn merge(
+    me: NodeId,
+    layout: &super::ClusterLayout,
+    reports: &HashMap<NodeId, Result<NodeReport, String>>,
+) -> ClusterStatus {
+    let nodes = layout
+        .peers
+        .iter()
+        .map(|(&id, addr)| {
+            let (reachable, version, uptime_ms, error) = match reports.get(&id) {
+                Some(Ok(r)) => (true, r.version.clone(), r.uptime_ms, String::new()),
+                Some(Err(e)) => (false, String::new(), 0, e.clone()),
+                None => (false, String::new(), 0, "no answer".to_string()),
+            };
+            NodeStatus {
+                id,
+                address: addr.to_string(),
+                reachable,
+                version,
+                uptime_ms,
+                error,
+            }
+        })
+        .collect();
+    let group_of = |node: NodeId, group: u64| -> Option<&GroupReport> {
+        match reports.get(&node) {
+            Some(Ok(r)) => r.groups.iter().find(|g| g.group == group),
+            _ => None,
+        }
+    };
+    let groups = layout
+        .groups()
+        .map(|group| {
+            let replicas = layout.replicas_of(group);
+            let seen: Vec<&GroupReport> = replicas
+                .iter()
+                .filter_map(|n| group_of(*n, group))
+                .collect();
+            let leader = replicas
+                .iter()
+                .filter_map(|n| group_of(*n, group).map(|g| (*n, g)))
+                .filter(|(_, g)| g.role == ReplicaRole::Leader)
+                .max_by_key(|(_, g)| g.term);
+            let matched: HashMap<NodeId, Option<u64>> = leader
+                .and_then(|(_, g)| g.matched.as_ref())
+                .map(|m| m.iter().copied().collect())
+                .unwrap_or_default();
+            GroupStatus {
+                group,
+                leader: leader.map(|(n, _)| n),
+                term: seen.iter().map(|g| g.term).max().unwrap_or(0),
+                committed: seen.iter().map(|g| g.committed).max().unwrap_or(0),
+                last_log: match leader {
+                    Some((_, g)) => g.last_log,
+                    None => seen.iter().map(|g| g.last_log).max().unwrap_or(0),
+                },
+                replicas: replicas
+                    .iter()
+                    .map(|&node| {
+                        let own = group_of(node, group);
+                        ReplicaStatus {
+                            node,
+                            role: match (reports.get(&node), own) {
+                                (Some(Ok(_)), Some(g)) => g.role,
+                                (Some(Ok(_)), None) => ReplicaRole::Absent,
+                                _ => ReplicaRole::Unreachable,
+                            },
+                            applied: own.map_or(0, |g| g.applied),
+                            matched: matched.get(&node).copied().flatten(),
+                        }
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    ClusterStatus {
+        node_id: me,
+        shards: layout.shards,
+        replicas: layout.replicas,
+        nodes,
+        groups,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::ClusterLayout;
+    use std::collections::BTreeMap;
+    use std::net::SocketAddr;
+
+    fn layout() -> ClusterLayout {
+        ClusterLayout {
+            node_id: 1,
+            peers: (1..=3)
+                .map(|i| (i, SocketAddr::from(([127, 0, 0, 1], 7410 + i as u16))))
+                .collect::<BTreeMap<_, _>>(),
+            shards: 1,
+            replicas: 3,
+        }
+    }
+
+    fn group(group: u64, role: ReplicaRole, term: u64, last_log: u64) -> GroupReport {
+        GroupReport {
+            group,
+            role,
+            term,
+            leader: None,
+            last_log,
+            applied: last_log,
+            committed: last_log,
+            matched: (role == ReplicaRole::Leader)
+                .then(|| vec![(1, Some(last_log)), (2, Some(last_log - 2)), (3, None)]),
+        }
+    }
+
+    fn report(groups: Vec<GroupReport>) -> Result<NodeReport, String> {
+        Ok(NodeReport {
+            version: "0.1.0".into(),
+            uptime_ms: 5,
+            groups,
+        })
+    }
+
+    #[test]
+    fn the_newest_leader_wins_and_silent_nodes_are_unreachable() {
+        let reports = HashMap::from([
+            // Node 1 still believes it leads shard 0 (group 1) in term 2.
+            (
+                1,
+                report(vec![
+                    group(0, ReplicaRole::Leader, 1, 10),
+                    group(1, ReplicaRole::Leader, 2, 7),
+                ]),
+            ),
+            (
+                2,
+                report(vec![
+                    group(0, ReplicaRole::Follower, 1, 10),
+                    group(1, ReplicaRole::Leader, 3, 9),
+                ]),
+            ),
+            (3, Err("timeout".to_string())),
+        ]);
+        let s = merge(1, &layout(), &reports);
+        assert_eq!(s.nodes.len(), 3);
+        assert!(s.nodes[0].reachable && s.nodes[1].reachable);
+        assert!(!s.nodes[2].reachable);
+        assert_eq!(s.nodes[2].error, "timeout");
+        assert_eq!(s.groups.len(), 2);
+        let control = &s.groups[0];
+        assert_eq!(
+            (control.group, control.leader, control.term),
+            (0, Some(1), 1)
+        );
+        let shard = &s.groups[1];
+        assert_eq!((shard.leader, shard.term, shard.last_log), (Some(2), 3, 9));
+        assert_eq!(shard.replicas[0].matched, Some(9));
+        assert_eq!(shard.replicas[1].matched, Some(7));
+        assert_eq!(shard.replicas[2].role, ReplicaRole::Unreachable);
+        assert_eq!(shard.replicas[2].matched, None);
+    }
+}
