@@ -67,6 +67,10 @@ pub struct Args {
     /// Replicas per shard (capped by the number of nodes).
     #[arg(long, env = "MQD_REPLICAS", hide_env_values = true, value_name = "N")]
     pub replicas: Option<u32>,
+    /// Start as a new member of a running cluster: create no group, wait for
+    /// `mqctl node add` on the cluster.
+    #[arg(long, env = "MQD_JOIN", hide_env_values = true)]
+    pub join: bool,
     /// Validate the config file and exit: 0 if valid, 2 if not.
     #[arg(long)]
     pub check_config: bool,
@@ -84,6 +88,8 @@ pub struct ClusterFile {
     pub shards: Option<u32>,
     /// Replicas per shard.
     pub replicas: Option<u32>,
+    /// Join a running cluster instead of forming one.
+    pub join: Option<bool>,
 }
 
 /// Default number of shards.
@@ -106,6 +112,8 @@ pub struct ClusterSettings {
     pub shards: u32,
     /// Replicas per shard.
     pub replicas: u32,
+    /// The node joins a running cluster (`mqctl node add`) rather than forming one.
+    pub join: bool,
 }
 
 /// Parses one `ID=ADDR:PORT` member.
@@ -226,6 +234,7 @@ impl ClusterSettings {
             peers,
             shards,
             replicas,
+            join: oc.join.or(fc.join).unwrap_or(false),
         })
     }
 }
@@ -369,6 +378,15 @@ pub const KEYS: &[KeyDoc] = &[
         flag: Some("--replicas"),
         doc: "Copies of each shard, on as many nodes (capped by the cluster's size). A send is acknowledged once a majority of them have it on disk.",
     },
+    KeyDoc {
+        name: "cluster.join",
+        kind: "boolean",
+        default: "false",
+        example: "true",
+        env: Some("MQD_JOIN"),
+        flag: Some("--join"),
+        doc: "Start as a new member of a running cluster: the node creates no Raft group of its own and waits until `mqctl node add ID ADDR:PORT`, run against the cluster, adds it; it then receives its share of the shards. Peers need list only this node. Used on the first start; the membership is then kept in the data directory.",
+    },
 ];
 
 /// Wraps text at `width` columns, each line starting with `prefix`.
@@ -498,7 +516,8 @@ mod tests {
                 && all.cluster.as_ref().is_some_and(|c| c.node_id.is_some()
                     && c.peers.is_some()
                     && c.shards.is_some()
-                    && c.replicas.is_some())
+                    && c.replicas.is_some()
+                    && c.join.is_some())
         );
         // The defaults shown are the defaults in force.
         let defaults: String = KEYS

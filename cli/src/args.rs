@@ -102,6 +102,9 @@ pub enum Command {
     /// Show the cluster: members, health, and who leads each shard.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Add nodes to the cluster or remove them; replicas move to match.
+    #[command(subcommand)]
+    Node(NodeCmd),
     /// Send messages to a queue.
     ///
     /// The body is the argument, the contents of --file, or with --lines one message per
@@ -279,6 +282,52 @@ pub enum ClusterCmd {
     ///   mqctl cluster nodes
     #[command(verbatim_doc_comment)]
     Nodes,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// Add a node to the cluster and move its share of the shards onto it.
+    ///
+    /// Start the new node first, with --join, its own --node-id and --listen address, and
+    /// copies of ca.pem, ca.key and admin.token from a member's data directory. Then run
+    /// this against any member. It waits until every shard has its replicas in place.
+    ///
+    /// Example:
+    ///   mqd --data-dir /tmp/mq4 --listen 127.0.0.1:7404 --node-id 4 --peer 4=127.0.0.1:7404 --join &
+    ///   mqctl node add 4 127.0.0.1:7404
+    #[command(verbatim_doc_comment)]
+    Add {
+        /// The new node's id (1 or more, unused in this cluster).
+        id: u64,
+        /// The address other nodes reach it at (IP:PORT).
+        address: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Remove a node from the cluster and move its replicas to the others.
+    ///
+    /// It waits until the node holds no replica; stop the node afterwards.
+    ///
+    /// Example:
+    ///   mqctl node remove 1
+    #[command(verbatim_doc_comment)]
+    Remove {
+        /// The node's id.
+        id: u64,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+}
+
+/// How long `node add|remove` waits for the replicas to move.
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Return once the membership has changed, without waiting for the replicas.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Longest wait for the replicas to move.
+    #[arg(long, default_value = "10m", value_parser = crate::units::duration, value_name = "DURATION")]
+    pub wait_limit: std::time::Duration,
 }
 
 /// Queue settings as flags with human units.

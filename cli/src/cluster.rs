@@ -1,10 +1,14 @@
 //! `mqctl cluster status|shards|nodes`: one `CLUSTER_STATUS` request, three views of it.
 
+use std::time::Instant;
+
+use anyhow::bail;
+use mqd::client::Client;
 use mqd::protocol::{ClusterStatus, GroupStatus, ReplicaRole, ReplicaStatus};
 use serde_json::{json, Value};
 
-use crate::args::{ClusterCmd, Output};
-use crate::output::{println, table};
+use crate::args::{ClusterCmd, NodeCmd, Output, WaitArgs};
+use crate::output::{println, spinner, table};
 use crate::units::human_ms;
 
 /// The shard name of a group: `control` for group 0, else the shard number.
@@ -80,6 +84,89 @@ fn problems(s: &ClusterStatus) -> Vec<String> {
 
 fn uptime(ms: u64) -> String {
     human_ms(ms / 1000 * 1000)
+}
+
+/// What still keeps a membership change from being complete; empty when done.
+fn unsettled(s: &ClusterStatus, removed: Option<u64>) -> Vec<String> {
+    let mut out = Vec::new();
+    for g in &s.groups {
+        let name = match g.group {
+            0 => "the control group".to_string(),
+            k => format!("shard {}", k - 1),
+        };
+        if g.leader.is_none() {
+            out.push(format!("{name} has no leader"));
+        } else if g.moving {
+            out.push(format!("{name} is moving replicas"));
+        } else if removed.is_some_and(|id| g.replicas.iter().any(|r| r.node == id)) {
+            out.push(format!("{name} still has a replica on the node"));
+        }
+    }
+    out
+}
+
+/// `mqctl node add|remove`: changes the membership, then waits for the replicas.
+pub async fn node(client: &Client, out: Output, cmd: NodeCmd) -> anyhow::Result<()> {
+    let (verb, id, removed, wait): (&str, u64, Option<u64>, WaitArgs) = match cmd {
+        NodeCmd::Add { id, address, wait } => {
+            client.add_node(id, &address).await?;
+            ("added", id, None, wait)
+        }
+        NodeCmd::Remove { id, wait } => {
+            client.remove_node(id).await?;
+            ("removed", id, Some(id), wait)
+        }
+    };
+    if out == Output::Table {
+        println(format!("node {id} {verb}"))?;
+    }
+    let started = Instant::now();
+    let mut left = vec!["replicas not checked".to_string()];
+    if !wait.no_wait {
+        let bar = spinner(out, "moving replicas");
+        while started.elapsed() < wait.wait_limit {
+            // A status through a node that is failing over may fail; ask again.
+            if let Ok(s) = client.cluster_status().await {
+                left = unsettled(&s, removed);
+                if left.is_empty() {
+                    break;
+                }
+                bar.set_message(format!("moving replicas: {}", left[0]));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        bar.finish_and_clear();
+    }
+    let settled = !wait.no_wait && left.is_empty();
+    match out {
+        Output::Json => println(json!({
+            "node": id,
+            "result": verb,
+            "replicas_settled": settled,
+            "waited_ms": started.elapsed().as_millis() as u64,
+        }))?,
+        Output::Table if settled => println(format!(
+            "every shard has its replicas in place ({:.1}s){}",
+            started.elapsed().as_secs_f64(),
+            if removed.is_some() {
+                "; the node can be stopped"
+            } else {
+                ""
+            }
+        ))?,
+        Output::Table if wait.no_wait => {
+            println("replicas move in the background; watch `mqctl cluster shards`")?
+        }
+        Output::Table => {}
+    }
+    if !wait.no_wait && !settled {
+        bail!(
+            "replicas did not settle within {:?}: {}",
+            wait.wait_limit,
+            left.join("; ")
+        );
+    }
+    Ok(())
 }
 
 pub fn print(out: Output, cmd: ClusterCmd, s: &ClusterStatus) -> anyhow::Result<()> {
@@ -192,6 +279,7 @@ fn shards(out: Output, s: &ClusterStatus) -> anyhow::Result<()> {
                     "term": g.term,
                     "committed": g.committed,
                     "last_log": g.last_log,
+                    "moving": g.moving,
                     "replicas": g.replicas.iter().map(|r| json!({
                         "node": r.node,
                         "role": r.role.name(),
@@ -203,7 +291,9 @@ fn shards(out: Output, s: &ClusterStatus) -> anyhow::Result<()> {
             }
         }
         Output::Table => {
-            let mut t = table(&["shard", "leader", "term", "commit", "last log", "replicas"]);
+            let mut t = table(&[
+                "shard", "leader", "term", "commit", "last log", "state", "replicas",
+            ]);
             for g in &s.groups {
                 t.add_row(vec![
                     shard_name(g.group),
@@ -211,6 +301,12 @@ fn shards(out: Output, s: &ClusterStatus) -> anyhow::Result<()> {
                     g.term.to_string(),
                     g.committed.to_string(),
                     g.last_log.to_string(),
+                    match (g.leader, g.moving) {
+                        (None, _) => "no leader",
+                        (Some(_), true) => "moving",
+                        (Some(_), false) => "ok",
+                    }
+                    .to_string(),
                     {
                         let mut reps: Vec<&ReplicaStatus> = g.replicas.iter().collect();
                         reps.sort_by_key(|r| r.node);
@@ -323,6 +419,7 @@ mod tests {
                     term: 4,
                     committed: 10,
                     last_log: 10,
+                    moving: false,
                     replicas: vec![
                         replica(1, ReplicaRole::Leader, Some(10)),
                         replica(2, ReplicaRole::Unreachable, Some(7)),
@@ -334,6 +431,7 @@ mod tests {
                     term: 5,
                     committed: 3,
                     last_log: 3,
+                    moving: false,
                     replicas: vec![
                         replica(2, ReplicaRole::Unreachable, None),
                         replica(1, ReplicaRole::Candidate, None),

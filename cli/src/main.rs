@@ -242,6 +242,7 @@ async fn dispatch(client: &Client, out: Output, cmd: Command) -> anyhow::Result<
         Command::Completions { .. } | Command::Bench(_) => Ok(()),
         Command::Queue(q) => queue(client, out, q).await,
         Command::Cluster(c) => cluster::print(out, c, &client.cluster_status().await?),
+        Command::Node(n) => cluster::node(client, out, n).await,
         Command::Send(a) => send(client, out, a).await,
         Command::Receive(a) => {
             let ds = client

@@ -40,6 +40,7 @@ fn overrides(args: &Args) -> FileConfig {
             peers: (!args.peers.is_empty()).then(|| args.peers.clone()),
             shards: args.shards,
             replicas: args.replicas,
+            join: args.join.then_some(true),
         }),
     }
 }

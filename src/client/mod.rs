@@ -22,6 +22,7 @@
 //! #         peers: Default::default(),
 //! #         shards: 4,
 //! #         replicas: 1,
+//! #         join: false,
 //! #     },
 //! # };
 //! # let (stop, stopping) = tokio::sync::watch::channel(false);
@@ -542,6 +543,37 @@ impl Client {
             self.call(&Request::ClusterStatus, Duration::ZERO).await?,
             |r| match r {
                 Response::ClusterStatus(s) => Some(s),
+                _ => None,
+            },
+        )
+    }
+
+    /// Adds node `id`, started with `--join` and listening at `address`, to the cluster.
+    /// Returns once it is a member; its share of the shards moves to it afterwards (watch
+    /// [`Client::cluster_status`] for groups still `moving`).
+    pub async fn add_node(&self, id: u64, address: &str) -> Result<(), ClientError> {
+        let req = Request::NodeAdd {
+            id,
+            address: address.into(),
+        };
+        // The node must catch up with the control group first (up to 30 s on the server).
+        expect(
+            self.call(&req, Duration::from_secs(40)).await?,
+            |r| match r {
+                Response::Empty => Some(()),
+                _ => None,
+            },
+        )
+    }
+
+    /// Takes node `id` out of the cluster. Returns once it is no longer a member; its
+    /// replicas move off it afterwards, and it can be stopped once it holds none.
+    pub async fn remove_node(&self, id: u64) -> Result<(), ClientError> {
+        expect(
+            self.call(&Request::NodeRemove { id }, Duration::from_secs(10))
+                .await?,
+            |r| match r {
+                Response::Empty => Some(()),
                 _ => None,
             },
         )

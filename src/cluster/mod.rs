@@ -16,13 +16,14 @@
 //! This module owns placement, forwarding and the Raft groups' lifecycle; request
 //! validation belongs to `frontend`, storage to `store`, the replication log to `raft`.
 
+mod membership;
 mod status;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use openraft::{BasicNode, Raft};
@@ -128,6 +129,8 @@ pub enum Op {
     /// The receiving node's own view of the groups it hosts (any node answers; the
     /// group is ignored).
     Report,
+    /// A change of the cluster's members (control group only).
+    Member(membership::MemberChange),
 }
 
 /// A read run on a group's leader after it confirmed its leadership.
@@ -159,6 +162,8 @@ pub enum Read {
         /// Queue name.
         name: String,
     },
+    /// The group's membership.
+    Membership,
 }
 
 /// Why one attempt at an [`Op`] did not produce an answer, as seen by the caller.
@@ -186,6 +191,10 @@ pub enum Answer {
     Placement(Option<u32>),
     /// A node's report on itself.
     Report(status::NodeReport),
+    /// A group's membership.
+    Membership(membership::MembershipView),
+    /// Done; nothing to return.
+    Done,
 }
 
 /// Why an [`Op`] has no answer.
@@ -273,14 +282,24 @@ pub struct Node {
 }
 
 struct Inner {
+    /// The configured layout: this node's id, the shard count, the replica count, and the
+    /// members to form a new cluster with (the control group's voters replace them once
+    /// known; see [`Node::members`]).
     layout: ClusterLayout,
     connector: Connector,
-    groups: HashMap<u64, Local>,
+    /// The groups hosted here; changed only by start-up and [`membership`].
+    groups: RwLock<HashMap<u64, Local>>,
     waiters: Waiters,
     /// Last known leader of groups, for forwarding.
     hints: Mutex<HashMap<u64, NodeId>>,
     /// When the node started, for status reports.
     started: Instant,
+    /// The data directory, where groups added later keep their files.
+    dir: PathBuf,
+    raft_config: Arc<openraft::Config>,
+    router: Router,
+    /// Set by [`Node::shutdown`]; background loops end.
+    stopping: AtomicBool,
 }
 
 fn file_stem(group: u64) -> String {
@@ -381,96 +400,248 @@ pub fn queue_not_found(name: &str) -> Failure {
     )
 }
 
+/// The shard groups whose files are in `dir` (hosted before the last stop).
+fn groups_on_disk(dir: &Path, shards: u32) -> Vec<u64> {
+    (0..shards)
+        .map(group_of_shard)
+        .filter(|g| dir.join(format!("{}.log.redb", file_stem(*g))).exists())
+        .collect()
+}
+
 impl Node {
-    /// Opens (or creates) every group this node hosts under `dir`, registers them with
-    /// `router` for peer RPCs, and on a new cluster initializes the groups this node is
-    /// the first replica of.
+    /// Opens (or creates) the groups this node hosts under `dir` and registers them with
+    /// `router` for peer RPCs. A new node forming a cluster hosts the groups the
+    /// configured members assign to it and initializes those it is the first replica of;
+    /// a new node joining a running cluster hosts only an empty control group and waits to
+    /// be added; a node restarting hosts the groups whose files it has. From then on
+    /// [`membership`] keeps the hosted groups in line with the control group's members.
     pub async fn start(
         layout: ClusterLayout,
         dir: &Path,
         connector: Connector,
         router: &Router,
+        join: bool,
     ) -> Result<Node, NodeError> {
         let fresh = check_stamp(dir, &layout)?;
-        let config = raft_config()?;
-        let waiters = Waiters::default();
-        let mut groups = HashMap::new();
-        for group in layout.groups() {
+        let me = layout.node_id;
+        let node = Node {
+            inner: Arc::new(Inner {
+                connector,
+                groups: RwLock::default(),
+                waiters: Waiters::default(),
+                hints: Mutex::default(),
+                started: Instant::now(),
+                dir: dir.to_path_buf(),
+                raft_config: raft_config()?,
+                router: router.clone(),
+                stopping: AtomicBool::new(false),
+                layout,
+            }),
+        };
+        let layout = &node.inner.layout;
+        let initial: Vec<u64> = match (fresh, join) {
+            (true, false) => layout
+                .groups()
+                .filter(|g| layout.replicas_of(*g).contains(&me))
+                .collect(),
+            (true, true) => vec![CONTROL_GROUP],
+            (false, _) => std::iter::once(CONTROL_GROUP)
+                .chain(groups_on_disk(dir, layout.shards))
+                .collect(),
+        };
+        for group in initial {
+            let local = node.open_group(group).await?;
             let replicas = layout.replicas_of(group);
-            if !replicas.contains(&layout.node_id) {
-                continue;
-            }
-            let stem = file_stem(group);
-            let log_path = dir.join(format!("{stem}.log.redb"));
-            let log = LogStore::open(&log_path).map_err(|e| NodeError::Storage {
-                path: log_path.clone(),
-                detail: e.to_string(),
-            })?;
-            let committed = log.committed();
-            let sm_path = dir.join(format!("{stem}.redb"));
-            let w = waiters.clone();
-            let sm = StateMachine::open(&sm_path, Arc::new(move |q| w.wake(q))).map_err(|e| {
-                NodeError::Storage {
-                    path: sm_path.clone(),
-                    detail: e.to_string(),
-                }
-            })?;
-            let db = sm.database();
-            let raft = Raft::new(
-                layout.node_id,
-                config.clone(),
-                GroupNetwork::new(connector.clone(), group),
-                log,
-                sm,
-            )
-            .await
-            .map_err(|e| NodeError::Raft {
-                group,
-                detail: e.to_string(),
-            })?;
-            router.add(group, raft.clone());
-            if fresh && replicas.first() == Some(&layout.node_id) {
+            if fresh && !join && replicas.first() == Some(&me) {
                 let members: BTreeMap<NodeId, BasicNode> = replicas
                     .iter()
                     .map(|id| (*id, BasicNode::new(layout.peers[id].to_string())))
                     .collect();
                 // Refused harmlessly when the group was initialized by an earlier start
                 // that stopped before writing the stamp.
-                if let Err(e) = raft.initialize(members).await {
+                if let Err(e) = local.raft.initialize(members).await {
                     tracing::debug!(group, error = %e, "group not initialized");
                 }
             }
-            let proposer = Proposer::start(raft.clone(), PROPOSALS_IN_FLIGHT);
-            groups.insert(
-                group,
-                Local {
-                    raft,
-                    proposer,
-                    db,
-                    committed,
-                },
-            );
+            node.host(group, local);
         }
         if fresh {
-            write_stamp(dir, &layout)?;
+            write_stamp(dir, layout)?;
         }
         tracing::info!(
-            node = layout.node_id,
+            node = me,
             members = layout.peers.len(),
             shards = layout.shards,
-            hosted = groups.len(),
+            hosted = node.hosted().len(),
+            join,
             "cluster groups started"
         );
-        Ok(Node {
-            inner: Arc::new(Inner {
-                layout,
-                connector,
-                groups,
-                waiters,
-                hints: Mutex::default(),
-                started: Instant::now(),
-            }),
+        membership::start(node.clone());
+        Ok(node)
+    }
+
+    /// Opens a group's storage and starts its Raft instance (not yet routed or hosted).
+    async fn open_group(&self, group: u64) -> Result<Local, NodeError> {
+        let inner = &self.inner;
+        let stem = file_stem(group);
+        let log_path = inner.dir.join(format!("{stem}.log.redb"));
+        let log = LogStore::open(&log_path).map_err(|e| NodeError::Storage {
+            path: log_path.clone(),
+            detail: e.to_string(),
+        })?;
+        let committed = log.committed();
+        let sm_path = inner.dir.join(format!("{stem}.redb"));
+        let w = inner.waiters.clone();
+        let sm = StateMachine::open(&sm_path, Arc::new(move |q| w.wake(q))).map_err(|e| {
+            NodeError::Storage {
+                path: sm_path.clone(),
+                detail: e.to_string(),
+            }
+        })?;
+        let db = sm.database();
+        let raft = Raft::new(
+            inner.layout.node_id,
+            inner.raft_config.clone(),
+            GroupNetwork::new(inner.connector.clone(), group),
+            log,
+            sm,
+        )
+        .await
+        .map_err(|e| NodeError::Raft {
+            group,
+            detail: e.to_string(),
+        })?;
+        let proposer = Proposer::start(raft.clone(), PROPOSALS_IN_FLIGHT);
+        Ok(Local {
+            raft,
+            proposer,
+            db,
+            committed,
         })
+    }
+
+    /// Starts serving `group` from `local`: peer RPCs reach it, requests use it.
+    fn host(&self, group: u64, local: Local) {
+        self.inner.router.add(group, local.raft.clone());
+        self.inner
+            .groups
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(group, local);
+    }
+
+    /// Stops serving `group`, shuts its Raft instance down and deletes its files: this node
+    /// is no longer one of its replicas.
+    async fn drop_group(&self, group: u64) {
+        let Some(local) = self
+            .inner
+            .groups
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&group)
+        else {
+            return;
+        };
+        self.inner.router.remove(group);
+        if let Err(e) = local.raft.shutdown().await {
+            tracing::warn!(group, error = %e, "Raft group did not stop cleanly");
+        }
+        drop(local);
+        let stem = file_stem(group);
+        for f in [format!("{stem}.redb"), format!("{stem}.log.redb")] {
+            let path = self.inner.dir.join(&f);
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(file = %path.display(), error = %e, "replica file not removed");
+            }
+        }
+        tracing::info!(group, "replica removed from this node");
+    }
+
+    /// The local replica of `group`, if this node hosts one.
+    fn local(&self, group: u64) -> Option<Local> {
+        self.inner
+            .groups
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&group)
+            .cloned()
+    }
+
+    /// Every hosted group, in id order.
+    fn hosted(&self) -> Vec<(u64, Local)> {
+        let mut v: Vec<(u64, Local)> = self
+            .inner
+            .groups
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(g, l)| (*g, l.clone()))
+            .collect();
+        v.sort_by_key(|(g, _)| *g);
+        v
+    }
+
+    /// The cluster's members and their addresses: the voters of the control group as this
+    /// node's replica knows them, or the configured peers before it knows any.
+    pub fn members(&self) -> BTreeMap<NodeId, SocketAddr> {
+        let mut out = BTreeMap::new();
+        if let Some(l) = self.local(CONTROL_GROUP) {
+            let m = l.raft.metrics();
+            let m = m.borrow();
+            let membership = m.membership_config.membership();
+            for id in membership.voter_ids() {
+                if let Some(addr) = membership
+                    .get_node(&id)
+                    .and_then(|n| n.addr.parse::<SocketAddr>().ok())
+                {
+                    out.insert(id, addr);
+                }
+            }
+        }
+        if out.is_empty() {
+            out = self.inner.layout.peers.clone();
+        }
+        out
+    }
+
+    /// Where node `id` is reached: the control group's membership (learners included),
+    /// else the configured peers.
+    fn address_of(&self, id: NodeId) -> Option<SocketAddr> {
+        if let Some(l) = self.local(CONTROL_GROUP) {
+            let m = l.raft.metrics();
+            let m = m.borrow();
+            if let Some(a) = m
+                .membership_config
+                .membership()
+                .get_node(&id)
+                .and_then(|n| n.addr.parse().ok())
+            {
+                return Some(a);
+            }
+        }
+        self.inner.layout.peers.get(&id).copied()
+    }
+
+    /// The replicas of `group`: its voters as the local replica knows them, else as the
+    /// current members assign them.
+    pub fn replicas_of(&self, group: u64) -> Vec<NodeId> {
+        if let Some(l) = self.local(group) {
+            let m = l.raft.metrics();
+            let m = m.borrow();
+            let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+            if !voters.is_empty() {
+                return voters;
+            }
+        }
+        self.current_layout().replicas_of(group)
+    }
+
+    /// The layout with the current members.
+    pub fn current_layout(&self) -> ClusterLayout {
+        ClusterLayout {
+            peers: self.members(),
+            ..self.inner.layout.clone()
+        }
     }
 
     /// The layout in force.
@@ -480,7 +651,8 @@ impl Node {
 
     /// Stops every local group.
     pub async fn shutdown(&self) {
-        for (group, l) in &self.inner.groups {
+        self.inner.stopping.store(true, Ordering::Relaxed);
+        for (group, l) in self.hosted() {
             if let Err(e) = l.raft.shutdown().await {
                 tracing::warn!(group, error = %e, "Raft group did not stop cleanly");
             }
@@ -494,8 +666,8 @@ impl Node {
         if let Op::Report = op {
             return Ok(Answer::Report(self.report()));
         }
-        match self.inner.groups.get(&group) {
-            Some(l) => self.run_local(group, l, op).await,
+        match self.local(group) {
+            Some(l) => self.run_local(group, &l, op).await,
             None => Err(OpError::NotLeader(None)),
         }
     }
@@ -504,7 +676,7 @@ impl Node {
     /// happen at all on this node (it must host a replica of the queue's shard).
     pub fn waiter(&self, queue: &str) -> (Arc<Notify>, bool) {
         let shard = self.placement_local(queue).ok().flatten();
-        let local = shard.is_some_and(|s| self.inner.groups.contains_key(&group_of_shard(s)));
+        let local = shard.is_some_and(|s| self.local(group_of_shard(s)).is_some());
         (self.inner.waiters.get(queue), local)
     }
 
@@ -519,7 +691,7 @@ impl Node {
     }
 
     fn placement_local(&self, name: &str) -> Result<Option<u32>, StoreError> {
-        match self.inner.groups.get(&CONTROL_GROUP) {
+        match self.local(CONTROL_GROUP) {
             Some(l) => {
                 let txn = l.db.begin_read().map_err(redb::Error::from)?;
                 store::placement(&txn, name)
@@ -671,6 +843,33 @@ impl Node {
         Ok(out)
     }
 
+    /// Adds node `id`, reached at `addr`, to the cluster; its share of the shards moves
+    /// to it in the background.
+    pub async fn add_member(&self, id: NodeId, addr: SocketAddr) -> Result<(), Failure> {
+        let change = membership::MemberChange::Add {
+            id,
+            addr: addr.to_string(),
+        };
+        match self.exec(CONTROL_GROUP, Op::Member(change)).await? {
+            Answer::Done => Ok(()),
+            a => Err(unexpected(a)),
+        }
+    }
+
+    /// Takes node `id` out of the cluster; its replicas move off in the background.
+    pub async fn remove_member(&self, id: NodeId) -> Result<(), Failure> {
+        match self
+            .exec(
+                CONTROL_GROUP,
+                Op::Member(membership::MemberChange::Remove { id }),
+            )
+            .await?
+        {
+            Answer::Done => Ok(()),
+            a => Err(unexpected(a)),
+        }
+    }
+
     /// Queues in name order across every shard.
     pub async fn list(
         &self,
@@ -758,8 +957,8 @@ impl Node {
     /// something is due; returns how many.
     pub async fn expire(&self, chunk: u64) -> u64 {
         let mut total = 0;
-        for (group, l) in &self.inner.groups {
-            if *group == CONTROL_GROUP || !is_leader(l, self.inner.layout.node_id) {
+        for (group, l) in self.hosted() {
+            if group == CONTROL_GROUP || !is_leader(&l, self.inner.layout.node_id) {
                 continue;
             }
             loop {
@@ -774,7 +973,7 @@ impl Node {
                     break;
                 }
                 match self
-                    .run_local(*group, l, Op::Command(Command::Expire { max: chunk }))
+                    .run_local(group, &l, Op::Command(Command::Expire { max: chunk }))
                     .await
                 {
                     Ok(Answer::Outcome(Outcome::Count(n))) => {
@@ -798,12 +997,12 @@ impl Node {
     pub async fn exec(&self, group: u64, op: Op) -> Result<Answer, Failure> {
         let deadline = tokio::time::Instant::now() + EXEC_DEADLINE;
         let me = self.inner.layout.node_id;
-        let replicas = self.inner.layout.replicas_of(group);
+        let replicas = self.replicas_of(group);
         let mut rotate = 0usize;
         let mut last = String::from("no leader elected yet");
         loop {
-            let local = self.inner.groups.get(&group);
-            let target = match local {
+            let local = self.local(group);
+            let target = match &local {
                 Some(l) => l.raft.metrics().borrow().current_leader,
                 None => self.hint(group),
             }
@@ -812,7 +1011,7 @@ impl Node {
                 let others: Vec<_> = replicas.iter().filter(|r| **r != me).collect();
                 (!others.is_empty()).then(|| *others[rotate % others.len()])
             });
-            let result = match (target, local) {
+            let result = match (target, &local) {
                 (Some(t), Some(l)) if t == me => {
                     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
                     let run = self.run_local(group, l, op.clone());
@@ -834,7 +1033,7 @@ impl Node {
                 Err(Attempt::Op(OpError::Failed(s, m))) => return Err((s, m)),
                 // Running a command twice is not harmless (a send would be stored twice),
                 // so an operation that may have run is not tried again here.
-                Err(Attempt::Lost(t, e)) if matches!(op, Op::Command(_)) => {
+                Err(Attempt::Lost(t, e)) if !matches!(op, Op::Read(_) | Op::Report) => {
                     self.clear_hint(group);
                     return Err((
                         Status::Unavailable,
@@ -894,7 +1093,7 @@ impl Node {
     }
 
     async fn forward(&self, target: NodeId, group: u64, op: &Op) -> Result<Answer, Attempt> {
-        let Some(addr) = self.inner.layout.peers.get(&target).copied() else {
+        let Some(addr) = self.address_of(target) else {
             return Err(Attempt::Unreachable(target, "not a member".into()));
         };
         let r: Result<Result<Answer, OpError>, CallError> = self
@@ -956,6 +1155,15 @@ impl Node {
                 }
             }
             Op::Report => Ok(Answer::Report(self.report())),
+            Op::Member(change) => {
+                if group != CONTROL_GROUP {
+                    return Err(failed(
+                        Status::Internal,
+                        "membership changes go to the control group",
+                    ));
+                }
+                self.change_members(l, change).await
+            }
             Op::Read(read_op) => {
                 // Linearizable: confirm leadership with a majority and wait until this
                 // replica has applied everything committed before the read.
@@ -967,6 +1175,9 @@ impl Node {
                             format!("shard group {group}: leadership not confirmed ({e}); retry"),
                         )),
                     };
+                }
+                if let Read::Membership = read_op {
+                    return Ok(Answer::Membership(self.membership_view(l)));
                 }
                 let db = l.db.clone();
                 let now = store::now_ms();
@@ -987,6 +1198,7 @@ impl Node {
                         Read::Placement { name } => {
                             Answer::Placement(store::placement(txn, &name)?)
                         }
+                        Read::Membership => Answer::Done, // answered above
                     })
                 })
                 .await
@@ -997,8 +1209,8 @@ impl Node {
     /// Queues across the shards this node hosts, for the start-up log line.
     pub async fn local_queue_count(&self) -> u64 {
         let mut n = 0;
-        for (g, l) in &self.inner.groups {
-            if *g == CONTROL_GROUP {
+        for (g, l) in self.hosted() {
+            if g == CONTROL_GROUP {
                 continue;
             }
             n += read(l.db.clone(), store::queue_count).await.unwrap_or(0);

@@ -6,7 +6,8 @@
 //! indexes and how far each replica has matched. Nothing here goes through Raft: the
 //! answer is a snapshot of what the members said within [`REPORT_TIMEOUT`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -40,6 +41,13 @@ pub struct GroupReport {
     pub committed: u64,
     /// When it leads: each replica's last matched index.
     pub matched: Option<Vec<(NodeId, Option<u64>)>>,
+    /// The group's voters in the membership this replica knows (both sides of a joint
+    /// configuration).
+    pub voters: Vec<NodeId>,
+    /// Its learners (replicas being brought up to date before they vote).
+    pub learners: Vec<NodeId>,
+    /// The membership is a joint configuration (a change half-way).
+    pub joint: bool,
 }
 
 /// What one node says about itself.
@@ -66,15 +74,15 @@ fn role_of(state: ServerState) -> ReplicaRole {
 impl Node {
     /// This node's own report.
     pub fn report(&self) -> NodeReport {
-        let mut groups: Vec<GroupReport> = self
-            .inner
-            .groups
-            .iter()
+        let groups: Vec<GroupReport> = self
+            .hosted()
+            .into_iter()
             .map(|(group, l)| {
                 let m = l.raft.metrics();
                 let m = m.borrow();
+                let membership = m.membership_config.membership();
                 GroupReport {
-                    group: *group,
+                    group,
                     role: role_of(m.state),
                     term: m.current_term,
                     leader: m.current_leader,
@@ -86,10 +94,12 @@ impl Node {
                             .map(|(id, log)| (*id, log.map(|l| l.index)))
                             .collect()
                     }),
+                    voters: membership.voter_ids().collect(),
+                    learners: membership.learner_ids().collect(),
+                    joint: membership.get_joint_config().len() > 1,
                 }
             })
             .collect();
-        groups.sort_by_key(|g| g.group);
         NodeReport {
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_ms: self.inner.started.elapsed().as_millis() as u64,
@@ -99,9 +109,20 @@ impl Node {
 
     /// Every member's report, merged: the answer to `CLUSTER_STATUS`.
     pub async fn cluster_status(&self) -> ClusterStatus {
-        let layout = &self.inner.layout;
+        let layout = self.current_layout();
+        // The members, and any other node a local group knows (one being added or removed).
+        let mut ask: BTreeMap<NodeId, SocketAddr> = layout.peers.clone();
+        for (_, l) in self.hosted() {
+            let m = l.raft.metrics();
+            let m = m.borrow();
+            for (id, n) in m.membership_config.membership().nodes() {
+                if let Ok(a) = n.addr.parse() {
+                    ask.entry(*id).or_insert(a);
+                }
+            }
+        }
         let mut asks = tokio::task::JoinSet::new();
-        for (&id, &addr) in &layout.peers {
+        for (&id, &addr) in &ask {
             if id == layout.node_id {
                 continue;
             }
@@ -132,17 +153,18 @@ impl Node {
                 reports.insert(id, r);
             }
         }
-        merge(self.inner.layout.node_id, layout, &reports)
+        merge(&layout, &ask, &reports)
     }
 }
 
+/// Merges the reports. `layout` holds the members (whose replica sets are the targets);
+/// `known` every node asked.
 fn merge(
-    me: NodeId,
     layout: &super::ClusterLayout,
+    known: &BTreeMap<NodeId, SocketAddr>,
     reports: &HashMap<NodeId, Result<NodeReport, String>>,
 ) -> ClusterStatus {
-    let nodes = layout
-        .peers
+    let nodes = known
         .iter()
         .map(|(&id, addr)| {
             let (reachable, version, uptime_ms, error) = match reports.get(&id) {
@@ -169,16 +191,41 @@ fn merge(
     let groups = layout
         .groups()
         .map(|group| {
-            let replicas = layout.replicas_of(group);
-            let seen: Vec<&GroupReport> = replicas
-                .iter()
-                .filter_map(|n| group_of(*n, group))
-                .collect();
-            let leader = replicas
-                .iter()
+            let target = layout.replicas_of(group);
+            // Every node that reports a replica of the group.
+            let holders: Vec<(NodeId, &GroupReport)> = known
+                .keys()
                 .filter_map(|n| group_of(*n, group).map(|g| (*n, g)))
+                .collect();
+            let seen: Vec<&GroupReport> = holders.iter().map(|(_, g)| *g).collect();
+            let leader = holders
+                .iter()
+                .copied()
                 .filter(|(_, g)| g.role == ReplicaRole::Leader)
                 .max_by_key(|(_, g)| g.term);
+            // The replicas: the leader's membership; without a leader, the voters the
+            // holders know of, else the target.
+            let (mut replicas, moving) = match leader {
+                Some((_, g)) => {
+                    let mut r = g.voters.clone();
+                    r.extend(g.learners.iter().copied());
+                    let mut voters = g.voters.clone();
+                    voters.sort_unstable();
+                    let mut want = target.clone();
+                    want.sort_unstable();
+                    (r, g.joint || !g.learners.is_empty() || voters != want)
+                }
+                None => {
+                    let mut r: Vec<NodeId> =
+                        seen.iter().flat_map(|g| g.voters.iter().copied()).collect();
+                    if r.is_empty() {
+                        r = target.clone();
+                    }
+                    (r, false)
+                }
+            };
+            replicas.sort_unstable();
+            replicas.dedup();
             let matched: HashMap<NodeId, Option<u64>> = leader
                 .and_then(|(_, g)| g.matched.as_ref())
                 .map(|m| m.iter().copied().collect())
@@ -186,6 +233,7 @@ fn merge(
             GroupStatus {
                 group,
                 leader: leader.map(|(n, _)| n),
+                moving,
                 term: seen.iter().map(|g| g.term).max().unwrap_or(0),
                 committed: seen.iter().map(|g| g.committed).max().unwrap_or(0),
                 last_log: match leader {
@@ -212,7 +260,7 @@ fn merge(
         })
         .collect();
     ClusterStatus {
-        node_id: me,
+        node_id: layout.node_id,
         shards: layout.shards,
         replicas: layout.replicas,
         nodes,
@@ -249,6 +297,9 @@ mod tests {
             committed: last_log,
             matched: (role == ReplicaRole::Leader)
                 .then(|| vec![(1, Some(last_log)), (2, Some(last_log - 2)), (3, None)]),
+            voters: vec![1, 2, 3],
+            learners: vec![],
+            joint: false,
         }
     }
 
@@ -280,7 +331,8 @@ mod tests {
             ),
             (3, Err("timeout".to_string())),
         ]);
-        let s = merge(1, &layout(), &reports);
+        let layout = layout();
+        let s = merge(&layout, &layout.peers, &reports);
         assert_eq!(s.nodes.len(), 3);
         assert!(s.nodes[0].reachable && s.nodes[1].reachable);
         assert!(!s.nodes[2].reachable);
@@ -297,5 +349,29 @@ mod tests {
         assert_eq!(shard.replicas[1].matched, Some(7));
         assert_eq!(shard.replicas[2].role, ReplicaRole::Unreachable);
         assert_eq!(shard.replicas[2].matched, None);
+        assert!(!shard.moving);
+    }
+
+    #[test]
+    fn a_membership_unlike_the_target_is_moving() {
+        // Shard 0 should be on 1, 2, 3 (the members); its leader still has 1, 2 and
+        // a learner 4.
+        let mut g = group(1, ReplicaRole::Leader, 2, 9);
+        g.voters = vec![1, 2];
+        g.learners = vec![4];
+        let reports = HashMap::from([
+            (1, report(vec![group(0, ReplicaRole::Leader, 1, 3), g])),
+            (4, report(vec![group(1, ReplicaRole::Learner, 2, 5)])),
+        ]);
+        let layout = layout();
+        let mut known = layout.peers.clone();
+        known.insert(4, SocketAddr::from(([127, 0, 0, 1], 7414)));
+        let s = merge(&layout, &known, &reports);
+        let shard = &s.groups[1];
+        assert!(shard.moving);
+        let nodes: Vec<u64> = shard.replicas.iter().map(|r| r.node).collect();
+        assert_eq!(nodes, vec![1, 2, 4]);
+        assert_eq!(shard.replicas[2].role, ReplicaRole::Learner);
+        assert!(!s.groups[0].moving);
     }
 }

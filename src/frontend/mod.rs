@@ -102,6 +102,22 @@ impl Frontend {
         match req {
             Request::Ping | Request::Hello { .. } => Ok(Response::Empty),
             Request::ClusterStatus => Ok(Response::ClusterStatus(self.node.cluster_status().await)),
+            Request::NodeAdd { id, address } => {
+                if id == 0 {
+                    return Err(invalid("node ids start at 1"));
+                }
+                let addr: std::net::SocketAddr = address.parse().map_err(|_| {
+                    invalid(format!(
+                        "`{address}` is not an IP:PORT address; give the address the new node listens on, e.g. 10.0.0.4:7400"
+                    ))
+                })?;
+                self.node.add_member(id, addr).await?;
+                Ok(Response::Empty)
+            }
+            Request::NodeRemove { id } => {
+                self.node.remove_member(id).await?;
+                Ok(Response::Empty)
+            }
             Request::QueueCreate { name, attributes } => {
                 match self.node.create_queue(&name, attributes).await? {
                     Outcome::Config(c) => Ok(Response::Config(c)),
@@ -419,12 +435,14 @@ mod tests {
             peers: Default::default(),
             shards: 4,
             replicas: 1,
+            join: false,
         };
         let node = Node::start(
             crate::cluster::ClusterLayout::new(&settings, addr),
             dir,
             connector,
             &crate::peer::Router::new(dir),
+            false,
         )
         .await
         .unwrap();

@@ -235,6 +235,14 @@ fn cases() -> Vec<(&'static str, Case)> {
         ),
         ("cluster-status", Request(super::Request::ClusterStatus)),
         (
+            "node-add",
+            Request(super::Request::NodeAdd {
+                id: 4,
+                address: "10.0.0.4:7411".into(),
+            }),
+        ),
+        ("node-remove", Request(super::Request::NodeRemove { id: 1 })),
+        (
             "cluster-status-response",
             Response(
                 Opcode::ClusterStatus,
@@ -266,6 +274,7 @@ fn cases() -> Vec<(&'static str, Case)> {
                         term: 3,
                         committed: 42,
                         last_log: 42,
+                        moving: false,
                         replicas: vec![
                             ReplicaStatus {
                                 node: 1,

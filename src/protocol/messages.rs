@@ -117,6 +117,18 @@ pub enum Request {
     },
     /// Every member's health and every Raft group's leader, term and progress.
     ClusterStatus,
+    /// Adds a node (started with `--join`) to the cluster.
+    NodeAdd {
+        /// Its node id.
+        id: u64,
+        /// Its peer address, `IP:PORT`.
+        address: String,
+    },
+    /// Takes a node out of the cluster.
+    NodeRemove {
+        /// Its node id.
+        id: u64,
+    },
 }
 
 /// Why a request frame's body was refused.
@@ -176,6 +188,8 @@ impl Request {
             Request::Nack { .. } => Opcode::Nack,
             Request::ChangeVisibility { .. } => Opcode::ChangeVisibility,
             Request::ClusterStatus => Opcode::ClusterStatus,
+            Request::NodeAdd { .. } => Opcode::NodeAdd,
+            Request::NodeRemove { .. } => Opcode::NodeRemove,
         }
     }
 
@@ -184,7 +198,8 @@ impl Request {
     pub fn check_lengths(&self) -> Result<(), String> {
         let mut fields: Vec<(&str, &str)> = Vec::new();
         match self {
-            Request::Ping | Request::ClusterStatus => {}
+            Request::Ping | Request::ClusterStatus | Request::NodeRemove { .. } => {}
+            Request::NodeAdd { address, .. } => fields.push(("address", address)),
             Request::Hello { token, client } => {
                 fields.extend([("token", token.as_str()), ("client", client.as_str())])
             }
@@ -246,6 +261,11 @@ impl Request {
         let mut b = begin_frame(self.opcode() as u16, cap);
         match self {
             Request::Ping | Request::ClusterStatus => {}
+            Request::NodeAdd { id, address } => {
+                b.put_u64(*id);
+                b.put_str(address);
+            }
+            Request::NodeRemove { id } => b.put_u64(*id),
             Request::Hello { token, client } => {
                 b.put_str(token);
                 b.put_str(client);
@@ -319,6 +339,11 @@ impl Request {
         let req = match op {
             Opcode::Ping => Request::Ping,
             Opcode::ClusterStatus => Request::ClusterStatus,
+            Opcode::NodeAdd => Request::NodeAdd {
+                id: r.u64("id")?,
+                address: r.str("address")?,
+            },
+            Opcode::NodeRemove => Request::NodeRemove { id: r.u64("id")? },
             Opcode::Hello => Request::Hello {
                 token: r.str("token")?,
                 client: r.str("client")?,
@@ -508,7 +533,7 @@ impl Response {
     pub fn decode(op: Opcode, body: Bytes) -> Result<Response, DecodeError> {
         let mut r = Reader::new(body);
         let resp = match op {
-            Opcode::Ping => Response::Empty,
+            Opcode::Ping | Opcode::NodeAdd | Opcode::NodeRemove => Response::Empty,
             Opcode::Hello => Response::Hello {
                 server_version: r.str("server_version")?,
                 max_frame: r.u32("max_frame")?,

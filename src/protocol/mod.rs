@@ -98,11 +98,15 @@ pub enum Opcode {
     ChangeVisibility = 204,
     /// `CLUSTER_STATUS`
     ClusterStatus = 300,
+    /// `NODE_ADD`
+    NodeAdd = 301,
+    /// `NODE_REMOVE`
+    NodeRemove = 302,
 }
 
 impl Opcode {
     /// Every opcode, in number order.
-    pub const ALL: [Opcode; 16] = [
+    pub const ALL: [Opcode; 18] = [
         Opcode::Ping,
         Opcode::Hello,
         Opcode::QueueCreate,
@@ -119,6 +123,8 @@ impl Opcode {
         Opcode::Nack,
         Opcode::ChangeVisibility,
         Opcode::ClusterStatus,
+        Opcode::NodeAdd,
+        Opcode::NodeRemove,
     ];
 
     /// Parses a wire number.
@@ -145,6 +151,8 @@ impl Opcode {
             Opcode::Nack => "NACK",
             Opcode::ChangeVisibility => "CHANGE_VISIBILITY",
             Opcode::ClusterStatus => "CLUSTER_STATUS",
+            Opcode::NodeAdd => "NODE_ADD",
+            Opcode::NodeRemove => "NODE_REMOVE",
         }
     }
 

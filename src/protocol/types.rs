@@ -491,6 +491,9 @@ pub struct GroupStatus {
     pub committed: u64,
     /// The leader's last log index (highest reported without a leader).
     pub last_log: u64,
+    /// Replicas are being moved: the membership differs from the replica set the
+    /// current members assign, or a change is half-way. Only known with a leader.
+    pub moving: bool,
     /// The group's replicas.
     pub replicas: Vec<ReplicaStatus>,
 }
@@ -534,6 +537,7 @@ impl ClusterStatus {
             b.put_u64(g.term);
             b.put_u64(g.committed);
             b.put_u64(g.last_log);
+            b.put_bool(g.moving);
             b.put_u32(g.replicas.len() as u32);
             for r in &g.replicas {
                 b.put_u64(r.node);
@@ -568,6 +572,7 @@ impl ClusterStatus {
             let term = r.u64("group.term")?;
             let committed = r.u64("group.committed")?;
             let last_log = r.u64("group.last_log")?;
+            let moving = r.bool("group.moving")?;
             let k = r.count("group.replicas", MAX_STATUS_ITEMS)?;
             let mut reps = Vec::with_capacity(k);
             for _ in 0..k {
@@ -584,6 +589,7 @@ impl ClusterStatus {
                 term,
                 committed,
                 last_log,
+                moving,
                 replicas: reps,
             });
         }

@@ -121,7 +121,14 @@ pub async fn run(
     )
     .with_faults(faults);
     let layout = ClusterLayout::new(&config.cluster, local_addr);
-    let node = Node::start(layout, &config.data_dir, connector, &router).await?;
+    let node = Node::start(
+        layout,
+        &config.data_dir,
+        connector,
+        &router,
+        config.cluster.join,
+    )
+    .await?;
     {
         let node = node.clone();
         router.set_forward_handler(Arc::new(move |group, body| {

@@ -546,3 +546,120 @@ async fn clients_with_several_servers_fail_over() {
     let d: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(d["in_flight"], 2, "{d}");
 }
+
+#[test]
+fn nodes_join_and_leave_and_the_queues_keep_their_messages() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut nodes = Node::start_cluster(3, SHARDS);
+    let queues = names_on_distinct_shards(SHARDS as usize);
+    let mut sent = HashSet::new();
+    rt.block_on(async {
+        let c = nodes[1].client().await;
+        for q in &queues {
+            c.create_queue(q, QueuePatch::default()).await.unwrap();
+            let bodies: Vec<String> = (0..50).map(|i| format!("{q}-{i}")).collect();
+            c.send(
+                q,
+                bodies.iter().map(|b| SendEntry::new(b.clone())).collect(),
+            )
+            .await
+            .unwrap();
+            sent.extend(bodies);
+        }
+    });
+
+    // Producers keep sending through nodes 2 and 3 while replicas move.
+    let producers = rt.block_on(Producers::start(&nodes, &[1, 2], &queues[..2]));
+    let history = producers.history.clone();
+    history
+        .attempted
+        .lock()
+        .unwrap()
+        .extend(sent.iter().cloned());
+    rt.block_on(wait_acked(&history, 0, 200, "before the moves"));
+
+    // A fourth node joins: mqctl returns once every shard has its replicas in place.
+    let four = Node::start_joining(&nodes[0], 4, SHARDS);
+    let before_add = history.acked();
+    let out = ok(&nodes[0].mqctl(&["node", "add", "4", &four.addr.to_string()]));
+    let during_add = history.acked() - before_add;
+    assert!(
+        out.contains("every shard has its replicas in place"),
+        "{out}"
+    );
+    let groups = shards_json(&four);
+    let on_four = groups
+        .iter()
+        .filter(|g| {
+            g["replicas"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["node"] == 4)
+        })
+        .count();
+    // 8 shards × 3 replicas over 4 nodes: 6 shard replicas each, plus the control group.
+    assert_eq!(on_four, 7, "{groups:?}");
+    nodes.push(four);
+
+    // Node 1 leaves: its replicas move to the others; then it is stopped for good.
+    let before_remove = history.acked();
+    let out = ok(&nodes[2].mqctl(&["node", "remove", "1"]));
+    let during_remove = history.acked() - before_remove;
+    assert!(out.contains("the node can be stopped"), "{out}");
+    for g in shards_json(&nodes[3]) {
+        let replicas = g["replicas"].as_array().unwrap();
+        assert_eq!(replicas.len(), 3, "{g}");
+        assert!(replicas.iter().all(|r| r["node"] != 1), "{g}");
+    }
+    nodes[0].kill();
+    let history = rt.block_on(producers.stop());
+    wait_caught_up(&nodes[3]);
+    eprintln!(
+        "sends acknowledged while node 4 joined: {during_add}; while node 1 left: {during_remove}"
+    );
+    assert!(
+        during_add > 0 && during_remove > 0,
+        "the queues kept serving"
+    );
+
+    // Every message is still there, received through the new node.
+    rt.block_on(async {
+        let c = nodes[3].client().await;
+        let mut got = HashSet::new();
+        for q in &queues[2..] {
+            loop {
+                let ds = c.receive(q, 1000, Some(600_000), Some(0)).await.unwrap();
+                if ds.is_empty() {
+                    break;
+                }
+                for d in ds {
+                    assert!(got.insert(String::from_utf8(d.message.body.to_vec()).unwrap()));
+                }
+            }
+        }
+        assert_eq!(
+            got,
+            sent.iter()
+                .filter(|b| !b.starts_with(&queues[0]) && !b.starts_with(&queues[1]))
+                .cloned()
+                .collect::<HashSet<_>>()
+        );
+        let rx = nodes[1].client().await;
+        let drained = drain(&c, &rx, &queues[..2], &history).await;
+        let preloaded = sent
+            .iter()
+            .filter(|b| b.starts_with(&queues[0]) || b.starts_with(&queues[1]));
+        for b in preloaded {
+            assert!(drained.contains(b), "{b} lost");
+        }
+        // And the survivors keep serving writes.
+        c.send(&queues[0], vec![SendEntry::new("after")])
+            .await
+            .unwrap();
+    });
+}

@@ -108,6 +108,37 @@ impl Node {
         nodes
     }
 
+    /// Starts node `id` with `--join`, to be added to the cluster of `member` (whose
+    /// credentials it copies) with `mqctl node add`.
+    pub fn start_joining(member: &Node, id: u64, shards: u32) -> Node {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("free port");
+        let listen = socket.local_addr().unwrap();
+        drop(socket);
+        let tmp = tempfile::tempdir().unwrap();
+        for f in ["ca.pem", "ca.key", "admin.token"] {
+            std::fs::copy(member.dir().join(f), tmp.path().join(f)).expect("copy credentials");
+        }
+        let args = vec![
+            "--node-id".to_string(),
+            id.to_string(),
+            "--peer".to_string(),
+            format!("{id}={listen}"),
+            "--shards".to_string(),
+            shards.to_string(),
+            "--join".to_string(),
+        ];
+        let dir = tmp.path().to_path_buf();
+        let (child, addr) = Node::spawn(&dir, listen, &args);
+        Node {
+            child: Some(child),
+            dir,
+            _tmp: Some(tmp),
+            addr,
+            listen,
+            args,
+        }
+    }
+
     fn spawn(dir: &Path, listen: SocketAddr, args: &[String]) -> (Child, SocketAddr) {
         let mut child = Node::launch(dir, listen, args);
         let addr = Node::wait_listening(&mut child, dir);
