@@ -354,6 +354,12 @@ pub struct QueueAttrs {
     /// Receives before a message moves to the dead-letter queue (1 to 1000).
     #[arg(long, requires = "dlq", value_name = "N")]
     pub max_receives: Option<u32>,
+    /// How long a send's dedup id is remembered [default 5m, 1s to 12h].
+    #[arg(long, value_parser = crate::units::millis, value_name = "DURATION")]
+    pub dedup_window: Option<u64>,
+    /// Deduplicate sends without a dedup id by the SHA-256 of their body (true or false).
+    #[arg(long, value_name = "BOOL")]
+    pub content_dedup: Option<bool>,
 }
 
 #[derive(Debug, Args)]
@@ -375,6 +381,10 @@ pub struct SendArgs {
     /// Message attribute NAME=VALUE; repeat for several.
     #[arg(long = "attr", value_name = "NAME=VALUE")]
     pub attrs: Vec<String>,
+    /// De-duplication id: resending with the same id within the queue's dedup window
+    /// stores nothing new and prints the first message's id. Not with --lines.
+    #[arg(long, conflicts_with = "lines", value_name = "ID")]
+    pub dedup_id: Option<String>,
     /// Messages per request with --lines (1 to 1000).
     #[arg(long, default_value_t = 100)]
     pub batch: u32,

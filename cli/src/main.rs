@@ -211,6 +211,8 @@ fn patch(attrs: QueueAttrs, no_dlq: bool) -> QueuePatch {
                 })
             })
         },
+        dedup_window_ms: attrs.dedup_window,
+        content_dedup: attrs.content_dedup,
     }
 }
 
@@ -348,6 +350,7 @@ async fn send(client: &Client, out: Output, a: args::SendArgs) -> anyhow::Result
     let attributes = parse_attrs(&a.attrs)?;
     let entry = |body: Bytes| SendEntry {
         delay_ms: a.delay,
+        dedup_id: a.dedup_id.clone(),
         attributes: attributes.clone(),
         body,
     };

@@ -78,6 +78,8 @@ fn config_json(c: &QueueConfig) -> Value {
         "receive_wait_ms": c.receive_wait_ms,
         "dead_letter_queue": c.dead_letter.as_ref().map(|d| d.queue.clone()),
         "max_receives": c.dead_letter.as_ref().map(|d| d.max_receives),
+        "dedup_window_ms": c.dedup_window_ms,
+        "content_dedup": c.content_dedup,
     })
 }
 
@@ -102,6 +104,14 @@ fn config_rows(t: &mut Table, c: &QueueConfig) {
             Some(d) => format!("{} after {} receives", d.queue, d.max_receives),
             None => "-".into(),
         },
+    ]);
+    t.add_row(vec![
+        "dedup window".to_string(),
+        human_ms(c.dedup_window_ms),
+    ]);
+    t.add_row(vec![
+        "content dedup".to_string(),
+        if c.content_dedup { "on" } else { "off" }.to_string(),
     ]);
 }
 

@@ -350,15 +350,19 @@ impl Client {
     ///
     /// When the connection fails or the node does not answer in time, the connection is
     /// dropped, so the next call goes to the next server. The failed call itself is tried
-    /// once more there only if repeating it is harmless (an idempotent request), or if the
-    /// node said it did nothing (`SHUTTING_DOWN`). With several servers, an idempotent
+    /// once more there only if repeating it is harmless (an idempotent request, or a send
+    /// whose every message has a dedup id), or if the node said it did nothing
+    /// (`SHUTTING_DOWN`). With several servers, an idempotent
     /// request answered `UNAVAILABLE` (that node cannot reach the shard's leader) is also
     /// tried once on the next server.
     pub async fn call(&self, req: &Request, extra_wait: Duration) -> Result<Response, ClientError> {
         req.check_lengths().map_err(ClientError::Invalid)?;
         let timeout = self.config.timeout + extra_wait;
         let conn = self.connection().await?;
-        let idempotent = req.opcode().is_idempotent();
+        // A send whose every message carries a dedup id stores nothing twice.
+        let idempotent = req.opcode().is_idempotent()
+            || matches!(req, Request::Send { messages, .. }
+                if messages.iter().all(|m| m.dedup_id.is_some()));
         let several = self.config.servers.len() > 1;
         match roundtrip(&conn, req, timeout).await {
             Err(e) if failover(&e, idempotent, several) => {

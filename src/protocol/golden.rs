@@ -105,6 +105,7 @@ fn cases() -> Vec<(&'static str, Case)> {
                 queue: "jobs".into(),
                 messages: vec![SendEntry {
                     delay_ms: Some(1000),
+                    dedup_id: Some("o-17".into()),
                     attributes: vec![("k".into(), Bytes::from_static(b"v"))],
                     body: Bytes::from_static(b"hi"),
                 }],

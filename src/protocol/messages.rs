@@ -232,6 +232,9 @@ impl Request {
                             .iter()
                             .map(|(k, _)| ("attribute name", k.as_str())),
                     );
+                    if let Some(id) = &m.dedup_id {
+                        fields.push(("dedup id", id));
+                    }
                 }
             }
             Request::Receive { queue, .. }
@@ -302,6 +305,13 @@ impl Request {
                 b.put_u32(messages.len() as u32);
                 for m in messages {
                     put_opt_u64(&mut b, m.delay_ms);
+                    match &m.dedup_id {
+                        Some(id) => {
+                            b.put_u8(1);
+                            b.put_str(id);
+                        }
+                        None => b.put_u8(0),
+                    }
                     encode_attributes(&mut b, &m.attributes);
                     b.put_blob(&m.body);
                 }
@@ -387,6 +397,11 @@ impl Request {
                 for _ in 0..n {
                     messages.push(SendEntry {
                         delay_ms: opt_u64(&mut r, "message.delay_ms")?,
+                        dedup_id: if r.bool("message.dedup_id")? {
+                            Some(r.str("message.dedup_id")?)
+                        } else {
+                            None
+                        },
                         attributes: decode_attributes(&mut r)?,
                         body: r.bytes("message.body")?,
                     });

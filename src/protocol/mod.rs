@@ -60,6 +60,10 @@ pub const MAX_DELAY_MS: u64 = 15 * 60 * 1000;
 pub const RETENTION_RANGE_MS: (u64, u64) = (1000, 14 * 24 * 3600 * 1000);
 /// Largest `max_receives` of a dead-letter policy.
 pub const MAX_RECEIVES_LIMIT: u32 = 1000;
+/// Dedup window bounds: 1 second to 12 hours.
+pub const DEDUP_WINDOW_RANGE_MS: (u64, u64) = (1000, 12 * 3600 * 1000);
+/// Longest dedup id, in bytes.
+pub const MAX_DEDUP_ID: usize = 128;
 
 /// Request opcodes, grouped by hundreds: 0–99 connection, 100–199 queue administration,
 /// 200–299 messages, 300–399 cluster.
@@ -231,6 +235,13 @@ pub fn validate_config(c: &QueueConfig) -> Result<(), String> {
         return Err(format!(
             "receive wait {} ms is longer than the limit of {MAX_RECEIVE_WAIT_MS} ms (20s)",
             c.receive_wait_ms
+        ));
+    }
+    let (lo, hi) = DEDUP_WINDOW_RANGE_MS;
+    if !(lo..=hi).contains(&c.dedup_window_ms) {
+        return Err(format!(
+            "dedup window {} ms is outside {lo} ms (1s) to {hi} ms (12h)",
+            c.dedup_window_ms
         ));
     }
     if let Some(dl) = &c.dead_letter {

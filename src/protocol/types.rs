@@ -33,6 +33,11 @@ pub struct QueueConfig {
     pub receive_wait_ms: u64,
     /// Where messages go after too many receives.
     pub dead_letter: Option<DeadLetter>,
+    /// How long a send's dedup id is remembered: a send with the same id within this
+    /// window is acknowledged with the first message's id and not stored again.
+    pub dedup_window_ms: u64,
+    /// Sends without a dedup id are deduplicated by the SHA-256 of their body.
+    pub content_dedup: bool,
 }
 
 impl Default for QueueConfig {
@@ -44,6 +49,8 @@ impl Default for QueueConfig {
             delay_ms: 0,
             receive_wait_ms: 0,
             dead_letter: None,
+            dedup_window_ms: 5 * 60 * 1000,
+            content_dedup: false,
         }
     }
 }
@@ -63,6 +70,10 @@ pub struct QueuePatch {
     pub receive_wait_ms: Option<u64>,
     /// `Some(Some(_))` sets a dead-letter policy, `Some(None)` removes it.
     pub dead_letter: Option<Option<DeadLetter>>,
+    /// New dedup window.
+    pub dedup_window_ms: Option<u64>,
+    /// Turns content-based deduplication on or off.
+    pub content_dedup: Option<bool>,
 }
 
 // Tags of the patch's tag-value list.
@@ -73,6 +84,8 @@ const TAG_DELAY: u8 = 4;
 const TAG_RECEIVE_WAIT: u8 = 5;
 const TAG_DEAD_LETTER: u8 = 6;
 const TAG_NO_DEAD_LETTER: u8 = 7;
+const TAG_DEDUP_WINDOW: u8 = 8;
+const TAG_CONTENT_DEDUP: u8 = 9;
 
 impl QueuePatch {
     /// Applies the patch to a configuration.
@@ -95,6 +108,12 @@ impl QueuePatch {
         if let Some(v) = &self.dead_letter {
             c.dead_letter.clone_from(v);
         }
+        if let Some(v) = self.dedup_window_ms {
+            c.dedup_window_ms = v;
+        }
+        if let Some(v) = self.content_dedup {
+            c.content_dedup = v;
+        }
     }
 
     /// Whether the patch changes nothing.
@@ -110,6 +129,8 @@ impl QueuePatch {
             (TAG_MAX_SIZE, self.max_message_size.map(u64::from)),
             (TAG_DELAY, self.delay_ms),
             (TAG_RECEIVE_WAIT, self.receive_wait_ms),
+            (TAG_DEDUP_WINDOW, self.dedup_window_ms),
+            (TAG_CONTENT_DEDUP, self.content_dedup.map(u64::from)),
         ] {
             if let Some(v) = v {
                 entries.push((tag, v));
@@ -119,10 +140,10 @@ impl QueuePatch {
         b.put_u8(n as u8);
         for (tag, v) in entries {
             b.put_u8(tag);
-            if tag == TAG_MAX_SIZE {
-                b.put_u32(v as u32);
-            } else {
-                b.put_u64(v);
+            match tag {
+                TAG_MAX_SIZE => b.put_u32(v as u32),
+                TAG_CONTENT_DEDUP => b.put_bool(v != 0),
+                _ => b.put_u64(v),
             }
         }
         match &self.dead_letter {
@@ -139,17 +160,22 @@ impl QueuePatch {
     pub(crate) fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
         let n = r.u8("attributes.count")?;
         let mut p = QueuePatch::default();
-        let mut seen = 0u8;
+        let mut seen = 0u16;
         for _ in 0..n {
             let tag = r.u8("attributes.tag")?;
-            if !(TAG_VISIBILITY..=TAG_NO_DEAD_LETTER).contains(&tag) {
+            if !(TAG_VISIBILITY..=TAG_CONTENT_DEDUP).contains(&tag) {
                 return Err(DecodeError::UnknownValue {
                     what: "attributes.tag",
                     value: u64::from(tag),
                 });
             }
             // Tags 6 and 7 both set the dead-letter policy; count them as one.
-            let bit = 1u8 << tag.min(TAG_DEAD_LETTER);
+            let bit = 1u16
+                << if tag == TAG_NO_DEAD_LETTER {
+                    TAG_DEAD_LETTER
+                } else {
+                    tag
+                };
             if seen & bit != 0 {
                 return Err(DecodeError::UnknownValue {
                     what: "attributes.tag (repeated)",
@@ -163,6 +189,8 @@ impl QueuePatch {
                 TAG_MAX_SIZE => p.max_message_size = Some(r.u32("max_message_size")?),
                 TAG_DELAY => p.delay_ms = Some(r.u64("delay_ms")?),
                 TAG_RECEIVE_WAIT => p.receive_wait_ms = Some(r.u64("receive_wait_ms")?),
+                TAG_DEDUP_WINDOW => p.dedup_window_ms = Some(r.u64("dedup_window_ms")?),
+                TAG_CONTENT_DEDUP => p.content_dedup = Some(r.bool("content_dedup")?),
                 TAG_DEAD_LETTER => {
                     p.dead_letter = Some(Some(DeadLetter {
                         queue: r.str("dead_letter.queue")?,
@@ -191,6 +219,8 @@ impl QueueConfig {
             }
             None => b.put_u8(0),
         }
+        b.put_u64(self.dedup_window_ms);
+        b.put_bool(self.content_dedup);
     }
 
     pub(crate) fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
@@ -208,6 +238,8 @@ impl QueueConfig {
             } else {
                 None
             },
+            dedup_window_ms: r.u64("dedup_window_ms")?,
+            content_dedup: r.bool("content_dedup")?,
         })
     }
 }
@@ -287,6 +319,9 @@ pub(crate) fn decode_attributes(r: &mut Reader) -> Result<Vec<Attribute>, Decode
 pub struct SendEntry {
     /// Delivery delay for this message; `None` takes the queue's default.
     pub delay_ms: Option<u64>,
+    /// De-duplication id: a send with an id already seen within the queue's dedup window
+    /// is acknowledged with the first message's id and not stored again.
+    pub dedup_id: Option<String>,
     /// Headers delivered with the message.
     pub attributes: Vec<Attribute>,
     /// The payload, carried as it is.

@@ -171,7 +171,7 @@ pub async fn run(
                 }
                 let n = fe.expire().await;
                 if n > 0 {
-                    tracing::debug!(messages = n, "expired messages deleted");
+                    tracing::debug!(rows = n, "expired messages and dedup entries deleted");
                 }
             }
         })

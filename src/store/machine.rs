@@ -19,7 +19,7 @@ use super::schema::*;
 use super::StoreError;
 use crate::protocol::{
     validate_attributes, validate_config, validate_queue_name, Delivery, Message, QueueConfig,
-    QueuePatch, Receipt, SendEntry, Status, MAX_DELAY_MS, MAX_VISIBILITY_MS,
+    QueuePatch, Receipt, SendEntry, Status, MAX_DEDUP_ID, MAX_DELAY_MS, MAX_VISIBILITY_MS,
 };
 
 /// A change of state. Serializable: it is what a replicated log will carry.
@@ -218,6 +218,8 @@ pub struct Tables<'txn> {
     visible: Table<'txn, (u64, u64, u64), u8>,
     system: Table<'txn, &'static str, u64>,
     placement: Table<'txn, &'static str, u32>,
+    dedup: Table<'txn, (u64, &'static str), (u64, u64)>,
+    dedup_expiry: Table<'txn, (u64, u64, &'static str), u8>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -232,7 +234,77 @@ impl<'txn> Tables<'txn> {
             visible: txn.open_table(VISIBLE)?,
             system: txn.open_table(SYSTEM)?,
             placement: txn.open_table(PLACEMENT)?,
+            dedup: txn.open_table(DEDUP)?,
+            dedup_expiry: txn.open_table(DEDUP_EXPIRY)?,
         })
+    }
+
+    /// The message a dedup key stands for, if it is remembered and not expired at `now`.
+    fn dedup_hit(&self, qid: u64, key: &str, now: u64) -> Result<Option<u64>, ApplyError> {
+        Ok(self
+            .dedup
+            .get((qid, key))?
+            .map(|v| v.value())
+            .filter(|(_, expires)| *expires > now)
+            .map(|(seq, _)| seq))
+    }
+
+    /// Remembers `key` → `seq` until `expires`, replacing an expired entry.
+    fn dedup_remember(
+        &mut self,
+        qid: u64,
+        key: &str,
+        seq: u64,
+        expires: u64,
+    ) -> Result<(), ApplyError> {
+        if let Some((_, old)) = self
+            .dedup
+            .insert((qid, key), (seq, expires))?
+            .map(|v| v.value())
+        {
+            self.dedup_expiry.remove((old, qid, key))?;
+        }
+        self.dedup_expiry.insert((expires, qid, key), 0)?;
+        Ok(())
+    }
+
+    /// Forgets every dedup entry of a queue.
+    fn dedup_forget_queue(&mut self, qid: u64) -> Result<(), ApplyError> {
+        let mut rows = Vec::new();
+        for e in self.dedup.range((qid, "")..(qid.saturating_add(1), ""))? {
+            let (k, v) = e?;
+            rows.push((k.value().1.to_string(), v.value().1));
+        }
+        for (key, expires) in rows {
+            self.dedup.remove((qid, key.as_str()))?;
+            self.dedup_expiry.remove((expires, qid, key.as_str()))?;
+        }
+        Ok(())
+    }
+
+    /// Removes up to `max` dedup entries expired at `now`; returns how many.
+    fn dedup_expire(&mut self, now: u64, max: u64) -> Result<u64, ApplyError> {
+        let mut doomed = Vec::new();
+        for e in self
+            .dedup_expiry
+            .range((0, 0, "")..(now.saturating_add(1), 0, ""))?
+        {
+            if doomed.len() as u64 >= max {
+                break;
+            }
+            let (k, _) = e?;
+            let (expires, qid, key) = k.value();
+            doomed.push((expires, qid, key.to_string()));
+        }
+        for (expires, qid, key) in &doomed {
+            self.dedup_expiry.remove((*expires, *qid, key.as_str()))?;
+            // The entry may have been renewed since (then its expiry differs): keep it.
+            let current = self.dedup.get((*qid, key.as_str()))?.map(|v| v.value().1);
+            if current == Some(*expires) {
+                self.dedup.remove((*qid, key.as_str()))?;
+            }
+        }
+        Ok(doomed.len() as u64)
     }
 
     fn queue(&self, name: &str) -> Result<Option<QueueRecord>, ApplyError> {
@@ -465,6 +537,7 @@ pub fn apply(
             t.body.retain_in((qid, 0)..=(qid, u64::MAX), |_, _| false)?;
             t.visible
                 .retain_in((qid, 0, 0)..=(qid, u64::MAX, u64::MAX), |_, _| false)?;
+            t.dedup_forget_queue(qid)?;
             t.stats.remove(qid)?;
             t.names.remove(qid)?;
             t.queues.remove(name.as_str())?;
@@ -516,10 +589,23 @@ pub fn apply(
                 if let Some(d) = m.delay_ms {
                     check_duration("delay", d, MAX_DELAY_MS)?;
                 }
+                if let Some(id) = &m.dedup_id {
+                    validate_dedup_id(id).map_err(|e| {
+                        reject(Status::InvalidArgument, format!("message {i}: {e}"))
+                    })?;
+                }
             }
             let mut ids = Vec::with_capacity(messages.len());
             let mut stats = t.stats(rec.id)?;
+            let expires = now.saturating_add(rec.config.dedup_window_ms);
             for m in messages {
+                let key = dedup_key(m, rec.config.content_dedup);
+                if let Some(key) = &key {
+                    if let Some(seq) = t.dedup_hit(rec.id, key, now)? {
+                        ids.push(seq); // a retry: acknowledged, not stored again
+                        continue;
+                    }
+                }
                 let delay = m.delay_ms.unwrap_or(rec.config.delay_ms);
                 let len = crate::protocol::stored_len(&m.attributes, &m.body);
                 let write = |mut dst: &mut [u8]| {
@@ -536,6 +622,9 @@ pub fn apply(
                 )?;
                 if delay == 0 {
                     fx.wake.insert(queue.clone());
+                }
+                if let Some(key) = &key {
+                    t.dedup_remember(rec.id, key, seq, expires)?;
                 }
                 ids.push(seq);
             }
@@ -803,7 +892,11 @@ pub fn apply(
                     fx.dirty = true;
                 }
             }
-            Ok(Outcome::Count(removed))
+            let forgotten = t.dedup_expire(now, max.saturating_sub(removed))?;
+            if forgotten > 0 {
+                fx.dirty = true;
+            }
+            Ok(Outcome::Count(removed + forgotten))
         }
         Command::Place {
             name,
@@ -829,6 +922,34 @@ pub fn apply(
 }
 
 /// Validates settings, including that a dead-letter queue exists and is not the queue.
+/// Checks a send's dedup id: 1 to 128 bytes, no control characters.
+fn validate_dedup_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_DEDUP_ID {
+        return Err(format!(
+            "dedup id is {} bytes; it must be 1 to {MAX_DEDUP_ID}",
+            id.len()
+        ));
+    }
+    if id.chars().any(char::is_control) {
+        return Err("dedup id holds a control character".into());
+    }
+    Ok(())
+}
+
+/// The dedup key of a message: its dedup id, else with content-based dedup the SHA-256
+/// of its body, else none.
+fn dedup_key(m: &SendEntry, content: bool) -> Option<String> {
+    match &m.dedup_id {
+        Some(id) => Some(format!("i:{id}")),
+        None if content => {
+            let digest = ring::digest::digest(&ring::digest::SHA256, &m.body);
+            let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+            Some(format!("c:{hex}"))
+        }
+        None => None,
+    }
+}
+
 fn check_config(t: &Tables<'_>, name: &str, c: &QueueConfig) -> Result<(), ApplyError> {
     validate_config(c).map_err(|m| reject(Status::InvalidArgument, m))?;
     if let Some(dl) = &c.dead_letter {
@@ -892,7 +1013,7 @@ fn check_receipt(
 mod tests {
     use super::*;
     use crate::protocol::DeadLetter;
-    use redb::{Database, ReadableDatabase};
+    use redb::{Database, ReadableDatabase, ReadableTableMetadata};
 
     fn db() -> (tempfile::TempDir, Database) {
         let dir = tempfile::tempdir().unwrap();
@@ -946,6 +1067,8 @@ mod tests {
         table!(BODY);
         table!(VISIBLE);
         table!(SYSTEM);
+        table!(DEDUP);
+        table!(DEDUP_EXPIRY);
         out
     }
 
@@ -963,6 +1086,143 @@ mod tests {
                 .iter()
                 .map(|b| SendEntry::new(b.to_string()))
                 .collect(),
+        }
+    }
+
+    /// A send of (dedup id, body) pairs.
+    fn send_dedup(q: &str, msgs: &[(&str, &str)]) -> Command {
+        Command::Send {
+            queue: q.into(),
+            messages: msgs
+                .iter()
+                .map(|(id, b)| SendEntry {
+                    dedup_id: Some(id.to_string()),
+                    ..SendEntry::new(b.to_string())
+                })
+                .collect(),
+        }
+    }
+
+    fn sent(o: Outcome) -> Vec<u64> {
+        match o {
+            Outcome::Sent(ids) => ids,
+            o => panic!("{o:?}"),
+        }
+    }
+
+    fn total(db: &Database, q: &str) -> u64 {
+        let txn = db.begin_read().unwrap();
+        crate::store::describe(&txn, q.into(), 0)
+            .unwrap()
+            .map(|d| d.counts.visible + d.counts.in_flight + d.counts.delayed)
+            .unwrap_or(0)
+    }
+
+    /// Creates queue "q" at time 1 with the given attributes.
+    fn create_with(db: &Database, patch: QueuePatch) {
+        ok(
+            db,
+            1,
+            Command::CreateQueue {
+                name: "q".into(),
+                patch,
+            },
+        );
+    }
+
+    fn dedup_rows(db: &Database) -> (usize, usize) {
+        let txn = db.begin_read().unwrap();
+        (
+            txn.open_table(DEDUP).unwrap().len().unwrap() as usize,
+            txn.open_table(DEDUP_EXPIRY).unwrap().len().unwrap() as usize,
+        )
+    }
+
+    #[test]
+    fn a_dedup_id_stores_a_message_once_within_the_window() {
+        let (_d, db) = db();
+        create_with(
+            &db,
+            QueuePatch {
+                dedup_window_ms: Some(60_000),
+                ..QueuePatch::default()
+            },
+        );
+        // The same id twice in one batch, and once more later: one message, one id.
+        let ids = sent(ok(
+            &db,
+            10,
+            send_dedup("q", &[("a", "1"), ("b", "2"), ("a", "1")]),
+        ));
+        assert_eq!(ids[0], ids[2]);
+        assert_ne!(ids[0], ids[1]);
+        let again = sent(ok(&db, 20_000, send_dedup("q", &[("a", "1 retried")])));
+        assert_eq!(again, vec![ids[0]]);
+        assert_eq!(total(&db, "q"), 2);
+        // Acked or not, the id is remembered for the window; then it is a new message.
+        let got = deliveries(ok(&db, 20_001, receive("q", 10, None)));
+        ok(
+            &db,
+            20_002,
+            Command::Ack {
+                queue: "q".into(),
+                receipts: got.iter().map(|d| d.receipt).collect(),
+            },
+        );
+        assert_eq!(
+            sent(ok(&db, 30_000, send_dedup("q", &[("a", "x")]))),
+            vec![ids[0]]
+        );
+        let later = sent(ok(&db, 60_011, send_dedup("q", &[("a", "new")])));
+        assert_ne!(later, vec![ids[0]]);
+        assert_eq!(total(&db, "q"), 1);
+        // Expiry forgets entries past their window; the renewed one stays.
+        assert_eq!(dedup_rows(&db), (2, 2));
+        let txn = db.begin_read().unwrap();
+        assert!(crate::store::expiry_due(&txn, 60_011).unwrap());
+        drop(txn);
+        ok(&db, 60_011, Command::Expire { max: 100 });
+        assert_eq!(dedup_rows(&db), (1, 1), "b expired, a renewed at 60 011");
+        let txn = db.begin_read().unwrap();
+        assert!(!crate::store::expiry_due(&txn, 60_012).unwrap());
+        drop(txn);
+        // Deleting the queue forgets its ids.
+        ok(
+            &db,
+            60_020,
+            Command::DeleteQueue {
+                name: "q".into(),
+                force: true,
+            },
+        );
+        assert_eq!(dedup_rows(&db), (0, 0));
+    }
+
+    #[test]
+    fn content_dedup_keys_on_the_body_and_ids_are_checked() {
+        let (_d, db) = db();
+        create_with(
+            &db,
+            QueuePatch {
+                content_dedup: Some(true),
+                ..QueuePatch::default()
+            },
+        );
+        let a = sent(ok(&db, 2, send("q", &["same", "other"])));
+        let b = sent(ok(&db, 3, send("q", &["same"])));
+        assert_eq!(b, vec![a[0]]);
+        // An explicit id wins over the body.
+        let c = sent(ok(&db, 4, send_dedup("q", &[("id", "same")])));
+        assert_ne!(c, vec![a[0]]);
+        assert_eq!(total(&db, "q"), 3);
+        for bad in ["", "tab\there", &"x".repeat(129)] {
+            let (r, _) = run(&db, 5, send_dedup("q", &[(bad, "m")]));
+            match r {
+                Err(ApplyError::Rejected { status, .. }) => {
+                    assert_eq!(status, Status::InvalidArgument)
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
         }
     }
 
@@ -1023,6 +1283,7 @@ mod tests {
                 },
             ),
             (900, send("q", &["late clock"])),
+            (4000, send_dedup("q", &[("d1", "once"), ("d1", "again")])),
             (5000, Command::Expire { max: 100 }),
             (5001, send("q", &["x"])),
             (

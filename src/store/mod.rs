@@ -41,6 +41,15 @@ pub enum StoreError {
     /// The database was written by a newer, incompatible build.
     #[error("{path}: on-disk format version {found} is newer than this build's {FORMAT_VERSION}; run a newer mqd or restore a backup")]
     FutureFormat {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The version found.
+        found: u64,
+    },
+    /// The database was written by an earlier development build whose format this one
+    /// does not convert.
+    #[error("{path}: on-disk format version {found} was written by an earlier development build; this build reads version {FORMAT_VERSION} only. Move the data directory aside and start from an empty one")]
+    OldFormat {
         /// Database file.
         path: PathBuf,
         /// Version found.
@@ -235,6 +244,12 @@ pub fn prepare(txn: &WriteTransaction, path: &std::path::Path) -> Result<(), Sto
                     found: v,
                 })
             }
+            Some(v) if v < FORMAT_VERSION => {
+                return Err(StoreError::OldFormat {
+                    path: path.to_path_buf(),
+                    found: v,
+                })
+            }
             Some(_) => {}
             None => {
                 sys.insert("format_version", FORMAT_VERSION)?;
@@ -283,6 +298,13 @@ pub fn receive_precheck(
 /// Whether some queue holds a message past its retention at `now_ms`: the check before an
 /// `Expire` command, so an idle shard appends nothing to its log.
 pub fn expiry_due(txn: &ReadTransaction, now_ms: u64) -> Result<bool, StoreError> {
+    // Dedup entries past their window are deleted by the same command.
+    let dedup = txn.open_table(DEDUP_EXPIRY)?;
+    if let Some(first) = dedup.first()? {
+        if first.0.value().0 <= now_ms {
+            return Ok(true);
+        }
+    }
     let queues = txn.open_table(QUEUES)?;
     let state = txn.open_table(STATE)?;
     for e in queues.iter()? {

@@ -9,9 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::protocol::QueueConfig;
 
-/// Version of the on-disk format written by this build. A database with a newer version is
-/// refused at open.
-pub const FORMAT_VERSION: u64 = 1;
+/// Version of the on-disk format written by this build. A database with another version is
+/// refused at open. 2: queue settings gained the dedup window and content-based dedup, and
+/// the dedup tables were added.
+pub const FORMAT_VERSION: u64 = 2;
 
 /// name → [`QueueRecord`].
 pub const QUEUES: TableDefinition<&str, &[u8]> = TableDefinition::new("queues");
@@ -26,6 +27,13 @@ pub const BODY: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("messa
 /// (queue id, visible_at ms, seq) → 1 if the message is in flight, else 0. Every stored
 /// message has exactly one entry; a receive reads the prefix up to "now".
 pub const VISIBLE: TableDefinition<(u64, u64, u64), u8> = TableDefinition::new("visible");
+/// (queue id, dedup key) → (message id, expires at ms). The key is `i:` and the send's
+/// dedup id, or `c:` and the hex SHA-256 of the body for content-based dedup.
+pub const DEDUP: TableDefinition<(u64, &str), (u64, u64)> = TableDefinition::new("dedup");
+/// (expires at ms, queue id, dedup key) → 0: the dedup entries in expiry order, so expiry
+/// reads a prefix.
+pub const DEDUP_EXPIRY: TableDefinition<(u64, u64, &str), u8> =
+    TableDefinition::new("dedup_expiry");
 /// Control group only: queue name → the shard (0-based) that holds it.
 pub const PLACEMENT: TableDefinition<&str, u32> = TableDefinition::new("placement");
 /// Counters of the shard: `format_version`, `next_queue_id`.

@@ -31,6 +31,10 @@ pub enum Chunk {
     System(Vec<(String, u64)>),
     /// [`PLACEMENT`].
     Placement(Vec<(String, u32)>),
+    /// [`DEDUP`].
+    Dedup(Vec<((u64, String), (u64, u64))>),
+    /// [`DEDUP_EXPIRY`].
+    DedupExpiry(Vec<(u64, u64, String)>),
 }
 
 /// Rows per chunk at most, whatever their size.
@@ -86,6 +90,10 @@ pub fn for_each_chunk<E: From<StoreError>>(
         |k, v| (k.to_string(), v), |r: &(String, u64)| 8 + r.0.len());
     stream_table!(txn, PLACEMENT, Placement, max_bytes, f,
         |k, v| (k.to_string(), v), |r: &(String, u32)| 4 + r.0.len());
+    stream_table!(txn, DEDUP, Dedup, max_bytes, f,
+        |k, v| ((k.0, k.1.to_string()), v), |r: &((u64, String), (u64, u64))| 24 + r.0.1.len());
+    stream_table!(txn, DEDUP_EXPIRY, DedupExpiry, max_bytes, f,
+        |k, _v| (k.0, k.1, k.2.to_string()), |r: &(u64, u64, String)| 16 + r.2.len());
     Ok(())
 }
 
@@ -106,6 +114,8 @@ pub fn clear(txn: &WriteTransaction) -> Result<(), StoreError> {
     clear_table(&mut txn.open_table(VISIBLE)?)?;
     clear_table(&mut txn.open_table(SYSTEM)?)?;
     clear_table(&mut txn.open_table(PLACEMENT)?)?;
+    clear_table(&mut txn.open_table(DEDUP)?)?;
+    clear_table(&mut txn.open_table(DEDUP_EXPIRY)?)?;
     Ok(())
 }
 
@@ -160,6 +170,18 @@ pub fn load_chunk(txn: &WriteTransaction, c: &Chunk) -> Result<(), StoreError> {
                 t.insert(k.as_str(), *v)?;
             }
         }
+        Chunk::Dedup(rows) => {
+            let mut t = txn.open_table(DEDUP)?;
+            for ((q, k), v) in rows {
+                t.insert((*q, k.as_str()), *v)?;
+            }
+        }
+        Chunk::DedupExpiry(rows) => {
+            let mut t = txn.open_table(DEDUP_EXPIRY)?;
+            for (e, q, k) in rows {
+                t.insert((*e, *q, k.as_str()), 0)?;
+            }
+        }
     }
     Ok(())
 }
@@ -201,6 +223,8 @@ mod tests {
                 Chunk::Visible(r) => r.len(),
                 Chunk::System(r) => r.len(),
                 Chunk::Placement(r) => r.len(),
+                Chunk::Dedup(r) => r.len(),
+                Chunk::DedupExpiry(r) => r.len(),
             })
             .sum()
     }

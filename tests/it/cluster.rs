@@ -663,3 +663,57 @@ fn nodes_join_and_leave_and_the_queues_keep_their_messages() {
             .unwrap();
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_retried_with_its_dedup_id_after_a_leader_kill_is_stored_once() {
+    let mut nodes = Node::start_cluster(3, SHARDS);
+    let q = names_on_distinct_shards(1).remove(0);
+    let c1 = nodes[0].client().await;
+    c1.create_queue(&q, QueuePatch::default()).await.unwrap();
+    let leader = leader_of(&c1, &q, None).await as usize - 1;
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let entry = || SendEntry {
+        dedup_id: Some("order-17".into()),
+        ..SendEntry::new("charge 10 EUR")
+    };
+
+    // Sent through a follower; then the shard's leader dies, and the client, unsure
+    // whether its send was stored, sends it again through the other survivor.
+    let a = nodes[others[0]].client().await;
+    let first = a.send(&q, vec![entry()]).await.unwrap();
+    nodes[leader].kill();
+    let b = nodes[others[1]].client().await;
+    // Until the survivors notice the death, the answer may be UNAVAILABLE ("outcome
+    // unknown"); the dedup id makes retrying safe.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let retried = loop {
+        match b.send(&q, vec![entry()]).await {
+            Ok(ids) => break ids,
+            Err(e) if e.status() == Some(Status::Unavailable) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(e) => panic!("retry failed: {e}"),
+        }
+    };
+    assert_eq!(
+        retried, first,
+        "the retry is acknowledged with the first id"
+    );
+
+    // mqctl takes the id too.
+    let out = ok(&nodes[others[1]].mqctl(&[
+        "send",
+        &q,
+        "charge 10 EUR",
+        "--dedup-id",
+        "order-17",
+        "-o",
+        "json",
+    ]));
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["id"], first[0], "{v}");
+
+    let got = b.receive(&q, 10, None, Some(1_000)).await.unwrap();
+    assert_eq!(got.len(), 1, "one message: {got:?}");
+    assert_eq!(got[0].message.body, "charge 10 EUR".as_bytes());
+}

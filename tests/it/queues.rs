@@ -22,12 +22,15 @@ async fn create_with_attributes_then_set_and_describe() {
                     queue: "dead".into(),
                     max_receives: 5,
                 })),
+                dedup_window_ms: Some(60_000),
+                content_dedup: Some(true),
             },
         )
         .await
         .unwrap();
     assert_eq!(cfg.visibility_timeout_ms, 45_000);
     assert_eq!(cfg.dead_letter.as_ref().unwrap().max_receives, 5);
+    assert_eq!((cfg.dedup_window_ms, cfg.content_dedup), (60_000, true));
 
     let cfg = c
         .set_queue(
