@@ -10,11 +10,12 @@ Exit codes:
   0  success
   1  unexpected error
   2  invalid input (bad flag or value, message too large, malformed receipt)
-  3  not found (queue does not exist)
-  4  conflict (queue exists, queue not empty, queue in use)
+  3  not found (queue or user does not exist)
+  4  conflict (queue or user exists, queue not empty, queue in use)
   5  unavailable (cannot connect, timeout, node shutting down, storage failure)
-  6  authentication failed (wrong or missing token)
+  6  authentication failed (wrong, rotated or missing token)
   7  stale or invalid receipt (ack/nack/extend of a message redelivered or gone)
+  8  forbidden (the user holds no grant for this operation on this queue)
 
 Credentials are looked up in this order, each item separately:
   1. flags: --server, --ca, --token
@@ -105,6 +106,30 @@ pub enum Command {
     /// Add nodes to the cluster or remove them; replicas move to match.
     #[command(subcommand)]
     Node(NodeCmd),
+    /// Create, delete, list and inspect users (cluster admins only, but anyone may
+    /// describe themselves).
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Replace a token; the old one stops working on every node.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Give a user rights on the queues whose names match a pattern.
+    ///
+    /// Rights: send; receive (also ack, nack, extend, peek); admin (create, set, delete,
+    /// purge, redrive); all. In a pattern, `*` stands for any run of characters. Admin on
+    /// the pattern `*` makes the user a cluster admin: users, grants, nodes, cluster status.
+    ///
+    /// Examples:
+    ///   mqctl grant billing-worker 'billing.*' receive
+    ///   mqctl grant ops '*' all
+    #[command(verbatim_doc_comment)]
+    Grant(GrantArgs),
+    /// Take rights on a pattern away from a user (the pattern as it was granted).
+    ///
+    /// Example:
+    ///   mqctl revoke billing-worker 'billing.*' receive
+    #[command(verbatim_doc_comment)]
+    Revoke(GrantArgs),
     /// Send messages to a queue.
     ///
     /// The body is the argument, the contents of --file, or with --lines one message per
@@ -317,6 +342,59 @@ pub enum NodeCmd {
         #[command(flatten)]
         wait: WaitArgs,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCmd {
+    /// Create a user without grants and print its token (shown only this once).
+    ///
+    /// Example:
+    ///   mqctl user create billing-worker
+    ///   mqctl grant billing-worker 'billing.*' send receive
+    #[command(verbatim_doc_comment)]
+    Create {
+        /// User name: letters, digits, `.`, `_`, `-`, `@` (up to 64).
+        name: String,
+    },
+    /// Delete a user; its token stops working on every node.
+    Delete {
+        /// User name.
+        name: String,
+    },
+    /// List the users with their grants.
+    List,
+    /// Show a user's grants (default: your own).
+    Describe {
+        /// User name.
+        name: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Give a user (default: yourself) a new token and print it.
+    ///
+    /// Rotating your own token ends your use of the old one: store the new one first.
+    ///
+    /// Example:
+    ///   mqctl token rotate --user billing-worker
+    #[command(verbatim_doc_comment)]
+    Rotate {
+        /// Whose token (cluster admins only, for other users).
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct GrantArgs {
+    /// User name.
+    pub user: String,
+    /// Queue-name pattern; quote it so the shell leaves `*` alone.
+    pub pattern: String,
+    /// Rights: send, receive, admin, all (several, or separated by commas).
+    #[arg(required = true, value_delimiter = ',', value_name = "RIGHT")]
+    pub rights: Vec<String>,
 }
 
 /// How long `node add|remove` waits for the replicas to move.

@@ -8,6 +8,7 @@ mod cluster;
 mod man;
 mod output;
 mod units;
+mod users;
 
 use std::io::{BufRead, IsTerminal, Read};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -40,12 +41,16 @@ const EXIT_CONFLICT: u8 = 4;
 const EXIT_UNAVAILABLE: u8 = 5;
 const EXIT_AUTH: u8 = 6;
 const EXIT_RECEIPT: u8 = 7;
+const EXIT_FORBIDDEN: u8 = 8;
 
 fn exit_code_of(status: Status) -> u8 {
     match status {
-        Status::QueueNotFound => EXIT_NOT_FOUND,
-        Status::QueueExists | Status::QueueNotEmpty | Status::QueueInUse => EXIT_CONFLICT,
+        Status::QueueNotFound | Status::UserNotFound => EXIT_NOT_FOUND,
+        Status::QueueExists | Status::QueueNotEmpty | Status::QueueInUse | Status::UserExists => {
+            EXIT_CONFLICT
+        }
         Status::Unauthenticated => EXIT_AUTH,
+        Status::Forbidden => EXIT_FORBIDDEN,
         Status::ReceiptInvalid | Status::ReceiptStale => EXIT_RECEIPT,
         Status::ShuttingDown | Status::Unavailable | Status::Internal => EXIT_UNAVAILABLE,
         _ => EXIT_INVALID,
@@ -245,6 +250,10 @@ async fn dispatch(client: &Client, out: Output, cmd: Command) -> anyhow::Result<
         Command::Queue(q) => queue(client, out, q).await,
         Command::Cluster(c) => cluster::print(out, c, &client.cluster_status().await?),
         Command::Node(n) => cluster::node(client, out, n).await,
+        Command::User(u) => users::user(client, out, u).await,
+        Command::Token(t) => users::token_cmd(client, out, t).await,
+        Command::Grant(a) => users::grant(client, out, a, true).await,
+        Command::Revoke(a) => users::grant(client, out, a, false).await,
         Command::Send(a) => send(client, out, a).await,
         Command::Receive(a) => {
             let ds = client

@@ -70,8 +70,8 @@ use tokio::sync::Mutex;
 use crate::local;
 use crate::protocol::{
     decode_error_message, decode_header, ClusterStatus, Delivery, Message, Opcode, QueueConfig,
-    QueueDescription, QueuePatch, QueueSummary, Receipt, Request, Response, SendEntry, Status,
-    ALPN, HEADER_LEN, MAX_FRAME, TLS_SERVER_NAME,
+    QueueDescription, QueuePatch, QueueSummary, Receipt, Request, Response, Rights, SendEntry,
+    Status, UserInfo, ALPN, HEADER_LEN, MAX_FRAME, TLS_SERVER_NAME,
 };
 
 /// Why a call failed.
@@ -581,6 +581,94 @@ impl Client {
                 _ => None,
             },
         )
+    }
+
+    /// Creates a user without grants; returns its token, which the cluster does not keep
+    /// (only its hash) and shows this once.
+    pub async fn create_user(&self, name: &str) -> Result<String, ClientError> {
+        let req = Request::UserCreate { name: name.into() };
+        self.token_call(&req).await
+    }
+
+    /// Deletes a user; its token stops working on every node.
+    pub async fn delete_user(&self, name: &str) -> Result<(), ClientError> {
+        let req = Request::UserDelete { name: name.into() };
+        expect(self.call(&req, Duration::ZERO).await?, |r| match r {
+            Response::Empty => Some(()),
+            _ => None,
+        })
+    }
+
+    /// Every user with its grants, in name order.
+    pub async fn list_users(&self) -> Result<Vec<UserInfo>, ClientError> {
+        expect(
+            self.call(&Request::UserList, Duration::ZERO).await?,
+            |r| match r {
+                Response::Users(u) => Some(u),
+                _ => None,
+            },
+        )
+    }
+
+    /// One user and its grants; `None` describes the caller.
+    pub async fn describe_user(&self, name: Option<&str>) -> Result<UserInfo, ClientError> {
+        let req = Request::UserDescribe {
+            name: name.unwrap_or_default().into(),
+        };
+        self.user_call(&req).await
+    }
+
+    /// Gives a user (`None`: the caller) a new token and returns it; the old one stops
+    /// working on every node.
+    pub async fn rotate_token(&self, name: Option<&str>) -> Result<String, ClientError> {
+        let req = Request::TokenRotate {
+            name: name.unwrap_or_default().into(),
+        };
+        self.token_call(&req).await
+    }
+
+    /// Adds `rights` on queues matching `pattern` to a user; returns the user as it is now.
+    pub async fn grant(
+        &self,
+        user: &str,
+        pattern: &str,
+        rights: Rights,
+    ) -> Result<UserInfo, ClientError> {
+        let req = Request::Grant {
+            user: user.into(),
+            pattern: pattern.into(),
+            rights,
+        };
+        self.user_call(&req).await
+    }
+
+    /// Takes `rights` on `pattern` away from a user; returns the user as it is now.
+    pub async fn revoke(
+        &self,
+        user: &str,
+        pattern: &str,
+        rights: Rights,
+    ) -> Result<UserInfo, ClientError> {
+        let req = Request::Revoke {
+            user: user.into(),
+            pattern: pattern.into(),
+            rights,
+        };
+        self.user_call(&req).await
+    }
+
+    async fn token_call(&self, req: &Request) -> Result<String, ClientError> {
+        expect(self.call(req, Duration::ZERO).await?, |r| match r {
+            Response::Token(t) => Some(t),
+            _ => None,
+        })
+    }
+
+    async fn user_call(&self, req: &Request) -> Result<UserInfo, ClientError> {
+        expect(self.call(req, Duration::ZERO).await?, |r| match r {
+            Response::User(u) => Some(u),
+            _ => None,
+        })
     }
 
     /// Sends a batch; returns the message ids. Acknowledged means durable.

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     failed, group_of_shard, Answer, ClusterLayout, Local, Node, Op, OpError, Read, CONTROL_GROUP,
 };
+use crate::peer::{CallError, KIND_FORWARD};
 use crate::protocol::Status;
 use crate::raft::NodeId;
 
@@ -36,6 +37,8 @@ const TICK: Duration = Duration::from_secs(1);
 const CAUGHT_UP: u64 = 64;
 /// How long `NODE_ADD` waits for the new node to catch up with the control group.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a node being added has to answer the first probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A change of the cluster's members, run on the control group's leader.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -210,6 +213,44 @@ impl Node {
     }
 
     /// Runs a member change on the control group's leader (this node).
+    /// Checks that node `id` answers at `addr` over `mq-peer/1` (so it holds a
+    /// certificate of this cluster's CA and trusts ours) and calls itself `id`, before it
+    /// is made a learner: a node that cannot take part is refused at once, with the reason.
+    async fn probe_joiner(&self, id: NodeId, addr: &str) -> Result<(), OpError> {
+        let sock: std::net::SocketAddr = addr.parse().map_err(|_| {
+            failed(
+                Status::InvalidArgument,
+                format!("`{addr}` is not an IP:PORT address"),
+            )
+        })?;
+        let r: Result<Result<Answer, OpError>, CallError> = self
+            .inner
+            .connector
+            .call(
+                sock,
+                CONTROL_GROUP,
+                KIND_FORWARD,
+                &Op::Report,
+                PROBE_TIMEOUT,
+            )
+            .await;
+        match r {
+            Ok(Ok(Answer::Report(rep))) if rep.node == id => Ok(()),
+            Ok(Ok(Answer::Report(rep))) => Err(failed(
+                Status::InvalidArgument,
+                format!("the node at {addr} is node {}, not node {id}; give its own id", rep.node),
+            )),
+            Ok(Ok(_)) | Ok(Err(_)) => Err(failed(
+                Status::Unavailable,
+                format!("the node at {addr} gave an unexpected answer to a status probe; is it an mqd of this version?"),
+            )),
+            Err(e) => Err(failed(
+                Status::Unavailable,
+                format!("cannot reach node {id} at {addr} over mq-peer/1 ({e}). Is it running there, started with --join, with this cluster's ca.pem and ca.key? A node whose certificate comes from another CA is refused"),
+            )),
+        }
+    }
+
     pub(super) async fn change_members(
         &self,
         l: &Local,
@@ -239,6 +280,7 @@ impl Node {
                         format!("node {id} is already a member, at {known}; remove it first to move it, or pick an unused id"),
                     ));
                 }
+                self.probe_joiner(id, &addr).await?;
                 l.raft
                     .add_learner(id, BasicNode::new(addr.clone()), false)
                     .await

@@ -18,6 +18,7 @@
 
 mod membership;
 mod status;
+mod users;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -164,6 +165,8 @@ pub enum Read {
     },
     /// The group's membership.
     Membership,
+    /// Every user (control group).
+    Users,
 }
 
 /// Why one attempt at an [`Op`] did not produce an answer, as seen by the caller.
@@ -193,6 +196,8 @@ pub enum Answer {
     Report(status::NodeReport),
     /// A group's membership.
     Membership(membership::MembershipView),
+    /// Every user, in name order.
+    Users(Vec<(String, store::users::UserRecord)>),
     /// Done; nothing to return.
     Done,
 }
@@ -300,6 +305,8 @@ struct Inner {
     router: Router,
     /// Set by [`Node::shutdown`]; background loops end.
     stopping: AtomicBool,
+    /// Bumped each time the local control-group replica changes the users.
+    users_version: Arc<AtomicU64>,
 }
 
 fn file_stem(group: u64) -> String {
@@ -435,6 +442,7 @@ impl Node {
                 raft_config: raft_config()?,
                 router: router.clone(),
                 stopping: AtomicBool::new(false),
+                users_version: Arc::default(),
                 layout,
             }),
         };
@@ -491,13 +499,18 @@ impl Node {
         })?;
         let committed = log.committed();
         let sm_path = inner.dir.join(format!("{stem}.redb"));
-        let w = inner.waiters.clone();
-        let sm = StateMachine::open(&sm_path, Arc::new(move |q| w.wake(q))).map_err(|e| {
-            NodeError::Storage {
+        let (w, users) = (inner.waiters.clone(), inner.users_version.clone());
+        let on_apply = move |fx: &store::machine::Effects| {
+            w.wake(&fx.wake);
+            if fx.users {
+                users.fetch_add(1, Ordering::AcqRel);
+            }
+        };
+        let sm =
+            StateMachine::open(&sm_path, Arc::new(on_apply)).map_err(|e| NodeError::Storage {
                 path: sm_path.clone(),
                 detail: e.to_string(),
-            }
-        })?;
+            })?;
         let db = sm.database();
         let raft = Raft::new(
             inner.layout.node_id,
@@ -1198,6 +1211,7 @@ impl Node {
                         Read::Placement { name } => {
                             Answer::Placement(store::placement(txn, &name)?)
                         }
+                        Read::Users => Answer::Users(store::users::all(txn)?),
                         Read::Membership => Answer::Done, // answered above
                     })
                 })

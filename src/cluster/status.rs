@@ -53,6 +53,8 @@ pub struct GroupReport {
 /// What one node says about itself.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeReport {
+    /// The reporting node's id.
+    pub node: NodeId,
     /// Software version.
     pub version: String,
     /// Milliseconds since the node started.
@@ -101,6 +103,7 @@ impl Node {
             })
             .collect();
         NodeReport {
+            node: self.inner.layout.node_id,
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_ms: self.inner.started.elapsed().as_millis() as u64,
             groups,
@@ -305,6 +308,7 @@ mod tests {
 
     fn report(groups: Vec<GroupReport>) -> Result<NodeReport, String> {
         Ok(NodeReport {
+            node: 1,
             version: "0.1.0".into(),
             uptime_ms: 5,
             groups,

@@ -3,17 +3,25 @@
 //! state, and waits for long-polling receives; `cluster::Node` takes each operation to the
 //! leader of the queue's shard, wherever it is.
 //!
-//! It owns no state but per-connection authentication; placement and replication belong to
-//! `cluster`, storage to `store`, bytes and sockets to `protocol` and `server`.
+//! It owns no state but per-connection authentication and the cache of users (`auth`);
+//! placement and replication belong to `cluster`, storage to `store`, bytes and sockets to
+//! `protocol` and `server`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+mod auth;
+
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use crate::cluster::Node;
-use crate::protocol::{Request, Response, Status, MAX_BATCH, MAX_FRAME, MAX_RECEIVE_WAIT_MS};
+use crate::protocol::{
+    validate_user_name, Request, Response, Status, UserInfo, MAX_BATCH, MAX_FRAME,
+    MAX_RECEIVE_WAIT_MS,
+};
+use crate::store::users::UserCommand;
 use crate::store::{now_ms, Command, Outcome};
+use auth::AuthCache;
 
 /// Messages deleted per purge or expiry command; larger purges take several commits so
 /// that one purge never holds a shard for long.
@@ -24,16 +32,18 @@ const REMOTE_POLL: Duration = Duration::from_millis(200);
 
 pub use crate::cluster::Failure;
 
-/// Per-connection state.
+/// Per-connection state: the hash of the token the last `HELLO` presented. Each request is
+/// checked against the users as they are when it arrives, so a token that stops being
+/// valid stops working on connections opened before.
 #[derive(Debug, Default)]
 pub struct Session {
-    authenticated: AtomicBool,
+    token_sha256: Mutex<Option<[u8; 32]>>,
 }
 
 /// Shared by every connection of a node.
 pub struct Frontend {
     node: Node,
-    admin_token_sha256: [u8; 32],
+    auth: AuthCache,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -43,6 +53,25 @@ fn invalid(msg: impl Into<String>) -> Failure {
 
 use crate::cluster::queue_not_found;
 
+fn user_not_found(name: &str) -> Failure {
+    (
+        Status::UserNotFound,
+        format!("user `{name}` does not exist; `mqctl user list` shows the users"),
+    )
+}
+
+/// A new token and its hash.
+fn new_token() -> Result<(String, [u8; 32]), Failure> {
+    let token = crate::server::tls::random_token().ok_or_else(|| {
+        (
+            Status::Internal,
+            "the system gave no randomness for a token; retry".to_string(),
+        )
+    })?;
+    let hash = crate::server::tls::sha256(token.as_bytes());
+    Ok((token, hash))
+}
+
 fn check_batch(what: &str, n: usize) -> Result<(), Failure> {
     if n == 0 {
         return Err(invalid(format!("{what} needs at least one entry")));
@@ -51,11 +80,17 @@ fn check_batch(what: &str, n: usize) -> Result<(), Failure> {
 }
 
 impl Frontend {
-    /// A front end over `node`; requests must present the token whose hash is given.
-    pub fn new(node: Node, admin_token_sha256: [u8; 32], shutdown: watch::Receiver<bool>) -> Self {
+    /// A front end over `node`. `bootstrap_token_sha256` is the hash of this node's
+    /// `admin.token`, accepted as user `admin` while the cluster has no user yet (`None`
+    /// on a node joining a running cluster).
+    pub fn new(
+        node: Node,
+        bootstrap_token_sha256: Option<[u8; 32]>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         Self {
+            auth: AuthCache::new(node.clone(), bootstrap_token_sha256),
             node,
-            admin_token_sha256,
             shutdown,
         }
     }
@@ -74,33 +109,109 @@ impl Frontend {
                 "the node is shutting down; retry on another node or later".into(),
             ));
         }
-        match req {
+        let user = match &req {
             Request::Ping => return Ok(Response::Empty),
             Request::Hello { token, client } => {
-                if crate::server::tls::sha256(token.trim().as_bytes()) != self.admin_token_sha256 {
-                    tracing::warn!(%client, "refused a HELLO with an unknown token");
-                    return Err((
-                        Status::Unauthenticated,
-                        "the token is not valid; pass --token or MQ_TOKEN, or run mqctl where it can read the node's admin.token".into(),
-                    ));
+                let hash = crate::server::tls::sha256(token.trim().as_bytes());
+                if let Err(e) = self.auth.authenticate(&hash).await {
+                    tracing::warn!(%client, status = %e.0, "refused a HELLO");
+                    return Err(e);
                 }
-                session.authenticated.store(true, Ordering::Release);
+                *session
+                    .token_sha256
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(hash);
                 return Ok(Response::Hello {
                     server_version: env!("CARGO_PKG_VERSION").into(),
                     max_frame: MAX_FRAME as u32,
                     max_batch: MAX_BATCH,
                 });
             }
-            _ if !session.authenticated.load(Ordering::Acquire) => {
-                return Err((
-                    Status::Unauthenticated,
-                    "send HELLO with a valid token before other requests".into(),
-                ))
+            _ => {
+                let hash = *session
+                    .token_sha256
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let Some(hash) = hash else {
+                    return Err((
+                        Status::Unauthenticated,
+                        "send HELLO with a valid token before other requests".into(),
+                    ));
+                };
+                self.auth.authenticate(&hash).await?
             }
-            _ => {}
-        }
+        };
+        auth::authorize(&user, &req)?;
         match req {
             Request::Ping | Request::Hello { .. } => Ok(Response::Empty),
+            Request::UserCreate { name } => {
+                validate_user_name(&name).map_err(invalid)?;
+                let (token, token_sha256) = new_token()?;
+                self.node
+                    .user_command(UserCommand::Create { name, token_sha256 })
+                    .await?;
+                Ok(Response::Token(token))
+            }
+            Request::UserDelete { name } => {
+                self.node.user_command(UserCommand::Delete { name }).await?;
+                Ok(Response::Empty)
+            }
+            Request::UserList => {
+                let users = self.node.users_committed().await?;
+                Ok(Response::Users(
+                    users.iter().map(|(n, r)| r.info(n)).collect(),
+                ))
+            }
+            Request::UserDescribe { name } => {
+                let name = if name.is_empty() {
+                    user.name.clone()
+                } else {
+                    name
+                };
+                self.node
+                    .users_committed()
+                    .await?
+                    .into_iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(n, r)| Response::User(r.info(&n)))
+                    .ok_or_else(|| user_not_found(&name))
+            }
+            Request::TokenRotate { name } => {
+                let name = if name.is_empty() {
+                    user.name.clone()
+                } else {
+                    name
+                };
+                let (token, token_sha256) = new_token()?;
+                self.node
+                    .user_command(UserCommand::SetToken { name, token_sha256 })
+                    .await?;
+                Ok(Response::Token(token))
+            }
+            Request::Grant {
+                user: name,
+                pattern,
+                rights,
+            } => {
+                self.user_change(UserCommand::Grant {
+                    name,
+                    pattern,
+                    rights,
+                })
+                .await
+            }
+            Request::Revoke {
+                user: name,
+                pattern,
+                rights,
+            } => {
+                self.user_change(UserCommand::Revoke {
+                    name,
+                    pattern,
+                    rights,
+                })
+                .await
+            }
             Request::ClusterStatus => Ok(Response::ClusterStatus(self.node.cluster_status().await)),
             Request::NodeAdd { id, address } => {
                 if id == 0 {
@@ -152,7 +263,7 @@ impl Frontend {
                         "list limit {limit} is outside 1 to {MAX_BATCH}"
                     )));
                 }
-                let (queues, truncated) = self.node.list(prefix, start_after, limit).await?;
+                let (queues, truncated) = self.list_for(&user, prefix, start_after, limit).await?;
                 Ok(Response::List { queues, truncated })
             }
             Request::QueueDescribe { name } => self
@@ -245,6 +356,51 @@ impl Frontend {
                 self.results(&queue.clone(), Command::ChangeVisibility { queue, entries })
                     .await
             }
+        }
+    }
+
+    /// Runs a grant or revoke; answers the user as it now is.
+    async fn user_change(&self, cmd: UserCommand) -> Result<Response, Failure> {
+        match self.node.user_command(cmd).await? {
+            Some(u) => Ok(Response::User(u)),
+            None => Err((Status::Internal, "the user change returned no user".into())),
+        }
+    }
+
+    /// Lists the queues `user` holds any right on. A user who sees every queue gets the
+    /// shards' listing as it is; otherwise pages are read and filtered until `limit`
+    /// names are found or the queues run out.
+    async fn list_for(
+        &self,
+        user: &UserInfo,
+        prefix: String,
+        mut start_after: String,
+        limit: u32,
+    ) -> Result<(Vec<crate::protocol::QueueSummary>, bool), Failure> {
+        if auth::sees_all(user) {
+            return self.node.list(prefix, start_after, limit).await;
+        }
+        let mut out = Vec::new();
+        loop {
+            let (page, more) = self
+                .node
+                .list(prefix.clone(), start_after.clone(), MAX_BATCH)
+                .await?;
+            let Some(last) = page.last().map(|q| q.name.clone()) else {
+                return Ok((out, false));
+            };
+            for q in page {
+                if !user.rights_on(&q.name).is_empty() {
+                    if out.len() == limit as usize {
+                        return Ok((out, true));
+                    }
+                    out.push(q);
+                }
+            }
+            if !more {
+                return Ok((out, false));
+            }
+            start_after = last;
         }
     }
 
@@ -448,7 +604,7 @@ mod tests {
         .unwrap();
         let (tx, rx) = watch::channel(stopping);
         (
-            Frontend::new(node, crate::server::tls::sha256(b"t"), rx),
+            Frontend::new(node, Some(crate::server::tls::sha256(b"t")), rx),
             tx,
         )
     }

@@ -244,6 +244,44 @@ fn cases() -> Vec<(&'static str, Case)> {
         ),
         ("node-remove", Request(super::Request::NodeRemove { id: 1 })),
         (
+            "user-create",
+            Request(super::Request::UserCreate { name: "bob".into() }),
+        ),
+        (
+            "grant",
+            Request(super::Request::Grant {
+                user: "bob".into(),
+                pattern: "orders.*".into(),
+                rights: crate::protocol::Rights::RECEIVE,
+            }),
+        ),
+        (
+            "token-rotate",
+            Request(super::Request::TokenRotate {
+                name: String::new(),
+            }),
+        ),
+        (
+            "token-response",
+            Response(Opcode::UserCreate, super::Response::Token("0f1e".into())),
+        ),
+        (
+            "user-response",
+            Response(
+                Opcode::UserDescribe,
+                super::Response::User(crate::protocol::UserInfo {
+                    name: "bob".into(),
+                    created_ms: 1_700_000_000_000,
+                    token_set_ms: 1_700_000_000_000,
+                    grants: vec![crate::protocol::Grant {
+                        pattern: "orders.*".into(),
+                        rights: crate::protocol::Rights::SEND
+                            .union(crate::protocol::Rights::RECEIVE),
+                    }],
+                }),
+            ),
+        ),
+        (
             "cluster-status-response",
             Response(
                 Opcode::ClusterStatus,

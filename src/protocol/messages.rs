@@ -3,6 +3,7 @@
 
 use bytes::{BufMut, Bytes};
 
+use super::auth::{decode_rights, Rights, UserInfo, MAX_USERS};
 use super::frame::{begin_frame, finish_frame};
 use super::types::*;
 use super::wire::{DecodeError, Reader, WireWrite};
@@ -129,6 +130,46 @@ pub enum Request {
         /// Its node id.
         id: u64,
     },
+    /// Creates a user with no grants; answers its token.
+    UserCreate {
+        /// User name.
+        name: String,
+    },
+    /// Deletes a user; its token stops working at once.
+    UserDelete {
+        /// User name.
+        name: String,
+    },
+    /// Every user.
+    UserList,
+    /// One user and its grants.
+    UserDescribe {
+        /// User name; empty means the caller.
+        name: String,
+    },
+    /// Gives a user a new token; the old one stops working at once.
+    TokenRotate {
+        /// User name; empty means the caller.
+        name: String,
+    },
+    /// Adds rights on a queue-name pattern to a user.
+    Grant {
+        /// User name.
+        user: String,
+        /// Queue-name pattern.
+        pattern: String,
+        /// Rights added.
+        rights: Rights,
+    },
+    /// Takes rights on a pattern away from a user.
+    Revoke {
+        /// User name.
+        user: String,
+        /// Queue-name pattern, as granted.
+        pattern: String,
+        /// Rights removed.
+        rights: Rights,
+    },
 }
 
 /// Why a request frame's body was refused.
@@ -190,6 +231,13 @@ impl Request {
             Request::ClusterStatus => Opcode::ClusterStatus,
             Request::NodeAdd { .. } => Opcode::NodeAdd,
             Request::NodeRemove { .. } => Opcode::NodeRemove,
+            Request::UserCreate { .. } => Opcode::UserCreate,
+            Request::UserDelete { .. } => Opcode::UserDelete,
+            Request::UserList => Opcode::UserList,
+            Request::UserDescribe { .. } => Opcode::UserDescribe,
+            Request::TokenRotate { .. } => Opcode::TokenRotate,
+            Request::Grant { .. } => Opcode::Grant,
+            Request::Revoke { .. } => Opcode::Revoke,
         }
     }
 
@@ -198,7 +246,17 @@ impl Request {
     pub fn check_lengths(&self) -> Result<(), String> {
         let mut fields: Vec<(&str, &str)> = Vec::new();
         match self {
-            Request::Ping | Request::ClusterStatus | Request::NodeRemove { .. } => {}
+            Request::Ping
+            | Request::ClusterStatus
+            | Request::NodeRemove { .. }
+            | Request::UserList => {}
+            Request::UserCreate { name }
+            | Request::UserDelete { name }
+            | Request::UserDescribe { name }
+            | Request::TokenRotate { name } => fields.push(("user name", name)),
+            Request::Grant { user, pattern, .. } | Request::Revoke { user, pattern, .. } => {
+                fields.extend([("user name", user.as_str()), ("pattern", pattern.as_str())])
+            }
             Request::NodeAdd { address, .. } => fields.push(("address", address)),
             Request::Hello { token, client } => {
                 fields.extend([("token", token.as_str()), ("client", client.as_str())])
@@ -263,7 +321,25 @@ impl Request {
         };
         let mut b = begin_frame(self.opcode() as u16, cap);
         match self {
-            Request::Ping | Request::ClusterStatus => {}
+            Request::Ping | Request::ClusterStatus | Request::UserList => {}
+            Request::UserCreate { name }
+            | Request::UserDelete { name }
+            | Request::UserDescribe { name }
+            | Request::TokenRotate { name } => b.put_str(name),
+            Request::Grant {
+                user,
+                pattern,
+                rights,
+            }
+            | Request::Revoke {
+                user,
+                pattern,
+                rights,
+            } => {
+                b.put_str(user);
+                b.put_str(pattern);
+                b.put_u8(rights.bits());
+            }
             Request::NodeAdd { id, address } => {
                 b.put_u64(*id);
                 b.put_str(address);
@@ -354,6 +430,29 @@ impl Request {
                 address: r.str("address")?,
             },
             Opcode::NodeRemove => Request::NodeRemove { id: r.u64("id")? },
+            Opcode::UserCreate => Request::UserCreate {
+                name: r.str("name")?,
+            },
+            Opcode::UserDelete => Request::UserDelete {
+                name: r.str("name")?,
+            },
+            Opcode::UserList => Request::UserList,
+            Opcode::UserDescribe => Request::UserDescribe {
+                name: r.str("name")?,
+            },
+            Opcode::TokenRotate => Request::TokenRotate {
+                name: r.str("name")?,
+            },
+            Opcode::Grant => Request::Grant {
+                user: r.str("user")?,
+                pattern: r.str("pattern")?,
+                rights: decode_rights(&mut r, "rights")?,
+            },
+            Opcode::Revoke => Request::Revoke {
+                user: r.str("user")?,
+                pattern: r.str("pattern")?,
+                rights: decode_rights(&mut r, "rights")?,
+            },
             Opcode::Hello => Request::Hello {
                 token: r.str("token")?,
                 client: r.str("client")?,
@@ -473,6 +572,12 @@ pub enum Response {
     Results(Vec<Status>),
     /// Answer to `CLUSTER_STATUS`.
     ClusterStatus(ClusterStatus),
+    /// Answer to `USER_CREATE` and `TOKEN_ROTATE`: the new token, shown only this once.
+    Token(String),
+    /// Answer to `USER_DESCRIBE`, `GRANT` and `REVOKE`.
+    User(UserInfo),
+    /// Answer to `USER_LIST`, in name order.
+    Users(Vec<UserInfo>),
 }
 
 /// Largest count a response list may declare: queue lists and deliveries are bounded by
@@ -540,6 +645,14 @@ impl Response {
             }
             Response::Results(v) => encode_statuses(&mut b, v),
             Response::ClusterStatus(c) => c.encode(&mut b),
+            Response::Token(t) => b.put_str(t),
+            Response::User(u) => u.encode(&mut b),
+            Response::Users(us) => {
+                b.put_u32(us.len() as u32);
+                for u in us {
+                    u.encode(&mut b);
+                }
+            }
         }
         finish_frame(b)
     }
@@ -548,7 +661,21 @@ impl Response {
     pub fn decode(op: Opcode, body: Bytes) -> Result<Response, DecodeError> {
         let mut r = Reader::new(body);
         let resp = match op {
-            Opcode::Ping | Opcode::NodeAdd | Opcode::NodeRemove => Response::Empty,
+            Opcode::Ping | Opcode::NodeAdd | Opcode::NodeRemove | Opcode::UserDelete => {
+                Response::Empty
+            }
+            Opcode::UserCreate | Opcode::TokenRotate => Response::Token(r.str("token")?),
+            Opcode::UserDescribe | Opcode::Grant | Opcode::Revoke => {
+                Response::User(UserInfo::decode(&mut r)?)
+            }
+            Opcode::UserList => {
+                let n = r.count("users", MAX_USERS)?;
+                Response::Users(
+                    (0..n)
+                        .map(|_| UserInfo::decode(&mut r))
+                        .collect::<Result<_, _>>()?,
+                )
+            }
             Opcode::Hello => Response::Hello {
                 server_version: r.str("server_version")?,
                 max_frame: r.u32("max_frame")?,

@@ -5,6 +5,7 @@
 //! This module owns frame layout, opcodes, status codes, limits and the validation rules
 //! for names and sizes. It must not depend on storage, networking or the runtime.
 
+mod auth;
 mod frame;
 mod messages;
 mod status;
@@ -14,6 +15,10 @@ mod wire;
 #[cfg(test)]
 mod golden;
 
+pub use auth::{
+    pattern_matches, validate_pattern, validate_user_name, Grant, Rights, UserInfo, MAX_GRANTS,
+    MAX_USER_NAME,
+};
 pub use frame::{decode_header, empty_request, FrameError, Header, HEADER_LEN};
 pub use messages::{
     decode_error_message, encode_error, Request, RequestError, Response, MAX_ERROR_MESSAGE,
@@ -66,7 +71,7 @@ pub const DEDUP_WINDOW_RANGE_MS: (u64, u64) = (1000, 12 * 3600 * 1000);
 pub const MAX_DEDUP_ID: usize = 128;
 
 /// Request opcodes, grouped by hundreds: 0–99 connection, 100–199 queue administration,
-/// 200–299 messages, 300–399 cluster.
+/// 200–299 messages, 300–399 cluster, 400–499 users and grants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u16)]
 pub enum Opcode {
@@ -106,11 +111,25 @@ pub enum Opcode {
     NodeAdd = 301,
     /// `NODE_REMOVE`
     NodeRemove = 302,
+    /// `USER_CREATE`
+    UserCreate = 400,
+    /// `USER_DELETE`
+    UserDelete = 401,
+    /// `USER_LIST`
+    UserList = 402,
+    /// `USER_DESCRIBE`
+    UserDescribe = 403,
+    /// `TOKEN_ROTATE`
+    TokenRotate = 404,
+    /// `GRANT`
+    Grant = 405,
+    /// `REVOKE`
+    Revoke = 406,
 }
 
 impl Opcode {
     /// Every opcode, in number order.
-    pub const ALL: [Opcode; 18] = [
+    pub const ALL: [Opcode; 25] = [
         Opcode::Ping,
         Opcode::Hello,
         Opcode::QueueCreate,
@@ -129,6 +148,13 @@ impl Opcode {
         Opcode::ClusterStatus,
         Opcode::NodeAdd,
         Opcode::NodeRemove,
+        Opcode::UserCreate,
+        Opcode::UserDelete,
+        Opcode::UserList,
+        Opcode::UserDescribe,
+        Opcode::TokenRotate,
+        Opcode::Grant,
+        Opcode::Revoke,
     ];
 
     /// Parses a wire number.
@@ -157,6 +183,13 @@ impl Opcode {
             Opcode::ClusterStatus => "CLUSTER_STATUS",
             Opcode::NodeAdd => "NODE_ADD",
             Opcode::NodeRemove => "NODE_REMOVE",
+            Opcode::UserCreate => "USER_CREATE",
+            Opcode::UserDelete => "USER_DELETE",
+            Opcode::UserList => "USER_LIST",
+            Opcode::UserDescribe => "USER_DESCRIBE",
+            Opcode::TokenRotate => "TOKEN_ROTATE",
+            Opcode::Grant => "GRANT",
+            Opcode::Revoke => "REVOKE",
         }
     }
 
@@ -171,6 +204,8 @@ impl Opcode {
                 | Opcode::QueueDescribe
                 | Opcode::QueuePeek
                 | Opcode::ClusterStatus
+                | Opcode::UserList
+                | Opcode::UserDescribe
         )
     }
 }

@@ -26,6 +26,9 @@ pub enum Status {
     MessageTooLarge = 8,
     /// No valid `HELLO` with a known token was made on this connection.
     Unauthenticated = 10,
+    /// The user is authenticated but holds no grant for this operation on this queue (or,
+    /// for users, grants, nodes and the cluster status, is not a cluster admin).
+    Forbidden = 11,
     /// The queue does not exist.
     QueueNotFound = 20,
     /// A queue with that name exists already.
@@ -44,13 +47,17 @@ pub enum Status {
     /// this node is cut off from a majority). Nothing was done, unless the message says the
     /// outcome is unknown. Retry after a moment or on another node.
     Unavailable = 31,
+    /// No user has that name.
+    UserNotFound = 40,
+    /// A user with that name exists already.
+    UserExists = 41,
     /// The node failed internally (storage error); the request had no effect.
     Internal = 99,
 }
 
 impl Status {
     /// Every status, in number order.
-    pub const ALL: [Status; 19] = [
+    pub const ALL: [Status; 22] = [
         Status::Ok,
         Status::BadFrame,
         Status::UnsupportedVersion,
@@ -61,6 +68,7 @@ impl Status {
         Status::BatchTooLarge,
         Status::MessageTooLarge,
         Status::Unauthenticated,
+        Status::Forbidden,
         Status::QueueNotFound,
         Status::QueueExists,
         Status::QueueNotEmpty,
@@ -69,6 +77,8 @@ impl Status {
         Status::ReceiptStale,
         Status::ShuttingDown,
         Status::Unavailable,
+        Status::UserNotFound,
+        Status::UserExists,
         Status::Internal,
     ];
 
@@ -90,6 +100,7 @@ impl Status {
             Status::BatchTooLarge => "BATCH_TOO_LARGE",
             Status::MessageTooLarge => "MESSAGE_TOO_LARGE",
             Status::Unauthenticated => "UNAUTHENTICATED",
+            Status::Forbidden => "FORBIDDEN",
             Status::QueueNotFound => "QUEUE_NOT_FOUND",
             Status::QueueExists => "QUEUE_EXISTS",
             Status::QueueNotEmpty => "QUEUE_NOT_EMPTY",
@@ -98,6 +109,8 @@ impl Status {
             Status::ReceiptStale => "RECEIPT_STALE",
             Status::ShuttingDown => "SHUTTING_DOWN",
             Status::Unavailable => "UNAVAILABLE",
+            Status::UserNotFound => "USER_NOT_FOUND",
+            Status::UserExists => "USER_EXISTS",
             Status::Internal => "INTERNAL",
         }
     }

@@ -32,8 +32,10 @@ const OLD_SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_s
 type Membership = StoredMembership<NodeId, openraft::BasicNode>;
 type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
 
-/// Called after a commit with the queues that gained visible messages.
-pub type Waker = Arc<dyn Fn(&HashSet<String>) + Send + Sync>;
+/// Called after each commit that changed something with what it changed (queues that gained
+/// visible messages, users), and after a snapshot is installed with `users` set (a new
+/// state may change anything).
+pub type Waker = Arc<dyn Fn(&Effects) + Send + Sync>;
 
 /// A shard's state machine. Cheap to clone; clones share the database.
 #[derive(Clone)]
@@ -127,8 +129,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         })
         .await?;
-        if !fx.wake.is_empty() {
-            (self.wake)(&fx.wake);
+        if !fx.wake.is_empty() || fx.users {
+            (self.wake)(&fx);
         }
         Ok(replies)
     }
@@ -174,6 +176,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })
         .await?;
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(installed);
+        (self.wake)(&Effects {
+            users: true,
+            ..Effects::default()
+        });
         Ok(())
     }
 

@@ -149,11 +149,13 @@ pub async fn run(
     let queues = node.local_queue_count().await;
     tracing::info!(%local_addr, data_dir = %config.data_dir.display(), queues, "mqd is serving");
 
-    let frontend = Arc::new(Frontend::new(
-        node.clone(),
-        creds.admin_token_sha256,
-        shutdown.clone(),
-    ));
+    // The node's admin.token becomes user `admin` of a new cluster. A node joining a
+    // running cluster gets the users from it instead.
+    let bootstrap = (!config.cluster.join).then_some(creds.admin_token_sha256);
+    if let Some(hash) = bootstrap {
+        node.bootstrap_admin(hash);
+    }
+    let frontend = Arc::new(Frontend::new(node.clone(), bootstrap, shutdown.clone()));
     let body_budget = Arc::new(Semaphore::new(MAX_BUFFERED_BODY_KIB));
     let tracker = tracker::Tracker::default();
 

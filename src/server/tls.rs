@@ -41,6 +41,14 @@ pub enum CredentialError {
     },
 }
 
+/// A new bearer token: 256 random bits as 64 hex digits. `None` if the system has no
+/// randomness to give.
+pub fn random_token() -> Option<String> {
+    let mut raw = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw).ok()?;
+    Some(raw.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// What the QUIC server needs to present itself, and the admin token's hash.
 pub struct Credentials {
     /// Node certificate chain (node, then CA).
@@ -127,10 +135,8 @@ pub fn ensure(dir: &Path, extra_names: &[String]) -> Result<Credentials, Credent
     }
     let token_path = dir.join(ADMIN_TOKEN);
     if !token_path.exists() {
-        let mut raw = [0u8; 32];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
-            .map_err(|_| io(&token_path)(std::io::Error::other("no randomness available")))?;
-        let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let token = random_token()
+            .ok_or_else(|| io(&token_path)(std::io::Error::other("no randomness available")))?;
         // Readable by the owner (the mqd user) and its group, so `sudo mqctl` and members of
         // the mqd group can use it; nobody else.
         write_file(&token_path, format!("{token}\n").as_bytes(), 0o640)?;

@@ -121,6 +121,8 @@ pub enum Command {
         /// Queue name.
         name: String,
     },
+    /// Control group: change the users or their grants.
+    User(super::users::UserCommand),
 }
 
 /// What an applied command produced.
@@ -147,6 +149,8 @@ pub enum Outcome {
     },
     /// One status per entry.
     Results(Vec<Status>),
+    /// A user as it is after a user command (`None`: deleted, or nothing to do).
+    User(Option<crate::protocol::UserInfo>),
     /// Progress of a redrive.
     Redrive {
         /// Messages moved.
@@ -206,6 +210,8 @@ pub struct Effects {
     pub dirty: bool,
     /// Queues that gained visible messages: wake their long-polling receivers.
     pub wake: HashSet<String>,
+    /// The users or their grants changed: caches of them are stale.
+    pub users: bool,
 }
 
 /// The shard's tables, opened once per transaction.
@@ -220,6 +226,7 @@ pub struct Tables<'txn> {
     placement: Table<'txn, &'static str, u32>,
     dedup: Table<'txn, (u64, &'static str), (u64, u64)>,
     dedup_expiry: Table<'txn, (u64, u64, &'static str), u8>,
+    users: Table<'txn, &'static str, &'static [u8]>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -236,6 +243,7 @@ impl<'txn> Tables<'txn> {
             placement: txn.open_table(PLACEMENT)?,
             dedup: txn.open_table(DEDUP)?,
             dedup_expiry: txn.open_table(DEDUP_EXPIRY)?,
+            users: txn.open_table(USERS)?,
         })
     }
 
@@ -917,6 +925,13 @@ pub fn apply(
             let removed = t.placement.remove(name.as_str())?.is_some();
             fx.dirty |= removed;
             Ok(Outcome::Count(removed as u64))
+        }
+        Command::User(u) => {
+            let mut changed = false;
+            let info = super::users::apply(&mut t.users, now, u, &mut changed)?;
+            fx.dirty |= changed;
+            fx.users |= changed;
+            Ok(Outcome::User(info))
         }
     }
 }

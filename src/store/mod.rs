@@ -9,6 +9,7 @@
 pub mod machine;
 pub mod schema;
 pub mod snapshot;
+pub mod users;
 
 use std::path::PathBuf;
 

@@ -11,8 +11,8 @@ use crate::protocol::QueueConfig;
 
 /// Version of the on-disk format written by this build. A database with another version is
 /// refused at open. 2: queue settings gained the dedup window and content-based dedup, and
-/// the dedup tables were added.
-pub const FORMAT_VERSION: u64 = 2;
+/// the dedup tables were added. 3: the control group keeps users and grants.
+pub const FORMAT_VERSION: u64 = 3;
 
 /// name → [`QueueRecord`].
 pub const QUEUES: TableDefinition<&str, &[u8]> = TableDefinition::new("queues");
@@ -36,6 +36,8 @@ pub const DEDUP_EXPIRY: TableDefinition<(u64, u64, &str), u8> =
     TableDefinition::new("dedup_expiry");
 /// Control group only: queue name → the shard (0-based) that holds it.
 pub const PLACEMENT: TableDefinition<&str, u32> = TableDefinition::new("placement");
+/// Control group only: user name → postcard [`super::users::UserRecord`].
+pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 /// Counters of the shard: `format_version`, `next_queue_id`.
 pub const SYSTEM: TableDefinition<&str, u64> = TableDefinition::new("system");
 

@@ -35,6 +35,8 @@ pub enum Chunk {
     Dedup(Vec<((u64, String), (u64, u64))>),
     /// [`DEDUP_EXPIRY`].
     DedupExpiry(Vec<(u64, u64, String)>),
+    /// [`USERS`].
+    Users(Vec<(String, Vec<u8>)>),
 }
 
 /// Rows per chunk at most, whatever their size.
@@ -94,6 +96,8 @@ pub fn for_each_chunk<E: From<StoreError>>(
         |k, v| ((k.0, k.1.to_string()), v), |r: &((u64, String), (u64, u64))| 24 + r.0.1.len());
     stream_table!(txn, DEDUP_EXPIRY, DedupExpiry, max_bytes, f,
         |k, _v| (k.0, k.1, k.2.to_string()), |r: &(u64, u64, String)| 16 + r.2.len());
+    stream_table!(txn, USERS, Users, max_bytes, f,
+        |k, v| (k.to_string(), v.to_vec()), |r: &(String, Vec<u8>)| r.0.len() + r.1.len());
     Ok(())
 }
 
@@ -116,6 +120,7 @@ pub fn clear(txn: &WriteTransaction) -> Result<(), StoreError> {
     clear_table(&mut txn.open_table(PLACEMENT)?)?;
     clear_table(&mut txn.open_table(DEDUP)?)?;
     clear_table(&mut txn.open_table(DEDUP_EXPIRY)?)?;
+    clear_table(&mut txn.open_table(USERS)?)?;
     Ok(())
 }
 
@@ -182,6 +187,12 @@ pub fn load_chunk(txn: &WriteTransaction, c: &Chunk) -> Result<(), StoreError> {
                 t.insert((*e, *q, k.as_str()), 0)?;
             }
         }
+        Chunk::Users(rows) => {
+            let mut t = txn.open_table(USERS)?;
+            for (k, v) in rows {
+                t.insert(k.as_str(), v.as_slice())?;
+            }
+        }
     }
     Ok(())
 }
@@ -225,6 +236,7 @@ mod tests {
                 Chunk::Placement(r) => r.len(),
                 Chunk::Dedup(r) => r.len(),
                 Chunk::DedupExpiry(r) => r.len(),
+                Chunk::Users(r) => r.len(),
             })
             .sum()
     }
@@ -267,6 +279,13 @@ mod tests {
                 shard: 3,
                 replace: false,
             },
+        );
+        run(
+            &a,
+            5,
+            Command::User(crate::store::users::UserCommand::Bootstrap {
+                token_sha256: [7; 32],
+            }),
         );
         // b starts with other state, which the load must replace entirely.
         run(

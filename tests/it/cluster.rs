@@ -13,7 +13,7 @@ use mqd::cluster::{group_of_shard, shard_of};
 use mqd::protocol::{QueuePatch, ReplicaRole, SendEntry, Status};
 use serde_json::Value;
 
-use crate::common::{ok, Node};
+use crate::common::{ok, queue_names, Node};
 
 const SHARDS: u32 = 8;
 
@@ -79,13 +79,7 @@ async fn every_node_serves_every_queue_across_shards() {
 
     // Every node lists the queues of every shard, in order.
     for client in &c {
-        let listed: Vec<String> = client
-            .list_all_queues("")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|q| q.name)
-            .collect();
+        let listed = queue_names(client).await;
         let mut want = queues.clone();
         want.sort();
         assert_eq!(listed, want);

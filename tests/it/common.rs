@@ -111,12 +111,24 @@ impl Node {
     /// Starts node `id` with `--join`, to be added to the cluster of `member` (whose
     /// credentials it copies) with `mqctl node add`.
     pub fn start_joining(member: &Node, id: u64, shards: u32) -> Node {
+        Node::joining(Some(member.dir()), id, shards)
+    }
+
+    /// Starts node `id` with `--join` but with a CA of its own, as a node of another
+    /// cluster (or an impostor) would be.
+    pub fn start_joining_with_own_ca(id: u64, shards: u32) -> Node {
+        Node::joining(None, id, shards)
+    }
+
+    fn joining(credentials_from: Option<&Path>, id: u64, shards: u32) -> Node {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("free port");
         let listen = socket.local_addr().unwrap();
         drop(socket);
         let tmp = tempfile::tempdir().unwrap();
         for f in ["ca.pem", "ca.key", "admin.token"] {
-            std::fs::copy(member.dir().join(f), tmp.path().join(f)).expect("copy credentials");
+            if let Some(from) = credentials_from {
+                std::fs::copy(from.join(f), tmp.path().join(f)).expect("copy credentials");
+            }
         }
         let args = vec![
             "--node-id".to_string(),
@@ -199,6 +211,13 @@ impl Node {
         Client::connect(self.client_config())
             .await
             .expect("connect")
+    }
+
+    /// A client of this node that presents `token` instead of the admin token.
+    pub async fn client_with_token(&self, token: &str) -> Client {
+        let mut c = self.client_config();
+        c.token = token.to_string();
+        Client::connect(c).await.expect("connect")
     }
 
     pub fn client_config(&self) -> ClientConfig {
@@ -314,6 +333,17 @@ impl Drop for Node {
 }
 
 /// Stdout of an mqctl run that must have succeeded.
+/// The names of every queue `client` may list, in order.
+pub async fn queue_names(client: &Client) -> Vec<String> {
+    client
+        .list_all_queues("")
+        .await
+        .expect("list queues")
+        .into_iter()
+        .map(|q| q.name)
+        .collect()
+}
+
 pub fn ok(o: &Output) -> String {
     assert!(
         o.status.success(),
