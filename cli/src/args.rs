@@ -197,6 +197,11 @@ pub enum QueueCmd {
     Create {
         /// Queue name: letters, digits, '.', '_' and '-'.
         name: String,
+        /// A FIFO queue: each message needs --group and a --dedup-id (or the queue
+        /// --content-dedup true); a group's messages are delivered in send order, each
+        /// once the one before is acknowledged. Cannot be changed later.
+        #[arg(long)]
+        fifo: bool,
         #[command(flatten)]
         attrs: QueueAttrs,
     },
@@ -463,6 +468,10 @@ pub struct SendArgs {
     /// stores nothing new and prints the first message's id. Not with --lines.
     #[arg(long, conflicts_with = "lines", value_name = "ID")]
     pub dedup_id: Option<String>,
+    /// Message group (FIFO queues only): messages of a group are delivered in order, and
+    /// the next only once the one before is acknowledged.
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
     /// Messages per request with --lines (1 to 1000).
     #[arg(long, default_value_t = 100)]
     pub batch: u32,

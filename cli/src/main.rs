@@ -218,6 +218,7 @@ fn patch(attrs: QueueAttrs, no_dlq: bool) -> QueuePatch {
         },
         dedup_window_ms: attrs.dedup_window,
         content_dedup: attrs.content_dedup,
+        fifo: None,
     }
 }
 
@@ -305,8 +306,12 @@ fn check_results(results: &[Status], what: &str) -> anyhow::Result<()> {
 
 async fn queue(client: &Client, out: Output, cmd: QueueCmd) -> anyhow::Result<()> {
     match cmd {
-        QueueCmd::Create { name, attrs } => {
-            let c = client.create_queue(&name, patch(attrs, false)).await?;
+        QueueCmd::Create { name, fifo, attrs } => {
+            let p = QueuePatch {
+                fifo: fifo.then_some(true),
+                ..patch(attrs, false)
+            };
+            let c = client.create_queue(&name, p).await?;
             output::config(out, &name, "created", &c)
         }
         QueueCmd::Set {
@@ -360,6 +365,7 @@ async fn send(client: &Client, out: Output, a: args::SendArgs) -> anyhow::Result
     let entry = |body: Bytes| SendEntry {
         delay_ms: a.delay,
         dedup_id: a.dedup_id.clone(),
+        group: a.group.clone(),
         attributes: attributes.clone(),
         body,
     };

@@ -80,10 +80,15 @@ fn config_json(c: &QueueConfig) -> Value {
         "max_receives": c.dead_letter.as_ref().map(|d| d.max_receives),
         "dedup_window_ms": c.dedup_window_ms,
         "content_dedup": c.content_dedup,
+        "fifo": c.fifo,
     })
 }
 
 fn config_rows(t: &mut Table, c: &QueueConfig) {
+    t.add_row(vec![
+        "type".to_string(),
+        if c.fifo { "FIFO" } else { "standard" }.to_string(),
+    ]);
     t.add_row(vec![
         "visibility timeout".to_string(),
         human_ms(c.visibility_timeout_ms),
@@ -188,6 +193,7 @@ fn message_json(m: &Message) -> Map<String, Value> {
     o.insert("id".into(), json!(m.id));
     o.insert("receive_count".into(), json!(m.receive_count));
     o.insert("sent_ms".into(), json!(m.sent_ms));
+    o.insert("group".into(), json!(m.group));
     o.insert("attributes".into(), attrs_json(&m.attributes));
     o.insert("body".into(), bytes_json(&m.body));
     o
@@ -207,15 +213,25 @@ pub fn deliveries(out: Output, ds: &[Delivery]) -> anyhow::Result<()> {
                 eprintln!("no message available");
                 return Ok(());
             }
-            let mut t = table(&["id", "receipt", "receives", "attributes", "body"]);
+            // A group column only for FIFO queues, whose messages all have one.
+            let grouped = ds.iter().any(|d| d.message.group.is_some());
+            let mut header = vec!["id", "receipt", "receives"];
+            if grouped {
+                header.push("group");
+            }
+            header.extend(["attributes", "body"]);
+            let mut t = table(&header);
             for d in ds {
-                t.add_row(vec![
+                let mut row = vec![
                     d.message.id.to_string(),
                     d.receipt.to_hex(),
                     d.message.receive_count.to_string(),
-                    attrs_text(&d.message.attributes),
-                    preview(&d.message.body),
-                ]);
+                ];
+                if grouped {
+                    row.push(d.message.group.clone().unwrap_or_default());
+                }
+                row.extend([attrs_text(&d.message.attributes), preview(&d.message.body)]);
+                t.add_row(row);
             }
             println(t)?;
         }

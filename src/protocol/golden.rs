@@ -106,7 +106,21 @@ fn cases() -> Vec<(&'static str, Case)> {
                 messages: vec![SendEntry {
                     delay_ms: Some(1000),
                     dedup_id: Some("o-17".into()),
+                    group: None,
                     attributes: vec![("k".into(), Bytes::from_static(b"v"))],
+                    body: Bytes::from_static(b"hi"),
+                }],
+            }),
+        ),
+        (
+            "send-fifo",
+            Request(super::Request::Send {
+                queue: "jobs".into(),
+                messages: vec![SendEntry {
+                    delay_ms: None,
+                    dedup_id: Some("o-17".into()),
+                    group: Some("t7".into()),
+                    attributes: vec![],
                     body: Bytes::from_static(b"hi"),
                 }],
             }),
@@ -202,6 +216,7 @@ fn cases() -> Vec<(&'static str, Case)> {
                     id: 7,
                     receive_count: 0,
                     sent_ms: 1_700_000_000_000,
+                    group: None,
                     attributes: vec![],
                     body: Bytes::from_static(b"hi"),
                 }]),
@@ -221,6 +236,7 @@ fn cases() -> Vec<(&'static str, Case)> {
                         id: 7,
                         receive_count: 2,
                         sent_ms: 1_700_000_000_000,
+                        group: Some("t7".into()),
                         attributes: vec![("k".into(), Bytes::from_static(b"v"))],
                         body: Bytes::from_static(b"hi"),
                     },

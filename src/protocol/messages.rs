@@ -293,6 +293,9 @@ impl Request {
                     if let Some(id) = &m.dedup_id {
                         fields.push(("dedup id", id));
                     }
+                    if let Some(g) = &m.group {
+                        fields.push(("message group", g));
+                    }
                 }
             }
             Request::Receive { queue, .. }
@@ -381,13 +384,8 @@ impl Request {
                 b.put_u32(messages.len() as u32);
                 for m in messages {
                     put_opt_u64(&mut b, m.delay_ms);
-                    match &m.dedup_id {
-                        Some(id) => {
-                            b.put_u8(1);
-                            b.put_str(id);
-                        }
-                        None => b.put_u8(0),
-                    }
+                    put_opt_str(&mut b, m.dedup_id.as_deref());
+                    put_opt_str(&mut b, m.group.as_deref());
                     encode_attributes(&mut b, &m.attributes);
                     b.put_blob(&m.body);
                 }
@@ -496,11 +494,8 @@ impl Request {
                 for _ in 0..n {
                     messages.push(SendEntry {
                         delay_ms: opt_u64(&mut r, "message.delay_ms")?,
-                        dedup_id: if r.bool("message.dedup_id")? {
-                            Some(r.str("message.dedup_id")?)
-                        } else {
-                            None
-                        },
+                        dedup_id: opt_str(&mut r, "message.dedup_id")?,
+                        group: opt_str(&mut r, "message.group")?,
                         attributes: decode_attributes(&mut r)?,
                         body: r.bytes("message.body")?,
                     });

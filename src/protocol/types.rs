@@ -38,6 +38,10 @@ pub struct QueueConfig {
     pub dedup_window_ms: u64,
     /// Sends without a dedup id are deduplicated by the SHA-256 of their body.
     pub content_dedup: bool,
+    /// A FIFO queue: every message belongs to a message group, each group is delivered in
+    /// send order, and a group's next message is held back while one of it is in flight.
+    /// Fixed at creation.
+    pub fifo: bool,
 }
 
 impl Default for QueueConfig {
@@ -51,6 +55,7 @@ impl Default for QueueConfig {
             dead_letter: None,
             dedup_window_ms: 5 * 60 * 1000,
             content_dedup: false,
+            fifo: false,
         }
     }
 }
@@ -74,6 +79,8 @@ pub struct QueuePatch {
     pub dedup_window_ms: Option<u64>,
     /// Turns content-based deduplication on or off.
     pub content_dedup: Option<bool>,
+    /// Makes the queue FIFO (only when it is created).
+    pub fifo: Option<bool>,
 }
 
 // Tags of the patch's tag-value list.
@@ -86,6 +93,7 @@ const TAG_DEAD_LETTER: u8 = 6;
 const TAG_NO_DEAD_LETTER: u8 = 7;
 const TAG_DEDUP_WINDOW: u8 = 8;
 const TAG_CONTENT_DEDUP: u8 = 9;
+const TAG_FIFO: u8 = 10;
 
 impl QueuePatch {
     /// Applies the patch to a configuration.
@@ -114,6 +122,9 @@ impl QueuePatch {
         if let Some(v) = self.content_dedup {
             c.content_dedup = v;
         }
+        if let Some(v) = self.fifo {
+            c.fifo = v;
+        }
     }
 
     /// Whether the patch changes nothing.
@@ -131,6 +142,7 @@ impl QueuePatch {
             (TAG_RECEIVE_WAIT, self.receive_wait_ms),
             (TAG_DEDUP_WINDOW, self.dedup_window_ms),
             (TAG_CONTENT_DEDUP, self.content_dedup.map(u64::from)),
+            (TAG_FIFO, self.fifo.map(u64::from)),
         ] {
             if let Some(v) = v {
                 entries.push((tag, v));
@@ -142,7 +154,7 @@ impl QueuePatch {
             b.put_u8(tag);
             match tag {
                 TAG_MAX_SIZE => b.put_u32(v as u32),
-                TAG_CONTENT_DEDUP => b.put_bool(v != 0),
+                TAG_CONTENT_DEDUP | TAG_FIFO => b.put_bool(v != 0),
                 _ => b.put_u64(v),
             }
         }
@@ -163,7 +175,7 @@ impl QueuePatch {
         let mut seen = 0u16;
         for _ in 0..n {
             let tag = r.u8("attributes.tag")?;
-            if !(TAG_VISIBILITY..=TAG_CONTENT_DEDUP).contains(&tag) {
+            if !(TAG_VISIBILITY..=TAG_FIFO).contains(&tag) {
                 return Err(DecodeError::UnknownValue {
                     what: "attributes.tag",
                     value: u64::from(tag),
@@ -191,6 +203,7 @@ impl QueuePatch {
                 TAG_RECEIVE_WAIT => p.receive_wait_ms = Some(r.u64("receive_wait_ms")?),
                 TAG_DEDUP_WINDOW => p.dedup_window_ms = Some(r.u64("dedup_window_ms")?),
                 TAG_CONTENT_DEDUP => p.content_dedup = Some(r.bool("content_dedup")?),
+                TAG_FIFO => p.fifo = Some(r.bool("fifo")?),
                 TAG_DEAD_LETTER => {
                     p.dead_letter = Some(Some(DeadLetter {
                         queue: r.str("dead_letter.queue")?,
@@ -221,6 +234,7 @@ impl QueueConfig {
         }
         b.put_u64(self.dedup_window_ms);
         b.put_bool(self.content_dedup);
+        b.put_bool(self.fifo);
     }
 
     pub(crate) fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
@@ -240,6 +254,7 @@ impl QueueConfig {
             },
             dedup_window_ms: r.u64("dedup_window_ms")?,
             content_dedup: r.bool("content_dedup")?,
+            fifo: r.bool("fifo")?,
         })
     }
 }
@@ -322,6 +337,8 @@ pub struct SendEntry {
     /// De-duplication id: a send with an id already seen within the queue's dedup window
     /// is acknowledged with the first message's id and not stored again.
     pub dedup_id: Option<String>,
+    /// Message group: required on a FIFO queue, refused on a standard one.
+    pub group: Option<String>,
     /// Headers delivered with the message.
     pub attributes: Vec<Attribute>,
     /// The payload, carried as it is.
@@ -358,6 +375,8 @@ pub struct Message {
     pub receive_count: u32,
     /// When it was sent (milliseconds since the Unix epoch, node clock).
     pub sent_ms: u64,
+    /// Its message group (FIFO queues only).
+    pub group: Option<String>,
     /// Headers given at send.
     pub attributes: Vec<Attribute>,
     /// The payload.
@@ -369,6 +388,7 @@ impl Message {
         b.put_u64(self.id);
         b.put_u32(self.receive_count);
         b.put_u64(self.sent_ms);
+        put_opt_str(b, self.group.as_deref());
         encode_attributes(b, &self.attributes);
         b.put_blob(&self.body);
     }
@@ -378,6 +398,7 @@ impl Message {
             id: r.u64("message.id")?,
             receive_count: r.u32("message.receive_count")?,
             sent_ms: r.u64("message.sent_ms")?,
+            group: opt_str(r, "message.group")?,
             attributes: decode_attributes(r)?,
             body: r.bytes("message.body")?,
         })
@@ -666,6 +687,24 @@ pub(crate) fn put_opt_u64(b: &mut impl BufMut, v: Option<u64>) {
         }
         None => b.put_u8(0),
     }
+}
+
+pub(crate) fn put_opt_str(b: &mut impl BufMut, v: Option<&str>) {
+    match v {
+        Some(v) => {
+            b.put_u8(1);
+            b.put_str(v);
+        }
+        None => b.put_u8(0),
+    }
+}
+
+pub(crate) fn opt_str(r: &mut Reader, what: &'static str) -> Result<Option<String>, DecodeError> {
+    Ok(if r.bool(what)? {
+        Some(r.str(what)?)
+    } else {
+        None
+    })
 }
 
 pub(crate) fn opt_u64(r: &mut Reader, what: &'static str) -> Result<Option<u64>, DecodeError> {

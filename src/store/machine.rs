@@ -227,6 +227,8 @@ pub struct Tables<'txn> {
     dedup: Table<'txn, (u64, &'static str), (u64, u64)>,
     dedup_expiry: Table<'txn, (u64, u64, &'static str), u8>,
     users: Table<'txn, &'static str, &'static [u8]>,
+    groups: Table<'txn, (u64, u64), &'static str>,
+    fifo: Table<'txn, (u64, &'static str, u64), u8>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -244,6 +246,8 @@ impl<'txn> Tables<'txn> {
             dedup: txn.open_table(DEDUP)?,
             dedup_expiry: txn.open_table(DEDUP_EXPIRY)?,
             users: txn.open_table(USERS)?,
+            groups: txn.open_table(MSG_GROUP)?,
+            fifo: txn.open_table(FIFO_ORDER)?,
         })
     }
 
@@ -342,17 +346,92 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
-    /// Removes a message's three rows.
-    fn remove_msg(&mut self, qid: u64, seq: u64, st: &MessageState) -> Result<(), ApplyError> {
+    /// Removes a message's rows. In a FIFO group, the message that becomes the group's
+    /// first gets its [`VISIBLE`] entry (visible from `now` at the earliest).
+    fn remove_msg(
+        &mut self,
+        qid: u64,
+        seq: u64,
+        st: &MessageState,
+        now: u64,
+    ) -> Result<(), ApplyError> {
+        if !st.grouped {
+            self.state.remove((qid, seq))?;
+            self.body.remove((qid, seq))?;
+            self.visible.remove((qid, st.visible_at, seq))?;
+            return Ok(());
+        }
+        // The state the caller read may predate an activation earlier in this command.
+        let current = self.msg(qid, seq)?.unwrap_or(*st);
         self.state.remove((qid, seq))?;
         self.body.remove((qid, seq))?;
-        self.visible.remove((qid, st.visible_at, seq))?;
+        let group = self
+            .groups
+            .remove((qid, seq))?
+            .map(|g| g.value().to_string());
+        let Some(group) = group else {
+            self.visible.remove((qid, current.visible_at, seq))?;
+            return Ok(());
+        };
+        if self
+            .fifo
+            .remove((qid, group.as_str(), seq))?
+            .map(|v| v.value())
+            == Some(1)
+        {
+            self.visible.remove((qid, current.visible_at, seq))?;
+        }
+        if let Some((head, 0)) = self.group_after(qid, &group, None)? {
+            self.activate(qid, &group, head, now)?;
+        }
+        Ok(())
+    }
+
+    /// The group of a message of a FIFO queue.
+    fn group_of(&self, qid: u64, seq: u64) -> Result<Option<String>, ApplyError> {
+        Ok(self.groups.get((qid, seq))?.map(|g| g.value().to_string()))
+    }
+
+    /// The first message of `group` after `after` (or its first message), with its
+    /// [`FIFO_ORDER`] flag.
+    fn group_after(
+        &self,
+        qid: u64,
+        group: &str,
+        after: Option<u64>,
+    ) -> Result<Option<(u64, u8)>, ApplyError> {
+        let from = after.map_or(0, |s| s.saturating_add(1));
+        let first = self
+            .fifo
+            .range((qid, group, from)..=(qid, group, u64::MAX))?
+            .next();
+        Ok(match first {
+            Some(e) => {
+                let (k, v) = e?;
+                Some((k.value().2, v.value()))
+            }
+            None => None,
+        })
+    }
+
+    /// Gives a waiting message of a FIFO group its [`VISIBLE`] entry, visible from `now`
+    /// at the earliest (so a scan at `now` past its old position still meets it).
+    fn activate(&mut self, qid: u64, group: &str, seq: u64, now: u64) -> Result<(), ApplyError> {
+        if let Some(mut st) = self.msg(qid, seq)? {
+            st.visible_at = st.visible_at.max(now);
+            self.put_msg(qid, seq, &st)?;
+            self.visible
+                .insert((qid, st.visible_at, seq), u8::from(st.in_flight))?;
+        }
+        self.fifo.insert((qid, group, seq), 1)?;
         Ok(())
     }
 
     /// Stores a new message at the tail of queue `qid`, counting it in `s` (the queue's
     /// stats, read once and written once by the caller however many messages it appends);
     /// `write` fills the stored body (attributes and payload, `len` bytes) in place.
+    /// A message with a `group` joins the end of that FIFO group: it gets its [`VISIBLE`]
+    /// entry only if it is the group's first.
     #[allow(clippy::too_many_arguments)]
     fn append(
         &mut self,
@@ -363,6 +442,7 @@ impl<'txn> Tables<'txn> {
         len: usize,
         write: impl FnOnce(&mut [u8]),
         source_queue: u64,
+        group: Option<&str>,
     ) -> Result<u64, ApplyError> {
         let seq = s.next_seq;
         s.next_seq += 1;
@@ -374,11 +454,23 @@ impl<'txn> Tables<'txn> {
             receive_count: 0,
             in_flight: false,
             source_queue,
+            grouped: group.is_some(),
         };
         self.put_msg(qid, seq, &st)?;
         // The body goes straight into the page redb reserves: no intermediate buffer.
         write(self.body.insert_reserve((qid, seq), len)?.as_mut());
-        self.visible.insert((qid, visible_at, seq), 0u8)?;
+        let first = match group {
+            Some(g) => {
+                let first = self.group_after(qid, g, None)?.is_none();
+                self.groups.insert((qid, seq), g)?;
+                self.fifo.insert((qid, g, seq), u8::from(first))?;
+                first
+            }
+            None => true,
+        };
+        if first {
+            self.visible.insert((qid, visible_at, seq), 0u8)?;
+        }
         Ok(seq)
     }
 
@@ -439,7 +531,12 @@ impl<'txn> Tables<'txn> {
             Some(b) => b.value().to_vec(),
             None => Vec::new(),
         };
-        self.remove_msg(from, seq, st)?;
+        let group = if st.grouped {
+            self.group_of(from, seq)?
+        } else {
+            None
+        };
+        self.remove_msg(from, seq, st, now)?;
         self.add_total(from, -1)?;
         let mut s = self.stats(to)?;
         self.append(
@@ -450,8 +547,100 @@ impl<'txn> Tables<'txn> {
             body.len(),
             |dst| dst.copy_from_slice(&body),
             source_queue,
+            group.as_deref(),
         )?;
         self.stats.insert(to, s.to_tuple())?;
+        Ok(())
+    }
+}
+
+/// One receive command's progress.
+struct Receiving {
+    qid: u64,
+    now: u64,
+    /// Visibility timeout of these deliveries.
+    vis: u64,
+    max: usize,
+    retention_ms: u64,
+    /// (queue id, max receives, name) of the dead-letter queue.
+    dead_letter: Option<(u64, u32, String)>,
+    out: Vec<Delivery>,
+    out_bytes: usize,
+    /// No more messages fit: `max` reached, or the next would overflow the frame.
+    full: bool,
+}
+
+impl Receiving {
+    /// Delivers visible message `seq`, or removes it if it expired or moves it to the
+    /// dead-letter queue if it was received too often.
+    fn take(
+        &mut self,
+        t: &mut Tables<'_>,
+        seq: u64,
+        mut st: MessageState,
+        fx: &mut Effects,
+    ) -> Result<(), ApplyError> {
+        let (qid, now) = (self.qid, self.now);
+        if st.sent_ms.saturating_add(self.retention_ms) <= now {
+            t.remove_msg(qid, seq, &st, now)?;
+            t.add_total(qid, -1)?;
+            fx.dirty = true;
+            return Ok(());
+        }
+        if let Some((dq, max_receives, dq_name)) = &self.dead_letter {
+            if st.receive_count >= *max_receives {
+                t.move_msg(qid, seq, &st, *dq, now, qid)?;
+                fx.wake.insert(dq_name.clone());
+                fx.dirty = true;
+                return Ok(());
+            }
+        }
+        let stored = t
+            .body
+            .get((qid, seq))?
+            .map(|b| Bytes::copy_from_slice(b.value()))
+            .unwrap_or_default();
+        // The answer must fit in one frame: stop before a message overflows it.
+        if !self.out.is_empty()
+            && self.out_bytes + stored.len() + 64 > crate::protocol::MAX_RESPONSE_PAYLOAD
+        {
+            self.full = true;
+            return Ok(());
+        }
+        self.out_bytes += stored.len() + 64;
+        t.visible.remove((qid, st.visible_at, seq))?;
+        st.receive_count = st.receive_count.saturating_add(1);
+        st.in_flight = true;
+        st.visible_at = now.saturating_add(self.vis);
+        t.visible.insert((qid, st.visible_at, seq), 1u8)?;
+        t.put_msg(qid, seq, &st)?;
+        fx.dirty = true;
+        let (attributes, body) =
+            crate::protocol::decode_stored(stored).map_err(|e| StoreError::Corrupt {
+                table: "message_body",
+                detail: e.to_string(),
+            })?;
+        let group = if st.grouped {
+            t.group_of(qid, seq)?
+        } else {
+            None
+        };
+        self.out.push(Delivery {
+            receipt: Receipt {
+                queue_id: qid,
+                seq,
+                delivery: st.receive_count,
+            },
+            message: Message {
+                id: seq,
+                receive_count: st.receive_count,
+                sent_ms: st.sent_ms,
+                group,
+                attributes,
+                body,
+            },
+        });
+        self.full = self.out.len() >= self.max;
         Ok(())
     }
 }
@@ -515,6 +704,12 @@ pub fn apply(
         }
         Command::SetQueue { name, patch } => {
             let mut rec = t.queue(name)?.ok_or_else(|| not_found(name))?;
+            if patch.fifo.is_some_and(|f| f != rec.config.fifo) {
+                return Err(reject(
+                    Status::InvalidArgument,
+                    format!("whether queue `{name}` is FIFO is fixed at creation; create a new queue to change it"),
+                ));
+            }
             patch.apply_to(&mut rec.config);
             check_config(t, name, &rec.config)?;
             rec.updated_ms = now;
@@ -546,6 +741,10 @@ pub fn apply(
             t.visible
                 .retain_in((qid, 0, 0)..=(qid, u64::MAX, u64::MAX), |_, _| false)?;
             t.dedup_forget_queue(qid)?;
+            t.groups
+                .retain_in((qid, 0)..=(qid, u64::MAX), |_, _| false)?;
+            t.fifo
+                .retain_in((qid, "", 0)..(qid.saturating_add(1), "", 0), |_, _| false)?;
             t.stats.remove(qid)?;
             t.names.remove(qid)?;
             t.queues.remove(name.as_str())?;
@@ -565,7 +764,7 @@ pub fn apply(
                 seqs.push((k.value().1, st));
             }
             for (seq, st) in &seqs {
-                t.remove_msg(qid, *seq, st)?;
+                t.remove_msg(qid, *seq, st, now)?;
             }
             if !seqs.is_empty() {
                 t.add_total(qid, -(seqs.len() as i64))?;
@@ -598,10 +797,11 @@ pub fn apply(
                     check_duration("delay", d, MAX_DELAY_MS)?;
                 }
                 if let Some(id) = &m.dedup_id {
-                    validate_dedup_id(id).map_err(|e| {
+                    validate_dedup_id("dedup id", id).map_err(|e| {
                         reject(Status::InvalidArgument, format!("message {i}: {e}"))
                     })?;
                 }
+                check_fifo_entry(queue, &rec.config, i, m)?;
             }
             let mut ids = Vec::with_capacity(messages.len());
             let mut stats = t.stats(rec.id)?;
@@ -627,6 +827,7 @@ pub fn apply(
                     len,
                     write,
                     0,
+                    m.group.as_deref(),
                 )?;
                 if delay == 0 {
                     fx.wake.insert(queue.clone());
@@ -661,97 +862,89 @@ pub fn apply(
                     .map(|d| (d.id, dl.max_receives, dl.queue.clone())),
                 None => None,
             };
-            let mut out = Vec::new();
-            let mut out_bytes = 0usize;
+            let mut r = Receiving {
+                qid,
+                now,
+                vis,
+                max: *max as usize,
+                retention_ms: rec.config.retention_ms,
+                dead_letter,
+                out: Vec::new(),
+                out_bytes: 0,
+                full: false,
+            };
             let mut seen = HashSet::new();
             let mut after = None;
             // Bound the work of one command: expired and dead-lettered messages are
             // removed on the way, but never more than this many per receive.
-            let mut budget = (*max as usize).saturating_mul(4).max(256);
-            'scan: while out.len() < *max as usize && budget > 0 {
-                let keys =
-                    t.visible_keys(qid, now, after, (*max as usize - out.len()).min(budget))?;
+            let mut budget = r.max.saturating_mul(4).max(256);
+            'scan: while !r.full && budget > 0 {
+                let keys = t.visible_keys(qid, now, after, (r.max - r.out.len()).min(budget))?;
                 if keys.is_empty() {
                     break;
                 }
                 for &(visible_at, seq) in &keys {
                     after = Some((visible_at, seq));
-                    budget -= 1;
+                    budget = budget.saturating_sub(1);
                     if !seen.insert(seq) {
                         continue;
                     }
-                    let Some(mut st) = t.msg(qid, seq)? else {
+                    let Some(st) = t.msg(qid, seq)? else {
                         // An index entry without its message cannot be delivered; drop it.
                         t.visible.remove((qid, visible_at, seq))?;
                         fx.dirty = true;
                         continue;
                     };
-                    if st.sent_ms.saturating_add(rec.config.retention_ms) <= now {
-                        t.remove_msg(qid, seq, &st)?;
-                        t.add_total(qid, -1)?;
-                        fx.dirty = true;
+                    let group = if st.grouped {
+                        t.group_of(qid, seq)?
+                    } else {
+                        None
+                    };
+                    let Some(group) = group else {
+                        r.take(t, seq, st, fx)?;
+                        if r.full {
+                            break 'scan;
+                        }
+                        continue;
+                    };
+                    // FIFO: only a group's first message may go; once it is delivered
+                    // the group waits for it to be acked (or to come back). A first
+                    // message that expired or went to the dead-letter queue makes way for
+                    // the next, which removing it made visible.
+                    if t.group_after(qid, &group, None)?.map(|(s, _)| s) != Some(seq) {
                         continue;
                     }
-                    if let Some((dq, max_receives, dq_name)) = &dead_letter {
-                        if st.receive_count >= *max_receives {
-                            t.move_msg(qid, seq, &st, *dq, now, qid)?;
-                            fx.wake.insert(dq_name.clone());
-                            fx.dirty = true;
-                            continue;
+                    let mut cur = (seq, st);
+                    loop {
+                        seen.insert(cur.0);
+                        let delivered = r.out.len();
+                        r.take(t, cur.0, cur.1, fx)?;
+                        if r.out.len() > delivered || r.full || budget == 0 {
+                            break;
+                        }
+                        budget -= 1;
+                        let Some((next, _)) = t.group_after(qid, &group, None)? else {
+                            break;
+                        };
+                        match t.msg(qid, next)? {
+                            Some(st) if st.visible_at <= now && !seen.contains(&next) => {
+                                cur = (next, st)
+                            }
+                            _ => break,
                         }
                     }
-                    let stored = t
-                        .body
-                        .get((qid, seq))?
-                        .map(|b| Bytes::copy_from_slice(b.value()))
-                        .unwrap_or_default();
-                    // The answer must fit in one frame: stop before a message overflows it.
-                    if !out.is_empty()
-                        && out_bytes + stored.len() + 64 > crate::protocol::MAX_RESPONSE_PAYLOAD
-                    {
-                        break 'scan;
-                    }
-                    out_bytes += stored.len() + 64;
-                    t.visible.remove((qid, visible_at, seq))?;
-                    st.receive_count = st.receive_count.saturating_add(1);
-                    st.in_flight = true;
-                    st.visible_at = now.saturating_add(vis);
-                    t.visible.insert((qid, st.visible_at, seq), 1u8)?;
-                    t.put_msg(qid, seq, &st)?;
-                    fx.dirty = true;
-                    let (attributes, body) =
-                        crate::protocol::decode_stored(stored).map_err(|e| {
-                            StoreError::Corrupt {
-                                table: "message_body",
-                                detail: e.to_string(),
-                            }
-                        })?;
-                    out.push(Delivery {
-                        receipt: Receipt {
-                            queue_id: qid,
-                            seq,
-                            delivery: st.receive_count,
-                        },
-                        message: Message {
-                            id: seq,
-                            receive_count: st.receive_count,
-                            sent_ms: st.sent_ms,
-                            attributes,
-                            body,
-                        },
-                    });
-                    if out.len() >= *max as usize {
+                    if r.full {
                         break 'scan;
                     }
                 }
             }
-            let next_visible_ms = if out.is_empty() {
+            let next_visible_ms = if r.out.is_empty() {
                 t.next_visible(qid, now)?
             } else {
                 None
             };
             Ok(Outcome::Deliveries {
-                deliveries: out,
+                deliveries: r.out,
                 next_visible_ms,
                 receive_wait_ms: rec.config.receive_wait_ms,
             })
@@ -763,7 +956,7 @@ pub fn apply(
             for r in receipts {
                 match check_receipt(t, rec.id, r)? {
                     Ok(st) => {
-                        t.remove_msg(rec.id, r.seq, &st)?;
+                        t.remove_msg(rec.id, r.seq, &st, now)?;
                         removed += 1;
                         results.push(Status::Ok);
                     }
@@ -773,6 +966,10 @@ pub fn apply(
             if removed > 0 {
                 t.add_total(rec.id, -removed)?;
                 fx.dirty = true;
+                if rec.config.fifo {
+                    // The next message of a group may have become receivable.
+                    fx.wake.insert(queue.clone());
+                }
             }
             Ok(Outcome::Results(results))
         }
@@ -832,7 +1029,16 @@ pub fn apply(
                         format!("cannot redrive `{name}` into itself"),
                     ))
                 }
-                Some(to) => Some((t.queue(to)?.ok_or_else(|| not_found(to))?.id, to.clone())),
+                Some(to) => {
+                    let dest = t.queue(to)?.ok_or_else(|| not_found(to))?;
+                    if dest.config.fifo != rec.config.fifo {
+                        return Err(reject(
+                            Status::InvalidArgument,
+                            format!("cannot redrive `{name}` into `{to}`: one is a FIFO queue and the other is not"),
+                        ));
+                    }
+                    Some((dest.id, to.clone()))
+                }
                 None => None,
             };
             let keys = t.visible_keys(rec.id, now, *after, (*max).min(10_000) as usize)?;
@@ -892,7 +1098,7 @@ pub fn apply(
                     doomed.push((k.value().1, st));
                 }
                 for (seq, st) in &doomed {
-                    t.remove_msg(qid, *seq, st)?;
+                    t.remove_msg(qid, *seq, st, now)?;
                 }
                 if !doomed.is_empty() {
                     t.add_total(qid, -(doomed.len() as i64))?;
@@ -936,19 +1142,57 @@ pub fn apply(
     }
 }
 
-/// Validates settings, including that a dead-letter queue exists and is not the queue.
-/// Checks a send's dedup id: 1 to 128 bytes, no control characters.
-fn validate_dedup_id(id: &str) -> Result<(), String> {
+/// Checks a send's dedup id or message group: 1 to 128 bytes, no control characters.
+fn validate_dedup_id(what: &str, id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > MAX_DEDUP_ID {
         return Err(format!(
-            "dedup id is {} bytes; it must be 1 to {MAX_DEDUP_ID}",
+            "{what} is {} bytes; it must be 1 to {MAX_DEDUP_ID}",
             id.len()
         ));
     }
     if id.chars().any(char::is_control) {
-        return Err("dedup id holds a control character".into());
+        return Err(format!("{what} holds a control character"));
     }
     Ok(())
+}
+
+/// What a FIFO queue asks of each message (a group, and a dedup id unless the queue
+/// deduplicates by content; no delay of its own), and a standard queue refuses (a group).
+fn check_fifo_entry(
+    queue: &str,
+    c: &QueueConfig,
+    i: usize,
+    m: &SendEntry,
+) -> Result<(), ApplyError> {
+    let bad = |msg: String| {
+        Err(reject(
+            Status::InvalidArgument,
+            format!("message {i}: {msg}"),
+        ))
+    };
+    match (&m.group, c.fifo) {
+        (None, true) => bad(format!(
+            "queue `{queue}` is a FIFO queue: every message needs a message group (mqctl send --group)"
+        )),
+        (Some(_), false) => bad(format!(
+            "queue `{queue}` is a standard queue; message groups are for FIFO queues"
+        )),
+        (Some(g), true) => {
+            validate_dedup_id("message group", g).map_err(|e| reject(Status::InvalidArgument, format!("message {i}: {e}")))?;
+            if m.dedup_id.is_none() && !c.content_dedup {
+                return bad(format!(
+                    "FIFO queue `{queue}` needs a dedup id on every message, or content-based dedup on the queue (mqctl queue set {queue} --content-dedup true)"
+                ));
+            }
+            if m.delay_ms.is_some() {
+                return bad(format!(
+                    "messages of FIFO queue `{queue}` cannot have their own delay (it would hold back their group); set the queue's delay instead"
+                ));
+            }
+            Ok(())
+        }
+        (None, false) => Ok(()),
+    }
 }
 
 /// The dedup key of a message: its dedup id, else with content-based dedup the SHA-256
@@ -974,12 +1218,30 @@ fn check_config(t: &Tables<'_>, name: &str, c: &QueueConfig) -> Result<(), Apply
                 format!("queue `{name}` cannot be its own dead-letter queue"),
             ));
         }
-        if t.queue(&dl.queue)?.is_none() {
+        let Some(dlq) = t.queue(&dl.queue)? else {
             return Err(reject(
                 Status::QueueNotFound,
                 format!(
                     "dead-letter queue `{}` does not exist; create it first",
                     dl.queue
+                ),
+            ));
+        };
+        if dlq.config.fifo != c.fifo {
+            let kind = |f: bool| {
+                if f {
+                    "a FIFO queue"
+                } else {
+                    "a standard queue"
+                }
+            };
+            return Err(reject(
+                Status::InvalidArgument,
+                format!(
+                    "queue `{name}` is {} but its dead-letter queue `{}` is {}; they must be of the same kind",
+                    kind(c.fifo),
+                    dl.queue,
+                    kind(dlq.config.fifo)
                 ),
             ));
         }
@@ -1084,6 +1346,8 @@ mod tests {
         table!(SYSTEM);
         table!(DEDUP);
         table!(DEDUP_EXPIRY);
+        table!(MSG_GROUP);
+        table!(FIFO_ORDER);
         out
     }
 
@@ -1454,5 +1718,234 @@ mod tests {
             .map(|e| e.unwrap().1.value().1)
             .collect();
         assert_eq!(totals, vec![1, 0], "dead holds one, q holds none");
+    }
+
+    /// A send of (group, dedup id, body) triples.
+    fn send_grouped(q: &str, msgs: &[(&str, &str, &str)]) -> Command {
+        Command::Send {
+            queue: q.into(),
+            messages: msgs
+                .iter()
+                .map(|(g, id, b)| SendEntry {
+                    group: Some(g.to_string()),
+                    dedup_id: Some(id.to_string()),
+                    ..SendEntry::new(b.to_string())
+                })
+                .collect(),
+        }
+    }
+
+    fn bodies(ds: &[Delivery]) -> Vec<String> {
+        ds.iter()
+            .map(|d| String::from_utf8_lossy(&d.message.body).into_owned())
+            .collect()
+    }
+
+    fn fifo(name: &str, extra: QueuePatch) -> Command {
+        Command::CreateQueue {
+            name: name.into(),
+            patch: QueuePatch {
+                fifo: Some(true),
+                visibility_timeout_ms: Some(1000),
+                ..extra
+            },
+        }
+    }
+
+    fn rows(db: &Database, def: redb::TableDefinition<(u64, &str, u64), u8>) -> u64 {
+        db.begin_read()
+            .unwrap()
+            .open_table(def)
+            .unwrap()
+            .len()
+            .unwrap()
+    }
+
+    #[test]
+    fn fifo_groups_go_in_order_one_message_at_a_time() {
+        let (_d, db) = db();
+        ok(&db, 1, fifo("f", QueuePatch::default()));
+        ok(
+            &db,
+            2,
+            send_grouped(
+                "f",
+                &[
+                    ("a", "1", "a1"),
+                    ("b", "2", "b1"),
+                    ("a", "3", "a2"),
+                    ("a", "4", "a3"),
+                    ("b", "5", "b2"),
+                ],
+            ),
+        );
+        // Only each group's first message can be received; then both groups wait.
+        let first = deliveries(ok(&db, 10, receive("f", 10, None)));
+        assert_eq!(bodies(&first), ["a1", "b1"]);
+        assert_eq!(first[0].message.group.as_deref(), Some("a"));
+        assert!(deliveries(ok(&db, 11, receive("f", 10, None))).is_empty());
+        // Acking a1 lets a2 go; b waits for b1.
+        let ack = |r: Receipt| Command::Ack {
+            queue: "f".into(),
+            receipts: vec![r],
+        };
+        ok(&db, 12, ack(first[0].receipt));
+        let a2 = deliveries(ok(&db, 13, receive("f", 10, None)));
+        assert_eq!(bodies(&a2), ["a2"]);
+        // A nacked message comes back first in its group.
+        ok(
+            &db,
+            14,
+            Command::Nack {
+                queue: "f".into(),
+                entries: vec![(first[1].receipt, 0)],
+            },
+        );
+        let b1 = deliveries(ok(&db, 15, receive("f", 10, None)));
+        assert_eq!(bodies(&b1), ["b1"]);
+        assert_eq!(b1[0].message.receive_count, 2);
+        // So does one whose visibility timeout ran out; its group still waits for it.
+        let a2_again = deliveries(ok(&db, 1014, receive("f", 10, None)));
+        assert_eq!(bodies(&a2_again), ["a2"]);
+        assert_eq!(a2_again[0].message.receive_count, 2);
+        let (r, _) = run(&db, 1014, ack(a2[0].receipt));
+        assert!(matches!(r, Ok(Outcome::Results(v)) if v == [Status::ReceiptStale]));
+        ok(&db, 1016, ack(a2_again[0].receipt));
+        ok(&db, 1016, ack(b1[0].receipt));
+        assert_eq!(
+            bodies(&deliveries(ok(&db, 1017, receive("f", 10, None)))),
+            ["a3", "b2"]
+        );
+        // Deleting the queue leaves no group rows behind.
+        ok(
+            &db,
+            1018,
+            Command::DeleteQueue {
+                name: "f".into(),
+                force: true,
+            },
+        );
+        assert_eq!(rows(&db, FIFO_ORDER), 0);
+    }
+
+    #[test]
+    fn fifo_sends_are_checked_and_the_kind_is_fixed() {
+        let (_d, db) = db();
+        ok(&db, 1, fifo("f", QueuePatch::default()));
+        ok(&db, 1, create("std"));
+        let refused = |cmd: Command| match run(&db, 2, cmd).0 {
+            Err(ApplyError::Rejected { status, message }) => {
+                assert_eq!(status, Status::InvalidArgument);
+                message
+            }
+            r => panic!("{r:?}"),
+        };
+        assert!(refused(send("f", &["x"])).contains("needs a message group"));
+        let no_dedup = Command::Send {
+            queue: "f".into(),
+            messages: vec![SendEntry {
+                group: Some("g".into()),
+                ..SendEntry::new("x")
+            }],
+        };
+        assert!(refused(no_dedup).contains("needs a dedup id"));
+        let delayed = Command::Send {
+            queue: "f".into(),
+            messages: vec![SendEntry {
+                delay_ms: Some(5),
+                ..match send_grouped("f", &[("g", "1", "x")]) {
+                    Command::Send { mut messages, .. } => messages.remove(0),
+                    _ => unreachable!(),
+                }
+            }],
+        };
+        assert!(refused(delayed).contains("cannot have their own delay"));
+        assert!(refused(send_grouped("std", &[("g", "1", "x")])).contains("standard queue"));
+        assert!(refused(Command::SetQueue {
+            name: "f".into(),
+            patch: QueuePatch {
+                fifo: Some(false),
+                ..QueuePatch::default()
+            },
+        })
+        .contains("fixed at creation"));
+        let dlq_of = |dlq: &str| QueuePatch {
+            dead_letter: Some(Some(DeadLetter {
+                queue: dlq.into(),
+                max_receives: 1,
+            })),
+            ..QueuePatch::default()
+        };
+        assert!(refused(fifo("f2", dlq_of("std"))).contains("same kind"));
+        // Content-based dedup stands in for dedup ids.
+        ok(
+            &db,
+            3,
+            fifo(
+                "fc",
+                QueuePatch {
+                    content_dedup: Some(true),
+                    ..QueuePatch::default()
+                },
+            ),
+        );
+        let by_content = Command::Send {
+            queue: "fc".into(),
+            messages: vec![SendEntry {
+                group: Some("g".into()),
+                ..SendEntry::new("x")
+            }],
+        };
+        ok(&db, 4, by_content);
+    }
+
+    #[test]
+    fn a_dead_lettered_fifo_message_makes_way_for_the_next_of_its_group() {
+        let (_d, db) = db();
+        ok(&db, 1, fifo("dead", QueuePatch::default()));
+        ok(
+            &db,
+            1,
+            fifo(
+                "f",
+                QueuePatch {
+                    dead_letter: Some(Some(DeadLetter {
+                        queue: "dead".into(),
+                        max_receives: 1,
+                    })),
+                    ..QueuePatch::default()
+                },
+            ),
+        );
+        ok(
+            &db,
+            2,
+            send_grouped("f", &[("a", "1", "a1"), ("a", "2", "a2"), ("a", "3", "a3")]),
+        );
+        assert_eq!(
+            bodies(&deliveries(ok(&db, 3, receive("f", 10, None)))),
+            ["a1"]
+        );
+        // a1 timed out and was received once already: it goes to the dead-letter queue
+        // (keeping its group) and a2 is delivered in its place by the same receive.
+        assert_eq!(
+            bodies(&deliveries(ok(&db, 1004, receive("f", 10, None)))),
+            ["a2"]
+        );
+        let dead = deliveries(ok(&db, 1005, receive("dead", 10, None)));
+        assert_eq!(bodies(&dead), ["a1"]);
+        assert_eq!(dead[0].message.group.as_deref(), Some("a"));
+        // Purging removes the group's messages and its order rows.
+        ok(
+            &db,
+            1006,
+            Command::Purge {
+                name: "f".into(),
+                max: 100,
+            },
+        );
+        assert_eq!(total(&db, "f"), 0);
+        assert!(deliveries(ok(&db, 3000, receive("f", 10, None))).is_empty());
+        assert_eq!(rows(&db, FIFO_ORDER), 1, "only dead's a1 is left");
     }
 }

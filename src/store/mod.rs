@@ -178,6 +178,7 @@ pub fn peek(
         let visible = txn.open_table(VISIBLE)?;
         let state = txn.open_table(STATE)?;
         let body = txn.open_table(BODY)?;
+        let groups = txn.open_table(MSG_GROUP).ok();
         let mut out = Vec::new();
         let mut out_bytes = 0usize;
         for e in visible.range((qid, 0, 0)..=(qid, now_ms, u64::MAX))? {
@@ -206,10 +207,15 @@ pub fn peek(
                 table: "message_body",
                 detail: e.to_string(),
             })?;
+            let group = match (&groups, st.grouped) {
+                (Some(g), true) => g.get((qid, seq))?.map(|g| g.value().to_string()),
+                _ => None,
+            };
             out.push(Message {
                 id: seq,
                 receive_count: st.receive_count,
                 sent_ms: st.sent_ms,
+                group,
                 attributes,
                 body,
             });

@@ -11,7 +11,8 @@ use crate::protocol::QueueConfig;
 
 /// Version of the on-disk format written by this build. A database with another version is
 /// refused at open. 2: queue settings gained the dedup window and content-based dedup, and
-/// the dedup tables were added. 3: the control group keeps users and grants.
+/// the dedup tables were added. 3: the control group keeps users and grants; FIFO queues
+/// (message state records whether a message has a group, and two tables order groups).
 pub const FORMAT_VERSION: u64 = 3;
 
 /// name → [`QueueRecord`].
@@ -34,6 +35,12 @@ pub const DEDUP: TableDefinition<(u64, &str), (u64, u64)> = TableDefinition::new
 /// reads a prefix.
 pub const DEDUP_EXPIRY: TableDefinition<(u64, u64, &str), u8> =
     TableDefinition::new("dedup_expiry");
+/// (queue id, seq) → message group, for messages of FIFO queues.
+pub const MSG_GROUP: TableDefinition<(u64, u64), &str> = TableDefinition::new("message_group");
+/// (queue id, group, seq) → 1 if the message has its [`VISIBLE`] entry, else 0. Of each
+/// group of a FIFO queue only the oldest messages (at least the oldest) are in
+/// [`VISIBLE`]; the others wait here until the ones before them are gone.
+pub const FIFO_ORDER: TableDefinition<(u64, &str, u64), u8> = TableDefinition::new("fifo_order");
 /// Control group only: queue name → the shard (0-based) that holds it.
 pub const PLACEMENT: TableDefinition<&str, u32> = TableDefinition::new("placement");
 /// Control group only: user name → postcard [`super::users::UserRecord`].
@@ -55,7 +62,8 @@ pub struct QueueRecord {
 }
 
 /// The mutable part of a stored message, kept apart from the body so that a receive
-/// rewrites a few bytes, not the payload.
+/// rewrites a few bytes, not the payload. A message that waits behind others of its FIFO
+/// group has no [`VISIBLE`] entry (see [`FIFO_ORDER`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageState {
     /// When it becomes (or became) visible; also its key in [`VISIBLE`].
@@ -68,6 +76,8 @@ pub struct MessageState {
     pub in_flight: bool,
     /// For a message moved to a dead-letter queue: the queue id it came from, else 0.
     pub source_queue: u64,
+    /// It belongs to a message group (FIFO queue), kept in [`MSG_GROUP`].
+    pub grouped: bool,
 }
 
 /// Per-queue counters, the value of [`STATS`].

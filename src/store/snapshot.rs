@@ -37,6 +37,10 @@ pub enum Chunk {
     DedupExpiry(Vec<(u64, u64, String)>),
     /// [`USERS`].
     Users(Vec<(String, Vec<u8>)>),
+    /// [`MSG_GROUP`].
+    Groups(Vec<((u64, u64), String)>),
+    /// [`FIFO_ORDER`].
+    FifoOrder(Vec<((u64, String, u64), u8)>),
 }
 
 /// Rows per chunk at most, whatever their size.
@@ -98,6 +102,10 @@ pub fn for_each_chunk<E: From<StoreError>>(
         |k, _v| (k.0, k.1, k.2.to_string()), |r: &(u64, u64, String)| 16 + r.2.len());
     stream_table!(txn, USERS, Users, max_bytes, f,
         |k, v| (k.to_string(), v.to_vec()), |r: &(String, Vec<u8>)| r.0.len() + r.1.len());
+    stream_table!(txn, MSG_GROUP, Groups, max_bytes, f,
+        |k, v| (k, v.to_string()), |r: &((u64, u64), String)| 16 + r.1.len());
+    stream_table!(txn, FIFO_ORDER, FifoOrder, max_bytes, f,
+        |k, v| ((k.0, k.1.to_string(), k.2), v), |r: &((u64, String, u64), u8)| 17 + r.0.1.len());
     Ok(())
 }
 
@@ -121,6 +129,8 @@ pub fn clear(txn: &WriteTransaction) -> Result<(), StoreError> {
     clear_table(&mut txn.open_table(DEDUP)?)?;
     clear_table(&mut txn.open_table(DEDUP_EXPIRY)?)?;
     clear_table(&mut txn.open_table(USERS)?)?;
+    clear_table(&mut txn.open_table(MSG_GROUP)?)?;
+    clear_table(&mut txn.open_table(FIFO_ORDER)?)?;
     Ok(())
 }
 
@@ -193,6 +203,18 @@ pub fn load_chunk(txn: &WriteTransaction, c: &Chunk) -> Result<(), StoreError> {
                 t.insert(k.as_str(), v.as_slice())?;
             }
         }
+        Chunk::Groups(rows) => {
+            let mut t = txn.open_table(MSG_GROUP)?;
+            for (k, v) in rows {
+                t.insert(*k, v.as_str())?;
+            }
+        }
+        Chunk::FifoOrder(rows) => {
+            let mut t = txn.open_table(FIFO_ORDER)?;
+            for ((q, g, s), v) in rows {
+                t.insert((*q, g.as_str(), *s), *v)?;
+            }
+        }
     }
     Ok(())
 }
@@ -237,6 +259,8 @@ mod tests {
                 Chunk::Dedup(r) => r.len(),
                 Chunk::DedupExpiry(r) => r.len(),
                 Chunk::Users(r) => r.len(),
+                Chunk::Groups(r) => r.len(),
+                Chunk::FifoOrder(r) => r.len(),
             })
             .sum()
     }

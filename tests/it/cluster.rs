@@ -102,6 +102,29 @@ async fn every_node_serves_every_queue_across_shards() {
         "the long poll returned when the message arrived, not at its deadline"
     );
 
+    // Settings changed through one node hold for the very next request through another:
+    // a send checks the attributes on the shard's leader, in the same log as the change.
+    for round in 0..5usize {
+        let limit = 100 + round as u32 * 10;
+        c[round % 3]
+            .set_queue(
+                q,
+                QueuePatch {
+                    max_message_size: Some(limit),
+                    ..QueuePatch::default()
+                },
+            )
+            .await
+            .unwrap();
+        let too_big = SendEntry::new(vec![b'x'; limit as usize + 1]);
+        let err = c[(round + 1) % 3].send(q, vec![too_big]).await.unwrap_err();
+        assert_eq!(err.status(), Some(Status::MessageTooLarge), "{err}");
+        c[(round + 2) % 3]
+            .send(q, vec![SendEntry::new(vec![b'x'; limit as usize])])
+            .await
+            .unwrap();
+    }
+
     // A queue name exists once in the whole cluster, whichever node is asked.
     let err = c[2]
         .create_queue(&queues[1], QueuePatch::default())

@@ -7,6 +7,7 @@ mod common;
 mod crash;
 mod daemon;
 mod errors;
+mod fifo;
 mod messages;
 mod mqctl;
 mod peer;

@@ -24,6 +24,7 @@ async fn send_receive_ack_round_trip_with_attributes() {
                 SendEntry {
                     delay_ms: None,
                     dedup_id: None,
+                    group: None,
                     attributes: vec![
                         ("k".into(), Bytes::from_static(b"v")),
                         ("bin".into(), Bytes::from_static(&[0, 255])),

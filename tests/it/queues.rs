@@ -24,6 +24,7 @@ async fn create_with_attributes_then_set_and_describe() {
                 })),
                 dedup_window_ms: Some(60_000),
                 content_dedup: Some(true),
+                fifo: Some(false),
             },
         )
         .await
