@@ -124,6 +124,14 @@ pub enum Command {
     ///   mqctl grant ops '*' all
     #[command(verbatim_doc_comment)]
     Grant(GrantArgs),
+    /// Show the audit log: every administrative operation (queues, users, grants, nodes),
+    /// who ran it, from where, when, and its result. Oldest first; cluster admins only.
+    ///
+    /// Examples:
+    ///   mqctl audit --since 1h
+    ///   mqctl audit --since 2026-11-30T08:00:00Z --output json
+    #[command(verbatim_doc_comment)]
+    Audit(AuditArgs),
     /// Take rights on a pattern away from a user (the pattern as it was granted).
     ///
     /// Example:
@@ -389,6 +397,16 @@ pub enum TokenCmd {
         #[arg(long, value_name = "NAME")]
         user: Option<String>,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only operations since this long ago (e.g. 1h) or since this time (RFC 3339).
+    #[arg(long, value_name = "DURATION|TIME")]
+    pub since: Option<String>,
+    /// At most this many entries (the oldest matching).
+    #[arg(long, default_value_t = 1000)]
+    pub limit: u64,
 }
 
 #[derive(Debug, Args)]

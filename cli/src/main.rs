@@ -255,6 +255,7 @@ async fn dispatch(client: &Client, out: Output, cmd: Command) -> anyhow::Result<
         Command::Token(t) => users::token_cmd(client, out, t).await,
         Command::Grant(a) => users::grant(client, out, a, true).await,
         Command::Revoke(a) => users::grant(client, out, a, false).await,
+        Command::Audit(a) => users::audit(client, out, a).await,
         Command::Send(a) => send(client, out, a).await,
         Command::Receive(a) => {
             let ds = client

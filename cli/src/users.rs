@@ -2,10 +2,10 @@
 
 use anyhow::anyhow;
 use mqd::client::Client;
-use mqd::protocol::{Rights, UserInfo};
+use mqd::protocol::{AuditEntry, Rights, Status, UserInfo, MAX_BATCH};
 use serde_json::{json, Value};
 
-use crate::args::{GrantArgs, Output, TokenCmd, UserCmd};
+use crate::args::{AuditArgs, GrantArgs, Output, TokenCmd, UserCmd};
 use crate::output::{println, table};
 
 fn user_json(u: &UserInfo) -> Value {
@@ -113,6 +113,80 @@ pub async fn grant(client: &Client, out: Output, a: GrantArgs, add: bool) -> any
         client.revoke(&a.user, &a.pattern, rights).await?
     };
     users(out, &[u])
+}
+
+/// `--since`: a duration back from now, or an RFC 3339 time; milliseconds since the epoch.
+fn since_ms(s: &str) -> anyhow::Result<u64> {
+    let now = std::time::SystemTime::now();
+    let at = match humantime::parse_duration(s) {
+        Ok(d) => now.checked_sub(d).unwrap_or(std::time::UNIX_EPOCH),
+        Err(_) => humantime::parse_rfc3339_weak(s).map_err(|_| {
+            anyhow!("--since `{s}` is neither a duration (e.g. 90m) nor a time (e.g. 2026-11-30T08:00:00Z)")
+        })?,
+    };
+    Ok(at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0))
+}
+
+fn result_text(e: &AuditEntry) -> String {
+    match Status::from_u16(e.status) {
+        Some(Status::Ok) => "ok".into(),
+        Some(s) => s.name().to_string(),
+        None => format!("status {}", e.status),
+    }
+}
+
+pub async fn audit(client: &Client, out: Output, a: AuditArgs) -> anyhow::Result<()> {
+    let since = match &a.since {
+        Some(s) => since_ms(s)?,
+        None => 0,
+    };
+    let mut entries = Vec::new();
+    let mut after = 0;
+    while (entries.len() as u64) < a.limit {
+        let want = (a.limit - entries.len() as u64).min(u64::from(MAX_BATCH)) as u32;
+        let (page, more) = client.audit(since, after, want).await?;
+        if let Some(last) = page.last() {
+            after = last.seq;
+        }
+        entries.extend(page);
+        if !more {
+            break;
+        }
+    }
+    match out {
+        Output::Json => {
+            for e in &entries {
+                println(json!({
+                    "seq": e.seq,
+                    "at_ms": e.at_ms,
+                    "user": e.user,
+                    "from": e.from,
+                    "operation": e.operation,
+                    "target": e.target,
+                    "result": result_text(e),
+                    "message": e.message,
+                }))?;
+            }
+        }
+        Output::Table => {
+            let mut t = table(&["time", "user", "from", "operation", "target", "result"]);
+            for e in &entries {
+                t.add_row(vec![
+                    time_text(e.at_ms),
+                    e.user.clone(),
+                    e.from.clone(),
+                    e.operation.clone(),
+                    e.target.clone(),
+                    result_text(e),
+                ]);
+            }
+            println(t)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

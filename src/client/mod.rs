@@ -69,9 +69,9 @@ use tokio::sync::Mutex;
 
 use crate::local;
 use crate::protocol::{
-    decode_error_message, decode_header, ClusterStatus, Delivery, Message, Opcode, QueueConfig,
-    QueueDescription, QueuePatch, QueueSummary, Receipt, Request, Response, Rights, SendEntry,
-    Status, UserInfo, ALPN, HEADER_LEN, MAX_FRAME, TLS_SERVER_NAME,
+    decode_error_message, decode_header, AuditEntry, ClusterStatus, Delivery, Message, Opcode,
+    QueueConfig, QueueDescription, QueuePatch, QueueSummary, Receipt, Request, Response, Rights,
+    SendEntry, Status, UserInfo, ALPN, HEADER_LEN, MAX_FRAME, TLS_SERVER_NAME,
 };
 
 /// Why a call failed.
@@ -655,6 +655,25 @@ impl Client {
             rights,
         };
         self.user_call(&req).await
+    }
+
+    /// One page of the audit log: up to `limit` entries after position `after_seq` (0: the
+    /// start) stamped at or after `since_ms`, oldest first, and whether more follow.
+    pub async fn audit(
+        &self,
+        since_ms: u64,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<(Vec<AuditEntry>, bool), ClientError> {
+        let req = Request::Audit {
+            since_ms,
+            after_seq,
+            limit,
+        };
+        expect(self.call(&req, Duration::ZERO).await?, |r| match r {
+            Response::Audit { entries, truncated } => Some((entries, truncated)),
+            _ => None,
+        })
     }
 
     async fn token_call(&self, req: &Request) -> Result<String, ClientError> {

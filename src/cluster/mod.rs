@@ -167,6 +167,15 @@ pub enum Read {
     Membership,
     /// Every user (control group).
     Users,
+    /// Audit log entries (control group): since a time, after a position, at most `limit`.
+    Audit {
+        /// Earliest time.
+        since_ms: u64,
+        /// Last position already seen.
+        after_seq: u64,
+        /// Most entries.
+        limit: u32,
+    },
 }
 
 /// Why one attempt at an [`Op`] did not produce an answer, as seen by the caller.
@@ -198,6 +207,8 @@ pub enum Answer {
     Membership(membership::MembershipView),
     /// Every user, in name order.
     Users(Vec<(String, store::users::UserRecord)>),
+    /// Audit log entries, and whether more follow.
+    Audit(Vec<crate::protocol::AuditEntry>, bool),
     /// Done; nothing to return.
     Done,
 }
@@ -1212,6 +1223,15 @@ impl Node {
                             Answer::Placement(store::placement(txn, &name)?)
                         }
                         Read::Users => Answer::Users(store::users::all(txn)?),
+                        Read::Audit {
+                            since_ms,
+                            after_seq,
+                            limit,
+                        } => {
+                            let (e, more) =
+                                store::audit::read(txn, since_ms, after_seq, limit as usize)?;
+                            Answer::Audit(e, more)
+                        }
                         Read::Membership => Answer::Done, // answered above
                     })
                 })

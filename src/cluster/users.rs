@@ -9,7 +9,7 @@ use redb::ReadableDatabase;
 
 use super::{unexpected, unexpected_outcome, Answer, Node, Op, Read, CONTROL_GROUP};
 use crate::frontend::Failure;
-use crate::protocol::UserInfo;
+use crate::protocol::{AuditEntry, UserInfo};
 use crate::store::users::{self, UserCommand, UserRecord};
 use crate::store::{Command, Outcome, StoreError};
 
@@ -42,6 +42,30 @@ impl Node {
         match self.control(Command::User(cmd)).await? {
             Outcome::User(u) => Ok(u),
             o => Err(unexpected_outcome(o)),
+        }
+    }
+
+    /// Appends an entry to the audit log.
+    pub async fn audit(&self, entry: AuditEntry) -> Result<(), Failure> {
+        self.control(Command::Audit(entry)).await.map(|_| ())
+    }
+
+    /// Audit log entries from the control group's leader, oldest first, and whether more
+    /// follow.
+    pub async fn audit_log(
+        &self,
+        since_ms: u64,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<(Vec<AuditEntry>, bool), Failure> {
+        let read = Read::Audit {
+            since_ms,
+            after_seq,
+            limit,
+        };
+        match self.exec(CONTROL_GROUP, Op::Read(read)).await? {
+            Answer::Audit(e, more) => Ok((e, more)),
+            a => Err(unexpected(a)),
         }
     }
 

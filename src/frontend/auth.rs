@@ -153,6 +153,7 @@ pub fn authorize(user: &UserInfo, req: &Request) -> Result<(), Failure> {
             Need::ClusterAdmin("manage users")
         }
         Request::Grant { .. } | Request::Revoke { .. } => Need::ClusterAdmin("change grants"),
+        Request::Audit { .. } => Need::ClusterAdmin("read the audit log"),
         Request::QueueCreate { name, attributes } | Request::QueueSet { name, attributes } => {
             let mut queues = vec![name.as_str()];
             if let Some(Some(dl)) = &attributes.dead_letter {

@@ -7,6 +7,7 @@
 //! placement and replication belong to `cluster`, storage to `store`, bytes and sockets to
 //! `protocol` and `server`.
 
+mod audit;
 mod auth;
 
 use std::sync::Mutex;
@@ -16,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::cluster::Node;
 use crate::protocol::{
-    validate_user_name, Request, Response, Status, UserInfo, MAX_BATCH, MAX_FRAME,
+    validate_user_name, AuditEntry, Request, Response, Status, UserInfo, MAX_BATCH, MAX_FRAME,
     MAX_RECEIVE_WAIT_MS,
 };
 use crate::store::users::UserCommand;
@@ -38,6 +39,18 @@ pub use crate::cluster::Failure;
 #[derive(Debug, Default)]
 pub struct Session {
     token_sha256: Mutex<Option<[u8; 32]>>,
+    /// The client's address, for the audit log.
+    remote: String,
+}
+
+impl Session {
+    /// A session of a client connected from `remote`.
+    pub fn new(remote: std::net::SocketAddr) -> Self {
+        Self {
+            token_sha256: Mutex::default(),
+            remote: remote.to_string(),
+        }
+    }
 }
 
 /// Shared by every connection of a node.
@@ -141,7 +154,38 @@ impl Frontend {
                 self.auth.authenticate(&hash).await?
             }
         };
-        auth::authorize(&user, &req)?;
+        let audit = audit::of(&req);
+        let result = match auth::authorize(&user, &req) {
+            Ok(()) => self.dispatch(&user, req).await,
+            Err(e) => Err(e),
+        };
+        if let Some((operation, target)) = audit {
+            let entry = AuditEntry {
+                seq: 0,
+                at_ms: now_ms(),
+                user: user.name.clone(),
+                from: session.remote.clone(),
+                operation: operation.into(),
+                target,
+                status: match &result {
+                    Ok(_) => Status::Ok as u16,
+                    Err((s, _)) => *s as u16,
+                },
+                message: result
+                    .as_ref()
+                    .err()
+                    .map(|e| e.1.clone())
+                    .unwrap_or_default(),
+            };
+            if let Err((status, msg)) = self.node.audit(entry).await {
+                tracing::warn!(operation, %status, error = %msg, "audit entry not recorded");
+            }
+        }
+        result
+    }
+
+    /// Runs an authorized request.
+    async fn dispatch(&self, user: &UserInfo, req: Request) -> Result<Response, Failure> {
         match req {
             Request::Ping | Request::Hello { .. } => Ok(Response::Empty),
             Request::UserCreate { name } => {
@@ -212,6 +256,19 @@ impl Frontend {
                 })
                 .await
             }
+            Request::Audit {
+                since_ms,
+                after_seq,
+                limit,
+            } => {
+                if limit == 0 || limit > MAX_BATCH {
+                    return Err(invalid(format!(
+                        "audit limit {limit} is outside 1 to {MAX_BATCH}"
+                    )));
+                }
+                let (entries, truncated) = self.node.audit_log(since_ms, after_seq, limit).await?;
+                Ok(Response::Audit { entries, truncated })
+            }
             Request::ClusterStatus => Ok(Response::ClusterStatus(self.node.cluster_status().await)),
             Request::NodeAdd { id, address } => {
                 if id == 0 {
@@ -263,7 +320,7 @@ impl Frontend {
                         "list limit {limit} is outside 1 to {MAX_BATCH}"
                     )));
                 }
-                let (queues, truncated) = self.list_for(&user, prefix, start_after, limit).await?;
+                let (queues, truncated) = self.list_for(user, prefix, start_after, limit).await?;
                 Ok(Response::List { queues, truncated })
             }
             Request::QueueDescribe { name } => self

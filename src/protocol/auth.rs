@@ -164,6 +164,53 @@ impl UserInfo {
     }
 }
 
+/// One administrative operation as the audit log keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Position in the log (assigned by the control group; 0 before).
+    pub seq: u64,
+    /// When the operation finished (ms since the epoch, clock of the node that ran it).
+    pub at_ms: u64,
+    /// Who: the user name.
+    pub user: String,
+    /// From where: the client's address as the node saw it.
+    pub from: String,
+    /// What: the opcode name, e.g. `QUEUE_DELETE`.
+    pub operation: String,
+    /// On what: the queue, user or node the operation named.
+    pub target: String,
+    /// The result: the wire status (0 is success).
+    pub status: u16,
+    /// The error message, empty on success.
+    pub message: String,
+}
+
+impl AuditEntry {
+    pub(crate) fn encode(&self, b: &mut impl BufMut) {
+        b.put_u64(self.seq);
+        b.put_u64(self.at_ms);
+        b.put_str(&self.user);
+        b.put_str(&self.from);
+        b.put_str(&self.operation);
+        b.put_str(&self.target);
+        b.put_u16(self.status);
+        b.put_str(&self.message);
+    }
+
+    pub(crate) fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(AuditEntry {
+            seq: r.u64("audit.seq")?,
+            at_ms: r.u64("audit.at_ms")?,
+            user: r.str("audit.user")?,
+            from: r.str("audit.from")?,
+            operation: r.str("audit.operation")?,
+            target: r.str("audit.target")?,
+            status: r.u16("audit.status")?,
+            message: r.str("audit.message")?,
+        })
+    }
+}
+
 pub(crate) fn decode_rights(r: &mut Reader, what: &'static str) -> Result<Rights, DecodeError> {
     let v = r.u8(what)?;
     Rights::from_bits(v).ok_or(DecodeError::UnknownValue {

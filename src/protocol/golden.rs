@@ -278,6 +278,33 @@ fn cases() -> Vec<(&'static str, Case)> {
             }),
         ),
         (
+            "audit",
+            Request(super::Request::Audit {
+                since_ms: 1_700_000_000_000,
+                after_seq: 0,
+                limit: 100,
+            }),
+        ),
+        (
+            "audit-response",
+            Response(
+                Opcode::Audit,
+                super::Response::Audit {
+                    entries: vec![crate::protocol::AuditEntry {
+                        seq: 1,
+                        at_ms: 1_700_000_000_000,
+                        user: "bob".into(),
+                        from: "10.0.0.9:5000".into(),
+                        operation: "QUEUE_DELETE".into(),
+                        target: "jobs".into(),
+                        status: Status::Forbidden as u16,
+                        message: "".into(),
+                    }],
+                    truncated: false,
+                },
+            ),
+        ),
+        (
             "token-response",
             Response(Opcode::UserCreate, super::Response::Token("0f1e".into())),
         ),

@@ -3,7 +3,7 @@
 
 use bytes::{BufMut, Bytes};
 
-use super::auth::{decode_rights, Rights, UserInfo, MAX_USERS};
+use super::auth::{decode_rights, AuditEntry, Rights, UserInfo, MAX_USERS};
 use super::frame::{begin_frame, finish_frame};
 use super::types::*;
 use super::wire::{DecodeError, Reader, WireWrite};
@@ -170,6 +170,15 @@ pub enum Request {
         /// Rights removed.
         rights: Rights,
     },
+    /// Administrative operations from the audit log, oldest first.
+    Audit {
+        /// Only entries at or after this time (ms since the epoch).
+        since_ms: u64,
+        /// Only entries after this position (pagination; 0 from the start).
+        after_seq: u64,
+        /// At most this many (1 to `MAX_BATCH`).
+        limit: u32,
+    },
 }
 
 /// Why a request frame's body was refused.
@@ -238,6 +247,7 @@ impl Request {
             Request::TokenRotate { .. } => Opcode::TokenRotate,
             Request::Grant { .. } => Opcode::Grant,
             Request::Revoke { .. } => Opcode::Revoke,
+            Request::Audit { .. } => Opcode::Audit,
         }
     }
 
@@ -249,7 +259,8 @@ impl Request {
             Request::Ping
             | Request::ClusterStatus
             | Request::NodeRemove { .. }
-            | Request::UserList => {}
+            | Request::UserList
+            | Request::Audit { .. } => {}
             Request::UserCreate { name }
             | Request::UserDelete { name }
             | Request::UserDescribe { name }
@@ -325,6 +336,15 @@ impl Request {
         let mut b = begin_frame(self.opcode() as u16, cap);
         match self {
             Request::Ping | Request::ClusterStatus | Request::UserList => {}
+            Request::Audit {
+                since_ms,
+                after_seq,
+                limit,
+            } => {
+                b.put_u64(*since_ms);
+                b.put_u64(*after_seq);
+                b.put_u32(*limit);
+            }
             Request::UserCreate { name }
             | Request::UserDelete { name }
             | Request::UserDescribe { name }
@@ -435,6 +455,11 @@ impl Request {
                 name: r.str("name")?,
             },
             Opcode::UserList => Request::UserList,
+            Opcode::Audit => Request::Audit {
+                since_ms: r.u64("since_ms")?,
+                after_seq: r.u64("after_seq")?,
+                limit: r.u32("limit")?,
+            },
             Opcode::UserDescribe => Request::UserDescribe {
                 name: r.str("name")?,
             },
@@ -573,6 +598,13 @@ pub enum Response {
     User(UserInfo),
     /// Answer to `USER_LIST`, in name order.
     Users(Vec<UserInfo>),
+    /// Answer to `AUDIT`.
+    Audit {
+        /// Entries, oldest first.
+        entries: Vec<AuditEntry>,
+        /// More entries follow the last one.
+        truncated: bool,
+    },
 }
 
 /// Largest count a response list may declare: queue lists and deliveries are bounded by
@@ -648,6 +680,13 @@ impl Response {
                     u.encode(&mut b);
                 }
             }
+            Response::Audit { entries, truncated } => {
+                b.put_u32(entries.len() as u32);
+                for e in entries {
+                    e.encode(&mut b);
+                }
+                b.put_bool(*truncated);
+            }
         }
         finish_frame(b)
     }
@@ -662,6 +701,16 @@ impl Response {
             Opcode::UserCreate | Opcode::TokenRotate => Response::Token(r.str("token")?),
             Opcode::UserDescribe | Opcode::Grant | Opcode::Revoke => {
                 Response::User(UserInfo::decode(&mut r)?)
+            }
+            Opcode::Audit => {
+                let n = r.count("entries", MAX_RESPONSE_ITEMS)?;
+                let entries = (0..n)
+                    .map(|_| AuditEntry::decode(&mut r))
+                    .collect::<Result<_, _>>()?;
+                Response::Audit {
+                    entries,
+                    truncated: r.bool("truncated")?,
+                }
             }
             Opcode::UserList => {
                 let n = r.count("users", MAX_USERS)?;

@@ -16,8 +16,8 @@ mod wire;
 mod golden;
 
 pub use auth::{
-    pattern_matches, validate_pattern, validate_user_name, Grant, Rights, UserInfo, MAX_GRANTS,
-    MAX_USER_NAME,
+    pattern_matches, validate_pattern, validate_user_name, AuditEntry, Grant, Rights, UserInfo,
+    MAX_GRANTS, MAX_USER_NAME,
 };
 pub use frame::{decode_header, empty_request, FrameError, Header, HEADER_LEN};
 pub use messages::{
@@ -125,11 +125,13 @@ pub enum Opcode {
     Grant = 405,
     /// `REVOKE`
     Revoke = 406,
+    /// `AUDIT`
+    Audit = 407,
 }
 
 impl Opcode {
     /// Every opcode, in number order.
-    pub const ALL: [Opcode; 25] = [
+    pub const ALL: [Opcode; 26] = [
         Opcode::Ping,
         Opcode::Hello,
         Opcode::QueueCreate,
@@ -155,6 +157,7 @@ impl Opcode {
         Opcode::TokenRotate,
         Opcode::Grant,
         Opcode::Revoke,
+        Opcode::Audit,
     ];
 
     /// Parses a wire number.
@@ -190,6 +193,7 @@ impl Opcode {
             Opcode::TokenRotate => "TOKEN_ROTATE",
             Opcode::Grant => "GRANT",
             Opcode::Revoke => "REVOKE",
+            Opcode::Audit => "AUDIT",
         }
     }
 
@@ -206,6 +210,7 @@ impl Opcode {
                 | Opcode::ClusterStatus
                 | Opcode::UserList
                 | Opcode::UserDescribe
+                | Opcode::Audit
         )
     }
 }

@@ -253,7 +253,7 @@ async fn serve_connection(
     tracker: tracker::Tracker,
     shutdown: watch::Receiver<bool>,
 ) {
-    let session = Arc::new(Session::default());
+    let session = Arc::new(Session::new(conn.remote_address()));
     tracing::debug!("connection established");
     loop {
         let (send, recv) = match conn.accept_bi().await {

@@ -123,6 +123,8 @@ pub enum Command {
     },
     /// Control group: change the users or their grants.
     User(super::users::UserCommand),
+    /// Control group: append an entry to the audit log.
+    Audit(crate::protocol::AuditEntry),
 }
 
 /// What an applied command produced.
@@ -229,6 +231,7 @@ pub struct Tables<'txn> {
     users: Table<'txn, &'static str, &'static [u8]>,
     groups: Table<'txn, (u64, u64), &'static str>,
     fifo: Table<'txn, (u64, &'static str, u64), u8>,
+    audit: Table<'txn, u64, &'static [u8]>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -248,6 +251,7 @@ impl<'txn> Tables<'txn> {
             users: txn.open_table(USERS)?,
             groups: txn.open_table(MSG_GROUP)?,
             fifo: txn.open_table(FIFO_ORDER)?,
+            audit: txn.open_table(AUDIT)?,
         })
     }
 
@@ -1131,6 +1135,11 @@ pub fn apply(
             let removed = t.placement.remove(name.as_str())?.is_some();
             fx.dirty |= removed;
             Ok(Outcome::Count(removed as u64))
+        }
+        Command::Audit(entry) => {
+            let seq = super::audit::append(&mut t.audit, entry, super::audit::MAX_AUDIT)?;
+            fx.dirty = true;
+            Ok(Outcome::Count(seq))
         }
         Command::User(u) => {
             let mut changed = false;

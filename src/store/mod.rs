@@ -6,6 +6,7 @@
 //! Everything here is synchronous redb work; callers run it off the async workers. It
 //! knows nothing of the network or of Raft.
 
+pub mod audit;
 pub mod machine;
 pub mod schema;
 pub mod snapshot;

@@ -45,6 +45,8 @@ pub const FIFO_ORDER: TableDefinition<(u64, &str, u64), u8> = TableDefinition::n
 pub const PLACEMENT: TableDefinition<&str, u32> = TableDefinition::new("placement");
 /// Control group only: user name → postcard [`super::users::UserRecord`].
 pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+/// Control group only: position → postcard [`crate::protocol::AuditEntry`], the audit log.
+pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 /// Counters of the shard: `format_version`, `next_queue_id`.
 pub const SYSTEM: TableDefinition<&str, u64> = TableDefinition::new("system");
 

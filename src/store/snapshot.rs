@@ -41,6 +41,8 @@ pub enum Chunk {
     Groups(Vec<((u64, u64), String)>),
     /// [`FIFO_ORDER`].
     FifoOrder(Vec<((u64, String, u64), u8)>),
+    /// [`AUDIT`].
+    Audit(Vec<(u64, Vec<u8>)>),
 }
 
 /// Rows per chunk at most, whatever their size.
@@ -106,6 +108,8 @@ pub fn for_each_chunk<E: From<StoreError>>(
         |k, v| (k, v.to_string()), |r: &((u64, u64), String)| 16 + r.1.len());
     stream_table!(txn, FIFO_ORDER, FifoOrder, max_bytes, f,
         |k, v| ((k.0, k.1.to_string(), k.2), v), |r: &((u64, String, u64), u8)| 17 + r.0.1.len());
+    stream_table!(txn, AUDIT, Audit, max_bytes, f,
+        |k, v| (k, v.to_vec()), |r: &(u64, Vec<u8>)| 8 + r.1.len());
     Ok(())
 }
 
@@ -131,6 +135,7 @@ pub fn clear(txn: &WriteTransaction) -> Result<(), StoreError> {
     clear_table(&mut txn.open_table(USERS)?)?;
     clear_table(&mut txn.open_table(MSG_GROUP)?)?;
     clear_table(&mut txn.open_table(FIFO_ORDER)?)?;
+    clear_table(&mut txn.open_table(AUDIT)?)?;
     Ok(())
 }
 
@@ -215,6 +220,12 @@ pub fn load_chunk(txn: &WriteTransaction, c: &Chunk) -> Result<(), StoreError> {
                 t.insert((*q, g.as_str(), *s), *v)?;
             }
         }
+        Chunk::Audit(rows) => {
+            let mut t = txn.open_table(AUDIT)?;
+            for (k, v) in rows {
+                t.insert(*k, v.as_slice())?;
+            }
+        }
     }
     Ok(())
 }
@@ -261,6 +272,7 @@ mod tests {
                 Chunk::Users(r) => r.len(),
                 Chunk::Groups(r) => r.len(),
                 Chunk::FifoOrder(r) => r.len(),
+                Chunk::Audit(r) => r.len(),
             })
             .sum()
     }

@@ -184,6 +184,38 @@ async fn mqctl_manages_users_and_exits_8_when_forbidden() {
         node.mqctl(&["user", "delete", "ci-bot"]).status.code(),
         Some(3)
     );
+
+    // The audit log lists every administrative operation above, in order, with who ran
+    // it and the result; sends and reads are not in it.
+    let log = ok(&node.mqctl(&["audit", "--since", "10m", "--output", "json"]));
+    let got: Vec<(String, String, String, String)> = log
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let s = |k: &str| v[k].as_str().unwrap().to_string();
+            assert!(s("from").starts_with("127.0.0.1:"), "{l}");
+            (s("user"), s("operation"), s("target"), s("result"))
+        })
+        .collect();
+    let want = [
+        ("admin", "USER_CREATE", "ci-bot", "ok"),
+        ("admin", "QUEUE_CREATE", "builds", "ok"),
+        ("admin", "GRANT", "ci-bot send,receive on build*", "ok"),
+        ("ci-bot", "QUEUE_DELETE", "builds", "FORBIDDEN"),
+        ("admin", "REVOKE", "ci-bot send on build*", "ok"),
+        ("admin", "USER_DELETE", "ci-bot", "ok"),
+        ("admin", "USER_DELETE", "ci-bot", "USER_NOT_FOUND"),
+    ];
+    let want: Vec<(String, String, String, String)> = want
+        .iter()
+        .map(|(a, b, c, d)| (a.to_string(), b.to_string(), c.to_string(), d.to_string()))
+        .collect();
+    assert_eq!(got, want);
+    let table = ok(&node.mqctl(&["audit"]));
+    assert!(
+        table.contains("USER_NOT_FOUND") && table.contains("ci-bot"),
+        "{table}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,33 @@
+//! Which requests the audit log records: every administrative operation (queues, users,
+//! grants, nodes), whatever its result, but not sends, receives or reads.
+
+use crate::protocol::Request;
+
+/// The operation name and target of an audited request; `None` for the others.
+pub fn of(req: &Request) -> Option<(&'static str, String)> {
+    let target = match req {
+        Request::QueueCreate { name, .. }
+        | Request::QueueDelete { name, .. }
+        | Request::QueueSet { name, .. }
+        | Request::QueuePurge { name } => name.clone(),
+        Request::QueueRedrive { name, to, .. } if to.is_empty() => name.clone(),
+        Request::QueueRedrive { name, to, .. } => format!("{name} -> {to}"),
+        Request::NodeAdd { id, address } => format!("node {id} at {address}"),
+        Request::NodeRemove { id } => format!("node {id}"),
+        Request::UserCreate { name } | Request::UserDelete { name } => name.clone(),
+        Request::TokenRotate { name } if name.is_empty() => "(self)".into(),
+        Request::TokenRotate { name } => name.clone(),
+        Request::Grant {
+            user,
+            pattern,
+            rights,
+        }
+        | Request::Revoke {
+            user,
+            pattern,
+            rights,
+        } => format!("{user} {} on {pattern}", rights.names()),
+        _ => return None,
+    };
+    Some((req.opcode().name(), target))
+}
