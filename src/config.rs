@@ -71,6 +71,15 @@ pub struct Args {
     /// `mqctl node add` on the cluster.
     #[arg(long, env = "MQD_JOIN", hide_env_values = true)]
     pub join: bool,
+    /// Loopback HTTP address for Prometheus metrics at /metrics, e.g. 127.0.0.1:9464;
+    /// empty (the default) serves none.
+    #[arg(
+        long,
+        env = "MQD_METRICS_LISTEN",
+        hide_env_values = true,
+        value_name = "ADDR:PORT"
+    )]
+    pub metrics_listen: Option<String>,
     /// Validate the config file and exit: 0 if valid, 2 if not.
     #[arg(long)]
     pub check_config: bool,
@@ -150,6 +159,8 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     /// Extra DNS names for the node certificate (generated on first start).
     pub tls_names: Option<Vec<String>>,
+    /// Loopback HTTP address for Prometheus metrics; empty for none.
+    pub metrics_listen: Option<String>,
     /// Cluster membership and layout.
     pub cluster: Option<ClusterFile>,
 }
@@ -189,6 +200,8 @@ pub struct Config {
     pub log_level: String,
     /// Extra DNS names for the node certificate.
     pub tls_names: Vec<String>,
+    /// Where to serve Prometheus metrics over HTTP, if anywhere (a loopback address).
+    pub metrics_listen: Option<SocketAddr>,
     /// Cluster membership and layout.
     pub cluster: ClusterSettings,
 }
@@ -266,8 +279,10 @@ impl Config {
             file.cluster.clone().unwrap_or_default(),
             overrides.cluster.clone().unwrap_or_default(),
         )?;
+        let metrics_listen = metrics_listen(&file, &overrides)?;
         Ok(Config {
             cluster,
+            metrics_listen,
             data_dir: overrides
                 .data_dir
                 .or(file.data_dir)
@@ -283,6 +298,40 @@ impl Config {
             tls_names: overrides.tls_names.or(file.tls_names).unwrap_or_default(),
         })
     }
+}
+
+/// The metrics address in force (`overrides` win over `file`), checked; `None` when off.
+/// Pure, so `--check-config` can call it.
+pub fn metrics_listen(
+    file: &FileConfig,
+    overrides: &FileConfig,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    match overrides
+        .metrics_listen
+        .as_ref()
+        .or(file.metrics_listen.as_ref())
+        .map(|s| s.trim())
+        .unwrap_or_default()
+    {
+        "" => Ok(None),
+        text => parse_metrics_listen(text).map(Some),
+    }
+}
+
+/// Parses `metrics_listen`: an IP:PORT on loopback, since the endpoint has no
+/// authentication and names every queue.
+fn parse_metrics_listen(text: &str) -> Result<SocketAddr, ConfigError> {
+    let addr: SocketAddr = text.parse().map_err(|_| {
+        ConfigError::Invalid(format!(
+            "metrics_listen `{text}` is not an IP:PORT address, e.g. 127.0.0.1:9464"
+        ))
+    })?;
+    if !addr.ip().is_loopback() {
+        return Err(ConfigError::Invalid(format!(
+            "metrics_listen `{text}` is not a loopback address; the metrics endpoint has no authentication and names every queue, so it listens on 127.0.0.1 or ::1 only (scrape it through a local agent or a tunnel)"
+        )));
+    }
+    Ok(addr)
 }
 
 /// One documented config key: the source of `packaging/mqd.toml` and `mqd.toml(5)`.
@@ -341,6 +390,15 @@ pub const KEYS: &[KeyDoc] = &[
         env: None,
         flag: None,
         doc: "Extra DNS names for the node certificate, which always carries mqd and localhost. Used only when the certificate is generated (first start, or after node.pem is removed).",
+    },
+    KeyDoc {
+        name: "metrics_listen",
+        kind: "address (loopback IP:PORT) or empty",
+        default: "\"\"",
+        example: "\"127.0.0.1:9464\"",
+        env: Some("MQD_METRICS_LISTEN"),
+        flag: Some("--metrics-listen"),
+        doc: "Serve Prometheus metrics (OpenMetrics text) over HTTP at /metrics on this address: request latency histograms and errors per opcode, usage counters per queue and per user, message counts of the queues this node leads, and Raft state per group. Loopback addresses only, since the endpoint has no authentication. Empty: no metrics endpoint.",
     },
     KeyDoc {
         name: "cluster.node_id",
@@ -513,6 +571,7 @@ mod tests {
                 && all.listen.is_some()
                 && all.log_level.is_some()
                 && all.tls_names.is_some()
+                && all.metrics_listen.is_some()
                 && all.cluster.as_ref().is_some_and(|c| c.node_id.is_some()
                     && c.peers.is_some()
                     && c.shards.is_some()

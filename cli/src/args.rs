@@ -124,6 +124,15 @@ pub enum Command {
     ///   mqctl grant ops '*' all
     #[command(verbatim_doc_comment)]
     Grant(GrantArgs),
+    /// Usage per queue and per user: messages and bytes in and out, receives, acks, errors.
+    ///
+    /// Counted by each node's front end since it started, summed over the nodes that
+    /// answer. Cluster admins see every queue and user; others their queues and themselves.
+    ///
+    /// Example:
+    ///   mqctl stats --output json
+    #[command(verbatim_doc_comment)]
+    Stats,
     /// Show the audit log: every administrative operation (queues, users, grants, nodes),
     /// who ran it, from where, when, and its result. Oldest first; cluster admins only.
     ///

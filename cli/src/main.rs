@@ -256,6 +256,14 @@ async fn dispatch(client: &Client, out: Output, cmd: Command) -> anyhow::Result<
         Command::Grant(a) => users::grant(client, out, a, true).await,
         Command::Revoke(a) => users::grant(client, out, a, false).await,
         Command::Audit(a) => users::audit(client, out, a).await,
+        Command::Stats => {
+            let (queues, users) = client.stats(None).await?;
+            output::usage(out, "queue", &queues)?;
+            if out == Output::Table && !users.is_empty() {
+                println!();
+            }
+            output::usage(out, "user", &users)
+        }
         Command::Send(a) => send(client, out, a).await,
         Command::Receive(a) => {
             let ds = client
@@ -352,7 +360,15 @@ async fn queue(client: &Client, out: Output, cmd: QueueCmd) -> anyhow::Result<()
         }
         QueueCmd::Describe { name } => {
             let d = client.describe_queue(&name).await?;
-            output::describe(out, &d)
+            let usage = client
+                .stats(Some(&name))
+                .await?
+                .0
+                .into_iter()
+                .find(|(q, _)| *q == name)
+                .map(|(_, u)| u)
+                .unwrap_or_default();
+            output::describe(out, &d, &usage)
         }
         QueueCmd::Peek { name, max } => {
             let ms = client.peek(&name, max).await?;

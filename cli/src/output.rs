@@ -7,7 +7,7 @@ use base64::Engine;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mqd::protocol::{
-    Attribute, Delivery, Message, QueueConfig, QueueDescription, QueueSummary, Status,
+    Attribute, Delivery, Message, QueueConfig, QueueDescription, QueueSummary, Status, Usage,
 };
 use serde_json::{json, Map, Value};
 
@@ -161,7 +161,60 @@ pub fn queues(out: Output, qs: &[QueueSummary]) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn describe(out: Output, d: &QueueDescription) -> anyhow::Result<()> {
+fn usage_json(u: &Usage) -> Value {
+    json!({
+        "messages_in": u.messages_in,
+        "bytes_in": u.bytes_in,
+        "messages_out": u.messages_out,
+        "bytes_out": u.bytes_out,
+        "receives": u.receives,
+        "acks": u.acks,
+        "errors": u.errors,
+    })
+}
+
+/// Usage rows of `kind` (`queue` or `user`).
+pub fn usage(out: Output, kind: &str, rows: &[(String, Usage)]) -> anyhow::Result<()> {
+    match out {
+        Output::Json => {
+            for (name, u) in rows {
+                let mut o = json!({ kind: name });
+                if let (Some(m), Value::Object(fields)) = (o.as_object_mut(), usage_json(u)) {
+                    m.extend(fields);
+                }
+                println(o)?;
+            }
+        }
+        Output::Table => {
+            let mut t = table(&[
+                kind,
+                "msgs in",
+                "bytes in",
+                "msgs out",
+                "bytes out",
+                "receives",
+                "acks",
+                "errors",
+            ]);
+            for (name, u) in rows {
+                t.add_row(vec![
+                    name.clone(),
+                    u.messages_in.to_string(),
+                    human_bytes(u.bytes_in),
+                    u.messages_out.to_string(),
+                    human_bytes(u.bytes_out),
+                    u.receives.to_string(),
+                    u.acks.to_string(),
+                    u.errors.to_string(),
+                ]);
+            }
+            println(t)?;
+        }
+    }
+    Ok(())
+}
+
+pub fn describe(out: Output, d: &QueueDescription, u: &Usage) -> anyhow::Result<()> {
     match out {
         Output::Json => println(json!({
             "queue": d.name,
@@ -172,6 +225,7 @@ pub fn describe(out: Output, d: &QueueDescription) -> anyhow::Result<()> {
             "visible": d.counts.visible,
             "in_flight": d.counts.in_flight,
             "delayed": d.counts.delayed,
+            "usage": usage_json(u),
         }))?,
         Output::Table => {
             let mut t = table(&["queue", &d.name]);
@@ -182,6 +236,21 @@ pub fn describe(out: Output, d: &QueueDescription) -> anyhow::Result<()> {
             ]);
             t.add_row(vec!["delayed".to_string(), d.counts.delayed.to_string()]);
             config_rows(&mut t, &d.config);
+            t.add_row(vec![
+                "sent".to_string(),
+                format!("{} messages, {}", u.messages_in, human_bytes(u.bytes_in)),
+            ]);
+            t.add_row(vec![
+                "received".to_string(),
+                format!(
+                    "{} messages, {} in {} receives",
+                    u.messages_out,
+                    human_bytes(u.bytes_out),
+                    u.receives
+                ),
+            ]);
+            t.add_row(vec!["acked".to_string(), u.acks.to_string()]);
+            t.add_row(vec!["errors".to_string(), u.errors.to_string()]);
             println(t)?;
         }
     }

@@ -35,6 +35,7 @@ fn overrides(args: &Args) -> FileConfig {
         listen: args.listen,
         log_level: args.log_level.clone(),
         tls_names: None,
+        metrics_listen: args.metrics_listen.clone(),
         cluster: Some(mqd::config::ClusterFile {
             node_id: args.node_id,
             peers: (!args.peers.is_empty()).then(|| args.peers.clone()),
@@ -72,7 +73,8 @@ fn main() -> ExitCode {
             file.cluster.clone().unwrap_or_default(),
             overrides(&args).cluster.unwrap_or_default(),
         );
-        if let Err(e) = cluster {
+        let metrics = mqd::config::metrics_listen(&file, &overrides(&args));
+        if let Err(e) = cluster.map(|_| ()).and(metrics.map(|_| ())) {
             eprintln!("mqd: invalid configuration: {e}");
             return ExitCode::from(2);
         }

@@ -71,7 +71,7 @@ use crate::local;
 use crate::protocol::{
     decode_error_message, decode_header, AuditEntry, ClusterStatus, Delivery, Message, Opcode,
     QueueConfig, QueueDescription, QueuePatch, QueueSummary, Receipt, Request, Response, Rights,
-    SendEntry, Status, UserInfo, ALPN, HEADER_LEN, MAX_FRAME, TLS_SERVER_NAME,
+    SendEntry, Status, Usage, UserInfo, ALPN, HEADER_LEN, MAX_FRAME, TLS_SERVER_NAME,
 };
 
 /// Why a call failed.
@@ -672,6 +672,22 @@ impl Client {
         };
         expect(self.call(&req, Duration::ZERO).await?, |r| match r {
             Response::Audit { entries, truncated } => Some((entries, truncated)),
+            _ => None,
+        })
+    }
+
+    /// Usage counters summed over the nodes: per queue and per user the caller may see, or
+    /// with `queue`, that queue's only. Returns (queues, users), each in name order.
+    #[allow(clippy::type_complexity)]
+    pub async fn stats(
+        &self,
+        queue: Option<&str>,
+    ) -> Result<(Vec<(String, Usage)>, Vec<(String, Usage)>), ClientError> {
+        let req = Request::Stats {
+            queue: queue.unwrap_or_default().into(),
+        };
+        expect(self.call(&req, Duration::ZERO).await?, |r| match r {
+            Response::Stats { queues, users } => Some((queues, users)),
             _ => None,
         })
     }

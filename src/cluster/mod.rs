@@ -18,7 +18,11 @@
 
 mod membership;
 mod status;
+mod usage;
 mod users;
+
+pub use status::GroupReport;
+pub use usage::UsageCounters;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -132,6 +136,8 @@ pub enum Op {
     Report,
     /// A change of the cluster's members (control group only).
     Member(membership::MemberChange),
+    /// The receiving node's usage counters (any node answers; the group is ignored).
+    Usage,
 }
 
 /// A read run on a group's leader after it confirmed its leadership.
@@ -207,6 +213,11 @@ pub enum Answer {
     Membership(membership::MembershipView),
     /// Every user, in name order.
     Users(Vec<(String, store::users::UserRecord)>),
+    /// A node's usage counters per queue and per user.
+    Usage(
+        Vec<(String, crate::protocol::Usage)>,
+        Vec<(String, crate::protocol::Usage)>,
+    ),
     /// Audit log entries, and whether more follow.
     Audit(Vec<crate::protocol::AuditEntry>, bool),
     /// Done; nothing to return.
@@ -318,6 +329,8 @@ struct Inner {
     stopping: AtomicBool,
     /// Bumped each time the local control-group replica changes the users.
     users_version: Arc<AtomicU64>,
+    /// What this node's front end served.
+    usage: UsageCounters,
 }
 
 fn file_stem(group: u64) -> String {
@@ -454,6 +467,7 @@ impl Node {
                 router: router.clone(),
                 stopping: AtomicBool::new(false),
                 users_version: Arc::default(),
+                usage: UsageCounters::default(),
                 layout,
             }),
         };
@@ -687,8 +701,13 @@ impl Node {
     pub async fn serve_forward(&self, group: u64, body: &[u8]) -> Result<Answer, OpError> {
         let op: Op = postcard::from_bytes(body)
             .map_err(|e| failed(Status::BadRequest, format!("forwarded operation: {e}")))?;
-        if let Op::Report = op {
-            return Ok(Answer::Report(self.report()));
+        match op {
+            Op::Report => return Ok(Answer::Report(self.report())),
+            Op::Usage => {
+                let (q, u) = self.usage().snapshot();
+                return Ok(Answer::Usage(q, u));
+            }
+            _ => {}
         }
         match self.local(group) {
             Some(l) => self.run_local(group, &l, op).await,
@@ -1179,6 +1198,10 @@ impl Node {
                 }
             }
             Op::Report => Ok(Answer::Report(self.report())),
+            Op::Usage => {
+                let (q, u) = self.usage().snapshot();
+                Ok(Answer::Usage(q, u))
+            }
             Op::Member(change) => {
                 if group != CONTROL_GROUP {
                     return Err(failed(

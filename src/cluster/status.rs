@@ -14,10 +14,14 @@ use std::time::Duration;
 use openraft::ServerState;
 use serde::{Deserialize, Serialize};
 
-use super::{Answer, Node, Op, CONTROL_GROUP};
+use redb::ReadableDatabase;
+
+use super::{is_leader, Answer, Node, Op, CONTROL_GROUP};
 use crate::peer::KIND_FORWARD;
 use crate::protocol::{ClusterStatus, GroupStatus, NodeStatus, ReplicaRole, ReplicaStatus};
+use crate::protocol::{QueueCounts, MAX_BATCH};
 use crate::raft::NodeId;
+use crate::store;
 
 /// How long the gathering node waits for each member's report.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -74,6 +78,39 @@ fn role_of(state: ServerState) -> ReplicaRole {
 }
 
 impl Node {
+    /// Message counts of every queue in the shards this node leads (for the metrics
+    /// endpoint: each queue is reported by exactly one node, its shard's leader).
+    pub fn led_queue_counts(&self) -> Vec<(String, QueueCounts)> {
+        let me = self.inner.layout.node_id;
+        let now = store::now_ms();
+        let mut out = Vec::new();
+        for (g, l) in self.hosted() {
+            if g == CONTROL_GROUP || !is_leader(&l, me) {
+                continue;
+            }
+            let Ok(txn) = l.db.begin_read() else {
+                continue;
+            };
+            let mut after = String::new();
+            loop {
+                let Ok((page, more)) = store::list(&txn, String::new(), after.clone(), MAX_BATCH)
+                else {
+                    break;
+                };
+                for q in &page {
+                    if let Ok(Some(d)) = store::describe(&txn, q.name.clone(), now) {
+                        out.push((q.name.clone(), d.counts));
+                    }
+                }
+                match (more, page.last()) {
+                    (true, Some(last)) => after = last.name.clone(),
+                    _ => break,
+                }
+            }
+        }
+        out
+    }
+
     /// This node's own report.
     pub fn report(&self) -> NodeReport {
         let groups: Vec<GroupReport> = self

@@ -154,6 +154,9 @@ pub fn authorize(user: &UserInfo, req: &Request) -> Result<(), Failure> {
         }
         Request::Grant { .. } | Request::Revoke { .. } => Need::ClusterAdmin("change grants"),
         Request::Audit { .. } => Need::ClusterAdmin("read the audit log"),
+        // Filtered to what the user may see.
+        Request::Stats { queue } if queue.is_empty() => Need::Authenticated,
+        Request::Stats { queue } => Need::AnyRight(queue),
         Request::QueueCreate { name, attributes } | Request::QueueSet { name, attributes } => {
             let mut queues = vec![name.as_str()];
             if let Some(Some(dl)) = &attributes.dead_letter {

@@ -9,6 +9,8 @@
 
 mod audit;
 mod auth;
+pub mod metrics;
+mod usage;
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -58,6 +60,7 @@ pub struct Frontend {
     node: Node,
     auth: AuthCache,
     shutdown: watch::Receiver<bool>,
+    metrics: metrics::RequestMetrics,
 }
 
 fn invalid(msg: impl Into<String>) -> Failure {
@@ -105,7 +108,13 @@ impl Frontend {
             auth: AuthCache::new(node.clone(), bootstrap_token_sha256),
             node,
             shutdown,
+            metrics: metrics::RequestMetrics::default(),
         }
+    }
+
+    /// The metrics a scrape of this node encodes.
+    pub fn metrics_registry(&self) -> prometheus_client::registry::Registry {
+        metrics::registry(self.node.clone(), &self.metrics)
     }
 
     /// Runs a command on the shard of `queue`.
@@ -155,10 +164,30 @@ impl Frontend {
             }
         };
         let audit = audit::of(&req);
+        let op = req.opcode();
+        let (queue, sent) = usage::before(&req);
+        let started = std::time::Instant::now();
         let result = match auth::authorize(&user, &req) {
             Ok(()) => self.dispatch(&user, req).await,
             Err(e) => Err(e),
         };
+        self.metrics
+            .observe(op, started.elapsed(), result.as_ref().err().map(|e| e.0));
+        if let Some(delta) = usage::after(op, sent, &result) {
+            // A refused name may not be a queue at all: counting it would let anyone grow
+            // the counters without bound.
+            let queue = match &result {
+                Err((
+                    Status::Forbidden
+                    | Status::QueueNotFound
+                    | Status::InvalidArgument
+                    | Status::BadRequest,
+                    _,
+                )) => None,
+                _ => queue.as_deref(),
+            };
+            self.node.usage().record(&user.name, queue, &delta);
+        }
         if let Some((operation, target)) = audit {
             let entry = AuditEntry {
                 seq: 0,
@@ -256,6 +285,27 @@ impl Frontend {
                 })
                 .await
             }
+            Request::Stats { queue } => {
+                let ((queues, users), missing) = self.node.cluster_usage().await;
+                if !missing.is_empty() {
+                    tracing::debug!(?missing, "usage counters of some nodes are missing");
+                }
+                let sees_all = auth::sees_all(user);
+                let queues = queues
+                    .into_iter()
+                    .filter(|(q, _)| {
+                        (queue.is_empty() || *q == queue)
+                            && (sees_all || !user.rights_on(q).is_empty())
+                    })
+                    .collect();
+                let users = users
+                    .into_iter()
+                    .filter(|(u, _)| {
+                        queue.is_empty() && (user.is_cluster_admin() || *u == user.name)
+                    })
+                    .collect();
+                Ok(Response::Stats { queues, users })
+            }
             Request::Audit {
                 since_ms,
                 after_seq,
@@ -305,7 +355,10 @@ impl Frontend {
             // with all its messages goes in one transaction.
             Request::QueueDelete { name, force } => {
                 match self.node.delete_queue(&name, force).await? {
-                    Outcome::Count(n) => Ok(Response::Count(n)),
+                    Outcome::Count(n) => {
+                        self.node.usage().forget_queue(&name);
+                        Ok(Response::Count(n))
+                    }
                     o => Err(unexpected(o)),
                 }
             }

@@ -211,6 +211,65 @@ impl AuditEntry {
     }
 }
 
+/// Usage counters of one queue or one user: what the front ends served, summed over the
+/// nodes (each counts since it started).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Messages stored by sends.
+    pub messages_in: u64,
+    /// Their bytes (bodies and attributes).
+    pub bytes_in: u64,
+    /// Messages delivered by receives.
+    pub messages_out: u64,
+    /// Their bytes.
+    pub bytes_out: u64,
+    /// Receive requests.
+    pub receives: u64,
+    /// Messages acknowledged.
+    pub acks: u64,
+    /// Requests answered with an error.
+    pub errors: u64,
+}
+
+impl Usage {
+    /// Adds `o` to these counters.
+    pub fn add(&mut self, o: &Usage) {
+        self.messages_in += o.messages_in;
+        self.bytes_in += o.bytes_in;
+        self.messages_out += o.messages_out;
+        self.bytes_out += o.bytes_out;
+        self.receives += o.receives;
+        self.acks += o.acks;
+        self.errors += o.errors;
+    }
+
+    pub(crate) fn encode(&self, b: &mut impl BufMut) {
+        for v in [
+            self.messages_in,
+            self.bytes_in,
+            self.messages_out,
+            self.bytes_out,
+            self.receives,
+            self.acks,
+            self.errors,
+        ] {
+            b.put_u64(v);
+        }
+    }
+
+    pub(crate) fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(Usage {
+            messages_in: r.u64("usage.messages_in")?,
+            bytes_in: r.u64("usage.bytes_in")?,
+            messages_out: r.u64("usage.messages_out")?,
+            bytes_out: r.u64("usage.bytes_out")?,
+            receives: r.u64("usage.receives")?,
+            acks: r.u64("usage.acks")?,
+            errors: r.u64("usage.errors")?,
+        })
+    }
+}
+
 pub(crate) fn decode_rights(r: &mut Reader, what: &'static str) -> Result<Rights, DecodeError> {
     let v = r.u8(what)?;
     Rights::from_bits(v).ok_or(DecodeError::UnknownValue {

@@ -278,6 +278,33 @@ fn cases() -> Vec<(&'static str, Case)> {
             }),
         ),
         (
+            "stats",
+            Request(super::Request::Stats {
+                queue: "jobs".into(),
+            }),
+        ),
+        (
+            "stats-response",
+            Response(
+                Opcode::Stats,
+                super::Response::Stats {
+                    queues: vec![(
+                        "jobs".into(),
+                        crate::protocol::Usage {
+                            messages_in: 3,
+                            bytes_in: 300,
+                            messages_out: 2,
+                            bytes_out: 200,
+                            receives: 1,
+                            acks: 2,
+                            errors: 0,
+                        },
+                    )],
+                    users: vec![],
+                },
+            ),
+        ),
+        (
             "audit",
             Request(super::Request::Audit {
                 since_ms: 1_700_000_000_000,

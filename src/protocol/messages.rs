@@ -3,7 +3,7 @@
 
 use bytes::{BufMut, Bytes};
 
-use super::auth::{decode_rights, AuditEntry, Rights, UserInfo, MAX_USERS};
+use super::auth::{decode_rights, AuditEntry, Rights, Usage, UserInfo, MAX_USERS};
 use super::frame::{begin_frame, finish_frame};
 use super::types::*;
 use super::wire::{DecodeError, Reader, WireWrite};
@@ -170,6 +170,12 @@ pub enum Request {
         /// Rights removed.
         rights: Rights,
     },
+    /// Usage counters per queue and per user, summed over the nodes.
+    Stats {
+        /// Only this queue (and no users); empty for every queue and user the caller may
+        /// see.
+        queue: String,
+    },
     /// Administrative operations from the audit log, oldest first.
     Audit {
         /// Only entries at or after this time (ms since the epoch).
@@ -248,6 +254,7 @@ impl Request {
             Request::Grant { .. } => Opcode::Grant,
             Request::Revoke { .. } => Opcode::Revoke,
             Request::Audit { .. } => Opcode::Audit,
+            Request::Stats { .. } => Opcode::Stats,
         }
     }
 
@@ -265,6 +272,7 @@ impl Request {
             | Request::UserDelete { name }
             | Request::UserDescribe { name }
             | Request::TokenRotate { name } => fields.push(("user name", name)),
+            Request::Stats { queue } => fields.push(("queue", queue)),
             Request::Grant { user, pattern, .. } | Request::Revoke { user, pattern, .. } => {
                 fields.extend([("user name", user.as_str()), ("pattern", pattern.as_str())])
             }
@@ -349,6 +357,7 @@ impl Request {
             | Request::UserDelete { name }
             | Request::UserDescribe { name }
             | Request::TokenRotate { name } => b.put_str(name),
+            Request::Stats { queue } => b.put_str(queue),
             Request::Grant {
                 user,
                 pattern,
@@ -455,6 +464,9 @@ impl Request {
                 name: r.str("name")?,
             },
             Opcode::UserList => Request::UserList,
+            Opcode::Stats => Request::Stats {
+                queue: r.str("queue")?,
+            },
             Opcode::Audit => Request::Audit {
                 since_ms: r.u64("since_ms")?,
                 after_seq: r.u64("after_seq")?,
@@ -598,6 +610,13 @@ pub enum Response {
     User(UserInfo),
     /// Answer to `USER_LIST`, in name order.
     Users(Vec<UserInfo>),
+    /// Answer to `STATS`: (name, counters) per queue and per user, in name order.
+    Stats {
+        /// Per queue.
+        queues: Vec<(String, Usage)>,
+        /// Per user.
+        users: Vec<(String, Usage)>,
+    },
     /// Answer to `AUDIT`.
     Audit {
         /// Entries, oldest first.
@@ -680,6 +699,15 @@ impl Response {
                     u.encode(&mut b);
                 }
             }
+            Response::Stats { queues, users } => {
+                for list in [queues, users] {
+                    b.put_u32(list.len() as u32);
+                    for (name, u) in list {
+                        b.put_str(name);
+                        u.encode(&mut b);
+                    }
+                }
+            }
             Response::Audit { entries, truncated } => {
                 b.put_u32(entries.len() as u32);
                 for e in entries {
@@ -701,6 +729,19 @@ impl Response {
             Opcode::UserCreate | Opcode::TokenRotate => Response::Token(r.str("token")?),
             Opcode::UserDescribe | Opcode::Grant | Opcode::Revoke => {
                 Response::User(UserInfo::decode(&mut r)?)
+            }
+            Opcode::Stats => {
+                let mut lists = Vec::with_capacity(2);
+                for what in ["queues", "users"] {
+                    let n = r.count(what, MAX_USERS)?;
+                    let list = (0..n)
+                        .map(|_| Ok((r.str("usage.name")?, Usage::decode(&mut r)?)))
+                        .collect::<Result<Vec<_>, DecodeError>>()?;
+                    lists.push(list);
+                }
+                let users = lists.pop().unwrap_or_default();
+                let queues = lists.pop().unwrap_or_default();
+                Response::Stats { queues, users }
             }
             Opcode::Audit => {
                 let n = r.count("entries", MAX_RESPONSE_ITEMS)?;

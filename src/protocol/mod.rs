@@ -16,8 +16,8 @@ mod wire;
 mod golden;
 
 pub use auth::{
-    pattern_matches, validate_pattern, validate_user_name, AuditEntry, Grant, Rights, UserInfo,
-    MAX_GRANTS, MAX_USER_NAME,
+    pattern_matches, validate_pattern, validate_user_name, AuditEntry, Grant, Rights, Usage,
+    UserInfo, MAX_GRANTS, MAX_USER_NAME,
 };
 pub use frame::{decode_header, empty_request, FrameError, Header, HEADER_LEN};
 pub use messages::{
@@ -127,11 +127,13 @@ pub enum Opcode {
     Revoke = 406,
     /// `AUDIT`
     Audit = 407,
+    /// `STATS`
+    Stats = 408,
 }
 
 impl Opcode {
     /// Every opcode, in number order.
-    pub const ALL: [Opcode; 26] = [
+    pub const ALL: [Opcode; 27] = [
         Opcode::Ping,
         Opcode::Hello,
         Opcode::QueueCreate,
@@ -158,6 +160,7 @@ impl Opcode {
         Opcode::Grant,
         Opcode::Revoke,
         Opcode::Audit,
+        Opcode::Stats,
     ];
 
     /// Parses a wire number.
@@ -194,6 +197,7 @@ impl Opcode {
             Opcode::Grant => "GRANT",
             Opcode::Revoke => "REVOKE",
             Opcode::Audit => "AUDIT",
+            Opcode::Stats => "STATS",
         }
     }
 
@@ -211,6 +215,7 @@ impl Opcode {
                 | Opcode::UserList
                 | Opcode::UserDescribe
                 | Opcode::Audit
+                | Opcode::Stats
         )
     }
 }

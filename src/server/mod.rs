@@ -6,6 +6,7 @@
 //! nodes in one process or as separate processes on port 0. This module owns sockets and
 //! framing on the server side; it does not interpret request bodies.
 
+mod metrics;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -159,6 +160,17 @@ pub async fn run(
     let body_budget = Arc::new(Semaphore::new(MAX_BUFFERED_BODY_KIB));
     let tracker = tracker::Tracker::default();
 
+    let metrics = match config.metrics_listen {
+        Some(addr) => {
+            let (bound, task) = metrics::serve(addr, frontend.clone(), shutdown.clone())
+                .await
+                .map_err(io_err(format!("binding the metrics address {addr}")))?;
+            tracing::info!(%bound, "serving Prometheus metrics at /metrics");
+            Some(task)
+        }
+        None => None,
+    };
+
     // Expiry runs beside the requests, in the shards this node leads.
     let expiry = {
         let fe = frontend.clone();
@@ -237,6 +249,9 @@ pub async fn run(
     endpoint.close(0u32.into(), b"shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     let _ = expiry.await;
+    if let Some(m) = metrics {
+        let _ = m.await;
+    }
     drop(frontend);
     // Raft groups stop after the clients are gone: every acknowledged request was committed
     // to their logs before it was answered.

@@ -42,17 +42,23 @@ pub fn mqctl_bin() -> PathBuf {
 impl Node {
     /// Starts a node in a new temporary data directory.
     pub fn start() -> Node {
+        Node::start_with(&[])
+    }
+
+    /// Starts a node in a new temporary data directory with extra flags.
+    pub fn start_with(args: &[&str]) -> Node {
         let tmp = tempfile::tempdir().expect("temp dir");
         let dir = tmp.path().to_path_buf();
         let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let (child, addr) = Node::spawn(&dir, listen, &[]);
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let (child, addr) = Node::spawn(&dir, listen, &args);
         Node {
             child: Some(child),
             dir,
             _tmp: Some(tmp),
             addr,
             listen,
-            args: Vec::new(),
+            args,
         }
     }
 

@@ -9,6 +9,7 @@ mod daemon;
 mod errors;
 mod fifo;
 mod messages;
+mod metrics;
 mod mqctl;
 mod peer;
 mod queues;
