@@ -12,7 +12,8 @@ Exit codes:
   2  invalid input (bad flag or value, message too large, malformed receipt)
   3  not found (queue or user does not exist)
   4  conflict (queue or user exists, queue not empty, queue in use)
-  5  unavailable (cannot connect, timeout, node shutting down, storage failure)
+  5  unavailable (cannot connect, timeout, node shutting down, storage failure, throttled
+     after retries: queue at its maximum depth or user over its rate limit)
   6  authentication failed (wrong, rotated or missing token)
   7  stale or invalid receipt (ack/nack/extend of a message redelivered or gone)
   8  forbidden (the user holds no grant for this operation on this queue)
@@ -390,6 +391,18 @@ pub enum UserCmd {
         /// User name.
         name: Option<String>,
     },
+    /// Limit the messages per second a user may send, receive and ack through each node
+    /// (0 removes the limit). Over it, requests are THROTTLED and clients back off.
+    ///
+    /// Example:
+    ///   mqctl user limit batch-importer 500
+    #[command(verbatim_doc_comment)]
+    Limit {
+        /// User name.
+        name: String,
+        /// Messages per second (a request counts its messages, at least 1).
+        per_second: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -470,6 +483,10 @@ pub struct QueueAttrs {
     /// Deduplicate sends without a dedup id by the SHA-256 of their body (true or false).
     #[arg(long, value_name = "BOOL")]
     pub content_dedup: Option<bool>,
+    /// Most messages the queue may hold; sends beyond it are refused as THROTTLED until
+    /// consumers catch up [default 0: no limit].
+    #[arg(long, value_name = "N")]
+    pub max_messages: Option<u64>,
 }
 
 #[derive(Debug, Args)]

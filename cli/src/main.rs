@@ -52,7 +52,9 @@ fn exit_code_of(status: Status) -> u8 {
         Status::Unauthenticated => EXIT_AUTH,
         Status::Forbidden => EXIT_FORBIDDEN,
         Status::ReceiptInvalid | Status::ReceiptStale => EXIT_RECEIPT,
-        Status::ShuttingDown | Status::Unavailable | Status::Internal => EXIT_UNAVAILABLE,
+        Status::ShuttingDown | Status::Unavailable | Status::Throttled | Status::Internal => {
+            EXIT_UNAVAILABLE
+        }
         _ => EXIT_INVALID,
     }
 }
@@ -219,6 +221,7 @@ fn patch(attrs: QueueAttrs, no_dlq: bool) -> QueuePatch {
         dedup_window_ms: attrs.dedup_window,
         content_dedup: attrs.content_dedup,
         fifo: None,
+        max_messages: attrs.max_messages,
     }
 }
 

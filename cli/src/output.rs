@@ -81,6 +81,7 @@ fn config_json(c: &QueueConfig) -> Value {
         "dedup_window_ms": c.dedup_window_ms,
         "content_dedup": c.content_dedup,
         "fifo": c.fifo,
+        "max_messages": c.max_messages,
     })
 }
 
@@ -117,6 +118,13 @@ fn config_rows(t: &mut Table, c: &QueueConfig) {
     t.add_row(vec![
         "content dedup".to_string(),
         if c.content_dedup { "on" } else { "off" }.to_string(),
+    ]);
+    t.add_row(vec![
+        "max messages".to_string(),
+        match c.max_messages {
+            0 => "no limit".to_string(),
+            n => n.to_string(),
+        },
     ]);
 }
 

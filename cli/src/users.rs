@@ -14,6 +14,7 @@ fn user_json(u: &UserInfo) -> Value {
         "created_ms": u.created_ms,
         "token_set_ms": u.token_set_ms,
         "cluster_admin": u.is_cluster_admin(),
+        "rate_limit": u.rate_limit,
         "grants": u.grants.iter().map(|g| json!({
             "pattern": g.pattern,
             "rights": g.rights.names().split(',').filter(|r| *r != "-").collect::<Vec<_>>(),
@@ -40,11 +41,15 @@ fn users(out: Output, us: &[UserInfo]) -> anyhow::Result<()> {
             }
         }
         Output::Table => {
-            let mut t = table(&["user", "grants", "created", "token set"]);
+            let mut t = table(&["user", "grants", "rate limit", "created", "token set"]);
             for u in us {
                 t.add_row(vec![
                     u.name.clone(),
                     grants_text(u),
+                    match u.rate_limit {
+                        0 => "-".to_string(),
+                        r => format!("{r}/s"),
+                    },
                     time_text(u.created_ms),
                     time_text(u.token_set_ms),
                 ]);
@@ -86,6 +91,9 @@ pub async fn user(client: &Client, out: Output, cmd: UserCmd) -> anyhow::Result<
             Ok(())
         }
         UserCmd::List => users(out, &client.list_users().await?),
+        UserCmd::Limit { name, per_second } => {
+            users(out, &[client.limit_user(&name, per_second).await?])
+        }
         UserCmd::Describe { name } => users(out, &[client.describe_user(name.as_deref()).await?]),
     }
 }

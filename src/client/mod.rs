@@ -148,6 +148,22 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Name sent in `HELLO`, for the server's logs.
     pub client_name: String,
+    /// How many times a call answered `THROTTLED` is repeated, after pauses of 50 ms
+    /// doubling up to 2 s (plus up to 25% jitter), before the refusal is returned.
+    pub throttle_retries: u32,
+}
+
+/// The pause before the `n`th retry of a throttled call.
+fn throttle_pause(n: u32) -> Duration {
+    let base = Duration::from_millis(50)
+        .saturating_mul(1 << n.min(6))
+        .min(Duration::from_secs(2));
+    // Jitter, so that throttled clients do not come back in step.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    base + base.mul_f64(f64::from(nanos % 1000) / 4000.0)
 }
 
 impl ClientConfig {
@@ -161,6 +177,7 @@ impl ClientConfig {
             timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(3),
             client_name: format!("mqd-client/{}", env!("CARGO_PKG_VERSION")),
+            throttle_retries: 6,
         }
     }
 
@@ -364,15 +381,39 @@ impl Client {
             || matches!(req, Request::Send { messages, .. }
                 if messages.iter().all(|m| m.dedup_id.is_some()));
         let several = self.config.servers.len() > 1;
-        match roundtrip(&conn, req, timeout).await {
+        let mut throttled = 0;
+        loop {
+            match self.attempt(&conn, req, timeout, idempotent, several).await {
+                // A throttled request did nothing: wait longer after each refusal.
+                Err(ClientError::Server {
+                    status: Status::Throttled,
+                    ..
+                }) if throttled < self.config.throttle_retries => {
+                    tokio::time::sleep(throttle_pause(throttled)).await;
+                    throttled += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        conn: &Arc<Conn>,
+        req: &Request,
+        timeout: Duration,
+        idempotent: bool,
+        several: bool,
+    ) -> Result<Response, ClientError> {
+        match roundtrip(conn, req, timeout).await {
             Err(e) if failover(&e, idempotent, several) => {
                 tracing::debug!(server = %conn.addr, error = %e, "trying the next server");
-                self.forget(&conn).await;
+                self.forget(conn).await;
                 let conn = self.connection().await?;
                 roundtrip(&conn, req, timeout).await
             }
             Err(e @ (ClientError::Connect { .. } | ClientError::Timeout { .. })) => {
-                self.forget(&conn).await;
+                self.forget(conn).await;
                 Err(e)
             }
             r => r,
@@ -625,6 +666,16 @@ impl Client {
             name: name.unwrap_or_default().into(),
         };
         self.token_call(&req).await
+    }
+
+    /// Sets a user's rate limit in messages per second through each node (0: none);
+    /// returns the user as it is now.
+    pub async fn limit_user(&self, name: &str, per_second: u32) -> Result<UserInfo, ClientError> {
+        let req = Request::UserLimit {
+            name: name.into(),
+            rate_limit: per_second,
+        };
+        self.user_call(&req).await
     }
 
     /// Adds `rights` on queues matching `pattern` to a user; returns the user as it is now.

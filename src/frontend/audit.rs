@@ -15,6 +15,7 @@ pub fn of(req: &Request) -> Option<(&'static str, String)> {
         Request::NodeAdd { id, address } => format!("node {id} at {address}"),
         Request::NodeRemove { id } => format!("node {id}"),
         Request::UserCreate { name } | Request::UserDelete { name } => name.clone(),
+        Request::UserLimit { name, rate_limit } => format!("{name} at {rate_limit}/s"),
         Request::TokenRotate { name } if name.is_empty() => "(self)".into(),
         Request::TokenRotate { name } => name.clone(),
         Request::Grant {

@@ -98,6 +98,7 @@ impl AuthCache {
                     pattern: "*".into(),
                     rights: Rights::ALL,
                 }],
+                rate_limit: 0,
             }));
         }
         // This replica may be behind the control group: ask its leader.
@@ -154,6 +155,7 @@ pub fn authorize(user: &UserInfo, req: &Request) -> Result<(), Failure> {
         }
         Request::Grant { .. } | Request::Revoke { .. } => Need::ClusterAdmin("change grants"),
         Request::Audit { .. } => Need::ClusterAdmin("read the audit log"),
+        Request::UserLimit { .. } => Need::ClusterAdmin("set rate limits"),
         // Filtered to what the user may see.
         Request::Stats { queue } if queue.is_empty() => Need::Authenticated,
         Request::Stats { queue } => Need::AnyRight(queue),
@@ -232,6 +234,7 @@ mod tests {
                 pattern: "orders.*".into(),
                 rights: Rights::RECEIVE,
             }],
+            rate_limit: 0,
         }
     }
 

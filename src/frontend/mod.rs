@@ -10,6 +10,7 @@
 mod audit;
 mod auth;
 pub mod metrics;
+mod quota;
 mod usage;
 
 use std::sync::Mutex;
@@ -61,6 +62,7 @@ pub struct Frontend {
     auth: AuthCache,
     shutdown: watch::Receiver<bool>,
     metrics: metrics::RequestMetrics,
+    limiter: quota::RateLimiter,
 }
 
 fn invalid(msg: impl Into<String>) -> Failure {
@@ -109,6 +111,7 @@ impl Frontend {
             node,
             shutdown,
             metrics: metrics::RequestMetrics::default(),
+            limiter: quota::RateLimiter::default(),
         }
     }
 
@@ -167,7 +170,9 @@ impl Frontend {
         let op = req.opcode();
         let (queue, sent) = usage::before(&req);
         let started = std::time::Instant::now();
-        let result = match auth::authorize(&user, &req) {
+        let result = match auth::authorize(&user, &req)
+            .and_then(|()| self.limiter.take(&user, quota::cost(&req)))
+        {
             Ok(()) => self.dispatch(&user, req).await,
             Err(e) => Err(e),
         };
@@ -284,6 +289,10 @@ impl Frontend {
                     rights,
                 })
                 .await
+            }
+            Request::UserLimit { name, rate_limit } => {
+                self.user_change(UserCommand::SetRateLimit { name, rate_limit })
+                    .await
             }
             Request::Stats { queue } => {
                 let ((queues, users), missing) = self.node.cluster_usage().await;

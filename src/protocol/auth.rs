@@ -114,6 +114,9 @@ pub struct UserInfo {
     pub token_set_ms: u64,
     /// The grants, in pattern order.
     pub grants: Vec<Grant>,
+    /// Most messages per second the user may send, receive or ack through one node (a
+    /// request counts its messages, at least 1); 0: no limit.
+    pub rate_limit: u32,
 }
 
 impl UserInfo {
@@ -141,6 +144,7 @@ impl UserInfo {
             b.put_str(&g.pattern);
             b.put_u8(g.rights.bits());
         }
+        b.put_u32(self.rate_limit);
     }
 
     pub(crate) fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
@@ -160,6 +164,7 @@ impl UserInfo {
             created_ms,
             token_set_ms,
             grants,
+            rate_limit: r.u32("user.rate_limit")?,
         })
     }
 }
@@ -397,6 +402,7 @@ mod tests {
                     rights: Rights::SEND,
                 },
             ],
+            rate_limit: 0,
         };
         assert_eq!(
             u.rights_on("orders.eu"),

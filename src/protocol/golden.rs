@@ -278,6 +278,13 @@ fn cases() -> Vec<(&'static str, Case)> {
             }),
         ),
         (
+            "user-limit",
+            Request(super::Request::UserLimit {
+                name: "bob".into(),
+                rate_limit: 500,
+            }),
+        ),
+        (
             "stats",
             Request(super::Request::Stats {
                 queue: "jobs".into(),
@@ -348,6 +355,7 @@ fn cases() -> Vec<(&'static str, Case)> {
                         rights: crate::protocol::Rights::SEND
                             .union(crate::protocol::Rights::RECEIVE),
                     }],
+                    rate_limit: 500,
                 }),
             ),
         ),

@@ -170,6 +170,13 @@ pub enum Request {
         /// Rights removed.
         rights: Rights,
     },
+    /// Sets a user's rate limit.
+    UserLimit {
+        /// User name.
+        name: String,
+        /// Messages per second through one node; 0 removes the limit.
+        rate_limit: u32,
+    },
     /// Usage counters per queue and per user, summed over the nodes.
     Stats {
         /// Only this queue (and no users); empty for every queue and user the caller may
@@ -255,6 +262,7 @@ impl Request {
             Request::Revoke { .. } => Opcode::Revoke,
             Request::Audit { .. } => Opcode::Audit,
             Request::Stats { .. } => Opcode::Stats,
+            Request::UserLimit { .. } => Opcode::UserLimit,
         }
     }
 
@@ -273,6 +281,7 @@ impl Request {
             | Request::UserDescribe { name }
             | Request::TokenRotate { name } => fields.push(("user name", name)),
             Request::Stats { queue } => fields.push(("queue", queue)),
+            Request::UserLimit { name, .. } => fields.push(("user name", name)),
             Request::Grant { user, pattern, .. } | Request::Revoke { user, pattern, .. } => {
                 fields.extend([("user name", user.as_str()), ("pattern", pattern.as_str())])
             }
@@ -358,6 +367,10 @@ impl Request {
             | Request::UserDescribe { name }
             | Request::TokenRotate { name } => b.put_str(name),
             Request::Stats { queue } => b.put_str(queue),
+            Request::UserLimit { name, rate_limit } => {
+                b.put_str(name);
+                b.put_u32(*rate_limit);
+            }
             Request::Grant {
                 user,
                 pattern,
@@ -466,6 +479,10 @@ impl Request {
             Opcode::UserList => Request::UserList,
             Opcode::Stats => Request::Stats {
                 queue: r.str("queue")?,
+            },
+            Opcode::UserLimit => Request::UserLimit {
+                name: r.str("name")?,
+                rate_limit: r.u32("rate_limit")?,
             },
             Opcode::Audit => Request::Audit {
                 since_ms: r.u64("since_ms")?,
@@ -727,7 +744,7 @@ impl Response {
                 Response::Empty
             }
             Opcode::UserCreate | Opcode::TokenRotate => Response::Token(r.str("token")?),
-            Opcode::UserDescribe | Opcode::Grant | Opcode::Revoke => {
+            Opcode::UserDescribe | Opcode::Grant | Opcode::Revoke | Opcode::UserLimit => {
                 Response::User(UserInfo::decode(&mut r)?)
             }
             Opcode::Stats => {

@@ -129,11 +129,13 @@ pub enum Opcode {
     Audit = 407,
     /// `STATS`
     Stats = 408,
+    /// `USER_LIMIT`
+    UserLimit = 409,
 }
 
 impl Opcode {
     /// Every opcode, in number order.
-    pub const ALL: [Opcode; 27] = [
+    pub const ALL: [Opcode; 28] = [
         Opcode::Ping,
         Opcode::Hello,
         Opcode::QueueCreate,
@@ -161,6 +163,7 @@ impl Opcode {
         Opcode::Revoke,
         Opcode::Audit,
         Opcode::Stats,
+        Opcode::UserLimit,
     ];
 
     /// Parses a wire number.
@@ -198,6 +201,7 @@ impl Opcode {
             Opcode::Revoke => "REVOKE",
             Opcode::Audit => "AUDIT",
             Opcode::Stats => "STATS",
+            Opcode::UserLimit => "USER_LIMIT",
         }
     }
 

@@ -47,6 +47,10 @@ pub enum Status {
     /// this node is cut off from a majority). Nothing was done, unless the message says the
     /// outcome is unknown. Retry after a moment or on another node.
     Unavailable = 31,
+    /// A quota refused the request, which did nothing: the queue is at its maximum depth,
+    /// or the user is over its rate limit on this node. Retry after a pause that grows
+    /// with each refusal.
+    Throttled = 32,
     /// No user has that name.
     UserNotFound = 40,
     /// A user with that name exists already.
@@ -57,7 +61,7 @@ pub enum Status {
 
 impl Status {
     /// Every status, in number order.
-    pub const ALL: [Status; 22] = [
+    pub const ALL: [Status; 23] = [
         Status::Ok,
         Status::BadFrame,
         Status::UnsupportedVersion,
@@ -77,6 +81,7 @@ impl Status {
         Status::ReceiptStale,
         Status::ShuttingDown,
         Status::Unavailable,
+        Status::Throttled,
         Status::UserNotFound,
         Status::UserExists,
         Status::Internal,
@@ -109,6 +114,7 @@ impl Status {
             Status::ReceiptStale => "RECEIPT_STALE",
             Status::ShuttingDown => "SHUTTING_DOWN",
             Status::Unavailable => "UNAVAILABLE",
+            Status::Throttled => "THROTTLED",
             Status::UserNotFound => "USER_NOT_FOUND",
             Status::UserExists => "USER_EXISTS",
             Status::Internal => "INTERNAL",
@@ -119,7 +125,7 @@ impl Status {
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            Status::ShuttingDown | Status::Unavailable | Status::Internal
+            Status::ShuttingDown | Status::Unavailable | Status::Throttled | Status::Internal
         )
     }
 }

@@ -42,6 +42,8 @@ pub struct QueueConfig {
     /// send order, and a group's next message is held back while one of it is in flight.
     /// Fixed at creation.
     pub fifo: bool,
+    /// Most messages the queue may hold; a send beyond it is `THROTTLED`. 0: no limit.
+    pub max_messages: u64,
 }
 
 impl Default for QueueConfig {
@@ -56,6 +58,7 @@ impl Default for QueueConfig {
             dedup_window_ms: 5 * 60 * 1000,
             content_dedup: false,
             fifo: false,
+            max_messages: 0,
         }
     }
 }
@@ -81,6 +84,8 @@ pub struct QueuePatch {
     pub content_dedup: Option<bool>,
     /// Makes the queue FIFO (only when it is created).
     pub fifo: Option<bool>,
+    /// New maximum depth (0: none).
+    pub max_messages: Option<u64>,
 }
 
 // Tags of the patch's tag-value list.
@@ -94,6 +99,7 @@ const TAG_NO_DEAD_LETTER: u8 = 7;
 const TAG_DEDUP_WINDOW: u8 = 8;
 const TAG_CONTENT_DEDUP: u8 = 9;
 const TAG_FIFO: u8 = 10;
+const TAG_MAX_MESSAGES: u8 = 11;
 
 impl QueuePatch {
     /// Applies the patch to a configuration.
@@ -125,6 +131,9 @@ impl QueuePatch {
         if let Some(v) = self.fifo {
             c.fifo = v;
         }
+        if let Some(v) = self.max_messages {
+            c.max_messages = v;
+        }
     }
 
     /// Whether the patch changes nothing.
@@ -143,6 +152,7 @@ impl QueuePatch {
             (TAG_DEDUP_WINDOW, self.dedup_window_ms),
             (TAG_CONTENT_DEDUP, self.content_dedup.map(u64::from)),
             (TAG_FIFO, self.fifo.map(u64::from)),
+            (TAG_MAX_MESSAGES, self.max_messages),
         ] {
             if let Some(v) = v {
                 entries.push((tag, v));
@@ -175,7 +185,7 @@ impl QueuePatch {
         let mut seen = 0u16;
         for _ in 0..n {
             let tag = r.u8("attributes.tag")?;
-            if !(TAG_VISIBILITY..=TAG_FIFO).contains(&tag) {
+            if !(TAG_VISIBILITY..=TAG_MAX_MESSAGES).contains(&tag) {
                 return Err(DecodeError::UnknownValue {
                     what: "attributes.tag",
                     value: u64::from(tag),
@@ -204,6 +214,7 @@ impl QueuePatch {
                 TAG_DEDUP_WINDOW => p.dedup_window_ms = Some(r.u64("dedup_window_ms")?),
                 TAG_CONTENT_DEDUP => p.content_dedup = Some(r.bool("content_dedup")?),
                 TAG_FIFO => p.fifo = Some(r.bool("fifo")?),
+                TAG_MAX_MESSAGES => p.max_messages = Some(r.u64("max_messages")?),
                 TAG_DEAD_LETTER => {
                     p.dead_letter = Some(Some(DeadLetter {
                         queue: r.str("dead_letter.queue")?,
@@ -235,6 +246,7 @@ impl QueueConfig {
         b.put_u64(self.dedup_window_ms);
         b.put_bool(self.content_dedup);
         b.put_bool(self.fifo);
+        b.put_u64(self.max_messages);
     }
 
     pub(crate) fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
@@ -255,6 +267,7 @@ impl QueueConfig {
             dedup_window_ms: r.u64("dedup_window_ms")?,
             content_dedup: r.bool("content_dedup")?,
             fifo: r.bool("fifo")?,
+            max_messages: r.u64("max_messages")?,
         })
     }
 }

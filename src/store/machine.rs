@@ -810,6 +810,29 @@ pub fn apply(
             let mut ids = Vec::with_capacity(messages.len());
             let mut stats = t.stats(rec.id)?;
             let expires = now.saturating_add(rec.config.dedup_window_ms);
+            if rec.config.max_messages > 0 {
+                // Only messages that would be stored count: retries found in the dedup
+                // table, and repeats within the batch, store nothing.
+                let mut keys = HashSet::new();
+                let mut new = 0u64;
+                for m in messages {
+                    let stored = match dedup_key(m, rec.config.content_dedup) {
+                        Some(k) => t.dedup_hit(rec.id, &k, now)?.is_none() && keys.insert(k),
+                        None => true,
+                    };
+                    new += u64::from(stored);
+                }
+                let max = rec.config.max_messages;
+                if new > 0 && stats.total.saturating_add(new) > max {
+                    return Err(reject(
+                        Status::Throttled,
+                        format!(
+                            "queue `{queue}` holds {} messages and takes at most {max}; {new} more do not fit. Retry once consumers have taken some, or raise the limit (mqctl queue set {queue} --max-messages)",
+                            stats.total
+                        ),
+                    ));
+                }
+            }
             for m in messages {
                 let key = dedup_key(m, rec.config.content_dedup);
                 if let Some(key) = &key {
@@ -1956,5 +1979,36 @@ mod tests {
         assert_eq!(total(&db, "f"), 0);
         assert!(deliveries(ok(&db, 3000, receive("f", 10, None))).is_empty());
         assert_eq!(rows(&db, FIFO_ORDER), 1, "only dead's a1 is left");
+    }
+
+    #[test]
+    fn a_queue_at_its_maximum_depth_refuses_sends_that_would_store_more() {
+        let (_d, db) = db();
+        ok(
+            &db,
+            1,
+            Command::CreateQueue {
+                name: "q".into(),
+                patch: QueuePatch {
+                    max_messages: Some(3),
+                    ..QueuePatch::default()
+                },
+            },
+        );
+        ok(&db, 2, send_dedup("q", &[("a", "1"), ("b", "2")]));
+        let refused = |cmd| match run(&db, 3, cmd).0 {
+            Err(ApplyError::Rejected { status, .. }) => status,
+            r => panic!("{r:?}"),
+        };
+        assert_eq!(refused(send("q", &["3", "4"])), Status::Throttled);
+        // Retries of stored ids and repeats within the batch store nothing, so they fit.
+        ok(
+            &db,
+            4,
+            send_dedup("q", &[("a", "1"), ("c", "3"), ("c", "3")]),
+        );
+        assert_eq!(total(&db, "q"), 3);
+        assert_eq!(refused(send("q", &["x"])), Status::Throttled);
+        ok(&db, 5, send_dedup("q", &[("b", "2")]));
     }
 }

@@ -27,6 +27,8 @@ pub struct UserRecord {
     pub token_set_ms: u64,
     /// Grants in pattern order, each with at least one right.
     pub grants: Vec<Grant>,
+    /// Messages per second through one node; 0: no limit.
+    pub rate_limit: u32,
 }
 
 impl UserRecord {
@@ -37,6 +39,7 @@ impl UserRecord {
             created_ms: self.created_ms,
             token_set_ms: self.token_set_ms,
             grants: self.grants.clone(),
+            rate_limit: self.rate_limit,
         }
     }
 }
@@ -79,6 +82,13 @@ pub enum UserCommand {
         pattern: String,
         /// Rights added.
         rights: Rights,
+    },
+    /// Sets the rate limit (0: none).
+    SetRateLimit {
+        /// User name.
+        name: String,
+        /// Messages per second through one node.
+        rate_limit: u32,
     },
     /// Removes rights on a pattern; a grant left with no right is dropped.
     Revoke {
@@ -178,6 +188,7 @@ pub fn apply(
                     pattern: "*".into(),
                     rights: Rights::ALL,
                 }],
+                rate_limit: 0,
             };
             put(t, BOOTSTRAP_ADMIN, &rec)?;
             *changed = true;
@@ -196,6 +207,7 @@ pub fn apply(
                 created_ms: now,
                 token_set_ms: now,
                 grants: Vec::new(),
+                rate_limit: 0,
             };
             put(t, name, &rec)?;
             *changed = true;
@@ -211,6 +223,13 @@ pub fn apply(
             t.remove(name.as_str())?;
             *changed = true;
             Ok(None)
+        }
+        UserCommand::SetRateLimit { name, rate_limit } => {
+            let mut rec = get(t, name)?.ok_or_else(|| not_found(name))?;
+            rec.rate_limit = *rate_limit;
+            put(t, name, &rec)?;
+            *changed = true;
+            Ok(Some(rec.info(name)))
         }
         UserCommand::SetToken { name, token_sha256 } => {
             let mut rec = get(t, name)?.ok_or_else(|| not_found(name))?;

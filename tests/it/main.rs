@@ -13,3 +13,4 @@ mod metrics;
 mod mqctl;
 mod peer;
 mod queues;
+mod quota;

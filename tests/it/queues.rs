@@ -25,6 +25,7 @@ async fn create_with_attributes_then_set_and_describe() {
                 dedup_window_ms: Some(60_000),
                 content_dedup: Some(true),
                 fifo: Some(false),
+                max_messages: Some(0),
             },
         )
         .await
