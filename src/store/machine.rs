@@ -1984,15 +1984,11 @@ mod tests {
     #[test]
     fn a_queue_at_its_maximum_depth_refuses_sends_that_would_store_more() {
         let (_d, db) = db();
-        ok(
+        create_with(
             &db,
-            1,
-            Command::CreateQueue {
-                name: "q".into(),
-                patch: QueuePatch {
-                    max_messages: Some(3),
-                    ..QueuePatch::default()
-                },
+            QueuePatch {
+                max_messages: Some(3),
+                ..QueuePatch::default()
             },
         );
         ok(&db, 2, send_dedup("q", &[("a", "1"), ("b", "2")]));
