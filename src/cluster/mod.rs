@@ -331,6 +331,11 @@ struct Inner {
     users_version: Arc<AtomicU64>,
     /// What this node's front end served.
     usage: UsageCounters,
+    /// Bumped each time the local control-group replica changes a placement.
+    catalog_version: Arc<AtomicU64>,
+    /// Placements read from the local control-group replica, valid while
+    /// `catalog_version` equals the version stored with them.
+    catalog: RwLock<(u64, HashMap<String, u32>)>,
 }
 
 fn file_stem(group: u64) -> String {
@@ -468,6 +473,8 @@ impl Node {
                 stopping: AtomicBool::new(false),
                 users_version: Arc::default(),
                 usage: UsageCounters::default(),
+                catalog_version: Arc::default(),
+                catalog: RwLock::new((0, HashMap::new())),
                 layout,
             }),
         };
@@ -525,10 +532,14 @@ impl Node {
         let committed = log.committed();
         let sm_path = inner.dir.join(format!("{stem}.redb"));
         let (w, users) = (inner.waiters.clone(), inner.users_version.clone());
+        let catalog = inner.catalog_version.clone();
         let on_apply = move |fx: &store::machine::Effects| {
             w.wake(&fx.wake);
             if fx.users {
                 users.fetch_add(1, Ordering::AcqRel);
+            }
+            if fx.catalog {
+                catalog.fetch_add(1, Ordering::AcqRel);
             }
         };
         let sm =
@@ -733,14 +744,38 @@ impl Node {
         self.inner.waiters.len()
     }
 
+    /// A queue's shard as this node's control-group replica has it: from the in-memory
+    /// catalog cache when no placement changed since it was filled, else read (and
+    /// cached). Most requests therefore look up their shard without a database read.
     fn placement_local(&self, name: &str) -> Result<Option<u32>, StoreError> {
-        match self.local(CONTROL_GROUP) {
+        let inner = &self.inner;
+        // Read the version before the database: a change applied in between bumps it, and
+        // the next lookup starts afresh.
+        let version = inner.catalog_version.load(Ordering::Acquire);
+        {
+            let cache = inner.catalog.read().unwrap_or_else(|e| e.into_inner());
+            if cache.0 == version {
+                if let Some(s) = cache.1.get(name) {
+                    return Ok(Some(*s));
+                }
+            }
+        }
+        let found = match self.local(CONTROL_GROUP) {
             Some(l) => {
                 let txn = l.db.begin_read().map_err(redb::Error::from)?;
-                store::placement(&txn, name)
+                store::placement(&txn, name)?
             }
-            None => Ok(None),
+            None => None,
+        };
+        if let Some(s) = found {
+            let mut cache = inner.catalog.write().unwrap_or_else(|e| e.into_inner());
+            if cache.0 != version {
+                *cache = (version, HashMap::new());
+            }
+            // Bounded: one entry per queue that exists.
+            cache.1.insert(name.to_string(), s);
         }
+        Ok(found)
     }
 
     /// The shard of an existing queue: the local catalog first, and on a miss the control

@@ -33,8 +33,8 @@ type Membership = StoredMembership<NodeId, openraft::BasicNode>;
 type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
 
 /// Called after each commit that changed something with what it changed (queues that gained
-/// visible messages, users), and after a snapshot is installed with `users` set (a new
-/// state may change anything).
+/// visible messages, users, the catalog), and after a snapshot is installed with `users`
+/// and `catalog` set (a new state may change anything).
 pub type Waker = Arc<dyn Fn(&Effects) + Send + Sync>;
 
 /// A shard's state machine. Cheap to clone; clones share the database.
@@ -129,7 +129,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         })
         .await?;
-        if !fx.wake.is_empty() || fx.users {
+        if !fx.wake.is_empty() || fx.users || fx.catalog {
             (self.wake)(&fx);
         }
         Ok(replies)
@@ -178,6 +178,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(installed);
         (self.wake)(&Effects {
             users: true,
+            catalog: true,
             ..Effects::default()
         });
         Ok(())

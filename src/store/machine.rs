@@ -214,6 +214,8 @@ pub struct Effects {
     pub wake: HashSet<String>,
     /// The users or their grants changed: caches of them are stale.
     pub users: bool,
+    /// A queue's placement changed: caches of the catalog are stale.
+    pub catalog: bool,
 }
 
 /// The shard's tables, opened once per transaction.
@@ -1152,11 +1154,13 @@ pub fn apply(
             }
             t.placement.insert(name.as_str(), *shard)?;
             fx.dirty = true;
+            fx.catalog = true;
             Ok(Outcome::Shard(*shard))
         }
         Command::Unplace { name } => {
             let removed = t.placement.remove(name.as_str())?.is_some();
             fx.dirty |= removed;
+            fx.catalog |= removed;
             Ok(Outcome::Count(removed as u64))
         }
         Command::Audit(entry) => {
