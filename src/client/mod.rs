@@ -17,6 +17,7 @@
 //! #     listen: "127.0.0.1:0".parse()?,
 //! #     log_level: "warn".into(),
 //! #     tls_names: vec![],
+//! #     metrics_listen: None,
 //! #     cluster: mqd::config::ClusterSettings {
 //! #         node_id: 1,
 //! #         peers: Default::default(),
