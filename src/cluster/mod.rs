@@ -705,6 +705,15 @@ impl Node {
             if let Err(e) = l.raft.shutdown().await {
                 tracing::warn!(group, error = %e, "Raft group did not stop cleanly");
             }
+            // State-machine commits are fsynced at most once a second; a clean stop
+            // leaves nothing to replay at the next start.
+            let db = l.db.clone();
+            match tokio::task::spawn_blocking(move || crate::raft::state_machine::flush(&db)).await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(group, error = %e, "state machine not flushed"),
+                Err(e) => tracing::warn!(group, error = %e, "state machine flush task failed"),
+            }
         }
     }
 
@@ -1195,10 +1204,15 @@ impl Node {
         let me = self.inner.layout.node_id;
         // Read two fields under the borrow: cloning the metrics would copy the membership
         // and replication maps on every request.
-        let (leader, silence) = {
+        let (leader, silence, current) = {
             let m = l.raft.metrics();
             let m = m.borrow();
-            (m.current_leader, m.millis_since_quorum_ack)
+            // A leader has applied everything committed before it took over once it has
+            // applied an entry of its own term (its first, blank entry, or later).
+            let current = m
+                .last_applied
+                .is_some_and(|a| a.leader_id.term == m.current_term);
+            (m.current_leader, m.millis_since_quorum_ack, current)
         };
         if leader != Some(me) {
             return Err(OpError::NotLeader(leader));
@@ -1211,9 +1225,11 @@ impl Node {
         }
         match op {
             Op::Command(cmd) => {
-                if let Command::Receive { queue, .. } = &cmd {
+                if let (Command::Receive { queue, .. }, true) = (&cmd, current) {
                     // An empty receive changes nothing: answer it from a read, so long
-                    // polls append nothing to the log.
+                    // polls append nothing to the log. Only once this leader's state is
+                    // current: just after an election or a restart it may still be applying
+                    // earlier entries, and a read would miss their messages.
                     let (db, queue) = (l.db.clone(), queue.clone());
                     let now = store::now_ms();
                     let pre =

@@ -29,6 +29,12 @@ const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_sm_meta
 /// Where earlier builds kept whole snapshots; deleted at open.
 const OLD_SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_snapshot");
 
+/// Most time between two fsynced state-machine commits. Commits in between are not
+/// fsynced: the Raft log, fsynced before anything is acknowledged, holds every applied
+/// entry, and after a crash the entries since the last fsynced commit are applied again.
+/// The bound keeps that replay short and lets redb reuse freed pages.
+const DURABLE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 type Membership = StoredMembership<NodeId, openraft::BasicNode>;
 type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
 
@@ -45,6 +51,17 @@ pub struct StateMachine {
     /// The last snapshot built or installed since the process started. openraft builds one
     /// at start when the log was purged, so none needs to be stored.
     current: Arc<Mutex<Option<Snapshot<TypeConfig>>>>,
+    /// When a commit was last fsynced.
+    last_durable: Arc<Mutex<std::time::Instant>>,
+}
+
+/// Makes every commit so far durable: an empty commit with [`Durability::Immediate`]
+/// persists the non-durable ones before it.
+pub fn flush(db: &Database) -> Result<(), redb::Error> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    txn.commit()?;
+    Ok(())
 }
 
 fn sm_read(e: impl std::fmt::Display) -> StorageError {
@@ -70,6 +87,7 @@ impl StateMachine {
             db: Arc::new(db),
             wake,
             current: Arc::default(),
+            last_durable: Arc::new(Mutex::new(std::time::Instant::now())),
         })
     }
 
@@ -112,13 +130,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         let db = self.db.clone();
+        let durable = {
+            let mut last = self.last_durable.lock().unwrap_or_else(|e| e.into_inner());
+            if last.elapsed() >= DURABLE_EVERY {
+                *last = std::time::Instant::now();
+                true
+            } else {
+                false
+            }
+        };
         let (replies, fx) = blocking(move || {
             // A command that hits a storage error on this replica (I/O, a record that does
             // not decode) is answered INTERNAL and skipped; the batch runs again without it
             // in a fresh transaction, so it cannot leave half its writes behind.
             let mut skip = HashSet::new();
             loop {
-                match apply_batch(&db, &entries, &skip)? {
+                match apply_batch(&db, &entries, &skip, durable)? {
                     Ok(done) => return Ok(done),
                     Err((at, err)) => {
                         tracing::error!(error = %err, entry = ?entries[at.0].log_id, command = at.1,
@@ -193,17 +220,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 }
 
-/// Applies `entries` in one durable transaction. `Ok(Err((entry, command), error))` means
-/// that command hit a storage error and the transaction was abandoned.
+/// Applies `entries` in one transaction, fsynced if `durable` (see [`DURABLE_EVERY`]).
+/// `Ok(Err((entry, command), error))` means that command hit a storage error and the
+/// transaction was abandoned.
 #[allow(clippy::type_complexity)]
 fn apply_batch(
     db: &Database,
     entries: &[Entry<TypeConfig>],
     skip: &HashSet<(usize, usize)>,
+    durable: bool,
 ) -> Result<Result<(Vec<Reply>, Effects), ((usize, usize), StoreError)>, StorageError> {
     let mut txn = db.begin_write().map_err(sm_write)?;
-    txn.set_durability(Durability::Immediate)
-        .map_err(sm_write)?;
+    txn.set_durability(if durable {
+        Durability::Immediate
+    } else {
+        Durability::None
+    })
+    .map_err(sm_write)?;
     let mut fx = Effects::default();
     let mut replies = Vec::with_capacity(entries.len());
     let mut applied = None;
@@ -261,6 +294,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let db = self.db.clone();
         let snap = blocking(move || {
+            // openraft may purge the log up to this snapshot once it is built: the state it
+            // covers must be on disk first, since those entries can no longer be replayed.
+            flush(&db).map_err(snap_err)?;
             let txn = db.begin_read().map_err(snap_err)?;
             let applied: Option<LogId<NodeId>> = Self::meta(&txn, "applied")?;
             let membership: Membership = Self::meta(&txn, "membership")?;
