@@ -183,14 +183,18 @@ pub enum Command {
     ///   mqctl extend jobs RECEIPT --by 5m
     #[command(verbatim_doc_comment)]
     Extend(ExtendArgs),
-    /// Measure send throughput and latency against a node.
+    /// Measure throughput and latency against a node: sends, and with --consumers receives.
     ///
-    /// Sends --messages messages of --size bytes, --batch per request, with --in-flight
-    /// requests outstanding on each of --connections connections. A send completes only
-    /// once the node has fsynced it.
+    /// Sends --messages messages (or for --duration) of --size bytes, --batch per request,
+    /// with --in-flight requests outstanding on each of --producers connections, over
+    /// --queues queues. A send completes only once the node has fsynced it. With
+    /// --consumers, as many connections receive (--receive-batch per request,
+    /// --receive-in-flight at once) and ack everything sent, and the end-to-end latency
+    /// from send to receive is measured too. Latencies are HDR histograms.
     ///
-    /// Example:
+    /// Examples:
     ///   mqctl bench --messages 200000 --size 1KiB --in-flight 256
+    ///   mqctl bench --producers 4 --consumers 4 --queues 4 --duration 30s --output json
     #[command(verbatim_doc_comment)]
     Bench(BenchArgs),
     /// Print shell completions.
@@ -572,25 +576,42 @@ pub struct ExtendArgs {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Queue to send to; created (and deleted afterwards) if it does not exist.
+    /// Queue to use (with --queues N: NAME-0 to NAME-(N-1)); created, and deleted
+    /// afterwards, if it does not exist.
     #[arg(long, default_value = "mqctl-bench")]
     pub queue: String,
-    /// Messages to send in all.
+    /// Queues to spread the messages over.
+    #[arg(long, default_value_t = 1)]
+    pub queues: usize,
+    /// Messages to send in all (unless --duration is given).
     #[arg(long, default_value_t = 100_000)]
     pub messages: u64,
-    /// Message size.
+    /// Send for this long instead of a number of messages.
+    #[arg(long, value_parser = crate::units::duration, value_name = "DURATION")]
+    pub duration: Option<std::time::Duration>,
+    /// Message size (at least 8 bytes with consumers: the body carries its send time).
     #[arg(long, value_parser = crate::units::size, default_value = "1KiB", value_name = "SIZE")]
     pub size: u32,
     /// Messages per send request (1 to 1000).
     #[arg(long, default_value_t = 1)]
     pub batch: u32,
-    /// Requests outstanding at once on each connection.
+    /// Send requests outstanding at once on each producer connection.
     #[arg(long, default_value_t = 256)]
     pub in_flight: usize,
-    /// QUIC connections.
-    #[arg(long, default_value_t = 1)]
-    pub connections: usize,
-    /// Keep the queue (and its messages) afterwards.
+    /// Producers: each its own QUIC connection.
+    #[arg(long, visible_alias = "connections", default_value_t = 1)]
+    pub producers: usize,
+    /// Consumers: each its own QUIC connection, receiving and acking everything sent; they
+    /// measure end-to-end latency (send to receive). 0: send only.
+    #[arg(long, default_value_t = 0)]
+    pub consumers: usize,
+    /// Receive requests outstanding at once on each consumer connection.
+    #[arg(long, default_value_t = 4)]
+    pub receive_in_flight: usize,
+    /// Most messages per receive (1 to 1000).
+    #[arg(long, default_value_t = 100)]
+    pub receive_batch: u32,
+    /// Keep the queues (and their messages) afterwards.
     #[arg(long)]
     pub keep: bool,
 }

@@ -1,7 +1,9 @@
-//! `mqctl bench`: measures send throughput and send→ack latency against a real node, with
-//! many requests in flight per connection. Latencies go into an HDR histogram.
+//! `mqctl bench`: producers and consumers against a real node. Producers send with many
+//! requests in flight per connection and record send→ack latency; consumers receive and
+//! ack everything sent and record end-to-end latency from the send time each body
+//! carries in its first 8 bytes. Latencies go into HDR histograms.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,114 +11,293 @@ use anyhow::Context;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use mqd::client::{Client, ClientConfig};
-use mqd::protocol::{QueuePatch, SendEntry, Status};
-use serde_json::json;
+use mqd::protocol::{QueuePatch, SendEntry, Status, MAX_BATCH};
+use serde_json::{json, Value};
 
 use crate::args::{BenchArgs, Output};
 
-pub async fn run(config: ClientConfig, out: Output, a: BenchArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        a.batch >= 1 && a.batch <= mqd::protocol::MAX_BATCH,
-        "--batch must be 1 to 1000"
-    );
-    anyhow::ensure!(
-        a.in_flight >= 1 && a.connections >= 1,
-        "--in-flight and --connections must be at least 1"
-    );
-    let mut clients = Vec::new();
-    for _ in 0..a.connections {
-        clients.push(Client::connect(config.clone()).await?);
-    }
-    let created = match clients[0]
-        .create_queue(
-            &a.queue,
-            QueuePatch {
-                max_message_size: Some(a.size.max(1)),
-                ..Default::default()
-            },
-        )
-        .await
+/// Microseconds, 1 µs to 60 s, 3 significant digits.
+fn histogram() -> anyhow::Result<Histogram<u64>> {
+    Ok(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?)
+}
+
+/// How long consumers wait for the last messages once producers are done, without any
+/// arriving, before giving up on them.
+const DRAIN_IDLE: Duration = Duration::from_secs(10);
+
+struct Shared {
+    start: Instant,
+    /// Send requests handed out (count mode) and messages acknowledged by sends.
+    next_request: AtomicU64,
+    sent: AtomicU64,
+    received: AtomicU64,
+    /// Producers are done: `sent` is final.
+    sending_done: AtomicBool,
+    /// Time of the last receive that got messages, in µs since `start`.
+    last_progress_us: AtomicU64,
+}
+
+/// Refuses bad flag combinations with exit code 2, naming what to change.
+fn check(a: &BenchArgs) -> anyhow::Result<()> {
+    let problem = if !(1..=MAX_BATCH).contains(&a.batch)
+        || !(1..=MAX_BATCH).contains(&a.receive_batch)
     {
-        Ok(_) => true,
-        Err(e) if e.status() == Some(Status::QueueExists) => false,
-        Err(e) => return Err(e).context("creating the bench queue"),
+        Some(format!(
+            "--batch and --receive-batch must be 1 to {MAX_BATCH}"
+        ))
+    } else if a.in_flight == 0 || a.producers == 0 || a.queues == 0 || a.receive_in_flight == 0 {
+        Some("--in-flight, --producers, --queues and --receive-in-flight must be at least 1".into())
+    } else if a.consumers > 0 && a.size < 8 {
+        Some(
+            "with --consumers, --size must be at least 8 bytes: the body carries its send time"
+                .into(),
+        )
+    } else {
+        None
     };
-    let body = Bytes::from(vec![b'x'; a.size as usize]);
+    if let Some(p) = problem {
+        eprintln!("mqctl: {p}");
+        anyhow::bail!(crate::Exit(crate::EXIT_INVALID));
+    }
+    Ok(())
+}
+
+fn queue_names(a: &BenchArgs) -> Vec<String> {
+    if a.queues == 1 {
+        vec![a.queue.clone()]
+    } else {
+        (0..a.queues).map(|i| format!("{}-{i}", a.queue)).collect()
+    }
+}
+
+pub async fn run(config: ClientConfig, out: Output, a: BenchArgs) -> anyhow::Result<()> {
+    check(&a)?;
+    let queues = queue_names(&a);
+    let mut producers = Vec::new();
+    for _ in 0..a.producers {
+        producers.push(Client::connect(config.clone()).await?);
+    }
+    let mut consumers = Vec::new();
+    for _ in 0..a.consumers {
+        consumers.push(Client::connect(config.clone()).await?);
+    }
+    let admin = &producers[0];
+    let mut created = Vec::new();
+    for q in &queues {
+        let patch = QueuePatch {
+            max_message_size: Some(a.size.max(1)),
+            ..Default::default()
+        };
+        match admin.create_queue(q, patch).await {
+            Ok(_) => created.push(q.clone()),
+            Err(e) if e.status() == Some(Status::QueueExists) => {}
+            Err(e) => return Err(e).context(format!("creating the bench queue {q}")),
+        }
+    }
+
+    let shared = Arc::new(Shared {
+        start: Instant::now(),
+        next_request: AtomicU64::new(0),
+        sent: AtomicU64::new(0),
+        received: AtomicU64::new(0),
+        sending_done: AtomicBool::new(false),
+        last_progress_us: AtomicU64::new(0),
+    });
     let requests = a.messages.div_ceil(u64::from(a.batch));
-    let next = Arc::new(AtomicU64::new(0));
+    let deadline = a.duration.map(|d| shared.start + d);
     let bar = crate::output::progress(out, std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..a.in_flight * a.connections {
-        let client = clients[i % clients.len()].clone();
-        let next = next.clone();
-        let body = body.clone();
-        let queue = a.queue.clone();
-        let batch = a.batch as usize;
-        let bar = bar.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-            while next.fetch_add(1, Ordering::Relaxed) < requests {
-                let msgs = vec![SendEntry::new(body.clone()); batch];
+
+    let mut send_tasks = Vec::new();
+    for i in 0..a.in_flight * a.producers {
+        let client = producers[i % producers.len()].clone();
+        let queue = queues[i % queues.len()].clone();
+        let (shared, bar) = (shared.clone(), bar.clone());
+        let (batch, size) = (a.batch as usize, a.size as usize);
+        send_tasks.push(tokio::spawn(async move {
+            let mut h = histogram()?;
+            let mut body = vec![b'x'; size];
+            loop {
+                match deadline {
+                    Some(d) if Instant::now() >= d => break,
+                    None if shared.next_request.fetch_add(1, Ordering::Relaxed) >= requests => {
+                        break
+                    }
+                    _ => {}
+                }
+                // The send time, for end-to-end latency; the rest of the body is padding.
+                let now_us = shared.start.elapsed().as_micros() as u64;
+                if size >= 8 {
+                    body[..8].copy_from_slice(&now_us.to_be_bytes());
+                }
+                let msg = Bytes::copy_from_slice(&body);
+                let msgs = vec![SendEntry::new(msg); batch];
                 let t = Instant::now();
                 client.send(&queue, msgs).await?;
                 h.record(t.elapsed().as_micros().max(1) as u64)?;
+                shared.sent.fetch_add(batch as u64, Ordering::Relaxed);
                 bar.inc(batch as u64);
             }
             anyhow::Ok(h)
         }));
     }
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    for t in tasks {
-        hist.add(t.await??)?;
-    }
-    let elapsed = start.elapsed();
-    bar.finish_and_clear();
-    let sent = requests * u64::from(a.batch);
-    if created && !a.keep {
-        clients[0].delete_queue(&a.queue, true).await?;
-    }
-    for c in &clients {
-        c.close().await;
-    }
-    report(out, &a, sent, elapsed, &hist)
-}
 
-fn report(
-    out: Output,
-    a: &BenchArgs,
-    sent: u64,
-    elapsed: Duration,
-    h: &Histogram<u64>,
-) -> anyhow::Result<()> {
-    let secs = elapsed.as_secs_f64();
-    let rate = sent as f64 / secs;
-    let mbps = rate * f64::from(a.size) / (1024.0 * 1024.0);
-    let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
-    match out {
-        Output::Json => println!(
-            "{}",
-            json!({
-                "messages": sent, "size": a.size, "batch": a.batch, "in_flight": a.in_flight,
-                "connections": a.connections, "seconds": secs, "msgs_per_sec": rate, "mib_per_sec": mbps,
-                "send_latency_ms": { "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999), "max": h.max() as f64 / 1000.0 },
-            })
-        ),
-        Output::Table => {
-            println!(
-                "sent {sent} messages of {} B in {secs:.2} s: {rate:.0} msgs/s, {mbps:.1} MiB/s",
-                a.size
-            );
-            println!(
-                "send→ack latency per request ({} msgs): p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
-                a.batch,
-                q(0.5),
-                q(0.9),
-                q(0.99),
-                q(0.999),
-                h.max() as f64 / 1000.0
-            );
+    let mut receive_tasks = Vec::new();
+    for i in 0..a.receive_in_flight * a.consumers {
+        let client = consumers[i % consumers.len()].clone();
+        let queue = queues[i % queues.len()].clone();
+        let shared = shared.clone();
+        let max = a.receive_batch;
+        receive_tasks.push(tokio::spawn(async move {
+            let mut h = histogram()?;
+            loop {
+                let done = shared.sending_done.load(Ordering::Acquire);
+                if done
+                    && shared.received.load(Ordering::Relaxed)
+                        >= shared.sent.load(Ordering::Relaxed)
+                {
+                    break;
+                }
+                let idle_us = (shared.start.elapsed().as_micros() as u64)
+                    .saturating_sub(shared.last_progress_us.load(Ordering::Relaxed));
+                if done && idle_us > DRAIN_IDLE.as_micros() as u64 {
+                    break;
+                }
+                let got = client.receive(&queue, max, None, Some(500)).await?;
+                if got.is_empty() {
+                    continue;
+                }
+                let now_us = shared.start.elapsed().as_micros() as u64;
+                for d in &got {
+                    if let Some(ts) = d.message.body.get(..8) {
+                        let sent_us = u64::from_be_bytes(ts.try_into().unwrap_or([0; 8]));
+                        h.record(now_us.saturating_sub(sent_us).max(1))?;
+                    }
+                }
+                shared.last_progress_us.store(now_us, Ordering::Relaxed);
+                let receipts = got.iter().map(|d| d.receipt).collect();
+                client.ack(&queue, receipts).await?;
+                shared
+                    .received
+                    .fetch_add(got.len() as u64, Ordering::Relaxed);
+            }
+            anyhow::Ok(h)
+        }));
+    }
+
+    let mut send_hist = histogram()?;
+    for t in send_tasks {
+        send_hist.add(t.await??)?;
+    }
+    let send_secs = shared.start.elapsed().as_secs_f64();
+    shared
+        .last_progress_us
+        .store(shared.start.elapsed().as_micros() as u64, Ordering::Relaxed);
+    shared.sending_done.store(true, Ordering::Release);
+    let mut e2e_hist = histogram()?;
+    for t in receive_tasks {
+        e2e_hist.add(t.await??)?;
+    }
+    let total_secs = shared.start.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let sent = shared.sent.load(Ordering::Relaxed);
+    let received = shared.received.load(Ordering::Relaxed);
+    if !a.keep {
+        for q in &created {
+            admin.delete_queue(q, true).await?;
         }
     }
+    for c in producers.iter().chain(&consumers) {
+        c.close().await;
+    }
+    let r = Report {
+        sent,
+        received,
+        send_secs,
+        total_secs,
+        send: &send_hist,
+        e2e: (a.consumers > 0).then_some(&e2e_hist),
+    };
+    r.print(out, &a)?;
+    anyhow::ensure!(
+        a.consumers == 0 || received >= sent,
+        "consumers received {received} of {sent} messages sent before giving up ({} s without progress)",
+        DRAIN_IDLE.as_secs()
+    );
     Ok(())
+}
+
+struct Report<'a> {
+    sent: u64,
+    received: u64,
+    /// Until the last send was acknowledged.
+    send_secs: f64,
+    /// Until the consumers were done.
+    total_secs: f64,
+    send: &'a Histogram<u64>,
+    e2e: Option<&'a Histogram<u64>>,
+}
+
+fn percentiles_json(h: &Histogram<u64>) -> Value {
+    let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
+    json!({ "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999), "max": h.max() as f64 / 1000.0 })
+}
+
+fn percentiles_text(h: &Histogram<u64>) -> String {
+    let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
+    format!(
+        "p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        q(0.999),
+        h.max() as f64 / 1000.0
+    )
+}
+
+impl Report<'_> {
+    fn print(&self, out: Output, a: &BenchArgs) -> anyhow::Result<()> {
+        let rate = self.sent as f64 / self.send_secs;
+        let mbps = rate * f64::from(a.size) / (1024.0 * 1024.0);
+        let receive_rate = self.received as f64 / self.total_secs;
+        match out {
+            Output::Json => {
+                let mut v = json!({
+                    "messages": self.sent, "size": a.size, "batch": a.batch,
+                    "in_flight": a.in_flight, "producers": a.producers, "connections": a.producers,
+                    "consumers": a.consumers, "queues": a.queues,
+                    "seconds": self.send_secs, "msgs_per_sec": rate, "mib_per_sec": mbps,
+                    "send_latency_ms": percentiles_json(self.send),
+                });
+                if let (Some(e2e), Some(m)) = (self.e2e, v.as_object_mut()) {
+                    m.insert("received".into(), json!(self.received));
+                    m.insert("receive_seconds".into(), json!(self.total_secs));
+                    m.insert("received_per_sec".into(), json!(receive_rate));
+                    m.insert("end_to_end_ms".into(), percentiles_json(e2e));
+                }
+                println!("{v}");
+            }
+            Output::Table => {
+                println!(
+                    "sent {} messages of {} B in {:.2} s: {rate:.0} msgs/s, {mbps:.1} MiB/s ({} producers x {} in flight, {} queues)",
+                    self.sent, a.size, self.send_secs, a.producers, a.in_flight, a.queues
+                );
+                println!(
+                    "send→ack latency per request ({} msgs): {}",
+                    a.batch,
+                    percentiles_text(self.send)
+                );
+                if let Some(e2e) = self.e2e {
+                    println!(
+                        "received and acked {} messages in {:.2} s: {receive_rate:.0} msgs/s ({} consumers)",
+                        self.received, self.total_secs, a.consumers
+                    );
+                    println!(
+                        "end-to-end latency (send to receive): {}",
+                        percentiles_text(e2e)
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
 }

@@ -213,3 +213,61 @@ async fn send_lines_sends_a_slow_producers_lines_as_they_come() {
         2
     );
 }
+
+#[test]
+fn bench_sends_receives_and_reports_latencies_as_json() {
+    let node = Node::start();
+    let out = ok(&node.mqctl(&[
+        "bench",
+        "--messages",
+        "2000",
+        "--size",
+        "64B",
+        "--batch",
+        "10",
+        "--in-flight",
+        "4",
+        "--producers",
+        "2",
+        "--consumers",
+        "2",
+        "--queues",
+        "2",
+        "--output",
+        "json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["messages"], 2000);
+    assert_eq!(v["received"], 2000);
+    for key in ["send_latency_ms", "end_to_end_ms"] {
+        let p = &v[key];
+        let (p50, p99, max) = (
+            p["p50"].as_f64().unwrap(),
+            p["p99"].as_f64().unwrap(),
+            p["max"].as_f64().unwrap(),
+        );
+        assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{key}: {p}");
+    }
+    // The queues it created are gone again.
+    let listed = ok(&node.mqctl(&["queue", "list", "--output", "json"]));
+    assert!(listed.trim().is_empty(), "{listed}");
+
+    // For a duration, send only.
+    let out = ok(&node.mqctl(&[
+        "bench",
+        "--duration",
+        "1s",
+        "--size",
+        "1KiB",
+        "--in-flight",
+        "8",
+        "--output",
+        "json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(v["messages"].as_u64().unwrap() > 0, "{v}");
+    assert!(v.get("end_to_end_ms").is_none());
+    let bad = node.mqctl(&["bench", "--consumers", "1", "--size", "4B"]);
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("at least 8 bytes"));
+}
