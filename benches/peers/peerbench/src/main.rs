@@ -1,0 +1,363 @@
+//! The workload of `mqctl bench`, against NATS JetStream or RabbitMQ, for
+//! `benches/peers/run.sh`. Same knobs (producers, consumers, requests in flight, message
+//! size, queues, messages), same measurements (send→ack and end-to-end latency from the
+//! send time each body carries in its first 8 bytes, HDR histograms), same JSON output.
+//!
+//! NATS JetStream: one file-storage stream per queue with work-queue retention, a durable
+//! pull consumer with explicit acks; a send completes when JetStream's publish ack arrives.
+//! RabbitMQ: one durable quorum queue per queue, publisher confirms, manual acks; a send
+//! completes when the broker confirms it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::{Parser, ValueEnum};
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum System {
+    Nats,
+    Rabbitmq,
+}
+
+/// Runs the mqctl bench workload against a peer system.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Which system.
+    #[arg(value_enum)]
+    system: System,
+    /// Server URL (nats://127.0.0.1:4222 or amqp://guest:guest@127.0.0.1:5672/%2f).
+    #[arg(long)]
+    url: String,
+    /// Messages to send in all.
+    #[arg(long, default_value_t = 100_000)]
+    messages: u64,
+    /// Message size in bytes (at least 8).
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Sends outstanding at once per producer connection.
+    #[arg(long, default_value_t = 256)]
+    in_flight: usize,
+    /// Producer connections.
+    #[arg(long, default_value_t = 1)]
+    producers: usize,
+    /// Consumer connections (0: send only).
+    #[arg(long, default_value_t = 0)]
+    consumers: usize,
+    /// Queues (streams) to spread the messages over.
+    #[arg(long, default_value_t = 1)]
+    queues: usize,
+    /// Messages a consumer asks for at once (pull batch or prefetch).
+    #[arg(long, default_value_t = 100)]
+    receive_batch: usize,
+}
+
+struct Shared {
+    start: Instant,
+    next: AtomicU64,
+    sent: AtomicU64,
+    received: AtomicU64,
+    sending_done: AtomicBool,
+    last_progress_us: AtomicU64,
+}
+
+const DRAIN_IDLE: Duration = Duration::from_secs(10);
+
+fn histogram() -> anyhow::Result<Histogram<u64>> {
+    Ok(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?)
+}
+
+impl Shared {
+    fn now_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+
+    /// The next message to send, if any are left.
+    fn take(&self, total: u64) -> bool {
+        self.next.fetch_add(1, Ordering::Relaxed) < total
+    }
+
+    fn body(&self, size: usize) -> Bytes {
+        let mut b = vec![b'x'; size.max(8)];
+        b[..8].copy_from_slice(&self.now_us().to_be_bytes());
+        Bytes::from(b)
+    }
+
+    /// Records the end-to-end latency of a received body.
+    fn received(&self, h: &mut Histogram<u64>, body: &[u8]) -> anyhow::Result<()> {
+        let now = self.now_us();
+        if let Some(ts) = body.get(..8) {
+            let sent = u64::from_be_bytes(ts.try_into().unwrap_or([0; 8]));
+            h.record(now.saturating_sub(sent).max(1))?;
+        }
+        self.last_progress_us.store(now, Ordering::Relaxed);
+        self.received.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Consumers stop once everything sent was received, or when nothing arrived for
+    /// `DRAIN_IDLE` after the producers finished.
+    fn consumers_done(&self) -> bool {
+        if !self.sending_done.load(Ordering::Acquire) {
+            return false;
+        }
+        self.received.load(Ordering::Relaxed) >= self.sent.load(Ordering::Relaxed)
+            || self
+                .now_us()
+                .saturating_sub(self.last_progress_us.load(Ordering::Relaxed))
+                > DRAIN_IDLE.as_micros() as u64
+    }
+}
+
+/// The queues consumer `c` of `consumers` reads: every queue has a consumer.
+fn queues_of(c: usize, consumers: usize, queues: usize) -> Vec<usize> {
+    if consumers >= queues {
+        vec![c % queues]
+    } else {
+        (0..queues).filter(|q| q % consumers == c).collect()
+    }
+}
+
+type Task = tokio::task::JoinHandle<anyhow::Result<Histogram<u64>>>;
+
+async fn nats(a: &Args, s: &Arc<Shared>) -> anyhow::Result<(Vec<Task>, Vec<Task>)> {
+    use async_nats::jetstream::{self, consumer, stream};
+    let setup = jetstream::new(async_nats::connect(&a.url).await?);
+    for q in 0..a.queues {
+        let name = format!("BENCH{q}");
+        let _ = setup.delete_stream(&name).await;
+        setup
+            .create_stream(stream::Config {
+                name: name.clone(),
+                subjects: vec![format!("bench.{q}")],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("creating stream {name}"))?;
+        setup
+            .create_consumer_on_stream(
+                consumer::pull::Config {
+                    durable_name: Some("bench".into()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    max_ack_pending: 100_000,
+                    ..Default::default()
+                },
+                name.as_str(),
+            )
+            .await
+            .with_context(|| format!("creating the consumer of {name}"))?;
+    }
+    let mut senders = Vec::new();
+    for p in 0..a.producers {
+        let js = jetstream::new(async_nats::connect(&a.url).await?);
+        for i in 0..a.in_flight {
+            let (js, s, total, size) = (js.clone(), s.clone(), a.messages, a.size);
+            let subject = format!("bench.{}", (p * a.in_flight + i) % a.queues);
+            senders.push(tokio::spawn(async move {
+                let mut h = histogram()?;
+                while s.take(total) {
+                    let t = Instant::now();
+                    js.publish(subject.clone(), s.body(size)).await?.await?;
+                    h.record(t.elapsed().as_micros().max(1) as u64)?;
+                    s.sent.fetch_add(1, Ordering::Relaxed);
+                }
+                anyhow::Ok(h)
+            }));
+        }
+    }
+    let mut receivers = Vec::new();
+    for c in 0..a.consumers {
+        let js = jetstream::new(async_nats::connect(&a.url).await?);
+        for q in queues_of(c, a.consumers, a.queues) {
+            let (js, s, batch) = (js.clone(), s.clone(), a.receive_batch);
+            receivers.push(tokio::spawn(async move {
+                let mut h = histogram()?;
+                let stream = js.get_stream(format!("BENCH{q}")).await?;
+                let cons: consumer::PullConsumer = stream
+                    .get_consumer("bench")
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                while !s.consumers_done() {
+                    let mut msgs = cons
+                        .fetch()
+                        .max_messages(batch)
+                        .expires(Duration::from_millis(500))
+                        .messages()
+                        .await?;
+                    while let Some(m) = msgs.next().await {
+                        let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
+                        s.received(&mut h, &m.payload)?;
+                        m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                    }
+                }
+                anyhow::Ok(h)
+            }));
+        }
+    }
+    Ok((senders, receivers))
+}
+
+async fn rabbitmq(a: &Args, s: &Arc<Shared>) -> anyhow::Result<(Vec<Task>, Vec<Task>)> {
+    use lapin::options::*;
+    use lapin::types::{AMQPValue, FieldTable};
+    use lapin::{BasicProperties, Connection, ConnectionProperties};
+    let connect = || Connection::connect(&a.url, ConnectionProperties::default());
+    let setup = connect().await?.create_channel().await?;
+    for q in 0..a.queues {
+        let name = format!("bench-{q}");
+        let _ = setup
+            .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+            .await;
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        setup
+            .queue_declare(name.as_str().into(), QueueDeclareOptions::durable(), args)
+            .await
+            .with_context(|| format!("declaring quorum queue {name}"))?;
+    }
+    let mut senders = Vec::new();
+    for p in 0..a.producers {
+        let ch = connect().await?.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        for i in 0..a.in_flight {
+            let (ch, s, total, size) = (ch.clone(), s.clone(), a.messages, a.size);
+            let queue = format!("bench-{}", (p * a.in_flight + i) % a.queues);
+            senders.push(tokio::spawn(async move {
+                let mut h = histogram()?;
+                // Delivery mode 2: persistent.
+                let props = BasicProperties::default().with_delivery_mode(2);
+                while s.take(total) {
+                    let body = s.body(size);
+                    let t = Instant::now();
+                    let confirm = ch
+                        .basic_publish(
+                            "".into(),
+                            queue.as_str().into(),
+                            BasicPublishOptions::default(),
+                            &body,
+                            props.clone(),
+                        )
+                        .await?
+                        .await?;
+                    anyhow::ensure!(confirm.is_ack(), "the broker nacked a publish");
+                    h.record(t.elapsed().as_micros().max(1) as u64)?;
+                    s.sent.fetch_add(1, Ordering::Relaxed);
+                }
+                anyhow::Ok(h)
+            }));
+        }
+    }
+    let mut receivers = Vec::new();
+    for c in 0..a.consumers {
+        let conn = connect().await?;
+        for q in queues_of(c, a.consumers, a.queues) {
+            let ch = conn.create_channel().await?;
+            ch.basic_qos(a.receive_batch as u16, BasicQosOptions::default())
+                .await?;
+            let s = s.clone();
+            let mut consumer = ch
+                .basic_consume(
+                    format!("bench-{q}").as_str().into(),
+                    format!("bench-{c}-{q}").as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            receivers.push(tokio::spawn(async move {
+                let mut h = histogram()?;
+                while !s.consumers_done() {
+                    let next =
+                        tokio::time::timeout(Duration::from_millis(500), consumer.next()).await;
+                    match next {
+                        Ok(Some(d)) => {
+                            let d = d?;
+                            s.received(&mut h, &d.data)?;
+                            d.ack(BasicAckOptions::default()).await?;
+                        }
+                        Ok(None) => break,
+                        Err(_) => {}
+                    }
+                }
+                anyhow::Ok(h)
+            }));
+        }
+    }
+    Ok((senders, receivers))
+}
+
+fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
+    let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
+    json!({ "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999), "max": h.max() as f64 / 1000.0 })
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    anyhow::ensure!(a.size >= 8, "--size must be at least 8 bytes");
+    anyhow::ensure!(
+        a.producers >= 1 && a.in_flight >= 1 && a.queues >= 1,
+        "--producers, --in-flight and --queues must be at least 1"
+    );
+    let s = Arc::new(Shared {
+        start: Instant::now(),
+        next: AtomicU64::new(0),
+        sent: AtomicU64::new(0),
+        received: AtomicU64::new(0),
+        sending_done: AtomicBool::new(false),
+        last_progress_us: AtomicU64::new(0),
+    });
+    let (senders, receivers) = match a.system {
+        System::Nats => nats(&a, &s).await?,
+        System::Rabbitmq => rabbitmq(&a, &s).await?,
+    };
+    let mut send = histogram()?;
+    for t in senders {
+        send.add(t.await??)?;
+    }
+    let send_secs = s.start.elapsed().as_secs_f64();
+    s.last_progress_us.store(s.now_us(), Ordering::Relaxed);
+    s.sending_done.store(true, Ordering::Release);
+    let mut e2e = histogram()?;
+    for t in receivers {
+        e2e.add(t.await??)?;
+    }
+    let total_secs = s.start.elapsed().as_secs_f64();
+    let sent = s.sent.load(Ordering::Relaxed);
+    let received = s.received.load(Ordering::Relaxed);
+    let rate = sent as f64 / send_secs;
+    let mut v = json!({
+        "system": format!("{:?}", a.system).to_lowercase(),
+        "messages": sent, "size": a.size, "in_flight": a.in_flight,
+        "producers": a.producers, "consumers": a.consumers, "queues": a.queues,
+        "seconds": send_secs, "msgs_per_sec": rate,
+        "mib_per_sec": rate * a.size as f64 / (1024.0 * 1024.0),
+        "send_latency_ms": percentiles(&send),
+    });
+    if a.consumers > 0 {
+        if let Some(m) = v.as_object_mut() {
+            m.insert("received".into(), json!(received));
+            m.insert("receive_seconds".into(), json!(total_secs));
+            m.insert(
+                "received_per_sec".into(),
+                json!(received as f64 / total_secs),
+            );
+            m.insert("end_to_end_ms".into(), percentiles(&e2e));
+        }
+    }
+    println!("{v}");
+    anyhow::ensure!(
+        a.consumers == 0 || received >= sent,
+        "consumers received {received} of {sent}"
+    );
+    Ok(())
+}
