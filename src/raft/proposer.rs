@@ -1,7 +1,16 @@
 //! Group commit at the Raft layer: commands submitted concurrently are collected into one
 //! [`Proposal`] (one log entry, one log fsync, one apply transaction), and several proposals
 //! may be in flight at once so the log append of one batch overlaps the apply of the last.
+//!
+//! Every proposal has a fixed cost (an openraft write, a log append, an apply
+//! transaction), so small ones are held back: beyond [`SMALL_IN_FLIGHT`] proposals in
+//! flight, a new one starts only once it carries [`BIG_PROPOSAL`] messages, and meanwhile
+//! it keeps collecting. Many single-message sends thus make a few large entries, while
+//! large client batches still overlap up to the slot limit. (Measured on one node, 256
+//! single 1 KiB sends in flight: 18k msgs/s with 8 small proposals in flight, 26–31k with
+//! 2; batches of 100: 69k with 8, 40k with 2.)
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -14,6 +23,22 @@ use crate::store::{now_ms, Command, Outcome};
 
 /// Most commands in one proposal.
 const MAX_BATCH: usize = 4096;
+/// Proposals in flight beyond which a new one waits until it is big.
+const SMALL_IN_FLIGHT: usize = 2;
+/// Messages (sends, acks and so on, counted by entry) that make a proposal big.
+const BIG_PROPOSAL: usize = 256;
+
+/// Messages a command carries, for sizing proposals.
+fn weight(cmd: &Command) -> usize {
+    match cmd {
+        Command::Send { messages, .. } => messages.len(),
+        Command::Ack { receipts, .. } => receipts.len(),
+        Command::Nack { entries, .. } | Command::ChangeVisibility { entries, .. } => entries.len(),
+        Command::Receive { max, .. } => *max as usize,
+        _ => 1,
+    }
+    .max(1)
+}
 
 /// Why a submitted command has no outcome.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -69,20 +94,52 @@ impl Proposer {
 }
 
 async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Job>, slots: Arc<Semaphore>) {
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(tokio::sync::Notify::new());
     while let Some(first) = rx.recv().await {
         // Wait for a free slot first: commands keep queuing meanwhile, so a busy group
         // proposes bigger batches instead of more of them.
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
+        let mut weight_sum = weight(&first.cmd);
         let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
+        let mut open = true;
+        loop {
+            while jobs.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(j) => {
+                        weight_sum += weight(&j.cmd);
+                        jobs.push(j);
+                    }
+                    Err(_) => break,
+                }
+            }
+            // Registered before the check, so a proposal finishing in between is not missed.
+            let done = finished.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if !open
+                || jobs.len() >= MAX_BATCH
+                || weight_sum >= BIG_PROPOSAL
+                || in_flight.load(Ordering::Acquire) < SMALL_IN_FLIGHT
+            {
+                break;
+            }
+            // Small, with enough in flight: wait for one to finish or for more commands.
+            tokio::select! {
+                _ = &mut done => {}
+                j = rx.recv() => match j {
+                    Some(j) => {
+                        weight_sum += weight(&j.cmd);
+                        jobs.push(j);
+                    }
+                    None => open = false,
+                },
             }
         }
-        let raft = raft.clone();
+        in_flight.fetch_add(1, Ordering::AcqRel);
+        let (raft, in_flight, finished) = (raft.clone(), in_flight.clone(), finished.clone());
         tokio::spawn(async move {
             let (cmds, replies): (Vec<_>, Vec<_>) =
                 jobs.into_iter().map(|j| (j.cmd, j.reply)).unzip();
@@ -123,6 +180,8 @@ async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Job>, slots: Arc<Sem
                 }
             }
             drop(permit);
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+            finished.notify_waiters();
         });
     }
 }
