@@ -148,7 +148,7 @@ pub async fn run(config: ClientConfig, out: Output, a: BenchArgs) -> anyhow::Res
         let shared = shared.clone();
         let max = a.receive_batch;
         receive_tasks.push(tokio::spawn(async move {
-            let mut h = histogram()?;
+            let (mut h, mut rh) = (histogram()?, histogram()?);
             loop {
                 let done = shared.sending_done.load(Ordering::Acquire);
                 if done
@@ -162,10 +162,13 @@ pub async fn run(config: ClientConfig, out: Output, a: BenchArgs) -> anyhow::Res
                 if done && idle_us > DRAIN_IDLE.as_micros() as u64 {
                     break;
                 }
+                let t = Instant::now();
                 let got = client.receive(&queue, max, None, Some(500)).await?;
                 if got.is_empty() {
                     continue;
                 }
+                // Only receives that found messages: an empty one is a long poll's wait.
+                rh.record(t.elapsed().as_micros().max(1) as u64)?;
                 let now_us = shared.start.elapsed().as_micros() as u64;
                 for d in &got {
                     if let Some(ts) = d.message.body.get(..8) {
@@ -180,7 +183,7 @@ pub async fn run(config: ClientConfig, out: Output, a: BenchArgs) -> anyhow::Res
                     .received
                     .fetch_add(got.len() as u64, Ordering::Relaxed);
             }
-            anyhow::Ok(h)
+            anyhow::Ok((h, rh))
         }));
     }
 
@@ -193,9 +196,11 @@ pub async fn run(config: ClientConfig, out: Output, a: BenchArgs) -> anyhow::Res
         .last_progress_us
         .store(shared.start.elapsed().as_micros() as u64, Ordering::Relaxed);
     shared.sending_done.store(true, Ordering::Release);
-    let mut e2e_hist = histogram()?;
+    let (mut e2e_hist, mut receive_hist) = (histogram()?, histogram()?);
     for t in receive_tasks {
-        e2e_hist.add(t.await??)?;
+        let (e2e, rcv) = t.await??;
+        e2e_hist.add(e2e)?;
+        receive_hist.add(rcv)?;
     }
     let total_secs = shared.start.elapsed().as_secs_f64();
     bar.finish_and_clear();
@@ -216,6 +221,7 @@ pub async fn run(config: ClientConfig, out: Output, a: BenchArgs) -> anyhow::Res
         total_secs,
         send: &send_hist,
         e2e: (a.consumers > 0).then_some(&e2e_hist),
+        receive: &receive_hist,
     };
     r.print(out, &a)?;
     anyhow::ensure!(
@@ -235,6 +241,8 @@ struct Report<'a> {
     total_secs: f64,
     send: &'a Histogram<u64>,
     e2e: Option<&'a Histogram<u64>>,
+    /// Receive requests that returned messages.
+    receive: &'a Histogram<u64>,
 }
 
 fn percentiles_json(h: &Histogram<u64>) -> Value {
@@ -273,6 +281,7 @@ impl Report<'_> {
                     m.insert("receive_seconds".into(), json!(self.total_secs));
                     m.insert("received_per_sec".into(), json!(receive_rate));
                     m.insert("end_to_end_ms".into(), percentiles_json(e2e));
+                    m.insert("receive_latency_ms".into(), percentiles_json(self.receive));
                 }
                 println!("{v}");
             }
@@ -294,6 +303,11 @@ impl Report<'_> {
                     println!(
                         "end-to-end latency (send to receive): {}",
                         percentiles_text(e2e)
+                    );
+                    println!(
+                        "receive latency per request (up to {} msgs): {}",
+                        a.receive_batch,
+                        percentiles_text(self.receive)
                     );
                 }
             }

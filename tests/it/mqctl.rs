@@ -239,7 +239,7 @@ fn bench_sends_receives_and_reports_latencies_as_json() {
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["messages"], 2000);
     assert_eq!(v["received"], 2000);
-    for key in ["send_latency_ms", "end_to_end_ms"] {
+    for key in ["send_latency_ms", "end_to_end_ms", "receive_latency_ms"] {
         let p = &v[key];
         let (p50, p99, max) = (
             p["p50"].as_f64().unwrap(),
