@@ -40,7 +40,10 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
 impl LogStore {
     /// Opens or creates the log at `path`.
     pub fn open(path: &Path) -> Result<LogStore, StorageError> {
-        let db = Database::create(path).map_err(write_err)?;
+        let db = Database::builder()
+            .set_cache_size(super::LOG_CACHE_BYTES)
+            .create(path)
+            .map_err(write_err)?;
         let txn = db.begin_write().map_err(write_err)?;
         txn.open_table(LOG).map_err(write_err)?;
         txn.open_table(META).map_err(write_err)?;

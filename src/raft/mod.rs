@@ -21,6 +21,15 @@ pub mod state_machine;
 
 use serde::{Deserialize, Serialize};
 
+/// redb page cache of each group's state-machine database. redb's default is 1 GiB per
+/// database, and a node has two per group (17 groups with the default 16 shards): bounded
+/// here so that resident memory does not grow with the data (the disk holds the messages;
+/// the OS page cache still speeds reads up).
+pub const SM_CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// redb page cache of each group's log database: entries are read back soon after they
+/// are written, or not at all.
+pub const LOG_CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 use crate::protocol::Status;
 use crate::store::{Command, Outcome};
 

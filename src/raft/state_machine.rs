@@ -77,7 +77,10 @@ fn snap_err(e: impl std::fmt::Display) -> StorageError {
 impl StateMachine {
     /// Opens or creates the shard database at `path`.
     pub fn open(path: &Path, wake: Waker) -> Result<StateMachine, StorageError> {
-        let db = Database::create(path).map_err(sm_write)?;
+        let db = Database::builder()
+            .set_cache_size(super::SM_CACHE_BYTES)
+            .create(path)
+            .map_err(sm_write)?;
         let txn = db.begin_write().map_err(sm_write)?;
         crate::store::prepare(&txn, path).map_err(sm_write)?;
         txn.open_table(SM_META).map_err(sm_write)?;
