@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use super::schema::*;
 use super::StoreError;
 use crate::protocol::{
-    validate_attributes, validate_config, validate_queue_name, Delivery, Message, QueueConfig,
-    QueuePatch, Receipt, SendEntry, Status, MAX_DEDUP_ID, MAX_DELAY_MS, MAX_VISIBILITY_MS,
+    validate_attributes, validate_config, validate_queue_name, Delivery, QueueConfig, QueuePatch,
+    Receipt, SendEntry, Status, MAX_DEDUP_ID, MAX_DELAY_MS, MAX_VISIBILITY_MS,
 };
 
 /// A change of state. Serializable: it is what a replicated log will carry.
@@ -621,11 +621,6 @@ impl Receiving {
         t.visible.insert((qid, st.visible_at, seq), 1u8)?;
         t.put_msg(qid, seq, &st)?;
         fx.dirty = true;
-        let (attributes, body) =
-            crate::protocol::decode_stored(stored).map_err(|e| StoreError::Corrupt {
-                table: "message_body",
-                detail: e.to_string(),
-            })?;
         let group = if st.grouped {
             t.group_of(qid, seq)?
         } else {
@@ -637,14 +632,7 @@ impl Receiving {
                 seq,
                 delivery: st.receive_count,
             },
-            message: Message {
-                id: seq,
-                receive_count: st.receive_count,
-                sent_ms: st.sent_ms,
-                group,
-                attributes,
-                body,
-            },
+            message: super::stored_message(seq, &st, group, stored)?,
         });
         self.full = self.out.len() >= self.max;
         Ok(())
@@ -812,14 +800,19 @@ pub fn apply(
             let mut ids = Vec::with_capacity(messages.len());
             let mut stats = t.stats(rec.id)?;
             let expires = now.saturating_add(rec.config.dedup_window_ms);
+            // Each message's dedup key, computed once (content dedup hashes the body).
+            let keys: Vec<Option<String>> = messages
+                .iter()
+                .map(|m| dedup_key(m, rec.config.content_dedup))
+                .collect();
             if rec.config.max_messages > 0 {
                 // Only messages that would be stored count: retries found in the dedup
                 // table, and repeats within the batch, store nothing.
-                let mut keys = HashSet::new();
+                let mut seen = HashSet::new();
                 let mut new = 0u64;
-                for m in messages {
-                    let stored = match dedup_key(m, rec.config.content_dedup) {
-                        Some(k) => t.dedup_hit(rec.id, &k, now)?.is_none() && keys.insert(k),
+                for key in &keys {
+                    let stored = match key {
+                        Some(k) => t.dedup_hit(rec.id, k, now)?.is_none() && seen.insert(k),
                         None => true,
                     };
                     new += u64::from(stored);
@@ -835,9 +828,8 @@ pub fn apply(
                     ));
                 }
             }
-            for m in messages {
-                let key = dedup_key(m, rec.config.content_dedup);
-                if let Some(key) = &key {
+            for (m, key) in messages.iter().zip(&keys) {
+                if let Some(key) = key {
                     if let Some(seq) = t.dedup_hit(rec.id, key, now)? {
                         ids.push(seq); // a retry: acknowledged, not stored again
                         continue;
@@ -861,7 +853,7 @@ pub fn apply(
                 if delay == 0 {
                     fx.wake.insert(queue.clone());
                 }
-                if let Some(key) = &key {
+                if let Some(key) = key {
                     t.dedup_remember(rec.id, key, seq, expires)?;
                 }
                 ids.push(seq);

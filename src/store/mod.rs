@@ -204,25 +204,36 @@ pub fn peek(
                 break;
             }
             out_bytes += stored.len() + 64;
-            let (attributes, body) = decode_stored(stored).map_err(|e| StoreError::Corrupt {
-                table: "message_body",
-                detail: e.to_string(),
-            })?;
             let group = match (&groups, st.grouped) {
                 (Some(g), true) => g.get((qid, seq))?.map(|g| g.value().to_string()),
                 _ => None,
             };
-            out.push(Message {
-                id: seq,
-                receive_count: st.receive_count,
-                sent_ms: st.sent_ms,
-                group,
-                attributes,
-                body,
-            });
+            out.push(stored_message(seq, &st, group, stored)?);
         }
         Ok(Some(out))
     }
+}
+
+/// A stored message as receive and peek return it: its state, its group, and its body row
+/// (attributes and payload in the wire encoding, decoded without copying the payload).
+pub(crate) fn stored_message(
+    seq: u64,
+    st: &MessageState,
+    group: Option<String>,
+    stored: Bytes,
+) -> Result<Message, StoreError> {
+    let (attributes, body) = decode_stored(stored).map_err(|e| StoreError::Corrupt {
+        table: "message_body",
+        detail: e.to_string(),
+    })?;
+    Ok(Message {
+        id: seq,
+        receive_count: st.receive_count,
+        sent_ms: st.sent_ms,
+        group,
+        attributes,
+        body,
+    })
 }
 
 /// Number of queues, for logs.
