@@ -368,7 +368,9 @@ async fn serve_stream(
         }
         Some(Ok(Ok((code, body)))) => match Request::decode(code, body) {
             Err(e) => encode_error(e.status(), &e.to_string()),
-            Ok(req) => match fe.handle(session, req).await {
+            // Boxed: the handler's future is large, and inline it would be copied into
+            // every stream's task when the task is spawned (memmove showed in profiles).
+            Ok(req) => match Box::pin(fe.handle(session, req)).await {
                 Ok(resp) => resp.encode(),
                 Err((status, msg)) => encode_error(status, &msg),
             },
