@@ -213,6 +213,43 @@ mod one_node {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn large_sends_are_split_into_proposals_of_a_few_mib() {
+        let dir = tempfile::tempdir().unwrap();
+        let raft = leader_of_one(dir.path()).await;
+        let p = super::super::proposer::Proposer::start(raft.clone(), 4);
+        p.submit(Command::CreateQueue {
+            name: "q".into(),
+            patch: QueuePatch::default(),
+        })
+        .await
+        .unwrap();
+        let before = raft.metrics().borrow().last_log_index.unwrap_or(0);
+        // 40 sends of 512 KiB (20 MiB) submitted at once: by count they fit one proposal,
+        // by bytes (4 MiB a proposal) they need at least five.
+        let body = bytes::Bytes::from(vec![7u8; 512 << 10]);
+        let mut tasks = Vec::new();
+        for _ in 0..40 {
+            let (p, body) = (p.clone(), body.clone());
+            tasks.push(tokio::spawn(async move {
+                p.submit(Command::Send {
+                    queue: "q".into(),
+                    messages: vec![SendEntry::new(body)],
+                })
+                .await
+            }));
+        }
+        for t in tasks {
+            assert!(matches!(t.await.unwrap(), Ok(Outcome::Sent(_))));
+        }
+        let entries = raft.metrics().borrow().last_log_index.unwrap_or(0) - before;
+        assert!(
+            (5..=40).contains(&entries),
+            "40 sends of 512 KiB took {entries} log entries"
+        );
+        raft.shutdown().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_storage_error_fails_one_command_not_its_batch() {
         let dir = tempfile::tempdir().unwrap();
         let raft = leader_of_one(dir.path()).await;
