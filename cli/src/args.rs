@@ -598,6 +598,11 @@ pub struct BenchArgs {
     /// Send requests outstanding at once on each producer connection.
     #[arg(long, default_value_t = 256)]
     pub in_flight: usize,
+    /// Offered load: messages per second in all, sent on a fixed schedule (open loop);
+    /// latencies are then measured from each send's scheduled time, so a server that falls
+    /// behind shows it. 0: as fast as the requests in flight allow.
+    #[arg(long, default_value_t = 0, value_name = "MSGS_PER_SEC")]
+    pub rate: u64,
     /// Producers: each its own QUIC connection.
     #[arg(long, visible_alias = "connections", default_value_t = 1)]
     pub producers: usize,

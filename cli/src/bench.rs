@@ -29,6 +29,8 @@ struct Shared {
     start: Instant,
     /// Send requests handed out (count mode) and messages acknowledged by sends.
     next_request: AtomicU64,
+    /// Send requests scheduled (with --rate).
+    next_slot: AtomicU64,
     sent: AtomicU64,
     received: AtomicU64,
     /// Producers are done: `sent` is final.
@@ -98,6 +100,7 @@ pub async fn run(config: ClientConfig, out: Output, a: BenchArgs) -> anyhow::Res
     let shared = Arc::new(Shared {
         start: Instant::now(),
         next_request: AtomicU64::new(0),
+        next_slot: AtomicU64::new(0),
         sent: AtomicU64::new(0),
         received: AtomicU64::new(0),
         sending_done: AtomicBool::new(false),
@@ -113,6 +116,9 @@ pub async fn run(config: ClientConfig, out: Output, a: BenchArgs) -> anyhow::Res
         let queue = queues[i % queues.len()].clone();
         let (shared, bar) = (shared.clone(), bar.clone());
         let (batch, size) = (a.batch as usize, a.size as usize);
+        // With --rate, request k is due at start + k × batch / rate.
+        let interval =
+            (a.rate > 0).then(|| Duration::from_secs_f64(f64::from(a.batch) / a.rate as f64));
         send_tasks.push(tokio::spawn(async move {
             let mut h = histogram()?;
             let mut body = vec![b'x'; size];
@@ -124,14 +130,29 @@ pub async fn run(config: ClientConfig, out: Output, a: BenchArgs) -> anyhow::Res
                     }
                     _ => {}
                 }
+                // Open loop: wait for this request's slot, and count its latency from
+                // there, not from when a task got free to send it.
+                let t = match interval {
+                    Some(every) => {
+                        let k = shared.next_slot.fetch_add(1, Ordering::Relaxed);
+                        let due = shared.start + every.mul_f64(k as f64);
+                        if let Some(d) = deadline {
+                            if due >= d {
+                                break;
+                            }
+                        }
+                        tokio::time::sleep_until(due.into()).await;
+                        due
+                    }
+                    None => Instant::now(),
+                };
                 // The send time, for end-to-end latency; the rest of the body is padding.
-                let now_us = shared.start.elapsed().as_micros() as u64;
+                let sent_us = t.duration_since(shared.start).as_micros() as u64;
                 if size >= 8 {
-                    body[..8].copy_from_slice(&now_us.to_be_bytes());
+                    body[..8].copy_from_slice(&sent_us.to_be_bytes());
                 }
                 let msg = Bytes::copy_from_slice(&body);
                 let msgs = vec![SendEntry::new(msg); batch];
-                let t = Instant::now();
                 client.send(&queue, msgs).await?;
                 h.record(t.elapsed().as_micros().max(1) as u64)?;
                 shared.sent.fetch_add(batch as u64, Ordering::Relaxed);
@@ -272,6 +293,7 @@ impl Report<'_> {
                 let mut v = json!({
                     "messages": self.sent, "size": a.size, "batch": a.batch,
                     "in_flight": a.in_flight, "producers": a.producers, "connections": a.producers,
+                    "offered_rate": a.rate,
                     "consumers": a.consumers, "queues": a.queues,
                     "seconds": self.send_secs, "msgs_per_sec": rate, "mib_per_sec": mbps,
                     "send_latency_ms": percentiles_json(self.send),
@@ -287,8 +309,9 @@ impl Report<'_> {
             }
             Output::Table => {
                 println!(
-                    "sent {} messages of {} B in {:.2} s: {rate:.0} msgs/s, {mbps:.1} MiB/s ({} producers x {} in flight, {} queues)",
-                    self.sent, a.size, self.send_secs, a.producers, a.in_flight, a.queues
+                    "sent {} messages of {} B in {:.2} s: {rate:.0} msgs/s, {mbps:.1} MiB/s ({} producers x {} in flight, {} queues{})",
+                    self.sent, a.size, self.send_secs, a.producers, a.in_flight, a.queues,
+                    if a.rate > 0 { format!(", offered {} msgs/s", a.rate) } else { String::new() }
                 );
                 println!(
                     "send→ack latency per request ({} msgs): {}",

@@ -267,6 +267,29 @@ fn bench_sends_receives_and_reports_latencies_as_json() {
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert!(v["messages"].as_u64().unwrap() > 0, "{v}");
     assert!(v.get("end_to_end_ms").is_none());
+
+    // An offered rate paces the sends: 200 messages at 1,000 a second cannot take less
+    // than the schedule's 0.199 s, however fast the node is.
+    let out = ok(&node.mqctl(&[
+        "bench",
+        "--messages",
+        "200",
+        "--rate",
+        "1000",
+        "--size",
+        "64B",
+        "--in-flight",
+        "16",
+        "--consumers",
+        "1",
+        "--output",
+        "json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["offered_rate"], 1000);
+    assert_eq!(v["messages"], 200);
+    assert_eq!(v["received"], 200);
+    assert!(v["seconds"].as_f64().unwrap() >= 0.199, "{v}");
     let bad = node.mqctl(&["bench", "--consumers", "1", "--size", "4B"]);
     assert_eq!(bad.status.code(), Some(2), "{bad:?}");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("at least 8 bytes"));
