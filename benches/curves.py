@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Scaling curves of one mqd node: send throughput and latency against message size, number
-of queues and number of connections, with `mqctl bench` (1 KiB unless the curve varies the
+of queues (1 to 10,000) and number of connections (1 to 512), with `mqctl bench` (1 KiB unless the curve varies the
 size). Prints a Markdown table per curve. Needs release binaries:
 
     cargo build --release --workspace --bins && python3 benches/curves.py
@@ -53,7 +53,7 @@ def main():
                                                "--in-flight", 64)), flush=True)
             print("\nQueues (4 connections × 64 sends in flight, 1 KiB):\n")
             print(HEAD.format("queues"))
-            for q in (1, 10, 100, 1000):
+            for q in (1, 10, 100, 1000, 10000):
                 print(row(str(q), bench(env, "--size", 1024, "--messages", 100_000,
                                         "--producers", 4, "--in-flight", 64, "--queues", q)),
                       flush=True)

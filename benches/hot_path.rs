@@ -1,0 +1,174 @@
+//! `cargo bench --bench hot_path`: the CPU cost of the two halves of a send that do not
+//! depend on the network or the disk's fsync: the wire codec, and the state machine applying
+//! a batch of sends, receives and acks in one redb transaction (committed without fsync, as
+//! the node does: the Raft log is the durable copy).
+//!
+//! Prints, per case, operations per second and the latency percentiles of one iteration.
+//! No external harness: iterations are timed with `Instant` and sorted for percentiles.
+//! Run `cargo bench --bench hot_path -- --quick` for a short pass.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mqd::protocol::{decode_header, QueuePatch, Receipt, Request, SendEntry, HEADER_LEN};
+use mqd::store::machine::{apply, Command, Effects, Outcome, Tables};
+use redb::{Database, Durability};
+
+/// The daemon's allocator, so that allocation costs are the daemon's.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const NOW_MS: u64 = 1_700_000_000_000;
+
+/// Runs `f` for `iters` iterations after a tenth as many warm-up ones and prints a line:
+/// `ops` operations per iteration.
+fn measure(name: &str, iters: usize, ops: usize, mut f: impl FnMut()) {
+    for _ in 0..iters / 10 {
+        f();
+    }
+    let mut times = Vec::with_capacity(iters);
+    let start = Instant::now();
+    for _ in 0..iters {
+        let t = Instant::now();
+        f();
+        times.push(t.elapsed());
+    }
+    let total = start.elapsed();
+    times.sort();
+    let pct = |p: f64| times[((times.len() - 1) as f64 * p) as usize];
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!(
+        "{name:<44} {:>12.0} ops/s   per iteration p50 {:>9.1} µs  p99 {:>9.1} µs  max {:>9.1} µs",
+        (iters * ops) as f64 / total.as_secs_f64(),
+        us(pct(0.5)),
+        us(pct(0.99)),
+        us(times[times.len() - 1]),
+    );
+}
+
+fn codec(quick: bool) {
+    let iters = if quick { 20_000 } else { 200_000 };
+    for size in [64usize, 1024, 65536] {
+        let req = Request::Send {
+            queue: "orders".into(),
+            messages: vec![SendEntry::new(Bytes::from(vec![7u8; size]))],
+        };
+        let frame = req.encode();
+        measure(
+            &format!("codec: encode SEND, 1 × {size} B"),
+            iters,
+            1,
+            || {
+                std::hint::black_box(req.encode());
+            },
+        );
+        measure(
+            &format!("codec: decode SEND, 1 × {size} B"),
+            iters,
+            1,
+            || {
+                let header: &[u8; HEADER_LEN] = frame[..HEADER_LEN].try_into().expect("header");
+                let h = decode_header(header).expect("header");
+                let r = Request::decode(h.code, frame.slice(HEADER_LEN..)).expect("decode");
+                std::hint::black_box(r);
+            },
+        );
+    }
+}
+
+/// One transaction applying `cmds`, as the state machine does for one batch of entries.
+fn apply_all(db: &Database, cmds: &[Command]) -> Vec<Outcome> {
+    let mut txn = db.begin_write().expect("begin");
+    txn.set_durability(Durability::None).expect("durability");
+    let mut out = Vec::with_capacity(cmds.len());
+    {
+        let mut t = Tables::open(&txn).expect("tables");
+        let mut fx = Effects::default();
+        for c in cmds {
+            out.push(apply(&mut t, NOW_MS, c, &mut fx).expect("apply"));
+        }
+    }
+    txn.commit().expect("commit");
+    out
+}
+
+fn state_machine(quick: bool) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Database::builder()
+        .set_cache_size(64 << 20)
+        .create(dir.path().join("bench.redb"))
+        .expect("database");
+    apply_all(
+        &db,
+        &[Command::CreateQueue {
+            name: "q".into(),
+            patch: QueuePatch::default(),
+        }],
+    );
+    let batch = 256;
+    let iters = if quick { 200 } else { 2000 };
+    let body = Bytes::from(vec![7u8; 1024]);
+    // Sends: a batch of 256 single-message sends, the shape 256 clients in flight make.
+    let sends: Vec<Command> = (0..batch)
+        .map(|_| Command::Send {
+            queue: "q".into(),
+            messages: vec![SendEntry::new(body.clone())],
+        })
+        .collect();
+    measure(
+        "state machine: 256 sends of 1 KiB, one txn",
+        iters,
+        batch,
+        || {
+            apply_all(&db, &sends);
+        },
+    );
+    // Receive and ack what was sent, 256 at a time: one receive of 256, then 256 acks.
+    let receive = [Command::Receive {
+        queue: "q".into(),
+        max: batch as u32,
+        visibility_ms: Some(30_000),
+    }];
+    let mut receipts: Vec<Receipt> = Vec::new();
+    measure(
+        "state machine: receive 256 (one command), one txn",
+        iters,
+        batch,
+        || {
+            for o in apply_all(&db, &receive) {
+                if let Outcome::Deliveries { deliveries, .. } = o {
+                    receipts.extend(deliveries.into_iter().map(|d| d.receipt));
+                }
+            }
+        },
+    );
+    let acks: Vec<Vec<Command>> = receipts
+        .chunks(batch)
+        .map(|c| {
+            c.iter()
+                .map(|r| Command::Ack {
+                    queue: "q".into(),
+                    receipts: vec![*r],
+                })
+                .collect()
+        })
+        .collect();
+    let mut next = acks.iter().cycle();
+    measure(
+        "state machine: 256 acks of one receipt, one txn",
+        acks.len().min(iters),
+        batch,
+        || {
+            if let Some(cmds) = next.next() {
+                apply_all(&db, cmds);
+            }
+        },
+    );
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; anything else it passes is ignored but `--quick`.
+    let quick = std::env::args().any(|a| a == "--quick");
+    codec(quick);
+    state_machine(quick);
+}
