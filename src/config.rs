@@ -80,6 +80,14 @@ pub struct Args {
         value_name = "ADDR:PORT"
     )]
     pub metrics_listen: Option<String>,
+    /// Most client and peer connections at once; beyond it new ones are refused.
+    #[arg(
+        long,
+        env = "MQD_MAX_CONNECTIONS",
+        hide_env_values = true,
+        value_name = "N"
+    )]
+    pub max_connections: Option<u32>,
     /// Validate the config file and exit: 0 if valid, 2 if not.
     #[arg(long)]
     pub check_config: bool,
@@ -101,6 +109,10 @@ pub struct ClusterFile {
     pub join: Option<bool>,
 }
 
+/// Connections at once by default (`max_connections`).
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 4096;
+/// Largest `max_connections` accepted.
+pub const MAX_MAX_CONNECTIONS: u32 = 1_000_000;
 /// Default number of shards.
 pub const DEFAULT_SHARDS: u32 = 16;
 /// Default replicas per shard.
@@ -161,6 +173,8 @@ pub struct FileConfig {
     pub tls_names: Option<Vec<String>>,
     /// Loopback HTTP address for Prometheus metrics; empty for none.
     pub metrics_listen: Option<String>,
+    /// Most connections at once.
+    pub max_connections: Option<u32>,
     /// Cluster membership and layout.
     pub cluster: Option<ClusterFile>,
 }
@@ -200,6 +214,8 @@ pub struct Config {
     pub log_level: String,
     /// Extra DNS names for the node certificate.
     pub tls_names: Vec<String>,
+    /// Most client and peer connections at once (QUIC handshakes included).
+    pub max_connections: u32,
     /// Where to serve Prometheus metrics over HTTP, if anywhere (a loopback address).
     pub metrics_listen: Option<SocketAddr>,
     /// Cluster membership and layout.
@@ -280,7 +296,17 @@ impl Config {
             overrides.cluster.clone().unwrap_or_default(),
         )?;
         let metrics_listen = metrics_listen(&file, &overrides)?;
+        let max_connections = overrides
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if !(1..=MAX_MAX_CONNECTIONS).contains(&max_connections) {
+            return Err(ConfigError::Invalid(format!(
+                "max_connections {max_connections} is out of range: use 1 to {MAX_MAX_CONNECTIONS}"
+            )));
+        }
         Ok(Config {
+            max_connections,
             cluster,
             metrics_listen,
             data_dir: overrides
@@ -399,6 +425,15 @@ pub const KEYS: &[KeyDoc] = &[
         env: Some("MQD_METRICS_LISTEN"),
         flag: Some("--metrics-listen"),
         doc: "Serve Prometheus metrics (OpenMetrics text) over HTTP at /metrics on this address: request latency histograms and errors per opcode, usage counters per queue and per user, message counts of the queues this node leads, and Raft state per group. Loopback addresses only, since the endpoint has no authentication. Empty: no metrics endpoint.",
+    },
+    KeyDoc {
+        name: "max_connections",
+        kind: "integer, 1 to 1000000",
+        default: "4096",
+        example: "10000",
+        env: Some("MQD_MAX_CONNECTIONS"),
+        flag: Some("--max-connections"),
+        doc: "Most QUIC connections at once, clients and peer nodes together, handshakes in progress included. A connection beyond it is refused at once (the client sees the connection refused); the node goes on serving the connections it has. A client connection that has not authenticated (HELLO) within 10 seconds is closed, so idle strangers do not hold places.",
     },
     KeyDoc {
         name: "cluster.node_id",
@@ -572,6 +607,7 @@ mod tests {
                 && all.log_level.is_some()
                 && all.tls_names.is_some()
                 && all.metrics_listen.is_some()
+                && all.max_connections.is_some()
                 && all.cluster.as_ref().is_some_and(|c| c.node_id.is_some()
                     && c.peers.is_some()
                     && c.shards.is_some()
@@ -654,6 +690,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn max_connections_is_checked() {
+        let resolve = |text: &str| {
+            Config::resolve(
+                FileConfig::parse(Path::new("x.toml"), text).unwrap(),
+                FileConfig::default(),
+            )
+        };
+        let e = resolve("max_connections = 0\n").unwrap_err().to_string();
+        assert!(
+            e.contains("max_connections 0 is out of range: use 1 to 1000000"),
+            "{e}"
+        );
+        assert!(resolve("max_connections = 2000000\n").is_err());
+        assert_eq!(
+            resolve("").unwrap().max_connections,
+            DEFAULT_MAX_CONNECTIONS
+        );
+        assert_eq!(
+            resolve("max_connections = 10\n").unwrap().max_connections,
+            10
+        );
+        let e = FileConfig::parse(Path::new("x.toml"), "max_connections = -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_connections"), "{e}");
     }
 
     #[test]

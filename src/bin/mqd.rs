@@ -41,6 +41,7 @@ fn overrides(args: &Args) -> FileConfig {
         log_level: args.log_level.clone(),
         tls_names: None,
         metrics_listen: args.metrics_listen.clone(),
+        max_connections: args.max_connections,
         cluster: Some(mqd::config::ClusterFile {
             node_id: args.node_id,
             peers: (!args.peers.is_empty()).then(|| args.peers.clone()),

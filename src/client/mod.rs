@@ -18,6 +18,7 @@
 //! #     log_level: "warn".into(),
 //! #     tls_names: vec![],
 //! #     metrics_listen: None,
+//! #     max_connections: mqd::config::DEFAULT_MAX_CONNECTIONS,
 //! #     cluster: mqd::config::ClusterSettings {
 //! #         node_id: 1,
 //! #         peers: Default::default(),

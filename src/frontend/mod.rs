@@ -54,6 +54,14 @@ impl Session {
             remote: remote.to_string(),
         }
     }
+
+    /// Whether a HELLO has authenticated this session.
+    pub fn authenticated(&self) -> bool {
+        self.token_sha256
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
+    }
 }
 
 /// Shared by every connection of a node.

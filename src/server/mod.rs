@@ -24,6 +24,13 @@ use crate::protocol::{decode_header, encode_error, Request, Status, HEADER_LEN, 
 
 /// How long a client may take to deliver one request frame.
 const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a QUIC handshake may take before the node gives up on it.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client connection that has not authenticated by then is closed, so that connections
+/// which never say HELLO do not hold places under `max_connections`.
+const HELLO_DEADLINE: Duration = Duration::from_secs(10);
+/// QUIC application error code of a connection closed for want of a HELLO.
+const HELLO_TIMEOUT_CODE: u32 = 2;
 /// Most concurrent request streams per connection.
 const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 /// Most request body bytes buffered at once across all connections (256 MiB); a request
@@ -193,10 +200,18 @@ pub async fn run(
 
     on_ready(&Running { local_addr });
 
+    // One permit per connection, handshakes included, held until the connection ends.
+    let places = Arc::new(Semaphore::new(config.max_connections as usize));
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
+                let Ok(place) = places.clone().try_acquire_owned() else {
+                    tracing::debug!(remote = %incoming.remote_address(), max = config.max_connections,
+                        "connection refused: max_connections reached");
+                    incoming.refuse();
+                    continue;
+                };
                 let fe = frontend.clone();
                 let budget = body_budget.clone();
                 let tracker = tracker.clone();
@@ -206,13 +221,15 @@ pub async fn run(
                     let remote = incoming.remote_address();
                     let span = tracing::info_span!("conn", %remote);
                     async move {
-                        match incoming.await {
-                            Ok(conn) if crate::peer::alpn(&conn).as_deref() == Some(crate::peer::ALPN_PEER) => {
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+                            Ok(Ok(conn)) if crate::peer::alpn(&conn).as_deref() == Some(crate::peer::ALPN_PEER) => {
                                 crate::peer::serve_peer_connection(conn, router).await
                             }
-                            Ok(conn) => serve_connection(conn, fe, budget, tracker, stop).await,
-                            Err(e) => tracing::debug!(error = %e, "handshake failed"),
+                            Ok(Ok(conn)) => serve_connection(conn, fe, budget, tracker, stop).await,
+                            Ok(Err(e)) => tracing::debug!(error = %e, "handshake failed"),
+                            Err(_) => tracing::debug!("handshake not done within {HANDSHAKE_TIMEOUT:?}"),
                         }
+                        drop(place);
                     }
                     .instrument(span)
                     .await
@@ -270,6 +287,24 @@ async fn serve_connection(
 ) {
     let session = Arc::new(Session::new(conn.remote_address()));
     tracing::debug!("connection established");
+    // Closed if it has not said HELLO in time; the task ends with the connection.
+    {
+        let (conn, session) = (conn.clone(), session.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(HELLO_DEADLINE) => {
+                    if !session.authenticated() {
+                        tracing::debug!("closing a connection that did not authenticate in time");
+                        conn.close(
+                            HELLO_TIMEOUT_CODE.into(),
+                            format!("no HELLO within {HELLO_DEADLINE:?}").as_bytes(),
+                        );
+                    }
+                }
+                _ = conn.closed() => {}
+            }
+        });
+    }
     loop {
         let (send, recv) = match conn.accept_bi().await {
             Ok(s) => s,

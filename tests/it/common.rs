@@ -208,6 +208,17 @@ impl Node {
     }
 
     /// The data directory.
+    /// Resident memory of the node's process, in KiB (from /proc).
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -364,10 +375,23 @@ pub fn ok(o: &Output) -> String {
 /// A bare QUIC connection to the node (no HELLO): for tests that need to hold a stream
 /// open mid-frame, below what the client library allows.
 pub async fn raw_connection(node: &Node) -> quinn::Connection {
-    use rustls_pki_types::pem::PemObject;
+    try_raw_connection(node).await.expect("handshake")
+}
+
+/// A bare QUIC connection to the node, or why the node would not take it.
+pub async fn try_raw_connection(node: &Node) -> Result<quinn::Connection, quinn::ConnectionError> {
     let ca = std::fs::read(node.dir().join("ca.pem")).expect("ca.pem");
+    try_raw_connection_to(node.addr, &ca).await
+}
+
+/// A bare QUIC connection to `addr`, trusting the CA certificate `ca` (PEM).
+pub async fn try_raw_connection_to(
+    addr: SocketAddr,
+    ca: &[u8],
+) -> Result<quinn::Connection, quinn::ConnectionError> {
+    use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&ca) {
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca) {
         roots.add(c.expect("pem")).expect("root");
     }
     let mut crypto = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
@@ -381,8 +405,7 @@ pub async fn raw_connection(node: &Node) -> quinn::Connection {
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).expect("quic crypto");
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("endpoint");
     ep.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
-    ep.connect(node.addr, mqd::protocol::TLS_SERVER_NAME)
+    ep.connect(addr, mqd::protocol::TLS_SERVER_NAME)
         .expect("connect")
         .await
-        .expect("handshake")
 }

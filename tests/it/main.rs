@@ -1,6 +1,7 @@
 //! Integration tests: real `mqd` processes on 127.0.0.1, driven through the client library,
 //! raw frames and `mqctl`. One binary, a module per area.
 
+mod abuse;
 mod auth;
 mod cluster;
 mod common;
