@@ -615,3 +615,23 @@ fn golden_dump() {
         );
     }
 }
+
+#[test]
+#[ignore = "writes the fuzzers' seed corpus (fuzz/corpus) from the golden cases"]
+fn fuzz_seed_corpus() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    for (name, case) in cases() {
+        let frame = encode(&case);
+        let (dir, bytes) = match &case {
+            Case::Request(_) => ("request", frame.to_vec()),
+            Case::Response(op, _) => {
+                let pick = Opcode::ALL.iter().position(|o| o == op).unwrap() as u8;
+                ("response", [&[pick][..], &frame].concat())
+            }
+            Case::Error(..) => ("response", [&[0u8][..], &frame].concat()),
+        };
+        let dir = root.join(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+}
