@@ -3,6 +3,7 @@
 
 mod abuse;
 mod auth;
+mod chaos;
 mod cluster;
 mod common;
 mod crash;

@@ -1,0 +1,459 @@
+//! A Jepsen-style fault test: three real nodes, concurrent producers (every send carries a
+//! dedup id) and consumers, and a nemesis that SIGKILLs and restarts nodes, pauses them
+//! (SIGSTOP/SIGCONT) and cuts one off from the others, at random from a seed. A checker
+//! then reads the whole history and reports every anomaly:
+//!
+//! - lost: an acknowledged send never received;
+//! - phantom: a message received that was never sent;
+//! - duplicate: one dedup id stored as two messages (two ids sent back, or received
+//!   under two ids);
+//! - FIFO: a message group delivered out of send order;
+//! - stale receipt: two deliveries of one message both acked, or a message delivered
+//!   again after an ack of it succeeded.
+//!
+//! The short form runs in CI. `MQD_CHAOS_SECONDS=1800 MQD_CHAOS_SEED=N cargo nextest run
+//! -E 'test(chaos::)' --no-capture` runs a long one, or replays a seed (see
+//! docs/RELIABILITY.md). The seed and the history's size are printed either way.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mqd::client::Client;
+use mqd::protocol::{QueuePatch, SendEntry, Status};
+
+use crate::common::Node;
+
+const STD: &str = "chaos-std";
+const FIFO: &str = "chaos-fifo";
+const GROUPS: usize = 4;
+const VISIBILITY_MS: u64 = 3000;
+
+/// xorshift64*: small, seeded, the same sequence for the same seed.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo + self.below(hi - lo + 1))
+    }
+}
+
+struct Received {
+    queue: &'static str,
+    body: String,
+    id: u64,
+    count: u32,
+    /// When the receive that returned it was sent, and when it returned.
+    asked: Instant,
+    got: Instant,
+}
+
+#[derive(Default)]
+struct History {
+    /// Every body (= dedup id) sent at least once.
+    attempted: HashSet<String>,
+    /// Acknowledged sends: body → every message id the node answered with.
+    acked: HashMap<String, HashSet<u64>>,
+    received: Vec<Received>,
+    /// Acks answered OK: (queue, message id) → (delivery count, when the answer came).
+    ok_acks: HashMap<(&'static str, u64), Vec<(u32, Instant)>>,
+    faults: Vec<String>,
+}
+
+type Shared = Arc<Mutex<History>>;
+
+fn lock(h: &Shared) -> std::sync::MutexGuard<'_, History> {
+    h.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+async fn client(nodes: &Arc<Mutex<Vec<Node>>>) -> Client {
+    let mut config = {
+        let nodes = nodes.lock().unwrap();
+        let mut c = nodes[0].client_config();
+        c.servers = nodes.iter().map(|n| n.addr).collect();
+        c
+    };
+    config.timeout = Duration::from_secs(5);
+    config.connect_timeout = Duration::from_secs(2);
+    Client::connect(config).await.expect("connect")
+}
+
+/// Sends `body` with its dedup id until a node acknowledges it or `stop` is set.
+async fn send_until_acked(
+    c: &Client,
+    queue: &str,
+    body: &str,
+    group: Option<String>,
+    h: &Shared,
+    stop: &AtomicBool,
+) -> bool {
+    lock(h).attempted.insert(body.to_string());
+    loop {
+        let mut entry = SendEntry::new(body.to_string());
+        entry.dedup_id = Some(body.to_string());
+        entry.group = group.clone();
+        match c.send(queue, vec![entry]).await {
+            Ok(ids) => {
+                lock(h)
+                    .acked
+                    .entry(body.to_string())
+                    .or_default()
+                    .insert(ids[0]);
+                return true;
+            }
+            Err(_) if stop.load(Ordering::Relaxed) => return false,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+async fn consume(c: Client, queue: &'static str, h: Shared, done: Arc<AtomicBool>, seed: u64) {
+    let mut rng = Rng::new(seed);
+    while !done.load(Ordering::Relaxed) {
+        let asked = Instant::now();
+        let Ok(batch) = c.receive(queue, 10, Some(VISIBILITY_MS), Some(500)).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let got = Instant::now();
+        {
+            let mut hist = lock(&h);
+            for d in &batch {
+                hist.received.push(Received {
+                    queue,
+                    body: String::from_utf8_lossy(&d.message.body).into_owned(),
+                    id: d.message.id,
+                    count: d.message.receive_count,
+                    asked,
+                    got,
+                });
+            }
+        }
+        // Now and then an ack comes later than the visibility timeout, so the message is
+        // delivered again meanwhile and that receipt goes stale; the rest are acked at once,
+        // together.
+        let (late, now): (Vec<_>, Vec<_>) = batch.into_iter().partition(|_| rng.below(40) == 0);
+        for d in late {
+            let (c, h) = (c.clone(), h.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(VISIBILITY_MS + 500)).await;
+                ack(&c, queue, vec![d], &h).await;
+            });
+        }
+        ack(&c, queue, now, &h).await;
+    }
+}
+
+/// Acks `deliveries` in one request and records those answered OK.
+async fn ack(
+    c: &Client,
+    queue: &'static str,
+    deliveries: Vec<mqd::protocol::Delivery>,
+    h: &Shared,
+) {
+    if deliveries.is_empty() {
+        return;
+    }
+    let receipts = deliveries.iter().map(|d| d.receipt).collect();
+    if let Ok(statuses) = c.ack(queue, receipts).await {
+        let at = Instant::now();
+        let mut hist = lock(h);
+        for (d, s) in deliveries.iter().zip(statuses) {
+            if s == Status::Ok {
+                hist.ok_acks
+                    .entry((queue, d.message.id))
+                    .or_default()
+                    .push((d.message.receive_count, at));
+            }
+        }
+    }
+}
+
+/// One fault at a time, each healed before the next.
+async fn nemesis(nodes: Arc<Mutex<Vec<Node>>>, h: Shared, seed: u64, until: Instant) {
+    let mut rng = Rng::new(seed ^ 0x9E37_79B9_7F4A_7C15);
+    let n = nodes.lock().unwrap().len() as u64;
+    let start = Instant::now();
+    while Instant::now() < until {
+        tokio::time::sleep(rng.millis(500, 1500)).await;
+        let victim = rng.below(n) as usize;
+        let hold = rng.millis(1000, 3000);
+        let what = match rng.below(3) {
+            0 => {
+                nodes.lock().unwrap()[victim].kill();
+                tokio::time::sleep(hold).await;
+                let nodes = nodes.clone();
+                tokio::task::spawn_blocking(move || nodes.lock().unwrap()[victim].restart())
+                    .await
+                    .expect("restart");
+                "SIGKILL, restart"
+            }
+            1 => {
+                nodes.lock().unwrap()[victim].signal("STOP");
+                tokio::time::sleep(hold).await;
+                nodes.lock().unwrap()[victim].signal("CONT");
+                "SIGSTOP, SIGCONT"
+            }
+            _ => {
+                {
+                    let nodes = nodes.lock().unwrap();
+                    let others: Vec<_> = (0..nodes.len())
+                        .filter(|i| *i != victim)
+                        .map(|i| nodes[i].addr)
+                        .collect();
+                    nodes[victim].cut_off(&others);
+                    for (i, node) in nodes.iter().enumerate() {
+                        if i != victim {
+                            node.cut_off(&[nodes[victim].addr]);
+                        }
+                    }
+                }
+                tokio::time::sleep(hold).await;
+                for node in nodes.lock().unwrap().iter() {
+                    node.heal();
+                }
+                "cut off from the others, healed"
+            }
+        };
+        lock(&h).faults.push(format!(
+            "{:>6.1}s node {}: {what} ({} ms)",
+            start.elapsed().as_secs_f64(),
+            victim + 1,
+            hold.as_millis()
+        ));
+    }
+}
+
+/// Every anomaly in the history, in words.
+fn check(h: &History) -> Vec<String> {
+    let mut anomalies = Vec::new();
+    let mut ids_of: HashMap<&str, HashSet<u64>> = HashMap::new();
+    for r in &h.received {
+        ids_of.entry(&r.body).or_default().insert(r.id);
+        if !h.attempted.contains(&r.body) {
+            anomalies.push(format!("phantom: received {:?}, never sent", r.body));
+        }
+    }
+    for (body, ids) in &h.acked {
+        if ids.len() > 1 {
+            anomalies.push(format!(
+                "duplicate: send {body:?} acknowledged as ids {ids:?}"
+            ));
+        }
+        if !ids_of.contains_key(body.as_str()) {
+            anomalies.push(format!(
+                "lost: {body:?} acknowledged as {ids:?}, never received"
+            ));
+        }
+    }
+    for (body, ids) in &ids_of {
+        if ids.len() > 1 {
+            anomalies.push(format!("duplicate: {body:?} received as ids {ids:?}"));
+        }
+    }
+    // FIFO: within a group, first deliveries come in send order (each group's producer
+    // sends message n+1 only after n is acknowledged).
+    let mut firsts: BTreeMap<String, Vec<(Instant, u64)>> = BTreeMap::new();
+    let mut seen = HashSet::new();
+    for r in h.received.iter().filter(|r| r.queue == FIFO) {
+        if seen.insert(r.body.clone()) {
+            if let Some((g, n)) = r.body.split_once('-') {
+                if let Ok(n) = n.parse::<u64>() {
+                    firsts.entry(g.to_string()).or_default().push((r.got, n));
+                }
+            }
+        }
+    }
+    for (g, mut list) in firsts {
+        list.sort();
+        for w in list.windows(2) {
+            if w[1].1 <= w[0].1 {
+                anomalies.push(format!(
+                    "FIFO: group {g} delivered {}-{} after {}-{}",
+                    g, w[1].1, g, w[0].1
+                ));
+            }
+        }
+    }
+    // Receipts: one successful ack per message, and no delivery asked for after it.
+    let mut deliveries: HashMap<(&str, u64), Vec<&Received>> = HashMap::new();
+    for r in &h.received {
+        deliveries.entry((r.queue, r.id)).or_default().push(r);
+    }
+    for ((queue, id), acks) in &h.ok_acks {
+        let counts: HashSet<u32> = acks.iter().map(|a| a.0).collect();
+        if counts.len() > 1 {
+            anomalies.push(format!(
+                "stale receipt: {queue} message {id} acked for deliveries {counts:?}"
+            ));
+        }
+        let first_ok = acks.iter().map(|a| a.1).min().expect("an ack");
+        for r in deliveries.get(&(*queue, *id)).into_iter().flatten() {
+            if r.asked > first_ok {
+                anomalies.push(format!(
+                    "acked then delivered: {queue} message {id} delivered again (count {}) after its ack",
+                    r.count
+                ));
+            }
+        }
+    }
+    anomalies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_lose_nothing_acknowledged_and_break_no_guarantee() {
+    let seed = std::env::var("MQD_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    let seconds: u64 = std::env::var("MQD_CHAOS_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15);
+    eprintln!("chaos: seed {seed}, {seconds} s of faults (replay: MQD_CHAOS_SEED={seed} MQD_CHAOS_SECONDS={seconds})");
+
+    let nodes = Arc::new(Mutex::new(Node::start_cluster(3, 4)));
+    let admin = client(&nodes).await;
+    let window = QueuePatch {
+        dedup_window_ms: Some(3_600_000),
+        ..Default::default()
+    };
+    admin.create_queue(STD, window.clone()).await.unwrap();
+    admin
+        .create_queue(
+            FIFO,
+            QueuePatch {
+                fifo: Some(true),
+                ..window
+            },
+        )
+        .await
+        .unwrap();
+
+    let h: Shared = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let mut producers = Vec::new();
+    for p in 0..2 {
+        let (c, h, stop) = (client(&nodes).await, h.clone(), stop.clone());
+        producers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                send_until_acked(&c, STD, &format!("s{p}.{n}"), None, &h, &stop).await;
+                n += 1;
+            }
+        }));
+    }
+    for g in 0..GROUPS {
+        let (c, h, stop) = (client(&nodes).await, h.clone(), stop.clone());
+        producers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let body = format!("g{g}-{n}");
+                if send_until_acked(&c, FIFO, &body, Some(format!("g{g}")), &h, &stop).await {
+                    n += 1;
+                }
+            }
+        }));
+    }
+    let mut consumers = Vec::new();
+    for (i, q) in [STD, STD, FIFO, FIFO].into_iter().enumerate() {
+        let c = client(&nodes).await;
+        consumers.push(tokio::spawn(consume(
+            c,
+            q,
+            h.clone(),
+            done.clone(),
+            seed.wrapping_add(i as u64),
+        )));
+    }
+
+    let t0 = Instant::now();
+    nemesis(nodes.clone(), h.clone(), seed, until).await;
+    stop.store(true, Ordering::Relaxed);
+    for p in producers {
+        p.await.unwrap();
+    }
+    let t_faults = t0.elapsed();
+    // Faults over: the consumers drain until every acknowledged send has been received
+    // and acked, or nothing new arrives for 30 s.
+    let mut last = (0, Instant::now());
+    loop {
+        let (pending, received) = {
+            let hist = lock(&h);
+            let got: HashSet<&str> = hist.received.iter().map(|r| r.body.as_str()).collect();
+            let pending = hist
+                .acked
+                .keys()
+                .filter(|b| !got.contains(b.as_str()))
+                .count();
+            (pending, hist.received.len())
+        };
+        if pending == 0 {
+            break;
+        }
+        if received != last.0 {
+            last = (received, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let t_drained = t0.elapsed();
+    // Let redeliveries of slow acks play out, then stop.
+    tokio::time::sleep(Duration::from_millis(VISIBILITY_MS + 1000)).await;
+    done.store(true, Ordering::Relaxed);
+    for c in consumers {
+        c.await.unwrap();
+    }
+
+    eprintln!(
+        "chaos: faults and producers done at {:.1}s, drained at {:.1}s, consumers stopped at {:.1}s",
+        t_faults.as_secs_f64(),
+        t_drained.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+    let hist = lock(&h);
+    for f in &hist.faults {
+        eprintln!("fault {f}");
+    }
+    let anomalies = check(&hist);
+    eprintln!(
+        "chaos: seed {seed}: {} faults; {} sends attempted, {} acknowledged; {} deliveries; {} acks; {} anomalies",
+        hist.faults.len(),
+        hist.attempted.len(),
+        hist.acked.len(),
+        hist.received.len(),
+        hist.ok_acks.values().map(Vec::len).sum::<usize>(),
+        anomalies.len()
+    );
+    for a in &anomalies {
+        eprintln!("anomaly: {a}");
+    }
+    assert!(
+        anomalies.is_empty(),
+        "seed {seed}: {} anomalies (first: {})",
+        anomalies.len(),
+        anomalies[0]
+    );
+    assert!(!hist.faults.is_empty() && !hist.acked.is_empty());
+}
