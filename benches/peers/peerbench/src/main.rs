@@ -1,5 +1,5 @@
 //! The workload of `mqctl bench`, against NATS JetStream or RabbitMQ, for
-//! `benches/peers/run.sh`. Same knobs (producers, consumers, requests in flight, message
+//! `benches/peers/run.py`. Same knobs (producers, consumers, requests in flight, message
 //! size, queues, messages), same measurements (send→ack and end-to-end latency from the
 //! send time each body carries in its first 8 bytes, HDR histograms), same JSON output.
 //!
