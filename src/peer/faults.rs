@@ -7,6 +7,10 @@
 //! unreachable, and peer streams from it are reset unanswered. An empty or missing file
 //! heals the partition. Both sides of a partition list each other, so a test cuts a node
 //! off by writing its peers into its file and its address into theirs.
+//!
+//! A line `clock +MS` or `clock -MS` skews this node's wall clock (the one the state
+//! machine's times come from) by that many milliseconds, as a badly set clock would; no
+//! such line, no skew.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -48,8 +52,14 @@ impl Faults {
         let cut = self.cut.clone();
         tokio::spawn(async move {
             let mut last = HashSet::new();
+            let mut last_skew = 0;
             loop {
-                let now = read(&path);
+                let (now, skew) = read(&path);
+                if skew != last_skew {
+                    tracing::warn!(skew_ms = skew, "wall clock skewed by fault injection");
+                    crate::store::set_clock_skew_ms(skew);
+                    last_skew = skew;
+                }
                 if now != last {
                     tracing::warn!(cut = ?now, "peer partition changed by fault injection");
                     *cut.write().unwrap_or_else(|e| e.into_inner()) = now.clone();
@@ -61,26 +71,38 @@ impl Faults {
     }
 }
 
-/// The addresses listed in `path`; lines that are not addresses are skipped with a warning.
-fn read(path: &Path) -> HashSet<SocketAddr> {
+/// The addresses listed in `path` and the clock skew it asks for; lines that are neither
+/// are skipped with a warning.
+fn read(path: &Path) -> (HashSet<SocketAddr>, i64) {
     let Ok(text) = std::fs::read_to_string(path) else {
-        return HashSet::new();
+        return (HashSet::new(), 0);
     };
     parse(&text)
 }
 
-fn parse(text: &str) -> HashSet<SocketAddr> {
-    text.lines()
+fn parse(text: &str) -> (HashSet<SocketAddr>, i64) {
+    let mut cut = HashSet::new();
+    let mut skew = 0;
+    for l in text
+        .lines()
         .map(|l| l.split('#').next().unwrap_or("").trim())
         .filter(|l| !l.is_empty())
-        .filter_map(|l| match l.parse() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                tracing::warn!(line = l, "fault file: not an IP:PORT address; ignored");
-                None
+    {
+        if let Some(ms) = l.strip_prefix("clock ") {
+            match ms.trim().parse::<i64>() {
+                Ok(v) => skew = v,
+                Err(_) => tracing::warn!(line = l, "fault file: clock wants +MS or -MS; ignored"),
             }
-        })
-        .collect()
+            continue;
+        }
+        match l.parse() {
+            Ok(a) => {
+                cut.insert(a);
+            }
+            Err(_) => tracing::warn!(line = l, "fault file: not an IP:PORT address; ignored"),
+        }
+    }
+    (cut, skew)
 }
 
 #[cfg(test)]
@@ -89,7 +111,11 @@ mod tests {
 
     #[test]
     fn lines_are_addresses_comments_and_blanks() {
-        let got = parse("127.0.0.1:7412\n\n# node 3\n127.0.0.1:7413 # too\nnonsense\n");
+        let (got, skew) = parse("127.0.0.1:7412\n\n# node 3\n127.0.0.1:7413 # too\nnonsense\n");
+        assert_eq!(skew, 0);
+        assert_eq!(parse("clock +1500\n").1, 1500);
+        assert_eq!(parse("clock -20000 # behind\n127.0.0.1:1\n").1, -20000);
+        assert_eq!(parse("clock soon\n").1, 0);
         let want: HashSet<SocketAddr> = ["127.0.0.1:7412", "127.0.0.1:7413"]
             .iter()
             .map(|a| a.parse().unwrap())

@@ -244,10 +244,20 @@ pub fn queue_count(txn: &ReadTransaction) -> Result<u64, StoreError> {
 /// Milliseconds since the Unix epoch on this node's clock: what proposals are stamped
 /// with, and what reads compare visibility and retention against.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
+    let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+        .unwrap_or(0);
+    ms.saturating_add_signed(CLOCK_SKEW_MS.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// Added to the wall clock by [`now_ms`]; 0 but in fault-injection tests.
+static CLOCK_SKEW_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Skews this process's wall clock as [`now_ms`] reads it (fault injection only: see
+/// `peer::faults`).
+pub fn set_clock_skew_ms(ms: i64) {
+    CLOCK_SKEW_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Checks the format version and creates every table, so read transactions find them.

@@ -333,6 +333,19 @@ impl Node {
         std::fs::write(self.dir.join(FAULT_FILE), text).expect("write fault file");
     }
 
+    /// Skews this node's wall clock by `ms` (0: none) through its fault file, keeping the
+    /// cuts it lists. Takes effect within about 100 ms.
+    pub fn skew_clock(&self, ms: i64) {
+        let path = self.dir.join(FAULT_FILE);
+        let kept: String = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.starts_with("clock "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&path, format!("{kept}clock {ms:+}\n")).expect("write fault file");
+    }
+
     /// Ends every cut made by [`Node::cut_off`].
     pub fn heal(&self) {
         self.cut_off(&[]);
