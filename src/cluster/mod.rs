@@ -236,8 +236,8 @@ pub enum OpError {
 /// Why the node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    /// A group's storage could not be opened.
-    #[error("opening {path}: {detail}")]
+    /// A group's storage could not be opened (damaged, truncated, unreadable).
+    #[error("opening {path}: {detail}. The node does not start rather than serve from a file it cannot trust. If the disk is full or the file's owner or permissions are wrong, fix that and start again. If the file is damaged, stop and restore the whole data directory from a backup; in a cluster, a node whose data is lost can instead be replaced: `mqctl node remove ID` from a healthy node, then add a new node with a new id and an empty data directory (`mqd --join`, `mqctl node add`)")]
     Storage {
         /// The file.
         path: PathBuf,

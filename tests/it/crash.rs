@@ -88,3 +88,60 @@ async fn acknowledged_sends_survive_sigkill() {
         "counts agree with what is stored"
     );
 }
+
+/// A node with one queue and one message, stopped; then `damage` is done to its data
+/// directory and mqd is started on it again. Returns its exit status and stderr.
+async fn start_after(damage: impl FnOnce(&std::path::Path)) -> (std::process::ExitStatus, String) {
+    let mut node = Node::start();
+    let c = node.client().await;
+    c.create_queue("q", QueuePatch::default()).await.unwrap();
+    c.send("q", vec![SendEntry::new("kept")]).await.unwrap();
+    drop(c);
+    assert!(node.terminate(), "a clean stop");
+    damage(node.dir());
+    let out = std::process::Command::new(crate::common::mqd_bin())
+        .arg("--data-dir")
+        .arg(node.dir())
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--log-level")
+        .arg("warn")
+        .env("MQD_CONFIG", "/dev/null")
+        .output()
+        .expect("run mqd");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_truncated_or_corrupted_database_is_refused_at_start_naming_the_file() {
+    // Truncated: a shard's state-machine file cut short.
+    let (status, err) = start_after(|dir| {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("shard-0001.redb"))
+            .unwrap();
+        f.set_len(5000).unwrap();
+    })
+    .await;
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("shard-0001.redb"), "{err}");
+    assert!(err.contains("restore the whole data directory"), "{err}");
+
+    // Corrupted: a shard's log file with its header overwritten.
+    let (status, err) = start_after(|dir| {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("shard-0002.log.redb"))
+            .unwrap();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.write_all(&[0xA5; 512]).unwrap();
+    })
+    .await;
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("shard-0002.log.redb"), "{err}");
+    assert!(err.contains("restore the whole data directory"), "{err}");
+}
