@@ -71,3 +71,41 @@ fn check_config_names_the_bad_key_and_line() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// tests/fixtures/format-v2.tar.gz: the data directory of a one-shard node written by the
+/// build of commit e3279f8 (on-disk format version 2, the one before this build's), with
+/// a queue created in it; credentials left out (mqd makes new ones).
+#[test]
+fn data_of_the_previous_format_version_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format-v2.tar.gz");
+    let untar = Command::new("tar")
+        .arg("-xzf")
+        .arg(&fixture)
+        .arg("-C")
+        .arg(dir.path())
+        .status()
+        .expect("tar");
+    assert!(untar.success());
+    let out = Command::new(mqd_bin())
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--shards")
+        .arg("1")
+        .env("MQD_CONFIG", "/dev/null")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(".redb: on-disk format version 2 was written by an earlier development build")
+            && err.contains("this build reads version 3")
+            && err.contains("Move the data directory aside"),
+        "{err}"
+    );
+    // It never began to serve.
+    assert!(!dir.path().join("mqd.addr").exists());
+}
