@@ -88,6 +88,14 @@ pub struct Args {
         value_name = "N"
     )]
     pub max_connections: Option<u32>,
+    /// MiB of disk space kept free: below it sends are refused (0: no reserve).
+    #[arg(
+        long,
+        env = "MQD_MIN_FREE_MIB",
+        hide_env_values = true,
+        value_name = "MIB"
+    )]
+    pub min_free_mib: Option<u64>,
     /// Validate the config file and exit: 0 if valid, 2 if not.
     #[arg(long)]
     pub check_config: bool,
@@ -113,6 +121,10 @@ pub struct ClusterFile {
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 4096;
 /// Largest `max_connections` accepted.
 pub const MAX_MAX_CONNECTIONS: u32 = 1_000_000;
+/// Disk space kept free by default, in MiB (`min_free_mib`).
+pub const DEFAULT_MIN_FREE_MIB: u64 = 256;
+/// Largest `min_free_mib` accepted (1 PiB).
+pub const MAX_MIN_FREE_MIB: u64 = 1 << 30;
 /// Default number of shards.
 pub const DEFAULT_SHARDS: u32 = 16;
 /// Default replicas per shard.
@@ -175,6 +187,8 @@ pub struct FileConfig {
     pub metrics_listen: Option<String>,
     /// Most connections at once.
     pub max_connections: Option<u32>,
+    /// MiB of disk kept free; below it sends are refused.
+    pub min_free_mib: Option<u64>,
     /// Cluster membership and layout.
     pub cluster: Option<ClusterFile>,
 }
@@ -216,6 +230,9 @@ pub struct Config {
     pub tls_names: Vec<String>,
     /// Most client and peer connections at once (QUIC handshakes included).
     pub max_connections: u32,
+    /// MiB of disk space kept free for receives, acks and deletes: below it, sends are
+    /// refused with `STORAGE_FULL`. 0: no reserve.
+    pub min_free_mib: u64,
     /// Where to serve Prometheus metrics over HTTP, if anywhere (a loopback address).
     pub metrics_listen: Option<SocketAddr>,
     /// Cluster membership and layout.
@@ -305,7 +322,17 @@ impl Config {
                 "max_connections {max_connections} is out of range: use 1 to {MAX_MAX_CONNECTIONS}"
             )));
         }
+        let min_free_mib = overrides
+            .min_free_mib
+            .or(file.min_free_mib)
+            .unwrap_or(DEFAULT_MIN_FREE_MIB);
+        if min_free_mib > MAX_MIN_FREE_MIB {
+            return Err(ConfigError::Invalid(format!(
+                "min_free_mib {min_free_mib} is out of range: use 0 (no reserve) to {MAX_MIN_FREE_MIB}"
+            )));
+        }
         Ok(Config {
+            min_free_mib,
             max_connections,
             cluster,
             metrics_listen,
@@ -434,6 +461,15 @@ pub const KEYS: &[KeyDoc] = &[
         env: Some("MQD_MAX_CONNECTIONS"),
         flag: Some("--max-connections"),
         doc: "Most QUIC connections at once, clients and peer nodes together, handshakes in progress included. A connection beyond it is refused at once (the client sees the connection refused); the node goes on serving the connections it has. A client connection that has not authenticated (HELLO) within 10 seconds is closed, so idle strangers do not hold places.",
+    },
+    KeyDoc {
+        name: "min_free_mib",
+        kind: "integer (MiB), 0 to 1073741824",
+        default: "256",
+        example: "1024",
+        env: Some("MQD_MIN_FREE_MIB"),
+        flag: Some("--min-free-mib"),
+        doc: "Disk space kept free on the file system of data_dir, in MiB. While less is free, sends this node leads are refused with STORAGE_FULL (nothing is stored) and the log says so; receives, acks, nacks and deletes go on in the reserve, and sends resume by themselves once space is freed. 0: no reserve (a full disk then stops the shards whose log cannot be written).",
     },
     KeyDoc {
         name: "cluster.node_id",
@@ -608,6 +644,7 @@ mod tests {
                 && all.tls_names.is_some()
                 && all.metrics_listen.is_some()
                 && all.max_connections.is_some()
+                && all.min_free_mib.is_some()
                 && all.cluster.as_ref().is_some_and(|c| c.node_id.is_some()
                     && c.peers.is_some()
                     && c.shards.is_some()

@@ -13,7 +13,8 @@ Exit codes:
   3  not found (queue or user does not exist)
   4  conflict (queue or user exists, queue not empty, queue in use)
   5  unavailable (cannot connect, timeout, node shutting down, storage failure, throttled
-     after retries: queue at its maximum depth or user over its rate limit)
+     after retries: queue at its maximum depth or user over its rate limit; disk nearly
+     full on the node: STORAGE_FULL)
   6  authentication failed (wrong, rotated or missing token)
   7  stale or invalid receipt (ack/nack/extend of a message redelivered or gone)
   8  forbidden (the user holds no grant for this operation on this queue)

@@ -52,9 +52,11 @@ fn exit_code_of(status: Status) -> u8 {
         Status::Unauthenticated => EXIT_AUTH,
         Status::Forbidden => EXIT_FORBIDDEN,
         Status::ReceiptInvalid | Status::ReceiptStale => EXIT_RECEIPT,
-        Status::ShuttingDown | Status::Unavailable | Status::Throttled | Status::Internal => {
-            EXIT_UNAVAILABLE
-        }
+        Status::ShuttingDown
+        | Status::Unavailable
+        | Status::Throttled
+        | Status::StorageFull
+        | Status::Internal => EXIT_UNAVAILABLE,
         _ => EXIT_INVALID,
     }
 }

@@ -42,6 +42,7 @@ fn overrides(args: &Args) -> FileConfig {
         tls_names: None,
         metrics_listen: args.metrics_listen.clone(),
         max_connections: args.max_connections,
+        min_free_mib: args.min_free_mib,
         cluster: Some(mqd::config::ClusterFile {
             node_id: args.node_id,
             peers: (!args.peers.is_empty()).then(|| args.peers.clone()),

@@ -19,6 +19,7 @@
 //! #     tls_names: vec![],
 //! #     metrics_listen: None,
 //! #     max_connections: mqd::config::DEFAULT_MAX_CONNECTIONS,
+//! #     min_free_mib: 0,
 //! #     cluster: mqd::config::ClusterSettings {
 //! #         node_id: 1,
 //! #         peers: Default::default(),

@@ -16,6 +16,7 @@
 //! This module owns placement, forwarding and the Raft groups' lifecycle; request
 //! validation belongs to `frontend`, storage to `store`, the replication log to `raft`.
 
+pub mod disk;
 mod membership;
 mod status;
 mod usage;
@@ -329,6 +330,8 @@ struct Inner {
     stopping: AtomicBool,
     /// Bumped each time the local control-group replica changes the users.
     users_version: Arc<AtomicU64>,
+    /// The free-space guard, once the server sets one (see [`Node::guard_disk`]).
+    disk: std::sync::OnceLock<disk::DiskGuard>,
     /// What this node's front end served.
     usage: UsageCounters,
     /// Bumped each time the local control-group replica changes a placement.
@@ -472,6 +475,7 @@ impl Node {
                 router: router.clone(),
                 stopping: AtomicBool::new(false),
                 users_version: Arc::default(),
+                disk: std::sync::OnceLock::new(),
                 usage: UsageCounters::default(),
                 catalog_version: Arc::default(),
                 catalog: RwLock::new((0, HashMap::new())),
@@ -1080,6 +1084,12 @@ impl Node {
         total
     }
 
+    /// Refuses sends led by this node while its disk is below the guard's reserve. Set once,
+    /// by the server at start.
+    pub fn guard_disk(&self, guard: disk::DiskGuard) {
+        let _ = self.inner.disk.set(guard);
+    }
+
     /// Runs `op` on the leader of `group`, wherever it is.
     pub async fn exec(&self, group: u64, op: Op) -> Result<Answer, Failure> {
         let deadline = tokio::time::Instant::now() + EXEC_DEADLINE;
@@ -1225,6 +1235,11 @@ impl Node {
         }
         match op {
             Op::Command(cmd) => {
+                if let (Command::Send { .. }, Some(why)) =
+                    (&cmd, self.inner.disk.get().and_then(|d| d.refusal()))
+                {
+                    return Err(failed(Status::StorageFull, why));
+                }
                 if let (Command::Receive { queue, .. }, true) = (&cmd, current) {
                     // An empty receive changes nothing: answer it from a read, so long
                     // polls append nothing to the log. Only once this leader's state is

@@ -51,6 +51,9 @@ pub enum Status {
     /// or the user is over its rate limit on this node. Retry after a pause that grows
     /// with each refusal.
     Throttled = 32,
+    /// The node's disk is nearly full: sends are refused (nothing stored) until space is
+    /// freed; receives, acks and deletes go on.
+    StorageFull = 33,
     /// No user has that name.
     UserNotFound = 40,
     /// A user with that name exists already.
@@ -61,7 +64,7 @@ pub enum Status {
 
 impl Status {
     /// Every status, in number order.
-    pub const ALL: [Status; 23] = [
+    pub const ALL: [Status; 24] = [
         Status::Ok,
         Status::BadFrame,
         Status::UnsupportedVersion,
@@ -82,6 +85,7 @@ impl Status {
         Status::ShuttingDown,
         Status::Unavailable,
         Status::Throttled,
+        Status::StorageFull,
         Status::UserNotFound,
         Status::UserExists,
         Status::Internal,
@@ -115,6 +119,7 @@ impl Status {
             Status::ShuttingDown => "SHUTTING_DOWN",
             Status::Unavailable => "UNAVAILABLE",
             Status::Throttled => "THROTTLED",
+            Status::StorageFull => "STORAGE_FULL",
             Status::UserNotFound => "USER_NOT_FOUND",
             Status::UserExists => "USER_EXISTS",
             Status::Internal => "INTERNAL",
@@ -125,7 +130,11 @@ impl Status {
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            Status::ShuttingDown | Status::Unavailable | Status::Throttled | Status::Internal
+            Status::ShuttingDown
+                | Status::Unavailable
+                | Status::Throttled
+                | Status::StorageFull
+                | Status::Internal
         )
     }
 }

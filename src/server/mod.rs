@@ -137,6 +137,11 @@ pub async fn run(
         config.cluster.join,
     )
     .await?;
+    node.guard_disk(crate::cluster::disk::DiskGuard::start(
+        &config.data_dir,
+        config.min_free_mib << 20,
+        shutdown.clone(),
+    ));
     {
         let node = node.clone();
         router.set_forward_handler(Arc::new(move |group, body| {

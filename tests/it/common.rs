@@ -62,6 +62,22 @@ impl Node {
         }
     }
 
+    /// Starts a node on the data directory `dir` (created if missing; not removed after).
+    pub fn start_in(dir: &Path, args: &[&str]) -> Node {
+        std::fs::create_dir_all(dir).expect("data dir");
+        let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let (child, addr) = Node::spawn(dir, listen, &args);
+        Node {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+            _tmp: None,
+            addr,
+            listen,
+            args,
+        }
+    }
+
     /// Starts a cluster of `n` nodes on loopback, `shards` shards, three replicas each (as
     /// an operator would: the first node's CA and admin token copied to the others).
     pub fn start_cluster(n: usize, shards: u32) -> Vec<Node> {

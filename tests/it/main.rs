@@ -8,6 +8,7 @@ mod cluster;
 mod common;
 mod crash;
 mod daemon;
+mod disk;
 mod errors;
 mod fifo;
 mod messages;
