@@ -11,6 +11,12 @@ fuzz_target!(|data: &[u8]| {
     };
     let path = std::path::Path::new("fuzz.toml");
     if let Ok(file) = FileConfig::parse(path, text) {
-        let _ = Config::resolve(file, FileConfig::default());
+        // A data directory given as an override, as --data-dir would: without one, resolve
+        // looks for the default directory and creates /var/lib/mqd when run as root.
+        let overrides = FileConfig {
+            data_dir: Some("/nonexistent/mqd-fuzz".into()),
+            ..FileConfig::default()
+        };
+        let _ = Config::resolve(file, overrides);
     }
 });
