@@ -731,10 +731,15 @@ mod tests {
 
     #[test]
     fn max_connections_is_checked() {
+        // With a data_dir: without one, resolve looks for the default directory and, as
+        // root, creates /var/lib/mqd (which the package test then refuses to touch).
         let resolve = |text: &str| {
             Config::resolve(
                 FileConfig::parse(Path::new("x.toml"), text).unwrap(),
-                FileConfig::default(),
+                FileConfig {
+                    data_dir: Some("/nonexistent/mqd-test".into()),
+                    ..FileConfig::default()
+                },
             )
         };
         let e = resolve("max_connections = 0\n").unwrap_err().to_string();
