@@ -129,6 +129,20 @@ fn queues_of(c: usize, consumers: usize, queues: usize) -> Vec<usize> {
 
 type Task = tokio::task::JoinHandle<anyhow::Result<Histogram<u64>>>;
 
+/// A failed fetch: pauses 200 ms, or gives up once fetches have failed for 30 s in a row
+/// (`failing_since` is reset by the caller at the next message).
+async fn fetch_failed(
+    failing_since: &mut Option<Instant>,
+    e: &(dyn std::fmt::Display + Sync),
+) -> anyhow::Result<()> {
+    let since = *failing_since.get_or_insert_with(Instant::now);
+    if since.elapsed() > Duration::from_secs(30) {
+        anyhow::bail!("fetching: {e}");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Ok(())
+}
+
 async fn nats(a: &Args, s: &Arc<Shared>) -> anyhow::Result<(Vec<Task>, Vec<Task>)> {
     use async_nats::jetstream::{self, consumer, stream};
     let setup = jetstream::new(async_nats::connect(&a.url).await?);
@@ -214,11 +228,7 @@ async fn nats(a: &Args, s: &Arc<Shared>) -> anyhow::Result<(Vec<Task>, Vec<Task>
                     let mut msgs = match fetched {
                         Ok(m) => m,
                         Err(e) => {
-                            let since = *failing_since.get_or_insert_with(Instant::now);
-                            if since.elapsed() > Duration::from_secs(30) {
-                                anyhow::bail!("fetching: {e}");
-                            }
-                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            fetch_failed(&mut failing_since, &e).await?;
                             continue;
                         }
                     };
@@ -226,11 +236,7 @@ async fn nats(a: &Args, s: &Arc<Shared>) -> anyhow::Result<(Vec<Task>, Vec<Task>
                         let m = match m {
                             Ok(m) => m,
                             Err(e) => {
-                                let since = *failing_since.get_or_insert_with(Instant::now);
-                                if since.elapsed() > Duration::from_secs(30) {
-                                    anyhow::bail!("fetching: {e}");
-                                }
-                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                fetch_failed(&mut failing_since, &e).await?;
                                 break;
                             }
                         };
