@@ -159,10 +159,11 @@ mod one_node {
         raft
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_proposer_batches_concurrent_commands_into_few_entries() {
-        let dir = tempfile::tempdir().unwrap();
-        let raft = leader_of_one(dir.path()).await;
+    /// A leader of one with a proposer (4 slots) and a queue `q`; the last log index after.
+    async fn proposer_with_queue(
+        dir: &std::path::Path,
+    ) -> (Raft<TypeConfig>, super::super::proposer::Proposer, u64) {
+        let raft = leader_of_one(dir).await;
         let p = super::super::proposer::Proposer::start(raft.clone(), 4);
         p.submit(Command::CreateQueue {
             name: "q".into(),
@@ -171,6 +172,13 @@ mod one_node {
         .await
         .unwrap();
         let before = raft.metrics().borrow().last_log_index.unwrap_or(0);
+        (raft, p, before)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_proposer_batches_concurrent_commands_into_few_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let (raft, p, before) = proposer_with_queue(dir.path()).await;
         let mut tasks = Vec::new();
         for i in 0..2000 {
             let p = p.clone();
@@ -215,15 +223,7 @@ mod one_node {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn large_sends_are_split_into_proposals_of_a_few_mib() {
         let dir = tempfile::tempdir().unwrap();
-        let raft = leader_of_one(dir.path()).await;
-        let p = super::super::proposer::Proposer::start(raft.clone(), 4);
-        p.submit(Command::CreateQueue {
-            name: "q".into(),
-            patch: QueuePatch::default(),
-        })
-        .await
-        .unwrap();
-        let before = raft.metrics().borrow().last_log_index.unwrap_or(0);
+        let (raft, p, before) = proposer_with_queue(dir.path()).await;
         // 40 sends of 512 KiB (20 MiB) submitted at once: by count they fit one proposal,
         // by bytes (4 MiB a proposal) they need at least five.
         let body = bytes::Bytes::from(vec![7u8; 512 << 10]);
