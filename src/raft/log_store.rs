@@ -36,10 +36,11 @@ pub struct LogStore {
 }
 
 /// Entries handed to `append` and not yet committed by the writer, by index.
-type Pending = Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>;
+/// Shared with the writer (`Arc`): an append costs no deep copy of its commands.
+type Pending = Arc<Mutex<BTreeMap<u64, Arc<Entry<TypeConfig>>>>>;
 
 enum WriteOp {
-    Append(Vec<Entry<TypeConfig>>, LogFlushed<TypeConfig>),
+    Append(Vec<Arc<Entry<TypeConfig>>>, LogFlushed<TypeConfig>),
     /// Answered once every earlier append is on disk.
     Barrier(tokio::sync::oneshot::Sender<()>),
 }
@@ -114,8 +115,8 @@ fn write_loop(db: &Database, rx: &mpsc::Receiver<WriteOp>, pending: &Pending) {
         let entries: Vec<&Entry<TypeConfig>> = ops
             .iter()
             .flat_map(|op| match op {
-                WriteOp::Append(es, _) => es.as_slice(),
-                WriteOp::Barrier(_) => &[],
+                WriteOp::Append(es, _) => es.iter().map(|e| &**e).collect(),
+                WriteOp::Barrier(_) => Vec::new(),
             })
             .collect();
         let last = entries.last().map(|e| e.log_id.index);
@@ -237,7 +238,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .range(bounds)
-            .map(|(_, e)| e.clone())
+            .map(|(_, e)| (**e).clone())
             .collect();
         let first_pending = pending.first().map_or(u64::MAX, |e| e.log_id.index);
         if bounds.0 == Bound::Included(first_pending) {
@@ -332,7 +333,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let entries: Vec<Arc<Entry<TypeConfig>>> = entries.into_iter().map(Arc::new).collect();
         if entries.is_empty() {
             callback.log_io_completed(Ok(()));
             return Ok(());
