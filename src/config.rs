@@ -80,6 +80,15 @@ pub struct Args {
         value_name = "ADDR:PORT"
     )]
     pub metrics_listen: Option<String>,
+    /// HTTP address for the SQS-compatible API, e.g. 0.0.0.0:9324; empty (the default)
+    /// serves none.
+    #[arg(
+        long,
+        env = "MQD_SQS_LISTEN",
+        hide_env_values = true,
+        value_name = "ADDR:PORT"
+    )]
+    pub sqs_listen: Option<String>,
     /// Most client and peer connections at once; beyond it new ones are refused.
     #[arg(
         long,
@@ -185,6 +194,8 @@ pub struct FileConfig {
     pub tls_names: Option<Vec<String>>,
     /// Loopback HTTP address for Prometheus metrics; empty for none.
     pub metrics_listen: Option<String>,
+    /// HTTP address for the SQS-compatible API; empty for none.
+    pub sqs_listen: Option<String>,
     /// Most connections at once.
     pub max_connections: Option<u32>,
     /// MiB of disk kept free; below it sends are refused.
@@ -235,6 +246,8 @@ pub struct Config {
     pub min_free_mib: u64,
     /// Where to serve Prometheus metrics over HTTP, if anywhere (a loopback address).
     pub metrics_listen: Option<SocketAddr>,
+    /// Where to serve the SQS-compatible API over HTTP, if anywhere.
+    pub sqs_listen: Option<SocketAddr>,
     /// Cluster membership and layout.
     pub cluster: ClusterSettings,
 }
@@ -313,6 +326,7 @@ impl Config {
             overrides.cluster.clone().unwrap_or_default(),
         )?;
         let metrics_listen = metrics_listen(&file, &overrides)?;
+        let sqs_listen = sqs_listen(&file, &overrides)?;
         let max_connections = overrides
             .max_connections
             .or(file.max_connections)
@@ -336,6 +350,7 @@ impl Config {
             max_connections,
             cluster,
             metrics_listen,
+            sqs_listen,
             data_dir: overrides
                 .data_dir
                 .or(file.data_dir)
@@ -368,6 +383,28 @@ pub fn metrics_listen(
     {
         "" => Ok(None),
         text => parse_metrics_listen(text).map(Some),
+    }
+}
+
+/// The SQS API address in force (`overrides` win over `file`), checked; `None` when off.
+/// Pure, so `--check-config` can call it.
+pub fn sqs_listen(
+    file: &FileConfig,
+    overrides: &FileConfig,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    match overrides
+        .sqs_listen
+        .as_ref()
+        .or(file.sqs_listen.as_ref())
+        .map(|s| s.trim())
+        .unwrap_or_default()
+    {
+        "" => Ok(None),
+        text => text.parse().map(Some).map_err(|_| {
+            ConfigError::Invalid(format!(
+                "sqs_listen `{text}` is not an IP:PORT address, e.g. 0.0.0.0:9324 (or empty for no SQS API)"
+            ))
+        }),
     }
 }
 
@@ -452,6 +489,15 @@ pub const KEYS: &[KeyDoc] = &[
         env: Some("MQD_METRICS_LISTEN"),
         flag: Some("--metrics-listen"),
         doc: "Serve Prometheus metrics (OpenMetrics text) over HTTP at /metrics on this address: request latency histograms and errors per opcode, usage counters per queue and per user, message counts of the queues this node leads, and Raft state per group. Loopback addresses only, since the endpoint has no authentication. Empty: no metrics endpoint.",
+    },
+    KeyDoc {
+        name: "sqs_listen",
+        kind: "address (IP:PORT) or empty",
+        default: "\"\"",
+        example: "\"0.0.0.0:9324\"",
+        env: Some("MQD_SQS_LISTEN"),
+        flag: Some("--sqs-listen"),
+        doc: "Serve the SQS-compatible API (the JSON protocol of current AWS SDKs and the aws CLI) over plain HTTP on this TCP address. Requests must be signed with Signature Version 4: the access key id is an mqd user name, the secret key is what `mqctl aws-credentials` prints for that user's token, and the user's grants apply. HTTP carries messages unencrypted: listen on loopback or a private network, or put a TLS proxy in front. At most max_connections connections at once. Empty: no SQS API. See docs/SQS.md.",
     },
     KeyDoc {
         name: "max_connections",
@@ -643,6 +689,7 @@ mod tests {
                 && all.log_level.is_some()
                 && all.tls_names.is_some()
                 && all.metrics_listen.is_some()
+                && all.sqs_listen.is_some()
                 && all.max_connections.is_some()
                 && all.min_free_mib.is_some()
                 && all.cluster.as_ref().is_some_and(|c| c.node_id.is_some()

@@ -24,4 +24,6 @@ pub mod raft;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]
+pub mod sqs;
+#[cfg(feature = "server")]
 pub mod store;

@@ -198,6 +198,21 @@ pub enum Command {
     ///   mqctl bench --producers 4 --consumers 4 --queues 4 --duration 30s --output json
     #[command(verbatim_doc_comment)]
     Bench(BenchArgs),
+    /// Print the AWS credentials for the SQS-compatible API of the token in use.
+    ///
+    /// The access key id is the user's name and the secret access key is derived from its
+    /// token (it changes when the token is rotated). The node checks the token first.
+    /// Without --output json the lines are a profile for ~/.aws/credentials.
+    ///
+    /// Examples:
+    ///   mqctl aws-credentials >> ~/.aws/credentials
+    ///   aws --profile mqd --endpoint-url http://127.0.0.1:9324 sqs list-queues
+    #[command(verbatim_doc_comment)]
+    AwsCredentials {
+        /// Profile name of the section printed.
+        #[arg(long, default_value = "mqd", value_name = "NAME")]
+        profile: String,
+    },
     /// Print shell completions.
     ///
     /// Example:

@@ -197,7 +197,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Bench(a) = cli.command {
         return bench::run(config, out, a).await;
     }
+    let secret = mqd::protocol::aws_secret_key(&config.token);
     let client = Client::connect(config).await?;
+    if let Command::AwsCredentials { profile } = &cli.command {
+        let r = aws_credentials(&client, out, profile, &secret).await;
+        client.close().await;
+        return r;
+    }
     let r = dispatch(&client, out, cli.command).await;
     client.close().await;
     r
@@ -250,9 +256,39 @@ fn parse_attrs(v: &[String]) -> anyhow::Result<Vec<(String, Bytes)>> {
         .collect()
 }
 
+/// `mqctl aws-credentials`: the token's user, checked by the node, and the derived secret.
+async fn aws_credentials(
+    client: &Client,
+    out: Output,
+    profile: &str,
+    secret: &str,
+) -> anyhow::Result<()> {
+    if profile.is_empty() || profile.contains([']', '[', '\n']) {
+        eprintln!("mqctl: profile name `{profile}` is not usable in an INI section header");
+        bail!(Exit(EXIT_INVALID));
+    }
+    let me = client.describe_user(None).await?;
+    match out {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({
+                "profile": profile,
+                "aws_access_key_id": me.name,
+                "aws_secret_access_key": secret,
+            })
+        ),
+        Output::Table => {
+            println!("[{profile}]");
+            println!("aws_access_key_id = {}", me.name);
+            println!("aws_secret_access_key = {secret}");
+        }
+    }
+    Ok(())
+}
+
 async fn dispatch(client: &Client, out: Output, cmd: Command) -> anyhow::Result<()> {
     match cmd {
-        Command::Completions { .. } | Command::Bench(_) => Ok(()),
+        Command::Completions { .. } | Command::Bench(_) | Command::AwsCredentials { .. } => Ok(()),
         Command::Queue(q) => queue(client, out, q).await,
         Command::Cluster(c) => cluster::print(out, c, &client.cluster_status().await?),
         Command::Node(n) => cluster::node(client, out, n).await,

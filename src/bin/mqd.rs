@@ -41,6 +41,7 @@ fn overrides(args: &Args) -> FileConfig {
         log_level: args.log_level.clone(),
         tls_names: None,
         metrics_listen: args.metrics_listen.clone(),
+        sqs_listen: args.sqs_listen.clone(),
         max_connections: args.max_connections,
         min_free_mib: args.min_free_mib,
         cluster: Some(mqd::config::ClusterFile {
@@ -81,7 +82,12 @@ fn main() -> ExitCode {
             overrides(&args).cluster.unwrap_or_default(),
         );
         let metrics = mqd::config::metrics_listen(&file, &overrides(&args));
-        if let Err(e) = cluster.map(|_| ()).and(metrics.map(|_| ())) {
+        let sqs = mqd::config::sqs_listen(&file, &overrides(&args));
+        if let Err(e) = cluster
+            .map(|_| ())
+            .and(metrics.map(|_| ()))
+            .and(sqs.map(|_| ()))
+        {
             eprintln!("mqd: invalid configuration: {e}");
             return ExitCode::from(2);
         }

@@ -18,6 +18,7 @@
 //! #     log_level: "warn".into(),
 //! #     tls_names: vec![],
 //! #     metrics_listen: None,
+//! #     sqs_listen: None,
 //! #     max_connections: mqd::config::DEFAULT_MAX_CONNECTIONS,
 //! #     min_free_mib: 0,
 //! #     cluster: mqd::config::ClusterSettings {

@@ -20,12 +20,18 @@ use super::Failure;
 #[derive(Default)]
 struct Users {
     by_token: HashMap<[u8; 32], Arc<UserInfo>>,
+    /// Token hashes by user name.
+    by_name: HashMap<String, [u8; 32]>,
     /// Some user is a cluster admin (false only before the first start created `admin`).
     has_admin: bool,
 }
 
 impl Users {
     fn from_records(v: Vec<(String, UserRecord)>) -> Users {
+        let by_name = v
+            .iter()
+            .map(|(name, rec)| (name.clone(), rec.token_sha256))
+            .collect();
         let by_token: HashMap<_, _> = v
             .into_iter()
             .map(|(name, rec)| (rec.token_sha256, Arc::new(rec.info(&name))))
@@ -33,6 +39,7 @@ impl Users {
         Users {
             has_admin: by_token.values().any(|u| u.is_cluster_admin()),
             by_token,
+            by_name,
         }
     }
 }
@@ -109,6 +116,29 @@ impl AuthCache {
             .find(|(_, rec)| rec.token_sha256 == *token_sha256)
             .map(|(name, rec)| Arc::new(rec.info(&name)))
             .ok_or_else(unauthenticated)
+    }
+}
+
+impl AuthCache {
+    /// The token hash of user `name`, looked up like [`AuthCache::authenticate`] looks up
+    /// a token: this replica first, then the control group's leader.
+    pub async fn token_of(&self, name: &str) -> Result<Option<[u8; 32]>, Failure> {
+        let users = self.users()?;
+        if let Some(h) = users.by_name.get(name) {
+            return Ok(Some(*h));
+        }
+        if !users.has_admin && name == BOOTSTRAP_ADMIN {
+            if let Some(h) = self.bootstrap {
+                return Ok(Some(h));
+            }
+        }
+        Ok(self
+            .node
+            .users_committed()
+            .await?
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, rec)| rec.token_sha256))
     }
 }
 

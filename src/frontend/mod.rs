@@ -55,6 +55,16 @@ impl Session {
         }
     }
 
+    /// A session already authenticated as the holder of the token with this hash, for a
+    /// request authenticated another way (the SQS API's signatures). Each request is still
+    /// checked against the users as they are when it arrives.
+    pub fn with_token_hash(remote: std::net::SocketAddr, token_sha256: [u8; 32]) -> Self {
+        Self {
+            token_sha256: Mutex::new(Some(token_sha256)),
+            remote: remote.to_string(),
+        }
+    }
+
     /// Whether a HELLO has authenticated this session.
     pub fn authenticated(&self) -> bool {
         self.token_sha256
@@ -126,6 +136,12 @@ impl Frontend {
     /// The metrics a scrape of this node encodes.
     pub fn metrics_registry(&self) -> prometheus_client::registry::Registry {
         metrics::registry(self.node.clone(), &self.metrics)
+    }
+
+    /// The token hash of user `name` (the SQS API's secret key is derived from it), or
+    /// `None` if there is no such user.
+    pub async fn token_sha256_of(&self, name: &str) -> Result<Option<[u8; 32]>, Failure> {
+        self.auth.token_of(name).await
     }
 
     /// Runs a command on the shard of `queue`.

@@ -14,6 +14,20 @@ pub const MAX_GRANTS: usize = 256;
 /// Most users a `USER_LIST` answer carries.
 pub const MAX_USERS: u32 = 100_000;
 
+/// The secret access key with which the holder of `token` signs requests to the
+/// SQS-compatible API (access key id: the user name): the lower-case hex SHA-256 of the
+/// token, which is what a node stores, since Signature Version 4 needs the verifier to
+/// hold the key. It changes when the token is rotated.
+pub fn aws_secret_key(token: &str) -> String {
+    let hash = ring::digest::digest(&ring::digest::SHA256, token.trim().as_bytes());
+    aws_secret_key_of_hash(hash.as_ref())
+}
+
+/// [`aws_secret_key`] from the token's SHA-256.
+pub fn aws_secret_key_of_hash(token_sha256: &[u8]) -> String {
+    token_sha256.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A set of rights, as a bit mask: send 1, receive 2, admin 4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub struct Rights(u8);

@@ -16,8 +16,8 @@ mod wire;
 mod golden;
 
 pub use auth::{
-    pattern_matches, validate_pattern, validate_user_name, AuditEntry, Grant, Rights, Usage,
-    UserInfo, MAX_GRANTS, MAX_USER_NAME,
+    aws_secret_key, aws_secret_key_of_hash, pattern_matches, validate_pattern, validate_user_name,
+    AuditEntry, Grant, Rights, Usage, UserInfo, MAX_GRANTS, MAX_USER_NAME,
 };
 pub use frame::{decode_header, empty_request, FrameError, Header, HEADER_LEN};
 pub use messages::{

@@ -183,6 +183,22 @@ pub async fn run(
         None => None,
     };
 
+    let sqs = match config.sqs_listen {
+        Some(addr) => {
+            let (bound, task) = crate::sqs::serve(
+                addr,
+                frontend.clone(),
+                config.max_connections,
+                shutdown.clone(),
+            )
+            .await
+            .map_err(io_err(format!("binding the SQS API address {addr}")))?;
+            tracing::info!(%bound, "serving the SQS-compatible API over HTTP");
+            Some(task)
+        }
+        None => None,
+    };
+
     // Expiry runs beside the requests, in the shards this node leads.
     let expiry = {
         let fe = frontend.clone();
@@ -273,6 +289,9 @@ pub async fn run(
     let _ = expiry.await;
     if let Some(m) = metrics {
         let _ = m.await;
+    }
+    if let Some(s) = sqs {
+        let _ = s.await;
     }
     drop(frontend);
     // Raft groups stop after the clients are gone: every acknowledged request was committed

@@ -81,6 +81,15 @@ impl Node {
     /// Starts a cluster of `n` nodes on loopback, `shards` shards, three replicas each (as
     /// an operator would: the first node's CA and admin token copied to the others).
     pub fn start_cluster(n: usize, shards: u32) -> Vec<Node> {
+        Node::start_cluster_with(n, shards, |_| Vec::new())
+    }
+
+    /// [`Node::start_cluster`] with extra flags for node `i` (0-based) from `extra(i)`.
+    pub fn start_cluster_with(
+        n: usize,
+        shards: u32,
+        extra: impl Fn(usize) -> Vec<String>,
+    ) -> Vec<Node> {
         // Ports must be known before start, since every node lists every member.
         let sockets: Vec<std::net::UdpSocket> = (0..n)
             .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("free port"))
@@ -102,7 +111,7 @@ impl Node {
         }
         let mut children: Vec<Option<(Child, PathBuf, Vec<String>)>> = Vec::new();
         for (i, t) in tmps.iter().enumerate() {
-            let args = vec![
+            let mut args = vec![
                 "--node-id".to_string(),
                 (i + 1).to_string(),
                 "--peer".to_string(),
@@ -110,6 +119,7 @@ impl Node {
                 "--shards".to_string(),
                 shards.to_string(),
             ];
+            args.extend(extra(i));
             let child = Node::launch(t.path(), addrs[i], &args);
             children.push(Some((child, t.path().to_path_buf(), args)));
         }

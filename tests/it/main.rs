@@ -17,3 +17,4 @@ mod mqctl;
 mod peer;
 mod queues;
 mod quota;
+mod sqs;
