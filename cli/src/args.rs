@@ -324,6 +324,23 @@ pub enum QueueCmd {
         #[arg(long, default_value_t = 10)]
         max: u32,
     },
+    /// Set or remove tags: labels (cost center, owner, environment) kept with the queue,
+    /// shown by `queue describe` and the SQS API's ListQueueTags. At most 50 per queue.
+    ///
+    /// Examples:
+    ///   mqctl queue tag jobs team=billing env=prod
+    ///   mqctl queue tag jobs --remove env
+    #[command(verbatim_doc_comment)]
+    Tag {
+        /// Queue name.
+        name: String,
+        /// Tags to set, as KEY=VALUE (the value may be empty).
+        #[arg(value_name = "KEY=VALUE")]
+        tags: Vec<String>,
+        /// Remove the tag with this key (repeatable).
+        #[arg(long, value_name = "KEY")]
+        remove: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

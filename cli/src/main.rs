@@ -395,6 +395,25 @@ async fn queue(client: &Client, out: Output, cmd: QueueCmd) -> anyhow::Result<()
             spinner.finish_and_clear();
             output::count(out, &name, "redriven", "messages_moved", n)
         }
+        QueueCmd::Tag { name, tags, remove } => {
+            let set = tags
+                .iter()
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+                    _ => {
+                        eprintln!("mqctl: tag `{kv}` is not KEY=VALUE");
+                        Err(anyhow!(Exit(EXIT_INVALID)))
+                    }
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            if set.is_empty() && remove.is_empty() {
+                eprintln!("mqctl: nothing to change; give KEY=VALUE tags or --remove KEY");
+                bail!(Exit(EXIT_INVALID));
+            }
+            client.tag_queue(&name, set, remove).await?;
+            let d = client.describe_queue(&name).await?;
+            output::tags(out, &name, &d.tags)
+        }
         QueueCmd::List { prefix } => {
             let qs = client.list_all_queues(&prefix).await?;
             output::queues(out, &qs)

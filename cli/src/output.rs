@@ -151,6 +151,30 @@ pub fn count(out: Output, name: &str, verb: &str, key: &str, n: u64) -> anyhow::
     Ok(())
 }
 
+/// A queue's tags after `queue tag`.
+pub fn tags(out: Output, name: &str, tags: &[(String, String)]) -> anyhow::Result<()> {
+    match out {
+        Output::Json => println(json!({ "queue": name, "tags": tags_json(tags) }))?,
+        Output::Table => {
+            let mut t = table(&["tag", "value"]);
+            for (k, v) in tags {
+                t.add_row(vec![k.clone(), v.clone()]);
+            }
+            println(format!("queue {name} tagged; its tags now:"))?;
+            println(t)?;
+        }
+    }
+    Ok(())
+}
+
+fn tags_json(tags: &[(String, String)]) -> Value {
+    Value::Object(
+        tags.iter()
+            .map(|(k, v)| (k.clone(), Value::from(v.clone())))
+            .collect(),
+    )
+}
+
 pub fn queues(out: Output, qs: &[QueueSummary]) -> anyhow::Result<()> {
     match out {
         Output::Json => {
@@ -233,6 +257,7 @@ pub fn describe(out: Output, d: &QueueDescription, u: &Usage) -> anyhow::Result<
             "visible": d.counts.visible,
             "in_flight": d.counts.in_flight,
             "delayed": d.counts.delayed,
+            "tags": tags_json(&d.tags),
             "usage": usage_json(u),
         }))?,
         Output::Table => {
@@ -244,6 +269,10 @@ pub fn describe(out: Output, d: &QueueDescription, u: &Usage) -> anyhow::Result<
             ]);
             t.add_row(vec!["delayed".to_string(), d.counts.delayed.to_string()]);
             config_rows(&mut t, &d.config);
+            if !d.tags.is_empty() {
+                let tags: Vec<String> = d.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                t.add_row(vec!["tags".to_string(), tags.join("\n")]);
+            }
             t.add_row(vec![
                 "sent".to_string(),
                 format!("{} messages, {}", u.messages_in, human_bytes(u.bytes_in)),

@@ -505,6 +505,24 @@ impl Client {
         expect(self.call(&req, Duration::ZERO).await?, config)
     }
 
+    /// Sets tags (key, value) on a queue and removes others by key.
+    pub async fn tag_queue(
+        &self,
+        name: &str,
+        set: Vec<(String, String)>,
+        remove: Vec<String>,
+    ) -> Result<(), ClientError> {
+        let req = Request::QueueTag {
+            name: name.into(),
+            set,
+            remove,
+        };
+        expect(self.call(&req, Duration::ZERO).await?, |r| match r {
+            Response::Empty => Some(()),
+            _ => None,
+        })
+    }
+
     /// Deletes a queue; returns how many messages went with it.
     pub async fn delete_queue(&self, name: &str, force: bool) -> Result<u64, ClientError> {
         let req = Request::QueueDelete {

@@ -890,6 +890,28 @@ impl Node {
         .await
     }
 
+    /// Sets and removes tags of a queue.
+    pub async fn tag_queue(
+        &self,
+        name: &str,
+        set: Vec<(String, String)>,
+        remove: Vec<String>,
+    ) -> Result<Outcome, Failure> {
+        let shard = self
+            .shard_of_queue(name)
+            .await?
+            .ok_or_else(|| queue_not_found(name))?;
+        self.shard_command(
+            shard,
+            Command::TagQueue {
+                name: name.to_string(),
+                set,
+                remove,
+            },
+        )
+        .await
+    }
+
     /// Refuses a reference from queue `name` (in `shard`) to `other` in another shard.
     pub async fn same_shard(
         &self,

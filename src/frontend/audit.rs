@@ -10,6 +10,11 @@ pub fn of(req: &Request) -> Option<(&'static str, String)> {
         | Request::QueueDelete { name, .. }
         | Request::QueueSet { name, .. }
         | Request::QueuePurge { name } => name.clone(),
+        Request::QueueTag { name, set, remove } => {
+            let mut parts: Vec<String> = set.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            parts.extend(remove.iter().map(|k| format!("-{k}")));
+            format!("{name} {}", parts.join(" "))
+        }
         Request::QueueRedrive { name, to, .. } if to.is_empty() => name.clone(),
         Request::QueueRedrive { name, to, .. } => format!("{name} -> {to}"),
         Request::NodeAdd { id, address } => format!("node {id} at {address}"),

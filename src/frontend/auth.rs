@@ -196,9 +196,9 @@ pub fn authorize(user: &UserInfo, req: &Request) -> Result<(), Failure> {
             }
             Need::Rights(Rights::ADMIN, queues)
         }
-        Request::QueueDelete { name, .. } | Request::QueuePurge { name } => {
-            Need::Rights(Rights::ADMIN, vec![name])
-        }
+        Request::QueueDelete { name, .. }
+        | Request::QueuePurge { name }
+        | Request::QueueTag { name, .. } => Need::Rights(Rights::ADMIN, vec![name]),
         Request::QueueRedrive { name, to, .. } => {
             let mut queues = vec![name.as_str()];
             if !to.is_empty() {

@@ -396,6 +396,16 @@ impl Frontend {
                 }
             }
             Request::QueuePurge { name } => Ok(Response::Count(self.purge_all(&name).await?)),
+            Request::QueueTag { name, set, remove } => {
+                if set.is_empty() && remove.is_empty() {
+                    return Err(invalid("nothing to change: set or remove at least one tag"));
+                }
+                crate::protocol::validate_tags(&set, &remove).map_err(invalid)?;
+                match self.node.tag_queue(&name, set, remove).await? {
+                    Outcome::Unit => Ok(Response::Empty),
+                    o => Err(unexpected(o)),
+                }
+            }
             Request::QueueList {
                 prefix,
                 start_after,

@@ -100,6 +100,14 @@ fn cases() -> Vec<(&'static str, Case)> {
             }),
         ),
         (
+            "queue-tag",
+            Request(super::Request::QueueTag {
+                name: "jobs".into(),
+                set: vec![("team".into(), "billing".into())],
+                remove: vec!["old".into()],
+            }),
+        ),
+        (
             "send",
             Request(super::Request::Send {
                 queue: "jobs".into(),
@@ -205,6 +213,7 @@ fn cases() -> Vec<(&'static str, Case)> {
                         in_flight: 2,
                         delayed: 3,
                     },
+                    tags: vec![("team".into(), "billing".into())],
                 }),
             ),
         ),

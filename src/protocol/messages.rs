@@ -7,7 +7,7 @@ use super::auth::{decode_rights, AuditEntry, Rights, Usage, UserInfo, MAX_USERS}
 use super::frame::{begin_frame, finish_frame};
 use super::types::*;
 use super::wire::{DecodeError, Reader, WireWrite};
-use super::{Opcode, Status, MAX_BATCH};
+use super::{Opcode, Status, MAX_BATCH, MAX_QUEUE_TAGS};
 
 /// A request body, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +76,15 @@ pub enum Request {
         name: String,
         /// At most this many (1 to `MAX_BATCH`).
         max: u32,
+    },
+    /// Sets and removes tags of a queue (labels for its owners; they change nothing).
+    QueueTag {
+        /// Queue name.
+        name: String,
+        /// Tags to set: (key, value), each key once.
+        set: Vec<(String, String)>,
+        /// Keys to remove (absent ones are ignored).
+        remove: Vec<String>,
     },
     /// Sends a batch of messages.
     Send {
@@ -216,6 +225,21 @@ impl RequestError {
     }
 }
 
+fn encode_tags(b: &mut impl BufMut, tags: &[(String, String)]) {
+    b.put_u32(tags.len() as u32);
+    for (k, v) in tags {
+        b.put_str(k);
+        b.put_str(v);
+    }
+}
+
+fn decode_tags(r: &mut Reader, what: &'static str) -> Result<Vec<(String, String)>, DecodeError> {
+    let n = r.count(what, MAX_QUEUE_TAGS as u32)?;
+    (0..n)
+        .map(|_| Ok((r.str("tag.key")?, r.str("tag.value")?)))
+        .collect()
+}
+
 fn encode_receipt_pairs(b: &mut impl BufMut, v: &[(Receipt, u64)]) {
     b.put_u32(v.len() as u32);
     for (r, ms) in v {
@@ -245,6 +269,7 @@ impl Request {
             Request::QueueSet { .. } => Opcode::QueueSet,
             Request::QueueRedrive { .. } => Opcode::QueueRedrive,
             Request::QueuePeek { .. } => Opcode::QueuePeek,
+            Request::QueueTag { .. } => Opcode::QueueTag,
             Request::Send { .. } => Opcode::Send,
             Request::Receive { .. } => Opcode::Receive,
             Request::Ack { .. } => Opcode::Ack,
@@ -309,6 +334,13 @@ impl Request {
             ]),
             Request::QueueRedrive { name, to, .. } => {
                 fields.extend([("name", name.as_str()), ("to", to.as_str())])
+            }
+            Request::QueueTag { name, set, remove } => {
+                fields.push(("name", name));
+                for (k, v) in set {
+                    fields.extend([("tag key", k.as_str()), ("tag value", v.as_str())]);
+                }
+                fields.extend(remove.iter().map(|k| ("tag key", k.as_str())));
             }
             Request::Send { queue, messages } => {
                 fields.push(("queue", queue));
@@ -420,6 +452,14 @@ impl Request {
             Request::QueuePeek { name, max } => {
                 b.put_str(name);
                 b.put_u32(*max);
+            }
+            Request::QueueTag { name, set, remove } => {
+                b.put_str(name);
+                encode_tags(&mut b, set);
+                b.put_u32(remove.len() as u32);
+                for k in remove {
+                    b.put_str(k);
+                }
             }
             Request::Send { queue, messages } => {
                 b.put_str(queue);
@@ -541,6 +581,15 @@ impl Request {
                 name: r.str("name")?,
                 max: r.u32("max")?,
             },
+            Opcode::QueueTag => {
+                let name = r.str("name")?;
+                let set = decode_tags(&mut r, "set")?;
+                let n = r.count("remove", MAX_QUEUE_TAGS as u32)?;
+                let remove = (0..n)
+                    .map(|_| r.str("remove.key"))
+                    .collect::<Result<_, _>>()?;
+                Request::QueueTag { name, set, remove }
+            }
             Opcode::Send => {
                 let queue = r.str("queue")?;
                 let n = r.count("messages", MAX_BATCH)?;
@@ -686,6 +735,7 @@ impl Response {
                 b.put_u64(d.counts.visible);
                 b.put_u64(d.counts.in_flight);
                 b.put_u64(d.counts.delayed);
+                encode_tags(&mut b, &d.tags);
             }
             Response::Messages(ms) => {
                 b.put_u32(ms.len() as u32);
@@ -740,9 +790,11 @@ impl Response {
     pub fn decode(op: Opcode, body: Bytes) -> Result<Response, DecodeError> {
         let mut r = Reader::new(body);
         let resp = match op {
-            Opcode::Ping | Opcode::NodeAdd | Opcode::NodeRemove | Opcode::UserDelete => {
-                Response::Empty
-            }
+            Opcode::Ping
+            | Opcode::NodeAdd
+            | Opcode::NodeRemove
+            | Opcode::UserDelete
+            | Opcode::QueueTag => Response::Empty,
             Opcode::UserCreate | Opcode::TokenRotate => Response::Token(r.str("token")?),
             Opcode::UserDescribe | Opcode::Grant | Opcode::Revoke | Opcode::UserLimit => {
                 Response::User(UserInfo::decode(&mut r)?)
@@ -814,6 +866,7 @@ impl Response {
                     in_flight: r.u64("in_flight")?,
                     delayed: r.u64("delayed")?,
                 },
+                tags: decode_tags(&mut r, "tags")?,
             }),
             Opcode::QueuePeek => {
                 let n = r.count("messages", MAX_RESPONSE_ITEMS)?;

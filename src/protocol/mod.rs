@@ -69,6 +69,12 @@ pub const MAX_RECEIVES_LIMIT: u32 = 1000;
 pub const DEDUP_WINDOW_RANGE_MS: (u64, u64) = (1000, 12 * 3600 * 1000);
 /// Longest dedup id, in bytes.
 pub const MAX_DEDUP_ID: usize = 128;
+/// Most tags one queue may carry.
+pub const MAX_QUEUE_TAGS: usize = 50;
+/// Longest tag key, in bytes.
+pub const MAX_TAG_KEY: usize = 128;
+/// Longest tag value, in bytes.
+pub const MAX_TAG_VALUE: usize = 256;
 
 /// Request opcodes, grouped by hundreds: 0–99 connection, 100–199 queue administration,
 /// 200–299 messages, 300–399 cluster, 400–499 users and grants.
@@ -95,6 +101,8 @@ pub enum Opcode {
     QueueRedrive = 106,
     /// `QUEUE_PEEK`
     QueuePeek = 107,
+    /// `QUEUE_TAG`
+    QueueTag = 108,
     /// `SEND`
     Send = 200,
     /// `RECEIVE`
@@ -135,7 +143,7 @@ pub enum Opcode {
 
 impl Opcode {
     /// Every opcode, in number order.
-    pub const ALL: [Opcode; 28] = [
+    pub const ALL: [Opcode; 29] = [
         Opcode::Ping,
         Opcode::Hello,
         Opcode::QueueCreate,
@@ -146,6 +154,7 @@ impl Opcode {
         Opcode::QueueSet,
         Opcode::QueueRedrive,
         Opcode::QueuePeek,
+        Opcode::QueueTag,
         Opcode::Send,
         Opcode::Receive,
         Opcode::Ack,
@@ -184,6 +193,7 @@ impl Opcode {
             Opcode::QueueSet => "QUEUE_SET",
             Opcode::QueueRedrive => "QUEUE_REDRIVE",
             Opcode::QueuePeek => "QUEUE_PEEK",
+            Opcode::QueueTag => "QUEUE_TAG",
             Opcode::Send => "SEND",
             Opcode::Receive => "RECEIVE",
             Opcode::Ack => "ACK",
@@ -301,6 +311,37 @@ pub fn validate_config(c: &QueueConfig) -> Result<(), String> {
                 dl.max_receives
             ));
         }
+    }
+    Ok(())
+}
+
+/// Checks the tags of a `QUEUE_TAG` request: keys of 1 to [`MAX_TAG_KEY`] bytes, values of
+/// at most [`MAX_TAG_VALUE`] bytes, no key twice, at most [`MAX_QUEUE_TAGS`] of each list.
+/// The queue's total is checked when the change is applied.
+pub fn validate_tags(set: &[(String, String)], remove: &[String]) -> Result<(), String> {
+    if set.len() > MAX_QUEUE_TAGS || remove.len() > MAX_QUEUE_TAGS {
+        return Err(format!(
+            "a queue carries at most {MAX_QUEUE_TAGS} tags; this request names {}",
+            set.len().max(remove.len())
+        ));
+    }
+    let keys = set.iter().map(|(k, _)| k).chain(remove);
+    for (i, k) in keys.clone().enumerate() {
+        if k.is_empty() || k.len() > MAX_TAG_KEY {
+            return Err(format!(
+                "tag key `{}` must be 1 to {MAX_TAG_KEY} bytes",
+                k.escape_default()
+            ));
+        }
+        if keys.clone().take(i).any(|o| o == k) {
+            return Err(format!("tag key `{k}` is named twice"));
+        }
+    }
+    if let Some((k, v)) = set.iter().find(|(_, v)| v.len() > MAX_TAG_VALUE) {
+        return Err(format!(
+            "the value of tag `{k}` is {} bytes; at most {MAX_TAG_VALUE} are allowed",
+            v.len()
+        ));
     }
     Ok(())
 }

@@ -453,6 +453,8 @@ pub struct QueueDescription {
     pub config: QueueConfig,
     /// Message counts.
     pub counts: QueueCounts,
+    /// Tags (key, value), in key order.
+    pub tags: Vec<(String, String)>,
 }
 
 /// One row of `QUEUE_LIST`.

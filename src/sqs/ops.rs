@@ -272,6 +272,20 @@ struct ReceiptBatchIn {
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "PascalCase", default)]
+struct TagIn {
+    queue_url: Option<String>,
+    tags: Option<HashMap<String, String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct UntagIn {
+    queue_url: Option<String>,
+    tag_keys: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
 struct DlqSourcesIn {
     queue_url: Option<String>,
     next_token: Option<String>,
@@ -365,9 +379,38 @@ pub async fn run(ctx: &Ctx<'_>, op: &str, body: &[u8]) -> Result<Json, SqsError>
             }
         }
         "ListDeadLetterSourceQueues" => dead_letter_sources(ctx, input(body)?).await,
-        "TagQueue" | "UntagQueue" | "ListQueueTags" => Err(SqsError::unsupported(format!(
-            "{op} is not supported yet: mqd does not store queue tags"
-        ))),
+        "TagQueue" => {
+            let i: TagIn = input(body)?;
+            let name = queue_of_url(&required(i.queue_url, "QueueUrl")?)?;
+            let tags = tag_list(required(i.tags, "Tags")?)?;
+            if tags.is_empty() {
+                return Err(SqsError::missing("Tags"));
+            }
+            tag(ctx, &name, tags, vec![]).await?;
+            Ok(json!({}))
+        }
+        "UntagQueue" => {
+            let i: UntagIn = input(body)?;
+            let name = queue_of_url(&required(i.queue_url, "QueueUrl")?)?;
+            let keys = required(i.tag_keys, "TagKeys")?;
+            if keys.is_empty() {
+                return Err(SqsError::missing("TagKeys"));
+            }
+            crate::protocol::validate_tags(&[], &keys).map_err(SqsError::invalid)?;
+            tag(ctx, &name, vec![], keys).await?;
+            Ok(json!({}))
+        }
+        "ListQueueTags" => {
+            let name = queue_of_url(&required(input::<QueueUrlIn>(body)?.queue_url, "QueueUrl")?)?;
+            let d = describe(ctx, &name).await?;
+            Ok(if d.tags.is_empty() {
+                json!({})
+            } else {
+                let tags: Map<String, Json> =
+                    d.tags.into_iter().map(|(k, v)| (k, Json::from(v))).collect();
+                json!({ "Tags": tags })
+            })
+        }
         "AddPermission" | "RemovePermission" => Err(SqsError::unsupported(format!(
             "{op} is not supported: access is governed by mqd's grants (`mqctl grant`, `mqctl revoke`)"
         ))),
@@ -377,6 +420,33 @@ pub async fn run(ctx: &Ctx<'_>, op: &str, body: &[u8]) -> Result<Json, SqsError>
             )))
         }
         other => Err(SqsError::unknown_operation(&format!("AmazonSQS.{other}"))),
+    }
+}
+
+/// Tags in key order, checked as mqd checks them.
+fn tag_list(tags: HashMap<String, String>) -> Result<Vec<(String, String)>, SqsError> {
+    let mut tags: Vec<(String, String)> = tags.into_iter().collect();
+    tags.sort();
+    crate::protocol::validate_tags(&tags, &[]).map_err(SqsError::invalid)?;
+    Ok(tags)
+}
+
+async fn tag(
+    ctx: &Ctx<'_>,
+    name: &str,
+    set: Vec<(String, String)>,
+    remove: Vec<String>,
+) -> Result<(), SqsError> {
+    match ctx
+        .call(Request::QueueTag {
+            name: name.to_string(),
+            set,
+            remove,
+        })
+        .await?
+    {
+        Response::Empty => Ok(()),
+        r => Err(unexpected(r)),
     }
 }
 
@@ -407,11 +477,7 @@ async fn create_queue(ctx: &Ctx<'_>, i: CreateQueueIn) -> Result<Json, SqsError>
             "`{name}` ends with .fifo, which only FIFO queues may: add the attribute FifoQueue=true, or choose another name."
         )));
     }
-    if !i.tags.is_empty() {
-        return Err(SqsError::unsupported(
-            "queue tags are not supported yet: mqd does not store them; create the queue without tags",
-        ));
-    }
+    let tags = tag_list(i.tags)?;
     let patch = queue_attrs::to_patch(&i.attributes, true)?;
     match ctx
         .call(Request::QueueCreate {
@@ -436,6 +502,11 @@ async fn create_queue(ctx: &Ctx<'_>, i: CreateQueueIn) -> Result<Json, SqsError>
             }
         }
         Err(e) => return Err(e),
+    }
+    // Also when the queue existed with these attributes: a retried create whose first
+    // attempt created the queue but did not get to tag it still ends tagged.
+    if !tags.is_empty() {
+        tag(ctx, &name, tags, vec![]).await?;
     }
     Ok(json!({ "QueueUrl": ctx.url(&name) }))
 }

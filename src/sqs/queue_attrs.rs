@@ -319,6 +319,7 @@ mod tests {
                 in_flight: 1,
                 delayed: 0,
             },
+            tags: vec![],
         };
         let all = select(&["All".to_string()], &d, "eu-west-1").unwrap();
         assert_eq!(all["VisibilityTimeout"], "30");

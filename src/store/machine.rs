@@ -18,8 +18,9 @@ use serde::{Deserialize, Serialize};
 use super::schema::*;
 use super::StoreError;
 use crate::protocol::{
-    validate_attributes, validate_config, validate_queue_name, Delivery, QueueConfig, QueuePatch,
-    Receipt, SendEntry, Status, MAX_DEDUP_ID, MAX_DELAY_MS, MAX_VISIBILITY_MS,
+    validate_attributes, validate_config, validate_queue_name, validate_tags, Delivery,
+    QueueConfig, QueuePatch, Receipt, SendEntry, Status, MAX_DEDUP_ID, MAX_DELAY_MS,
+    MAX_QUEUE_TAGS, MAX_VISIBILITY_MS,
 };
 
 /// A change of state. Serializable: it is what a replicated log will carry.
@@ -125,6 +126,16 @@ pub enum Command {
     User(super::users::UserCommand),
     /// Control group: append an entry to the audit log.
     Audit(crate::protocol::AuditEntry),
+    /// Set and remove tags of a queue. (Last, so that logs written before it was added
+    /// still decode.)
+    TagQueue {
+        /// Queue name.
+        name: String,
+        /// (key, value) pairs to set.
+        set: Vec<(String, String)>,
+        /// Keys to remove.
+        remove: Vec<String>,
+    },
 }
 
 /// What an applied command produced.
@@ -234,6 +245,7 @@ pub struct Tables<'txn> {
     groups: Table<'txn, (u64, u64), &'static str>,
     fifo: Table<'txn, (u64, &'static str, u64), u8>,
     audit: Table<'txn, u64, &'static [u8]>,
+    tags: Table<'txn, (u64, &'static str), &'static str>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -254,6 +266,7 @@ impl<'txn> Tables<'txn> {
             groups: txn.open_table(MSG_GROUP)?,
             fifo: txn.open_table(FIFO_ORDER)?,
             audit: txn.open_table(AUDIT)?,
+            tags: txn.open_table(QUEUE_TAGS)?,
         })
     }
 
@@ -739,6 +752,8 @@ pub fn apply(
                 .retain_in((qid, 0)..=(qid, u64::MAX), |_, _| false)?;
             t.fifo
                 .retain_in((qid, "", 0)..(qid.saturating_add(1), "", 0), |_, _| false)?;
+            t.tags
+                .retain_in((qid, "")..(qid.saturating_add(1), ""), |_, _| false)?;
             t.stats.remove(qid)?;
             t.names.remove(qid)?;
             t.queues.remove(name.as_str())?;
@@ -1155,6 +1170,36 @@ pub fn apply(
             fx.catalog |= removed;
             Ok(Outcome::Count(removed as u64))
         }
+        Command::TagQueue { name, set, remove } => {
+            let rec = t.queue(name)?.ok_or_else(|| not_found(name))?;
+            validate_tags(set, remove).map_err(|e| reject(Status::InvalidArgument, e))?;
+            // Every check before the first write: a rejected command changes nothing.
+            let mut keys = std::collections::BTreeSet::new();
+            for e in t.tags.range((rec.id, "")..(rec.id.saturating_add(1), ""))? {
+                keys.insert(e?.0.value().1.to_string());
+            }
+            for k in remove {
+                keys.remove(k);
+            }
+            keys.extend(set.iter().map(|(k, _)| k.clone()));
+            if keys.len() > MAX_QUEUE_TAGS {
+                return Err(reject(
+                    Status::InvalidArgument,
+                    format!(
+                        "queue `{name}` would carry {} tags; at most {MAX_QUEUE_TAGS} are allowed (remove some first)",
+                        keys.len()
+                    ),
+                ));
+            }
+            for k in remove {
+                t.tags.remove((rec.id, k.as_str()))?;
+            }
+            for (k, v) in set {
+                t.tags.insert((rec.id, k.as_str()), v.as_str())?;
+            }
+            fx.dirty = true;
+            Ok(Outcome::Unit)
+        }
         Command::Audit(entry) => {
             let seq = super::audit::append(&mut t.audit, entry, super::audit::MAX_AUDIT)?;
             fx.dirty = true;
@@ -1376,6 +1421,7 @@ mod tests {
         table!(DEDUP_EXPIRY);
         table!(MSG_GROUP);
         table!(FIFO_ORDER);
+        table!(QUEUE_TAGS);
         out
     }
 
@@ -1443,6 +1489,67 @@ mod tests {
             txn.open_table(DEDUP).unwrap().len().unwrap() as usize,
             txn.open_table(DEDUP_EXPIRY).unwrap().len().unwrap() as usize,
         )
+    }
+
+    fn tag(set: &[(&str, &str)], remove: &[&str]) -> Command {
+        Command::TagQueue {
+            name: "q".into(),
+            set: set
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            remove: remove.iter().map(|k| k.to_string()).collect(),
+        }
+    }
+
+    fn tags_of(db: &Database) -> Vec<(String, String)> {
+        let txn = db.begin_read().unwrap();
+        crate::store::describe(&txn, "q".into(), 0)
+            .unwrap()
+            .unwrap()
+            .tags
+    }
+
+    #[test]
+    fn tags_are_set_removed_capped_and_deleted_with_the_queue() {
+        let (_d, db) = db();
+        create_with(&db, QueuePatch::default());
+        ok(&db, 1, tag(&[("team", "billing"), ("env", "prod")], &[]));
+        ok(&db, 2, tag(&[("env", "staging")], &["team", "absent"]));
+        assert_eq!(
+            tags_of(&db),
+            vec![("env".to_string(), "staging".to_string())]
+        );
+        // 50 at most: a change that would pass it is refused and changes nothing.
+        let many: Vec<(String, String)> =
+            (0..49).map(|i| (format!("k{i:02}"), "v".into())).collect();
+        let many_refs: Vec<(&str, &str)> =
+            many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        ok(&db, 3, tag(&many_refs, &[]));
+        let before = dump(&db);
+        let e = run(&db, 4, tag(&[("one-more", "v")], &[])).0.unwrap_err();
+        assert!(e.to_string().contains("at most 50"), "{e}");
+        assert_eq!(dump(&db), before);
+        // Replacing one while adding one stays within the cap.
+        ok(&db, 5, tag(&[("one-more", "v")], &["env"]));
+        assert_eq!(tags_of(&db).len(), 50);
+        assert!(run(&db, 6, tag(&[("", "v")], &[])).0.is_err());
+        ok(
+            &db,
+            7,
+            Command::DeleteQueue {
+                name: "q".into(),
+                force: true,
+            },
+        );
+        assert!(!dump(&db).iter().any(|r| r.starts_with("QUEUE_TAGS")));
+        assert!(matches!(
+            run(&db, 8, tag(&[("a", "b")], &[])).0,
+            Err(ApplyError::Rejected {
+                status: Status::QueueNotFound,
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -147,7 +147,19 @@ pub fn describe(
                 delayed += 1;
             }
         }
+        let mut tags = Vec::new();
+        match txn.open_table(QUEUE_TAGS) {
+            Ok(t) => {
+                for e in t.range((rec.id, "")..(rec.id.saturating_add(1), ""))? {
+                    let (k, v) = e?;
+                    tags.push((k.value().1.to_string(), v.value().to_string()));
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
         Ok(Some(QueueDescription {
+            tags,
             name,
             id: rec.id,
             created_ms: rec.created_ms,

@@ -41,6 +41,9 @@ pub const MSG_GROUP: TableDefinition<(u64, u64), &str> = TableDefinition::new("m
 /// group of a FIFO queue only the oldest messages (at least the oldest) are in
 /// [`VISIBLE`]; the others wait here until the ones before them are gone.
 pub const FIFO_ORDER: TableDefinition<(u64, &str, u64), u8> = TableDefinition::new("fifo_order");
+/// (queue id, tag key) → tag value. Added after format 3 without a version change: a
+/// database without the table has no tags, and the first write creates it.
+pub const QUEUE_TAGS: TableDefinition<(u64, &str), &str> = TableDefinition::new("queue_tags");
 /// Control group only: queue name → the shard (0-based) that holds it.
 pub const PLACEMENT: TableDefinition<&str, u32> = TableDefinition::new("placement");
 /// Control group only: user name → postcard [`super::users::UserRecord`].

@@ -43,6 +43,8 @@ pub enum Chunk {
     FifoOrder(Vec<((u64, String, u64), u8)>),
     /// [`AUDIT`].
     Audit(Vec<(u64, Vec<u8>)>),
+    /// [`QUEUE_TAGS`].
+    Tags(Vec<((u64, String), String)>),
 }
 
 /// Rows per chunk at most, whatever their size.
@@ -110,6 +112,8 @@ pub fn for_each_chunk<E: From<StoreError>>(
         |k, v| ((k.0, k.1.to_string(), k.2), v), |r: &((u64, String, u64), u8)| 17 + r.0.1.len());
     stream_table!(txn, AUDIT, Audit, max_bytes, f,
         |k, v| (k, v.to_vec()), |r: &(u64, Vec<u8>)| 8 + r.1.len());
+    stream_table!(txn, QUEUE_TAGS, Tags, max_bytes, f,
+        |k, v| ((k.0, k.1.to_string()), v.to_string()), |r: &((u64, String), String)| 8 + r.0.1.len() + r.1.len());
     Ok(())
 }
 
@@ -136,6 +140,7 @@ pub fn clear(txn: &WriteTransaction) -> Result<(), StoreError> {
     clear_table(&mut txn.open_table(MSG_GROUP)?)?;
     clear_table(&mut txn.open_table(FIFO_ORDER)?)?;
     clear_table(&mut txn.open_table(AUDIT)?)?;
+    clear_table(&mut txn.open_table(QUEUE_TAGS)?)?;
     Ok(())
 }
 
@@ -226,6 +231,12 @@ pub fn load_chunk(txn: &WriteTransaction, c: &Chunk) -> Result<(), StoreError> {
                 t.insert(*k, v.as_slice())?;
             }
         }
+        Chunk::Tags(rows) => {
+            let mut t = txn.open_table(QUEUE_TAGS)?;
+            for ((q, k), v) in rows {
+                t.insert((*q, k.as_str()), v.as_str())?;
+            }
+        }
     }
     Ok(())
 }
@@ -273,6 +284,7 @@ mod tests {
                 Chunk::Groups(r) => r.len(),
                 Chunk::FifoOrder(r) => r.len(),
                 Chunk::Audit(r) => r.len(),
+                Chunk::Tags(r) => r.len(),
             })
             .sum()
     }
@@ -322,6 +334,15 @@ mod tests {
             Command::User(crate::store::users::UserCommand::Bootstrap {
                 token_sha256: [7; 32],
             }),
+        );
+        run(
+            &a,
+            6,
+            Command::TagQueue {
+                name: "q".into(),
+                set: vec![("team".into(), "billing".into()), ("env".into(), "".into())],
+                remove: vec![],
+            },
         );
         // b starts with other state, which the load must replace entirely.
         run(

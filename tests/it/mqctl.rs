@@ -91,6 +91,46 @@ fn attributes_flags_and_human_units() {
 }
 
 #[test]
+fn queue_tags_are_set_shown_and_removed() {
+    let node = Node::start();
+    ok(&node.mqctl(&["queue", "create", "tagged"]));
+    let out = ok(&node.mqctl(&[
+        "queue",
+        "tag",
+        "tagged",
+        "team=billing",
+        "env=",
+        "-o",
+        "json",
+    ]));
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["tags"], serde_json::json!({"env": "", "team": "billing"}));
+    ok(&node.mqctl(&["queue", "tag", "tagged", "--remove", "env"]));
+    let d: Value = serde_json::from_str(
+        ok(&node.mqctl(&["queue", "describe", "tagged", "-o", "json"])).trim(),
+    )
+    .unwrap();
+    assert_eq!(d["tags"], serde_json::json!({"team": "billing"}));
+    let table = ok(&node.mqctl(&["queue", "describe", "tagged"]));
+    assert!(table.contains("team=billing"), "{table}");
+    // Nothing to change, or not KEY=VALUE: invalid input, exit 2.
+    assert_eq!(
+        node.mqctl(&["queue", "tag", "tagged"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        node.mqctl(&["queue", "tag", "tagged", "novalue"])
+            .status
+            .code(),
+        Some(2)
+    );
+    let long = format!("{}=v", "k".repeat(129));
+    let o = node.mqctl(&["queue", "tag", "tagged", &long]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("1 to 128 bytes"));
+}
+
+#[test]
 fn send_lines_from_stdin_then_purge_and_delete() {
     let node = Node::start();
     ok(&node.mqctl(&["queue", "create", "bulk"]));

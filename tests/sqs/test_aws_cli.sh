@@ -28,6 +28,12 @@ expect "$(echo "$attrs" | jget 'd["Attributes"]["VisibilityTimeout"]')" 20 "Visi
 sqs set-queue-attributes --queue-url "$url" --attributes DelaySeconds=0,MaximumMessageSize=65536
 expect "$(sqs get-queue-attributes --queue-url "$url" --attribute-names MaximumMessageSize | jget 'd["Attributes"]["MaximumMessageSize"]')" 65536 "MaximumMessageSize"
 
+step "tags"
+sqs tag-queue --queue-url "$url" --tags team=billing,env=prod
+sqs untag-queue --queue-url "$url" --tag-keys env
+expect "$(sqs list-queue-tags --queue-url "$url" | jget 'd["Tags"]')" "{'team': 'billing'}" "tags through aws"
+expect "$("$MQCTL" queue describe cli-jobs --output json | jget 'd["tags"]')" "{'team': 'billing'}" "tags through mqctl"
+
 step "aws sends, mqctl receives"
 r=$(sqs send-message --queue-url "$url" --message-body 'from the aws cli' \
     --message-attributes '{"origin":{"DataType":"String","StringValue":"aws"},"n":{"DataType":"Number","StringValue":"3"}}')

@@ -138,6 +138,24 @@ class Queues(unittest.TestCase):
         with self.assertRaises(SQS.exceptions.QueueDoesNotExist):
             SQS.get_queue_url(QueueName=PREFIX + "doomed")
 
+    def test_tags(self):
+        url = SQS.create_queue(QueueName=PREFIX + "tagged", tags={"team": "billing", "env": "prod"})["QueueUrl"]
+        self.assertEqual(SQS.list_queue_tags(QueueUrl=url)["Tags"], {"team": "billing", "env": "prod"})
+        SQS.tag_queue(QueueUrl=url, Tags={"env": "staging", "owner": ""})
+        SQS.untag_queue(QueueUrl=url, TagKeys=["team", "absent"])
+        self.assertEqual(SQS.list_queue_tags(QueueUrl=url)["Tags"], {"env": "staging", "owner": ""})
+        SQS.untag_queue(QueueUrl=url, TagKeys=["env", "owner"])
+        self.assertNotIn("Tags", SQS.list_queue_tags(QueueUrl=url))
+        # At most 50, checked before anything changes.
+        SQS.tag_queue(QueueUrl=url, Tags={f"k{i}": "v" for i in range(50)})
+        with self.assertRaises(botocore.exceptions.ClientError) as e:
+            SQS.tag_queue(QueueUrl=url, Tags={"one-too-many": "v"})
+        self.assertEqual(error_code(e.exception), "InvalidParameterValue")
+        self.assertEqual(len(SQS.list_queue_tags(QueueUrl=url)["Tags"]), 50)
+        with self.assertRaises(botocore.exceptions.ClientError) as e:
+            SQS.tag_queue(QueueUrl=url, Tags={"k" * 129: "v"})
+        self.assertEqual(error_code(e.exception), "InvalidParameterValue")
+
     def test_purge(self):
         url = make_queue("purge")
         SQS.send_message_batch(
