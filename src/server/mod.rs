@@ -153,15 +153,6 @@ pub async fn run(
         }));
     }
 
-    let addr_file = config.data_dir.join(crate::local::ADDR_FILE);
-    std::fs::write(
-        &addr_file,
-        format!("{}\n", crate::local::connect_addr(local_addr)),
-    )
-    .map_err(io_err(format!("writing {}", addr_file.display())))?;
-    let queues = node.local_queue_count().await;
-    tracing::info!(%local_addr, data_dir = %config.data_dir.display(), queues, "mqd is serving");
-
     // The node's admin.token becomes user `admin` of a new cluster. A node joining a
     // running cluster gets the users from it instead.
     let bootstrap = (!config.cluster.join).then_some(creds.admin_token_sha256);
@@ -198,6 +189,17 @@ pub async fn run(
         }
         None => None,
     };
+
+    // Written once every listener is bound: local clients (and tests) take the file as
+    // the sign that the node is ready.
+    let addr_file = config.data_dir.join(crate::local::ADDR_FILE);
+    std::fs::write(
+        &addr_file,
+        format!("{}\n", crate::local::connect_addr(local_addr)),
+    )
+    .map_err(io_err(format!("writing {}", addr_file.display())))?;
+    let queues = node.local_queue_count().await;
+    tracing::info!(%local_addr, data_dir = %config.data_dir.display(), queues, "mqd is serving");
 
     // Expiry runs beside the requests, in the shards this node leads.
     let expiry = {

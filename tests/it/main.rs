@@ -18,3 +18,4 @@ mod peer;
 mod queues;
 mod quota;
 mod sqs;
+mod sqs_abuse;
