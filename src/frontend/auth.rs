@@ -117,9 +117,7 @@ impl AuthCache {
             .map(|(name, rec)| Arc::new(rec.info(&name)))
             .ok_or_else(unauthenticated)
     }
-}
 
-impl AuthCache {
     /// The token hash of user `name`, looked up like [`AuthCache::authenticate`] looks up
     /// a token: this replica first, then the control group's leader.
     pub async fn token_of(&self, name: &str) -> Result<Option<[u8; 32]>, Failure> {
