@@ -636,6 +636,10 @@ pub struct BenchArgs {
     /// behind shows it. 0: as fast as the requests in flight allow.
     #[arg(long, default_value_t = 0, value_name = "MSGS_PER_SEC")]
     pub rate: u64,
+    /// Give every send request its own stream: turn off the client library's sharing of
+    /// requests among concurrent sends to one queue (on by default, as for applications).
+    #[arg(long)]
+    pub no_coalesce: bool,
     /// Producers: each its own QUIC connection.
     #[arg(long, visible_alias = "connections", default_value_t = 1)]
     pub producers: usize,

@@ -72,8 +72,9 @@ fn queue_names(a: &BenchArgs) -> Vec<String> {
     }
 }
 
-pub async fn run(config: ClientConfig, out: Output, a: BenchArgs) -> anyhow::Result<()> {
+pub async fn run(mut config: ClientConfig, out: Output, a: BenchArgs) -> anyhow::Result<()> {
     check(&a)?;
+    config.coalesce_sends = !a.no_coalesce;
     let queues = queue_names(&a);
     let mut producers = Vec::new();
     for _ in 0..a.producers {
@@ -293,7 +294,7 @@ impl Report<'_> {
                 let mut v = json!({
                     "messages": self.sent, "size": a.size, "batch": a.batch,
                     "in_flight": a.in_flight, "producers": a.producers, "connections": a.producers,
-                    "offered_rate": a.rate,
+                    "offered_rate": a.rate, "coalesce": !a.no_coalesce,
                     "consumers": a.consumers, "queues": a.queues,
                     "seconds": self.send_secs, "msgs_per_sec": rate, "mib_per_sec": mbps,
                     "send_latency_ms": percentiles_json(self.send),
@@ -309,9 +310,10 @@ impl Report<'_> {
             }
             Output::Table => {
                 println!(
-                    "sent {} messages of {} B in {:.2} s: {rate:.0} msgs/s, {mbps:.1} MiB/s ({} producers x {} in flight, {} queues{})",
+                    "sent {} messages of {} B in {:.2} s: {rate:.0} msgs/s, {mbps:.1} MiB/s ({} producers x {} in flight, {} queues{}{})",
                     self.sent, a.size, self.send_secs, a.producers, a.in_flight, a.queues,
-                    if a.rate > 0 { format!(", offered {} msgs/s", a.rate) } else { String::new() }
+                    if a.rate > 0 { format!(", offered {} msgs/s", a.rate) } else { String::new() },
+                    if a.no_coalesce { ", a request per send" } else { "" }
                 );
                 println!(
                     "send→ack latency per request ({} msgs): {}",

@@ -60,6 +60,8 @@
 //! # }
 //! ```
 
+mod coalesce;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -79,7 +81,7 @@ use crate::protocol::{
 };
 
 /// Why a call failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
     /// The server answered with an error status.
     #[error("{message} [{status}]")]
@@ -155,6 +157,9 @@ pub struct ClientConfig {
     /// How many times a call answered `THROTTLED` is repeated, after pauses of 50 ms
     /// doubling up to 2 s (plus up to 25% jitter), before the refusal is returned.
     pub throttle_retries: u32,
+    /// Concurrent [`Client::send`] calls to one queue share requests once 8 are in
+    /// flight (see [`Client::send`]). On by default.
+    pub coalesce_sends: bool,
 }
 
 /// The pause before the `n`th retry of a throttled call.
@@ -182,6 +187,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(3),
             client_name: format!("mqd-client/{}", env!("CARGO_PKG_VERSION")),
             throttle_retries: 6,
+            coalesce_sends: true,
         }
     }
 
@@ -231,6 +237,8 @@ pub struct Client {
     /// Index of the server to try first: the one in use, or the one after a server that
     /// failed, so a dead node is not dialed first on every reconnect.
     first: Arc<AtomicUsize>,
+    /// Sends waiting to share a request.
+    coalescer: Arc<coalesce::Coalescer>,
 }
 
 fn quic_config(config: &ClientConfig) -> Result<quinn::ClientConfig, ClientError> {
@@ -286,6 +294,7 @@ impl Client {
             current: Arc::default(),
             dialing: Arc::default(),
             first: Arc::default(),
+            coalescer: Arc::default(),
         };
         client.connection().await?;
         Ok(client)
@@ -780,7 +789,26 @@ impl Client {
     }
 
     /// Sends a batch; returns the message ids. Acknowledged means durable.
+    ///
+    /// Concurrent sends to the same queue through this client (or its clones) share
+    /// requests: up to 8 requests per queue go out at once, and sends made while all 8 are
+    /// in flight leave together in the next one (see `ClientConfig::coalesce_sends`). Each
+    /// call still returns its own ids once they are durable, and an error only for its own
+    /// messages.
     pub async fn send(
+        &self,
+        queue: &str,
+        messages: Vec<SendEntry>,
+    ) -> Result<Vec<u64>, ClientError> {
+        if self.config.coalesce_sends {
+            self.send_coalesced(queue, messages).await
+        } else {
+            self.send_alone(queue, messages).await
+        }
+    }
+
+    /// Sends a batch in a request of its own.
+    async fn send_alone(
         &self,
         queue: &str,
         messages: Vec<SendEntry>,

@@ -5,6 +5,7 @@ mod abuse;
 mod auth;
 mod chaos;
 mod cluster;
+mod coalesce;
 mod common;
 mod crash;
 mod daemon;

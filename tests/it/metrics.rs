@@ -9,7 +9,7 @@ use mqd::protocol::{QueuePatch, SendEntry};
 use crate::common::{ok, Node};
 
 /// GET `path` over plain HTTP/1.1; returns the status line and the body.
-fn get(addr: SocketAddr, path: &str) -> (String, String) {
+pub(crate) fn get(addr: SocketAddr, path: &str) -> (String, String) {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
@@ -27,7 +27,7 @@ fn get(addr: SocketAddr, path: &str) -> (String, String) {
 }
 
 /// The value of the first sample line that starts with `prefix`.
-fn sample(body: &str, prefix: &str) -> f64 {
+pub(crate) fn sample(body: &str, prefix: &str) -> f64 {
     body.lines()
         .find(|l| l.starts_with(prefix))
         .and_then(|l| l.rsplit(' ').next())
