@@ -374,16 +374,19 @@ pub fn metrics_listen(
     file: &FileConfig,
     overrides: &FileConfig,
 ) -> Result<Option<SocketAddr>, ConfigError> {
-    match overrides
-        .metrics_listen
+    optional_key(&overrides.metrics_listen, &file.metrics_listen)
+        .map(parse_metrics_listen)
+        .transpose()
+}
+
+/// An optional text key in force (`overrides` win over `file`), trimmed; `None` when unset
+/// or empty.
+fn optional_key<'a>(overrides: &'a Option<String>, file: &'a Option<String>) -> Option<&'a str> {
+    overrides
         .as_ref()
-        .or(file.metrics_listen.as_ref())
+        .or(file.as_ref())
         .map(|s| s.trim())
-        .unwrap_or_default()
-    {
-        "" => Ok(None),
-        text => parse_metrics_listen(text).map(Some),
-    }
+        .filter(|s| !s.is_empty())
 }
 
 /// The SQS API address in force (`overrides` win over `file`), checked; `None` when off.
@@ -392,20 +395,15 @@ pub fn sqs_listen(
     file: &FileConfig,
     overrides: &FileConfig,
 ) -> Result<Option<SocketAddr>, ConfigError> {
-    match overrides
-        .sqs_listen
-        .as_ref()
-        .or(file.sqs_listen.as_ref())
-        .map(|s| s.trim())
-        .unwrap_or_default()
-    {
-        "" => Ok(None),
-        text => text.parse().map(Some).map_err(|_| {
-            ConfigError::Invalid(format!(
-                "sqs_listen `{text}` is not an IP:PORT address, e.g. 0.0.0.0:9324 (or empty for no SQS API)"
-            ))
-        }),
-    }
+    optional_key(&overrides.sqs_listen, &file.sqs_listen)
+        .map(|text| {
+            text.parse().map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "sqs_listen `{text}` is not an IP:PORT address, e.g. 0.0.0.0:9324 (or empty for no SQS API)"
+                ))
+            })
+        })
+        .transpose()
 }
 
 /// Parses `metrics_listen`: an IP:PORT on loopback, since the endpoint has no

@@ -42,19 +42,7 @@ fn request_id() -> String {
     let n = REQUEST_IDS.fetch_add(1, Ordering::Relaxed);
     let pid = u64::from(std::process::id());
     let started = START.get_or_init(crate::store::now_ms);
-    let all = format!(
-        "{:08x}{:08x}{n:016x}",
-        started & 0xffff_ffff,
-        pid & 0xffff_ffff
-    );
-    format!(
-        "{}-{}-{}-{}-{}",
-        &all[0..8],
-        &all[8..12],
-        &all[12..16],
-        &all[16..20],
-        &all[20..32]
-    )
+    ops::uuid_shaped(((started & 0xffff_ffff) << 32) | (pid & 0xffff_ffff), n)
 }
 
 static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();

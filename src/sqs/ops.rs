@@ -118,14 +118,18 @@ pub fn message_id(queue: &str, seq: u64) -> String {
     let h = ring::digest::digest(&ring::digest::SHA256, queue.as_bytes());
     let mut prefix = [0u8; 8];
     prefix.copy_from_slice(&h.as_ref()[..8]);
-    let all = format!("{:016x}{seq:016x}", u64::from_be_bytes(prefix));
+    uuid_shaped(u64::from_be_bytes(prefix), seq)
+}
+
+/// 128 bits, `hi` then `lo`, written as a UUID is: 8-4-4-4-12 lower-case hex digits.
+pub fn uuid_shaped(hi: u64, lo: u64) -> String {
     format!(
-        "{}-{}-{}-{}-{}",
-        &all[0..8],
-        &all[8..12],
-        &all[12..16],
-        &all[16..20],
-        &all[20..32]
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        hi >> 32,
+        (hi >> 16) & 0xffff,
+        hi & 0xffff,
+        lo >> 48,
+        lo & 0xffff_ffff_ffff
     )
 }
 
@@ -817,17 +821,17 @@ async fn receive_message(ctx: &Ctx<'_>, i: ReceiveIn) -> Result<Json, SqsError> 
     })
 }
 
-async fn acks(ctx: &Ctx<'_>, queue: &str, receipts: Vec<Receipt>) -> Result<Vec<Status>, SqsError> {
-    match ctx
-        .call(Request::Ack {
-            queue: queue.to_string(),
-            receipts,
-        })
-        .await?
-    {
+/// Runs an `ACK` or `CHANGE_VISIBILITY`: one status per receipt.
+async fn results(ctx: &Ctx<'_>, req: Request) -> Result<Vec<Status>, SqsError> {
+    match ctx.call(req).await? {
         Response::Results(r) => Ok(r),
         r => Err(unexpected(r)),
     }
+}
+
+async fn acks(ctx: &Ctx<'_>, queue: &str, receipts: Vec<Receipt>) -> Result<Vec<Status>, SqsError> {
+    let queue = queue.to_string();
+    results(ctx, Request::Ack { queue, receipts }).await
 }
 
 async fn change_visibility(
@@ -835,16 +839,8 @@ async fn change_visibility(
     queue: &str,
     entries: Vec<(Receipt, u64)>,
 ) -> Result<Vec<Status>, SqsError> {
-    match ctx
-        .call(Request::ChangeVisibility {
-            queue: queue.to_string(),
-            entries,
-        })
-        .await?
-    {
-        Response::Results(r) => Ok(r),
-        r => Err(unexpected(r)),
-    }
+    let queue = queue.to_string();
+    results(ctx, Request::ChangeVisibility { queue, entries }).await
 }
 
 /// A delete's per-message status in SQS's terms. As in SQS, deleting with the receipt
@@ -1032,6 +1028,15 @@ mod tests {
         assert_eq!(a.len(), 36);
         assert_eq!(a.matches('-').count(), 4);
         assert!(a.ends_with("000000000001"));
+        // The README's session shows this id for the first message of `jobs`.
+        assert_eq!(
+            message_id("jobs", 1),
+            "5d9a17cb-70b9-733a-0000-000000000001"
+        );
+        assert_eq!(
+            uuid_shaped(0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210),
+            "01234567-89ab-cdef-fedc-ba9876543210"
+        );
         assert_ne!(a, message_id("r", 1));
         assert_ne!(a, message_id("q", 2));
     }

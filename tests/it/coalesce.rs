@@ -21,10 +21,7 @@ fn sends_seen(port: std::net::SocketAddr) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_sends_share_requests_and_each_gets_its_own_ids() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let port = crate::common::free_tcp_addr();
     let node = Node::start_with(&["--metrics-listen", &port.to_string()]);
     let c = node.client().await;
     c.create_queue("shared", QueuePatch::default())

@@ -23,6 +23,14 @@ pub struct Node {
 /// The fault-injection file in each node's data directory (see `mqd::peer::faults`).
 const FAULT_FILE: &str = "faults";
 
+/// A free TCP address on loopback for a node's HTTP listener (metrics, SQS). The port is
+/// released before the node binds it; nothing else here takes ephemeral TCP ports.
+pub fn free_tcp_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback TCP port")
+}
+
 pub fn mqd_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_mqd"))
 }

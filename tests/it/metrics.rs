@@ -37,10 +37,7 @@ pub(crate) fn sample(body: &str, prefix: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_endpoint_shows_traffic_latencies_and_raft_state() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let port = crate::common::free_tcp_addr();
     let node = Node::start_with(&["--metrics-listen", &port.to_string()]);
     let c = node.client().await;
     c.create_queue("load", QueuePatch::default()).await.unwrap();

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::common::{mqctl_bin, ok, Node};
+use crate::common::{free_tcp_addr, mqctl_bin, ok, Node};
 
 fn sqs_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sqs")
@@ -42,14 +42,6 @@ fn python_env() -> PathBuf {
     venv
 }
 
-fn free_tcp_port() -> String {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string()
-}
-
 /// The secret access key of the node's admin (from its `admin.token`).
 fn admin_secret(node: &Node) -> String {
     let token = std::fs::read_to_string(node.dir().join("admin.token")).expect("admin.token");
@@ -69,7 +61,7 @@ fn check(what: &str, out: Output) {
 #[test]
 fn boto3_suite_passes_against_a_real_node() {
     let venv = python_env();
-    let addr = free_tcp_port();
+    let addr = free_tcp_addr().to_string();
     let node = Node::start_with(&["--sqs-listen", &addr]);
     // A user who may only send to queues named `limited-*`.
     let created: serde_json::Value = serde_json::from_str(&ok(
@@ -107,7 +99,7 @@ fn boto3_suite_passes_against_a_real_node() {
 #[test]
 fn aws_cli_flows_and_messages_crossing_to_mqctl() {
     let venv = python_env();
-    let addr = free_tcp_port();
+    let addr = free_tcp_addr().to_string();
     let node = Node::start_with(&["--sqs-listen", &addr]);
     let out = Command::new("bash")
         .arg(sqs_dir().join("test_aws_cli.sh"))
@@ -134,7 +126,7 @@ fn aws_cli_flows_and_messages_crossing_to_mqctl() {
 #[test]
 fn every_node_of_a_cluster_serves_the_sqs_api() {
     let venv = python_env();
-    let addrs: Vec<String> = (0..3).map(|_| free_tcp_port()).collect();
+    let addrs: Vec<String> = (0..3).map(|_| free_tcp_addr().to_string()).collect();
     let nodes =
         Node::start_cluster_with(3, 4, |i| vec!["--sqs-listen".to_string(), addrs[i].clone()]);
     let out = Command::new(venv.join("bin/python"))

@@ -146,11 +146,7 @@ fn code(body: &str) -> String {
 
 #[test]
 fn malformed_and_hostile_requests_get_sqs_errors_and_the_node_keeps_serving() {
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    let addr = crate::common::free_tcp_addr().to_string();
     let node = Node::start_with(&["--sqs-listen", &addr]);
     let token = std::fs::read_to_string(node.dir().join("admin.token")).unwrap();
     let sqs = Sqs {
