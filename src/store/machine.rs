@@ -16,7 +16,7 @@ use redb::{ReadableTable, Table, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::schema::*;
-use super::StoreError;
+use super::{rows, StoreError};
 use crate::protocol::{
     validate_attributes, validate_config, validate_queue_name, validate_tags, Delivery,
     QueueConfig, QueuePatch, Receipt, SendEntry, Status, MAX_DEDUP_ID, MAX_DELAY_MS,
@@ -463,18 +463,7 @@ impl<'txn> Tables<'txn> {
         source_queue: u64,
         group: Option<&str>,
     ) -> Result<u64, ApplyError> {
-        let seq = s.next_seq;
-        s.next_seq += 1;
-        s.total += 1;
-        s.last_sent_ms = s.last_sent_ms.max(now);
-        let st = MessageState {
-            visible_at,
-            sent_ms: s.last_sent_ms,
-            receive_count: 0,
-            in_flight: false,
-            source_queue,
-            grouped: group.is_some(),
-        };
+        let (seq, st) = new_message(s, now, visible_at, source_queue, group.is_some());
         self.put_msg(qid, seq, &st)?;
         // The body goes straight into the page redb reserves: no intermediate buffer.
         write(self.body.insert_reserve((qid, seq), len)?.as_mut());
@@ -491,6 +480,20 @@ impl<'txn> Tables<'txn> {
             self.visible.insert((qid, visible_at, seq), 0u8)?;
         }
         Ok(seq)
+    }
+
+    /// Removes the rows of messages of queue `qid` that are not in a FIFO group, given
+    /// as `(visible_at, seq)`, with one pass per table (see [`rows`]).
+    fn remove_ungrouped(&mut self, qid: u64, gone: &mut [(u64, u64)]) -> Result<(), ApplyError> {
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let mut seqs: Vec<u64> = gone.iter().map(|&(_, s)| s).collect();
+        seqs.sort_unstable();
+        rows::remove_seqs(&mut self.state, qid, &seqs)?;
+        rows::remove_seqs(&mut self.body, qid, &seqs)?;
+        gone.sort_unstable();
+        rows::remove_visible(&mut self.visible, qid, gone)
     }
 
     fn add_total(&mut self, qid: u64, delta: i64) -> Result<(), ApplyError> {
@@ -587,6 +590,9 @@ struct Receiving {
     out_bytes: usize,
     /// No more messages fit: `max` reached, or the next would overflow the frame.
     full: bool,
+    /// Delivered messages without a group: their VISIBLE entries `(visible_at, seq)`,
+    /// all within the range this receive read, move to `now + vis` after the scan.
+    delivered: Vec<(u64, u64)>,
 }
 
 impl Receiving {
@@ -627,11 +633,17 @@ impl Receiving {
             return Ok(());
         }
         self.out_bytes += stored.len() + 64;
-        t.visible.remove((qid, st.visible_at, seq))?;
+        if st.grouped {
+            t.visible.remove((qid, st.visible_at, seq))?;
+        } else {
+            self.delivered.push((st.visible_at, seq));
+        }
         st.receive_count = st.receive_count.saturating_add(1);
         st.in_flight = true;
         st.visible_at = now.saturating_add(self.vis);
-        t.visible.insert((qid, st.visible_at, seq), 1u8)?;
+        if st.grouped {
+            t.visible.insert((qid, st.visible_at, seq), 1u8)?;
+        }
         t.put_msg(qid, seq, &st)?;
         fx.dirty = true;
         let group = if st.grouped {
@@ -650,6 +662,47 @@ impl Receiving {
         self.full = self.out.len() >= self.max;
         Ok(())
     }
+
+    /// Moves the VISIBLE entries of the messages delivered without a group to the end of
+    /// their visibility timeout: removed in one pass over the range the scan read,
+    /// inserted in one run.
+    fn finish(&mut self, t: &mut Tables<'_>) -> Result<(), ApplyError> {
+        if self.delivered.is_empty() {
+            return Ok(());
+        }
+        self.delivered.sort_unstable();
+        rows::remove_scanned(&mut t.visible, self.qid, &self.delivered)?;
+        let at = self.now.saturating_add(self.vis);
+        let mut seqs: Vec<u64> = self.delivered.iter().map(|&(_, s)| s).collect();
+        seqs.sort_unstable();
+        rows::insert_sorted(
+            &mut t.visible,
+            seqs.into_iter().map(|s| ((self.qid, at, s), 1u8)),
+        )
+    }
+}
+
+/// Numbers the next message of a queue whose stats are `s` and counts it there.
+fn new_message(
+    s: &mut Stats,
+    now: u64,
+    visible_at: u64,
+    source_queue: u64,
+    grouped: bool,
+) -> (u64, MessageState) {
+    let seq = s.next_seq;
+    s.next_seq += 1;
+    s.total += 1;
+    s.last_sent_ms = s.last_sent_ms.max(now);
+    let st = MessageState {
+        visible_at,
+        sent_ms: s.last_sent_ms,
+        receive_count: 0,
+        in_flight: false,
+        source_queue,
+        grouped,
+    };
+    (seq, st)
 }
 
 fn check_duration(what: &str, ms: u64, max: u64) -> Result<(), ApplyError> {
@@ -843,6 +896,9 @@ pub fn apply(
                     ));
                 }
             }
+            // Messages without a group are written together after the loop; nothing in it
+            // reads their rows.
+            let mut new = rows::NewRows::default();
             for (m, key) in messages.iter().zip(&keys) {
                 if let Some(key) = key {
                     if let Some(seq) = t.dedup_hit(rec.id, key, now)? {
@@ -851,20 +907,32 @@ pub fn apply(
                     }
                 }
                 let delay = m.delay_ms.unwrap_or(rec.config.delay_ms);
-                let len = crate::protocol::stored_len(&m.attributes, &m.body);
-                let write = |mut dst: &mut [u8]| {
-                    crate::protocol::encode_stored(&mut dst, &m.attributes, &m.body)
+                let visible_at = now.saturating_add(delay);
+                let seq = match m.group.as_deref() {
+                    None => {
+                        let (seq, st) = new_message(&mut stats, now, visible_at, 0, false);
+                        new.push(seq, &st, |buf| {
+                            crate::protocol::encode_stored(buf, &m.attributes, &m.body)
+                        });
+                        seq
+                    }
+                    Some(group) => {
+                        let len = crate::protocol::stored_len(&m.attributes, &m.body);
+                        let write = |mut dst: &mut [u8]| {
+                            crate::protocol::encode_stored(&mut dst, &m.attributes, &m.body)
+                        };
+                        t.append(
+                            rec.id,
+                            &mut stats,
+                            now,
+                            visible_at,
+                            len,
+                            write,
+                            0,
+                            Some(group),
+                        )?
+                    }
                 };
-                let seq = t.append(
-                    rec.id,
-                    &mut stats,
-                    now,
-                    now.saturating_add(delay),
-                    len,
-                    write,
-                    0,
-                    m.group.as_deref(),
-                )?;
                 if delay == 0 {
                     fx.wake.insert(queue.clone());
                 }
@@ -873,6 +941,7 @@ pub fn apply(
                 }
                 ids.push(seq);
             }
+            new.write(rec.id, &mut t.state, &mut t.body, &mut t.visible)?;
             t.stats.insert(rec.id, stats.to_tuple())?;
             fx.dirty = true;
             Ok(Outcome::Sent(ids))
@@ -908,6 +977,7 @@ pub fn apply(
                 out: Vec::new(),
                 out_bytes: 0,
                 full: false,
+                delivered: Vec::new(),
             };
             let mut seen = HashSet::new();
             let mut after = None;
@@ -974,6 +1044,7 @@ pub fn apply(
                     }
                 }
             }
+            r.finish(t)?;
             let next_visible_ms = if r.out.is_empty() {
                 t.next_visible(qid, now)?
             } else {
@@ -989,16 +1060,27 @@ pub fn apply(
             let rec = t.queue(queue)?.ok_or_else(|| not_found(queue))?;
             let mut results = Vec::with_capacity(receipts.len());
             let mut removed = 0i64;
+            // Messages without a group are removed together after the loop; a receipt
+            // repeated within the command finds its message gone, as it would have.
+            let mut gone = Vec::new();
+            let mut taken = HashSet::new();
             for r in receipts {
                 match check_receipt(t, rec.id, r)? {
+                    Ok(_) if taken.contains(&r.seq) => results.push(Status::ReceiptStale),
                     Ok(st) => {
-                        t.remove_msg(rec.id, r.seq, &st, now)?;
+                        if st.grouped {
+                            t.remove_msg(rec.id, r.seq, &st, now)?;
+                        } else {
+                            gone.push((st.visible_at, r.seq));
+                            taken.insert(r.seq);
+                        }
                         removed += 1;
                         results.push(Status::Ok);
                     }
                     Err(s) => results.push(s),
                 }
             }
+            t.remove_ungrouped(rec.id, &mut gone)?;
             if removed > 0 {
                 t.add_total(rec.id, -removed)?;
                 fx.dirty = true;
@@ -2109,5 +2191,223 @@ mod tests {
         assert_eq!(total(&db, "q"), 3);
         assert_eq!(refused(send("q", &["x"])), Status::Throttled);
         ok(&db, 5, send_dedup("q", &[("b", "2")]));
+    }
+
+    /// The rows of queue `qid` agree with each other and with its stats: a body and
+    /// exactly one VISIBLE entry (at its `visible_at`, flagged in flight or not) per
+    /// stored message, and nothing else.
+    fn check_rows(db: &Database, qid: u64) -> std::collections::BTreeMap<u64, MessageState> {
+        let txn = db.begin_read().unwrap();
+        let state = txn.open_table(STATE).unwrap();
+        let body = txn.open_table(BODY).unwrap();
+        let visible = txn.open_table(VISIBLE).unwrap();
+        let stats = txn.open_table(STATS).unwrap();
+        let msgs: std::collections::BTreeMap<u64, MessageState> = state
+            .range((qid, 0)..=(qid, u64::MAX))
+            .unwrap()
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                (k.value().1, decode("state", v.value()).unwrap())
+            })
+            .collect();
+        let bodies: Vec<u64> = body
+            .range((qid, 0)..=(qid, u64::MAX))
+            .unwrap()
+            .map(|e| e.unwrap().0.value().1)
+            .collect();
+        assert_eq!(bodies, msgs.keys().copied().collect::<Vec<_>>());
+        let mut vis: Vec<(u64, u64, u8)> = visible
+            .range((qid, 0, 0)..=(qid, u64::MAX, u64::MAX))
+            .unwrap()
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                (k.value().1, k.value().2, v.value())
+            })
+            .collect();
+        let mut want: Vec<(u64, u64, u8)> = msgs
+            .iter()
+            .map(|(s, st)| (st.visible_at, *s, u8::from(st.in_flight)))
+            .collect();
+        vis.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(vis, want);
+        let total = stats.get(qid).unwrap().map_or(0, |v| v.value().1);
+        assert_eq!(total, msgs.len() as u64);
+        msgs
+    }
+
+    /// Sends, receives, acks and nacks of many messages per command, in a random order
+    /// over three queues, against a model of what each must do. The state machine writes
+    /// the rows of such commands together (`rows`); this checks they end up exactly as
+    /// one write per message would leave them.
+    #[test]
+    fn batched_row_writes_match_a_model() {
+        use std::collections::BTreeMap;
+        #[derive(Debug)]
+        struct M {
+            body: String,
+            visible_at: u64,
+            count: u32,
+        }
+        let (_d, db) = db();
+        let queues = ["a", "b", "c"];
+        for q in queues {
+            ok(&db, 1, create(q));
+        }
+        let mut model: Vec<BTreeMap<u64, M>> = (0..3).map(|_| BTreeMap::new()).collect();
+        let mut next_seq = [0u64; 3];
+        let mut held: Vec<Vec<Receipt>> = vec![Vec::new(); 3];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rand = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n.max(1)
+        };
+        let mut now = 10;
+        for step in 0..400 {
+            now += rand(4);
+            let qi = rand(3) as usize;
+            let q = queues[qi];
+            let qid = qi as u64 + 1;
+            let m = &mut model[qi];
+            match rand(5) {
+                0 | 1 => {
+                    let n = 1 + rand(100);
+                    let mut entries = Vec::new();
+                    for i in 0..n {
+                        let mut e = SendEntry::new(format!("{step}-{i}"));
+                        if rand(10) == 0 {
+                            e.delay_ms = Some(rand(20));
+                        }
+                        entries.push(e);
+                    }
+                    let ids = sent(ok(
+                        &db,
+                        now,
+                        Command::Send {
+                            queue: q.into(),
+                            messages: entries.clone(),
+                        },
+                    ));
+                    for (e, id) in entries.iter().zip(ids) {
+                        assert!(id >= next_seq[qi], "ids ascend");
+                        next_seq[qi] = id + 1;
+                        let body = String::from_utf8(e.body.to_vec()).unwrap();
+                        let visible_at = now + e.delay_ms.unwrap_or(0);
+                        m.insert(
+                            id,
+                            M {
+                                body,
+                                visible_at,
+                                count: 0,
+                            },
+                        );
+                    }
+                }
+                2 => {
+                    let max = 1 + rand(120) as u32;
+                    let vis = [0, 3, 1000][rand(3) as usize];
+                    let mut due: Vec<(u64, u64)> = m
+                        .iter()
+                        .filter(|(_, x)| x.visible_at <= now)
+                        .map(|(s, x)| (x.visible_at, *s))
+                        .collect();
+                    due.sort_unstable();
+                    due.truncate(max as usize);
+                    let got = deliveries(ok(&db, now, receive(q, max, Some(vis))));
+                    let got_seqs: Vec<u64> = got.iter().map(|d| d.receipt.seq).collect();
+                    let want: Vec<u64> = due.iter().map(|&(_, s)| s).collect();
+                    assert_eq!(got_seqs, want, "step {step}: receive from {q}");
+                    for d in got {
+                        let x = m.get_mut(&d.receipt.seq).unwrap();
+                        x.count += 1;
+                        x.visible_at = now + vis;
+                        assert_eq!(d.message.body, x.body.as_bytes());
+                        assert_eq!(d.receipt.delivery, x.count);
+                        held[qi].push(d.receipt);
+                    }
+                }
+                3 => {
+                    // Some held receipts, a few of them twice, and some stale ones.
+                    let mut receipts = Vec::new();
+                    let h = &mut held[qi];
+                    let n = rand(h.len() as u64 + 1) as usize;
+                    for _ in 0..n {
+                        let i = rand(h.len() as u64) as usize;
+                        receipts.push(h[i]);
+                        if rand(8) == 0 {
+                            receipts.push(h[i]);
+                        }
+                        if rand(3) != 0 {
+                            h.swap_remove(i);
+                        }
+                    }
+                    let mut want = Vec::new();
+                    for r in &receipts {
+                        let live = m.get(&r.seq).is_some_and(|x| x.count == r.delivery);
+                        if live {
+                            m.remove(&r.seq);
+                        }
+                        want.push(if live {
+                            Status::Ok
+                        } else {
+                            Status::ReceiptStale
+                        });
+                    }
+                    let got = ok(
+                        &db,
+                        now,
+                        Command::Ack {
+                            queue: q.into(),
+                            receipts,
+                        },
+                    );
+                    assert_eq!(got, Outcome::Results(want), "step {step}: ack on {q}");
+                }
+                _ => {
+                    let h = &mut held[qi];
+                    let mut entries = Vec::new();
+                    for _ in 0..rand(4) {
+                        if h.is_empty() {
+                            break;
+                        }
+                        let r = h.swap_remove(rand(h.len() as u64) as usize);
+                        entries.push((r, rand(5)));
+                    }
+                    let mut want = Vec::new();
+                    for (r, delay) in &entries {
+                        let x = m.get_mut(&r.seq).filter(|x| x.count == r.delivery);
+                        want.push(match x {
+                            Some(x) => {
+                                x.visible_at = now + delay;
+                                h.push(*r);
+                                Status::Ok
+                            }
+                            None => Status::ReceiptStale,
+                        });
+                    }
+                    let got = ok(
+                        &db,
+                        now,
+                        Command::Nack {
+                            queue: q.into(),
+                            entries,
+                        },
+                    );
+                    assert_eq!(got, Outcome::Results(want), "step {step}: nack on {q}");
+                }
+            }
+            let rows = check_rows(&db, qid);
+            let keys: Vec<u64> = rows.keys().copied().collect();
+            assert_eq!(keys, m.keys().copied().collect::<Vec<_>>(), "step {step}");
+            for (s, st) in &rows {
+                assert_eq!(st.visible_at, m[s].visible_at, "step {step}: seq {s}");
+                assert_eq!(st.receive_count, m[s].count, "step {step}: seq {s}");
+            }
+        }
+        for (qi, q) in queues.iter().enumerate() {
+            assert_eq!(total(&db, q), model[qi].len() as u64);
+        }
     }
 }

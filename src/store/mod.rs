@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod machine;
+pub(crate) mod rows;
 pub mod schema;
 pub mod snapshot;
 pub mod users;

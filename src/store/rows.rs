@@ -1,0 +1,290 @@
+//! Writing many rows of one queue at once, in key order.
+//!
+//! redb rewrites a leaf page for every single `insert` and `remove`, and rebalances the
+//! tree after removes; most of a command's storage work was that. A command that stores,
+//! delivers or acknowledges many messages of a queue touches neighbouring keys, so it
+//! gathers them and writes each table once, in key order: inserts through a cursor,
+//! whose runs redb splices into a leaf together, and removes through `retain_in`, which
+//! rewrites each leaf once however many of its entries go.
+
+use std::ops::Bound;
+
+use redb::{CursorError, Key, Table, Value};
+
+use super::schema::MessageState;
+use super::ApplyError;
+
+/// Two keys to remove whose sequence numbers are at most this far apart are removed by
+/// one pass over the keys between them. The pass reads the entries it keeps, so the gap
+/// bounds that reading to this many entries per removed key.
+pub(crate) const RUN_GAP: u64 = 64;
+
+/// Inserts `rows`, which must be in ascending key order and new to the table, through a
+/// cursor. A row that does not fit the cursor's gap (another key lies between it and the
+/// previous row) starts a new cursor at its own place; a row whose key exists replaces
+/// the value.
+pub(crate) fn insert_sorted<'v, K, V>(
+    table: &mut Table<'_, K, V>,
+    rows: impl IntoIterator<Item = (K::SelfType<'v>, V::SelfType<'v>)>,
+) -> Result<(), ApplyError>
+where
+    K: Key + 'static,
+    V: Value + 'static,
+{
+    let mut rows = rows.into_iter().peekable();
+    while let Some((first, _)) = rows.peek() {
+        let mut cursor = table.lower_bound_mut(Bound::Included(first))?;
+        let mut taken = 0usize;
+        while let Some((k, v)) = rows.peek() {
+            match cursor.insert_before(k, v) {
+                Ok(()) => {
+                    rows.next();
+                    taken += 1;
+                }
+                Err(CursorError::UnorderedKey) => break,
+                Err(e) => return Err(redb::Error::from(e).into()),
+            }
+        }
+        cursor.close()?;
+        if taken == 0 {
+            // Not even a cursor placed at it takes this row: its key is in the table
+            // already. Replace the value, as `Table::insert` does.
+            if let Some((k, v)) = rows.next() {
+                table.insert(k, v)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes the rows `(qid, seq)` for `seqs` (ascending, distinct). Seqs at most
+/// [`RUN_GAP`] apart go in one pass; a lone one by a plain remove.
+pub(crate) fn remove_seqs<V: Value + 'static>(
+    table: &mut Table<'_, (u64, u64), V>,
+    qid: u64,
+    seqs: &[u64],
+) -> Result<(), ApplyError> {
+    for run in seqs.chunk_by(|a, b| b.saturating_sub(*a) <= RUN_GAP) {
+        remove_run(table, run.iter().map(|&s| (qid, s)))?;
+    }
+    Ok(())
+}
+
+/// Removes the [`VISIBLE`](super::schema::VISIBLE) entries `(qid, visible_at, seq)` for
+/// `keys` (ascending, distinct): one pass for keys with the same `visible_at` at most
+/// [`RUN_GAP`] apart, since between keys with different times any number of other
+/// entries may lie.
+pub(crate) fn remove_visible(
+    table: &mut Table<'_, (u64, u64, u64), u8>,
+    qid: u64,
+    keys: &[(u64, u64)],
+) -> Result<(), ApplyError> {
+    for run in keys.chunk_by(|a, b| a.0 == b.0 && b.1.saturating_sub(a.1) <= RUN_GAP) {
+        remove_run(table, run.iter().map(|&(v, s)| (qid, v, s)))?;
+    }
+    Ok(())
+}
+
+/// Removes the VISIBLE entries for `keys` (ascending, distinct), all within a range the
+/// caller has just read whole, in one pass over that range.
+pub(crate) fn remove_scanned(
+    table: &mut Table<'_, (u64, u64, u64), u8>,
+    qid: u64,
+    keys: &[(u64, u64)],
+) -> Result<(), ApplyError> {
+    remove_run(table, keys.iter().map(|&(v, s)| (qid, v, s)))
+}
+
+/// Removes the keys of `run` (ascending, distinct) in one `retain_in` over the range from
+/// the first to the last, keeping every other entry there.
+fn remove_run<K, V, T>(
+    table: &mut Table<'_, K, V>,
+    run: impl ExactSizeIterator<Item = T> + Clone,
+) -> Result<(), ApplyError>
+where
+    K: Key + for<'a> Value<SelfType<'a> = T> + 'static,
+    V: Value + 'static,
+    T: Ord + Copy,
+{
+    let keys: Vec<T> = run.collect();
+    match keys.as_slice() {
+        [] => {}
+        [one] => {
+            table.remove(one)?;
+        }
+        [first, .., last] => {
+            let mut next = 0;
+            table.retain_in(*first..=*last, |k, _| {
+                while next < keys.len() && keys[next] < k {
+                    next += 1;
+                }
+                !(next < keys.len() && keys[next] == k)
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// The rows of messages a command adds to one queue, written at its end.
+#[derive(Default)]
+pub(crate) struct NewRows {
+    /// Sequence numbers, ascending.
+    seqs: Vec<u64>,
+    /// Encoded [`MessageState`]s back to back, and where each ends.
+    states: Vec<u8>,
+    state_ends: Vec<usize>,
+    /// Stored bodies back to back, and where each ends.
+    bodies: Vec<u8>,
+    body_ends: Vec<usize>,
+    /// `(visible_at, seq)` of the VISIBLE entries.
+    visible: Vec<(u64, u64)>,
+}
+
+impl NewRows {
+    /// Adds message `seq`; `write` appends its stored form (attributes, then body).
+    pub(crate) fn push(&mut self, seq: u64, st: &MessageState, write: impl FnOnce(&mut Vec<u8>)) {
+        debug_assert!(self.seqs.last().is_none_or(|&s| s < seq));
+        self.seqs.push(seq);
+        let mut buf = [0u8; 64];
+        match postcard::to_slice(st, &mut buf) {
+            Ok(b) => self.states.extend_from_slice(b),
+            // More than 64 bytes cannot happen for this type; encode it the slow way.
+            Err(_) => self.states.extend_from_slice(&super::schema::encode(st)),
+        }
+        self.state_ends.push(self.states.len());
+        write(&mut self.bodies);
+        self.body_ends.push(self.bodies.len());
+        self.visible.push((st.visible_at, seq));
+    }
+
+    fn slices<'a>(buf: &'a [u8], ends: &'a [usize]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let starts = std::iter::once(0).chain(ends.iter().copied());
+        starts.zip(ends.iter().copied()).map(|(a, b)| &buf[a..b])
+    }
+
+    /// Writes the rows: message states, bodies and VISIBLE entries of queue `qid`.
+    pub(crate) fn write(
+        mut self,
+        qid: u64,
+        state: &mut Table<'_, (u64, u64), &'static [u8]>,
+        body: &mut Table<'_, (u64, u64), &'static [u8]>,
+        visible: &mut Table<'_, (u64, u64, u64), u8>,
+    ) -> Result<(), ApplyError> {
+        if self.seqs.is_empty() {
+            return Ok(());
+        }
+        let keys = || self.seqs.iter().map(|&s| (qid, s));
+        insert_sorted(
+            state,
+            keys().zip(Self::slices(&self.states, &self.state_ends)),
+        )?;
+        insert_sorted(
+            body,
+            keys().zip(Self::slices(&self.bodies, &self.body_ends)),
+        )?;
+        self.visible.sort_unstable();
+        insert_sorted(
+            visible,
+            self.visible.iter().map(|&(v, s)| ((qid, v, s), 0u8)),
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::{Database, ReadableTable, TableDefinition};
+
+    const T: TableDefinition<(u64, u64), u64> = TableDefinition::new("t");
+    const V: TableDefinition<(u64, u64, u64), u8> = TableDefinition::new("v");
+
+    fn with<R>(f: impl FnOnce(&mut Table<'_, (u64, u64), u64>) -> R) -> (R, Vec<(u64, u64, u64)>) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("t.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        let mut t = txn.open_table(T).unwrap();
+        let r = f(&mut t);
+        let rows = t
+            .iter()
+            .unwrap()
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                (k.value().0, k.value().1, v.value())
+            })
+            .collect();
+        (r, rows)
+    }
+
+    #[test]
+    fn sorted_inserts_land_between_existing_keys_and_replace_equal_ones() {
+        let ((), rows) = with(|t| {
+            for s in [5, 10, 20] {
+                t.insert((1, s), 0).unwrap();
+            }
+            t.insert((2, 1), 0).unwrap();
+            // 7 and 8 fit one gap; 12 lies past 10; 20 exists; 30 goes after the queue.
+            let new = [(1, 7), (1, 8), (1, 12), (1, 20), (1, 30)];
+            insert_sorted(t, new.iter().map(|&k| (k, 9))).unwrap();
+        });
+        let want = vec![
+            (1, 5, 0),
+            (1, 7, 9),
+            (1, 8, 9),
+            (1, 10, 0),
+            (1, 12, 9),
+            (1, 20, 9),
+            (1, 30, 9),
+            (2, 1, 0),
+        ];
+        assert_eq!(rows, want);
+    }
+
+    #[test]
+    fn removes_take_exactly_the_given_keys_near_or_far_apart() {
+        let ((), rows) = with(|t| {
+            for s in 0..400 {
+                t.insert((1, s), s).unwrap();
+            }
+            t.insert((0, 3), 0).unwrap();
+            t.insert((2, 3), 0).unwrap();
+            let gone: Vec<u64> = (0..400).filter(|s| s % 3 == 0 || *s > 390).collect();
+            let far = [0u64, 1, 2, 150, 151, 399];
+            remove_seqs(t, 1, &gone).unwrap();
+            remove_seqs(t, 1, &far).unwrap();
+            remove_seqs(t, 1, &[]).unwrap();
+            remove_seqs(t, 7, &[3]).unwrap(); // nothing there: nothing removed
+        });
+        let want: Vec<(u64, u64, u64)> = std::iter::once((0, 3, 0))
+            .chain(
+                (0..400)
+                    .filter(|s| s % 3 != 0 && *s <= 390 && ![1, 2, 150, 151].contains(s))
+                    .map(|s| (1, s, s)),
+            )
+            .chain(std::iter::once((2, 3, 0)))
+            .collect();
+        assert_eq!(rows, want);
+    }
+
+    #[test]
+    fn visible_removes_keep_entries_at_other_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("t.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        let mut t = txn.open_table(V).unwrap();
+        for (at, s) in [(5, 1), (5, 2), (5, 3), (6, 0), (6, 4), (9, 5)] {
+            t.insert((1, at, s), 0).unwrap();
+        }
+        remove_visible(&mut t, 1, &[(5, 1), (5, 3), (9, 5)]).unwrap();
+        remove_scanned(&mut t, 1, &[(6, 0)]).unwrap();
+        let left: Vec<(u64, u64)> = t
+            .iter()
+            .unwrap()
+            .map(|e| {
+                let k = e.unwrap().0.value();
+                (k.1, k.2)
+            })
+            .collect();
+        assert_eq!(left, vec![(5, 2), (6, 4)]);
+    }
+}
