@@ -32,8 +32,11 @@ const OLD_SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_s
 /// Most time between two fsynced state-machine commits. Commits in between are not
 /// fsynced: the Raft log, fsynced before anything is acknowledged, holds every applied
 /// entry, and after a crash the entries since the last fsynced commit are applied again.
-/// The bound keeps that replay short and lets redb reuse freed pages.
-const DURABLE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// The bound keeps that replay short and lets redb reuse freed pages. It is short because
+/// a durable commit also writes the freed-page records of all the non-durable commits
+/// before it, while the shard's applies wait: at one second apart that took 35–90 ms under
+/// load (the end-to-end p99 at 8,000 msgs/s was those stalls); at 100 ms, under 15 ms.
+const DURABLE_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 type Membership = StoredMembership<NodeId, openraft::BasicNode>;
 type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;

@@ -898,7 +898,13 @@ pub fn apply(
             }
             // Messages without a group are written together after the loop; nothing in it
             // reads their rows.
-            let mut new = rows::NewRows::default();
+            let mut new = rows::NewRows::with_capacity(
+                messages.len(),
+                messages
+                    .iter()
+                    .map(|m| crate::protocol::stored_len(&m.attributes, &m.body))
+                    .sum(),
+            );
             for (m, key) in messages.iter().zip(&keys) {
                 if let Some(key) = key {
                     if let Some(seq) = t.dedup_hit(rec.id, key, now)? {

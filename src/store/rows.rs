@@ -126,7 +126,6 @@ where
 }
 
 /// The rows of messages a command adds to one queue, written at its end.
-#[derive(Default)]
 pub(crate) struct NewRows {
     /// Sequence numbers, ascending.
     seqs: Vec<u64>,
@@ -141,6 +140,18 @@ pub(crate) struct NewRows {
 }
 
 impl NewRows {
+    /// Room for `n` messages of `bytes` stored bytes in all, so the buffers grow once.
+    pub(crate) fn with_capacity(n: usize, bytes: usize) -> Self {
+        Self {
+            seqs: Vec::with_capacity(n),
+            states: Vec::with_capacity(n * 16),
+            state_ends: Vec::with_capacity(n),
+            bodies: Vec::with_capacity(bytes),
+            body_ends: Vec::with_capacity(n),
+            visible: Vec::with_capacity(n),
+        }
+    }
+
     /// Adds message `seq`; `write` appends its stored form (attributes, then body).
     pub(crate) fn push(&mut self, seq: u64, st: &MessageState, write: impl FnOnce(&mut Vec<u8>)) {
         debug_assert!(self.seqs.last().is_none_or(|&s| s < seq));
