@@ -61,6 +61,7 @@
 //! ```
 
 mod coalesce;
+pub(crate) mod udp;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -348,7 +349,8 @@ impl Client {
                 .map_err(|_| ClientError::Config("bind".into()))?
         };
         let connect_err = |detail: String| ClientError::Connect { addr, detail };
-        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| connect_err(e.to_string()))?;
+        let (mut endpoint, _) =
+            udp::endpoint(bind, None).map_err(|e| connect_err(e.to_string()))?;
         endpoint.set_default_client_config((*self.quic).clone());
         let connecting = endpoint
             .connect(addr, &self.config.server_name)

@@ -112,8 +112,14 @@ pub async fn run(
     let creds = tls::ensure(&config.data_dir, &config.tls_names)?;
 
     let quic_config = server_config(&creds)?;
-    let endpoint = quinn::Endpoint::server(quic_config, config.listen)
+    let (endpoint, udp_buffer) = crate::client::udp::endpoint(config.listen, Some(quic_config))
         .map_err(io_err(format!("listening on {}", config.listen)))?;
+    if udp_buffer < 2 * crate::client::udp::SOCKET_BUFFER {
+        tracing::info!(
+            bytes = udp_buffer / 2,
+            "the kernel caps UDP receive buffers below 4 MiB; bursts may be dropped and resent. Raise net.core.rmem_max and net.core.wmem_max to 4194304 (sysctl)"
+        );
+    }
     let local_addr = endpoint
         .local_addr()
         .map_err(io_err("reading the bound address"))?;
