@@ -19,7 +19,7 @@ use std::sync::Mutex;
 
 use tokio::sync::oneshot;
 
-use super::{Client, ClientError};
+use super::{expect, Client, ClientError};
 use crate::protocol::{Request, Response, SendEntry, Status, MAX_BATCH};
 
 /// Requests in flight per queue before sends wait to be coalesced.
@@ -46,6 +46,12 @@ struct Lane {
 #[derive(Default)]
 pub(super) struct Coalescer {
     lanes: Mutex<HashMap<(String, bool), Lane>>,
+}
+
+impl Coalescer {
+    fn lanes(&self) -> std::sync::MutexGuard<'_, HashMap<(String, bool), Lane>> {
+        self.lanes.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 fn size(messages: &[SendEntry]) -> usize {
@@ -88,11 +94,7 @@ impl Client {
         );
         let (reply, answer) = oneshot::channel();
         let start = {
-            let mut lanes = self
-                .coalescer
-                .lanes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut lanes = self.coalescer.lanes();
             let lane = lanes.entry(key.clone()).or_default();
             lane.waiting.push_back(Waiter {
                 messages,
@@ -118,11 +120,7 @@ impl Client {
     async fn drain(&self, key: (String, bool)) {
         loop {
             let batch = {
-                let mut lanes = self
-                    .coalescer
-                    .lanes
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
+                let mut lanes = self.coalescer.lanes();
                 let Some(lane) = lanes.get_mut(&key) else {
                     return;
                 };
@@ -169,8 +167,9 @@ impl Client {
             return;
         }
         let counts: Vec<usize> = batch.iter().map(|w| w.messages.len()).collect();
+        let total: usize = counts.iter().sum();
         let mut replies = Vec::with_capacity(batch.len());
-        let mut messages = Vec::with_capacity(counts.iter().sum());
+        let mut messages = Vec::with_capacity(total);
         for w in batch {
             messages.extend(w.messages);
             replies.push(w.reply);
@@ -179,13 +178,21 @@ impl Client {
             queue: queue.into(),
             messages,
         };
-        let result = match self.call(&req, std::time::Duration::ZERO).await {
-            Ok(Response::Sent(ids)) if ids.len() == counts.iter().sum::<usize>() => Ok(ids),
-            Ok(_) => Err(ClientError::Protocol(
-                "answer of the wrong kind to a send".into(),
-            )),
-            Err(e) => Err(e),
-        };
+        let result = self
+            .call(&req, std::time::Duration::ZERO)
+            .await
+            .and_then(|r| {
+                expect(r, |r| match r {
+                    Response::Sent(ids) => Some(ids),
+                    _ => None,
+                })
+            })
+            .and_then(|ids| match ids.len() {
+                n if n == total => Ok(ids),
+                n => Err(ClientError::Protocol(format!(
+                    "the node answered a send of {total} messages with {n} ids"
+                ))),
+            });
         let Request::Send { messages, .. } = req else {
             return;
         };

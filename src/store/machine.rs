@@ -493,7 +493,7 @@ impl<'txn> Tables<'txn> {
         rows::remove_seqs(&mut self.state, qid, &seqs)?;
         rows::remove_seqs(&mut self.body, qid, &seqs)?;
         gone.sort_unstable();
-        rows::remove_visible(&mut self.visible, qid, gone)
+        rows::remove_visible(&mut self.visible, qid, gone, false)
     }
 
     fn add_total(&mut self, qid: u64, delta: i64) -> Result<(), ApplyError> {
@@ -671,7 +671,7 @@ impl Receiving {
             return Ok(());
         }
         self.delivered.sort_unstable();
-        rows::remove_scanned(&mut t.visible, self.qid, &self.delivered)?;
+        rows::remove_visible(&mut t.visible, self.qid, &self.delivered, true)?;
         let at = self.now.saturating_add(self.vis);
         let mut seqs: Vec<u64> = self.delivered.iter().map(|&(_, s)| s).collect();
         seqs.sort_unstable();

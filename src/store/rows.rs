@@ -64,62 +64,55 @@ pub(crate) fn remove_seqs<V: Value + 'static>(
     qid: u64,
     seqs: &[u64],
 ) -> Result<(), ApplyError> {
-    for run in seqs.chunk_by(|a, b| b.saturating_sub(*a) <= RUN_GAP) {
-        remove_run(table, run.iter().map(|&s| (qid, s)))?;
-    }
-    Ok(())
+    let keys: Vec<(u64, u64)> = seqs.iter().map(|&s| (qid, s)).collect();
+    remove_runs(table, &keys, |a, b| b.1.saturating_sub(a.1) <= RUN_GAP)
 }
 
 /// Removes the [`VISIBLE`](super::schema::VISIBLE) entries `(qid, visible_at, seq)` for
 /// `keys` (ascending, distinct): one pass for keys with the same `visible_at` at most
 /// [`RUN_GAP`] apart, since between keys with different times any number of other
-/// entries may lie.
+/// entries may lie. With `scanned`, the caller has just read the whole range from the
+/// first key to the last, so one pass over it is bounded by that read.
 pub(crate) fn remove_visible(
     table: &mut Table<'_, (u64, u64, u64), u8>,
     qid: u64,
     keys: &[(u64, u64)],
+    scanned: bool,
 ) -> Result<(), ApplyError> {
-    for run in keys.chunk_by(|a, b| a.0 == b.0 && b.1.saturating_sub(a.1) <= RUN_GAP) {
-        remove_run(table, run.iter().map(|&(v, s)| (qid, v, s)))?;
-    }
-    Ok(())
+    let keys: Vec<(u64, u64, u64)> = keys.iter().map(|&(v, s)| (qid, v, s)).collect();
+    remove_runs(table, &keys, |a, b| {
+        scanned || (a.1 == b.1 && b.2.saturating_sub(a.2) <= RUN_GAP)
+    })
 }
 
-/// Removes the VISIBLE entries for `keys` (ascending, distinct), all within a range the
-/// caller has just read whole, in one pass over that range.
-pub(crate) fn remove_scanned(
-    table: &mut Table<'_, (u64, u64, u64), u8>,
-    qid: u64,
-    keys: &[(u64, u64)],
-) -> Result<(), ApplyError> {
-    remove_run(table, keys.iter().map(|&(v, s)| (qid, v, s)))
-}
-
-/// Removes the keys of `run` (ascending, distinct) in one `retain_in` over the range from
-/// the first to the last, keeping every other entry there.
-fn remove_run<K, V, T>(
+/// Removes `keys` (ascending, distinct), cut into runs where `near` holds between
+/// neighbours: each run of several keys in one `retain_in` over the range from its first
+/// key to its last, keeping every other entry there; a lone key by a plain remove.
+fn remove_runs<K, V, T>(
     table: &mut Table<'_, K, V>,
-    run: impl ExactSizeIterator<Item = T> + Clone,
+    keys: &[T],
+    near: impl Fn(&T, &T) -> bool,
 ) -> Result<(), ApplyError>
 where
     K: Key + for<'a> Value<SelfType<'a> = T> + 'static,
     V: Value + 'static,
     T: Ord + Copy,
 {
-    let keys: Vec<T> = run.collect();
-    match keys.as_slice() {
-        [] => {}
-        [one] => {
-            table.remove(one)?;
-        }
-        [first, .., last] => {
-            let mut next = 0;
-            table.retain_in(*first..=*last, |k, _| {
-                while next < keys.len() && keys[next] < k {
-                    next += 1;
-                }
-                !(next < keys.len() && keys[next] == k)
-            })?;
+    for run in keys.chunk_by(|a, b| near(a, b)) {
+        match run {
+            [] => {}
+            [one] => {
+                table.remove(one)?;
+            }
+            [first, .., last] => {
+                let mut next = 0;
+                table.retain_in(*first..=*last, |k, _| {
+                    while next < run.len() && run[next] < k {
+                        next += 1;
+                    }
+                    !(next < run.len() && run[next] == k)
+                })?;
+            }
         }
     }
     Ok(())
@@ -286,8 +279,8 @@ mod tests {
         for (at, s) in [(5, 1), (5, 2), (5, 3), (6, 0), (6, 4), (9, 5)] {
             t.insert((1, at, s), 0).unwrap();
         }
-        remove_visible(&mut t, 1, &[(5, 1), (5, 3), (9, 5)]).unwrap();
-        remove_scanned(&mut t, 1, &[(6, 0)]).unwrap();
+        remove_visible(&mut t, 1, &[(5, 1), (5, 3), (9, 5)], false).unwrap();
+        remove_visible(&mut t, 1, &[(6, 0)], true).unwrap();
         let left: Vec<(u64, u64)> = t
             .iter()
             .unwrap()
@@ -297,5 +290,10 @@ mod tests {
             })
             .collect();
         assert_eq!(left, vec![(5, 2), (6, 4)]);
+        // A scanned range crosses times in one pass and keeps what is not named.
+        t.insert((1, 5, 9), 0).unwrap();
+        remove_visible(&mut t, 1, &[(5, 2), (6, 4)], true).unwrap();
+        let left: Vec<(u64, u64, u64)> = t.iter().unwrap().map(|e| e.unwrap().0.value()).collect();
+        assert_eq!(left, vec![(1, 5, 9)]);
     }
 }
