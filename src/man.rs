@@ -24,7 +24,7 @@ fn mqd_page() -> Vec<u8> {
 Configuration, see mqd.toml(5).
 .TP
 /var/lib/mqd
-Data directory of the packaged service: shard databases (shard\-NNNN.redb), the cluster CA (ca.pem, ca.key), the node certificate (node.pem, node.key), the admin token (admin.token) and mqd.addr, the address local clients dial.
+Data directory of the packaged service: shard databases (shard\-NNNN.redb) and their Raft logs (shard\-NNNN.log/), the cluster CA (ca.pem, ca.key), the node certificate (node.pem, node.key), the admin token (admin.token) and mqd.addr, the address local clients dial.
 .SH SIGNALS
 .TP
 SIGTERM, SIGINT

@@ -40,7 +40,7 @@ use tokio::sync::Notify;
 use crate::config::ClusterSettings;
 use crate::peer::{CallError, Connector, GroupNetwork, Router, KIND_FORWARD};
 use crate::protocol::{Message, QueueDescription, QueuePatch, QueueSummary, Status};
-use crate::raft::log_store::LogStore;
+use crate::raft::log_store::{self, LogStore};
 use crate::raft::proposer::{ProposeError, Proposer};
 use crate::raft::state_machine::StateMachine;
 use crate::raft::{NodeId, TypeConfig};
@@ -443,7 +443,12 @@ pub fn queue_not_found(name: &str) -> Failure {
 fn groups_on_disk(dir: &Path, shards: u32) -> Vec<u64> {
     (0..shards)
         .map(group_of_shard)
-        .filter(|g| dir.join(format!("{}.log.redb", file_stem(*g))).exists())
+        .filter(|g| {
+            let stem = file_stem(*g);
+            // `.log.redb`: the log as versions before the segment files kept it.
+            dir.join(format!("{stem}.log")).exists()
+                || dir.join(format!("{stem}.log.redb")).exists()
+        })
         .collect()
 }
 
@@ -528,7 +533,14 @@ impl Node {
     async fn open_group(&self, group: u64) -> Result<Local, NodeError> {
         let inner = &self.inner;
         let stem = file_stem(group);
-        let log_path = inner.dir.join(format!("{stem}.log.redb"));
+        let log_path = inner.dir.join(format!("{stem}.log"));
+        let old_log = inner.dir.join(format!("{stem}.log.redb"));
+        if old_log.exists() {
+            log_store::import_redb(&old_log, &log_path).map_err(|e| NodeError::Storage {
+                path: old_log.clone(),
+                detail: e.to_string(),
+            })?;
+        }
         let log = LogStore::open(&log_path).map_err(|e| NodeError::Storage {
             path: log_path.clone(),
             detail: e.to_string(),
@@ -601,11 +613,13 @@ impl Node {
         }
         drop(local);
         let stem = file_stem(group);
-        for f in [format!("{stem}.redb"), format!("{stem}.log.redb")] {
-            let path = self.inner.dir.join(&f);
-            if let Err(e) = std::fs::remove_file(&path) {
-                tracing::warn!(file = %path.display(), error = %e, "replica file not removed");
-            }
+        let sm = self.inner.dir.join(format!("{stem}.redb"));
+        if let Err(e) = std::fs::remove_file(&sm) {
+            tracing::warn!(file = %sm.display(), error = %e, "replica file not removed");
+        }
+        let log = self.inner.dir.join(format!("{stem}.log"));
+        if let Err(e) = std::fs::remove_dir_all(&log) {
+            tracing::warn!(dir = %log.display(), error = %e, "replica log not removed");
         }
         tracing::info!(group, "replica removed from this node");
     }

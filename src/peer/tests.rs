@@ -75,7 +75,7 @@ async fn start(id: u64, ca_of: Option<&Path>) -> TestNode {
         .validate()
         .unwrap(),
     );
-    let log = LogStore::open(&dir.path().join("g1.log.redb")).unwrap();
+    let log = LogStore::open(&dir.path().join("g1.log")).unwrap();
     let sm = StateMachine::open(&dir.path().join("g1.redb"), Arc::new(|_| {})).unwrap();
     let db = sm.database();
     let raft = Raft::new(id, config, GroupNetwork::new(connector, 1), log, sm)

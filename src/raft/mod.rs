@@ -1,8 +1,8 @@
-//! Replication glue: openraft's storage traits implemented over redb.
+//! Replication glue: openraft's storage traits over segment files (the log) and redb.
 //!
-//! Each shard is one Raft group. Its log and vote live in their own redb file
+//! Each shard is one Raft group. Its log and vote live in segment files of their own
 //! ([`log_store::LogStore`]), so log appends and state-machine commits never wait for each
-//! other's single writer. Its state machine ([`state_machine::StateMachine`]) is the
+//! other. Its state machine ([`state_machine::StateMachine`]) is the
 //! deterministic `store::machine::apply` over the shard's tables: a committed entry carries a
 //! [`Proposal`] (the command and the clock value read before it was proposed), and every
 //! replica applying the same entries reaches the same state.
@@ -22,13 +22,10 @@ pub mod state_machine;
 use serde::{Deserialize, Serialize};
 
 /// redb page cache of each group's state-machine database. redb's default is 1 GiB per
-/// database, and a node has two per group (17 groups with the default 16 shards): bounded
+/// database, and a node has one per group (17 groups with the default 16 shards): bounded
 /// here so that resident memory does not grow with the data (the disk holds the messages;
 /// the OS page cache still speeds reads up).
 pub const SM_CACHE_BYTES: usize = 64 * 1024 * 1024;
-/// redb page cache of each group's log database: entries are read back soon after they
-/// are written, or not at all.
-pub const LOG_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 use crate::protocol::Status;
 use crate::store::{Command, Outcome};

@@ -14,7 +14,7 @@ struct Builder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let log = LogStore::open(&dir.path().join("shard-0000.log.redb"))?;
+        let log = LogStore::open(&dir.path().join("shard-0000.log"))?;
         let sm = StateMachine::open(&dir.path().join("shard-0000.redb"), Arc::new(|_| {}))?;
         Ok((dir, log, sm))
     }
@@ -110,7 +110,7 @@ mod one_node {
         // files stay locked until they let go.
         let mut tries = 0;
         let (log, sm) = loop {
-            let log = LogStore::open(&dir.join("shard-0000.log.redb"));
+            let log = LogStore::open(&dir.join("shard-0000.log"));
             let sm = StateMachine::open(&dir.join("shard-0000.redb"), Arc::new(|_| {}));
             match (log, sm) {
                 (Ok(l), Ok(s)) => break (l, s),

@@ -130,18 +130,18 @@ async fn a_truncated_or_corrupted_database_is_refused_at_start_naming_the_file()
     assert!(err.contains("shard-0001.redb"), "{err}");
     assert!(err.contains("restore the whole data directory"), "{err}");
 
-    // Corrupted: a shard's log file with its header overwritten.
+    // Corrupted: a shard's log with its vote and purge record overwritten.
     let (status, err) = start_after(|dir| {
         use std::io::{Seek, SeekFrom, Write};
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .open(dir.join("shard-0002.log.redb"))
+            .open(dir.join("shard-0002.log").join("meta"))
             .unwrap();
         f.seek(SeekFrom::Start(0)).unwrap();
-        f.write_all(&[0xA5; 512]).unwrap();
+        f.write_all(&[0xA5; 8]).unwrap();
     })
     .await;
     assert!(!status.success(), "{err}");
-    assert!(err.contains("shard-0002.log.redb"), "{err}");
+    assert!(err.contains("shard-0002.log"), "{err}");
     assert!(err.contains("restore the whole data directory"), "{err}");
 }
