@@ -122,22 +122,26 @@ impl Segment {
         (!self.offsets.is_empty()).then(|| self.next() - 1)
     }
 
+    /// Where entries `from..to` (all in this segment) lie.
+    fn run(&self, from: u64, to: u64) -> io::Result<Run> {
+        let k = |i: u64| usize::try_from(i - self.first).map_err(io::Error::other);
+        let (a, b) = (k(from)?, k(to)?);
+        Ok(Run {
+            file: self.file.clone(),
+            path: self.path.clone(),
+            first: from,
+            count: b - a,
+            start: self.offsets[a],
+            end: self.offsets.get(b).copied().unwrap_or(self.len),
+        })
+    }
+
     /// Reads and decodes entry `index`, which must be in this segment.
     fn read(&self, index: u64) -> io::Result<Entry<TypeConfig>> {
-        let k = usize::try_from(index - self.first).map_err(io::Error::other)?;
-        let start = self.offsets[k];
-        let end = self.offsets.get(k + 1).copied().unwrap_or(self.len);
-        let mut buf = vec![0; usize::try_from(end - start).map_err(io::Error::other)?];
-        self.file.read_exact_at(&mut buf, start)?;
-        let payload = buf
-            .get(HEADER..)
-            .ok_or_else(|| damaged(&self.path, start))?;
-        postcard::from_bytes(payload).map_err(|e| {
-            io::Error::other(format!(
-                "{}: entry {index} does not decode: {e}",
-                self.path.display()
-            ))
-        })
+        let mut out = Vec::with_capacity(1);
+        self.run(index, index + 1)?.read(&mut out)?;
+        out.pop()
+            .ok_or_else(|| io::Error::other("an empty read of one entry"))
     }
 }
 
@@ -291,24 +295,67 @@ fn scan(path: &Path, first: u64) -> io::Result<(Vec<u64>, u64, u64)> {
     File::open(path)?.read_to_end(&mut data)?;
     let mut offsets = Vec::new();
     let mut pos = 0usize;
-    while let Some(h) = data.get(pos..pos + HEADER) {
-        let le4 = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        let len = u64::from(le4(&h[0..4]));
-        let crc = le4(&h[4..8]);
-        let mut idx = [0u8; 8];
-        idx.copy_from_slice(&h[8..16]);
-        let end = pos as u64 + HEADER as u64 + len;
-        if len > MAX_RECORD
-            || end > data.len() as u64
-            || u64::from_le_bytes(idx) != first + offsets.len() as u64
-            || crc32fast::hash(&data[pos + 8..end as usize]) != crc
-        {
-            break;
-        }
+    while let Some(end) = record_at(&data, pos, first + offsets.len() as u64) {
         offsets.push(pos as u64);
-        pos = end as usize;
+        pos = end;
     }
     Ok((offsets, pos as u64, data.len() as u64))
+}
+
+/// Checks the record at `pos` in `data`: whole, under [`MAX_RECORD`], for entry `index`,
+/// and matching its checksum. Returns where it ends.
+fn record_at(data: &[u8], pos: usize, index: u64) -> Option<usize> {
+    let h = data.get(pos..pos.checked_add(HEADER)?)?;
+    let le4 = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    let len = u64::from(le4(&h[0..4]));
+    let crc = le4(&h[4..8]);
+    let mut idx = [0u8; 8];
+    idx.copy_from_slice(&h[8..16]);
+    if len > MAX_RECORD || u64::from_le_bytes(idx) != index {
+        return None;
+    }
+    let end = pos + HEADER + usize::try_from(len).ok()?;
+    let checked = data.get(pos + 8..end)?;
+    (crc32fast::hash(checked) == crc).then_some(end)
+}
+
+/// Consecutive entries of one segment, located under the lock and read without it.
+struct Run {
+    file: Arc<File>,
+    path: PathBuf,
+    first: u64,
+    count: usize,
+    start: u64,
+    end: u64,
+}
+
+impl Run {
+    /// Reads the run with one `pread` and decodes it. Every record is checked again: a
+    /// purge or truncation between locating and reading shows as a record that is not the
+    /// one expected, and is an error, never a wrong entry.
+    fn read(&self, out: &mut Vec<Entry<TypeConfig>>) -> io::Result<()> {
+        let mut buf = vec![0; usize::try_from(self.end - self.start).map_err(io::Error::other)?];
+        self.file.read_exact_at(&mut buf, self.start)?;
+        let mut pos = 0;
+        for k in 0..self.count {
+            let index = self.first + k as u64;
+            let end = record_at(&buf, pos, index).ok_or_else(|| {
+                io::Error::other(format!(
+                    "{}: entry {index} changed while being read (purged or truncated)",
+                    self.path.display()
+                ))
+            })?;
+            let entry = postcard::from_bytes(&buf[pos + HEADER..end]).map_err(|e| {
+                io::Error::other(format!(
+                    "{}: entry {index} does not decode: {e}",
+                    self.path.display()
+                ))
+            })?;
+            out.push(entry);
+            pos = end;
+        }
+        Ok(())
+    }
 }
 
 fn read_meta(dir: &Path) -> io::Result<Meta> {
@@ -767,40 +814,60 @@ impl RaftLogReader<TypeConfig> for LogStore {
             .map_or(0, |p| p.index + 1);
         let disk = self.disk.clone();
         let mut out: Vec<Entry<TypeConfig>> = blocking(move || {
-            let disk = lock(&disk);
-            let start = match bounds.0 {
-                Bound::Included(s) => s,
-                Bound::Excluded(s) => s.saturating_add(1),
-                Bound::Unbounded => 0,
-            }
-            .max(after_purge);
-            let end = match bounds.1 {
-                Bound::Included(e) => e.saturating_add(1),
-                Bound::Excluded(e) => e,
-                Bound::Unbounded => u64::MAX,
-            }
-            .min(first_pending)
-            .min(disk.segs.back().map_or(0, Segment::next));
+            // Located under the lock, read without it: the writer publishes new records
+            // and rolls segments meanwhile.
+            let runs =
+                Self::locate(&lock(&disk), bounds, after_purge, first_pending).map_err(read_err)?;
             let mut out = Vec::new();
-            let mut i = start;
-            while i < end {
-                match disk.segment_of(i) {
-                    Some(s) => {
-                        out.push(s.read(i).map_err(read_err)?);
-                        i += 1;
-                    }
-                    // Below a purge, or in the gap a snapshot left: nothing to read there.
-                    None => match disk.segs.iter().find(|s| s.first > i) {
-                        Some(s) => i = s.first,
-                        None => break,
-                    },
-                }
+            for run in &runs {
+                run.read(&mut out).map_err(read_err)?;
             }
             Ok(out)
         })
         .await?;
         out.extend(pending);
         Ok(out)
+    }
+}
+
+impl LogStore {
+    /// The runs of entries in `bounds`, from `after_purge` on and below `first_pending`.
+    fn locate(
+        disk: &Disk,
+        bounds: (Bound<u64>, Bound<u64>),
+        after_purge: u64,
+        first_pending: u64,
+    ) -> io::Result<Vec<Run>> {
+        let start = match bounds.0 {
+            Bound::Included(s) => s,
+            Bound::Excluded(s) => s.saturating_add(1),
+            Bound::Unbounded => 0,
+        }
+        .max(after_purge);
+        let end = match bounds.1 {
+            Bound::Included(e) => e.saturating_add(1),
+            Bound::Excluded(e) => e,
+            Bound::Unbounded => u64::MAX,
+        }
+        .min(first_pending)
+        .min(disk.segs.back().map_or(0, Segment::next));
+        let mut runs = Vec::new();
+        let mut i = start;
+        while i < end {
+            match disk.segment_of(i) {
+                Some(s) => {
+                    let to = end.min(s.next());
+                    runs.push(s.run(i, to)?);
+                    i = to;
+                }
+                // Below a purge, or in the gap a snapshot left: nothing to read there.
+                None => match disk.segs.iter().find(|s| s.first > i) {
+                    Some(s) => i = s.first,
+                    None => break,
+                },
+            }
+        }
+        Ok(runs)
     }
 }
 
@@ -1096,6 +1163,31 @@ mod tests {
             assert_eq!(indices(&mut store).await, (11..=36).collect::<Vec<_>>());
             append(&mut store, 37..=37).await;
         });
+    }
+
+    #[test]
+    fn a_read_racing_a_recycle_fails_rather_than_return_another_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let store = LogStore::open(&path).unwrap();
+        rt().block_on(async {
+            let mut store = store.clone();
+            append(&mut store, 1..=10).await;
+        });
+        let bounds = (Bound::Included(1), Bound::Excluded(11));
+        let runs = LogStore::locate(&lock(&store.disk), bounds, 0, u64::MAX).unwrap();
+        assert_eq!(runs.len(), 1);
+        let mut out = Vec::new();
+        runs[0].read(&mut out).unwrap();
+        assert_eq!(out.len(), 10);
+
+        // The file is overwritten between locating and reading, as a recycled segment is.
+        let mut buf = Vec::new();
+        let newer: Vec<Entry<TypeConfig>> = (101..=110).map(blank).collect();
+        encode(&newer.iter().collect::<Vec<_>>(), &mut buf).unwrap();
+        runs[0].file.write_all_at(&buf, 0).unwrap();
+        let err = runs[0].read(&mut Vec::new()).unwrap_err().to_string();
+        assert!(err.contains("entry 1 changed while being read"), "{err}");
     }
 
     #[test]
