@@ -50,6 +50,8 @@ use super::{blocking, NodeId, StorageError, TypeConfig};
 /// A segment is closed and a new one started once it holds this many bytes. Purges delete
 /// whole segments, so the log keeps up to this much below the purge point.
 pub const SEGMENT_BYTES: u64 = 32 << 20;
+/// Capacity of the writer's encoding buffer kept between writes.
+const KEEP_BUFFER: usize = 4 << 20;
 /// Bytes of a record's header: length, checksum, index.
 const HEADER: usize = 16;
 /// Longest record recovery accepts; a longer length field is damage (proposals are split
@@ -684,7 +686,8 @@ impl WriterState {
         seg.offsets.extend(rel.iter().map(|o| at + o));
         seg.len = at + self.buf.len() as u64;
         disk.last = entries.last().map(|e| e.log_id);
-        if self.buf.capacity() > 4 * SEGMENT_BYTES as usize {
+        // A run of large proposals can take tens of MiB; a group does not keep that.
+        if self.buf.capacity() > KEEP_BUFFER {
             self.buf = Vec::new();
         }
         Ok(())
