@@ -219,6 +219,25 @@ impl Disk {
         Ok(())
     }
 
+    /// Makes records just written at `at` in the active segment readable: their offsets
+    /// (`rel`, relative to `at`), the `bytes` they span and the id of the last one.
+    fn publish(
+        &mut self,
+        at: u64,
+        rel: &[u64],
+        bytes: usize,
+        last: Option<LogId<NodeId>>,
+    ) -> io::Result<()> {
+        let seg = self
+            .segs
+            .back_mut()
+            .ok_or_else(|| io::Error::other("no active segment"))?;
+        seg.offsets.extend(rel.iter().map(|o| at + o));
+        seg.len = at + bytes as u64;
+        self.last = last;
+        Ok(())
+    }
+
     /// The segment the next record, of entry `index`, goes to: the active one, or a new
     /// one when the active one is full or `index` follows a purge beyond it.
     fn active_for(&mut self, index: u64, purged: Option<u64>) -> io::Result<&mut Segment> {
@@ -261,13 +280,6 @@ fn segment_path(dir: &Path, first: u64) -> PathBuf {
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
-}
-
-fn damaged(path: &Path, offset: u64) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!("{}: the record at byte {offset} is damaged", path.display()),
-    )
 }
 
 /// Appends `entries` as records to `buf`, returning each record's offset in `buf`.
@@ -360,6 +372,34 @@ impl Run {
     }
 }
 
+/// The vote and purge point: in memory for readers, and the `meta` file. Rewriting the
+/// file takes three fsyncs; writers take turns on `file` for that, and readers, which
+/// only lock `current` for a copy, never wait for the disk (openraft's core reads the
+/// purge point on the async runtime).
+struct MetaStore {
+    dir: PathBuf,
+    current: Mutex<Meta>,
+    file: Mutex<()>,
+}
+
+impl MetaStore {
+    fn get(&self) -> Meta {
+        *lock(&self.current)
+    }
+
+    /// Applies `change` to the current value and, if it says so, writes the result to the
+    /// file before anyone reads it.
+    fn update(&self, change: impl FnOnce(&mut Meta) -> bool) -> io::Result<()> {
+        let _turn = lock(&self.file);
+        let mut new = self.get();
+        if change(&mut new) {
+            write_meta(&self.dir, &new)?;
+            *lock(&self.current) = new;
+        }
+        Ok(())
+    }
+}
+
 fn read_meta(dir: &Path) -> io::Result<Meta> {
     let path = dir.join(META);
     let data = match std::fs::read(&path) {
@@ -367,7 +407,15 @@ fn read_meta(dir: &Path) -> io::Result<Meta> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Meta::default()),
         Err(e) => return Err(e),
     };
-    let bad = || damaged(&path, 0);
+    let bad = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{}: the vote and purge record is damaged (checksum or format)",
+                path.display()
+            ),
+        )
+    };
     let (crc, body) = (
         data.get(..4).ok_or_else(bad)?,
         data.get(4..).ok_or_else(bad)?,
@@ -474,17 +522,9 @@ fn recover(dir: &Path, purged: Option<u64>, segment_bytes: u64) -> io::Result<Di
             len,
         });
     }
-    // Empty segments other than the last are left by a crash while starting one.
-    let n = disk.segs.len();
-    let mut kept = VecDeque::with_capacity(n);
-    for (i, s) in std::mem::take(&mut disk.segs).into_iter().enumerate() {
-        if s.offsets.is_empty() && i + 1 < n {
-            std::fs::remove_file(&s.path)?;
-        } else {
-            kept.push_back(s);
-        }
-    }
-    disk.segs = kept;
+    // A segment is created only to be written at once, so only the last can be empty (a
+    // crash in between); `active_for` reuses or replaces it. An empty one before it would
+    // have failed the check above unless a purge covers it, and then it goes here.
     if let Some(p) = purged {
         disk.drop_through(p)?;
     }
@@ -504,8 +544,7 @@ fn recover(dir: &Path, purged: Option<u64>, segment_bytes: u64) -> io::Result<Di
 #[derive(Clone)]
 pub struct LogStore {
     disk: Arc<Mutex<Disk>>,
-    /// The vote and purge as `meta` holds them; locked while `meta` is rewritten.
-    meta: Arc<Mutex<Meta>>,
+    meta: Arc<MetaStore>,
     /// Index of the last entry known committed (0 before any), kept in memory for status
     /// reports: openraft learns it again from the leader after a restart.
     committed: Arc<AtomicU64>,
@@ -565,7 +604,7 @@ impl Writer {
     fn start(state: WriterState) -> io::Result<Writer> {
         let (tx, rx) = mpsc::channel();
         let pending = state.pending.clone();
-        let purged = lock(&state.meta).purged;
+        let purged = state.meta.get().purged;
         let thread = std::thread::Builder::new()
             .name("mqd-log-writer".into())
             .spawn(move || state.run(&rx))?;
@@ -598,7 +637,7 @@ impl Writer {
 /// What the writer thread works on.
 struct WriterState {
     disk: Arc<Mutex<Disk>>,
-    meta: Arc<Mutex<Meta>>,
+    meta: Arc<MetaStore>,
     pending: Pending,
     /// Reused encoding buffer.
     buf: Vec<u8>,
@@ -668,7 +707,7 @@ impl WriterState {
         }
         self.buf.clear();
         let rel = encode(entries, &mut self.buf)?;
-        let purged = lock(&self.meta).purged.map(|p| p.index);
+        let purged = self.meta.get().purged.map(|p| p.index);
         // The active segment is only written here, so its file and length can be used
         // without the lock; readers see the new records once their offsets are added.
         let (file, at) = {
@@ -678,14 +717,7 @@ impl WriterState {
         };
         file.write_all_at(&self.buf, at)?;
         file.sync_data()?;
-        let mut disk = lock(&self.disk);
-        let seg = disk
-            .segs
-            .back_mut()
-            .ok_or_else(|| io::Error::other("no active segment"))?;
-        seg.offsets.extend(rel.iter().map(|o| at + o));
-        seg.len = at + self.buf.len() as u64;
-        disk.last = entries.last().map(|e| e.log_id);
+        lock(&self.disk).publish(at, &rel, self.buf.len(), entries.last().map(|e| e.log_id))?;
         // A run of large proposals can take tens of MiB; a group does not keep that.
         if self.buf.capacity() > KEEP_BUFFER {
             self.buf = Vec::new();
@@ -716,20 +748,14 @@ impl WriterState {
     }
 
     fn purge(&mut self, to: LogId<NodeId>) -> io::Result<()> {
-        {
-            let mut meta = lock(&self.meta);
-            if meta.purged.is_some_and(|p| p.index >= to.index) {
-                return Ok(());
+        // Recorded before any file goes: the log never looks as if it had a hole.
+        self.meta.update(|m| {
+            let newer = m.purged.is_none_or(|p| p.index < to.index);
+            if newer {
+                m.purged = Some(to);
             }
-            let dir = lock(&self.disk).dir.clone();
-            let new = Meta {
-                purged: Some(to),
-                ..*meta
-            };
-            // Recorded before any file goes: the log never looks as if it had a hole.
-            write_meta(&dir, &new)?;
-            *meta = new;
-        }
+            newer
+        })?;
         lock(&self.disk).drop_through(to.index)
     }
 }
@@ -752,7 +778,11 @@ impl LogStore {
         let meta = read_meta(dir).map_err(read_err)?;
         let disk = recover(dir, meta.purged.map(|p| p.index), segment_bytes).map_err(read_err)?;
         let disk = Arc::new(Mutex::new(disk));
-        let meta = Arc::new(Mutex::new(meta));
+        let meta = Arc::new(MetaStore {
+            dir: dir.to_path_buf(),
+            current: Mutex::new(meta),
+            file: Mutex::new(()),
+        });
         let state = WriterState {
             disk: disk.clone(),
             meta: meta.clone(),
@@ -775,7 +805,11 @@ impl LogStore {
     }
 
     /// Queues `entries` for the writer; `done` is called once they are on disk.
-    fn append_with(&self, entries: Vec<Entry<TypeConfig>>, done: Done) -> Result<(), StorageError> {
+    fn append_with(
+        &self,
+        entries: impl IntoIterator<Item = Entry<TypeConfig>>,
+        done: Done,
+    ) -> Result<(), StorageError> {
         let entries: Vec<Arc<Entry<TypeConfig>>> = entries.into_iter().map(Arc::new).collect();
         if entries.is_empty() {
             done(Ok(()));
@@ -811,7 +845,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         }
         // Whole segments are deleted, so entries at or below a purge may still be on disk:
         // they are not part of the log any more.
-        let after_purge = lock(&self.meta)
+        let after_purge = self
+            .meta
+            .get()
             .purged
             .max(*lock(&self.writer.purged))
             .map_or(0, |p| p.index + 1);
@@ -879,7 +915,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         // The newest purge may still be on its way to the disk.
-        let last_purged = lock(&self.meta).purged.max(*lock(&self.writer.purged));
+        let last_purged = self.meta.get().purged.max(*lock(&self.writer.purged));
         let pending_last = lock(&self.writer.pending)
             .last_key_value()
             .map(|(_, e)| e.log_id);
@@ -895,18 +931,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        let (meta, dir) = (self.meta.clone(), lock(&self.disk).dir.clone());
-        let vote = *vote;
+        let (meta, vote) = (self.meta.clone(), *vote);
         blocking(move || {
-            let mut meta = lock(&meta);
-            let new = Meta {
-                vote: Some(vote),
-                ..*meta
-            };
-            write_meta(&dir, &new)
-                .map_err(|e| StorageError::from(StorageIOError::write_vote(AnyError::new(&e))))?;
-            *meta = new;
-            Ok(())
+            meta.update(|m| {
+                m.vote = Some(vote);
+                true
+            })
+            .map_err(|e| StorageIOError::write_vote(AnyError::new(&e)).into())
         })
         .await
     }
@@ -922,7 +953,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
-        Ok(lock(&self.meta).vote)
+        Ok(self.meta.get().vote)
     }
 
     async fn append<I>(
@@ -934,10 +965,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        self.append_with(
-            entries.into_iter().collect(),
-            Box::new(move |r| callback.log_io_completed(r)),
-        )
+        self.append_with(entries, Box::new(move |r| callback.log_io_completed(r)))
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError> {
@@ -1018,10 +1046,10 @@ pub fn import_redb(old: &Path, dir: &Path) -> Result<(), StorageError> {
             let seg = disk
                 .active_for(e.log_id.index, meta.purged.map(|p| p.index))
                 .map_err(write_err)?;
-            seg.file.write_all_at(&buf, seg.len).map_err(write_err)?;
             let at = seg.len;
-            seg.offsets.extend(rel.iter().map(|o| at + o));
-            seg.len += buf.len() as u64;
+            seg.file.write_all_at(&buf, at).map_err(write_err)?;
+            disk.publish(at, &rel, buf.len(), Some(e.log_id))
+                .map_err(write_err)?;
             imported += 1;
         }
     }
@@ -1080,7 +1108,7 @@ mod tests {
         let done: Done = Box::new(move |r| {
             let _ = tx.send(r);
         });
-        store.append_with(range.map(blank).collect(), done).unwrap();
+        store.append_with(range.map(blank), done).unwrap();
         rx.await.unwrap()
     }
 

@@ -145,3 +145,95 @@ async fn a_truncated_or_corrupted_database_is_refused_at_start_naming_the_file()
     assert!(err.contains("shard-0002.log"), "{err}");
     assert!(err.contains("restore the whole data directory"), "{err}");
 }
+
+/// A data directory whose Raft logs are redb files, as versions before the segment log
+/// kept them: mqd imports every one at start, and no message is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_kept_in_redb_by_an_earlier_version_are_imported_at_start() {
+    use mqd::raft::log_store::LogStore;
+    use openraft::storage::RaftLogStorage;
+    use openraft::RaftLogReader;
+    use redb::TableDefinition;
+    const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+    const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+
+    let mut node = Node::start();
+    let c = node.client().await;
+    c.create_queue("upgraded", QueuePatch::default())
+        .await
+        .unwrap();
+    let bodies: Vec<String> = (0..50).map(|i| format!("m{i}")).collect();
+    c.send(
+        "upgraded",
+        bodies.iter().map(|b| SendEntry::new(b.clone())).collect(),
+    )
+    .await
+    .unwrap();
+    drop(c);
+    assert!(node.terminate(), "a clean stop");
+
+    // Every group's log back into the old format: its entries, vote and purge point.
+    let mut converted = 0;
+    for e in std::fs::read_dir(node.dir()).unwrap() {
+        let path = e.unwrap().path();
+        if !path.is_dir() || path.extension().is_none_or(|x| x != "log") {
+            continue;
+        }
+        let mut store = LogStore::open(&path).unwrap();
+        let vote = store.read_vote().await.unwrap();
+        let state = store.get_log_state().await.unwrap();
+        let entries = store.try_get_log_entries(0..u64::MAX).await.unwrap();
+        drop(store);
+        let db = redb::Database::create(path.with_extension("log.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut log = txn.open_table(LOG).unwrap();
+            for e in &entries {
+                let bytes = postcard::to_allocvec(e).unwrap();
+                log.insert(e.log_id.index, bytes.as_slice()).unwrap();
+            }
+            let mut meta = txn.open_table(META).unwrap();
+            if let Some(v) = vote {
+                meta.insert("vote", postcard::to_allocvec(&v).unwrap().as_slice())
+                    .unwrap();
+            }
+            if let Some(p) = state.last_purged_log_id {
+                meta.insert("last_purged", postcard::to_allocvec(&p).unwrap().as_slice())
+                    .unwrap();
+            }
+        }
+        txn.commit().unwrap();
+        std::fs::remove_dir_all(&path).unwrap();
+        converted += 1;
+    }
+    assert_eq!(converted, 17, "the control group and 16 shards");
+
+    node.restart();
+    let c = node.client().await;
+    let got = c
+        .receive("upgraded", 100, Some(60_000), Some(0))
+        .await
+        .unwrap();
+    let mut seen: Vec<String> = got
+        .iter()
+        .map(|d| String::from_utf8(d.message.body.to_vec()).unwrap())
+        .collect();
+    seen.sort();
+    let mut want = bodies.clone();
+    want.sort();
+    assert_eq!(seen, want);
+    // New writes go to the imported logs, and the old files are gone.
+    c.send("upgraded", vec![SendEntry::new("after")])
+        .await
+        .unwrap();
+    let names: Vec<String> = std::fs::read_dir(node.dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.ends_with(".log.redb")), "{names:?}");
+    let logs = std::fs::read_dir(node.dir())
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().is_dir())
+        .count();
+    assert_eq!(logs, 17);
+}
