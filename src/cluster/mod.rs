@@ -325,6 +325,8 @@ struct Inner {
     /// The data directory, where groups added later keep their files.
     dir: PathBuf,
     raft_config: Arc<openraft::Config>,
+    /// How long the hosted groups' log writes and applies take.
+    storage_metrics: crate::raft::StorageMetrics,
     router: Router,
     /// Set by [`Node::shutdown`]; background loops end.
     stopping: AtomicBool,
@@ -477,6 +479,7 @@ impl Node {
                 started: Instant::now(),
                 dir: dir.to_path_buf(),
                 raft_config: raft_config()?,
+                storage_metrics: crate::raft::StorageMetrics::default(),
                 router: router.clone(),
                 stopping: AtomicBool::new(false),
                 users_version: Arc::default(),
@@ -545,6 +548,14 @@ impl Node {
             path: log_path.clone(),
             detail: e.to_string(),
         })?;
+        let label = [("group", group)];
+        log.time_writes(
+            inner
+                .storage_metrics
+                .log_write
+                .get_or_create(&label)
+                .clone(),
+        );
         let committed = log.committed();
         let sm_path = inner.dir.join(format!("{stem}.redb"));
         let (w, users) = (inner.waiters.clone(), inner.users_version.clone());
@@ -558,11 +569,12 @@ impl Node {
                 catalog.fetch_add(1, Ordering::AcqRel);
             }
         };
-        let sm =
-            StateMachine::open(&sm_path, Arc::new(on_apply)).map_err(|e| NodeError::Storage {
+        let sm = StateMachine::open(&sm_path, Arc::new(on_apply))
+            .map_err(|e| NodeError::Storage {
                 path: sm_path.clone(),
                 detail: e.to_string(),
-            })?;
+            })?
+            .timed(inner.storage_metrics.apply.get_or_create(&label).clone());
         let db = sm.database();
         let raft = Raft::new(
             inner.layout.node_id,
@@ -612,6 +624,9 @@ impl Node {
             tracing::warn!(group, error = %e, "Raft group did not stop cleanly");
         }
         drop(local);
+        let label = [("group", group)];
+        self.inner.storage_metrics.log_write.remove(&label);
+        self.inner.storage_metrics.apply.remove(&label);
         let stem = file_stem(group);
         let sm = self.inner.dir.join(format!("{stem}.redb"));
         if let Err(e) = std::fs::remove_file(&sm) {
@@ -622,6 +637,11 @@ impl Node {
             tracing::warn!(dir = %log.display(), error = %e, "replica log not removed");
         }
         tracing::info!(group, "replica removed from this node");
+    }
+
+    /// How long the log writes and state-machine applies of the groups hosted here take.
+    pub fn storage_metrics(&self) -> &crate::raft::StorageMetrics {
+        &self.inner.storage_metrics
     }
 
     /// The local replica of `group`, if this node hosts one.

@@ -1,6 +1,7 @@
 //! Prometheus metrics of one node, in the OpenMetrics text format: request latencies
 //! (histograms per opcode) and errors (per opcode and status) measured by the front end,
-//! and, gathered at each scrape, the usage counters per queue and per user, the message
+//! the durations of every hosted group's log writes and state-machine transactions, and,
+//! gathered at each scrape, the usage counters per queue and per user, the message
 //! counts of the queues whose shards this node leads, and the Raft state of every group
 //! it hosts. `server::metrics` serves them over HTTP.
 
@@ -190,6 +191,17 @@ pub fn registry(node: Node, requests: &RequestMetrics) -> Registry {
         "mqd_request_errors",
         "Requests answered with an error, per opcode and status.",
         requests.errors.clone(),
+    );
+    let storage = node.storage_metrics().clone();
+    r.register(
+        "mqd_raft_log_write_duration_seconds",
+        "Time of each write of a run of Raft log entries (one pwrite and one fdatasync), per group; every acknowledgement waits for one.",
+        storage.log_write,
+    );
+    r.register(
+        "mqd_raft_apply_duration_seconds",
+        "Time of each state-machine transaction (a batch of committed entries applied and committed), per group.",
+        storage.apply,
     );
     r.register_collector(Box::new(NodeCollector { node }));
     r

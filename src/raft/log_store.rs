@@ -39,10 +39,12 @@ use std::ops::{Bound, RangeBounds};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::Instant;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{AnyError, Entry, LogId, LogState, RaftLogReader, StorageIOError, Vote};
+use prometheus_client::metrics::histogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use super::{blocking, NodeId, StorageError, TypeConfig};
@@ -545,6 +547,8 @@ fn recover(dir: &Path, purged: Option<u64>, segment_bytes: u64) -> io::Result<Di
 pub struct LogStore {
     disk: Arc<Mutex<Disk>>,
     meta: Arc<MetaStore>,
+    /// Where the writer records how long each write took, once set (see [`LogStore::time_writes`]).
+    write_times: Arc<OnceLock<Histogram>>,
     /// Index of the last entry known committed (0 before any), kept in memory for status
     /// reports: openraft learns it again from the leader after a restart.
     committed: Arc<AtomicU64>,
@@ -638,6 +642,7 @@ impl Writer {
 struct WriterState {
     disk: Arc<Mutex<Disk>>,
     meta: Arc<MetaStore>,
+    write_times: Arc<OnceLock<Histogram>>,
     pending: Pending,
     /// Reused encoding buffer.
     buf: Vec<u8>,
@@ -674,7 +679,11 @@ impl WriterState {
             .iter()
             .flat_map(|(es, _)| es.iter().map(|e| &**e))
             .collect();
+        let started = Instant::now();
         let r = self.write(&entries);
+        if let Some(h) = self.write_times.get() {
+            h.observe(started.elapsed().as_secs_f64());
+        }
         if let Err(e) = &r {
             tracing::error!(error = %e, "writing the Raft log failed");
         }
@@ -768,6 +777,12 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
 }
 
 impl LogStore {
+    /// Records from now on how long each write (a run of appends: one `pwrite`, one
+    /// `fdatasync`) takes, in `h`. Only the first call has an effect.
+    pub fn time_writes(&self, h: Histogram) {
+        let _ = self.write_times.set(h);
+    }
+
     /// Opens or creates the log in directory `dir`.
     pub fn open(dir: &Path) -> Result<LogStore, StorageError> {
         Self::open_with(dir, SEGMENT_BYTES)
@@ -783,9 +798,11 @@ impl LogStore {
             current: Mutex::new(meta),
             file: Mutex::new(()),
         });
+        let write_times = Arc::new(OnceLock::new());
         let state = WriterState {
             disk: disk.clone(),
             meta: meta.clone(),
+            write_times: write_times.clone(),
             pending: Pending::default(),
             buf: Vec::new(),
         };
@@ -793,6 +810,7 @@ impl LogStore {
         Ok(LogStore {
             disk,
             meta,
+            write_times,
             committed: Arc::default(),
             writer: Arc::new(writer),
         })

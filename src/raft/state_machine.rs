@@ -16,6 +16,7 @@ use openraft::{
     AnyError, Entry, EntryPayload, LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
     StorageIOError, StoredMembership,
 };
+use prometheus_client::metrics::histogram::Histogram;
 use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 
 use super::snapshot::{each_chunk, SnapshotData};
@@ -56,6 +57,8 @@ pub struct StateMachine {
     current: Arc<Mutex<Option<Snapshot<TypeConfig>>>>,
     /// When a commit was last fsynced.
     last_durable: Arc<Mutex<std::time::Instant>>,
+    /// Where each transaction's duration is recorded, if anywhere.
+    apply_times: Option<Histogram>,
 }
 
 /// Makes every commit so far durable: an empty commit with [`Durability::Immediate`]
@@ -94,7 +97,14 @@ impl StateMachine {
             wake,
             current: Arc::default(),
             last_durable: Arc::new(Mutex::new(std::time::Instant::now())),
+            apply_times: None,
         })
+    }
+
+    /// Records how long each apply transaction takes (from its start to its commit) in `h`.
+    pub fn timed(mut self, h: Histogram) -> StateMachine {
+        self.apply_times = Some(h);
+        self
     }
 
     /// The shard database, for snapshot reads (list, describe, peek).
@@ -145,14 +155,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 false
             }
         };
+        let times = self.apply_times.clone();
         let (replies, fx) = blocking(move || {
+            let started = std::time::Instant::now();
             // A command that hits a storage error on this replica (I/O, a record that does
             // not decode) is answered INTERNAL and skipped; the batch runs again without it
             // in a fresh transaction, so it cannot leave half its writes behind.
             let mut skip = HashSet::new();
             loop {
                 match apply_batch(&db, &entries, &skip, durable)? {
-                    Ok(done) => return Ok(done),
+                    Ok(done) => {
+                        if let Some(h) = &times {
+                            h.observe(started.elapsed().as_secs_f64());
+                        }
+                        return Ok(done);
+                    }
                     Err((at, err)) => {
                         tracing::error!(error = %err, entry = ?entries[at.0].log_id, command = at.1,
                             "command failed on this replica's storage; answered INTERNAL");

@@ -96,6 +96,20 @@ async fn the_metrics_endpoint_shows_traffic_latencies_and_raft_state() {
     assert!(sample(&body, "mqd_request_duration_seconds_sum{op=\"SEND\"}") > 0.0);
     // Raft state: the control group is led here.
     assert_eq!(sample(&body, "mqd_raft_leader{group=\"0\"}"), 1.0);
+    // Storage timings per group: the 60 sends, receives and acks, one after another, were
+    // each at least one log write and one apply on the queue's shard; the queue's creation
+    // was one on the control group.
+    for step in ["log_write", "apply"] {
+        let name = format!("mqd_raft_{step}_duration_seconds");
+        assert!(sample(&body, &format!("{name}_count{{group=\"0\"}}")) >= 1.0);
+        let on_shards: f64 = body
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}_count{{")) && !l.contains("group=\"0\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert!(on_shards >= 60.0, "{step}: {on_shards} on the shards");
+        assert!(sample(&body, &format!("{name}_sum{{group=\"0\"}}")) > 0.0);
+    }
     assert!(
         body.trim_end().ends_with("# EOF"),
         "OpenMetrics ends with # EOF"
