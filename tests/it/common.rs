@@ -241,18 +241,24 @@ impl Node {
         addr
     }
 
-    /// The data directory.
-    /// Resident memory of the node's process, in KiB (from /proc).
-    pub fn rss_kib(&self) -> u64 {
+    /// A field of the node process's `/proc/PID/status`, trimmed (`None` if absent).
+    pub fn proc_status(&self, field: &str) -> Option<String> {
         let pid = self.child.as_ref().expect("running").id();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        status.lines().find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            (name == field).then(|| value.trim().to_string())
+        })
+    }
+
+    /// Resident memory of the node's process, in KiB (from /proc).
+    pub fn rss_kib(&self) -> u64 {
+        self.proc_status("VmRSS")
+            .and_then(|v| v.trim_end_matches("kB").trim().parse().ok())
             .expect("VmRSS")
     }
 
+    /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }

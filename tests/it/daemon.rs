@@ -1,10 +1,11 @@
-//! The daemon as systemd and operators see it: readiness notification, config checking.
+//! The daemon as systemd and operators see it: readiness notification, config checking,
+//! the process settings it makes for itself.
 
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::common::mqd_bin;
+use crate::common::{mqd_bin, Node};
 
 #[test]
 fn tells_systemd_when_ready_and_when_stopping() {
@@ -108,4 +109,13 @@ fn data_of_the_previous_format_version_is_refused_with_what_to_do() {
     );
     // It never began to serve.
     assert!(!dir.path().join("mqd.addr").exists());
+}
+
+/// mqd turns transparent huge pages off for itself: faulting a 2 MiB page in while applying
+/// entries stalled the state machine (see `no_huge_pages` in src/bin/mqd.rs).
+#[test]
+fn the_daemon_runs_without_transparent_huge_pages() {
+    let node = Node::start();
+    // Linux shows the flag in /proc/PID/status since 5.0.
+    assert_eq!(node.proc_status("THP_enabled").as_deref(), Some("0"));
 }
