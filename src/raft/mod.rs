@@ -19,7 +19,12 @@ pub mod proposer;
 pub mod snapshot;
 pub mod state_machine;
 
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use serde::{Deserialize, Serialize};
+
+use crate::protocol::Status;
+use crate::store::{Command, Outcome};
 
 /// redb page cache of each group's state-machine database. redb's default is 1 GiB per
 /// database, and a node has one per group (17 groups with the default 16 shards): bounded
@@ -29,17 +34,11 @@ pub const SM_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 /// A group, as a metric label: 0 the control group, k + 1 shard k.
 pub type GroupLabel = [(&'static str, u64); 1];
-type Histograms = prometheus_client::metrics::family::Family<
-    GroupLabel,
-    prometheus_client::metrics::histogram::Histogram,
-    fn() -> prometheus_client::metrics::histogram::Histogram,
->;
+type Histograms = Family<GroupLabel, Histogram, fn() -> Histogram>;
 
-fn storage_histogram() -> prometheus_client::metrics::histogram::Histogram {
+fn storage_histogram() -> Histogram {
     // 20 µs to about 10 s.
-    prometheus_client::metrics::histogram::Histogram::new(
-        prometheus_client::metrics::histogram::exponential_buckets(0.000_02, 2.0, 20),
-    )
+    Histogram::new(exponential_buckets(0.000_02, 2.0, 20))
 }
 
 /// How long every group hosted here spends in its two storage steps, per group: what an
@@ -63,9 +62,6 @@ impl Default for StorageMetrics {
         }
     }
 }
-
-use crate::protocol::Status;
-use crate::store::{Command, Outcome};
 
 /// What a log entry carries: a batch of state-machine commands, stamped with the proposer's
 /// clock. Batching is group commit at the Raft layer: one entry, one log fsync and one
