@@ -557,6 +557,7 @@ impl Node {
                 .clone(),
         );
         let committed = log.committed();
+        let applied = log.applied();
         let sm_path = inner.dir.join(format!("{stem}.redb"));
         let (w, users) = (inner.waiters.clone(), inner.users_version.clone());
         let catalog = inner.catalog_version.clone();
@@ -574,7 +575,8 @@ impl Node {
                 path: sm_path.clone(),
                 detail: e.to_string(),
             })?
-            .timed(inner.storage_metrics.apply.get_or_create(&label).clone());
+            .timed(inner.storage_metrics.apply.get_or_create(&label).clone())
+            .reports_applied(applied);
         let db = sm.database();
         let raft = Raft::new(
             inner.layout.node_id,

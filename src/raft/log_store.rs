@@ -8,8 +8,8 @@
 //! - `meta` holds the vote and the last purged log id: `[crc32 u32][postcard(Meta)]`, replaced
 //!   as a whole (written to `meta.tmp`, synced, renamed, directory synced).
 //!
-//! Appends go to a dedicated writer thread: `append` puts the entries in an in-memory
-//! pending map (readable at once, as openraft requires) and returns; the writer takes every
+//! Appends go to a dedicated writer thread: `append` puts the entries in memory
+//! ([`Recent`], readable at once, as openraft requires) and returns; the writer takes every
 //! append waiting for it, writes all their records with one `pwrite` and one `fdatasync`
 //! (group commit), and only then reports the flush to openraft: an entry is never
 //! acknowledged before it is on disk, and the Raft core goes on while the disk syncs.
@@ -552,12 +552,102 @@ pub struct LogStore {
     /// Index of the last entry known committed (0 before any), kept in memory for status
     /// reports: openraft learns it again from the leader after a restart.
     committed: Arc<AtomicU64>,
+    /// Index of the last entry the state machine has applied (0 before any): written
+    /// entries up to it leave memory (see [`Recent`]).
+    applied: Arc<AtomicU64>,
     writer: Arc<Writer>,
 }
 
-/// Entries handed to `append` and not yet written by the writer, by index.
-/// Shared with the writer (`Arc`): an append costs no deep copy of its commands.
-type Pending = Arc<Mutex<BTreeMap<u64, Arc<Entry<TypeConfig>>>>>;
+/// Bytes of written entries (as encoded) a log keeps in memory for the state machine and
+/// replication to read back, beyond which the oldest are dropped even if not yet applied.
+const RECENT_BYTES: usize = 8 << 20;
+
+/// The entries a log keeps in memory, by index, consecutive: those handed to `append` and
+/// not yet written by the writer, then the written ones until the state machine has
+/// applied them (at most [`RECENT_BYTES`] of those). Openraft reads each committed entry
+/// back to apply it, right after it is written; kept here, that read costs neither a
+/// `pread`, a decode, nor a hop to a blocking thread. Shared with the writer (`Arc`): an
+/// append costs no deep copy of its commands.
+#[derive(Default)]
+struct Recent {
+    entries: BTreeMap<u64, Arc<Entry<TypeConfig>>>,
+    /// Index and encoded size of each written entry still kept, oldest first.
+    written: VecDeque<(u64, usize)>,
+    /// Sum of the sizes in `written`.
+    written_bytes: usize,
+}
+
+impl Recent {
+    /// Records that the entries from `first` on, of encoded `sizes`, are on disk, then
+    /// drops the written entries up to `applied` and the oldest beyond [`RECENT_BYTES`].
+    fn written(&mut self, first: u64, sizes: &[usize], applied: u64) {
+        for (i, size) in (first..).zip(sizes) {
+            self.written.push_back((i, *size));
+            self.written_bytes += size;
+        }
+        self.applied(applied);
+        while self.written_bytes > RECENT_BYTES {
+            self.forget_oldest_written();
+        }
+    }
+
+    /// Drops the written entries up to `index`, which the state machine has applied.
+    fn applied(&mut self, index: u64) {
+        while self.written.front().is_some_and(|&(i, _)| i <= index) {
+            self.forget_oldest_written();
+        }
+    }
+
+    fn forget_oldest_written(&mut self) {
+        if let Some((i, size)) = self.written.pop_front() {
+            self.written_bytes -= size;
+            self.entries.remove(&i);
+        }
+    }
+
+    /// Drops every entry up to `index`, written or not (a purge).
+    fn forget_through(&mut self, index: u64) {
+        self.entries = self.entries.split_off(&index.saturating_add(1));
+        while self.written.front().is_some_and(|&(i, _)| i <= index) {
+            if let Some((_, size)) = self.written.pop_front() {
+                self.written_bytes -= size;
+            }
+        }
+    }
+
+    /// Drops every entry from `index` on (a truncation).
+    fn truncate(&mut self, index: u64) {
+        self.entries.split_off(&index);
+        while self.written.back().is_some_and(|&(i, _)| i >= index) {
+            if let Some((_, size)) = self.written.pop_back() {
+                self.written_bytes -= size;
+            }
+        }
+    }
+}
+
+type SharedRecent = Arc<Mutex<Recent>>;
+
+/// Where a state machine tells its log which entries it has applied: the log keeps written
+/// entries in memory until then (see [`Recent`]). Cheap to clone.
+#[derive(Clone)]
+pub struct AppliedIndex {
+    index: Arc<AtomicU64>,
+    recent: SharedRecent,
+}
+
+impl AppliedIndex {
+    /// Records that every entry up to `index` is applied, and lets the written ones go.
+    pub fn set(&self, index: u64) {
+        self.index.fetch_max(index, Ordering::AcqRel);
+        lock(&self.recent).applied(index);
+    }
+
+    /// The last index recorded (0 before any).
+    pub fn get(&self) -> u64 {
+        self.index.load(Ordering::Acquire)
+    }
+}
 
 /// Called once an append is on disk (or failed): openraft's flush callback.
 type Done = Box<dyn FnOnce(io::Result<()>) + Send>;
@@ -577,7 +667,7 @@ enum WriteOp {
 /// thread, so the files are closed when the store is.
 struct Writer {
     tx: Mutex<Option<mpsc::Sender<WriteOp>>>,
-    pending: Pending,
+    recent: SharedRecent,
     /// The newest purge handed to the writer (it may not be recorded on disk yet).
     purged: Mutex<Option<LogId<NodeId>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -607,14 +697,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Writer {
     fn start(state: WriterState) -> io::Result<Writer> {
         let (tx, rx) = mpsc::channel();
-        let pending = state.pending.clone();
+        let recent = state.recent.clone();
         let purged = state.meta.get().purged;
         let thread = std::thread::Builder::new()
             .name("mqd-log-writer".into())
             .spawn(move || state.run(&rx))?;
         Ok(Writer {
             tx: Mutex::new(Some(tx)),
-            pending,
+            recent,
             purged: Mutex::new(purged),
             thread: Mutex::new(Some(thread)),
         })
@@ -643,7 +733,9 @@ struct WriterState {
     disk: Arc<Mutex<Disk>>,
     meta: Arc<MetaStore>,
     write_times: Arc<OnceLock<Histogram>>,
-    pending: Pending,
+    recent: SharedRecent,
+    /// Index of the last entry the state machine has applied (see [`LogStore::applied`]).
+    applied: Arc<AtomicU64>,
     /// Reused encoding buffer.
     buf: Vec<u8>,
 }
@@ -687,26 +779,28 @@ impl WriterState {
         if let Err(e) = &r {
             tracing::error!(error = %e, "writing the Raft log failed");
         }
-        if let (Ok(()), Some(last)) = (&r, entries.last()) {
-            let mut p = lock(&self.pending);
-            // Entries above `last` were appended after this run was taken.
-            let rest = p.split_off(&(last.log_id.index + 1));
-            *p = rest;
+        if let (Ok(sizes), Some(first)) = (&r, entries.first()) {
+            lock(&self.recent).written(
+                first.log_id.index,
+                sizes,
+                self.applied.load(Ordering::Acquire),
+            );
         }
         drop(entries);
         // The flush is reported only after the data is durable (or failed), in order.
         for (_, done) in appends {
             done(match &r {
-                Ok(()) => Ok(()),
+                Ok(_) => Ok(()),
                 Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
             });
         }
     }
 
-    /// Writes `entries` (consecutive) at the end of the log and syncs them.
-    fn write(&mut self, entries: &[&Entry<TypeConfig>]) -> io::Result<()> {
+    /// Writes `entries` (consecutive) at the end of the log and syncs them, returning the
+    /// size of each one's record.
+    fn write(&mut self, entries: &[&Entry<TypeConfig>]) -> io::Result<Vec<usize>> {
         let Some(first) = entries.first().map(|e| e.log_id.index) else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         if entries
             .windows(2)
@@ -727,11 +821,16 @@ impl WriterState {
         file.write_all_at(&self.buf, at)?;
         file.sync_data()?;
         lock(&self.disk).publish(at, &rel, self.buf.len(), entries.last().map(|e| e.log_id))?;
+        let sizes = rel
+            .iter()
+            .zip(rel.iter().skip(1).chain([&(self.buf.len() as u64)]))
+            .map(|(a, b)| (b - a) as usize)
+            .collect();
         // A run of large proposals can take tens of MiB; a group does not keep that.
         if self.buf.capacity() > KEEP_BUFFER {
             self.buf = Vec::new();
         }
-        Ok(())
+        Ok(sizes)
     }
 
     fn other(&mut self, op: WriteOp) {
@@ -749,7 +848,7 @@ impl WriterState {
             WriteOp::Truncate(index, done) => {
                 let r = lock(&self.disk).truncate(index);
                 if r.is_ok() {
-                    lock(&self.pending).split_off(&index);
+                    lock(&self.recent).truncate(index);
                 }
                 let _ = done.send(r.map_err(|e| e.to_string()));
             }
@@ -765,6 +864,7 @@ impl WriterState {
             }
             newer
         })?;
+        lock(&self.recent).forget_through(to.index);
         lock(&self.disk).drop_through(to.index)
     }
 }
@@ -799,11 +899,13 @@ impl LogStore {
             file: Mutex::new(()),
         });
         let write_times = Arc::new(OnceLock::new());
+        let applied = Arc::new(AtomicU64::new(0));
         let state = WriterState {
             disk: disk.clone(),
             meta: meta.clone(),
             write_times: write_times.clone(),
-            pending: Pending::default(),
+            recent: SharedRecent::default(),
+            applied: applied.clone(),
             buf: Vec::new(),
         };
         let writer = Writer::start(state).map_err(write_err)?;
@@ -812,8 +914,18 @@ impl LogStore {
             meta,
             write_times,
             committed: Arc::default(),
+            applied,
             writer: Arc::new(writer),
         })
+    }
+
+    /// Where the state machine reports the entries it has applied: the log keeps written
+    /// entries in memory until then, for openraft to read them back.
+    pub fn applied(&self) -> AppliedIndex {
+        AppliedIndex {
+            index: self.applied.clone(),
+            recent: self.writer.recent.clone(),
+        }
     }
 
     /// The committed index as this replica knows it; shared with the clones given to
@@ -834,9 +946,9 @@ impl LogStore {
             return Ok(());
         }
         {
-            let mut p = lock(&self.writer.pending);
+            let mut r = lock(&self.writer.recent);
             for e in &entries {
-                p.insert(e.log_id.index, e.clone());
+                r.entries.insert(e.log_id.index, e.clone());
             }
         }
         self.writer.send(WriteOp::Append(entries, done))
@@ -850,51 +962,15 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
         let bounds: (Bound<u64>, Bound<u64>) =
             (range.start_bound().cloned(), range.end_bound().cloned());
-        // The pending map first, the disk second: an entry leaves the map only after its
-        // offsets are published, so between the two reads every entry is seen at least
-        // once and the result has no hole.
-        let pending: Vec<Entry<TypeConfig>> = lock(&self.writer.pending)
-            .range(bounds)
-            .map(|(_, e)| (**e).clone())
-            .collect();
-        let first_pending = pending.first().map_or(u64::MAX, |e| e.log_id.index);
-        if bounds.0 == Bound::Included(first_pending) {
-            return Ok(pending);
-        }
-        // Whole segments are deleted, so entries at or below a purge may still be on disk:
-        // they are not part of the log any more.
+        // Whole segments are deleted, so entries at or below a purge may still be on disk
+        // (or, until the writer has carried the purge out, in memory): they are not part of
+        // the log any more.
         let after_purge = self
             .meta
             .get()
             .purged
             .max(*lock(&self.writer.purged))
             .map_or(0, |p| p.index + 1);
-        let disk = self.disk.clone();
-        let mut out: Vec<Entry<TypeConfig>> = blocking(move || {
-            // Located under the lock, read without it: the writer publishes new records
-            // and rolls segments meanwhile.
-            let runs =
-                Self::locate(&lock(&disk), bounds, after_purge, first_pending).map_err(read_err)?;
-            let mut out = Vec::new();
-            for run in &runs {
-                run.read(&mut out).map_err(read_err)?;
-            }
-            Ok(out)
-        })
-        .await?;
-        out.extend(pending);
-        Ok(out)
-    }
-}
-
-impl LogStore {
-    /// The runs of entries in `bounds`, from `after_purge` on and below `first_pending`.
-    fn locate(
-        disk: &Disk,
-        bounds: (Bound<u64>, Bound<u64>),
-        after_purge: u64,
-        first_pending: u64,
-    ) -> io::Result<Vec<Run>> {
         let start = match bounds.0 {
             Bound::Included(s) => s,
             Bound::Excluded(s) => s.saturating_add(1),
@@ -905,9 +981,44 @@ impl LogStore {
             Bound::Included(e) => e.saturating_add(1),
             Bound::Excluded(e) => e,
             Bound::Unbounded => u64::MAX,
+        };
+        if start >= end {
+            return Ok(Vec::new());
         }
-        .min(first_pending)
-        .min(disk.segs.back().map_or(0, Segment::next));
+        // Memory first, the disk second: an entry leaves memory only after its offsets
+        // are published, so between the two reads every entry is seen at least once and
+        // the result has no hole.
+        let in_memory: Vec<Entry<TypeConfig>> = lock(&self.writer.recent)
+            .entries
+            .range(start..end)
+            .map(|(_, e)| (**e).clone())
+            .collect();
+        let first_in_memory = in_memory.first().map_or(u64::MAX, |e| e.log_id.index);
+        if first_in_memory == start {
+            return Ok(in_memory);
+        }
+        let disk = self.disk.clone();
+        let mut out: Vec<Entry<TypeConfig>> = blocking(move || {
+            // Located under the lock, read without it: the writer publishes new records
+            // and rolls segments meanwhile.
+            let runs =
+                Self::locate(&lock(&disk), start, end.min(first_in_memory)).map_err(read_err)?;
+            let mut out = Vec::new();
+            for run in &runs {
+                run.read(&mut out).map_err(read_err)?;
+            }
+            Ok(out)
+        })
+        .await?;
+        out.extend(in_memory);
+        Ok(out)
+    }
+}
+
+impl LogStore {
+    /// The runs of entries from `start` to before `end` that are on disk.
+    fn locate(disk: &Disk, start: u64, end: u64) -> io::Result<Vec<Run>> {
+        let end = end.min(disk.segs.back().map_or(0, Segment::next));
         let mut runs = Vec::new();
         let mut i = start;
         while i < end {
@@ -934,10 +1045,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         // The newest purge may still be on its way to the disk.
         let last_purged = self.meta.get().purged.max(*lock(&self.writer.purged));
-        let pending_last = lock(&self.writer.pending)
+        let last_in_memory = lock(&self.writer.recent)
+            .entries
             .last_key_value()
             .map(|(_, e)| e.log_id);
-        let last = pending_last.or(lock(&self.disk).last).max(last_purged);
+        let last = last_in_memory.or(lock(&self.disk).last).max(last_purged);
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id: last,
@@ -1107,6 +1219,12 @@ mod tests {
         }
     }
 
+    /// `store`, keeping no written entry in memory: its reads come from the files.
+    fn on_disk(store: LogStore) -> LogStore {
+        store.applied().set(u64::MAX);
+        store
+    }
+
     fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
             .build()
@@ -1151,7 +1269,7 @@ mod tests {
         let path = dir.path().join("shard-0000.log");
         rt().block_on(async {
             // Tiny segments: each append of ten entries starts a new one.
-            let mut store = LogStore::open_with(&path, 64).unwrap();
+            let mut store = on_disk(LogStore::open_with(&path, 64).unwrap());
             for k in 0..5 {
                 append(&mut store, k * 10 + 1..=k * 10 + 10).await;
             }
@@ -1170,7 +1288,7 @@ mod tests {
             store.save_vote(&Vote::new(3, 2)).await.unwrap();
         });
         rt().block_on(async {
-            let mut store = LogStore::open_with(&path, 64).unwrap();
+            let mut store = on_disk(LogStore::open_with(&path, 64).unwrap());
             let state = store.get_log_state().await.unwrap();
             assert_eq!(state.last_purged_log_id, Some(id(25)));
             assert_eq!(state.last_log_id, Some(id(50)));
@@ -1186,7 +1304,7 @@ mod tests {
         let path = dir.path().join("log");
         let size = |name: String| std::fs::metadata(path.join(name)).unwrap().len();
         rt().block_on(async {
-            let mut store = LogStore::open_with(&path, 64).unwrap();
+            let mut store = on_disk(LogStore::open_with(&path, 64).unwrap());
             for k in 0..3 {
                 append(&mut store, k * 10 + 1..=k * 10 + 10).await;
             }
@@ -1208,10 +1326,70 @@ mod tests {
         });
         rt().block_on(async {
             // The old records in the middle segment are skipped, the log is whole.
-            let mut store = LogStore::open_with(&path, 64).unwrap();
+            let mut store = on_disk(LogStore::open_with(&path, 64).unwrap());
             assert_eq!(indices(&mut store).await, (11..=36).collect::<Vec<_>>());
             append(&mut store, 37..=37).await;
         });
+    }
+
+    fn in_memory(store: &LogStore) -> Vec<u64> {
+        let recent = lock(&store.writer.recent);
+        assert_eq!(
+            recent.written_bytes,
+            recent.written.iter().map(|(_, size)| size).sum::<usize>()
+        );
+        recent.entries.keys().copied().collect()
+    }
+
+    #[test]
+    fn written_entries_stay_in_memory_until_applied_purged_or_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        rt().block_on(async {
+            let mut store = LogStore::open_with(&path, 64).unwrap();
+            append(&mut store, 1..=10).await;
+            assert_eq!(in_memory(&store), (1..=10).collect::<Vec<_>>());
+            // Applied up to 6: 1-6 go; they are read from the files.
+            store.applied().set(6);
+            assert_eq!(in_memory(&store), (7..=10).collect::<Vec<_>>());
+            append(&mut store, 11..=12).await;
+            assert_eq!(in_memory(&store), (7..=12).collect::<Vec<_>>());
+            assert_eq!(indices(&mut store).await, (1..=12).collect::<Vec<_>>());
+            let e = store.try_get_log_entries(5..9).await.unwrap();
+            assert_eq!(
+                e.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+                [5, 6, 7, 8]
+            );
+
+            store.purge(id(8)).await.unwrap();
+            store.writer.drain().await.unwrap();
+            assert_eq!(in_memory(&store), [9, 10, 11, 12]);
+            assert_eq!(indices(&mut store).await, [9, 10, 11, 12]);
+            assert!(store.try_get_log_entries(3..6).await.unwrap().is_empty());
+
+            store.truncate(id(11)).await.unwrap();
+            assert_eq!(in_memory(&store), [9, 10]);
+            append(&mut store, 11..=11).await;
+            assert_eq!(indices(&mut store).await, [9, 10, 11]);
+        });
+        rt().block_on(async {
+            // What memory held is on disk.
+            let mut store = LogStore::open_with(&path, 64).unwrap();
+            assert!(in_memory(&store).is_empty());
+            assert_eq!(indices(&mut store).await, [9, 10, 11]);
+        });
+    }
+
+    #[test]
+    fn the_oldest_written_entries_leave_memory_beyond_the_cap() {
+        let mut recent = Recent::default();
+        for i in 1..=3 {
+            recent.entries.insert(i, Arc::new(blank(i)));
+        }
+        // Nothing applied, but three halves of the cap do not fit: the first goes.
+        recent.written(1, &[RECENT_BYTES / 2; 3], 0);
+        assert_eq!(recent.entries.keys().copied().collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(recent.written_bytes, RECENT_BYTES);
     }
 
     #[test]
@@ -1223,8 +1401,7 @@ mod tests {
             let mut store = store.clone();
             append(&mut store, 1..=10).await;
         });
-        let bounds = (Bound::Included(1), Bound::Excluded(11));
-        let runs = LogStore::locate(&lock(&store.disk), bounds, 0, u64::MAX).unwrap();
+        let runs = LogStore::locate(&lock(&store.disk), 1, 11).unwrap();
         assert_eq!(runs.len(), 1);
         let mut out = Vec::new();
         runs[0].read(&mut out).unwrap();
@@ -1244,7 +1421,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
         rt().block_on(async {
-            let mut store = LogStore::open_with(&path, 64).unwrap();
+            let mut store = on_disk(LogStore::open_with(&path, 64).unwrap());
             append(&mut store, 1..=10).await;
             append(&mut store, 11..=20).await;
         });
@@ -1257,7 +1434,7 @@ mod tests {
         f.write_all_at(&[0xA5; 40], len - 3).unwrap();
         drop(f);
         rt().block_on(async {
-            let mut store = LogStore::open_with(&path, 64).unwrap();
+            let mut store = on_disk(LogStore::open_with(&path, 64).unwrap());
             assert_eq!(indices(&mut store).await, (1..=19).collect::<Vec<_>>());
             let state = store.get_log_state().await.unwrap();
             assert_eq!(state.last_log_id, Some(id(19)));
@@ -1296,7 +1473,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
         rt().block_on(async {
-            let mut store = LogStore::open_with(&path, 64).unwrap();
+            let mut store = on_disk(LogStore::open_with(&path, 64).unwrap());
             for k in 0..3 {
                 append(&mut store, k * 10 + 1..=k * 10 + 10).await;
             }
@@ -1314,7 +1491,7 @@ mod tests {
             append(&mut store, 11..=12).await;
         });
         rt().block_on(async {
-            let mut store = LogStore::open_with(&path, 64).unwrap();
+            let mut store = on_disk(LogStore::open_with(&path, 64).unwrap());
             assert_eq!(indices(&mut store).await, (1..=12).collect::<Vec<_>>());
         });
     }
@@ -1325,7 +1502,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
         rt().block_on(async {
-            let mut store = LogStore::open_with(&path, 64).unwrap();
+            let mut store = on_disk(LogStore::open_with(&path, 64).unwrap());
             append(&mut store, 1..=5).await;
             store.purge(id(100)).await.unwrap();
             append(&mut store, 101..=103).await;
@@ -1334,7 +1511,7 @@ mod tests {
             assert!(try_append(&mut store, 200..=200).await.is_err());
         });
         rt().block_on(async {
-            let mut store = LogStore::open_with(&path, 64).unwrap();
+            let mut store = on_disk(LogStore::open_with(&path, 64).unwrap());
             let state = store.get_log_state().await.unwrap();
             assert_eq!(state.last_purged_log_id, Some(id(100)));
             assert_eq!(state.last_log_id, Some(id(103)));

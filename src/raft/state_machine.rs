@@ -19,6 +19,7 @@ use openraft::{
 use prometheus_client::metrics::histogram::Histogram;
 use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 
+use super::log_store::AppliedIndex;
 use super::snapshot::{each_chunk, SnapshotData};
 use super::{blocking, NodeId, Rejection, Reply, StorageError, TypeConfig};
 use crate::protocol::Status;
@@ -59,6 +60,8 @@ pub struct StateMachine {
     last_durable: Arc<Mutex<std::time::Instant>>,
     /// Where each transaction's duration is recorded, if anywhere.
     apply_times: Option<Histogram>,
+    /// Where the index of the last entry applied is stored, if anywhere.
+    applied: Option<AppliedIndex>,
 }
 
 /// Makes every commit so far durable: an empty commit with [`Durability::Immediate`]
@@ -98,7 +101,14 @@ impl StateMachine {
             current: Arc::default(),
             last_durable: Arc::new(Mutex::new(std::time::Instant::now())),
             apply_times: None,
+            applied: None,
         })
+    }
+
+    /// Reports the index of each entry applied to `to` (see [`super::LogStore::applied`]).
+    pub fn reports_applied(mut self, to: AppliedIndex) -> StateMachine {
+        self.applied = Some(to);
+        self
     }
 
     /// Records how long each apply transaction takes (from its start to its commit) in `h`.
@@ -156,6 +166,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         };
         let times = self.apply_times.clone();
+        let last = entries.last().map(|e| e.log_id.index);
         let (replies, fx) = blocking(move || {
             let started = std::time::Instant::now();
             // A command that hits a storage error on this replica (I/O, a record that does
@@ -179,6 +190,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         })
         .await?;
+        if let (Some(to), Some(last)) = (&self.applied, last) {
+            to.set(last);
+        }
         if !fx.wake.is_empty() || fx.users || fx.catalog {
             (self.wake)(&fx);
         }

@@ -15,7 +15,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = LogStore::open(&dir.path().join("shard-0000.log"))?;
-        let sm = StateMachine::open(&dir.path().join("shard-0000.redb"), Arc::new(|_| {}))?;
+        let sm = StateMachine::open(&dir.path().join("shard-0000.redb"), Arc::new(|_| {}))?
+            .reports_applied(log.applied());
         Ok((dir, log, sm))
     }
 }
@@ -23,6 +24,22 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
 #[test]
 fn openraft_storage_suite() {
     Suite::test_all(Builder).expect("openraft storage suite");
+}
+
+#[tokio::test]
+async fn the_state_machine_tells_the_log_what_it_applied() {
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+
+    let (_dir, log, sm) = Builder.build().await.expect("stores");
+    let mut sm = sm;
+    let entry = |i| Entry::<TypeConfig> {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+        payload: EntryPayload::Blank,
+    };
+    assert_eq!(log.applied().get(), 0);
+    sm.apply([entry(1), entry(2)]).await.expect("apply");
+    assert_eq!(log.applied().get(), 2);
 }
 
 mod one_node {
@@ -113,7 +130,10 @@ mod one_node {
             let log = LogStore::open(&dir.join("shard-0000.log"));
             let sm = StateMachine::open(&dir.join("shard-0000.redb"), Arc::new(|_| {}));
             match (log, sm) {
-                (Ok(l), Ok(s)) => break (l, s),
+                (Ok(l), Ok(s)) => {
+                    let s = s.reports_applied(l.applied());
+                    break (l, s);
+                }
                 (l, s) => {
                     tries += 1;
                     assert!(
