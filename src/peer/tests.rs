@@ -132,10 +132,7 @@ async fn leader_among(nodes: &[&TestNode], not: Option<u64>) -> u64 {
 
 async fn write(raft: &Raft<TypeConfig>, cmd: Command) -> u64 {
     let r = raft
-        .client_write(Proposal {
-            now_ms: 1_700_000_000_000,
-            cmds: vec![cmd],
-        })
+        .client_write(Proposal::new(1_700_000_000_000, vec![cmd]))
         .await
         .unwrap();
     assert!(r.data.iter().all(|x| x.is_ok()), "{:?}", r.data);

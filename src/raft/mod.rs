@@ -19,6 +19,8 @@ pub mod proposer;
 pub mod snapshot;
 pub mod state_machine;
 
+use std::sync::{Arc, Mutex};
+
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use serde::{Deserialize, Serialize};
@@ -72,7 +74,86 @@ pub struct Proposal {
     pub now_ms: u64,
     /// The commands, applied in order.
     pub cmds: Vec<Command>,
+    /// Where the proposing node waits for the results; never written or replicated.
+    #[serde(skip)]
+    pub answer: Answer,
 }
+
+impl Proposal {
+    /// A proposal of `cmds` at `now_ms` that nobody waits on but through openraft.
+    pub fn new(now_ms: u64, cmds: Vec<Command>) -> Proposal {
+        Proposal {
+            now_ms,
+            cmds,
+            answer: Answer::default(),
+        }
+    }
+}
+
+/// What an [`Answer`] is given: the results of a proposal's commands, or why there are none.
+pub type Answered = Result<Reply, proposer::ProposeError>;
+
+type AnswerFn = Box<dyn FnOnce(Answered) + Send>;
+
+/// The callback of the node that proposed an entry, shared by the entry's copies in this
+/// process (clones share it; an entry read from disk or received from another node has
+/// none). The state machine calls it as soon as the entry's transaction commits, which
+/// spares the answer a round through openraft's core; whatever calls it first, the state
+/// machine or the proposer once `client_write` returns, is the only caller.
+#[derive(Clone, Default)]
+pub struct Answer(Option<Arc<Mutex<Option<AnswerFn>>>>);
+
+impl Answer {
+    /// An answer that calls `f`, once.
+    pub fn new(f: impl FnOnce(Answered) + Send + 'static) -> Answer {
+        Answer(Some(Arc::new(Mutex::new(Some(Box::new(f))))))
+    }
+
+    /// Whether someone still waits on it.
+    pub fn is_waiting(&self) -> bool {
+        self.0.as_ref().is_some_and(|f| {
+            f.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .is_some()
+        })
+    }
+
+    /// Calls the callback with `r` unless it was called before; true if this call did.
+    pub fn send(&self, r: Answered) -> bool {
+        let f = self.0.as_ref().and_then(|f| {
+            f.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()
+        });
+        match f {
+            Some(f) => {
+                f(r);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.is_waiting() {
+            "Answer(waiting)"
+        } else {
+            "Answer"
+        })
+    }
+}
+
+/// Answers are not part of an entry's value: two proposals that differ only in who waits on
+/// them are equal.
+impl PartialEq for Answer {
+    fn eq(&self, _: &Answer) -> bool {
+        true
+    }
+}
+
+impl Eq for Answer {}
 
 /// A command refused by the state machine (nothing was written); the same on every replica.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

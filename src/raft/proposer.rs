@@ -19,7 +19,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::Raft;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::{NodeId, Proposal, TypeConfig};
+use super::{Answer, Answered, NodeId, Proposal, TypeConfig};
 use crate::protocol::Status;
 use crate::store::{now_ms, Command, Outcome};
 
@@ -175,14 +175,11 @@ async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Job>, slots: Arc<Sem
         tokio::spawn(async move {
             let (cmds, replies): (Vec<_>, Vec<_>) =
                 jobs.into_iter().map(|j| (j.cmd, j.reply)).unzip();
-            // The clock is read once for the batch, before proposing: apply never reads it.
-            let proposal = Proposal {
-                now_ms: now_ms(),
-                cmds,
-            };
-            match raft.client_write(proposal).await {
-                Ok(resp) => {
-                    let mut results = resp.data.into_iter();
+            // Called once: by the state machine as soon as the entry commits here, or below
+            // with what `client_write` returns.
+            let answer = Answer::new(move |r: Answered| match r {
+                Ok(results) => {
+                    let mut results = results.into_iter();
                     for reply in replies {
                         let r = match results.next() {
                             Some(Ok(o)) => Ok(o),
@@ -197,18 +194,31 @@ async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Job>, slots: Arc<Sem
                         let _ = reply.send(r);
                     }
                 }
+                Err(err) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(err.clone()));
+                    }
+                }
+            });
+            // The clock is read once for the batch, before proposing: apply never reads it.
+            let proposal = Proposal {
+                now_ms: now_ms(),
+                cmds,
+                answer: answer.clone(),
+            };
+            match raft.client_write(proposal).await {
+                Ok(resp) => {
+                    answer.send(Ok(resp.data));
+                }
                 Err(e) => {
-                    let err = match &e {
+                    answer.send(Err(match &e {
                         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
                             ProposeError::NotLeader {
                                 leader: f.leader_id,
                             }
                         }
                         other => ProposeError::Raft(other.to_string()),
-                    };
-                    for reply in replies {
-                        let _ = reply.send(Err(err.clone()));
-                    }
+                    }));
                 }
             }
             drop(permit);

@@ -42,6 +42,58 @@ async fn the_state_machine_tells_the_log_what_it_applied() {
     assert_eq!(log.applied().get(), 2);
 }
 
+#[tokio::test]
+async fn the_state_machine_answers_the_proposer_as_soon_as_the_entry_commits() {
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+
+    use super::{Answer, Proposal};
+    use crate::protocol::{QueuePatch, Status};
+    use crate::store::{Command, Outcome};
+
+    let (_dir, _log, mut sm) = Builder.build().await.expect("stores");
+    let create = || Command::CreateQueue {
+        name: "q".into(),
+        patch: QueuePatch::default(),
+    };
+    let entry = |i, p| Entry::<TypeConfig> {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+        payload: EntryPayload::Normal(p),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let answer = Answer::new(move |r| {
+        let _ = tx.send(r);
+    });
+    let mut p = Proposal::new(1, vec![create()]);
+    p.answer = answer.clone();
+    // The answer is not part of the entry's encoding.
+    assert_eq!(
+        postcard::to_allocvec(&p).expect("encode"),
+        postcard::to_allocvec(&Proposal::new(1, vec![create()])).expect("encode")
+    );
+    let replies = sm.apply([entry(1, p)]).await.expect("apply");
+    assert_eq!(replies, vec![Vec::new()], "openraft gets nothing back");
+    let got = rx.try_recv().expect("answered").expect("results");
+    assert!(
+        matches!(got.as_slice(), [Ok(Outcome::Config(_))]),
+        "{got:?}"
+    );
+    assert!(!answer.is_waiting());
+    assert!(!answer.send(Ok(Vec::new())), "answered only once");
+
+    // An entry nobody here waits on (read from disk, or sent by the leader) returns its
+    // results to openraft.
+    let replies = sm
+        .apply([entry(2, Proposal::new(2, vec![create()]))])
+        .await
+        .expect("apply");
+    assert_eq!(replies.len(), 1);
+    assert!(
+        matches!(replies[0].as_slice(), [Err(r)] if r.status == Status::QueueExists),
+        "{replies:?}"
+    );
+}
+
 mod one_node {
     //! A real one-node Raft group over our stores: commands go through the log, survive a
     //! restart, and a snapshot captures the state.
@@ -156,10 +208,7 @@ mod one_node {
     ) -> Result<Outcome, super::super::Rejection> {
         let now_ms = 1_700_000_000_000;
         let mut replies = raft
-            .client_write(Proposal {
-                now_ms,
-                cmds: vec![cmd],
-            })
+            .client_write(Proposal::new(now_ms, vec![cmd]))
             .await
             .unwrap()
             .data;
@@ -329,7 +378,7 @@ mod one_node {
             },
         ];
         let replies = raft
-            .client_write(Proposal { now_ms: 1, cmds })
+            .client_write(Proposal::new(1, cmds))
             .await
             .unwrap()
             .data;
