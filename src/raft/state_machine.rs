@@ -167,7 +167,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         let times = self.apply_times.clone();
         let last = entries.last().map(|e| e.log_id.index);
-        let (replies, fx) = blocking(move || {
+        let wake = self.wake.clone();
+        let replies = blocking(move || {
             let started = std::time::Instant::now();
             // A command that hits a storage error on this replica (I/O, a record that does
             // not decode) is answered INTERNAL and skipped; the batch runs again without it
@@ -179,8 +180,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         if let Some(h) = &times {
                             h.observe(started.elapsed().as_secs_f64());
                         }
+                        // The effects first (waiting receivers, the user and catalog
+                        // caches' versions), then the answers: a client that has its
+                        // answer finds them done, as it would through openraft's core.
+                        if !fx.wake.is_empty() || fx.users || fx.catalog {
+                            wake(&fx);
+                        }
                         answer(&entries, &mut replies);
-                        return Ok((replies, fx));
+                        return Ok(replies);
                     }
                     Err((at, err)) => {
                         tracing::error!(error = %err, entry = ?entries[at.0].log_id, command = at.1,
@@ -193,9 +200,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await?;
         if let (Some(to), Some(last)) = (&self.applied, last) {
             to.set(last);
-        }
-        if !fx.wake.is_empty() || fx.users || fx.catalog {
-            (self.wake)(&fx);
         }
         Ok(replies)
     }

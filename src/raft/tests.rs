@@ -94,6 +94,61 @@ async fn the_state_machine_answers_the_proposer_as_soon_as_the_entry_commits() {
     );
 }
 
+#[tokio::test]
+async fn waiting_receivers_are_woken_before_the_proposer_is_answered() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+
+    use super::{Answer, Proposal};
+    use crate::protocol::{QueuePatch, SendEntry};
+    use crate::store::Command;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let woken = Arc::new(AtomicBool::new(false));
+    let w = woken.clone();
+    let mut sm = StateMachine::open(
+        &dir.path().join("shard-0000.redb"),
+        Arc::new(move |fx: &crate::store::machine::Effects| {
+            if !fx.wake.is_empty() {
+                w.store(true, Ordering::SeqCst);
+            }
+        }),
+    )
+    .expect("state machine");
+    let entry = |i, p| Entry::<TypeConfig> {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+        payload: EntryPayload::Normal(p),
+    };
+    let create = Command::CreateQueue {
+        name: "q".into(),
+        patch: QueuePatch::default(),
+    };
+    sm.apply([entry(1, Proposal::new(1, vec![create]))])
+        .await
+        .expect("apply");
+    assert!(!woken.load(Ordering::SeqCst));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let w = woken.clone();
+    let mut p = Proposal::new(
+        2,
+        vec![Command::Send {
+            queue: "q".into(),
+            messages: vec![SendEntry::new("m")],
+        }],
+    );
+    p.answer = Answer::new(move |_| {
+        let _ = tx.send(w.load(Ordering::SeqCst));
+    });
+    sm.apply([entry(2, p)]).await.expect("apply");
+    assert_eq!(
+        rx.try_recv(),
+        Ok(true),
+        "answered after the receivers were woken"
+    );
+}
+
 mod one_node {
     //! A real one-node Raft group over our stores: commands go through the log, survive a
     //! restart, and a snapshot captures the state.
