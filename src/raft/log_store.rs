@@ -607,12 +607,8 @@ impl Recent {
 
     /// Drops every entry up to `index`, written or not (a purge).
     fn forget_through(&mut self, index: u64) {
+        self.applied(index);
         self.entries = self.entries.split_off(&index.saturating_add(1));
-        while self.written.front().is_some_and(|&(i, _)| i <= index) {
-            if let Some((_, size)) = self.written.pop_front() {
-                self.written_bytes -= size;
-            }
-        }
     }
 
     /// Drops every entry from `index` on (a truncation).

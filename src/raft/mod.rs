@@ -118,19 +118,25 @@ impl Answer {
         })
     }
 
-    /// Calls the callback with `r` unless it was called before; true if this call did.
-    pub fn send(&self, r: Answered) -> bool {
-        let f = self.0.as_ref().and_then(|f| {
+    /// The callback, unless it was taken (called) before.
+    fn take(&self) -> Option<AnswerFn> {
+        self.0.as_ref().and_then(|f| {
             f.lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .take()
-        });
-        match f {
-            Some(f) => {
-                f(r);
-                true
-            }
-            None => false,
+        })
+    }
+
+    /// Calls the callback with `r` unless it was called before; true if this call did.
+    pub fn send(&self, r: Answered) -> bool {
+        self.take().map(|f| f(r)).is_some()
+    }
+
+    /// Calls the callback, if still waiting, with the results in `reply`, which it takes
+    /// (one lock, and no move of the results when nobody waits).
+    pub fn send_reply(&self, reply: &mut Reply) {
+        if let Some(f) = self.take() {
+            f(Ok(std::mem::take(reply)));
         }
     }
 }

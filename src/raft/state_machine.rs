@@ -269,9 +269,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 fn answer(entries: &[Entry<TypeConfig>], replies: &mut [Reply]) {
     for (e, reply) in entries.iter().zip(replies.iter_mut()) {
         if let EntryPayload::Normal(p) = &e.payload {
-            if p.answer.is_waiting() {
-                p.answer.send(Ok(std::mem::take(reply)));
-            }
+            p.answer.send_reply(reply);
         }
     }
 }
