@@ -41,7 +41,7 @@ use crate::config::ClusterSettings;
 use crate::peer::{CallError, Connector, GroupNetwork, Router, KIND_FORWARD};
 use crate::protocol::{Message, QueueDescription, QueuePatch, QueueSummary, Status};
 use crate::raft::log_store::{self, LogStore};
-use crate::raft::proposer::{ProposeError, Proposer};
+use crate::raft::proposer::{ProposeError, Proposer, Ride};
 use crate::raft::state_machine::StateMachine;
 use crate::raft::{NodeId, TypeConfig};
 use crate::store::{self, Command, Outcome, StoreError};
@@ -781,6 +781,17 @@ impl Node {
         let shard = self.placement_local(queue).ok().flatten();
         let local = shard.is_some_and(|s| self.local(group_of_shard(s)).is_some());
         (self.inner.waiters.get(queue), local)
+    }
+
+    /// Parks a long-polling receive (up to `max` messages from `queue`, which a receive
+    /// just found empty) on the queue's shard group, if this node leads it: the next
+    /// proposal that sends or returns messages to the queue carries the receive along
+    /// (see `raft::proposer`). `None` where this node does not lead the queue's shard.
+    pub fn ride(&self, queue: &str, max: u32, visibility_ms: Option<u64>) -> Option<Ride> {
+        let shard = self.placement_local(queue).ok().flatten()?;
+        let l = self.local(group_of_shard(shard))?;
+        let leads = l.raft.metrics().borrow().current_leader == Some(self.inner.layout.node_id);
+        leads.then(|| l.proposer.ride(queue, max, visibility_ms))
     }
 
     /// Gives back a notifier from [`Node::waiter`].

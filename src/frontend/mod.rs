@@ -702,11 +702,45 @@ impl Frontend {
                 // every little while.
                 wake_at = wake_at.min(now + REMOTE_POLL);
             }
-            tokio::select! {
-                _ = notified => {}
-                _ = tokio::time::sleep_until(wake_at) => {}
-                _ = shutdown.changed() => {}
+            // Where this node leads the queue's shard, wait as a rider: the next proposal
+            // that feeds the queue carries this receive, so the entry that stores the
+            // messages also delivers them.
+            let mut ride = if woken_here {
+                self.node.ride(queue, max, visibility_ms)
+            } else {
+                None
+            };
+            let rode = {
+                let answered = async {
+                    match ride.as_mut() {
+                        Some(r) => r.answered().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    r = answered => Some(r),
+                    _ = notified => None,
+                    _ = tokio::time::sleep_until(wake_at) => None,
+                    _ = shutdown.changed() => None,
+                }
+            };
+            let rode = match (rode, ride.as_mut()) {
+                (Some(r), _) => Some(r),
+                // Woken otherwise: a proposal may have taken the receive all the same, and
+                // then its deliveries are this client's.
+                (None, Some(r)) => match r.withdraw() {
+                    true => None,
+                    false => Some(r.answered().await),
+                },
+                (None, None) => None,
+            };
+            if let Some(Ok(Outcome::Deliveries { deliveries, .. })) = rode {
+                if !deliveries.is_empty() {
+                    return Ok(Response::Deliveries(deliveries));
+                }
             }
+            // Empty, failed (the next look reports a lasting failure) or not taken: look
+            // again.
         }
     }
 
@@ -807,6 +841,47 @@ mod tests {
             fe.handle(&s, req()).await.unwrap_err().0,
             Status::QueueNotFound
         );
+    }
+
+    #[tokio::test]
+    async fn a_waiting_receive_is_delivered_by_the_entry_that_stores_the_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fe, _tx) = frontend(dir.path(), false).await;
+        let s = Session::default();
+        let hello = Request::Hello {
+            token: "t".into(),
+            client: "test".into(),
+        };
+        fe.handle(&s, hello).await.unwrap();
+        let create = Request::QueueCreate {
+            name: "lp".into(),
+            attributes: QueuePatch::default(),
+        };
+        fe.handle(&s, create).await.unwrap();
+        let entries = || -> u64 { fe.node.report().groups.iter().map(|g| g.last_log).sum() };
+        let wait = fe.handle(
+            &s,
+            Request::Receive {
+                queue: "lp".into(),
+                max: 10,
+                visibility_ms: None,
+                wait_ms: Some(10_000),
+            },
+        );
+        let send = async {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let before = entries();
+            let send = Request::Send {
+                queue: "lp".into(),
+                messages: vec![crate::protocol::SendEntry::new("m")],
+            };
+            fe.handle(&s, send).await.unwrap();
+            before
+        };
+        let (got, before) = tokio::join!(wait, send);
+        assert!(matches!(got, Ok(Response::Deliveries(d)) if d.len() == 1));
+        // One log entry stored the message and delivered it to the waiting receive.
+        assert_eq!(entries() - before, 1);
     }
 
     #[tokio::test]

@@ -11,9 +11,16 @@
 //! or [`MAX_PROPOSAL_BYTES`] of message bytes, so large messages make several entries. (Measured on one node, 256
 //! single 1 KiB sends in flight: 18k msgs/s with 8 small proposals in flight, 26–31k with
 //! 2; batches of 100: 69k with 8, 40k with 2.)
+//!
+//! A long-polling receive that found its queue empty may wait here as a *rider*
+//! ([`Proposer::ride`]): the next proposal that sends (or returns) messages to that queue
+//! takes the receive along, after those commands, so the messages are delivered by the
+//! same entry that stores them instead of by a second proposal once the first is applied.
+//! A proposal takes riders oldest first, only as many as its messages could feed.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::Raft;
@@ -87,23 +94,184 @@ pub enum ProposeError {
     Raft(String),
 }
 
+type Reply = Result<Outcome, ProposeError>;
+
 struct Job {
     cmd: Command,
-    reply: oneshot::Sender<Result<Outcome, ProposeError>>,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// Receives waiting for the next proposal that feeds their queue, by queue name.
+#[derive(Default)]
+struct Riders {
+    /// How many wait, so a proposal skips the lock when none does.
+    count: AtomicUsize,
+    next_id: AtomicU64,
+    /// Per queue, oldest first.
+    waiting: Mutex<HashMap<String, VecDeque<Rider>>>,
+}
+
+/// (id, most messages it takes, its receive).
+type Rider = (u64, u32, Job);
+
+impl Riders {
+    /// Moves into `jobs`, after them, the riders that their sends and nacks could feed:
+    /// per queue, oldest first, while the messages they return are not all spoken for.
+    fn board(&self, jobs: &mut Vec<Job>) {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut fed: HashMap<&str, usize> = HashMap::new();
+        for j in jobs.iter() {
+            match &j.cmd {
+                Command::Send { queue, messages } => {
+                    *fed.entry(queue.as_str()).or_default() += messages.len()
+                }
+                Command::Nack { queue, entries } => {
+                    *fed.entry(queue.as_str()).or_default() += entries.len()
+                }
+                _ => {}
+            }
+        }
+        let mut boarding = Vec::new();
+        {
+            let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            for (queue, mut messages) in fed {
+                let Some(line) = waiting.get_mut(queue) else {
+                    continue;
+                };
+                while messages > 0 {
+                    let Some((_, max, job)) = line.pop_front() else {
+                        break;
+                    };
+                    self.count.fetch_sub(1, Ordering::AcqRel);
+                    if job.reply.is_closed() {
+                        // Its receive is gone (the client left); withdrawing raced with us.
+                        continue;
+                    }
+                    messages = messages.saturating_sub(max as usize);
+                    boarding.push(job);
+                }
+                if line.is_empty() {
+                    waiting.remove(queue);
+                }
+            }
+        }
+        jobs.extend(boarding);
+    }
+
+    /// Takes rider `id` of `queue` off the line; false if a proposal took it already.
+    fn withdraw(&self, queue: &str, id: u64) -> bool {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(line) = waiting.get_mut(queue) else {
+            return false;
+        };
+        let Some(at) = line.iter().position(|(i, _, _)| *i == id) else {
+            return false;
+        };
+        line.remove(at);
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        if line.is_empty() {
+            waiting.remove(queue);
+        }
+        true
+    }
+}
+
+/// A receive waiting to ride along with the next proposal that feeds its queue (see the
+/// module documentation). Dropping it withdraws the receive if no proposal took it yet.
+pub struct Ride {
+    riders: Arc<Riders>,
+    queue: String,
+    id: u64,
+    rx: oneshot::Receiver<Reply>,
+    done: bool,
+}
+
+impl Ride {
+    /// Waits until a proposal took the receive and it was applied; then its outcome. Call
+    /// at most once to completion.
+    pub async fn answered(&mut self) -> Reply {
+        let r = (&mut self.rx)
+            .await
+            .unwrap_or_else(|_| Err(ProposeError::Raft("the proposer has stopped".into())));
+        self.done = true;
+        r
+    }
+
+    /// Takes the receive off the line. False if a proposal took it already: its outcome
+    /// then comes from [`Ride::answered`] and must not be dropped (it may hold deliveries).
+    pub fn withdraw(&mut self) -> bool {
+        if self.done {
+            return false;
+        }
+        let withdrawn = self.riders.withdraw(&self.queue, self.id);
+        self.done = withdrawn;
+        withdrawn
+    }
+}
+
+impl Drop for Ride {
+    fn drop(&mut self) {
+        if !self.done {
+            self.riders.withdraw(&self.queue, self.id);
+        }
+    }
 }
 
 /// Submits commands to one Raft group in batches. Cheap to clone.
 #[derive(Clone)]
 pub struct Proposer {
     tx: mpsc::Sender<Job>,
+    riders: Arc<Riders>,
 }
 
 impl Proposer {
     /// Starts the batching task for `raft`, with at most `in_flight` proposals outstanding.
     pub fn start(raft: Raft<TypeConfig>, in_flight: usize) -> Proposer {
         let (tx, rx) = mpsc::channel(MAX_BATCH * 2);
-        tokio::spawn(run(raft, rx, Arc::new(Semaphore::new(in_flight.max(1)))));
-        Proposer { tx }
+        let riders = Arc::new(Riders::default());
+        tokio::spawn(run(
+            raft,
+            rx,
+            Arc::new(Semaphore::new(in_flight.max(1))),
+            riders.clone(),
+        ));
+        Proposer { tx, riders }
+    }
+
+    /// Parks a receive of up to `max` messages from `queue` (which a receive just found
+    /// empty) until a proposal sends or returns messages to `queue`; that proposal then
+    /// carries the receive, as [`Command::Receive`] with `visibility_ms`.
+    pub fn ride(&self, queue: &str, max: u32, visibility_ms: Option<u64>) -> Ride {
+        let receive = Command::Receive {
+            queue: queue.to_string(),
+            max,
+            visibility_ms,
+        };
+        let (reply, rx) = oneshot::channel();
+        let id = self.riders.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut waiting = self
+            .riders
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        waiting.entry(queue.to_string()).or_default().push_back((
+            id,
+            max.max(1),
+            Job {
+                cmd: receive,
+                reply,
+            },
+        ));
+        self.riders.count.fetch_add(1, Ordering::AcqRel);
+        Ride {
+            riders: self.riders.clone(),
+            queue: queue.to_string(),
+            id,
+            rx,
+            done: false,
+        }
     }
 
     /// Proposes `cmd` and waits until it is committed and applied.
@@ -118,7 +286,12 @@ impl Proposer {
     }
 }
 
-async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Job>, slots: Arc<Semaphore>) {
+async fn run(
+    raft: Raft<TypeConfig>,
+    mut rx: mpsc::Receiver<Job>,
+    slots: Arc<Semaphore>,
+    riders: Arc<Riders>,
+) {
     let in_flight = Arc::new(AtomicUsize::new(0));
     let finished = Arc::new(tokio::sync::Notify::new());
     while let Some(first) = rx.recv().await {
@@ -170,6 +343,7 @@ async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Job>, slots: Arc<Sem
                 },
             }
         }
+        riders.board(&mut jobs);
         in_flight.fetch_add(1, Ordering::AcqRel);
         let (raft, in_flight, finished) = (raft.clone(), in_flight.clone(), finished.clone());
         tokio::spawn(async move {

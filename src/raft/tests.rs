@@ -344,6 +344,95 @@ mod one_node {
         raft.shutdown().await.unwrap();
     }
 
+    fn send(bodies: &[&str]) -> Command {
+        Command::Send {
+            queue: "q".into(),
+            messages: bodies
+                .iter()
+                .map(|b| SendEntry::new(b.to_string()))
+                .collect(),
+        }
+    }
+
+    fn delivered(r: Result<Outcome, super::super::proposer::ProposeError>) -> Vec<String> {
+        match r {
+            Ok(Outcome::Deliveries { deliveries, .. }) => deliveries
+                .iter()
+                .map(|d| String::from_utf8_lossy(&d.message.body).into_owned())
+                .collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiting_receive_rides_in_the_entry_that_sends_to_its_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let (raft, p, before) = proposer_with_queue(dir.path()).await;
+        let mut first = p.ride("q", 1, None);
+        let mut second = p.ride("q", 1, None);
+        let mut elsewhere = p.ride("other", 10, None);
+        // One message feeds one receive of one: the older rider goes, the other stays.
+        assert!(matches!(p.submit(send(&["a"])).await, Ok(Outcome::Sent(_))));
+        assert_eq!(delivered(first.answered().await), ["a"]);
+        let after = raft.metrics().borrow().last_log_index.unwrap_or(0);
+        assert_eq!(
+            after - before,
+            1,
+            "the send and its delivery share one entry"
+        );
+        // The first rider is done; the second and the other queue's still wait.
+        assert!(!first.withdraw());
+        assert!(second.withdraw());
+        assert!(elsewhere.withdraw());
+        // A withdrawn or dropped rider is never taken: the message stays for a receive.
+        let dropped = p.ride("q", 10, None);
+        drop(dropped);
+        assert!(matches!(p.submit(send(&["b"])).await, Ok(Outcome::Sent(_))));
+        let got = p
+            .submit(Command::Receive {
+                queue: "q".into(),
+                max: 10,
+                visibility_ms: None,
+            })
+            .await;
+        assert_eq!(delivered(got), ["b"]);
+        raft.shutdown().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn riders_take_what_a_proposal_feeds_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (raft, p, _) = proposer_with_queue(dir.path()).await;
+        let mut riders: Vec<_> = (0..4).map(|_| p.ride("q", 2, None)).collect();
+        // Three messages feed two receives of two (2 + 1); the last two riders stay.
+        assert!(matches!(
+            p.submit(send(&["a", "b", "c"])).await,
+            Ok(Outcome::Sent(_))
+        ));
+        assert_eq!(delivered(riders[0].answered().await), ["a", "b"]);
+        assert_eq!(delivered(riders[1].answered().await), ["c"]);
+        assert!(riders[2].withdraw() && riders[3].withdraw());
+        // A nack returns a message to the queue, so it feeds a rider too.
+        assert!(matches!(p.submit(send(&["d"])).await, Ok(Outcome::Sent(_))));
+        let receive = Command::Receive {
+            queue: "q".into(),
+            max: 1,
+            visibility_ms: None,
+        };
+        let receipt = match p.submit(receive).await {
+            Ok(Outcome::Deliveries { deliveries, .. }) => deliveries[0].receipt,
+            other => panic!("{other:?}"),
+        };
+        let mut rider = p.ride("q", 5, None);
+        let nack = Command::Nack {
+            queue: "q".into(),
+            entries: vec![(receipt, 0)],
+        };
+        assert!(p.submit(nack).await.is_ok());
+        assert_eq!(delivered(rider.answered().await), ["d"]);
+        raft.shutdown().await.unwrap();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn large_sends_are_split_into_proposals_of_a_few_mib() {
         let dir = tempfile::tempdir().unwrap();
