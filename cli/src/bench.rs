@@ -29,8 +29,6 @@ struct Shared {
     start: Instant,
     /// Send requests handed out (count mode) and messages acknowledged by sends.
     next_request: AtomicU64,
-    /// Send requests scheduled (with --rate).
-    next_slot: AtomicU64,
     sent: AtomicU64,
     received: AtomicU64,
     /// Producers are done: `sent` is final.
@@ -101,7 +99,6 @@ pub async fn run(mut config: ClientConfig, out: Output, a: BenchArgs) -> anyhow:
     let shared = Arc::new(Shared {
         start: Instant::now(),
         next_request: AtomicU64::new(0),
-        next_slot: AtomicU64::new(0),
         sent: AtomicU64::new(0),
         received: AtomicU64::new(0),
         sending_done: AtomicBool::new(false),
@@ -111,41 +108,63 @@ pub async fn run(mut config: ClientConfig, out: Output, a: BenchArgs) -> anyhow:
     let deadline = a.duration.map(|d| shared.start + d);
     let bar = crate::output::progress(out, std::io::IsTerminal::is_terminal(&std::io::stderr()));
 
+    // With --rate, request k is due at start + k × batch / rate. A thread of its own hands
+    // out the due times as they come: tokio's timers tick by the millisecond, which would
+    // release the sends in bursts and add up to a millisecond to every measured latency.
+    let slots = (a.rate > 0).then(|| {
+        let every = Duration::from_secs_f64(f64::from(a.batch) / a.rate as f64);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+        let start = shared.start;
+        let count = if deadline.is_some() {
+            u64::MAX
+        } else {
+            requests
+        };
+        std::thread::spawn(move || {
+            for k in 0..count {
+                let due = start + every.mul_f64(k as f64);
+                if deadline.is_some_and(|d| due >= d) {
+                    break;
+                }
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                if tx.send(due).is_err() {
+                    break;
+                }
+            }
+        });
+        Arc::new(tokio::sync::Mutex::new(rx))
+    });
     let mut send_tasks = Vec::new();
     for i in 0..a.in_flight * a.producers {
         let client = producers[i % producers.len()].clone();
         let queue = queues[i % queues.len()].clone();
-        let (shared, bar) = (shared.clone(), bar.clone());
+        let (shared, bar, slots) = (shared.clone(), bar.clone(), slots.clone());
         let (batch, size) = (a.batch as usize, a.size as usize);
-        // With --rate, request k is due at start + k × batch / rate.
-        let interval =
-            (a.rate > 0).then(|| Duration::from_secs_f64(f64::from(a.batch) / a.rate as f64));
         send_tasks.push(tokio::spawn(async move {
             let mut h = histogram()?;
             let mut body = vec![b'x'; size];
             loop {
-                match deadline {
-                    Some(d) if Instant::now() >= d => break,
-                    None if shared.next_request.fetch_add(1, Ordering::Relaxed) >= requests => {
-                        break
-                    }
-                    _ => {}
-                }
-                // Open loop: wait for this request's slot, and count its latency from
+                // Open loop: wait for the next request's slot, and count its latency from
                 // there, not from when a task got free to send it.
-                let t = match interval {
-                    Some(every) => {
-                        let k = shared.next_slot.fetch_add(1, Ordering::Relaxed);
-                        let due = shared.start + every.mul_f64(k as f64);
-                        if let Some(d) = deadline {
-                            if due >= d {
-                                break;
+                let t = match &slots {
+                    Some(slots) => match slots.lock().await.recv().await {
+                        Some(due) => due,
+                        None => break,
+                    },
+                    None => {
+                        match deadline {
+                            Some(d) if Instant::now() >= d => break,
+                            None if shared.next_request.fetch_add(1, Ordering::Relaxed)
+                                >= requests =>
+                            {
+                                break
                             }
+                            _ => {}
                         }
-                        tokio::time::sleep_until(due.into()).await;
-                        due
+                        Instant::now()
                     }
-                    None => Instant::now(),
                 };
                 // The send time, for end-to-end latency; the rest of the body is padding.
                 let sent_us = t.duration_since(shared.start).as_micros() as u64;
