@@ -58,11 +58,16 @@ async fn consume(c: Client, seen: Arc<Mutex<Seen>>, nack_every: usize) {
             // Let the other consumer race for the same groups meanwhile.
             tokio::time::sleep(Duration::from_millis(2)).await;
             if n % nack_every == 0 {
+                // Record before the nack, as before an ack: the entry that returns the
+                // message may also deliver it to the other consumer's waiting receive,
+                // whose answer can come before this one.
+                {
+                    let mut s = seen.lock().unwrap();
+                    s.out.remove(&group);
+                    s.nacked += 1;
+                }
                 let r = c.nack("orders.fifo", vec![(d.receipt, 0)]).await.unwrap();
                 assert_eq!(r, [Status::Ok]);
-                let mut s = seen.lock().unwrap();
-                s.out.remove(&group);
-                s.nacked += 1;
             } else {
                 // Record before the ack: once acked, the next of the group may be
                 // delivered to the other consumer at once.
