@@ -313,16 +313,32 @@ async fn a_node_that_missed_purged_entries_catches_up_from_a_streamed_snapshot()
         .await
         .unwrap();
 
-    // The log no longer holds the sends: node 2 can only catch up from the snapshot.
+    // More sends after the snapshot was built: the one sent is the state as it stands
+    // then, newer than the one built, and nothing may be applied twice from the log.
+    let built = last;
+    for i in 30..35 {
+        last = write(
+            &n1.raft,
+            Command::Send {
+                queue: "big".into(),
+                messages: (0..100)
+                    .map(|j| SendEntry::new(format!("{i}-{j}")))
+                    .collect(),
+            },
+        )
+        .await;
+    }
+
+    // The log no longer holds the first sends: node 2 can only catch up from a snapshot.
     n1.raft
         .add_learner(2, BasicNode::new(n2.addr.to_string()), true)
         .await
         .unwrap();
     applied(&n2, last).await;
-    assert_eq!(queue_state(&n2.db, "big"), (true, 3000));
+    assert_eq!(queue_state(&n2.db, "big"), (true, 3500));
     let m = n2.raft.metrics().borrow().clone();
     assert!(
-        m.snapshot.is_some_and(|s| s.index >= last),
+        m.snapshot.is_some_and(|s| s.index >= built),
         "node 2 installed a snapshot: {:?}",
         m.snapshot
     );
@@ -346,7 +362,7 @@ async fn a_node_that_missed_purged_entries_catches_up_from_a_streamed_snapshot()
     )
     .await;
     applied(&n2, idx).await;
-    assert_eq!(queue_state(&n2.db, "big"), (true, 3001));
+    assert_eq!(queue_state(&n2.db, "big"), (true, 3501));
     n1.raft.shutdown().await.unwrap();
     n2.raft.shutdown().await.unwrap();
 }

@@ -53,9 +53,10 @@ pub type Waker = Arc<dyn Fn(&Effects) + Send + Sync>;
 pub struct StateMachine {
     db: Arc<Database>,
     wake: Waker,
-    /// The last snapshot built or installed since the process started. openraft builds one
-    /// at start when the log was purged, so none needs to be stored.
-    current: Arc<Mutex<Option<Snapshot<TypeConfig>>>>,
+    /// Whether a snapshot was built or installed since the process started (openraft
+    /// builds one at start when the log was purged, so none needs to be stored). The
+    /// current snapshot is then the state as it stands (see `get_current_snapshot`).
+    has_snapshot: Arc<std::sync::atomic::AtomicBool>,
     /// When a commit was last fsynced.
     last_durable: Arc<Mutex<std::time::Instant>>,
     /// Where each transaction's duration is recorded, if anywhere.
@@ -98,7 +99,7 @@ impl StateMachine {
         Ok(StateMachine {
             db: Arc::new(db),
             wake,
-            current: Arc::default(),
+            has_snapshot: Arc::default(),
             last_durable: Arc::new(Mutex::new(std::time::Instant::now())),
             apply_times: None,
             applied: None,
@@ -219,7 +220,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError> {
         let db = self.db.clone();
         let meta = meta.clone();
-        let installed = blocking(move || {
+        blocking(move || {
             let mut txn = db.begin_write().map_err(snap_err)?;
             txn.set_durability(Durability::Immediate)
                 .map_err(snap_err)?;
@@ -234,17 +235,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 m.insert("membership", membership.as_slice())
                     .map_err(snap_err)?;
             }
-            txn.commit().map_err(snap_err)?;
-            // Applies are serialized with this call, so the state read now is exactly the
-            // installed one: it becomes the current snapshot.
-            let pinned = db.begin_read().map_err(snap_err)?;
-            Ok(Snapshot {
-                meta,
-                snapshot: Box::new(SnapshotData::Pinned(Arc::new(pinned))),
-            })
+            txn.commit().map_err(snap_err)
         })
         .await?;
-        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(installed);
+        self.has_snapshot
+            .store(true, std::sync::atomic::Ordering::Release);
         (self.wake)(&Effects {
             users: true,
             catalog: true,
@@ -253,12 +248,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
+    /// The state as it stands, as of the last entry applied: openraft calls this to send a
+    /// follower a snapshot, on the same task as the applies. It is at or after the last one
+    /// built (never before: what was built is durable), and pins the pages it reads only
+    /// while it is sent.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        Ok(self
-            .current
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone())
+        if !self.has_snapshot.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(None);
+        }
+        let db = self.db.clone();
+        Ok(Some(blocking(move || Self::snapshot_now(&db)).await?))
     }
 }
 
@@ -342,35 +341,43 @@ fn apply_batch(
     Ok(Ok((replies, fx)))
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+impl StateMachine {
     /// O(1): a read transaction pins the state as of the last applied entry; the tables are
-    /// read only when the snapshot is sent.
+    /// read only when the snapshot is sent, and the pages are freed once it is dropped.
+    fn snapshot_now(db: &Database) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let txn = db.begin_read().map_err(snap_err)?;
+        let applied: Option<LogId<NodeId>> = Self::meta(&txn, "applied")?;
+        let membership: Membership = Self::meta(&txn, "membership")?;
+        let id = match applied {
+            Some(l) => format!("{}-{}", l.leader_id, l.index),
+            None => "empty".to_string(),
+        };
+        Ok(Snapshot {
+            meta: Meta {
+                last_log_id: applied,
+                last_membership: membership,
+                snapshot_id: id,
+            },
+            snapshot: Box::new(SnapshotData::Pinned(Arc::new(txn))),
+        })
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    /// Makes the state durable (openraft may purge the log up to the snapshot once it is
+    /// built, and those entries can then no longer be replayed) and returns it. Nothing
+    /// keeps it: a snapshot held from one build to the next pinned every page freed in
+    /// between, and the first durable commit after the next build freed them all at once
+    /// (10–15 ms during which the shard applied nothing).
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let db = self.db.clone();
         let snap = blocking(move || {
-            // openraft may purge the log up to this snapshot once it is built: the state it
-            // covers must be on disk first, since those entries can no longer be replayed.
             flush(&db).map_err(snap_err)?;
-            let txn = db.begin_read().map_err(snap_err)?;
-            let applied: Option<LogId<NodeId>> = Self::meta(&txn, "applied")?;
-            let membership: Membership = Self::meta(&txn, "membership")?;
-            let id = match applied {
-                Some(l) => format!("{}-{}", l.leader_id, l.index),
-                None => "empty".to_string(),
-            };
-            Ok(Snapshot {
-                meta: Meta {
-                    last_log_id: applied,
-                    last_membership: membership,
-                    snapshot_id: id,
-                },
-                snapshot: Box::new(SnapshotData::Pinned(Arc::new(txn))),
-            })
+            Self::snapshot_now(&db)
         })
         .await?;
-        // Replacing the previous snapshot releases its read transaction, so redb can reuse
-        // the pages it pinned.
-        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(snap.clone());
+        self.has_snapshot
+            .store(true, std::sync::atomic::Ordering::Release);
         Ok(snap)
     }
 }
