@@ -372,8 +372,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let db = self.db.clone();
         let snap = blocking(move || {
+            // The state first, then the flush: this runs beside the applies, and a commit
+            // landing between the two must not give the snapshot an id that is not durable.
+            let snap = Self::snapshot_now(&db)?;
             flush(&db).map_err(snap_err)?;
-            Self::snapshot_now(&db)
+            Ok(snap)
         })
         .await?;
         self.has_snapshot
