@@ -843,6 +843,16 @@ mod tests {
         );
     }
 
+    /// A receive of up to `max` from `queue`, waiting up to `wait_ms`.
+    fn receive(queue: &str, max: u32, wait_ms: u64) -> Request {
+        Request::Receive {
+            queue: queue.into(),
+            max,
+            visibility_ms: None,
+            wait_ms: Some(wait_ms),
+        }
+    }
+
     #[tokio::test]
     async fn a_waiting_receive_is_delivered_by_the_entry_that_stores_the_message() {
         let dir = tempfile::tempdir().unwrap();
@@ -859,15 +869,7 @@ mod tests {
         };
         fe.handle(&s, create).await.unwrap();
         let entries = || -> u64 { fe.node.report().groups.iter().map(|g| g.last_log).sum() };
-        let wait = fe.handle(
-            &s,
-            Request::Receive {
-                queue: "lp".into(),
-                max: 10,
-                visibility_ms: None,
-                wait_ms: Some(10_000),
-            },
-        );
+        let wait = fe.handle(&s, receive("lp", 10, 10_000));
         let send = async {
             tokio::time::sleep(Duration::from_millis(150)).await;
             let before = entries();
@@ -899,17 +901,7 @@ mod tests {
         .await
         .unwrap();
         for i in 0..50 {
-            let r = fe
-                .handle(
-                    &s,
-                    Request::Receive {
-                        queue: format!("nope{i}"),
-                        max: 1,
-                        visibility_ms: None,
-                        wait_ms: Some(0),
-                    },
-                )
-                .await;
+            let r = fe.handle(&s, receive(&format!("nope{i}"), 1, 0)).await;
             assert_eq!(r.unwrap_err().0, Status::QueueNotFound);
         }
         assert_eq!(fe.node.waiting_queues(), 0);
@@ -923,15 +915,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let wait = fe.handle(
-            &s,
-            Request::Receive {
-                queue: "empty".into(),
-                max: 1,
-                visibility_ms: None,
-                wait_ms: Some(400),
-            },
-        );
+        let wait = fe.handle(&s, receive("empty", 1, 400));
         let probe = async {
             tokio::time::sleep(Duration::from_millis(150)).await;
             fe.node.waiting_queues()

@@ -139,6 +139,23 @@ async fn write(raft: &Raft<TypeConfig>, cmd: Command) -> u64 {
     r.log_id.index
 }
 
+/// Sends 100 messages to queue `big` per value of `rounds`, each hundred one entry, the
+/// bodies padded with `pad` bytes; the index of the last entry.
+async fn send_hundreds(raft: &Raft<TypeConfig>, rounds: std::ops::Range<u32>, pad: usize) -> u64 {
+    let mut last = 0;
+    for i in rounds {
+        let messages = (0..100)
+            .map(|j| SendEntry::new(format!("{i}-{j}-{}", "x".repeat(pad))))
+            .collect();
+        let send = Command::Send {
+            queue: "big".into(),
+            messages,
+        };
+        last = write(raft, send).await;
+    }
+    last
+}
+
 async fn applied(n: &TestNode, index: u64) {
     n.raft
         .wait(Some(Duration::from_secs(20)))
@@ -284,19 +301,7 @@ async fn a_node_that_missed_purged_entries_catches_up_from_a_streamed_snapshot()
     )
     .await;
     // Enough state for several 1 MiB chunks: 3,000 messages of 1 KiB.
-    let mut last = 0;
-    for i in 0..30 {
-        last = write(
-            &n1.raft,
-            Command::Send {
-                queue: "big".into(),
-                messages: (0..100)
-                    .map(|j| SendEntry::new(format!("{i}-{j}-{}", "x".repeat(1024))))
-                    .collect(),
-            },
-        )
-        .await;
-    }
+    let mut last = send_hundreds(&n1.raft, 0..30, 1024).await;
     n1.raft.trigger().snapshot().await.unwrap();
     n1.raft
         .wait(Some(Duration::from_secs(10)))
@@ -316,18 +321,7 @@ async fn a_node_that_missed_purged_entries_catches_up_from_a_streamed_snapshot()
     // More sends after the snapshot was built: the one sent is the state as it stands
     // then, newer than the one built, and nothing may be applied twice from the log.
     let built = last;
-    for i in 30..35 {
-        last = write(
-            &n1.raft,
-            Command::Send {
-                queue: "big".into(),
-                messages: (0..100)
-                    .map(|j| SendEntry::new(format!("{i}-{j}")))
-                    .collect(),
-            },
-        )
-        .await;
-    }
+    last = send_hundreds(&n1.raft, 30..35, 0).await;
 
     // The log no longer holds the first sends: node 2 can only catch up from a snapshot.
     n1.raft

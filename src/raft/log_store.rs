@@ -1337,6 +1337,16 @@ mod tests {
         entries.iter().map(|e| e.log_id.index).collect()
     }
 
+    /// A log at `path` with tiny segments (each run of ten entries starts a new one),
+    /// holding entries 1 to `runs` × 10, read from the files.
+    async fn tens(path: &Path, runs: u64) -> LogStore {
+        let mut store = on_disk(LogStore::open_with(path, 64).unwrap());
+        for k in 0..runs {
+            append(&mut store, k * 10 + 1..=k * 10 + 10).await;
+        }
+        store
+    }
+
     fn segments(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
@@ -1352,11 +1362,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("shard-0000.log");
         rt().block_on(async {
-            // Tiny segments: each append of ten entries starts a new one.
-            let mut store = on_disk(LogStore::open_with(&path, 64).unwrap());
-            for k in 0..5 {
-                append(&mut store, k * 10 + 1..=k * 10 + 10).await;
-            }
+            let mut store = tens(&path, 5).await;
             assert_eq!(segments(&path).len(), 5);
             assert_eq!(indices(&mut store).await, (1..=50).collect::<Vec<_>>());
 
@@ -1389,10 +1395,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
         rt().block_on(async {
-            let mut store = on_disk(LogStore::open_with(&path, 64).unwrap());
-            for k in 0..3 {
-                append(&mut store, k * 10 + 1..=k * 10 + 10).await;
-            }
+            let mut store = tens(&path, 3).await;
             // Hold the purge thread at its first step (recording the purge in `meta`).
             let meta = store.meta.clone();
             let held = lock(&meta.file);
@@ -1431,10 +1434,7 @@ mod tests {
         let path = dir.path().join("log");
         let size = |name: String| std::fs::metadata(path.join(name)).unwrap().len();
         rt().block_on(async {
-            let mut store = on_disk(LogStore::open_with(&path, 64).unwrap());
-            for k in 0..3 {
-                append(&mut store, k * 10 + 1..=k * 10 + 10).await;
-            }
+            let mut store = tens(&path, 3).await;
             let old_len = size(format!("{:020}.seg", 1));
             store.purge(id(10)).await.unwrap();
             store.writer.drain().await.unwrap();
@@ -1600,10 +1600,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
         rt().block_on(async {
-            let mut store = on_disk(LogStore::open_with(&path, 64).unwrap());
-            for k in 0..3 {
-                append(&mut store, k * 10 + 1..=k * 10 + 10).await;
-            }
+            let mut store = tens(&path, 3).await;
             // Into the middle of the second segment: the third goes, the second is cut.
             store.truncate(id(15)).await.unwrap();
             assert_eq!(segments(&path).len(), 2);

@@ -96,6 +96,10 @@ pub enum ProposeError {
 
 type Reply = Result<Outcome, ProposeError>;
 
+fn stopped() -> ProposeError {
+    ProposeError::Raft("the proposer has stopped".into())
+}
+
 struct Job {
     cmd: Command,
     reply: oneshot::Sender<Reply>,
@@ -192,9 +196,7 @@ impl Ride {
     /// Waits until a proposal took the receive and it was applied; then its outcome. Call
     /// at most once to completion.
     pub async fn answered(&mut self) -> Reply {
-        let r = (&mut self.rx)
-            .await
-            .unwrap_or_else(|_| Err(ProposeError::Raft("the proposer has stopped".into())));
+        let r = (&mut self.rx).await.unwrap_or_else(|_| Err(stopped()));
         self.done = true;
         r
     }
@@ -280,9 +282,8 @@ impl Proposer {
         self.tx
             .send(Job { cmd, reply })
             .await
-            .map_err(|_| ProposeError::Raft("the proposer has stopped".into()))?;
-        rx.await
-            .map_err(|_| ProposeError::Raft("the proposer has stopped".into()))?
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
     }
 }
 
