@@ -111,31 +111,36 @@ pub async fn run(mut config: ClientConfig, out: Output, a: BenchArgs) -> anyhow:
     // With --rate, request k is due at start + k × batch / rate. A thread of its own hands
     // out the due times as they come: tokio's timers tick by the millisecond, which would
     // release the sends in bursts and add up to a millisecond to every measured latency.
-    let slots = (a.rate > 0).then(|| {
-        let every = Duration::from_secs_f64(f64::from(a.batch) / a.rate as f64);
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
-        let start = shared.start;
-        let count = if deadline.is_some() {
-            u64::MAX
-        } else {
-            requests
-        };
-        std::thread::spawn(move || {
-            for k in 0..count {
-                let due = start + every.mul_f64(k as f64);
-                if deadline.is_some_and(|d| due >= d) {
-                    break;
-                }
-                if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
-                if tx.send(due).is_err() {
-                    break;
-                }
-            }
-        });
-        Arc::new(tokio::sync::Mutex::new(rx))
-    });
+    let slots = (a.rate > 0)
+        .then(|| -> anyhow::Result<_> {
+            let every = Duration::from_secs_f64(f64::from(a.batch) / a.rate as f64);
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+            let start = shared.start;
+            let count = if deadline.is_some() {
+                u64::MAX
+            } else {
+                requests
+            };
+            std::thread::Builder::new()
+                .name("bench-pacer".into())
+                .spawn(move || {
+                    for k in 0..count {
+                        let due = start + every.mul_f64(k as f64);
+                        if deadline.is_some_and(|d| due >= d) {
+                            break;
+                        }
+                        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                        if tx.send(due).is_err() {
+                            break;
+                        }
+                    }
+                })
+                .context("starting the thread that paces --rate sends")?;
+            Ok(Arc::new(tokio::sync::Mutex::new(rx)))
+        })
+        .transpose()?;
     let mut send_tasks = Vec::new();
     for i in 0..a.in_flight * a.producers {
         let client = producers[i % producers.len()].clone();
