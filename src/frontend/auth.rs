@@ -5,7 +5,8 @@
 //! (`Node::users_version`), so a deleted user or a rotated token stops working on a node as
 //! soon as the change reaches it. A token this replica does not know is looked up once more
 //! on the control group's leader, since a user created a moment ago through another node
-//! may not have arrived yet.
+//! may not have arrived yet; a refused request is decided once more on that leader's
+//! users, since a grant made a moment ago through another node may not have either.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -109,6 +110,12 @@ impl AuthCache {
             }));
         }
         // This replica may be behind the control group: ask its leader.
+        self.committed(token_sha256).await
+    }
+
+    /// The user whose token has this hash, as the control group's leader has it: what a
+    /// request sees once every committed change to the users has reached this node.
+    async fn committed(&self, token_sha256: &[u8; 32]) -> Result<Arc<UserInfo>, Failure> {
         self.node
             .users_committed()
             .await?
@@ -116,6 +123,31 @@ impl AuthCache {
             .find(|(_, rec)| rec.token_sha256 == *token_sha256)
             .map(|(name, rec)| Arc::new(rec.info(&name)))
             .ok_or_else(unauthenticated)
+    }
+
+    /// Decides whether `user`, authenticated by this token hash, may make `req`, and
+    /// returns the user the decision was made for.
+    ///
+    /// A refusal is confirmed against the control group's leader before it stands: a grant
+    /// committed through another node a moment ago may not have reached this replica, and
+    /// a user who was just granted a right must be able to use it at once. A revocation,
+    /// like a deleted user or a rotated token, takes effect on this node when it arrives
+    /// (milliseconds on a healthy cluster).
+    pub async fn authorize(
+        &self,
+        user: Arc<UserInfo>,
+        token_sha256: &[u8; 32],
+        req: &Request,
+    ) -> (Arc<UserInfo>, Result<(), Failure>) {
+        let refused = match authorize(&user, req) {
+            Ok(()) => return (user, Ok(())),
+            Err(e) if e.0 != Status::Forbidden => return (user, Err(e)),
+            Err(e) => e,
+        };
+        match self.committed(token_sha256).await {
+            Ok(fresh) if authorize(&fresh, req).is_ok() => (fresh, Ok(())),
+            _ => (user, Err(refused)),
+        }
     }
 
     /// The token hash of user `name`, looked up like [`AuthCache::authenticate`] looks up

@@ -158,7 +158,7 @@ impl Frontend {
                 "the node is shutting down; retry on another node or later".into(),
             ));
         }
-        let user = match &req {
+        let (user, token_sha256) = match &req {
             Request::Ping => return Ok(Response::Empty),
             Request::Hello { token, client } => {
                 let hash = crate::server::tls::sha256(token.trim().as_bytes());
@@ -187,16 +187,15 @@ impl Frontend {
                         "send HELLO with a valid token before other requests".into(),
                     ));
                 };
-                self.auth.authenticate(&hash).await?
+                (self.auth.authenticate(&hash).await?, hash)
             }
         };
         let audit = audit::of(&req);
         let op = req.opcode();
         let (queue, sent) = usage::before(&req);
         let started = std::time::Instant::now();
-        let result = match auth::authorize(&user, &req)
-            .and_then(|()| self.limiter.take(&user, quota::cost(&req)))
-        {
+        let (user, verdict) = self.auth.authorize(user, &token_sha256, &req).await;
+        let result = match verdict.and_then(|()| self.limiter.take(&user, quota::cost(&req))) {
             Ok(()) => self.dispatch(&user, req).await,
             Err(e) => Err(e),
         };
