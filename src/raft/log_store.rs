@@ -824,16 +824,20 @@ impl Direct {
     /// Lays out `head` (the start of a block already on disk) then `data` in whole,
     /// aligned, zero-padded blocks.
     fn blocks(&mut self, head: &[u8], data: &[u8]) -> io::Result<&[u8]> {
-        let len = (head.len() + data.len()).div_ceil(BLOCK) * BLOCK;
-        self.out.clear();
-        self.out.resize(len + BLOCK, 0);
+        let used = head.len() + data.len();
+        let len = used.div_ceil(BLOCK) * BLOCK;
+        // Grown only, never cleared: every byte of the blocks is written below.
+        if self.out.len() < len + BLOCK {
+            self.out.resize(len + BLOCK, 0);
+        }
         let skip = self.out.as_ptr().align_offset(BLOCK);
         if skip >= BLOCK {
             return Err(io::Error::other("no aligned place in the write buffer"));
         }
         let out = &mut self.out[skip..skip + len];
         out[..head.len()].copy_from_slice(head);
-        out[head.len()..head.len() + data.len()].copy_from_slice(data);
+        out[head.len()..used].copy_from_slice(data);
+        out[used..].fill(0);
         Ok(out)
     }
 
@@ -870,6 +874,10 @@ impl Direct {
         file.sync_data()?;
         self.file = Some((seg.clone(), file));
         self.tail = Some((seg.clone(), tail_at, tail));
+        // Like the encoding buffer, a run of large proposals does not leave its size behind.
+        if self.out.capacity() > KEEP_BUFFER {
+            self.out = Vec::new();
+        }
         Ok(())
     }
 }
@@ -1732,15 +1740,18 @@ mod tests {
             return;
         };
         let path = dir.path().join("seg");
-        let seg = Arc::new(
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)
-                .unwrap(),
-        );
+        let empty_file = || {
+            Arc::new(
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&path)
+                    .unwrap(),
+            )
+        };
+        let seg = empty_file();
         // Writes that start and end inside blocks, across blocks, and on their edges.
         let mut want = Vec::new();
         for (i, n) in [10usize, 4086, 1, 9000, 3, 4096, 700]
@@ -1756,6 +1767,12 @@ mod tests {
             // Zeros pad the last block.
             let file_len = std::fs::metadata(&path).unwrap().len();
             assert_eq!(file_len, want.len().div_ceil(BLOCK) as u64 * BLOCK as u64);
+            let mut pad = vec![1; file_len as usize - want.len()];
+            seg.read_exact_at(&mut pad, want.len() as u64).unwrap();
+            assert!(
+                pad.iter().all(|&b| b == 0),
+                "after write {i}: the padding is not zeros"
+            );
         }
         // Cut back (a truncation) into an earlier block: the next write takes that block's
         // head from the file, not from what it remembers.
@@ -1768,15 +1785,7 @@ mod tests {
         assert_eq!(got, want);
         // A new file under the same name gets a new direct handle.
         std::fs::remove_file(&path).unwrap();
-        let seg2 = Arc::new(
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)
-                .unwrap(),
-        );
+        let seg2 = empty_file();
         d.write(&seg2, &path, 0, b"new").unwrap();
         let mut got = vec![0; 3];
         seg2.read_exact_at(&mut got, 0).unwrap();
