@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mqd::protocol::{decode_header, QueuePatch, Receipt, Request, SendEntry, HEADER_LEN};
+use mqd::store::bodies::Bodies;
 use mqd::store::machine::{apply, Command, Effects, Outcome, Tables};
 use redb::{Database, Durability};
 
@@ -77,18 +78,21 @@ fn codec(quick: bool) {
 }
 
 /// One transaction applying `cmds`, as the state machine does for one batch of entries.
-fn apply_all(db: &Database, cmds: &[Command]) -> Vec<Outcome> {
+fn apply_all((db, bodies): &(Database, Bodies), cmds: &[Command]) -> Vec<Outcome> {
     let mut txn = db.begin_write().expect("begin");
     txn.set_durability(Durability::None).expect("durability");
     let mut out = Vec::with_capacity(cmds.len());
-    {
-        let mut t = Tables::open(&txn).expect("tables");
+    let fin = {
+        let mut t = Tables::open(&txn, bodies).expect("tables");
         let mut fx = Effects::default();
         for c in cmds {
             out.push(apply(&mut t, NOW_MS, c, &mut fx).expect("apply"));
         }
-    }
+        t.finish().expect("finish")
+    };
+    bodies.flush().expect("bodies");
     txn.commit().expect("commit");
+    fin.committed(bodies, false);
     out
 }
 
@@ -98,6 +102,9 @@ fn state_machine(quick: bool) {
         .set_cache_size(64 << 20)
         .create(dir.path().join("bench.redb"))
         .expect("database");
+    let bodies = Bodies::open(&dir.path().join("bench.bodies"), 0, 0, &Default::default())
+        .expect("body files");
+    let db = (db, bodies);
     apply_all(
         &db,
         &[Command::CreateQueue {

@@ -299,6 +299,8 @@ struct Local {
     raft: Raft<TypeConfig>,
     proposer: Proposer,
     db: Arc<Database>,
+    /// The group's message bodies.
+    bodies: Arc<crate::store::bodies::Bodies>,
     /// The committed index, as the group's log store last heard it.
     committed: Arc<AtomicU64>,
 }
@@ -578,6 +580,7 @@ impl Node {
             .timed(inner.storage_metrics.apply.get_or_create(&label).clone())
             .reports_applied(applied);
         let db = sm.database();
+        let bodies = sm.bodies();
         let raft = Raft::new(
             inner.layout.node_id,
             inner.raft_config.clone(),
@@ -595,6 +598,7 @@ impl Node {
             raft,
             proposer,
             db,
+            bodies,
             committed,
         })
     }
@@ -637,6 +641,10 @@ impl Node {
         let log = self.inner.dir.join(format!("{stem}.log"));
         if let Err(e) = std::fs::remove_dir_all(&log) {
             tracing::warn!(dir = %log.display(), error = %e, "replica log not removed");
+        }
+        let bodies = crate::store::bodies::Bodies::dir_for(&sm);
+        if let Err(e) = std::fs::remove_dir_all(&bodies) {
+            tracing::warn!(dir = %bodies.display(), error = %e, "replica body files not removed");
         }
         tracing::info!(group, "replica removed from this node");
     }
@@ -747,8 +755,11 @@ impl Node {
             }
             // State-machine commits are fsynced at most once a second; a clean stop
             // leaves nothing to replay at the next start.
-            let db = l.db.clone();
-            match tokio::task::spawn_blocking(move || crate::raft::state_machine::flush(&db)).await
+            let (db, bodies) = (l.db.clone(), l.bodies.clone());
+            match tokio::task::spawn_blocking(move || {
+                crate::raft::state_machine::flush(&db, &bodies)
+            })
+            .await
             {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::warn!(group, error = %e, "state machine not flushed"),
@@ -1362,6 +1373,7 @@ impl Node {
                     return Ok(Answer::Membership(self.membership_view(l)));
                 }
                 let db = l.db.clone();
+                let bodies = l.bodies.clone();
                 let now = store::now_ms();
                 read(db, move |txn| {
                     Ok(match read_op {
@@ -1376,7 +1388,9 @@ impl Node {
                         Read::Describe { name } => {
                             Answer::Describe(store::describe(txn, name, now)?)
                         }
-                        Read::Peek { name, max } => Answer::Peek(store::peek(txn, name, max, now)?),
+                        Read::Peek { name, max } => {
+                            Answer::Peek(store::peek(txn, &bodies, name, max, now)?)
+                        }
                         Read::Placement { name } => {
                             Answer::Placement(store::placement(txn, &name)?)
                         }

@@ -11,6 +11,7 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::store::bodies::BodyPin;
 use crate::store::snapshot::{for_each_chunk, Chunk};
 use crate::store::StoreError;
 
@@ -22,8 +23,9 @@ pub const MAX_CHUNK_BYTES: usize = 64 * 1024 * 1024;
 /// The data of a snapshot.
 #[derive(Clone)]
 pub enum SnapshotData {
-    /// This node's state as of a read transaction, pinned while the snapshot lives.
-    Pinned(Arc<redb::ReadTransaction>),
+    /// This node's state as of a read transaction, pinned while the snapshot lives, with
+    /// the body files it refers to.
+    Pinned(Arc<(redb::ReadTransaction, BodyPin)>),
     /// Chunks received from a leader, spooled to a file that is removed when dropped.
     Spooled(Arc<Spool>),
     /// Chunks in memory: the empty snapshot openraft asks for before a chunked transfer,
@@ -159,7 +161,7 @@ pub fn each_chunk(
     mut f: impl FnMut(Chunk) -> Result<(), SnapshotError>,
 ) -> Result<(), SnapshotError> {
     match data {
-        SnapshotData::Pinned(txn) => for_each_chunk(txn, CHUNK_BYTES, f),
+        SnapshotData::Pinned(p) => for_each_chunk(&p.0, &p.1, CHUNK_BYTES, f),
         SnapshotData::Chunks(chunks) => chunks.iter().cloned().try_for_each(f),
         SnapshotData::Spooled(spool) => {
             let io = |source| SnapshotError::Io {

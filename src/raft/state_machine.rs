@@ -17,13 +17,15 @@ use openraft::{
     StorageIOError, StoredMembership,
 };
 use prometheus_client::metrics::histogram::Histogram;
-use redb::{Database, Durability, ReadableDatabase, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::log_store::AppliedIndex;
 use super::snapshot::{each_chunk, SnapshotData};
 use super::{blocking, NodeId, Rejection, Reply, StorageError, TypeConfig};
 use crate::protocol::Status;
+use crate::store::bodies::Bodies;
 use crate::store::machine::{apply, Effects, Tables};
+use crate::store::schema::{BODY_FILES, BODY_META};
 use crate::store::{snapshot as store_snapshot, ApplyError, StoreError};
 
 /// `applied` → postcard(Option<LogId>), `membership` → postcard(StoredMembership).
@@ -52,6 +54,8 @@ pub type Waker = Arc<dyn Fn(&Effects) + Send + Sync>;
 #[derive(Clone)]
 pub struct StateMachine {
     db: Arc<Database>,
+    /// The shard's body files.
+    bodies: Arc<Bodies>,
     wake: Waker,
     /// Whether a snapshot was built or installed since the process started (openraft
     /// builds one at start when the log was purged, so none needs to be stored). The
@@ -66,11 +70,17 @@ pub struct StateMachine {
 }
 
 /// Makes every commit so far durable: an empty commit with [`Durability::Immediate`]
-/// persists the non-durable ones before it.
-pub fn flush(db: &Database) -> Result<(), redb::Error> {
+/// persists the non-durable ones before it, once the body files they refer to are synced.
+/// The sync happens inside the write transaction, so no commit can slip in between.
+pub fn flush(db: &Database, bodies: &Bodies) -> Result<(), StoreError> {
     let mut txn = db.begin_write()?;
-    txn.set_durability(Durability::Immediate)?;
+    bodies
+        .sync()
+        .map_err(|e| StoreError::Bodies(format!("syncing the active file: {e}")))?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(|e| StoreError::Db(e.into()))?;
     txn.commit()?;
+    bodies.durable();
     Ok(())
 }
 
@@ -95,8 +105,28 @@ impl StateMachine {
         crate::store::prepare(&txn, path).map_err(sm_write)?;
         txn.open_table(SM_META).map_err(sm_write)?;
         txn.delete_table(OLD_SNAPSHOTS).map_err(sm_write)?;
+        let (active, end, live) = {
+            let meta = txn.open_table(BODY_META).map_err(sm_write)?;
+            let get = |k| -> Result<u64, StorageError> {
+                Ok(meta.get(k).map_err(sm_read)?.map_or(0, |v| v.value()))
+            };
+            let (active, end) = (get("active")?, get("end")?);
+            let mut live = std::collections::BTreeSet::new();
+            for e in txn
+                .open_table(BODY_FILES)
+                .map_err(sm_read)?
+                .iter()
+                .map_err(sm_read)?
+            {
+                live.insert(e.map_err(sm_read)?.0.value());
+            }
+            (active, end, live)
+        };
         txn.commit().map_err(sm_write)?;
+        let dir = Bodies::dir_for(path);
+        let bodies = Bodies::open(&dir, active, end, &live).map_err(sm_write)?;
         Ok(StateMachine {
+            bodies: Arc::new(bodies),
             db: Arc::new(db),
             wake,
             has_snapshot: Arc::default(),
@@ -121,6 +151,11 @@ impl StateMachine {
     /// The shard database, for snapshot reads (list, describe, peek).
     pub fn database(&self) -> Arc<Database> {
         self.db.clone()
+    }
+
+    /// The shard's body files, for reads of message bodies (peek).
+    pub fn bodies(&self) -> Arc<Bodies> {
+        self.bodies.clone()
     }
 
     fn meta<T: serde::de::DeserializeOwned + Default>(
@@ -157,6 +192,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         let db = self.db.clone();
+        let bodies = self.bodies.clone();
         let durable = {
             let mut last = self.last_durable.lock().unwrap_or_else(|e| e.into_inner());
             if last.elapsed() >= DURABLE_EVERY {
@@ -176,7 +212,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // in a fresh transaction, so it cannot leave half its writes behind.
             let mut skip = HashSet::new();
             loop {
-                match apply_batch(&db, &entries, &skip, durable)? {
+                match apply_batch(&db, &bodies, &entries, &skip, durable)? {
                     Ok((mut replies, fx)) => {
                         if let Some(h) = &times {
                             h.observe(started.elapsed().as_secs_f64());
@@ -219,14 +255,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError> {
         let db = self.db.clone();
+        let bodies = self.bodies.clone();
         let meta = meta.clone();
         blocking(move || {
             let mut txn = db.begin_write().map_err(snap_err)?;
             txn.set_durability(Durability::Immediate)
                 .map_err(snap_err)?;
             store_snapshot::clear(&txn).map_err(snap_err)?;
-            each_chunk(&snapshot, |c| Ok(store_snapshot::load_chunk(&txn, &c)?))
-                .map_err(snap_err)?;
+            // The snapshot's bodies go to new files; every file before them is let go
+            // once the new state is durable.
+            bodies.set_compaction(None);
+            bodies.roll().map_err(snap_err)?;
+            let old = bodies.all_but_active();
+            let mut load = store_snapshot::Loader::new(&bodies);
+            each_chunk(&snapshot, |c| Ok(load.chunk(&txn, &c)?)).map_err(snap_err)?;
+            load.finish(&txn).map_err(snap_err)?;
+            bodies.sync().map_err(snap_err)?;
             {
                 let mut m = txn.open_table(SM_META).map_err(snap_err)?;
                 let applied = postcard::to_allocvec(&meta.last_log_id).map_err(snap_err)?;
@@ -235,7 +279,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 m.insert("membership", membership.as_slice())
                     .map_err(snap_err)?;
             }
-            txn.commit().map_err(snap_err)
+            txn.commit().map_err(snap_err)?;
+            bodies.retire(old);
+            bodies.durable();
+            Ok(())
         })
         .await?;
         self.has_snapshot
@@ -256,8 +303,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if !self.has_snapshot.load(std::sync::atomic::Ordering::Acquire) {
             return Ok(None);
         }
-        let db = self.db.clone();
-        Ok(Some(blocking(move || Self::snapshot_now(&db)).await?))
+        let (db, bodies) = (self.db.clone(), self.bodies.clone());
+        Ok(Some(
+            blocking(move || Self::snapshot_now(&db, &bodies)).await?,
+        ))
     }
 }
 
@@ -279,6 +328,7 @@ fn answer(entries: &[Entry<TypeConfig>], replies: &mut [Reply]) {
 #[allow(clippy::type_complexity)]
 fn apply_batch(
     db: &Database,
+    bodies: &Bodies,
     entries: &[Entry<TypeConfig>],
     skip: &HashSet<(usize, usize)>,
     durable: bool,
@@ -294,8 +344,9 @@ fn apply_batch(
     let mut replies = Vec::with_capacity(entries.len());
     let mut applied = None;
     let mut membership = None;
+    let finished;
     {
-        let mut tables = Tables::open(&txn).map_err(sm_write)?;
+        let mut tables = Tables::open(&txn, bodies).map_err(sm_write)?;
         for (ei, e) in entries.iter().enumerate() {
             applied = Some(e.log_id);
             let reply = match &e.payload {
@@ -328,6 +379,8 @@ fn apply_batch(
             };
             replies.push(reply);
         }
+        finished = tables.finish().map_err(sm_write)?;
+        drop(tables);
         let mut meta = txn.open_table(SM_META).map_err(sm_write)?;
         let bytes = postcard::to_allocvec(&applied).map_err(sm_write)?;
         meta.insert("applied", bytes.as_slice()).map_err(sm_write)?;
@@ -337,15 +390,25 @@ fn apply_batch(
                 .map_err(sm_write)?;
         }
     }
+    // The bodies first: readers of the committed state read them from the file, and a
+    // durable commit must find them on disk.
+    let synced = if durable {
+        bodies.sync()
+    } else {
+        bodies.flush()
+    };
+    synced.map_err(sm_write)?;
     txn.commit().map_err(sm_write)?;
+    finished.committed(bodies, durable);
     Ok(Ok((replies, fx)))
 }
 
 impl StateMachine {
     /// O(1): a read transaction pins the state as of the last applied entry; the tables are
     /// read only when the snapshot is sent, and the pages are freed once it is dropped.
-    fn snapshot_now(db: &Database) -> Result<Snapshot<TypeConfig>, StorageError> {
+    fn snapshot_now(db: &Database, bodies: &Bodies) -> Result<Snapshot<TypeConfig>, StorageError> {
         let txn = db.begin_read().map_err(snap_err)?;
+        let pin = bodies.pin();
         let applied: Option<LogId<NodeId>> = Self::meta(&txn, "applied")?;
         let membership: Membership = Self::meta(&txn, "membership")?;
         let id = match applied {
@@ -358,7 +421,7 @@ impl StateMachine {
                 last_membership: membership,
                 snapshot_id: id,
             },
-            snapshot: Box::new(SnapshotData::Pinned(Arc::new(txn))),
+            snapshot: Box::new(SnapshotData::Pinned(Arc::new((txn, pin)))),
         })
     }
 }
@@ -370,12 +433,12 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     /// between, and the first durable commit after the next build freed them all at once
     /// (10–15 ms during which the shard applied nothing).
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let db = self.db.clone();
+        let (db, bodies) = (self.db.clone(), self.bodies.clone());
         let snap = blocking(move || {
             // The state first, then the flush: this runs beside the applies, and a commit
             // landing between the two must not give the snapshot an id that is not durable.
-            let snap = Self::snapshot_now(&db)?;
-            flush(&db).map_err(snap_err)?;
+            let snap = Self::snapshot_now(&db, &bodies)?;
+            flush(&db, &bodies).map_err(snap_err)?;
             Ok(snap)
         })
         .await?;

@@ -9,12 +9,13 @@
 //! A command is either rejected before it writes anything ([`ApplyError::Rejected`]) or
 //! applied whole. A storage error aborts the whole transaction it ran in.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use bytes::Bytes;
 use redb::{ReadableTable, Table, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+use super::bodies::{self, Bodies, BodyRef, Compaction};
 use super::schema::*;
 use super::{rows, StoreError};
 use crate::protocol::{
@@ -246,17 +247,88 @@ pub struct Tables<'txn> {
     fifo: Table<'txn, (u64, &'static str, u64), u8>,
     audit: Table<'txn, u64, &'static [u8]>,
     tags: Table<'txn, (u64, &'static str), &'static str>,
+    refs: Table<'txn, (u64, u64), (u64, u64, u32)>,
+    files: Table<'txn, u64, (u64, u64)>,
+    body_meta: Table<'txn, &'static str, u64>,
+    /// Where new bodies go.
+    bodies: &'txn Bodies,
+    /// Changes of live bodies and bytes per body file, written by [`Tables::finish`].
+    live: BTreeMap<u64, (i64, i64)>,
+    /// [`BODY`] holds rows (a database upgraded from format 3): removals look there too.
+    legacy: bool,
+    /// The compaction's progress in this transaction.
+    compaction: Option<Compaction>,
+}
+
+/// Creates every table of a shard, so read transactions find them.
+pub fn create_tables(txn: &WriteTransaction) -> Result<(), redb::Error> {
+    txn.open_table(QUEUES)?;
+    txn.open_table(QUEUE_NAMES)?;
+    txn.open_table(STATS)?;
+    txn.open_table(STATE)?;
+    txn.open_table(BODY)?;
+    txn.open_table(BODY_REF)?;
+    txn.open_table(BODY_FILES)?;
+    txn.open_table(BODY_META)?;
+    txn.open_table(VISIBLE)?;
+    txn.open_table(SYSTEM)?;
+    txn.open_table(PLACEMENT)?;
+    txn.open_table(DEDUP)?;
+    txn.open_table(DEDUP_EXPIRY)?;
+    txn.open_table(USERS)?;
+    txn.open_table(MSG_GROUP)?;
+    txn.open_table(FIFO_ORDER)?;
+    txn.open_table(AUDIT)?;
+    txn.open_table(QUEUE_TAGS)?;
+    Ok(())
+}
+
+/// Counts `delta` bodies like `r` in `live`.
+fn count(live: &mut BTreeMap<u64, (i64, i64)>, r: BodyRef, delta: i64) {
+    let e = live.entry(r.file).or_default();
+    e.0 += delta;
+    e.1 += delta * i64::from(r.len);
+}
+
+/// What a transaction's end left for after its commit (see [`Tables::finish`]).
+#[derive(Debug, Default)]
+pub struct Finished {
+    /// Body files the state no longer refers to.
+    pub dead: Vec<u64>,
+    /// The compaction's progress.
+    pub compaction: Option<Compaction>,
+}
+
+impl Finished {
+    /// Hands the results to the body files once the transaction committed, `durable` if
+    /// it was fsynced.
+    pub fn committed(self, bodies: &Bodies, durable: bool) {
+        bodies.retire(self.dead);
+        bodies.set_compaction(self.compaction);
+        if durable {
+            bodies.durable();
+        }
+    }
 }
 
 impl<'txn> Tables<'txn> {
-    /// Opens (and on first use creates) every table.
-    pub fn open(txn: &'txn WriteTransaction) -> Result<Self, redb::Error> {
+    /// Opens (and on first use creates) every table; new bodies go to `bodies`.
+    pub fn open(txn: &'txn WriteTransaction, bodies: &'txn Bodies) -> Result<Self, redb::Error> {
+        let body = txn.open_table(BODY)?;
+        let legacy = body.first()?.is_some();
         Ok(Self {
+            refs: txn.open_table(BODY_REF)?,
+            files: txn.open_table(BODY_FILES)?,
+            body_meta: txn.open_table(BODY_META)?,
+            bodies,
+            live: BTreeMap::new(),
+            legacy,
+            compaction: bodies.compaction(),
+            body,
             queues: txn.open_table(QUEUES)?,
             names: txn.open_table(QUEUE_NAMES)?,
             stats: txn.open_table(STATS)?,
             state: txn.open_table(STATE)?,
-            body: txn.open_table(BODY)?,
             visible: txn.open_table(VISIBLE)?,
             system: txn.open_table(SYSTEM)?,
             placement: txn.open_table(PLACEMENT)?,
@@ -376,14 +448,14 @@ impl<'txn> Tables<'txn> {
     ) -> Result<(), ApplyError> {
         if !st.grouped {
             self.state.remove((qid, seq))?;
-            self.body.remove((qid, seq))?;
+            self.drop_body(qid, seq)?;
             self.visible.remove((qid, st.visible_at, seq))?;
             return Ok(());
         }
         // The state the caller read may predate an activation earlier in this command.
         let current = self.msg(qid, seq)?.unwrap_or(*st);
         self.state.remove((qid, seq))?;
-        self.body.remove((qid, seq))?;
+        self.drop_body(qid, seq)?;
         let group = self
             .groups
             .remove((qid, seq))?
@@ -403,6 +475,152 @@ impl<'txn> Tables<'txn> {
         if let Some((head, 0)) = self.group_after(qid, &group, None)? {
             self.activate(qid, &group, head, now)?;
         }
+        Ok(())
+    }
+
+    /// The stored body (attributes and payload) of message `seq` of queue `qid`.
+    fn body_of(&self, qid: u64, seq: u64) -> Result<Bytes, ApplyError> {
+        if let Some(r) = self.refs.get((qid, seq))? {
+            let r = BodyRef::from_tuple(r.value());
+            return match self.bodies.read_latest(r) {
+                Ok(Some(b)) => Ok(b),
+                Ok(None) => Err(StoreError::Bodies(format!(
+                    "message {seq} of queue {qid} refers to body file {}, which is gone",
+                    r.file
+                ))
+                .into()),
+                Err(e) => Err(super::body_unreadable(r, e).into()),
+            };
+        }
+        if self.legacy {
+            if let Some(b) = self.body.get((qid, seq))? {
+                return Ok(Bytes::copy_from_slice(b.value()));
+            }
+        }
+        Ok(Bytes::new())
+    }
+
+    /// Forgets the body of message `seq` of queue `qid`.
+    fn drop_body(&mut self, qid: u64, seq: u64) -> Result<(), ApplyError> {
+        if let Some(r) = self.refs.remove((qid, seq))? {
+            count(&mut self.live, BodyRef::from_tuple(r.value()), -1);
+        } else if self.legacy {
+            self.body.remove((qid, seq))?;
+        }
+        Ok(())
+    }
+
+    /// Ends the transaction's work on the body files, before it commits: a step of the
+    /// compaction in progress, the live counts of the files written to [`BODY_FILES`], the
+    /// active file sealed and the next one started if it is full (a compaction is planned
+    /// then), and the active file's position recorded in [`BODY_META`]. The caller hands
+    /// the result to [`Finished::committed`] once the transaction has committed.
+    pub fn finish(&mut self) -> Result<Finished, ApplyError> {
+        self.compact_step()?;
+        let active = self.bodies.active();
+        let mut dead = Vec::new();
+        for (file, (dc, db)) in std::mem::take(&mut self.live) {
+            if dc == 0 && db == 0 {
+                continue;
+            }
+            let (c, b) = self.files.get(file)?.map(|v| v.value()).unwrap_or((0, 0));
+            let (c, b) = (c.saturating_add_signed(dc), b.saturating_add_signed(db));
+            if c == 0 {
+                self.files.remove(file)?;
+                if file != active {
+                    dead.push(file);
+                }
+            } else {
+                self.files.insert(file, (c, b))?;
+            }
+        }
+        if self.bodies.full() {
+            let old = self
+                .bodies
+                .roll()
+                .map_err(|e| StoreError::Bodies(format!("starting the next body file: {e}")))?;
+            if self.files.get(old)?.is_none() {
+                dead.push(old);
+            }
+            if self.compaction.is_none() {
+                self.compaction = self.plan_compaction()?;
+            }
+        }
+        let (id, end) = self.bodies.position();
+        self.body_meta.insert("active", id)?;
+        self.body_meta.insert("end", end)?;
+        Ok(Finished {
+            dead,
+            compaction: self.compaction.take(),
+        })
+    }
+
+    /// A compaction of the sparse sealed files, if there are enough of them.
+    fn plan_compaction(&self) -> Result<Option<Compaction>, ApplyError> {
+        let active = self.bodies.active();
+        let mut targets = BTreeSet::new();
+        for e in self.files.iter()? {
+            let (file, v) = e?;
+            let (file, (_, live_bytes)) = (file.value(), v.value());
+            if file != active && live_bytes < self.bodies.sparse_bytes() {
+                targets.insert(file);
+            }
+        }
+        if targets.len() < bodies::COMPACT_AFTER {
+            return Ok(None);
+        }
+        tracing::info!(files = ?targets, "compacting sparse body files");
+        Ok(Some(Compaction {
+            targets,
+            next: (0, 0),
+        }))
+    }
+
+    /// Visits the next [`bodies::COMPACT_ROWS`] body references of the compaction in
+    /// progress, copying the bodies in its target files to the active file.
+    fn compact_step(&mut self) -> Result<(), ApplyError> {
+        let Some(mut c) = self.compaction.take() else {
+            return Ok(());
+        };
+        let mut moves = Vec::new();
+        let mut visited = 0usize;
+        let mut last = None;
+        for e in self.refs.range(c.next..)? {
+            let (k, v) = e?;
+            let r = BodyRef::from_tuple(v.value());
+            if c.targets.contains(&r.file) {
+                moves.push((k.value(), r));
+            }
+            last = Some(k.value());
+            visited += 1;
+            if visited >= bodies::COMPACT_ROWS {
+                break;
+            }
+        }
+        for (key, r) in moves {
+            let body = match self.bodies.read_latest(r) {
+                Ok(Some(b)) => b,
+                Ok(None) => continue,
+                Err(e) => return Err(super::body_unreadable(r, e).into()),
+            };
+            let n = self.bodies.append(|buf| buf.extend_from_slice(&body));
+            self.refs.insert(key, n.to_tuple())?;
+            count(&mut self.live, r, -1);
+            count(&mut self.live, n, 1);
+        }
+        self.compaction = match last {
+            Some((q, s)) if visited >= bodies::COMPACT_ROWS => {
+                c.next = match s.checked_add(1) {
+                    Some(s) => (q, s),
+                    None => (q.saturating_add(1), 0),
+                };
+                Some(c)
+            }
+            _ => {
+                tracing::info!(files = ?c.targets, "body compaction done");
+                None
+            }
+        };
         Ok(())
     }
 
@@ -448,7 +666,7 @@ impl<'txn> Tables<'txn> {
 
     /// Stores a new message at the tail of queue `qid`, counting it in `s` (the queue's
     /// stats, read once and written once by the caller however many messages it appends);
-    /// `write` fills the stored body (attributes and payload, `len` bytes) in place.
+    /// `write` appends the stored body (attributes and payload) to the body files' buffer.
     /// A message with a `group` joins the end of that FIFO group: it gets its [`VISIBLE`]
     /// entry only if it is the group's first.
     #[allow(clippy::too_many_arguments)]
@@ -458,15 +676,15 @@ impl<'txn> Tables<'txn> {
         s: &mut Stats,
         now: u64,
         visible_at: u64,
-        len: usize,
-        write: impl FnOnce(&mut [u8]),
+        write: impl FnOnce(&mut Vec<u8>),
         source_queue: u64,
         group: Option<&str>,
     ) -> Result<u64, ApplyError> {
         let (seq, st) = new_message(s, now, visible_at, source_queue, group.is_some());
         self.put_msg(qid, seq, &st)?;
-        // The body goes straight into the page redb reserves: no intermediate buffer.
-        write(self.body.insert_reserve((qid, seq), len)?.as_mut());
+        let r = self.bodies.append(write);
+        self.refs.insert((qid, seq), r.to_tuple())?;
+        count(&mut self.live, r, 1);
         let first = match group {
             Some(g) => {
                 let first = self.group_after(qid, g, None)?.is_none();
@@ -491,7 +709,13 @@ impl<'txn> Tables<'txn> {
         let mut seqs: Vec<u64> = gone.iter().map(|&(_, s)| s).collect();
         seqs.sort_unstable();
         rows::remove_seqs(&mut self.state, qid, &seqs)?;
-        rows::remove_seqs(&mut self.body, qid, &seqs)?;
+        let live = &mut self.live;
+        rows::remove_seqs_with(&mut self.refs, qid, &seqs, |r| {
+            count(live, BodyRef::from_tuple(r), -1)
+        })?;
+        if self.legacy {
+            rows::remove_seqs(&mut self.body, qid, &seqs)?;
+        }
         gone.sort_unstable();
         rows::remove_visible(&mut self.visible, qid, gone, false)
     }
@@ -549,10 +773,7 @@ impl<'txn> Tables<'txn> {
         now: u64,
         source_queue: u64,
     ) -> Result<(), ApplyError> {
-        let body = match self.body.get((from, seq))? {
-            Some(b) => b.value().to_vec(),
-            None => Vec::new(),
-        };
+        let body = self.body_of(from, seq)?;
         let group = if st.grouped {
             self.group_of(from, seq)?
         } else {
@@ -566,8 +787,7 @@ impl<'txn> Tables<'txn> {
             &mut s,
             now,
             now,
-            body.len(),
-            |dst| dst.copy_from_slice(&body),
+            |dst| dst.extend_from_slice(&body),
             source_queue,
             group.as_deref(),
         )?;
@@ -620,11 +840,7 @@ impl Receiving {
                 return Ok(());
             }
         }
-        let stored = t
-            .body
-            .get((qid, seq))?
-            .map(|b| Bytes::copy_from_slice(b.value()))
-            .unwrap_or_default();
+        let stored = t.body_of(qid, seq)?;
         // The answer must fit in one frame: stop before a message overflows it.
         if !self.out.is_empty()
             && self.out_bytes + stored.len() + 64 > crate::protocol::MAX_RESPONSE_PAYLOAD
@@ -797,7 +1013,14 @@ pub fn apply(
             let qid = rec.id;
             t.state
                 .retain_in((qid, 0)..=(qid, u64::MAX), |_, _| false)?;
-            t.body.retain_in((qid, 0)..=(qid, u64::MAX), |_, _| false)?;
+            let live = &mut t.live;
+            t.refs.retain_in((qid, 0)..=(qid, u64::MAX), |_, r| {
+                count(live, BodyRef::from_tuple(r), -1);
+                false
+            })?;
+            if t.legacy {
+                t.body.retain_in((qid, 0)..=(qid, u64::MAX), |_, _| false)?;
+            }
             t.visible
                 .retain_in((qid, 0, 0)..=(qid, u64::MAX, u64::MAX), |_, _| false)?;
             t.dedup_forget_queue(qid)?;
@@ -898,13 +1121,7 @@ pub fn apply(
             }
             // Messages without a group are written together after the loop; nothing in it
             // reads their rows.
-            let mut new = rows::NewRows::with_capacity(
-                messages.len(),
-                messages
-                    .iter()
-                    .map(|m| crate::protocol::stored_len(&m.attributes, &m.body))
-                    .sum(),
-            );
+            let mut new = rows::NewRows::with_capacity(messages.len());
             for (m, key) in messages.iter().zip(&keys) {
                 if let Some(key) = key {
                     if let Some(seq) = t.dedup_hit(rec.id, key, now)? {
@@ -917,26 +1134,18 @@ pub fn apply(
                 let seq = match m.group.as_deref() {
                     None => {
                         let (seq, st) = new_message(&mut stats, now, visible_at, 0, false);
-                        new.push(seq, &st, |buf| {
+                        let r = t.bodies.append(|buf| {
                             crate::protocol::encode_stored(buf, &m.attributes, &m.body)
                         });
+                        count(&mut t.live, r, 1);
+                        new.push(seq, &st, r);
                         seq
                     }
                     Some(group) => {
-                        let len = crate::protocol::stored_len(&m.attributes, &m.body);
-                        let write = |mut dst: &mut [u8]| {
-                            crate::protocol::encode_stored(&mut dst, &m.attributes, &m.body)
+                        let write = |buf: &mut Vec<u8>| {
+                            crate::protocol::encode_stored(buf, &m.attributes, &m.body)
                         };
-                        t.append(
-                            rec.id,
-                            &mut stats,
-                            now,
-                            visible_at,
-                            len,
-                            write,
-                            0,
-                            Some(group),
-                        )?
+                        t.append(rec.id, &mut stats, now, visible_at, write, 0, Some(group))?
                     }
                 };
                 if delay == 0 {
@@ -947,7 +1156,7 @@ pub fn apply(
                 }
                 ids.push(seq);
             }
-            new.write(rec.id, &mut t.state, &mut t.body, &mut t.visible)?;
+            new.write(rec.id, &mut t.state, &mut t.refs, &mut t.visible)?;
             t.stats.insert(rec.id, stats.to_tuple())?;
             fx.dirty = true;
             Ok(Outcome::Sent(ids))
@@ -1448,39 +1657,66 @@ fn check_receipt(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::protocol::DeadLetter;
     use redb::{Database, ReadableDatabase, ReadableTableMetadata};
 
-    fn db() -> (tempfile::TempDir, Database) {
+    /// A shard's database and body files.
+    pub(crate) struct Db {
+        pub(crate) db: Database,
+        pub(crate) bodies: Bodies,
+    }
+
+    impl std::ops::Deref for Db {
+        type Target = Database;
+        fn deref(&self) -> &Database {
+            &self.db
+        }
+    }
+
+    impl Db {
+        pub(crate) fn open(dir: &std::path::Path, file_bytes: u64) -> Db {
+            let db = Database::create(dir.join("t.redb")).unwrap();
+            let bodies = Bodies::open(&dir.join("t.bodies"), 0, 0, &BTreeSet::new())
+                .unwrap()
+                .with_file_bytes(file_bytes);
+            Db { db, bodies }
+        }
+    }
+
+    fn db() -> (tempfile::TempDir, Db) {
         let dir = tempfile::tempdir().unwrap();
-        let db = Database::create(dir.path().join("t.redb")).unwrap();
+        let db = Db::open(dir.path(), bodies::FILE_BYTES);
         (dir, db)
     }
 
     /// Applies one command in its own transaction, as the writer would.
-    fn run(db: &Database, now: u64, cmd: Command) -> (Result<Outcome, ApplyError>, Effects) {
+    fn run(db: &Db, now: u64, cmd: Command) -> (Result<Outcome, ApplyError>, Effects) {
         let txn = db.begin_write().unwrap();
         let mut fx = Effects::default();
-        let r = {
-            let mut t = Tables::open(&txn).unwrap();
-            apply(&mut t, now, &cmd, &mut fx)
+        let (r, fin) = {
+            let mut t = Tables::open(&txn, &db.bodies).unwrap();
+            let r = apply(&mut t, now, &cmd, &mut fx);
+            (r, fx.dirty.then(|| t.finish().unwrap()))
         };
-        if fx.dirty {
-            txn.commit().unwrap();
-        } else {
-            txn.abort().unwrap();
+        match fin {
+            Some(fin) => {
+                db.bodies.flush().unwrap();
+                txn.commit().unwrap();
+                fin.committed(&db.bodies, true);
+            }
+            None => txn.abort().unwrap(),
         }
         (r, fx)
     }
 
-    fn ok(db: &Database, now: u64, cmd: Command) -> Outcome {
+    fn ok(db: &Db, now: u64, cmd: Command) -> Outcome {
         run(db, now, cmd).0.unwrap()
     }
 
     /// Every row of every table, printed: equal dumps mean equal states.
-    fn dump(db: &Database) -> Vec<String> {
+    fn dump(db: &Db) -> Vec<String> {
         let txn = db.begin_read().unwrap();
         let mut out = Vec::new();
         macro_rules! table {
@@ -1503,6 +1739,8 @@ mod tests {
         table!(STATS);
         table!(STATE);
         table!(BODY);
+        table!(BODY_REF);
+        table!(BODY_FILES);
         table!(VISIBLE);
         table!(SYSTEM);
         table!(DEDUP);
@@ -1510,6 +1748,11 @@ mod tests {
         table!(MSG_GROUP);
         table!(FIFO_ORDER);
         table!(QUEUE_TAGS);
+        for e in txn.open_table(BODY_REF).unwrap().iter().unwrap() {
+            let (k, v) = e.unwrap();
+            let body = db.bodies.read(BodyRef::from_tuple(v.value())).unwrap();
+            out.push(format!("body {:?} = {body:?}", k.value()));
+        }
         out
     }
 
@@ -1551,7 +1794,7 @@ mod tests {
         }
     }
 
-    fn total(db: &Database, q: &str) -> u64 {
+    fn total(db: &Db, q: &str) -> u64 {
         let txn = db.begin_read().unwrap();
         crate::store::describe(&txn, q.into(), 0)
             .unwrap()
@@ -1560,7 +1803,7 @@ mod tests {
     }
 
     /// Creates queue "q" at time 1 with the given attributes.
-    fn create_with(db: &Database, patch: QueuePatch) {
+    fn create_with(db: &Db, patch: QueuePatch) {
         ok(
             db,
             1,
@@ -1571,7 +1814,7 @@ mod tests {
         );
     }
 
-    fn dedup_rows(db: &Database) -> (usize, usize) {
+    fn dedup_rows(db: &Db) -> (usize, usize) {
         let txn = db.begin_read().unwrap();
         (
             txn.open_table(DEDUP).unwrap().len().unwrap() as usize,
@@ -1590,7 +1833,7 @@ mod tests {
         }
     }
 
-    fn tags_of(db: &Database) -> Vec<(String, String)> {
+    fn tags_of(db: &Db) -> Vec<(String, String)> {
         let txn = db.begin_read().unwrap();
         crate::store::describe(&txn, "q".into(), 0)
             .unwrap()
@@ -1975,7 +2218,7 @@ mod tests {
         }
     }
 
-    fn rows(db: &Database, def: redb::TableDefinition<(u64, &str, u64), u8>) -> u64 {
+    fn rows(db: &Db, def: redb::TableDefinition<(u64, &str, u64), u8>) -> u64 {
         db.begin_read()
             .unwrap()
             .open_table(def)
@@ -2202,10 +2445,10 @@ mod tests {
     /// The rows of queue `qid` agree with each other and with its stats: a body and
     /// exactly one VISIBLE entry (at its `visible_at`, flagged in flight or not) per
     /// stored message, and nothing else.
-    fn check_rows(db: &Database, qid: u64) -> std::collections::BTreeMap<u64, MessageState> {
+    fn check_rows(db: &Db, qid: u64) -> std::collections::BTreeMap<u64, MessageState> {
         let txn = db.begin_read().unwrap();
         let state = txn.open_table(STATE).unwrap();
-        let body = txn.open_table(BODY).unwrap();
+        let body = txn.open_table(BODY_REF).unwrap();
         let visible = txn.open_table(VISIBLE).unwrap();
         let stats = txn.open_table(STATS).unwrap();
         let msgs: std::collections::BTreeMap<u64, MessageState> = state
@@ -2222,6 +2465,7 @@ mod tests {
             .map(|e| e.unwrap().0.value().1)
             .collect();
         assert_eq!(bodies, msgs.keys().copied().collect::<Vec<_>>());
+        check_files(db);
         let mut vis: Vec<(u64, u64, u8)> = visible
             .range((qid, 0, 0)..=(qid, u64::MAX, u64::MAX))
             .unwrap()
@@ -2240,6 +2484,173 @@ mod tests {
         let total = stats.get(qid).unwrap().map_or(0, |v| v.value().1);
         assert_eq!(total, msgs.len() as u64);
         msgs
+    }
+
+    fn body_files(db: &Db) -> Vec<u64> {
+        let mut v: Vec<u64> = std::fs::read_dir(db.bodies.dir())
+            .unwrap()
+            .filter_map(|e| {
+                e.unwrap()
+                    .file_name()
+                    .to_str()?
+                    .strip_suffix(".body")?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Bodies go to small files here (2 KiB): sending seals files, acknowledging all of a
+    /// file's messages deletes it, and a few old messages left in several files are
+    /// copied forward by a compaction, after which their files are gone and every message
+    /// still reads back.
+    #[test]
+    fn body_files_are_counted_sealed_deleted_and_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), 2048);
+        ok(&db, 1, create("q"));
+        let body = |i: usize| format!("{i:04}{}", "x".repeat(196));
+        let mut ids = Vec::new();
+        for round in 0..8 {
+            let bodies: Vec<String> = (round * 10..round * 10 + 10).map(body).collect();
+            let refs: Vec<&str> = bodies.iter().map(String::as_str).collect();
+            ids.extend(sent(ok(&db, 2, send("q", &refs))));
+            check_files(&db);
+        }
+        assert!(body_files(&db).len() >= 3, "{:?}", body_files(&db));
+        // Receive everything; acknowledge all but every 25th message.
+        let got = deliveries(ok(&db, 3, receive("q", 100, Some(60_000))));
+        assert_eq!(got.len(), 80);
+        let (keep, ack): (Vec<_>, Vec<_>) = got.iter().partition(|d| d.receipt.seq % 25 == 0);
+        ok(
+            &db,
+            3,
+            Command::Ack {
+                queue: "q".into(),
+                receipts: ack.iter().map(|d| d.receipt).collect(),
+            },
+        );
+        check_files(&db);
+        let sparse = body_files(&db);
+        assert!(sparse.len() >= 3, "{sparse:?}");
+        // More sends seal the active file: a compaction starts and runs to its end.
+        for round in 8..12 {
+            let bodies: Vec<String> = (round * 10..round * 10 + 10).map(body).collect();
+            let refs: Vec<&str> = bodies.iter().map(String::as_str).collect();
+            ok(&db, 4, send("q", &refs));
+            check_files(&db);
+        }
+        ok(&db, 5, send("q", &["last"]));
+        check_files(&db);
+        assert!(db.bodies.compaction().is_none());
+        let now = body_files(&db);
+        for f in &sparse[..sparse.len() - 1] {
+            assert!(
+                !now.contains(f),
+                "file {f} of {sparse:?} is still there: {now:?}"
+            );
+        }
+        // The kept messages come back with their bodies once their timeout ends.
+        let again = deliveries(ok(&db, 70_000, receive("q", 100, None)));
+        let kept: Vec<(u64, Bytes)> = again
+            .iter()
+            .filter(|d| keep.iter().any(|k| k.receipt.seq == d.receipt.seq))
+            .map(|d| (d.receipt.seq, d.message.body.clone()))
+            .collect();
+        assert_eq!(kept.len(), keep.len());
+        for (seq, b) in kept {
+            let i = ids.iter().position(|&s| s == seq).unwrap();
+            assert_eq!(b, body(i).into_bytes());
+        }
+    }
+
+    /// A database upgraded from format 3 holds bodies in `BODY` rows: they are delivered,
+    /// dead-lettered and removed like the others.
+    #[test]
+    fn bodies_kept_in_rows_by_format_3_still_work() {
+        let (_d, db) = db();
+        ok(&db, 1, create("q"));
+        let old = sent(ok(&db, 1, send("q", &["old", "new"])))[0];
+        // Turn the first message's body into a format-3 row.
+        let txn = db.begin_write().unwrap();
+        {
+            let mut refs = txn.open_table(BODY_REF).unwrap();
+            let (key, r) = {
+                let (k, v) = refs.iter().unwrap().next().unwrap().unwrap();
+                (k.value(), BodyRef::from_tuple(v.value()))
+            };
+            assert_eq!(key.1, old);
+            refs.remove(key).unwrap();
+            let stored = db.bodies.read(r).unwrap().unwrap();
+            txn.open_table(BODY)
+                .unwrap()
+                .insert(key, &stored[..])
+                .unwrap();
+            let mut files = txn.open_table(BODY_FILES).unwrap();
+            let (c, b) = files.get(r.file).unwrap().unwrap().value();
+            files.insert(r.file, (c - 1, b - u64::from(r.len))).unwrap();
+        }
+        txn.commit().unwrap();
+        check_files(&db);
+        let got = deliveries(ok(&db, 2, receive("q", 10, None)));
+        assert_eq!(bodies(&got), ["old", "new"]);
+        ok(
+            &db,
+            2,
+            Command::Ack {
+                queue: "q".into(),
+                receipts: got.iter().map(|d| d.receipt).collect(),
+            },
+        );
+        check_files(&db);
+        let txn = db.begin_read().unwrap();
+        assert!(txn.open_table(BODY).unwrap().is_empty().unwrap());
+        assert!(txn.open_table(BODY_REF).unwrap().is_empty().unwrap());
+    }
+
+    /// The live counts of the body files are those of the references, every referenced
+    /// body reads back, and the files on disk are those counted and the active one.
+    pub(crate) fn check_files(db: &Db) {
+        let txn = db.begin_read().unwrap();
+        let mut want: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+        for e in txn.open_table(BODY_REF).unwrap().iter().unwrap() {
+            let r = BodyRef::from_tuple(e.unwrap().1.value());
+            let body = db.bodies.read(r).unwrap().expect("the file is there");
+            assert_eq!(body.len(), r.len as usize);
+            let c = want.entry(r.file).or_default();
+            c.0 += 1;
+            c.1 += u64::from(r.len);
+        }
+        let got: BTreeMap<u64, (u64, u64)> = txn
+            .open_table(BODY_FILES)
+            .unwrap()
+            .iter()
+            .unwrap()
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                (k.value(), v.value())
+            })
+            .collect();
+        assert_eq!(got, want);
+        let mut on_disk: Vec<u64> = std::fs::read_dir(db.bodies.dir())
+            .unwrap()
+            .filter_map(|e| {
+                e.unwrap()
+                    .file_name()
+                    .to_str()?
+                    .strip_suffix(".body")?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        on_disk.sort_unstable();
+        let mut counted: Vec<u64> = got.keys().copied().collect();
+        counted.push(db.bodies.active());
+        counted.sort_unstable();
+        counted.dedup();
+        assert_eq!(on_disk, counted);
     }
 
     /// Sends, receives, acks and nacks of many messages per command, in a random order

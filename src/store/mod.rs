@@ -7,6 +7,7 @@
 //! knows nothing of the network or of Raft.
 
 pub mod audit;
+pub mod bodies;
 pub mod machine;
 pub(crate) mod rows;
 pub mod schema;
@@ -18,7 +19,6 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
-use machine::Tables;
 pub use machine::{ApplyError, Command, Outcome};
 use schema::*;
 
@@ -41,6 +41,9 @@ pub enum StoreError {
         /// What was wrong.
         detail: String,
     },
+    /// A body file could not be read or written.
+    #[error("body files: {0}")]
+    Bodies(String),
     /// The database was written by a newer, incompatible build.
     #[error("{path}: on-disk format version {found} is newer than this build's {FORMAT_VERSION}; run a newer mqd or restore a backup")]
     FutureFormat {
@@ -51,7 +54,7 @@ pub enum StoreError {
     },
     /// The database was written by an earlier development build whose format this one
     /// does not convert.
-    #[error("{path}: on-disk format version {found} was written by an earlier development build; this build reads version {FORMAT_VERSION} only. Move the data directory aside and start from an empty one")]
+    #[error("{path}: on-disk format version {found} was written by an earlier development build; this build reads versions 3 and {FORMAT_VERSION}. Move the data directory aside and start from an empty one")]
     OldFormat {
         /// Database file.
         path: PathBuf,
@@ -178,6 +181,7 @@ pub fn describe(
 /// Up to `max` visible, unexpired messages, oldest visible first, without receiving them.
 pub fn peek(
     txn: &ReadTransaction,
+    bodies: &bodies::Bodies,
     name: String,
     max: u32,
     now_ms: u64,
@@ -191,6 +195,7 @@ pub fn peek(
         let qid = rec.id;
         let visible = txn.open_table(VISIBLE)?;
         let state = txn.open_table(STATE)?;
+        let refs = txn.open_table(BODY_REF)?;
         let body = txn.open_table(BODY)?;
         let groups = txn.open_table(MSG_GROUP).ok();
         let mut out = Vec::new();
@@ -208,10 +213,19 @@ pub fn peek(
             if st.sent_ms.saturating_add(rec.config.retention_ms) <= now_ms {
                 continue;
             }
-            let stored = body
-                .get((qid, seq))?
-                .map(|b| Bytes::copy_from_slice(b.value()))
-                .unwrap_or_default();
+            let stored = match refs.get((qid, seq))? {
+                Some(r) => {
+                    let r = bodies::BodyRef::from_tuple(r.value());
+                    match bodies.read(r).map_err(|e| body_unreadable(r, e))? {
+                        Some(b) => b,
+                        None => continue, // received and deleted since this view
+                    }
+                }
+                None => body
+                    .get((qid, seq))?
+                    .map(|b| Bytes::copy_from_slice(b.value()))
+                    .unwrap_or_default(),
+            };
             // The answer must fit in one frame, as for RECEIVE.
             if !out.is_empty() && out_bytes + stored.len() + 64 > MAX_RESPONSE_PAYLOAD {
                 break;
@@ -225,6 +239,14 @@ pub fn peek(
         }
         Ok(Some(out))
     }
+}
+
+/// A body file could not be read.
+pub(crate) fn body_unreadable(r: bodies::BodyRef, e: std::io::Error) -> StoreError {
+    StoreError::Bodies(format!(
+        "reading {} bytes at {} of file {}: {e}",
+        r.len, r.offset, r.file
+    ))
 }
 
 /// A stored message as receive and peek return it: its state, its group, and its body row
@@ -286,6 +308,10 @@ pub fn prepare(txn: &WriteTransaction, path: &std::path::Path) -> Result<(), Sto
                     found: v,
                 })
             }
+            // Format 3 differs only in where new bodies go: its body rows stay readable.
+            Some(3) => {
+                sys.insert("format_version", FORMAT_VERSION)?;
+            }
             Some(v) if v < FORMAT_VERSION => {
                 return Err(StoreError::OldFormat {
                     path: path.to_path_buf(),
@@ -298,7 +324,7 @@ pub fn prepare(txn: &WriteTransaction, path: &std::path::Path) -> Result<(), Sto
             }
         }
     }
-    Tables::open(txn)?;
+    machine::create_tables(txn)?;
     Ok(())
 }
 

@@ -11,6 +11,7 @@ use std::ops::Bound;
 
 use redb::{CursorError, Key, Table, Value};
 
+use super::bodies::BodyRef;
 use super::schema::MessageState;
 use super::ApplyError;
 
@@ -64,8 +65,23 @@ pub(crate) fn remove_seqs<V: Value + 'static>(
     qid: u64,
     seqs: &[u64],
 ) -> Result<(), ApplyError> {
+    remove_seqs_with(table, qid, seqs, |_| {})
+}
+
+/// [`remove_seqs`], calling `gone` with the value of each row removed.
+pub(crate) fn remove_seqs_with<V: Value + 'static>(
+    table: &mut Table<'_, (u64, u64), V>,
+    qid: u64,
+    seqs: &[u64],
+    gone: impl FnMut(V::SelfType<'_>),
+) -> Result<(), ApplyError> {
     let keys: Vec<(u64, u64)> = seqs.iter().map(|&s| (qid, s)).collect();
-    remove_runs(table, &keys, |a, b| b.1.saturating_sub(a.1) <= RUN_GAP)
+    remove_runs(
+        table,
+        &keys,
+        |a, b| b.1.saturating_sub(a.1) <= RUN_GAP,
+        gone,
+    )
 }
 
 /// Removes the [`VISIBLE`](super::schema::VISIBLE) entries `(qid, visible_at, seq)` for
@@ -80,18 +96,23 @@ pub(crate) fn remove_visible(
     scanned: bool,
 ) -> Result<(), ApplyError> {
     let keys: Vec<(u64, u64, u64)> = keys.iter().map(|&(v, s)| (qid, v, s)).collect();
-    remove_runs(table, &keys, |a, b| {
-        scanned || (a.1 == b.1 && b.2.saturating_sub(a.2) <= RUN_GAP)
-    })
+    remove_runs(
+        table,
+        &keys,
+        |a, b| scanned || (a.1 == b.1 && b.2.saturating_sub(a.2) <= RUN_GAP),
+        |_| {},
+    )
 }
 
 /// Removes `keys` (ascending, distinct), cut into runs where `near` holds between
 /// neighbours: each run of several keys in one `retain_in` over the range from its first
-/// key to its last, keeping every other entry there; a lone key by a plain remove.
+/// key to its last, keeping every other entry there; a lone key by a plain remove. `gone`
+/// sees the value of each row removed.
 fn remove_runs<K, V, T>(
     table: &mut Table<'_, K, V>,
     keys: &[T],
     near: impl Fn(&T, &T) -> bool,
+    mut gone: impl FnMut(V::SelfType<'_>),
 ) -> Result<(), ApplyError>
 where
     K: Key + for<'a> Value<SelfType<'a> = T> + 'static,
@@ -102,15 +123,21 @@ where
         match run {
             [] => {}
             [one] => {
-                table.remove(one)?;
+                if let Some(v) = table.remove(one)? {
+                    gone(v.value());
+                }
             }
             [first, .., last] => {
                 let mut next = 0;
-                table.retain_in(*first..=*last, |k, _| {
+                table.retain_in(*first..=*last, |k, v| {
                     while next < run.len() && run[next] < k {
                         next += 1;
                     }
-                    !(next < run.len() && run[next] == k)
+                    let remove = next < run.len() && run[next] == k;
+                    if remove {
+                        gone(v);
+                    }
+                    !remove
                 })?;
             }
         }
@@ -125,28 +152,26 @@ pub(crate) struct NewRows {
     /// Encoded [`MessageState`]s back to back, and where each ends.
     states: Vec<u8>,
     state_ends: Vec<usize>,
-    /// Stored bodies back to back, and where each ends.
-    bodies: Vec<u8>,
-    body_ends: Vec<usize>,
+    /// Where each body is, in the body files.
+    bodies: Vec<BodyRef>,
     /// `(visible_at, seq)` of the VISIBLE entries.
     visible: Vec<(u64, u64)>,
 }
 
 impl NewRows {
-    /// Room for `n` messages of `bytes` stored bytes in all, so the buffers grow once.
-    pub(crate) fn with_capacity(n: usize, bytes: usize) -> Self {
+    /// Room for `n` messages, so the buffers grow once.
+    pub(crate) fn with_capacity(n: usize) -> Self {
         Self {
             seqs: Vec::with_capacity(n),
             states: Vec::with_capacity(n * 16),
             state_ends: Vec::with_capacity(n),
-            bodies: Vec::with_capacity(bytes),
-            body_ends: Vec::with_capacity(n),
+            bodies: Vec::with_capacity(n),
             visible: Vec::with_capacity(n),
         }
     }
 
-    /// Adds message `seq`; `write` appends its stored form (attributes, then body).
-    pub(crate) fn push(&mut self, seq: u64, st: &MessageState, write: impl FnOnce(&mut Vec<u8>)) {
+    /// Adds message `seq`, whose body is at `body`.
+    pub(crate) fn push(&mut self, seq: u64, st: &MessageState, body: BodyRef) {
         debug_assert!(self.seqs.last().is_none_or(|&s| s < seq));
         self.seqs.push(seq);
         let mut buf = [0u8; 64];
@@ -156,8 +181,7 @@ impl NewRows {
             Err(_) => self.states.extend_from_slice(&super::schema::encode(st)),
         }
         self.state_ends.push(self.states.len());
-        write(&mut self.bodies);
-        self.body_ends.push(self.bodies.len());
+        self.bodies.push(body);
         self.visible.push((st.visible_at, seq));
     }
 
@@ -166,12 +190,12 @@ impl NewRows {
         starts.zip(ends.iter().copied()).map(|(a, b)| &buf[a..b])
     }
 
-    /// Writes the rows: message states, bodies and VISIBLE entries of queue `qid`.
+    /// Writes the rows: message states, body references and VISIBLE entries of queue `qid`.
     pub(crate) fn write(
         mut self,
         qid: u64,
         state: &mut Table<'_, (u64, u64), &'static [u8]>,
-        body: &mut Table<'_, (u64, u64), &'static [u8]>,
+        refs: &mut Table<'_, (u64, u64), (u64, u64, u32)>,
         visible: &mut Table<'_, (u64, u64, u64), u8>,
     ) -> Result<(), ApplyError> {
         if self.seqs.is_empty() {
@@ -182,10 +206,7 @@ impl NewRows {
             state,
             keys().zip(Self::slices(&self.states, &self.state_ends)),
         )?;
-        insert_sorted(
-            body,
-            keys().zip(Self::slices(&self.bodies, &self.body_ends)),
-        )?;
+        insert_sorted(refs, keys().zip(self.bodies.iter().map(|r| r.to_tuple())))?;
         self.visible.sort_unstable();
         insert_sorted(
             visible,

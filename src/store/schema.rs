@@ -13,7 +13,9 @@ use crate::protocol::QueueConfig;
 /// refused at open. 2: queue settings gained the dedup window and content-based dedup, and
 /// the dedup tables were added. 3: the control group keeps users and grants; FIFO queues
 /// (message state records whether a message has a group, and two tables order groups).
-pub const FORMAT_VERSION: u64 = 3;
+/// 4: bodies live in body files ([`BODY_REF`]); a version-3 database is upgraded in place
+/// at open (its [`BODY`] rows stay readable), and a version-3 build refuses the result.
+pub const FORMAT_VERSION: u64 = 4;
 
 /// name → [`QueueRecord`].
 pub const QUEUES: TableDefinition<&str, &[u8]> = TableDefinition::new("queues");
@@ -23,8 +25,20 @@ pub const QUEUE_NAMES: TableDefinition<u64, &str> = TableDefinition::new("queue_
 pub const STATS: TableDefinition<u64, (u64, u64, u64)> = TableDefinition::new("stats");
 /// (queue id, seq) → [`MessageState`].
 pub const STATE: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("message_state");
-/// (queue id, seq) → attributes and body, wire-encoded.
+/// (queue id, seq) → attributes and body, wire-encoded: where format 3 kept bodies. A
+/// database upgraded from it keeps reading these rows until their messages go; new bodies
+/// go to the body files ([`BODY_REF`]).
 pub const BODY: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("message_body");
+/// (queue id, seq) → (file, offset, length) of the message's stored body (attributes and
+/// body, wire-encoded) in the shard's body files (see [`super::bodies`]).
+pub const BODY_REF: TableDefinition<(u64, u64), (u64, u64, u32)> =
+    TableDefinition::new("message_body_ref");
+/// Body file → (live bodies, live bytes). A file without a row holds nothing live. Local
+/// to this replica: not part of a snapshot.
+pub const BODY_FILES: TableDefinition<u64, (u64, u64)> = TableDefinition::new("body_files");
+/// `active` → the body file taking appends, `end` → its length as of this commit. Local to
+/// this replica: not part of a snapshot.
+pub const BODY_META: TableDefinition<&str, u64> = TableDefinition::new("body_meta");
 /// (queue id, visible_at ms, seq) → 1 if the message is in flight, else 0. Every stored
 /// message has exactly one entry; a receive reads the prefix up to "now".
 pub const VISIBLE: TableDefinition<(u64, u64, u64), u8> = TableDefinition::new("visible");

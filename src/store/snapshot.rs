@@ -6,9 +6,12 @@
 //! Nothing here holds more than one chunk in memory, so a shard of many gigabytes is sent
 //! and installed in constant memory.
 
+use std::collections::BTreeMap;
+
 use redb::{ReadTransaction, ReadableTable, Table, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+use super::bodies::{Bodies, BodyPin, BodyRef};
 use super::schema::*;
 use super::StoreError;
 
@@ -23,7 +26,8 @@ pub enum Chunk {
     Stats(Vec<(u64, (u64, u64, u64))>),
     /// [`STATE`].
     State(Vec<((u64, u64), Vec<u8>)>),
-    /// [`BODY`].
+    /// Message bodies by value: the rows of [`BODY`], and the bodies [`BODY_REF`] points
+    /// to in the body files (which are local to each replica).
     Body(Vec<((u64, u64), Vec<u8>)>),
     /// [`VISIBLE`].
     Visible(Vec<((u64, u64, u64), u8)>),
@@ -78,10 +82,12 @@ macro_rules! stream_table {
 }
 
 /// Calls `f` with every row of the state, table by table, in chunks of about `max_bytes`
-/// (at least one row each). Stops at the first error `f` returns.
+/// (at least one row each); message bodies are read from `bodies`. Stops at the first
+/// error `f` returns.
 #[rustfmt::skip]
 pub fn for_each_chunk<E: From<StoreError>>(
     txn: &ReadTransaction,
+    bodies: &BodyPin,
     max_bytes: usize,
     mut f: impl FnMut(Chunk) -> Result<(), E>,
 ) -> Result<(), E> {
@@ -95,6 +101,7 @@ pub fn for_each_chunk<E: From<StoreError>>(
         |k, v| (k, v.to_vec()), |r: &((u64, u64), Vec<u8>)| 16 + r.1.len());
     stream_table!(txn, BODY, Body, max_bytes, f,
         |k, v| (k, v.to_vec()), |r: &((u64, u64), Vec<u8>)| 16 + r.1.len());
+    stream_bodies(txn, bodies, max_bytes, &mut f)?;
     stream_table!(txn, VISIBLE, Visible, max_bytes, f, |k, v| (k, v), |_: &_| 32);
     stream_table!(txn, SYSTEM, System, max_bytes, f,
         |k, v| (k.to_string(), v), |r: &(String, u64)| 8 + r.0.len());
@@ -117,6 +124,45 @@ pub fn for_each_chunk<E: From<StoreError>>(
     Ok(())
 }
 
+/// Streams the bodies [`BODY_REF`] points to, by value, as [`Chunk::Body`].
+fn stream_bodies<E: From<StoreError>>(
+    txn: &ReadTransaction,
+    bodies: &BodyPin,
+    max_bytes: usize,
+    f: &mut impl FnMut(Chunk) -> Result<(), E>,
+) -> Result<(), E> {
+    let refs = match txn.open_table(BODY_REF) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(e) => return Err(StoreError::from(e).into()),
+    };
+    let mut rows = Vec::new();
+    let mut bytes = 0usize;
+    for e in refs.iter().map_err(StoreError::from)? {
+        let (k, v) = e.map_err(StoreError::from)?;
+        let r = BodyRef::from_tuple(v.value());
+        let body = bodies
+            .read(r)
+            .map_err(|e| super::body_unreadable(r, e))?
+            .ok_or_else(|| {
+                StoreError::Bodies(format!(
+                    "body file {} is gone while a snapshot reads it",
+                    r.file
+                ))
+            })?;
+        bytes += 16 + body.len();
+        rows.push((k.value(), body.to_vec()));
+        if bytes >= max_bytes || rows.len() >= MAX_ROWS {
+            f(Chunk::Body(std::mem::take(&mut rows)))?;
+            bytes = 0;
+        }
+    }
+    if !rows.is_empty() {
+        f(Chunk::Body(rows))?;
+    }
+    Ok(())
+}
+
 fn clear_table<K: redb::Key + 'static, V: redb::Value + 'static>(
     t: &mut Table<K, V>,
 ) -> Result<(), StoreError> {
@@ -131,6 +177,8 @@ pub fn clear(txn: &WriteTransaction) -> Result<(), StoreError> {
     clear_table(&mut txn.open_table(STATS)?)?;
     clear_table(&mut txn.open_table(STATE)?)?;
     clear_table(&mut txn.open_table(BODY)?)?;
+    clear_table(&mut txn.open_table(BODY_REF)?)?;
+    clear_table(&mut txn.open_table(BODY_FILES)?)?;
     clear_table(&mut txn.open_table(VISIBLE)?)?;
     clear_table(&mut txn.open_table(SYSTEM)?)?;
     clear_table(&mut txn.open_table(PLACEMENT)?)?;
@@ -144,7 +192,59 @@ pub fn clear(txn: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Writes the rows of one chunk.
+/// Installs chunks into one write transaction, after [`clear`]: message bodies go to the
+/// body files, counted per file.
+pub struct Loader<'a> {
+    bodies: &'a Bodies,
+    live: BTreeMap<u64, (u64, u64)>,
+}
+
+impl<'a> Loader<'a> {
+    /// A loader whose bodies go to `bodies`.
+    pub fn new(bodies: &'a Bodies) -> Self {
+        Self {
+            bodies,
+            live: BTreeMap::new(),
+        }
+    }
+
+    /// Writes the rows of one chunk.
+    pub fn chunk(&mut self, txn: &WriteTransaction, c: &Chunk) -> Result<(), StoreError> {
+        let Chunk::Body(rows) = c else {
+            return load_chunk(txn, c);
+        };
+        let mut t = txn.open_table(BODY_REF)?;
+        for (k, v) in rows {
+            if self.bodies.full() {
+                self.bodies
+                    .roll()
+                    .map_err(|e| StoreError::Bodies(format!("starting the next body file: {e}")))?;
+            }
+            let r = self.bodies.append(|buf| buf.extend_from_slice(v));
+            t.insert(*k, r.to_tuple())?;
+            let e = self.live.entry(r.file).or_default();
+            e.0 += 1;
+            e.1 += u64::from(r.len);
+        }
+        Ok(())
+    }
+
+    /// Records the live counts of the files written and where the active file ends.
+    pub fn finish(self, txn: &WriteTransaction) -> Result<(), StoreError> {
+        let mut files = txn.open_table(BODY_FILES)?;
+        for (file, counts) in self.live {
+            files.insert(file, counts)?;
+        }
+        let (active, end) = self.bodies.position();
+        let mut meta = txn.open_table(BODY_META)?;
+        meta.insert("active", active)?;
+        meta.insert("end", end)?;
+        Ok(())
+    }
+}
+
+/// Writes the rows of one chunk, bodies as [`BODY`] rows (see [`Loader`] for the body
+/// files).
 pub fn load_chunk(txn: &WriteTransaction, c: &Chunk) -> Result<(), StoreError> {
     match c {
         Chunk::Queues(rows) => {
@@ -245,21 +345,26 @@ pub fn load_chunk(txn: &WriteTransaction, c: &Chunk) -> Result<(), StoreError> {
 mod tests {
     use super::*;
     use crate::protocol::{QueuePatch, SendEntry};
+    use crate::store::machine::tests::{check_files, Db};
     use crate::store::machine::{apply, Command, Effects, Tables};
-    use redb::{Database, ReadableDatabase};
+    use redb::ReadableDatabase;
 
-    fn run(db: &Database, now: u64, cmd: Command) {
+    fn run(db: &Db, now: u64, cmd: Command) {
         let txn = db.begin_write().unwrap();
-        {
-            let mut t = Tables::open(&txn).unwrap();
+        let fin = {
+            let mut t = Tables::open(&txn, &db.bodies).unwrap();
             apply(&mut t, now, &cmd, &mut Effects::default()).unwrap();
-        }
+            t.finish().unwrap()
+        };
+        db.bodies.flush().unwrap();
         txn.commit().unwrap();
+        fin.committed(&db.bodies, true);
     }
 
-    fn chunks(db: &Database, max: usize) -> Vec<Chunk> {
+    fn chunks(db: &Db, max: usize) -> Vec<Chunk> {
         let mut out = Vec::new();
-        for_each_chunk::<StoreError>(&db.begin_read().unwrap(), max, |c| {
+        let pin = db.bodies.pin();
+        for_each_chunk::<StoreError>(&db.begin_read().unwrap(), &pin, max, |c| {
             out.push(c);
             Ok(())
         })
@@ -291,9 +396,10 @@ mod tests {
 
     #[test]
     fn loading_the_chunks_reproduces_the_state_exactly() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = Database::create(dir.path().join("a.redb")).unwrap();
-        let b = Database::create(dir.path().join("b.redb")).unwrap();
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        // Small body files on the receiving side: the load seals some.
+        let a = Db::open(da.path(), crate::store::bodies::FILE_BYTES);
+        let b = Db::open(db.path(), 100);
         run(
             &a,
             1,
@@ -359,11 +465,21 @@ mod tests {
         assert!(sent.len() > 7, "{} chunks", sent.len());
         let txn = b.begin_write().unwrap();
         clear(&txn).unwrap();
+        b.bodies.roll().unwrap();
+        let old = b.bodies.all_but_active();
+        let mut load = Loader::new(&b.bodies);
         for c in &sent {
             let bytes = postcard::to_allocvec(c).unwrap();
-            load_chunk(&txn, &postcard::from_bytes(&bytes).unwrap()).unwrap();
+            load.chunk(&txn, &postcard::from_bytes(&bytes).unwrap())
+                .unwrap();
         }
+        load.finish(&txn).unwrap();
+        b.bodies.sync().unwrap();
         txn.commit().unwrap();
+        b.bodies.retire(old);
+        b.bodies.durable();
+        check_files(&b);
+        assert!(b.bodies.active() > 3, "the load sealed files");
         let big = chunks(&b, usize::MAX);
         assert_eq!(rows(&big), rows(&sent));
         assert_eq!(big, chunks(&a, usize::MAX));

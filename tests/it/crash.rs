@@ -233,7 +233,107 @@ async fn logs_kept_in_redb_by_an_earlier_version_are_imported_at_start() {
     assert!(!names.iter().any(|n| n.ends_with(".log.redb")), "{names:?}");
     let logs = std::fs::read_dir(node.dir())
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().path().is_dir())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir() && p.extension().is_some_and(|x| x == "log"))
         .count();
     assert_eq!(logs, 17);
+}
+
+/// A node whose shards were written by format 3, which kept message bodies in a redb
+/// table, starts, upgrades them in place, and delivers and removes those messages like
+/// new ones; new bodies go to the body files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_kept_in_redb_by_format_3_are_delivered_after_the_upgrade() {
+    use mqd::store::schema::{BODY, BODY_FILES, BODY_META, BODY_REF, SYSTEM};
+    use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+    use std::os::unix::fs::FileExt;
+
+    let mut node = Node::start();
+    let c = node.client().await;
+    c.create_queue("old", QueuePatch::default()).await.unwrap();
+    let bodies: Vec<String> = (0..40).map(|i| format!("old-{i}")).collect();
+    c.send(
+        "old",
+        bodies.iter().map(|b| SendEntry::new(b.clone())).collect(),
+    )
+    .await
+    .unwrap();
+    drop(c);
+    assert!(node.terminate(), "a clean stop");
+
+    // Every shard back to format 3: bodies in `message_body` rows, no body files.
+    let mut moved = 0;
+    for e in std::fs::read_dir(node.dir()).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_none_or(|x| x != "redb") || !path.is_file() {
+            continue;
+        }
+        let files = path.with_extension("bodies");
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut refs = txn.open_table(BODY_REF).unwrap();
+            let mut rows = txn.open_table(BODY).unwrap();
+            for e in refs.iter().unwrap() {
+                let (k, v) = e.unwrap();
+                let (file, offset, len) = v.value();
+                let f = std::fs::File::open(files.join(format!("{file:016}.body"))).unwrap();
+                let mut body = vec![0u8; len as usize];
+                f.read_exact_at(&mut body, offset).unwrap();
+                rows.insert(k.value(), body.as_slice()).unwrap();
+                moved += 1;
+            }
+            refs.retain(|_, _| false).unwrap();
+        }
+        txn.delete_table(BODY_REF).unwrap();
+        txn.delete_table(BODY_FILES).unwrap();
+        txn.delete_table(BODY_META).unwrap();
+        txn.open_table(SYSTEM)
+            .unwrap()
+            .insert("format_version", 3)
+            .unwrap();
+        txn.commit().unwrap();
+        drop(db);
+        std::fs::remove_dir_all(&files).unwrap();
+    }
+    assert_eq!(moved, 40);
+
+    node.restart();
+    let c = node.client().await;
+    c.send("old", vec![SendEntry::new("new-0")]).await.unwrap();
+    let got = c.receive("old", 100, Some(60_000), Some(0)).await.unwrap();
+    let mut seen: Vec<String> = got
+        .iter()
+        .map(|d| String::from_utf8(d.message.body.to_vec()).unwrap())
+        .collect();
+    seen.sort();
+    let mut want = bodies.clone();
+    want.push("new-0".into());
+    want.sort();
+    assert_eq!(seen, want);
+    let receipts: Vec<_> = got.iter().map(|d| d.receipt).collect();
+    c.ack("old", receipts).await.unwrap();
+    assert!(c
+        .receive("old", 10, None, Some(0))
+        .await
+        .unwrap()
+        .is_empty());
+    // The upgraded shards are format 4 now.
+    drop(c);
+    assert!(node.terminate(), "a clean stop");
+    for e in std::fs::read_dir(node.dir()).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_none_or(|x| x != "redb") || !path.is_file() {
+            continue;
+        }
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let v = txn
+            .open_table(SYSTEM)
+            .unwrap()
+            .get("format_version")
+            .unwrap();
+        assert_eq!(v.map(|v| v.value()), Some(4), "{}", path.display());
+        assert!(txn.open_table(BODY).unwrap().is_empty().unwrap());
+    }
 }

@@ -1,0 +1,523 @@
+//! Message bodies of one shard, kept in append-only files beside its redb database.
+//!
+//! redb stored every body in its B-tree: a 1 KiB body took a third of a 4 KiB leaf, was
+//! written into the page cache once by the insert and again by each durable commit that
+//! found its page dirty, and left the leaf to be rewritten when it went. Measured with
+//! batched sends, that was two thirds of the state machine's work (docs/BENCHMARKS.md).
+//! Here a body is appended once to the shard's active body file, and the
+//! [`BODY_REF`](super::schema::BODY_REF) row of its message says where it is.
+//!
+//! **Files.** `<shard>.bodies/NNNNNNNNNNNNNNNN.body`, numbered from 1. The active file
+//! takes appends until it passes [`FILE_BYTES`]; then it is synced and sealed, and the
+//! next number becomes active. [`BODY_FILES`](super::schema::BODY_FILES) counts the live
+//! bodies and bytes of each file; a file whose count reaches zero is deleted.
+//!
+//! **Durability.** Bodies are buffered during a transaction and written to the file before
+//! it commits, so readers of the committed state find them; before a durable commit the
+//! file is synced. So whatever a durable commit refers to is on disk; after a crash the
+//! active file is cut back to the end [`BODY_META`](super::schema::BODY_META) recorded, and
+//! the entries applied since are applied again from the Raft log. A file is deleted only
+//! after a durable commit that no longer refers to it.
+//!
+//! **Compaction.** One old message can keep a whole file alive. When two sealed files are
+//! each less than a quarter live, the state machine copies their live bodies to the active
+//! file, a few thousand rows per transaction, until their counts reach zero.
+//!
+//! Readers (peek, snapshots being sent) read through open file handles, so a file deleted
+//! meanwhile stays readable by a snapshot that pinned it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+
+/// A file is sealed, and the next one started, once it holds this many bytes.
+pub const FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Sparse files needed before a compaction starts, so that its scan of every message's
+/// reference is paid for by at least this many files' worth of disk given back.
+pub const COMPACT_AFTER: usize = 2;
+
+/// References a compaction visits per transaction.
+pub const COMPACT_ROWS: usize = 4096;
+
+/// The write buffer keeps its allocation between transactions up to this size.
+const KEEP_BUFFER: usize = 8 * 1024 * 1024;
+
+/// Where one body is: file number, offset, length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BodyRef {
+    /// File number.
+    pub file: u64,
+    /// Offset in the file.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u32,
+}
+
+impl BodyRef {
+    /// The row value in [`BODY_REF`](super::schema::BODY_REF).
+    pub fn to_tuple(self) -> (u64, u64, u32) {
+        (self.file, self.offset, self.len)
+    }
+    /// From a row value of [`BODY_REF`](super::schema::BODY_REF).
+    pub fn from_tuple((file, offset, len): (u64, u64, u32)) -> Self {
+        Self { file, offset, len }
+    }
+}
+
+/// The body files of one shard.
+pub struct Bodies {
+    dir: PathBuf,
+    /// [`FILE_BYTES`] but in tests.
+    file_bytes: u64,
+    /// Every file not yet deleted, for readers.
+    files: RwLock<BTreeMap<u64, Arc<File>>>,
+    /// The state machine's side: one writer at a time.
+    w: Mutex<Writer>,
+}
+
+struct Writer {
+    /// The active file's number and handle.
+    id: u64,
+    file: Arc<File>,
+    /// Bytes of the active file written to it.
+    written: u64,
+    /// Bytes appended after `written`, written before the transaction commits.
+    buf: Vec<u8>,
+    /// Written since the last sync.
+    unsynced: bool,
+    /// Files no longer referred to by the committed state, deleted after the next
+    /// durable commit.
+    retired: Vec<u64>,
+    /// A compaction in progress: the files it empties and the next reference to visit.
+    compaction: Option<Compaction>,
+}
+
+/// A compaction's progress (see the module documentation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compaction {
+    /// Files whose live bodies are being copied to the active file.
+    pub targets: BTreeSet<u64>,
+    /// The next `(queue id, seq)` to visit.
+    pub next: (u64, u64),
+}
+
+/// The open handles of every file at one moment: what a snapshot reads its bodies from.
+#[derive(Clone)]
+pub struct BodyPin(BTreeMap<u64, Arc<File>>);
+
+impl BodyPin {
+    /// Reads a body; `None` if its file is gone.
+    pub fn read(&self, r: BodyRef) -> io::Result<Option<Bytes>> {
+        match self.0.get(&r.file) {
+            Some(f) => read_at(f, r).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+fn read_at(f: &File, r: BodyRef) -> io::Result<Bytes> {
+    let mut v = vec![0u8; r.len as usize];
+    f.read_exact_at(&mut v, r.offset)?;
+    Ok(Bytes::from(v))
+}
+
+fn file_name(id: u64) -> String {
+    format!("{id:016}.body")
+}
+
+fn file_id(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".body")?;
+    if digits.len() != 16 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn named(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+impl Bodies {
+    /// The directory of the shard whose database is `db_path`.
+    pub fn dir_for(db_path: &Path) -> PathBuf {
+        db_path.with_extension("bodies")
+    }
+
+    /// Opens the body files in `dir` as the durable state left them: `active` is the
+    /// active file (0 for none yet) and `end` its recorded length, `live` the files that
+    /// hold live bodies. Every other file is deleted (left by a crash between a commit
+    /// and a deletion, or by a write never committed), and the active file is cut to
+    /// `end`.
+    pub fn open(dir: &Path, active: u64, end: u64, live: &BTreeSet<u64>) -> io::Result<Bodies> {
+        std::fs::create_dir_all(dir).map_err(|e| named(dir, e))?;
+        let mut files = BTreeMap::new();
+        let mut removed = false;
+        for e in std::fs::read_dir(dir).map_err(|e| named(dir, e))? {
+            let e = e?;
+            let path = e.path();
+            let Some(id) = e.file_name().to_str().and_then(file_id) else {
+                continue;
+            };
+            if id == active || live.contains(&id) {
+                let f = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| named(&path, e))?;
+                files.insert(id, Arc::new(f));
+            } else {
+                std::fs::remove_file(&path).map_err(|e| named(&path, e))?;
+                tracing::info!(file = %path.display(), "removed a body file nothing refers to");
+                removed = true;
+            }
+        }
+        for id in live {
+            if !files.contains_key(id) {
+                tracing::error!(dir = %dir.display(), file = id,
+                    "a body file the state refers to is missing; its messages cannot be delivered");
+            }
+        }
+        let id = active.max(1);
+        let file = match files.get(&id) {
+            Some(f) => f.clone(),
+            None => {
+                let path = dir.join(file_name(id));
+                let f = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&path)
+                    .map_err(|e| named(&path, e))?;
+                let f = Arc::new(f);
+                files.insert(id, f.clone());
+                removed = true;
+                f
+            }
+        };
+        let len = file.metadata()?.len();
+        let written = if id == active { end } else { 0 };
+        if len > written {
+            file.set_len(written)?;
+            file.sync_all()?;
+        } else if len < written {
+            tracing::error!(dir = %dir.display(), file = id, len, recorded = written,
+                "the active body file is shorter than the state recorded; the messages past its end cannot be delivered");
+        }
+        if removed {
+            sync_dir(dir).map_err(|e| named(dir, e))?;
+        }
+        Ok(Bodies {
+            dir: dir.to_path_buf(),
+            file_bytes: FILE_BYTES,
+            files: RwLock::new(files),
+            w: Mutex::new(Writer {
+                id,
+                file,
+                written,
+                buf: Vec::new(),
+                unsynced: false,
+                retired: Vec::new(),
+                compaction: None,
+            }),
+        })
+    }
+
+    /// Seals files at `n` bytes instead of [`FILE_BYTES`] (tests use small files).
+    pub fn with_file_bytes(mut self, n: u64) -> Self {
+        self.file_bytes = n.max(1);
+        self
+    }
+
+    /// The directory of the files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A sealed file with fewer live bytes than this is sparse: a compaction candidate.
+    pub fn sparse_bytes(&self) -> u64 {
+        self.file_bytes / 4
+    }
+
+    fn writer(&self) -> std::sync::MutexGuard<'_, Writer> {
+        self.w.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The active file and the length it will have once the current transaction's bodies
+    /// are written: what [`BODY_META`](super::schema::BODY_META) records.
+    pub fn position(&self) -> (u64, u64) {
+        let w = self.writer();
+        (w.id, w.written + w.buf.len() as u64)
+    }
+
+    /// Appends one body, written by `write` at the end of the buffer it is given.
+    pub fn append(&self, write: impl FnOnce(&mut Vec<u8>)) -> BodyRef {
+        let mut w = self.writer();
+        let start = w.buf.len();
+        write(&mut w.buf);
+        BodyRef {
+            file: w.id,
+            offset: w.written + start as u64,
+            len: (w.buf.len() - start) as u32,
+        }
+    }
+
+    /// Reads a body for the state machine, which may still hold it in its buffer.
+    pub fn read_latest(&self, r: BodyRef) -> io::Result<Option<Bytes>> {
+        {
+            let w = self.writer();
+            if r.file == w.id && r.offset >= w.written {
+                let start = (r.offset - w.written) as usize;
+                return Ok(w
+                    .buf
+                    .get(start..start + r.len as usize)
+                    .map(Bytes::copy_from_slice));
+            }
+        }
+        self.read(r)
+    }
+
+    /// Reads a committed body; `None` if its file is gone (the message went meanwhile).
+    pub fn read(&self, r: BodyRef) -> io::Result<Option<Bytes>> {
+        let f = self
+            .files
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&r.file)
+            .cloned();
+        match f {
+            Some(f) => read_at(&f, r).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The files as they are now, kept readable for as long as the pin lives.
+    pub fn pin(&self) -> BodyPin {
+        BodyPin(self.files.read().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+
+    /// Writes the buffered bodies to the active file: before every commit.
+    pub fn flush(&self) -> io::Result<()> {
+        let mut w = self.writer();
+        if w.buf.is_empty() {
+            return Ok(());
+        }
+        w.file.write_all_at(&w.buf, w.written)?;
+        w.written += w.buf.len() as u64;
+        w.unsynced = true;
+        w.buf.clear();
+        if w.buf.capacity() > KEEP_BUFFER {
+            w.buf = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Flushes and syncs the active file: before every durable commit.
+    pub fn sync(&self) -> io::Result<()> {
+        self.flush()?;
+        let mut w = self.writer();
+        if w.unsynced {
+            w.file.sync_data()?;
+            w.unsynced = false;
+        }
+        Ok(())
+    }
+
+    /// Whether the active file is full.
+    pub fn full(&self) -> bool {
+        let w = self.writer();
+        w.written + w.buf.len() as u64 >= self.file_bytes
+    }
+
+    /// Seals the active file (written and synced) and starts the next; returns the
+    /// sealed file's number.
+    pub fn roll(&self) -> io::Result<u64> {
+        self.sync()?;
+        let mut w = self.writer();
+        let old = w.id;
+        let id = old + 1;
+        let path = self.dir.join(file_name(id));
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| named(&path, e))?;
+        sync_dir(&self.dir).map_err(|e| named(&self.dir, e))?;
+        let f = Arc::new(f);
+        self.files
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, f.clone());
+        w.id = id;
+        w.file = f;
+        w.written = 0;
+        Ok(old)
+    }
+
+    /// Files the state just committed no longer refers to: deleted after the next durable
+    /// commit ([`Bodies::durable`]).
+    pub fn retire(&self, ids: impl IntoIterator<Item = u64>) {
+        let mut w = self.writer();
+        let active = w.id;
+        w.retired.extend(ids.into_iter().filter(|&id| id != active));
+    }
+
+    /// Every file but the active one: what a snapshot install replaces.
+    pub fn all_but_active(&self) -> Vec<u64> {
+        let active = self.writer().id;
+        self.files
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .filter(|&id| id != active)
+            .collect()
+    }
+
+    /// A durable commit is done: deletes the retired files. A failure is logged; the file
+    /// is deleted at the next start.
+    pub fn durable(&self) {
+        let retired = std::mem::take(&mut self.writer().retired);
+        if retired.is_empty() {
+            return;
+        }
+        {
+            let mut files = self.files.write().unwrap_or_else(|e| e.into_inner());
+            for id in &retired {
+                files.remove(id);
+            }
+        }
+        for id in retired {
+            let path = self.dir.join(file_name(id));
+            match std::fs::remove_file(&path) {
+                Ok(()) => tracing::debug!(file = %path.display(), "body file deleted"),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "body file not deleted; it is removed at the next start")
+                }
+            }
+        }
+    }
+
+    /// The compaction in progress, if any.
+    pub fn compaction(&self) -> Option<Compaction> {
+        self.writer().compaction.clone()
+    }
+
+    /// Records the compaction's progress once the transaction that made it committed.
+    pub fn set_compaction(&self, c: Option<Compaction>) {
+        self.writer().compaction = c;
+    }
+
+    /// The active file's number.
+    pub fn active(&self) -> u64 {
+        self.writer().id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(n: usize, b: u8) -> impl FnOnce(&mut Vec<u8>) {
+        move |v: &mut Vec<u8>| v.extend(std::iter::repeat_n(b, n))
+    }
+
+    #[test]
+    fn bodies_are_read_back_before_and_after_flush_and_across_a_roll() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Bodies::open(dir.path(), 0, 0, &BTreeSet::new()).unwrap();
+        let r1 = b.append(body(10, 1));
+        let r2 = b.append(body(5, 2));
+        assert_eq!(
+            r2,
+            BodyRef {
+                file: 1,
+                offset: 10,
+                len: 5
+            }
+        );
+        assert_eq!(b.read_latest(r2).unwrap().unwrap(), vec![2u8; 5]);
+        assert_eq!(b.position(), (1, 15));
+        b.flush().unwrap();
+        assert_eq!(b.read(r1).unwrap().unwrap(), vec![1u8; 10]);
+        assert_eq!(b.roll().unwrap(), 1);
+        let r3 = b.append(body(3, 3));
+        assert_eq!(r3.file, 2);
+        assert_eq!(b.read_latest(r3).unwrap().unwrap(), vec![3u8; 3]);
+        assert_eq!(b.read_latest(r2).unwrap().unwrap(), vec![2u8; 5]);
+    }
+
+    #[test]
+    fn open_cuts_the_active_file_and_removes_files_nothing_refers_to() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let b = Bodies::open(dir.path(), 0, 0, &BTreeSet::new()).unwrap();
+            b.append(body(100, 1));
+            b.roll().unwrap();
+            b.append(body(100, 2));
+            b.roll().unwrap();
+            b.append(body(50, 3));
+            b.append(body(50, 4)); // never committed: cut at open
+            b.sync().unwrap();
+        }
+        std::fs::write(dir.path().join("unrelated.txt"), b"x").unwrap();
+        // File 1 is dead, file 2 live, file 3 active with 50 committed bytes.
+        let b = Bodies::open(dir.path(), 3, 50, &BTreeSet::from([2])).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, [file_name(2), file_name(3), "unrelated.txt".into()]);
+        assert_eq!(
+            std::fs::metadata(dir.path().join(file_name(3)))
+                .unwrap()
+                .len(),
+            50
+        );
+        let r = BodyRef {
+            file: 2,
+            offset: 0,
+            len: 100,
+        };
+        assert_eq!(b.read(r).unwrap().unwrap(), vec![2u8; 100]);
+        assert_eq!(b.append(body(1, 9)).offset, 50);
+    }
+
+    #[test]
+    fn retired_files_go_after_a_durable_commit_but_a_pin_still_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Bodies::open(dir.path(), 0, 0, &BTreeSet::new()).unwrap();
+        let r = b.append(body(8, 7));
+        b.roll().unwrap();
+        let pin = b.pin();
+        b.retire([1, 2]); // the active file is never retired
+        assert!(b.read(r).unwrap().is_some());
+        b.durable();
+        assert!(b.read(r).unwrap().is_none());
+        assert!(!dir.path().join(file_name(1)).exists());
+        assert!(dir.path().join(file_name(2)).exists());
+        assert_eq!(pin.read(r).unwrap().unwrap(), vec![7u8; 8]);
+    }
+
+    #[test]
+    fn only_well_formed_names_are_body_files() {
+        assert_eq!(file_id(&file_name(42)), Some(42));
+        assert_eq!(file_id("42.body"), None);
+        assert_eq!(file_id("000000000000004x.body"), None);
+        assert_eq!(file_id("0000000000000042.bod"), None);
+    }
+}
