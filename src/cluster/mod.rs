@@ -1373,8 +1373,21 @@ impl Node {
                     return Ok(Answer::Membership(self.membership_view(l)));
                 }
                 let db = l.db.clone();
-                let bodies = l.bodies.clone();
                 let now = store::now_ms();
+                if let Read::Peek { name, max } = read_op {
+                    // The view is opened with the bodies locked, so none it refers to is
+                    // released (and left unwritten) while the peek reads it.
+                    let bodies = l.bodies.clone();
+                    return tokio::task::spawn_blocking(move || {
+                        bodies.locked(|rd| {
+                            let txn = db.begin_read().map_err(redb::Error::from)?;
+                            Ok(Answer::Peek(store::peek(&txn, rd, name, max, now)?))
+                        })
+                    })
+                    .await
+                    .map_err(|_| failed(Status::ShuttingDown, "the node is shutting down"))?
+                    .map_err(store_failed);
+                }
                 read(db, move |txn| {
                     Ok(match read_op {
                         Read::List {
@@ -1388,9 +1401,7 @@ impl Node {
                         Read::Describe { name } => {
                             Answer::Describe(store::describe(txn, name, now)?)
                         }
-                        Read::Peek { name, max } => {
-                            Answer::Peek(store::peek(txn, &bodies, name, max, now)?)
-                        }
+                        Read::Peek { .. } => Answer::Done, // answered above
                         Read::Placement { name } => {
                             Answer::Placement(store::placement(txn, &name)?)
                         }

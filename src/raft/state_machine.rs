@@ -390,12 +390,11 @@ fn apply_batch(
                 .map_err(sm_write)?;
         }
     }
-    // The bodies first: readers of the committed state read them from the file, and a
-    // durable commit must find them on disk.
+    // A durable commit must find the bodies it refers to on disk.
     let synced = if durable {
         bodies.sync()
     } else {
-        bodies.flush()
+        bodies.flush_if_full()
     };
     synced.map_err(sm_write)?;
     txn.commit().map_err(sm_write)?;
@@ -407,8 +406,10 @@ impl StateMachine {
     /// O(1): a read transaction pins the state as of the last applied entry; the tables are
     /// read only when the snapshot is sent, and the pages are freed once it is dropped.
     fn snapshot_now(db: &Database, bodies: &Bodies) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let txn = db.begin_read().map_err(snap_err)?;
-        let pin = bodies.pin();
+        // The bodies are written out and the files pinned with the view: this runs beside
+        // the applies, which release bodies and delete files the view may refer to.
+        let (txn, pin) = bodies.pin_with(|| db.begin_read()).map_err(snap_err)?;
+        let txn = txn.map_err(snap_err)?;
         let applied: Option<LogId<NodeId>> = Self::meta(&txn, "applied")?;
         let membership: Membership = Self::meta(&txn, "membership")?;
         let id = match applied {

@@ -12,19 +12,24 @@
 //! next number becomes active. [`BODY_FILES`](super::schema::BODY_FILES) counts the live
 //! bodies and bytes of each file; a file whose count reaches zero is deleted.
 //!
-//! **Durability.** Bodies are buffered during a transaction and written to the file before
-//! it commits, so readers of the committed state find them; before a durable commit the
-//! file is synced. So whatever a durable commit refers to is on disk; after a crash the
-//! active file is cut back to the end [`BODY_META`](super::schema::BODY_META) recorded, and
-//! the entries applied since are applied again from the Raft log. A file is deleted only
-//! after a durable commit that no longer refers to it.
+//! **Durability.** Bodies are appended to a buffer, and reads of the latest bodies are
+//! served from it. The buffer is written to the file before every durable commit (and
+//! whenever it holds [`MAX_BUFFERED`] bytes), then the file is synced, so whatever a
+//! durable commit refers to is on disk. A body whose message went before its buffer was
+//! written is left out: most messages of a busy queue are received and acknowledged
+//! within milliseconds, and their bodies then never reach the disk (the file has a hole
+//! there). After a crash the active file is cut back to the end
+//! [`BODY_META`](super::schema::BODY_META) recorded, and the entries applied since are
+//! applied again from the Raft log. A file is deleted only after a durable commit that no
+//! longer refers to it.
 //!
 //! **Compaction.** One old message can keep a whole file alive. When two sealed files are
 //! each less than a quarter live, the state machine copies their live bodies to the active
 //! file, a few thousand rows per transaction, until their counts reach zero.
 //!
-//! Readers (peek, snapshots being sent) read through open file handles, so a file deleted
-//! meanwhile stays readable by a snapshot that pinned it.
+//! Readers of an older view than the state machine's (peek, snapshots being sent) read
+//! under [`Bodies::locked`], or write the buffer out and pin the open file handles
+//! ([`Bodies::pin_with`]), so a file deleted meanwhile stays readable by the snapshot.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
@@ -45,8 +50,9 @@ pub const COMPACT_AFTER: usize = 2;
 /// References a compaction visits per transaction.
 pub const COMPACT_ROWS: usize = 4096;
 
-/// The write buffer keeps its allocation between transactions up to this size.
-const KEEP_BUFFER: usize = 8 * 1024 * 1024;
+/// The buffer is written to the file once it holds this many bytes, durable commit or
+/// not: the bound on its memory, one per Raft group.
+pub const MAX_BUFFERED: usize = 8 * 1024 * 1024;
 
 /// Where one body is: file number, offset, length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -85,10 +91,12 @@ struct Writer {
     /// The active file's number and handle.
     id: u64,
     file: Arc<File>,
-    /// Bytes of the active file written to it.
+    /// Where the buffer starts in the active file: what came before is written to it.
     written: u64,
-    /// Bytes appended after `written`, written before the transaction commits.
+    /// Bodies appended after `written`.
     buf: Vec<u8>,
+    /// The bodies in `buf`, in order, and whether each is still referred to.
+    pending: Vec<Pending>,
     /// Written since the last sync.
     unsynced: bool,
     /// Files no longer referred to by the committed state, deleted after the next
@@ -96,6 +104,89 @@ struct Writer {
     retired: Vec<u64>,
     /// A compaction in progress: the files it empties and the next reference to visit.
     compaction: Option<Compaction>,
+}
+
+/// A body in the buffer.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    /// Offset in the buffer.
+    start: usize,
+    len: u32,
+    /// Not released: written when the buffer is.
+    live: bool,
+}
+
+/// The bodies as the state machine sees them, with no write of the buffer or release of a
+/// body possible meanwhile (see [`Bodies::locked`]).
+pub struct BodyReader<'a> {
+    w: std::sync::MutexGuard<'a, Writer>,
+    files: &'a RwLock<BTreeMap<u64, Arc<File>>>,
+}
+
+impl BodyReader<'_> {
+    /// Reads a body; `None` if its file is gone.
+    pub fn read(&self, r: BodyRef) -> io::Result<Option<Bytes>> {
+        if let Some(b) = self.w.buffered(r) {
+            return Ok(Some(b));
+        }
+        let f = self
+            .files
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&r.file)
+            .cloned();
+        match f {
+            Some(f) => read_at(&f, r).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Writer {
+    /// The body `r` if it is in the buffer.
+    fn buffered(&self, r: BodyRef) -> Option<Bytes> {
+        if r.file != self.id || r.offset < self.written {
+            return None;
+        }
+        let start = (r.offset - self.written) as usize;
+        self.buf
+            .get(start..start + r.len as usize)
+            .map(Bytes::copy_from_slice)
+    }
+
+    /// Writes the live bodies of the buffer to the file and empties it.
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        // Runs of adjacent live bodies, one write each.
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for p in self.pending.iter().filter(|p| p.live) {
+            let end = p.start + p.len as usize;
+            match runs.last_mut() {
+                Some(run) if run.1 == p.start => run.1 = end,
+                _ => runs.push((p.start, end)),
+            }
+        }
+        for &(a, b) in &runs {
+            self.file
+                .write_all_at(&self.buf[a..b], self.written + a as u64)?;
+        }
+        let end = self.written + self.buf.len() as u64;
+        if runs.last().is_none_or(|r| r.1 < self.buf.len()) {
+            // The last bodies went before they were written: the file still ends where
+            // the recorded position says.
+            self.file.set_len(end)?;
+        }
+        self.written = end;
+        self.unsynced = true;
+        self.buf.clear();
+        self.pending.clear();
+        if self.buf.capacity() > MAX_BUFFERED * 2 {
+            self.buf = Vec::new();
+        }
+        Ok(())
+    }
 }
 
 /// A compaction's progress (see the module documentation).
@@ -226,6 +317,7 @@ impl Bodies {
                 file,
                 written,
                 buf: Vec::new(),
+                pending: Vec::new(),
                 unsynced: false,
                 retired: Vec::new(),
                 compaction: None,
@@ -265,67 +357,91 @@ impl Bodies {
         let mut w = self.writer();
         let start = w.buf.len();
         write(&mut w.buf);
+        let len = (w.buf.len() - start) as u32;
+        w.pending.push(Pending {
+            start,
+            len,
+            live: true,
+        });
         BodyRef {
             file: w.id,
             offset: w.written + start as u64,
-            len: (w.buf.len() - start) as u32,
+            len,
         }
     }
 
-    /// Reads a body for the state machine, which may still hold it in its buffer.
-    pub fn read_latest(&self, r: BodyRef) -> io::Result<Option<Bytes>> {
-        {
-            let w = self.writer();
-            if r.file == w.id && r.offset >= w.written {
-                let start = (r.offset - w.written) as usize;
-                return Ok(w
-                    .buf
-                    .get(start..start + r.len as usize)
-                    .map(Bytes::copy_from_slice));
+    /// Reads a body of the latest state (the state machine's own reads). Readers of an
+    /// older view go through [`Bodies::locked`] or a [`BodyPin`].
+    pub fn read(&self, r: BodyRef) -> io::Result<Option<Bytes>> {
+        self.locked(|rd| rd.read(r))
+    }
+
+    /// Runs `f` with a reader of the bodies during which no body is released or written
+    /// out: a read transaction begun inside `f` finds every body it refers to (in the
+    /// buffer, or written to a file before it was released). Appends wait meanwhile.
+    pub fn locked<T>(&self, f: impl FnOnce(&BodyReader<'_>) -> T) -> T {
+        let rd = BodyReader {
+            w: self.writer(),
+            files: &self.files,
+        };
+        f(&rd)
+    }
+
+    /// Bodies whose messages a committed transaction removed: those still in the buffer
+    /// will not be written.
+    pub fn release(&self, refs: &[BodyRef]) {
+        if refs.is_empty() {
+            return;
+        }
+        let mut w = self.writer();
+        let (id, written) = (w.id, w.written);
+        for r in refs {
+            if r.file != id || r.offset < written {
+                continue;
+            }
+            let start = (r.offset - written) as usize;
+            if let Ok(i) = w.pending.binary_search_by_key(&start, |p| p.start) {
+                w.pending[i].live = false;
             }
         }
-        self.read(r)
     }
 
-    /// Reads a committed body; `None` if its file is gone (the message went meanwhile).
-    pub fn read(&self, r: BodyRef) -> io::Result<Option<Bytes>> {
-        let f = self
-            .files
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&r.file)
-            .cloned();
-        match f {
-            Some(f) => read_at(&f, r).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    /// The files as they are now, kept readable for as long as the pin lives.
+    /// The files as they are now, kept readable for as long as the pin lives. The buffer
+    /// is not in it: see [`Bodies::pin_with`].
     pub fn pin(&self) -> BodyPin {
         BodyPin(self.files.read().unwrap_or_else(|e| e.into_inner()).clone())
     }
 
-    /// Writes the buffered bodies to the active file: before every commit.
-    pub fn flush(&self) -> io::Result<()> {
+    /// Writes the buffer out, runs `view` (which opens a read transaction) and pins the
+    /// files, with no body released or file deleted in between: every body the view
+    /// refers to is in a pinned file, even when commits run beside it.
+    pub fn pin_with<T>(&self, view: impl FnOnce() -> T) -> io::Result<(T, BodyPin)> {
         let mut w = self.writer();
-        if w.buf.is_empty() {
-            return Ok(());
-        }
-        w.file.write_all_at(&w.buf, w.written)?;
-        w.written += w.buf.len() as u64;
-        w.unsynced = true;
-        w.buf.clear();
-        if w.buf.capacity() > KEEP_BUFFER {
-            w.buf = Vec::new();
+        w.flush()?;
+        let files = self.files.read().unwrap_or_else(|e| e.into_inner());
+        let v = view();
+        Ok((v, BodyPin(files.clone())))
+    }
+
+    /// Writes the buffer's live bodies to the active file.
+    pub fn flush(&self) -> io::Result<()> {
+        self.writer().flush()
+    }
+
+    /// Writes the buffer out if it holds [`MAX_BUFFERED`] bytes: after every commit that
+    /// is not durable.
+    pub fn flush_if_full(&self) -> io::Result<()> {
+        let mut w = self.writer();
+        if w.buf.len() >= MAX_BUFFERED {
+            w.flush()?;
         }
         Ok(())
     }
 
-    /// Flushes and syncs the active file: before every durable commit.
+    /// Writes the buffer out and syncs the active file: before every durable commit.
     pub fn sync(&self) -> io::Result<()> {
-        self.flush()?;
         let mut w = self.writer();
+        w.flush()?;
         if w.unsynced {
             w.file.sync_data()?;
             w.unsynced = false;
@@ -449,15 +565,15 @@ mod tests {
                 len: 5
             }
         );
-        assert_eq!(b.read_latest(r2).unwrap().unwrap(), vec![2u8; 5]);
+        assert_eq!(b.read(r2).unwrap().unwrap(), vec![2u8; 5]);
         assert_eq!(b.position(), (1, 15));
         b.flush().unwrap();
         assert_eq!(b.read(r1).unwrap().unwrap(), vec![1u8; 10]);
         assert_eq!(b.roll().unwrap(), 1);
         let r3 = b.append(body(3, 3));
         assert_eq!(r3.file, 2);
-        assert_eq!(b.read_latest(r3).unwrap().unwrap(), vec![3u8; 3]);
-        assert_eq!(b.read_latest(r2).unwrap().unwrap(), vec![2u8; 5]);
+        assert_eq!(b.read(r3).unwrap().unwrap(), vec![3u8; 3]);
+        assert_eq!(b.read(r2).unwrap().unwrap(), vec![2u8; 5]);
     }
 
     #[test]
@@ -511,6 +627,44 @@ mod tests {
         assert!(!dir.path().join(file_name(1)).exists());
         assert!(dir.path().join(file_name(2)).exists());
         assert_eq!(pin.read(r).unwrap().unwrap(), vec![7u8; 8]);
+    }
+
+    #[test]
+    fn released_bodies_are_left_out_of_the_file_and_the_rest_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Bodies::open(dir.path(), 0, 0, &BTreeSet::new()).unwrap();
+        let r: Vec<BodyRef> = (1..=5).map(|i| b.append(body(10, i))).collect();
+        b.release(&[r[1], r[2], r[4]]);
+        // Released bodies still read back until the buffer is written.
+        assert_eq!(b.read(r[2]).unwrap().unwrap(), vec![3u8; 10]);
+        b.sync().unwrap();
+        let file = std::fs::read(dir.path().join(file_name(1))).unwrap();
+        let mut want = vec![1u8; 10];
+        want.extend([0u8; 20]);
+        want.extend([4u8; 10]);
+        want.extend([0u8; 10]); // the file keeps its length
+        assert_eq!(file, want);
+        assert_eq!(b.position(), (1, 50));
+        // Releasing what is written already changes nothing; appends go on after it.
+        b.release(&[r[0], r[3]]);
+        assert_eq!(b.read(r[3]).unwrap().unwrap(), vec![4u8; 10]);
+        assert_eq!(b.append(body(1, 9)).offset, 50);
+        // The buffer is written out when full, not before.
+        b.flush_if_full().unwrap();
+        assert_eq!(
+            std::fs::metadata(dir.path().join(file_name(1)))
+                .unwrap()
+                .len(),
+            50
+        );
+        b.append(body(MAX_BUFFERED, 7));
+        b.flush_if_full().unwrap();
+        assert_eq!(
+            std::fs::metadata(dir.path().join(file_name(1)))
+                .unwrap()
+                .len(),
+            51 + MAX_BUFFERED as u64
+        );
     }
 
     #[test]

@@ -252,8 +252,8 @@ pub struct Tables<'txn> {
     body_meta: Table<'txn, &'static str, u64>,
     /// Where new bodies go.
     bodies: &'txn Bodies,
-    /// Changes of live bodies and bytes per body file, written by [`Tables::finish`].
-    live: BTreeMap<u64, (i64, i64)>,
+    /// What this transaction did to the bodies.
+    counts: Counts,
     /// [`BODY`] holds rows (a database upgraded from format 3): removals look there too.
     legacy: bool,
     /// The compaction's progress in this transaction.
@@ -283,11 +283,36 @@ pub fn create_tables(txn: &WriteTransaction) -> Result<(), redb::Error> {
     Ok(())
 }
 
-/// Counts `delta` bodies like `r` in `live`.
-fn count(live: &mut BTreeMap<u64, (i64, i64)>, r: BodyRef, delta: i64) {
-    let e = live.entry(r.file).or_default();
-    e.0 += delta;
-    e.1 += delta * i64::from(r.len);
+/// What a transaction did to the bodies: the changes of live bodies and bytes per file
+/// (written by [`Tables::finish`]), and the bodies of the active file it let go (which the
+/// body files then need not write: [`Bodies::release`]).
+#[derive(Default)]
+struct Counts {
+    live: BTreeMap<u64, (i64, i64)>,
+    freed: Vec<BodyRef>,
+    /// The active file when the transaction began.
+    active: u64,
+}
+
+impl Counts {
+    fn count(&mut self, r: BodyRef, delta: i64) {
+        let e = self.live.entry(r.file).or_default();
+        e.0 += delta;
+        e.1 += delta * i64::from(r.len);
+    }
+
+    /// A body stored.
+    fn add(&mut self, r: BodyRef) {
+        self.count(r, 1);
+    }
+
+    /// A body no longer referred to.
+    fn forget(&mut self, r: BodyRef) {
+        self.count(r, -1);
+        if r.file == self.active {
+            self.freed.push(r);
+        }
+    }
 }
 
 /// What a transaction's end left for after its commit (see [`Tables::finish`]).
@@ -295,6 +320,8 @@ fn count(live: &mut BTreeMap<u64, (i64, i64)>, r: BodyRef, delta: i64) {
 pub struct Finished {
     /// Body files the state no longer refers to.
     pub dead: Vec<u64>,
+    /// Bodies of the active file the state no longer refers to.
+    freed: Vec<BodyRef>,
     /// The compaction's progress.
     pub compaction: Option<Compaction>,
 }
@@ -303,6 +330,7 @@ impl Finished {
     /// Hands the results to the body files once the transaction committed, `durable` if
     /// it was fsynced.
     pub fn committed(self, bodies: &Bodies, durable: bool) {
+        bodies.release(&self.freed);
         bodies.retire(self.dead);
         bodies.set_compaction(self.compaction);
         if durable {
@@ -321,7 +349,10 @@ impl<'txn> Tables<'txn> {
             files: txn.open_table(BODY_FILES)?,
             body_meta: txn.open_table(BODY_META)?,
             bodies,
-            live: BTreeMap::new(),
+            counts: Counts {
+                active: bodies.active(),
+                ..Counts::default()
+            },
             legacy,
             compaction: bodies.compaction(),
             body,
@@ -482,7 +513,7 @@ impl<'txn> Tables<'txn> {
     fn body_of(&self, qid: u64, seq: u64) -> Result<Bytes, ApplyError> {
         if let Some(r) = self.refs.get((qid, seq))? {
             let r = BodyRef::from_tuple(r.value());
-            return match self.bodies.read_latest(r) {
+            return match self.bodies.read(r) {
                 Ok(Some(b)) => Ok(b),
                 Ok(None) => Err(StoreError::Bodies(format!(
                     "message {seq} of queue {qid} refers to body file {}, which is gone",
@@ -503,7 +534,7 @@ impl<'txn> Tables<'txn> {
     /// Forgets the body of message `seq` of queue `qid`.
     fn drop_body(&mut self, qid: u64, seq: u64) -> Result<(), ApplyError> {
         if let Some(r) = self.refs.remove((qid, seq))? {
-            count(&mut self.live, BodyRef::from_tuple(r.value()), -1);
+            self.counts.forget(BodyRef::from_tuple(r.value()));
         } else if self.legacy {
             self.body.remove((qid, seq))?;
         }
@@ -519,7 +550,7 @@ impl<'txn> Tables<'txn> {
         self.compact_step()?;
         let active = self.bodies.active();
         let mut dead = Vec::new();
-        for (file, (dc, db)) in std::mem::take(&mut self.live) {
+        for (file, (dc, db)) in std::mem::take(&mut self.counts.live) {
             if dc == 0 && db == 0 {
                 continue;
             }
@@ -551,6 +582,7 @@ impl<'txn> Tables<'txn> {
         self.body_meta.insert("end", end)?;
         Ok(Finished {
             dead,
+            freed: std::mem::take(&mut self.counts.freed),
             compaction: self.compaction.take(),
         })
     }
@@ -598,15 +630,15 @@ impl<'txn> Tables<'txn> {
             }
         }
         for (key, r) in moves {
-            let body = match self.bodies.read_latest(r) {
+            let body = match self.bodies.read(r) {
                 Ok(Some(b)) => b,
                 Ok(None) => continue,
                 Err(e) => return Err(super::body_unreadable(r, e).into()),
             };
             let n = self.bodies.append(|buf| buf.extend_from_slice(&body));
             self.refs.insert(key, n.to_tuple())?;
-            count(&mut self.live, r, -1);
-            count(&mut self.live, n, 1);
+            self.counts.forget(r);
+            self.counts.add(n);
         }
         self.compaction = match last {
             Some((q, s)) if visited >= bodies::COMPACT_ROWS => {
@@ -684,7 +716,7 @@ impl<'txn> Tables<'txn> {
         self.put_msg(qid, seq, &st)?;
         let r = self.bodies.append(write);
         self.refs.insert((qid, seq), r.to_tuple())?;
-        count(&mut self.live, r, 1);
+        self.counts.add(r);
         let first = match group {
             Some(g) => {
                 let first = self.group_after(qid, g, None)?.is_none();
@@ -709,9 +741,9 @@ impl<'txn> Tables<'txn> {
         let mut seqs: Vec<u64> = gone.iter().map(|&(_, s)| s).collect();
         seqs.sort_unstable();
         rows::remove_seqs(&mut self.state, qid, &seqs)?;
-        let live = &mut self.live;
+        let counts = &mut self.counts;
         rows::remove_seqs_with(&mut self.refs, qid, &seqs, |r| {
-            count(live, BodyRef::from_tuple(r), -1)
+            counts.forget(BodyRef::from_tuple(r))
         })?;
         if self.legacy {
             rows::remove_seqs(&mut self.body, qid, &seqs)?;
@@ -1013,9 +1045,9 @@ pub fn apply(
             let qid = rec.id;
             t.state
                 .retain_in((qid, 0)..=(qid, u64::MAX), |_, _| false)?;
-            let live = &mut t.live;
+            let counts = &mut t.counts;
             t.refs.retain_in((qid, 0)..=(qid, u64::MAX), |_, r| {
-                count(live, BodyRef::from_tuple(r), -1);
+                counts.forget(BodyRef::from_tuple(r));
                 false
             })?;
             if t.legacy {
@@ -1137,7 +1169,7 @@ pub fn apply(
                         let r = t.bodies.append(|buf| {
                             crate::protocol::encode_stored(buf, &m.attributes, &m.body)
                         });
-                        count(&mut t.live, r, 1);
+                        t.counts.add(r);
                         new.push(seq, &st, r);
                         seq
                     }
@@ -1666,6 +1698,8 @@ pub(crate) mod tests {
     pub(crate) struct Db {
         pub(crate) db: Database,
         pub(crate) bodies: Bodies,
+        /// Commits so far: every third is durable, as the state machine's are now and then.
+        commits: std::cell::Cell<u64>,
     }
 
     impl std::ops::Deref for Db {
@@ -1681,7 +1715,31 @@ pub(crate) mod tests {
             let bodies = Bodies::open(&dir.join("t.bodies"), 0, 0, &BTreeSet::new())
                 .unwrap()
                 .with_file_bytes(file_bytes);
-            Db { db, bodies }
+            Db {
+                db,
+                bodies,
+                commits: Default::default(),
+            }
+        }
+
+        /// Commits `txn` as the state machine does: the body buffer written out and synced
+        /// before a durable commit (every third), else only when full.
+        pub(crate) fn commit(&self, txn: redb::WriteTransaction, fin: Finished) {
+            let n = self.commits.get() + 1;
+            self.commits.set(n);
+            let durable = n % 3 == 0;
+            if durable {
+                self.bodies.sync().unwrap();
+            } else {
+                self.bodies.flush_if_full().unwrap();
+            }
+            txn.commit().unwrap();
+            fin.committed(&self.bodies, durable);
+        }
+
+        /// Makes everything durable, as a snapshot build or a clean stop does.
+        pub(crate) fn flush(&self) {
+            crate::raft::state_machine::flush(&self.db, &self.bodies).unwrap();
         }
     }
 
@@ -1701,11 +1759,7 @@ pub(crate) mod tests {
             (r, fx.dirty.then(|| t.finish().unwrap()))
         };
         match fin {
-            Some(fin) => {
-                db.bodies.flush().unwrap();
-                txn.commit().unwrap();
-                fin.committed(&db.bodies, true);
-            }
+            Some(fin) => db.commit(txn, fin),
             None => txn.abort().unwrap(),
         }
         (r, fx)
@@ -2610,15 +2664,19 @@ pub(crate) mod tests {
         assert!(txn.open_table(BODY_REF).unwrap().is_empty().unwrap());
     }
 
-    /// The live counts of the body files are those of the references, every referenced
-    /// body reads back, and the files on disk are those counted and the active one.
+    /// The live counts of the body files are those of the references and every referenced
+    /// body reads back; once everything is durable, the files on disk are those counted
+    /// and the active one, and every body reads back from them as it did before (the
+    /// bodies left out of the files were all released).
     pub(crate) fn check_files(db: &Db) {
-        let txn = db.begin_read().unwrap();
         let mut want: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+        let mut seen = Vec::new();
+        let txn = db.begin_read().unwrap();
         for e in txn.open_table(BODY_REF).unwrap().iter().unwrap() {
             let r = BodyRef::from_tuple(e.unwrap().1.value());
             let body = db.bodies.read(r).unwrap().expect("the file is there");
             assert_eq!(body.len(), r.len as usize);
+            seen.push((r, body));
             let c = want.entry(r.file).or_default();
             c.0 += 1;
             c.1 += u64::from(r.len);
@@ -2634,6 +2692,12 @@ pub(crate) mod tests {
             })
             .collect();
         assert_eq!(got, want);
+        drop(txn);
+        db.flush();
+        let pin = db.bodies.pin();
+        for (r, body) in seen {
+            assert_eq!(pin.read(r).unwrap(), Some(body), "{r:?}");
+        }
         let mut on_disk: Vec<u64> = std::fs::read_dir(db.bodies.dir())
             .unwrap()
             .filter_map(|e| {

@@ -181,7 +181,7 @@ pub fn describe(
 /// Up to `max` visible, unexpired messages, oldest visible first, without receiving them.
 pub fn peek(
     txn: &ReadTransaction,
-    bodies: &bodies::Bodies,
+    bodies: &bodies::BodyReader<'_>,
     name: String,
     max: u32,
     now_ms: u64,

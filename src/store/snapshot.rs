@@ -356,15 +356,13 @@ mod tests {
             apply(&mut t, now, &cmd, &mut Effects::default()).unwrap();
             t.finish().unwrap()
         };
-        db.bodies.flush().unwrap();
-        txn.commit().unwrap();
-        fin.committed(&db.bodies, true);
+        db.commit(txn, fin);
     }
 
     fn chunks(db: &Db, max: usize) -> Vec<Chunk> {
         let mut out = Vec::new();
-        let pin = db.bodies.pin();
-        for_each_chunk::<StoreError>(&db.begin_read().unwrap(), &pin, max, |c| {
+        let (txn, pin) = db.bodies.pin_with(|| db.begin_read().unwrap()).unwrap();
+        for_each_chunk::<StoreError>(&txn, &pin, max, |c| {
             out.push(c);
             Ok(())
         })
