@@ -394,7 +394,7 @@ fn apply_batch(
     let synced = if durable {
         bodies.sync()
     } else {
-        bodies.flush_if_full()
+        bodies.after_commit()
     };
     synced.map_err(sm_write)?;
     txn.commit().map_err(sm_write)?;

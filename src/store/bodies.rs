@@ -99,6 +99,14 @@ struct Writer {
     pending: Vec<Pending>,
     /// Written since the last sync.
     unsynced: bool,
+    /// Keep the bodies in the buffer until the next durable commit (see
+    /// [`Bodies::after_commit`]).
+    defer: bool,
+    /// The position at the last sync, and the bytes appended and released since; bodies
+    /// at or after that position count as released young.
+    since: (u64, u64),
+    appended: u64,
+    released_young: u64,
     /// Files no longer referred to by the committed state, deleted after the next
     /// durable commit.
     retired: Vec<u64>,
@@ -319,6 +327,10 @@ impl Bodies {
                 buf: Vec::new(),
                 pending: Vec::new(),
                 unsynced: false,
+                defer: false,
+                since: (id, written),
+                appended: 0,
+                released_young: 0,
                 retired: Vec::new(),
                 compaction: None,
             }),
@@ -358,6 +370,7 @@ impl Bodies {
         let start = w.buf.len();
         write(&mut w.buf);
         let len = (w.buf.len() - start) as u32;
+        w.appended += u64::from(len);
         w.pending.push(Pending {
             start,
             len,
@@ -396,6 +409,9 @@ impl Bodies {
         let mut w = self.writer();
         let (id, written) = (w.id, w.written);
         for r in refs {
+            if (r.file, r.offset) >= w.since {
+                w.released_young += u64::from(r.len);
+            }
             if r.file != id || r.offset < written {
                 continue;
             }
@@ -428,14 +444,24 @@ impl Bodies {
         self.writer().flush()
     }
 
-    /// Writes the buffer out if it holds [`MAX_BUFFERED`] bytes: after every commit that
-    /// is not durable.
-    pub fn flush_if_full(&self) -> io::Result<()> {
+    /// After every commit that is not durable: writes the buffer out, unless its bodies
+    /// are kept for the next durable commit. They are kept while more than half the bytes
+    /// appended between two syncs were released before the second (consumers keep up, so
+    /// most bodies need never be written), and until the buffer holds [`MAX_BUFFERED`]
+    /// bytes. Otherwise each commit's bodies are written at once: a large write of bodies
+    /// appended long ago cost ten times the CPU of the same bytes written while they were
+    /// still in the processor's cache (docs/BENCHMARKS.md).
+    pub fn after_commit(&self) -> io::Result<()> {
         let mut w = self.writer();
-        if w.buf.len() >= MAX_BUFFERED {
+        if !w.defer || w.buf.len() >= MAX_BUFFERED {
             w.flush()?;
         }
         Ok(())
+    }
+
+    /// Whether bodies are being kept for the next durable commit.
+    pub fn deferring(&self) -> bool {
+        self.writer().defer
     }
 
     /// Writes the buffer out and syncs the active file: before every durable commit.
@@ -446,6 +472,12 @@ impl Bodies {
             w.file.sync_data()?;
             w.unsynced = false;
         }
+        if w.appended > 0 {
+            w.defer = w.released_young.saturating_mul(2) > w.appended;
+        }
+        w.since = (w.id, w.written);
+        w.appended = 0;
+        w.released_young = 0;
         Ok(())
     }
 
@@ -645,26 +677,30 @@ mod tests {
         want.extend([0u8; 10]); // the file keeps its length
         assert_eq!(file, want);
         assert_eq!(b.position(), (1, 50));
+        // Three of five bodies were released before the sync: bodies are kept from now on.
+        assert!(b.deferring());
         // Releasing what is written already changes nothing; appends go on after it.
         b.release(&[r[0], r[3]]);
         assert_eq!(b.read(r[3]).unwrap().unwrap(), vec![4u8; 10]);
         assert_eq!(b.append(body(1, 9)).offset, 50);
-        // The buffer is written out when full, not before.
-        b.flush_if_full().unwrap();
-        assert_eq!(
+        let len = || {
             std::fs::metadata(dir.path().join(file_name(1)))
                 .unwrap()
-                .len(),
-            50
-        );
+                .len()
+        };
+        // Kept: the buffer is written out when full, not before.
+        b.after_commit().unwrap();
+        assert_eq!(len(), 50);
         b.append(body(MAX_BUFFERED, 7));
-        b.flush_if_full().unwrap();
-        assert_eq!(
-            std::fs::metadata(dir.path().join(file_name(1)))
-                .unwrap()
-                .len(),
-            51 + MAX_BUFFERED as u64
-        );
+        b.after_commit().unwrap();
+        assert_eq!(len(), 51 + MAX_BUFFERED as u64);
+        // Nothing appended since the last sync was released: each commit's bodies are
+        // written at once.
+        b.sync().unwrap();
+        assert!(!b.deferring());
+        b.append(body(5, 8));
+        b.after_commit().unwrap();
+        assert_eq!(len(), 56 + MAX_BUFFERED as u64);
     }
 
     #[test]

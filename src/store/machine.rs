@@ -1731,7 +1731,7 @@ pub(crate) mod tests {
             if durable {
                 self.bodies.sync().unwrap();
             } else {
-                self.bodies.flush_if_full().unwrap();
+                self.bodies.after_commit().unwrap();
             }
             txn.commit().unwrap();
             fin.committed(&self.bodies, durable);
