@@ -260,7 +260,7 @@ impl Bodies {
     pub fn open(dir: &Path, active: u64, end: u64, live: &BTreeSet<u64>) -> io::Result<Bodies> {
         std::fs::create_dir_all(dir).map_err(|e| named(dir, e))?;
         let mut files = BTreeMap::new();
-        let mut removed = false;
+        let mut dir_changed = false;
         for e in std::fs::read_dir(dir).map_err(|e| named(dir, e))? {
             let e = e?;
             let path = e.path();
@@ -277,7 +277,7 @@ impl Bodies {
             } else {
                 std::fs::remove_file(&path).map_err(|e| named(&path, e))?;
                 tracing::info!(file = %path.display(), "removed a body file nothing refers to");
-                removed = true;
+                dir_changed = true;
             }
         }
         for id in live {
@@ -300,7 +300,7 @@ impl Bodies {
                     .map_err(|e| named(&path, e))?;
                 let f = Arc::new(f);
                 files.insert(id, f.clone());
-                removed = true;
+                dir_changed = true;
                 f
             }
         };
@@ -313,7 +313,7 @@ impl Bodies {
             tracing::error!(dir = %dir.display(), file = id, len, recorded = written,
                 "the active body file is shorter than the state recorded; the messages past its end cannot be delivered");
         }
-        if removed {
+        if dir_changed {
             sync_dir(dir).map_err(|e| named(dir, e))?;
         }
         Ok(Bodies {
