@@ -90,7 +90,7 @@ fn apply_all((db, bodies): &(Database, Bodies), cmds: &[Command]) -> Vec<Outcome
         }
         t.finish().expect("finish")
     };
-    bodies.flush().expect("bodies");
+    bodies.after_commit().expect("bodies");
     txn.commit().expect("commit");
     fin.committed(bodies, false);
     out

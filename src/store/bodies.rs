@@ -127,6 +127,7 @@ struct Pending {
 /// The bodies as the state machine sees them, with no write of the buffer or release of a
 /// body possible meanwhile (see [`Bodies::locked`]).
 pub struct BodyReader<'a> {
+    dir: &'a Path,
     w: std::sync::MutexGuard<'a, Writer>,
     files: &'a RwLock<BTreeMap<u64, Arc<File>>>,
 }
@@ -144,7 +145,7 @@ impl BodyReader<'_> {
             .get(&r.file)
             .cloned();
         match f {
-            Some(f) => read_at(&f, r).map(Some),
+            Some(f) => read_at(self.dir, &f, r).map(Some),
             None => Ok(None),
         }
     }
@@ -207,22 +208,26 @@ pub struct Compaction {
 }
 
 /// The open handles of every file at one moment: what a snapshot reads its bodies from.
-#[derive(Clone)]
-pub struct BodyPin(BTreeMap<u64, Arc<File>>);
+pub struct BodyPin {
+    dir: PathBuf,
+    files: BTreeMap<u64, Arc<File>>,
+}
 
 impl BodyPin {
     /// Reads a body; `None` if its file is gone.
     pub fn read(&self, r: BodyRef) -> io::Result<Option<Bytes>> {
-        match self.0.get(&r.file) {
-            Some(f) => read_at(f, r).map(Some),
+        match self.files.get(&r.file) {
+            Some(f) => read_at(&self.dir, f, r).map(Some),
             None => Ok(None),
         }
     }
 }
 
-fn read_at(f: &File, r: BodyRef) -> io::Result<Bytes> {
+/// Reads body `r` from `f`, file `r.file` of `dir`; an error names the file.
+fn read_at(dir: &Path, f: &File, r: BodyRef) -> io::Result<Bytes> {
     let mut v = vec![0u8; r.len as usize];
-    f.read_exact_at(&mut v, r.offset)?;
+    f.read_exact_at(&mut v, r.offset)
+        .map_err(|e| named(&dir.join(file_name(r.file)), e))?;
     Ok(Bytes::from(v))
 }
 
@@ -230,7 +235,8 @@ fn file_name(id: u64) -> String {
     format!("{id:016}.body")
 }
 
-fn file_id(name: &str) -> Option<u64> {
+/// The number of a body file named `name`, if it is one.
+pub(crate) fn file_id(name: &str) -> Option<u64> {
     let digits = name.strip_suffix(".body")?;
     if digits.len() != 16 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -394,6 +400,7 @@ impl Bodies {
     /// buffer, or written to a file before it was released). Appends wait meanwhile.
     pub fn locked<T>(&self, f: impl FnOnce(&BodyReader<'_>) -> T) -> T {
         let rd = BodyReader {
+            dir: &self.dir,
             w: self.writer(),
             files: &self.files,
         };
@@ -424,8 +431,12 @@ impl Bodies {
 
     /// The files as they are now, kept readable for as long as the pin lives. The buffer
     /// is not in it: see [`Bodies::pin_with`].
+    #[cfg(test)]
     pub fn pin(&self) -> BodyPin {
-        BodyPin(self.files.read().unwrap_or_else(|e| e.into_inner()).clone())
+        BodyPin {
+            dir: self.dir.clone(),
+            files: self.files.read().unwrap_or_else(|e| e.into_inner()).clone(),
+        }
     }
 
     /// Writes the buffer out, runs `view` (which opens a read transaction) and pins the
@@ -436,10 +447,17 @@ impl Bodies {
         w.flush()?;
         let files = self.files.read().unwrap_or_else(|e| e.into_inner());
         let v = view();
-        Ok((v, BodyPin(files.clone())))
+        Ok((
+            v,
+            BodyPin {
+                dir: self.dir.clone(),
+                files: files.clone(),
+            },
+        ))
     }
 
     /// Writes the buffer's live bodies to the active file.
+    #[cfg(test)]
     pub fn flush(&self) -> io::Result<()> {
         self.writer().flush()
     }
@@ -460,6 +478,7 @@ impl Bodies {
     }
 
     /// Whether bodies are being kept for the next durable commit.
+    #[cfg(test)]
     pub fn deferring(&self) -> bool {
         self.writer().defer
     }
@@ -701,6 +720,25 @@ mod tests {
         b.append(body(5, 8));
         b.after_commit().unwrap();
         assert_eq!(len(), 56 + MAX_BUFFERED as u64);
+    }
+
+    #[test]
+    fn a_body_that_cannot_be_read_names_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Bodies::open(dir.path(), 0, 0, &BTreeSet::new()).unwrap();
+        let r = b.append(body(100, 1));
+        b.sync().unwrap();
+        let path = dir.path().join(file_name(1));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(50)
+            .unwrap();
+        let err = b.read(r).unwrap_err().to_string();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        let err = b.pin().read(r).unwrap_err().to_string();
+        assert!(err.contains(&path.display().to_string()), "{err}");
     }
 
     #[test]

@@ -516,8 +516,9 @@ impl<'txn> Tables<'txn> {
             return match self.bodies.read(r) {
                 Ok(Some(b)) => Ok(b),
                 Ok(None) => Err(StoreError::Bodies(format!(
-                    "message {seq} of queue {qid} refers to body file {}, which is gone",
-                    r.file
+                    "message {seq} of queue {qid} refers to body file {} in {}, which is gone",
+                    r.file,
+                    self.bodies.dir().display()
                 ))
                 .into()),
                 Err(e) => Err(super::body_unreadable(r, e).into()),
@@ -2543,14 +2544,7 @@ pub(crate) mod tests {
     fn body_files(db: &Db) -> Vec<u64> {
         let mut v: Vec<u64> = std::fs::read_dir(db.bodies.dir())
             .unwrap()
-            .filter_map(|e| {
-                e.unwrap()
-                    .file_name()
-                    .to_str()?
-                    .strip_suffix(".body")?
-                    .parse()
-                    .ok()
-            })
+            .filter_map(|e| bodies::file_id(e.unwrap().file_name().to_str()?))
             .collect();
         v.sort_unstable();
         v
@@ -2698,18 +2692,7 @@ pub(crate) mod tests {
         for (r, body) in seen {
             assert_eq!(pin.read(r).unwrap(), Some(body), "{r:?}");
         }
-        let mut on_disk: Vec<u64> = std::fs::read_dir(db.bodies.dir())
-            .unwrap()
-            .filter_map(|e| {
-                e.unwrap()
-                    .file_name()
-                    .to_str()?
-                    .strip_suffix(".body")?
-                    .parse()
-                    .ok()
-            })
-            .collect();
-        on_disk.sort_unstable();
+        let on_disk = body_files(db);
         let mut counted: Vec<u64> = got.keys().copied().collect();
         counted.push(db.bodies.active());
         counted.sort_unstable();

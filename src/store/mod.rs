@@ -243,10 +243,8 @@ pub fn peek(
 
 /// A body file could not be read.
 pub(crate) fn body_unreadable(r: bodies::BodyRef, e: std::io::Error) -> StoreError {
-    StoreError::Bodies(format!(
-        "reading {} bytes at {} of file {}: {e}",
-        r.len, r.offset, r.file
-    ))
+    // The error names the file's path.
+    StoreError::Bodies(format!("reading {} bytes at {}: {e}", r.len, r.offset))
 }
 
 /// A stored message as receive and peek return it: its state, its group, and its body row

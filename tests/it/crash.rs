@@ -146,6 +146,22 @@ async fn a_truncated_or_corrupted_database_is_refused_at_start_naming_the_file()
     assert!(err.contains("restore the whole data directory"), "{err}");
 }
 
+/// A node that was given queue `queue` with `bodies` and then stopped cleanly.
+async fn filled_and_stopped(queue: &str, bodies: &[String]) -> Node {
+    let mut node = Node::start();
+    let c = node.client().await;
+    c.create_queue(queue, QueuePatch::default()).await.unwrap();
+    c.send(
+        queue,
+        bodies.iter().map(|b| SendEntry::new(b.clone())).collect(),
+    )
+    .await
+    .unwrap();
+    drop(c);
+    assert!(node.terminate(), "a clean stop");
+    node
+}
+
 /// A data directory whose Raft logs are redb files, as versions before the segment log
 /// kept them: mqd imports every one at start, and no message is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,20 +173,8 @@ async fn logs_kept_in_redb_by_an_earlier_version_are_imported_at_start() {
     const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
     const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 
-    let mut node = Node::start();
-    let c = node.client().await;
-    c.create_queue("upgraded", QueuePatch::default())
-        .await
-        .unwrap();
     let bodies: Vec<String> = (0..50).map(|i| format!("m{i}")).collect();
-    c.send(
-        "upgraded",
-        bodies.iter().map(|b| SendEntry::new(b.clone())).collect(),
-    )
-    .await
-    .unwrap();
-    drop(c);
-    assert!(node.terminate(), "a clean stop");
+    let mut node = filled_and_stopped("upgraded", &bodies).await;
 
     // Every group's log back into the old format: its entries, vote and purge point.
     let mut converted = 0;
@@ -248,18 +252,8 @@ async fn bodies_kept_in_redb_by_format_3_are_delivered_after_the_upgrade() {
     use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
     use std::os::unix::fs::FileExt;
 
-    let mut node = Node::start();
-    let c = node.client().await;
-    c.create_queue("old", QueuePatch::default()).await.unwrap();
     let bodies: Vec<String> = (0..40).map(|i| format!("old-{i}")).collect();
-    c.send(
-        "old",
-        bodies.iter().map(|b| SendEntry::new(b.clone())).collect(),
-    )
-    .await
-    .unwrap();
-    drop(c);
-    assert!(node.terminate(), "a clean stop");
+    let mut node = filled_and_stopped("old", &bodies).await;
 
     // Every shard back to format 3: bodies in `message_body` rows, no body files.
     let mut moved = 0;
