@@ -261,10 +261,11 @@ impl Bodies {
     /// Opens the body files in `dir` as the durable state left them: `active` is the
     /// active file (0 for none yet) and `end` its recorded length, `live` the files that
     /// hold live bodies. Every other file is deleted (left by a crash between a commit
-    /// and a deletion, or by a write never committed), and the active file is cut to
-    /// `end`.
+    /// and a deletion, or by a write never committed), `.trash` files too, and the active
+    /// file is cut to `end`.
     pub fn open(dir: &Path, active: u64, end: u64, live: &BTreeSet<u64>) -> io::Result<Bodies> {
         std::fs::create_dir_all(dir).map_err(|e| named(dir, e))?;
+        super::reclaim::clear(dir).map_err(|e| named(dir, e))?;
         let mut files = BTreeMap::new();
         let mut dir_changed = false;
         for e in std::fs::read_dir(dir).map_err(|e| named(dir, e))? {
@@ -553,22 +554,31 @@ impl Bodies {
             .collect()
     }
 
-    /// A durable commit is done: deletes the retired files. A failure is logged; the file
-    /// is deleted at the next start.
+    /// A durable commit is done: deletes the retired files (renamed at once, their blocks
+    /// freed gradually by [`super::reclaim`]). A failure is logged; the file is deleted at
+    /// the next start.
     pub fn durable(&self) {
         let retired = std::mem::take(&mut self.writer().retired);
         if retired.is_empty() {
             return;
         }
-        {
+        let gone: Vec<(u64, Option<Arc<File>>)> = {
             let mut files = self.files.write().unwrap_or_else(|e| e.into_inner());
-            for id in &retired {
-                files.remove(id);
-            }
-        }
-        for id in retired {
+            retired
+                .into_iter()
+                .map(|id| (id, files.remove(&id)))
+                .collect()
+        };
+        // Set aside at once, deleted a step at a time by another thread once no snapshot
+        // still reads them (see `reclaim`): a 64 MiB unlink held this thread and the log's
+        // syncs for milliseconds.
+        for (id, file) in gone {
             let path = self.dir.join(file_name(id));
-            match std::fs::remove_file(&path) {
+            let done = match file {
+                Some(f) => super::reclaim::delete(&path, f),
+                None => std::fs::remove_file(&path),
+            };
+            match done {
                 Ok(()) => tracing::debug!(file = %path.display(), "body file deleted"),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => {
@@ -678,6 +688,14 @@ mod tests {
         assert!(!dir.path().join(file_name(1)).exists());
         assert!(dir.path().join(file_name(2)).exists());
         assert_eq!(pin.read(r).unwrap().unwrap(), vec![7u8; 8]);
+        // Set aside, and left whole while the pin reads it.
+        let trash = crate::store::reclaim::trash_name(&dir.path().join(file_name(1)));
+        assert!(trash.exists());
+        drop((pin, b));
+        // What a crash left set aside goes when the files are opened again.
+        std::fs::write(&trash, b"left").unwrap();
+        Bodies::open(dir.path(), 2, 0, &BTreeSet::new()).unwrap();
+        assert!(!trash.exists());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod bodies;
 pub mod machine;
+pub mod reclaim;
 pub(crate) mod rows;
 pub mod schema;
 pub mod snapshot;
