@@ -1,17 +1,18 @@
 //! Deleting large files (Raft log segments, body files) without stalling the other writers
 //! of the same disk.
 //!
-//! On a file system mounted with `discard`, as cloud disks often are (this project's test
-//! machines' ext4 is), unlinking a file hands all its blocks to the device as discards when
-//! the journal next commits, and an `fdatasync` that comes meanwhile waits behind them.
-//! Measured here: unlinking a 32 MiB log segment took 9-11 ms, and the log writer's next
-//! sync was held as long; every send in flight waited with it (a 10-20 ms step in the send
-//! latency, once per segment purged).
+//! On a file system mounted with `discard`, as cloud disks often are, freeing a file's
+//! blocks hands them all to the device as discards: on this project's test machines (ext4
+//! without a journal) within the unlink itself, on a journaled ext4 at the next journal
+//! commit. An `fdatasync` that comes meanwhile waits behind them. Measured here: unlinking
+//! a 32 MiB log segment took 9-11 ms, and the log writer's next sync was held as long;
+//! every send in flight waited with it (a 10-20 ms step in the send latency, once per
+//! segment purged).
 //!
 //! So a file is first renamed out of the way ([`trash_name`]: a rename frees no block) and
 //! handed to one thread per process, which cuts it from its end [`STEP`] bytes at a time,
-//! syncing each cut (which commits the journal, and so discards only that much) and pausing
-//! between cuts, then unlinks what is left. A file that a reader still has open (a snapshot
+//! syncing each cut (so that a journal commits it, and its discards go, before the next)
+//! and pausing between cuts, then unlinks what is left. A file that a reader still has open (a snapshot
 //! being sent, a log read) is left whole until the last other handle is dropped: cutting it
 //! would take bytes from under that reader, while an unlink would not.
 //!
