@@ -331,3 +331,42 @@ async fn bodies_kept_in_redb_by_format_3_are_delivered_after_the_upgrade() {
         assert!(txn.open_table(BODY).unwrap().is_empty().unwrap());
     }
 }
+
+/// Files a crash left set aside for deletion (`.trash`, see `store/reclaim.rs`) in the
+/// log and body directories are deleted when the node starts, and nothing else goes.
+#[tokio::test]
+async fn files_left_set_aside_for_deletion_are_removed_at_start() {
+    let bodies: Vec<String> = (0..20).map(|i| format!("kept {i}")).collect();
+    let mut node = filled_and_stopped("aside", &bodies).await;
+    let mut planted = Vec::new();
+    for e in std::fs::read_dir(node.dir()).unwrap() {
+        let path = e.unwrap().path();
+        if path.is_dir()
+            && path
+                .extension()
+                .is_some_and(|x| x == "log" || x == "bodies")
+        {
+            let trash = path.join("00000000000000000001.trash");
+            std::fs::write(&trash, vec![0u8; 4096]).unwrap();
+            planted.push(trash);
+        }
+    }
+    assert_eq!(planted.len(), 34, "a log and a body directory per group");
+
+    node.restart();
+    let c = node.client().await;
+    let got = c
+        .receive("aside", 100, Some(60_000), Some(0))
+        .await
+        .unwrap();
+    let mut seen: Vec<String> = got
+        .iter()
+        .map(|d| String::from_utf8(d.message.body.to_vec()).unwrap())
+        .collect();
+    seen.sort();
+    let mut want = bodies.clone();
+    want.sort();
+    assert_eq!(seen, want);
+    let left: Vec<_> = planted.iter().filter(|p| p.exists()).collect();
+    assert!(left.is_empty(), "still there after the start: {left:?}");
+}
