@@ -656,4 +656,10 @@ pub struct BenchArgs {
     /// Keep the queues (and their messages) afterwards.
     #[arg(long)]
     pub keep: bool,
+    /// Send and receive through the node connected to, which passes every request on to
+    /// the queue's shard leader. By default each producer and consumer connects to the
+    /// leader of each queue's shard, as a long-lived application should (a single node
+    /// leads everything, so this changes nothing there).
+    #[arg(long)]
+    pub via_entry: bool,
 }

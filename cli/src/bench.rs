@@ -3,6 +3,8 @@
 //! ack everything sent and record end-to-end latency from the send time each body
 //! carries in its first 8 bytes. Latencies go into HDR histograms.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -65,6 +67,48 @@ fn check(a: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// For each connection in `clients`, the client to use for each queue: one connected to
+/// the queue's shard leader (one connection per leader node, made at most once per
+/// connection), or the connection itself with `via_entry`.
+async fn routes(
+    clients: &[Client],
+    queues: &[String],
+    via_entry: bool,
+) -> anyhow::Result<Vec<Vec<Client>>> {
+    let mut out = Vec::with_capacity(clients.len());
+    for c in clients {
+        let mut by_node: HashMap<Option<SocketAddr>, Client> = HashMap::new();
+        let mut row = Vec::with_capacity(queues.len());
+        for q in queues {
+            if via_entry {
+                row.push(c.clone());
+                continue;
+            }
+            let leader = c
+                .locate(q)
+                .await
+                .with_context(|| format!("finding the leader of queue {q}"))?
+                .address
+                .parse::<SocketAddr>()
+                .ok();
+            let routed = match by_node.get(&leader) {
+                Some(r) => r.clone(),
+                None => {
+                    let r = c
+                        .to_leader_of(q)
+                        .await
+                        .with_context(|| format!("connecting to the leader of queue {q}"))?;
+                    by_node.insert(leader, r.clone());
+                    r
+                }
+            };
+            row.push(routed);
+        }
+        out.push(row);
+    }
+    Ok(out)
+}
+
 fn queue_names(a: &BenchArgs) -> Vec<String> {
     if a.queues == 1 {
         vec![a.queue.clone()]
@@ -98,6 +142,10 @@ pub async fn run(mut config: ClientConfig, out: Output, a: BenchArgs) -> anyhow:
             Err(e) => return Err(e).context(format!("creating the bench queue {q}")),
         }
     }
+
+    let entries: Vec<Client> = producers.iter().chain(&consumers).cloned().collect();
+    let producers = routes(&producers, &queues, a.via_entry).await?;
+    let consumers = routes(&consumers, &queues, a.via_entry).await?;
 
     // Every task's histograms are made before the clock starts: each is some 150 KiB of
     // counters, and zeroing hundreds of them took the first 20-30 ms of a run, which the
@@ -161,8 +209,8 @@ pub async fn run(mut config: ClientConfig, out: Output, a: BenchArgs) -> anyhow:
         .transpose()?;
     let mut send_tasks = Vec::new();
     for i in 0..a.in_flight * a.producers {
-        let client = producers[i % producers.len()].clone();
-        let queue = queues[i % queues.len()].clone();
+        let (k, j) = (i % producers.len(), i % queues.len());
+        let (client, queue) = (producers[k][j].clone(), queues[j].clone());
         let (shared, bar, slots) = (shared.clone(), bar.clone(), slots.clone());
         let (batch, size) = (a.batch as usize, a.size as usize);
         let mut h = send_hists.pop().context("a histogram for each send task")?;
@@ -207,8 +255,8 @@ pub async fn run(mut config: ClientConfig, out: Output, a: BenchArgs) -> anyhow:
 
     let mut receive_tasks = Vec::new();
     for i in 0..a.receive_in_flight * a.consumers {
-        let client = consumers[i % consumers.len()].clone();
-        let queue = queues[i % queues.len()].clone();
+        let (k, j) = (i % consumers.len(), i % queues.len());
+        let (client, queue) = (consumers[k][j].clone(), queues[j].clone());
         let shared = shared.clone();
         let max = a.receive_batch;
         let (mut h, mut rh) = (
@@ -282,7 +330,7 @@ pub async fn run(mut config: ClientConfig, out: Output, a: BenchArgs) -> anyhow:
             admin.delete_queue(q, true).await?;
         }
     }
-    for c in producers.iter().chain(&consumers) {
+    for c in producers.iter().chain(&consumers).flatten().chain(&entries) {
         c.close().await;
     }
     let r = Report {
@@ -344,6 +392,7 @@ impl Report<'_> {
                     "messages": self.sent, "size": a.size, "batch": a.batch,
                     "in_flight": a.in_flight, "producers": a.producers, "connections": a.producers,
                     "offered_rate": a.rate, "coalesce": !a.no_coalesce,
+                    "via_entry": a.via_entry,
                     "consumers": a.consumers, "queues": a.queues,
                     "seconds": self.send_secs, "msgs_per_sec": rate, "mib_per_sec": mbps,
                     "send_latency_ms": percentiles_json(self.send),
@@ -359,10 +408,11 @@ impl Report<'_> {
             }
             Output::Table => {
                 println!(
-                    "sent {} messages of {} B in {:.2} s: {rate:.0} msgs/s, {mbps:.1} MiB/s ({} producers x {} in flight, {} queues{}{})",
+                    "sent {} messages of {} B in {:.2} s: {rate:.0} msgs/s, {mbps:.1} MiB/s ({} producers x {} in flight, {} queues{}{}{})",
                     self.sent, a.size, self.send_secs, a.producers, a.in_flight, a.queues,
                     if a.rate > 0 { format!(", offered {} msgs/s", a.rate) } else { String::new() },
-                    if a.no_coalesce { ", a request per send" } else { "" }
+                    if a.no_coalesce { ", a request per send" } else { "" },
+                    if a.via_entry { ", through the node connected to" } else { "" }
                 );
                 println!(
                     "send→ack latency per request ({} msgs): {}",

@@ -428,7 +428,8 @@ async fn queue(client: &Client, out: Output, cmd: QueueCmd) -> anyhow::Result<()
                 .find(|(q, _)| *q == name)
                 .map(|(_, u)| u)
                 .unwrap_or_default();
-            output::describe(out, &d, &usage)
+            let at = client.locate(&name).await?;
+            output::describe(out, &d, &usage, &at)
         }
         QueueCmd::Peek { name, max } => {
             let ms = client.peek(&name, max).await?;

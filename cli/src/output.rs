@@ -7,7 +7,8 @@ use base64::Engine;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mqd::protocol::{
-    Attribute, Delivery, Message, QueueConfig, QueueDescription, QueueSummary, Status, Usage,
+    Attribute, Delivery, Message, QueueConfig, QueueDescription, QueueLocation, QueueSummary,
+    Status, Usage,
 };
 use serde_json::{json, Map, Value};
 
@@ -246,7 +247,13 @@ pub fn usage(out: Output, kind: &str, rows: &[(String, Usage)]) -> anyhow::Resul
     Ok(())
 }
 
-pub fn describe(out: Output, d: &QueueDescription, u: &Usage) -> anyhow::Result<()> {
+pub fn describe(
+    out: Output,
+    d: &QueueDescription,
+    u: &Usage,
+    at: &QueueLocation,
+) -> anyhow::Result<()> {
+    let leader = (at.leader != 0).then_some((at.leader, at.address.as_str()));
     match out {
         Output::Json => println(json!({
             "queue": d.name,
@@ -259,6 +266,8 @@ pub fn describe(out: Output, d: &QueueDescription, u: &Usage) -> anyhow::Result<
             "delayed": d.counts.delayed,
             "tags": tags_json(&d.tags),
             "usage": usage_json(u),
+            "shard": at.shard,
+            "leader": leader.map(|(node, address)| json!({"node": node, "address": address})),
         }))?,
         Output::Table => {
             let mut t = table(&["queue", &d.name]);
@@ -288,6 +297,15 @@ pub fn describe(out: Output, d: &QueueDescription, u: &Usage) -> anyhow::Result<
             ]);
             t.add_row(vec!["acked".to_string(), u.acks.to_string()]);
             t.add_row(vec!["errors".to_string(), u.errors.to_string()]);
+            t.add_row(vec![
+                "shard".to_string(),
+                match leader {
+                    Some((node, address)) => {
+                        format!("{}, led by node {node} at {address}", at.shard)
+                    }
+                    None => format!("{}, no leader known", at.shard),
+                },
+            ]);
             println(t)?;
         }
     }

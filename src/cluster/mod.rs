@@ -39,7 +39,7 @@ use tokio::sync::Notify;
 
 use crate::config::ClusterSettings;
 use crate::peer::{CallError, Connector, GroupNetwork, Router, KIND_FORWARD};
-use crate::protocol::{Message, QueueDescription, QueuePatch, QueueSummary, Status};
+use crate::protocol::{Message, QueueDescription, QueueLocation, QueuePatch, QueueSummary, Status};
 use crate::raft::log_store::{self, LogStore};
 use crate::raft::proposer::{ProposeError, Proposer, Ride};
 use crate::raft::state_machine::StateMachine;
@@ -1102,6 +1102,33 @@ impl Node {
             Some(s) => self.describe_in(s, name).await,
             None => Ok(None),
         }
+    }
+
+    /// Where a queue lives: its shard, and the leader of that shard as this node knows it
+    /// (its own replica's view, else the last leader a forwarded request found). `None`
+    /// when no such queue exists.
+    pub async fn locate(&self, name: &str) -> Result<Option<QueueLocation>, Failure> {
+        let Some(shard) = self.shard_of_queue(name).await? else {
+            return Ok(None);
+        };
+        let group = group_of_shard(shard);
+        let leader = match self.local(group) {
+            Some(l) => l.raft.metrics().borrow().current_leader,
+            None => self.hint(group),
+        };
+        // This node's own address as it listens now (a single node on an ephemeral port
+        // has another one after each restart); another node's as the members know it.
+        let me = self.inner.layout.node_id;
+        let address = leader.and_then(|id| match id == me {
+            true => self.inner.layout.peers.get(&me).copied(),
+            false => self.address_of(id),
+        });
+        Ok(Some(QueueLocation {
+            shard,
+            leader: address.and(leader).unwrap_or(0),
+            here: leader == Some(me),
+            address: address.map(|a| a.to_string()).unwrap_or_default(),
+        }))
     }
 
     /// Visible messages of a queue, without receiving them.

@@ -236,7 +236,7 @@ pub fn authorize(user: &UserInfo, req: &Request) -> Result<(), Failure> {
             }
             Need::Rights(Rights::ADMIN, queues)
         }
-        Request::QueueDescribe { name } => Need::AnyRight(name),
+        Request::QueueDescribe { name } | Request::QueueLocate { name } => Need::AnyRight(name),
         Request::QueuePeek { name, .. } => Need::Rights(Rights::RECEIVE, vec![name]),
         Request::Send { queue, .. } => Need::Rights(Rights::SEND, vec![queue]),
         Request::Receive { queue, .. }

@@ -424,6 +424,12 @@ impl Frontend {
                 .await?
                 .map(Response::Describe)
                 .ok_or_else(|| queue_not_found(&name)),
+            Request::QueueLocate { name } => self
+                .node
+                .locate(&name)
+                .await?
+                .map(Response::Location)
+                .ok_or_else(|| queue_not_found(&name)),
             Request::QueuePeek { name, max } => {
                 if max == 0 || max > MAX_BATCH {
                     return Err(invalid(format!(

@@ -26,6 +26,7 @@ pub fn before(req: &Request) -> (Option<String>, (u64, u64)) {
         | Request::QueueRedrive { name, .. }
         | Request::QueuePeek { name, .. }
         | Request::QueueTag { name, .. }
+        | Request::QueueLocate { name }
         | Request::QueueDescribe { name } => (Some(name.clone()), (0, 0)),
         _ => (None, (0, 0)),
     }

@@ -108,6 +108,12 @@ fn cases() -> Vec<(&'static str, Case)> {
             }),
         ),
         (
+            "queue-locate",
+            Request(super::Request::QueueLocate {
+                name: "jobs".into(),
+            }),
+        ),
+        (
             "send",
             Request(super::Request::Send {
                 queue: "jobs".into(),
@@ -229,6 +235,18 @@ fn cases() -> Vec<(&'static str, Case)> {
                     attributes: vec![],
                     body: Bytes::from_static(b"hi"),
                 }]),
+            ),
+        ),
+        (
+            "locate-response",
+            Response(
+                Opcode::QueueLocate,
+                super::Response::Location(QueueLocation {
+                    shard: 3,
+                    leader: 2,
+                    here: false,
+                    address: "10.0.0.2:7400".into(),
+                }),
             ),
         ),
         (

@@ -86,6 +86,12 @@ pub enum Request {
         /// Keys to remove (absent ones are ignored).
         remove: Vec<String>,
     },
+    /// Where a queue lives: its shard and the node that leads it, so that a client can
+    /// send and receive there without a hop through another node.
+    QueueLocate {
+        /// Queue name.
+        name: String,
+    },
     /// Sends a batch of messages.
     Send {
         /// Queue name.
@@ -270,6 +276,7 @@ impl Request {
             Request::QueueRedrive { .. } => Opcode::QueueRedrive,
             Request::QueuePeek { .. } => Opcode::QueuePeek,
             Request::QueueTag { .. } => Opcode::QueueTag,
+            Request::QueueLocate { .. } => Opcode::QueueLocate,
             Request::Send { .. } => Opcode::Send,
             Request::Receive { .. } => Opcode::Receive,
             Request::Ack { .. } => Opcode::Ack,
@@ -323,6 +330,7 @@ impl Request {
             Request::QueueDelete { name, .. }
             | Request::QueueDescribe { name }
             | Request::QueuePurge { name }
+            | Request::QueueLocate { name }
             | Request::QueuePeek { name, .. } => fields.push(("name", name)),
             Request::QueueList {
                 prefix,
@@ -443,7 +451,9 @@ impl Request {
                 b.put_str(start_after);
                 b.put_u32(*limit);
             }
-            Request::QueueDescribe { name } | Request::QueuePurge { name } => b.put_str(name),
+            Request::QueueDescribe { name }
+            | Request::QueuePurge { name }
+            | Request::QueueLocate { name } => b.put_str(name),
             Request::QueueRedrive { name, to, max } => {
                 b.put_str(name);
                 b.put_str(to);
@@ -572,6 +582,9 @@ impl Request {
             Opcode::QueuePurge => Request::QueuePurge {
                 name: r.str("name")?,
             },
+            Opcode::QueueLocate => Request::QueueLocate {
+                name: r.str("name")?,
+            },
             Opcode::QueueRedrive => Request::QueueRedrive {
                 name: r.str("name")?,
                 to: r.str("to")?,
@@ -662,6 +675,8 @@ pub enum Response {
     Describe(QueueDescription),
     /// Answer to `QUEUE_PEEK`.
     Messages(Vec<Message>),
+    /// Answer to `QUEUE_LOCATE`.
+    Location(QueueLocation),
     /// Answer to `SEND`: the message ids, in the order sent.
     Sent(Vec<u64>),
     /// Answer to `RECEIVE`.
@@ -736,6 +751,12 @@ impl Response {
                 b.put_u64(d.counts.in_flight);
                 b.put_u64(d.counts.delayed);
                 encode_tags(&mut b, &d.tags);
+            }
+            Response::Location(l) => {
+                b.put_u32(l.shard);
+                b.put_u64(l.leader);
+                b.put_bool(l.here);
+                b.put_str(&l.address);
             }
             Response::Messages(ms) => {
                 b.put_u32(ms.len() as u32);
@@ -867,6 +888,12 @@ impl Response {
                     delayed: r.u64("delayed")?,
                 },
                 tags: decode_tags(&mut r, "tags")?,
+            }),
+            Opcode::QueueLocate => Response::Location(QueueLocation {
+                shard: r.u32("shard")?,
+                leader: r.u64("leader")?,
+                here: r.bool("here")?,
+                address: r.str("address")?,
             }),
             Opcode::QueuePeek => {
                 let n = r.count("messages", MAX_RESPONSE_ITEMS)?;

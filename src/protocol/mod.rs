@@ -28,8 +28,8 @@ pub use status::Status;
 pub(crate) use types::{decode_stored, encode_stored};
 pub use types::{
     Attribute, ClusterStatus, DeadLetter, Delivery, GroupStatus, Message, NodeStatus, QueueConfig,
-    QueueCounts, QueueDescription, QueuePatch, QueueSummary, Receipt, ReplicaRole, ReplicaStatus,
-    SendEntry,
+    QueueCounts, QueueDescription, QueueLocation, QueuePatch, QueueSummary, Receipt, ReplicaRole,
+    ReplicaStatus, SendEntry,
 };
 pub use wire::DecodeError;
 
@@ -103,6 +103,8 @@ pub enum Opcode {
     QueuePeek = 107,
     /// `QUEUE_TAG`
     QueueTag = 108,
+    /// `QUEUE_LOCATE`
+    QueueLocate = 109,
     /// `SEND`
     Send = 200,
     /// `RECEIVE`
@@ -143,7 +145,7 @@ pub enum Opcode {
 
 impl Opcode {
     /// Every opcode, in number order.
-    pub const ALL: [Opcode; 29] = [
+    pub const ALL: [Opcode; 30] = [
         Opcode::Ping,
         Opcode::Hello,
         Opcode::QueueCreate,
@@ -155,6 +157,7 @@ impl Opcode {
         Opcode::QueueRedrive,
         Opcode::QueuePeek,
         Opcode::QueueTag,
+        Opcode::QueueLocate,
         Opcode::Send,
         Opcode::Receive,
         Opcode::Ack,
@@ -194,6 +197,7 @@ impl Opcode {
             Opcode::QueueRedrive => "QUEUE_REDRIVE",
             Opcode::QueuePeek => "QUEUE_PEEK",
             Opcode::QueueTag => "QUEUE_TAG",
+            Opcode::QueueLocate => "QUEUE_LOCATE",
             Opcode::Send => "SEND",
             Opcode::Receive => "RECEIVE",
             Opcode::Ack => "ACK",
@@ -225,6 +229,7 @@ impl Opcode {
                 | Opcode::QueueList
                 | Opcode::QueueDescribe
                 | Opcode::QueuePeek
+                | Opcode::QueueLocate
                 | Opcode::ClusterStatus
                 | Opcode::UserList
                 | Opcode::UserDescribe

@@ -457,6 +457,22 @@ pub struct QueueDescription {
     pub tags: Vec<(String, String)>,
 }
 
+/// What `QUEUE_LOCATE` returns: where a queue lives, as the node asked knows it. The
+/// leader may change at any moment; a request sent to any node still reaches the leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueLocation {
+    /// The queue's shard (0-based).
+    pub shard: u32,
+    /// The node leading that shard, or 0 while no leader is known.
+    pub leader: u64,
+    /// Whether the node asked is that leader: a client connected to it is where it should
+    /// be, whatever address it dialed.
+    pub here: bool,
+    /// That node's address (`host:port`, as the cluster's members dial it), or empty
+    /// while no leader is known.
+    pub address: String,
+}
+
 /// One row of `QUEUE_LIST`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueSummary {

@@ -77,6 +77,40 @@ async fn every_node_serves_every_queue_across_shards() {
         }
     }
 
+    // Every node names the same shard and leader for a queue, and a client routed there
+    // talks to the leader itself, whichever node it started from.
+    for q in &queues {
+        let leader = leader_of(&c[0], q, None).await;
+        let leader_addr = nodes[leader as usize - 1].addr;
+        for (i, client) in c.iter().enumerate() {
+            let at = client.locate(q).await.unwrap();
+            assert_eq!(at.shard, shard_of(q, SHARDS), "{q} through node {}", i + 1);
+            assert_eq!(
+                (at.leader, at.address.as_str()),
+                (leader, leader_addr.to_string().as_str()),
+                "{q} through node {}",
+                i + 1
+            );
+            assert_eq!(
+                at.here,
+                i as u64 + 1 == leader,
+                "{q} through node {}",
+                i + 1
+            );
+            let routed = client.to_leader_of(q).await.unwrap();
+            assert_eq!(routed.connected_to().await, Some(leader_addr), "{q}");
+            routed
+                .send(q, vec![SendEntry::new("straight to the leader")])
+                .await
+                .unwrap();
+            let got = routed.receive(q, 1, None, Some(5_000)).await.unwrap();
+            assert_eq!(got.len(), 1, "{q}");
+            routed.ack(q, vec![got[0].receipt]).await.unwrap();
+        }
+    }
+    let err = c[1].locate("no-such-queue").await.unwrap_err();
+    assert_eq!(err.status(), Some(Status::QueueNotFound), "{err}");
+
     // Every node lists the queues of every shard, in order.
     for client in &c {
         let listed = queue_names(client).await;

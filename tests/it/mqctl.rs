@@ -34,8 +34,16 @@ fn readme_session_create_send_receive_ack_describe() {
         &node.mqctl(&["queue", "describe", "jobs", "-o", "json"])
     ));
     assert_eq!(d[0]["in_flight"].as_u64(), Some(0));
+    // A single node leads every shard, at the address clients reach it on.
+    assert_eq!(d[0]["leader"]["node"].as_u64(), Some(1));
+    assert_eq!(d[0]["leader"]["address"], node.addr.to_string());
+    assert!(d[0]["shard"].as_u64().is_some(), "{}", d[0]);
     let table = ok(&node.mqctl(&["queue", "describe", "jobs"]));
     assert!(table.contains("in flight"), "{table}");
+    assert!(
+        table.contains(&format!("led by node 1 at {}", node.addr)),
+        "{table}"
+    );
 
     // Acking again: the receipt is stale, exit code 7.
     let again = node.mqctl(&["ack", "jobs", &receipt]);

@@ -60,6 +60,26 @@ async fn create_with_attributes_then_set_and_describe() {
 }
 
 #[tokio::test]
+async fn a_single_node_leads_its_queues_and_a_client_routed_there_stays_put() {
+    let node = Node::start();
+    let c = node.client().await;
+    c.create_queue("jobs", QueuePatch::default()).await.unwrap();
+    let at = c.locate("jobs").await.unwrap();
+    assert_eq!(at.shard, mqd::cluster::shard_of("jobs", 16));
+    assert_eq!((at.leader, at.here), (1, true));
+    assert_eq!(at.address, node.addr.to_string());
+    let routed = c.to_leader_of("jobs").await.unwrap();
+    assert_eq!(routed.connected_to().await, Some(node.addr));
+    routed
+        .send("jobs", vec![SendEntry::new("x")])
+        .await
+        .unwrap();
+    assert_eq!(c.describe_queue("jobs").await.unwrap().counts.visible, 1);
+    let err = c.locate("nope").await.unwrap_err();
+    assert_eq!(err.status(), Some(Status::QueueNotFound), "{err}");
+}
+
+#[tokio::test]
 async fn list_filters_by_prefix_and_pages() {
     let node = Node::start();
     let c = node.client().await;
