@@ -84,13 +84,16 @@ async fn routes(
                 row.push(c.clone());
                 continue;
             }
-            let leader = c
-                .locate(q)
-                .await
-                .with_context(|| format!("finding the leader of queue {q}"))?
-                .address
-                .parse::<SocketAddr>()
-                .ok();
+            let leader = match c.locate(q).await {
+                Ok(at) => at.address.parse::<SocketAddr>().ok(),
+                // A node older than QUEUE_LOCATE: through it, then.
+                Err(e) if e.status() == Some(Status::UnknownOpcode) => {
+                    eprintln!("mqctl: cannot locate queue {q} ({e}); sending through the node connected to");
+                    row.push(c.clone());
+                    continue;
+                }
+                Err(e) => return Err(e).context(format!("finding the leader of queue {q}")),
+            };
             let routed = match by_node.get(&leader) {
                 Some(r) => r.clone(),
                 None => {

@@ -428,8 +428,9 @@ async fn queue(client: &Client, out: Output, cmd: QueueCmd) -> anyhow::Result<()
                 .find(|(q, _)| *q == name)
                 .map(|(_, u)| u)
                 .unwrap_or_default();
-            let at = client.locate(&name).await?;
-            output::describe(out, &d, &usage, &at)
+            // A node older than QUEUE_LOCATE still describes the queue.
+            let at = client.locate(&name).await.ok();
+            output::describe(out, &d, &usage, at.as_ref())
         }
         QueueCmd::Peek { name, max } => {
             let ms = client.peek(&name, max).await?;

@@ -251,9 +251,11 @@ pub fn describe(
     out: Output,
     d: &QueueDescription,
     u: &Usage,
-    at: &QueueLocation,
+    at: Option<&QueueLocation>,
 ) -> anyhow::Result<()> {
-    let leader = (at.leader != 0).then_some((at.leader, at.address.as_str()));
+    let leader = at
+        .filter(|at| at.leader != 0)
+        .map(|at| (at.leader, at.address.as_str()));
     match out {
         Output::Json => println(json!({
             "queue": d.name,
@@ -266,7 +268,7 @@ pub fn describe(
             "delayed": d.counts.delayed,
             "tags": tags_json(&d.tags),
             "usage": usage_json(u),
-            "shard": at.shard,
+            "shard": at.map(|at| at.shard),
             "leader": leader.map(|(node, address)| json!({"node": node, "address": address})),
         }))?,
         Output::Table => {
@@ -297,15 +299,17 @@ pub fn describe(
             ]);
             t.add_row(vec!["acked".to_string(), u.acks.to_string()]);
             t.add_row(vec!["errors".to_string(), u.errors.to_string()]);
-            t.add_row(vec![
-                "shard".to_string(),
-                match leader {
-                    Some((node, address)) => {
-                        format!("{}, led by node {node} at {address}", at.shard)
-                    }
-                    None => format!("{}, no leader known", at.shard),
-                },
-            ]);
+            if let Some(at) = at {
+                t.add_row(vec![
+                    "shard".to_string(),
+                    match leader {
+                        Some((node, address)) => {
+                            format!("{}, led by node {node} at {address}", at.shard)
+                        }
+                        None => format!("{}, no leader known", at.shard),
+                    },
+                ]);
+            }
             println(t)?;
         }
     }

@@ -1123,10 +1123,11 @@ impl Node {
             true => self.inner.layout.peers.get(&me).copied(),
             false => self.address_of(id),
         });
+        let here = leader == Some(me);
         Ok(Some(QueueLocation {
             shard,
-            leader: address.and(leader).unwrap_or(0),
-            here: leader == Some(me),
+            leader: leader.filter(|_| here || address.is_some()).unwrap_or(0),
+            here,
             address: address.map(|a| a.to_string()).unwrap_or_default(),
         }))
     }
