@@ -28,11 +28,7 @@
 //!
 //! A purged segment that was full is kept once as `NNNN.spare` and renamed into the next
 //! segment, whose records overwrite its old ones: an `fdatasync` of blocks a file already
-//! has is one write, while appending to a new file writes its inode too every time. Purges
-//! follow snapshots, thousands of entries apart, so a busy shard would mostly roll into
-//! fresh files: once the active segment is an eighth full and no spare waits, the purge
-//! thread zero-fills one (`prepared.spare`, written as `prepared.tmp`, paced). A busy
-//! shard's log so takes up to one segment more on disk.
+//! has is one write, while appending to a new file writes its inode too every time.
 //!
 //! Recovery reads every segment and checks each record (length, checksum, and the index
 //! that position must hold). The last segment ends at its last whole record: what follows
@@ -76,20 +72,6 @@ const SEGMENT_SUFFIX: &str = ".seg";
 /// new file also writes its inode (its size) every time. Measured here, 40 KiB writes:
 /// 4,500-4,900 syncs/s appending, 6,800-7,500 overwriting, with 30% less CPU.
 const SPARE_SUFFIX: &str = ".spare";
-/// A next segment zero-filled ahead of time, once the active one has passed
-/// [`PREPARE_AT`] of its size and no spare is waiting: the writer then overwrites blocks
-/// the file already has from the first record on, instead of growing a fresh file (see
-/// [`SPARE_SUFFIX`]). Written as `PREPARING`, renamed when whole.
-const PREPARED: &str = "prepared.spare";
-const PREPARING: &str = "prepared.tmp";
-/// A segment this far full asks for the next one to be prepared: a busy shard has it by
-/// the time it rolls, an idle one never costs a segment's worth of zeros.
-const PREPARE_AT: u64 = SEGMENT_BYTES / 8;
-/// Zeros written (and synced) per step of a preparation, and the least time a step takes:
-/// at most 128 MiB/s, so that the log writer's own syncs never queue behind a flood of
-/// them (filling as fast as the disk went cut the writer to 400 syncs/s here).
-const FILL_STEP: usize = 1 << 20;
-const FILL_STEP_TIME: std::time::Duration = std::time::Duration::from_millis(8);
 
 /// What `meta` holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,11 +162,6 @@ struct Disk {
     /// A purged segment file kept for the next segment to overwrite (see [`SPARE_SUFFIX`]).
     spare: Option<PathBuf>,
     segment_bytes: u64,
-    /// Active-segment length from which a next segment is prepared ([`PREPARED`]); `None`
-    /// prepares none.
-    prepare_at: Option<u64>,
-    /// A preparation is under way on the purge thread.
-    preparing: bool,
 }
 
 impl Disk {
@@ -503,9 +480,6 @@ fn recover(dir: &Path, purged: Option<u64>, segment_bytes: u64) -> io::Result<Di
         if crate::store::reclaim::is_trash(&name) {
             // Left by a crash before a purged segment was deleted (or being deleted now).
             crate::store::reclaim::remove(&dir.join(&*name))?;
-        } else if name == PREPARING {
-            // A preparation cut short by a crash.
-            crate::store::reclaim::remove(&dir.join(&*name))?;
         } else if name.ends_with(SPARE_SUFFIX) {
             let path = dir.join(&*name);
             if spare.is_none() {
@@ -533,8 +507,6 @@ fn recover(dir: &Path, purged: Option<u64>, segment_bytes: u64) -> io::Result<Di
         last: None,
         spare,
         segment_bytes,
-        prepare_at: None,
-        preparing: false,
     };
     let count = firsts.len();
     for (i, first) in firsts.into_iter().enumerate() {
@@ -717,8 +689,6 @@ enum WriteOp {
 enum PurgeOp {
     /// Record this purge in `meta`, then delete the segments it covers.
     Purge(LogId<NodeId>),
-    /// Zero-fill a next segment ([`PREPARED`]).
-    Prepare,
     /// Answered once every earlier purge is done.
     #[cfg(test)]
     Barrier(tokio::sync::oneshot::Sender<()>),
@@ -931,7 +901,6 @@ fn open_direct(path: &Path, create: bool) -> io::Result<File> {
 fn purge_thread(disk: &Mutex<Disk>, meta: &MetaStore, rx: &mpsc::Receiver<PurgeOp>) {
     while let Ok(op) = rx.recv() {
         let mut newest: Option<LogId<NodeId>> = None;
-        let mut prepare = false;
         #[cfg(test)]
         let mut barriers = Vec::new();
         for op in std::iter::once(op).chain(rx.try_iter()) {
@@ -941,7 +910,6 @@ fn purge_thread(disk: &Mutex<Disk>, meta: &MetaStore, rx: &mpsc::Receiver<PurgeO
                         newest = Some(to);
                     }
                 }
-                PurgeOp::Prepare => prepare = true,
                 #[cfg(test)]
                 PurgeOp::Barrier(done) => barriers.push(done),
             }
@@ -951,69 +919,11 @@ fn purge_thread(disk: &Mutex<Disk>, meta: &MetaStore, rx: &mpsc::Receiver<PurgeO
                 tracing::error!(error = %e, "purging the Raft log failed");
             }
         }
-        if prepare {
-            // A purge just above may have left a spare, which makes this one unneeded.
-            if lock(disk).spare.is_none() {
-                if let Err(e) = prepare_segment(disk) {
-                    tracing::warn!(error = %e, "preparing the next Raft log segment failed; the log goes on in new files");
-                }
-            }
-            lock(disk).preparing = false;
-        }
         #[cfg(test)]
         for done in barriers {
             let _ = done.send(());
         }
     }
-}
-
-/// Zero-fills a file of a segment's size as [`PREPARING`], syncs it, renames it to
-/// [`PREPARED`] and offers it as the log's spare (deleting it if a purge gave one
-/// meanwhile). Paced by [`FILL_STEP_TIME`]; written with `O_DIRECT` where the file system
-/// takes it, so that no page of it sits in the page cache for the writer's direct writes
-/// to invalidate.
-fn prepare_segment(disk: &Mutex<Disk>) -> io::Result<()> {
-    let (dir, size) = {
-        let d = lock(disk);
-        (d.dir.clone(), d.segment_bytes)
-    };
-    let tmp = dir.join(PREPARING);
-    let file = match open_direct(&tmp, true) {
-        Ok(f) => f,
-        Err(_) => OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?,
-    };
-    file.set_len(0)?;
-    let mut zeros = vec![0u8; FILL_STEP + BLOCK];
-    let skip = zeros.as_ptr().align_offset(BLOCK).min(BLOCK);
-    let zeros = &mut zeros[skip..skip + FILL_STEP];
-    let mut at = 0u64;
-    while at < size {
-        let started = Instant::now();
-        let n = usize::try_from((size - at).min(FILL_STEP as u64)).map_err(io::Error::other)?;
-        // Whole blocks: a direct write takes nothing else.
-        let n = n.div_ceil(BLOCK) * BLOCK;
-        file.write_all_at(&zeros[..n], at)?;
-        file.sync_data()?;
-        at += n as u64;
-        if let Some(rest) = FILL_STEP_TIME.checked_sub(started.elapsed()) {
-            std::thread::sleep(rest);
-        }
-    }
-    drop(file);
-    let path = dir.join(PREPARED);
-    std::fs::rename(&tmp, &path)?;
-    sync_dir(&dir)?;
-    let mut d = lock(disk);
-    if d.spare.is_none() {
-        d.spare = Some(path);
-        return Ok(());
-    }
-    drop(d);
-    crate::store::reclaim::remove(&path)
 }
 
 /// Records in `meta` that the log starts after `to`, then deletes the segments below it.
@@ -1112,21 +1022,11 @@ impl WriterState {
         let purged = self.meta.get().purged.map(|p| p.index);
         // The active segment is only written here, so its file and length can be used
         // without the lock; readers see the new records once their offsets are added.
-        let (file, at, path, prepare) = {
+        let (file, at, path) = {
             let mut disk = lock(&self.disk);
             let seg = disk.active_for(first, purged)?;
-            let (file, at, path) = (seg.file.clone(), seg.len, seg.path.clone());
-            let prepare = disk.spare.is_none()
-                && !disk.preparing
-                && disk
-                    .prepare_at
-                    .is_some_and(|p| at + self.buf.len() as u64 >= p);
-            disk.preparing |= prepare;
-            (file, at, path, prepare)
+            (seg.file.clone(), seg.len, seg.path.clone())
         };
-        if prepare && self.purges.send(PurgeOp::Prepare).is_err() {
-            lock(&self.disk).preparing = false;
-        }
         match &mut self.direct {
             Some(d) => d.write(&file, &path, at, &self.buf)?,
             None => {
@@ -1205,26 +1105,13 @@ impl LogStore {
 
     /// Opens or creates the log in directory `dir`.
     pub fn open(dir: &Path) -> Result<LogStore, StorageError> {
-        Self::open_preparing(dir, SEGMENT_BYTES, Some(PREPARE_AT))
+        Self::open_with(dir, SEGMENT_BYTES)
     }
 
-    /// With segments of `segment_bytes` and no preparation of the next one (tests count
-    /// segment files).
-    #[cfg(test)]
     fn open_with(dir: &Path, segment_bytes: u64) -> Result<LogStore, StorageError> {
-        Self::open_preparing(dir, segment_bytes, None)
-    }
-
-    fn open_preparing(
-        dir: &Path,
-        segment_bytes: u64,
-        prepare_at: Option<u64>,
-    ) -> Result<LogStore, StorageError> {
         std::fs::create_dir_all(dir).map_err(write_err)?;
         let meta = read_meta(dir).map_err(read_err)?;
-        let mut disk =
-            recover(dir, meta.purged.map(|p| p.index), segment_bytes).map_err(read_err)?;
-        disk.prepare_at = prepare_at;
+        let disk = recover(dir, meta.purged.map(|p| p.index), segment_bytes).map_err(read_err)?;
         let disk = Arc::new(Mutex::new(disk));
         let meta = Arc::new(MetaStore {
             dir: dir.to_path_buf(),
@@ -1682,47 +1569,6 @@ mod tests {
         rt().block_on(async {
             let mut store = on_disk(LogStore::open_with(&path, 64).unwrap());
             assert_eq!(indices(&mut store).await, [61]);
-        });
-    }
-
-    #[test]
-    fn a_next_segment_is_prepared_ahead_and_written_over_from_its_first_record() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("log");
-        let len = |name: &str| std::fs::metadata(path.join(name)).unwrap().len();
-        rt().block_on(async {
-            let mut store = on_disk(LogStore::open_preparing(&path, 64, Some(16)).unwrap());
-            // The first record passes 16 bytes: the purge thread zero-fills a next
-            // segment (64 bytes, a whole block for direct writes), done by the barrier.
-            append(&mut store, 1..=1).await;
-            store.writer.drain().await.unwrap();
-            assert_eq!(len(PREPARED), BLOCK as u64);
-            assert!(!path.join(PREPARING).exists());
-            // Single entries until the segment rolls: the next one is the prepared file,
-            // its records at the start of its zeros.
-            let mut i = 1;
-            while segments(&path).len() < 2 {
-                i += 1;
-                append(&mut store, i..=i).await;
-            }
-            let second = segments(&path)[1].clone();
-            assert_eq!(second, format!("{i:020}{SEGMENT_SUFFIX}"));
-            assert_eq!(len(&second), BLOCK as u64);
-            for k in i + 1..=i + 2 {
-                append(&mut store, k..=k).await;
-            }
-            assert_eq!(indices(&mut store).await, (1..=i + 2).collect::<Vec<_>>());
-            store.writer.drain().await.unwrap();
-            i += 2;
-            // A preparation cut short by a crash is deleted at the next open.
-            std::fs::write(path.join(PREPARING), [0u8; 100]).unwrap();
-            drop(store);
-            let mut store = on_disk(LogStore::open_with(&path, 64).unwrap());
-            assert!(!path.join(PREPARING).exists());
-            // The zeros after the last record are cut, the records all read.
-            assert_eq!(indices(&mut store).await, (1..=i).collect::<Vec<_>>());
-            append(&mut store, i + 1..=i + 1).await;
-            assert_eq!(indices(&mut store).await, (1..=i + 1).collect::<Vec<_>>());
         });
     }
 
