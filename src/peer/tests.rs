@@ -360,3 +360,13 @@ async fn a_node_that_missed_purged_entries_catches_up_from_a_streamed_snapshot()
     n1.raft.shutdown().await.unwrap();
     n2.raft.shutdown().await.unwrap();
 }
+
+#[test]
+fn an_rpc_goes_on_the_stream_behind_its_group_and_kind() {
+    let req = ("jobs".to_string(), vec![SendEntry::new("body"); 3]);
+    let msg = encode_call(0x0102, 4, &req).unwrap();
+    assert_eq!(&msg[..8], &0x0102u64.to_be_bytes());
+    assert_eq!(msg[8], 4);
+    let back: (String, Vec<SendEntry>) = postcard::from_bytes(&msg[9..]).unwrap();
+    assert_eq!(back, req);
+}
