@@ -4,7 +4,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mqd::protocol::{QueuePatch, SendEntry};
+use mqd::client::Client;
+use mqd::protocol::{Delivery, QueuePatch, SendEntry};
 
 use crate::common::Node;
 
@@ -162,6 +163,23 @@ async fn filled_and_stopped(queue: &str, bodies: &[String]) -> Node {
     node
 }
 
+/// What `queue` holds, received at once (up to 100, in flight for a minute), and the
+/// bodies of it, sorted.
+async fn receive_all(c: &Client, queue: &str) -> (Vec<Delivery>, Vec<String>) {
+    let got = c.receive(queue, 100, Some(60_000), Some(0)).await.unwrap();
+    let seen = sorted(
+        got.iter()
+            .map(|d| String::from_utf8(d.message.body.to_vec()).unwrap())
+            .collect(),
+    );
+    (got, seen)
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
 /// A data directory whose Raft logs are redb files, as versions before the segment log
 /// kept them: mqd imports every one at start, and no message is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,18 +232,8 @@ async fn logs_kept_in_redb_by_an_earlier_version_are_imported_at_start() {
 
     node.restart();
     let c = node.client().await;
-    let got = c
-        .receive("upgraded", 100, Some(60_000), Some(0))
-        .await
-        .unwrap();
-    let mut seen: Vec<String> = got
-        .iter()
-        .map(|d| String::from_utf8(d.message.body.to_vec()).unwrap())
-        .collect();
-    seen.sort();
-    let mut want = bodies.clone();
-    want.sort();
-    assert_eq!(seen, want);
+    let (_, seen) = receive_all(&c, "upgraded").await;
+    assert_eq!(seen, sorted(bodies.clone()));
     // New writes go to the imported logs, and the old files are gone.
     c.send("upgraded", vec![SendEntry::new("after")])
         .await
@@ -295,16 +303,10 @@ async fn bodies_kept_in_redb_by_format_3_are_delivered_after_the_upgrade() {
     node.restart();
     let c = node.client().await;
     c.send("old", vec![SendEntry::new("new-0")]).await.unwrap();
-    let got = c.receive("old", 100, Some(60_000), Some(0)).await.unwrap();
-    let mut seen: Vec<String> = got
-        .iter()
-        .map(|d| String::from_utf8(d.message.body.to_vec()).unwrap())
-        .collect();
-    seen.sort();
+    let (got, seen) = receive_all(&c, "old").await;
     let mut want = bodies.clone();
     want.push("new-0".into());
-    want.sort();
-    assert_eq!(seen, want);
+    assert_eq!(seen, sorted(want));
     let receipts: Vec<_> = got.iter().map(|d| d.receipt).collect();
     c.ack("old", receipts).await.unwrap();
     assert!(c
@@ -355,18 +357,8 @@ async fn files_left_set_aside_for_deletion_are_removed_at_start() {
 
     node.restart();
     let c = node.client().await;
-    let got = c
-        .receive("aside", 100, Some(60_000), Some(0))
-        .await
-        .unwrap();
-    let mut seen: Vec<String> = got
-        .iter()
-        .map(|d| String::from_utf8(d.message.body.to_vec()).unwrap())
-        .collect();
-    seen.sort();
-    let mut want = bodies.clone();
-    want.sort();
-    assert_eq!(seen, want);
+    let (_, seen) = receive_all(&c, "aside").await;
+    assert_eq!(seen, sorted(bodies.clone()));
     let left: Vec<_> = planted.iter().filter(|p| p.exists()).collect();
     assert!(left.is_empty(), "still there after the start: {left:?}");
 }
