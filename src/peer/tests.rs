@@ -369,4 +369,9 @@ fn an_rpc_goes_on_the_stream_behind_its_group_and_kind() {
     assert_eq!(msg[8], 4);
     let back: (String, Vec<SendEntry>) = postcard::from_bytes(&msg[9..]).unwrap();
     assert_eq!(back, req);
+    // An answer: the status, then the body.
+    let out = answer(STATUS_OK, &req);
+    assert_eq!(out[0], STATUS_OK);
+    let back: (String, Vec<SendEntry>) = postcard::from_bytes(&out[1..]).unwrap();
+    assert_eq!(back, req);
 }

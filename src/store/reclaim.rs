@@ -12,9 +12,9 @@
 //! So a file is first renamed out of the way ([`trash_name`]: a rename frees no block) and
 //! handed to one thread per process, which cuts it from its end [`STEP`] bytes at a time,
 //! syncing each cut (so that a journal commits it, and its discards go, before the next)
-//! and pausing between cuts, then unlinks what is left. A file that a reader still has open (a snapshot
-//! being sent, a log read) is left whole until the last other handle is dropped: cutting it
-//! would take bytes from under that reader, while an unlink would not.
+//! and pausing between cuts, then unlinks what is left. A file that a reader still has
+//! open (a snapshot being sent, a log read) is left whole until the last other handle is
+//! dropped: cutting it would take bytes from under that reader, while an unlink would not.
 //!
 //! A crash leaves `.trash` files behind; the stores delete them when they open
 //! ([`is_trash`]).
