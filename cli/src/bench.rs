@@ -4,7 +4,6 @@
 //! carries in its first 8 bytes. Latencies go into HDR histograms.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -77,15 +76,16 @@ async fn routes(
 ) -> anyhow::Result<Vec<Vec<Client>>> {
     let mut out = Vec::with_capacity(clients.len());
     for c in clients {
-        let mut by_node: HashMap<Option<SocketAddr>, Client> = HashMap::new();
+        // One connection per leader: keyed by what `to_leader` decides on.
+        let mut by_node: HashMap<(bool, String), Client> = HashMap::new();
         let mut row = Vec::with_capacity(queues.len());
         for q in queues {
             if via_entry {
                 row.push(c.clone());
                 continue;
             }
-            let leader = match c.locate(q).await {
-                Ok(at) => at.address.parse::<SocketAddr>().ok(),
+            let at = match c.locate(q).await {
+                Ok(at) => at,
                 // A node older than QUEUE_LOCATE: through it, then.
                 Err(e) if e.status() == Some(Status::UnknownOpcode) => {
                     eprintln!("mqctl: cannot locate queue {q} ({e}); sending through the node connected to");
@@ -94,14 +94,15 @@ async fn routes(
                 }
                 Err(e) => return Err(e).context(format!("finding the leader of queue {q}")),
             };
-            let routed = match by_node.get(&leader) {
+            let key = (at.here, at.address.clone());
+            let routed = match by_node.get(&key) {
                 Some(r) => r.clone(),
                 None => {
                     let r = c
-                        .to_leader_of(q)
+                        .to_leader(&at)
                         .await
                         .with_context(|| format!("connecting to the leader of queue {q}"))?;
-                    by_node.insert(leader, r.clone());
+                    by_node.insert(key, r.clone());
                     r
                 }
             };
@@ -333,10 +334,17 @@ pub async fn run(mut config: ClientConfig, out: Output, a: BenchArgs) -> anyhow:
             admin.delete_queue(q, true).await?;
         }
     }
+    // The nodes the producers and consumers talked to (the shard leaders unless
+    // --via-entry), read before the connections close.
+    let mut servers = std::collections::BTreeSet::new();
+    for c in producers.iter().chain(&consumers).flatten() {
+        servers.extend(c.connected_to().await);
+    }
     for c in producers.iter().chain(&consumers).flatten().chain(&entries) {
         c.close().await;
     }
     let r = Report {
+        servers: servers.iter().map(|a| a.to_string()).collect(),
         sent,
         received,
         send_secs,
@@ -355,6 +363,8 @@ pub async fn run(mut config: ClientConfig, out: Output, a: BenchArgs) -> anyhow:
 }
 
 struct Report<'a> {
+    /// Addresses of the nodes sent to and received from.
+    servers: Vec<String>,
     sent: u64,
     received: u64,
     /// Until the last send was acknowledged.
@@ -395,7 +405,7 @@ impl Report<'_> {
                     "messages": self.sent, "size": a.size, "batch": a.batch,
                     "in_flight": a.in_flight, "producers": a.producers, "connections": a.producers,
                     "offered_rate": a.rate, "coalesce": !a.no_coalesce,
-                    "via_entry": a.via_entry,
+                    "via_entry": a.via_entry, "servers": self.servers,
                     "consumers": a.consumers, "queues": a.queues,
                     "seconds": self.send_secs, "msgs_per_sec": rate, "mib_per_sec": mbps,
                     "send_latency_ms": percentiles_json(self.send),

@@ -599,15 +599,21 @@ impl Client {
     /// A client for steady traffic to one queue: its connection goes to the node leading
     /// the queue's shard, so that sends and receives skip the hop through the node this
     /// client is connected to (which passes each request on and costs about as much CPU
-    /// as the leader). If the leader cannot be reached, the new client uses this client's
-    /// servers in turn. This client (sharing its connection) comes back when it is already
-    /// connected to the leader or no leader is known.
+    /// as the leader). See [`Client::to_leader`].
+    pub async fn to_leader_of(&self, queue: &str) -> Result<Client, ClientError> {
+        let location = self.locate(queue).await?;
+        self.to_leader(&location).await
+    }
+
+    /// A client connected to the leader `location` names (from [`Client::locate`] on this
+    /// client). If that node cannot be reached, the new client uses this client's servers
+    /// in turn, each after `connect_timeout`. This client (sharing its connection) comes
+    /// back when the node asked is the leader or no leader is known.
     ///
     /// The route is not followed afterwards: after an election the old leader passes
     /// requests on like any node, so a stale route costs the hop again, never an error.
-    /// Call this again (say, after a failover) to get back to the leader.
-    pub async fn to_leader_of(&self, queue: &str) -> Result<Client, ClientError> {
-        let location = self.locate(queue).await?;
+    /// Locate again (say, after a failover) to get back to the leader.
+    pub async fn to_leader(&self, location: &QueueLocation) -> Result<Client, ClientError> {
         // The node asked says whether it leads: the address it reports for itself is the
         // one its peers dial, which need not be the one this client dialed.
         if location.here {

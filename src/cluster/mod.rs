@@ -1105,17 +1105,18 @@ impl Node {
     }
 
     /// Where a queue lives: its shard, and the leader of that shard as this node knows it
-    /// (its own replica's view, else the last leader a forwarded request found). `None`
+    /// (its own replica's view, else the last leader a forwarded request found; a replica
+    /// that has not heard from a new leader yet knows none). `None`
     /// when no such queue exists.
     pub async fn locate(&self, name: &str) -> Result<Option<QueueLocation>, Failure> {
         let Some(shard) = self.shard_of_queue(name).await? else {
             return Ok(None);
         };
         let group = group_of_shard(shard);
-        let leader = match self.local(group) {
-            Some(l) => l.raft.metrics().borrow().current_leader,
-            None => self.hint(group),
-        };
+        let leader = self
+            .local(group)
+            .and_then(|l| l.raft.metrics().borrow().current_leader)
+            .or_else(|| self.hint(group));
         // This node's own address as it listens now (a single node on an ephemeral port
         // has another one after each restart); another node's as the members know it.
         let me = self.inner.layout.node_id;

@@ -83,7 +83,16 @@ async fn every_node_serves_every_queue_across_shards() {
         let leader = leader_of(&c[0], q, None).await;
         let leader_addr = nodes[leader as usize - 1].addr;
         for (i, client) in c.iter().enumerate() {
-            let at = client.locate(q).await.unwrap();
+            // A replica learns a new leader from its first message; until then it knows
+            // none (leader 0).
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let at = loop {
+                let at = client.locate(q).await.unwrap();
+                if at.leader != 0 || Instant::now() > deadline {
+                    break at;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
             assert_eq!(at.shard, shard_of(q, SHARDS), "{q} through node {}", i + 1);
             assert_eq!(
                 (at.leader, at.address.as_str()),
@@ -110,6 +119,42 @@ async fn every_node_serves_every_queue_across_shards() {
     }
     let err = c[1].locate("no-such-queue").await.unwrap_err();
     assert_eq!(err.status(), Some(Status::QueueNotFound), "{err}");
+
+    // mqctl bench through node 1 talks to the leaders of its queues' shards, or to node 1
+    // alone with --via-entry; every message arrives either way.
+    let mut leaders = BTreeSet::new();
+    for i in 0..4 {
+        let l = leader_of(&c[0], &format!("routed-{i}"), None).await;
+        leaders.insert(nodes[l as usize - 1].addr.to_string());
+    }
+    assert!(
+        leaders.len() > 1,
+        "the bench queues' shards are led by more than one node"
+    );
+    for (flag, want) in [
+        (None, leaders),
+        (
+            Some("--via-entry"),
+            BTreeSet::from([nodes[0].addr.to_string()]),
+        ),
+    ] {
+        let mut args = vec!["bench", "--queue", "routed", "--queues", "4", "--messages"];
+        args.extend(["400", "--consumers", "2", "--output", "json"]);
+        args.extend(flag);
+        let out = tokio::task::block_in_place(|| ok(&nodes[0].mqctl(&args)));
+        let v: Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(
+            (v["messages"].as_u64(), v["received"].as_u64()),
+            (Some(400), Some(400))
+        );
+        let servers: BTreeSet<String> = v["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(servers, want, "{flag:?}: {v}");
+    }
 
     // Every node lists the queues of every shard, in order.
     for client in &c {
