@@ -9,7 +9,7 @@
 //! completes when the broker confirms it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -62,7 +62,12 @@ struct Args {
 }
 
 struct Shared {
-    start: Instant,
+    /// Set when every connection, stream and queue is ready and the tasks may start:
+    /// throughput and latencies count from there, as in `mqctl bench`.
+    start: OnceLock<Instant>,
+    go: tokio::sync::watch::Receiver<bool>,
+    send_h: Stripes,
+    e2e_h: Stripes,
     next: AtomicU64,
     sent: AtomicU64,
     received: AtomicU64,
@@ -76,9 +81,53 @@ fn histogram() -> anyhow::Result<Histogram<u64>> {
     Ok(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?)
 }
 
+/// A few histograms shared by all tasks, task `i` recording into stripe `i % STRIPES`
+/// (the same as `mqctl bench`): one histogram of some 150 KiB per task made every record a
+/// cache miss, and made before the clock starts.
+struct Stripes([Mutex<Histogram<u64>>; STRIPES]);
+
+const STRIPES: usize = 4;
+
+impl Stripes {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self([
+            Mutex::new(histogram()?),
+            Mutex::new(histogram()?),
+            Mutex::new(histogram()?),
+            Mutex::new(histogram()?),
+        ]))
+    }
+
+    fn record(&self, task: usize, value: u64) -> anyhow::Result<()> {
+        self.0[task % STRIPES]
+            .lock()
+            .map_err(|_| anyhow::anyhow!("a task panicked while recording"))?
+            .record(value)?;
+        Ok(())
+    }
+
+    fn merged(&self) -> anyhow::Result<Histogram<u64>> {
+        let mut all = histogram()?;
+        for stripe in &self.0 {
+            let h = stripe
+                .lock()
+                .map_err(|_| anyhow::anyhow!("a task panicked while recording"))?;
+            all.add(&*h)?;
+        }
+        Ok(all)
+    }
+}
+
 impl Shared {
     fn now_us(&self) -> u64 {
-        self.start.elapsed().as_micros() as u64
+        self.start
+            .get()
+            .map_or(0, |t| t.elapsed().as_micros() as u64)
+    }
+
+    /// Waits until the setup is done and the clock has started.
+    async fn started(&self) {
+        let _ = self.go.clone().wait_for(|go| *go).await;
     }
 
     /// The next message to send, if any are left.
@@ -93,11 +142,11 @@ impl Shared {
     }
 
     /// Records the end-to-end latency of a received body.
-    fn received(&self, h: &mut Histogram<u64>, body: &[u8]) -> anyhow::Result<()> {
+    fn received(&self, task: usize, body: &[u8]) -> anyhow::Result<()> {
         let now = self.now_us();
         if let Some(ts) = body.get(..8) {
             let sent = u64::from_be_bytes(ts.try_into().unwrap_or([0; 8]));
-            h.record(now.saturating_sub(sent).max(1))?;
+            self.e2e_h.record(task, now.saturating_sub(sent).max(1))?;
         }
         self.last_progress_us.store(now, Ordering::Relaxed);
         self.received.fetch_add(1, Ordering::Relaxed);
@@ -127,7 +176,7 @@ fn queues_of(c: usize, consumers: usize, queues: usize) -> Vec<usize> {
     }
 }
 
-type Task = tokio::task::JoinHandle<anyhow::Result<Histogram<u64>>>;
+type Task = tokio::task::JoinHandle<anyhow::Result<()>>;
 
 /// A failed fetch: pauses 200 ms, or gives up once fetches have failed for 30 s in a row
 /// (`failing_since` is reset by the caller at the next message).
@@ -191,15 +240,17 @@ async fn nats(a: &Args, s: &Arc<Shared>) -> anyhow::Result<(Vec<Task>, Vec<Task>
         for i in 0..a.in_flight {
             let (js, s, total, size) = (js.clone(), s.clone(), a.messages, a.size);
             let subject = format!("bench.{run}.{}", (p * a.in_flight + i) % a.queues);
+            let task = p * a.in_flight + i;
             senders.push(tokio::spawn(async move {
-                let mut h = histogram()?;
+                s.started().await;
                 while s.take(total) {
                     let t = Instant::now();
                     js.publish(subject.clone(), s.body(size)).await?.await?;
-                    h.record(t.elapsed().as_micros().max(1) as u64)?;
+                    s.send_h
+                        .record(task, t.elapsed().as_micros().max(1) as u64)?;
                     s.sent.fetch_add(1, Ordering::Relaxed);
                 }
-                anyhow::Ok(h)
+                anyhow::Ok(())
             }));
         }
     }
@@ -208,8 +259,8 @@ async fn nats(a: &Args, s: &Arc<Shared>) -> anyhow::Result<(Vec<Task>, Vec<Task>
         let js = jetstream::new(async_nats::connect(&a.url).await?);
         for q in queues_of(c, a.consumers, a.queues) {
             let (js, s, batch) = (js.clone(), s.clone(), a.receive_batch);
+            let task = receivers.len();
             receivers.push(tokio::spawn(async move {
-                let mut h = histogram()?;
                 let stream = js.get_stream(format!("BENCH{run}_{q}")).await?;
                 let cons: consumer::PullConsumer = stream
                     .get_consumer("bench")
@@ -218,6 +269,7 @@ async fn nats(a: &Args, s: &Arc<Shared>) -> anyhow::Result<(Vec<Task>, Vec<Task>
                 // On a fresh cluster the consumer's own group may not have a leader yet
                 // ("503 no responders"): such fetch errors are retried for a while.
                 let mut failing_since: Option<Instant> = None;
+                s.started().await;
                 while !s.consumers_done() {
                     let fetched = cons
                         .fetch()
@@ -241,11 +293,11 @@ async fn nats(a: &Args, s: &Arc<Shared>) -> anyhow::Result<(Vec<Task>, Vec<Task>
                             }
                         };
                         failing_since = None;
-                        s.received(&mut h, &m.payload)?;
+                        s.received(task, &m.payload)?;
                         m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
                     }
                 }
-                anyhow::Ok(h)
+                anyhow::Ok(())
             }));
         }
     }
@@ -284,8 +336,9 @@ async fn rabbitmq(a: &Args, s: &Arc<Shared>) -> anyhow::Result<(Vec<Task>, Vec<T
         for i in 0..a.in_flight {
             let (ch, s, total, size) = (ch.clone(), s.clone(), a.messages, a.size);
             let queue = format!("bench-{}", (p * a.in_flight + i) % a.queues);
+            let task = p * a.in_flight + i;
             senders.push(tokio::spawn(async move {
-                let mut h = histogram()?;
+                s.started().await;
                 // Delivery mode 2: persistent.
                 let props = BasicProperties::default().with_delivery_mode(2);
                 while s.take(total) {
@@ -302,10 +355,11 @@ async fn rabbitmq(a: &Args, s: &Arc<Shared>) -> anyhow::Result<(Vec<Task>, Vec<T
                         .await?
                         .await?;
                     anyhow::ensure!(confirm.is_ack(), "the broker nacked a publish");
-                    h.record(t.elapsed().as_micros().max(1) as u64)?;
+                    s.send_h
+                        .record(task, t.elapsed().as_micros().max(1) as u64)?;
                     s.sent.fetch_add(1, Ordering::Relaxed);
                 }
-                anyhow::Ok(h)
+                anyhow::Ok(())
             }));
         }
     }
@@ -325,22 +379,23 @@ async fn rabbitmq(a: &Args, s: &Arc<Shared>) -> anyhow::Result<(Vec<Task>, Vec<T
                     FieldTable::default(),
                 )
                 .await?;
+            let task = receivers.len();
             receivers.push(tokio::spawn(async move {
-                let mut h = histogram()?;
+                s.started().await;
                 while !s.consumers_done() {
                     let next =
                         tokio::time::timeout(Duration::from_millis(500), consumer.next()).await;
                     match next {
                         Ok(Some(d)) => {
                             let d = d?;
-                            s.received(&mut h, &d.data)?;
+                            s.received(task, &d.data)?;
                             d.ack(BasicAckOptions::default()).await?;
                         }
                         Ok(None) => break,
                         Err(_) => {}
                     }
                 }
-                anyhow::Ok(h)
+                anyhow::Ok(())
             }));
         }
     }
@@ -360,8 +415,12 @@ async fn main() -> anyhow::Result<()> {
         a.producers >= 1 && a.in_flight >= 1 && a.queues >= 1,
         "--producers, --in-flight and --queues must be at least 1"
     );
+    let (go_tx, go) = tokio::sync::watch::channel(false);
     let s = Arc::new(Shared {
-        start: Instant::now(),
+        start: OnceLock::new(),
+        go,
+        send_h: Stripes::new()?,
+        e2e_h: Stripes::new()?,
         next: AtomicU64::new(0),
         sent: AtomicU64::new(0),
         received: AtomicU64::new(0),
@@ -372,18 +431,20 @@ async fn main() -> anyhow::Result<()> {
         System::Nats => nats(&a, &s).await?,
         System::Rabbitmq => rabbitmq(&a, &s).await?,
     };
-    let mut send = histogram()?;
+    let start = *s.start.get_or_init(Instant::now);
+    go_tx.send_replace(true);
     for t in senders {
-        send.add(t.await??)?;
+        t.await??;
     }
-    let send_secs = s.start.elapsed().as_secs_f64();
+    let send = s.send_h.merged()?;
+    let send_secs = start.elapsed().as_secs_f64();
     s.last_progress_us.store(s.now_us(), Ordering::Relaxed);
     s.sending_done.store(true, Ordering::Release);
-    let mut e2e = histogram()?;
     for t in receivers {
-        e2e.add(t.await??)?;
+        t.await??;
     }
-    let total_secs = s.start.elapsed().as_secs_f64();
+    let e2e = s.e2e_h.merged()?;
+    let total_secs = start.elapsed().as_secs_f64();
     let sent = s.sent.load(Ordering::Relaxed);
     let received = s.received.load(Ordering::Relaxed);
     let rate = sent as f64 / send_secs;
