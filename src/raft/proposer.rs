@@ -44,7 +44,7 @@ const BIG_PROPOSAL: usize = 256;
 const BIG_PROPOSAL_BYTES: usize = 256 << 10;
 
 /// Message bytes a command carries (bodies and attributes of sends), for sizing proposals.
-fn bytes(cmd: &Command) -> usize {
+pub(super) fn bytes(cmd: &Command) -> usize {
     match cmd {
         Command::Send { messages, .. } => messages
             .iter()

@@ -507,6 +507,14 @@ impl Bodies {
         w.written + w.buf.len() as u64 >= self.file_bytes
     }
 
+    /// Whether a commit that appends fewer than `margin` bytes of bodies only writes to the
+    /// page cache here: no compaction step is due (it copies thousands of bodies) and the
+    /// active file will not fill up (a roll syncs it and creates the next).
+    pub fn quiet_for(&self, margin: u64) -> bool {
+        let w = self.writer();
+        w.compaction.is_none() && w.written + w.buf.len() as u64 + margin < self.file_bytes
+    }
+
     /// Seals the active file (written and synced) and starts the next; returns the
     /// sealed file's number.
     pub fn roll(&self) -> io::Result<u64> {
@@ -610,6 +618,27 @@ mod tests {
 
     fn body(n: usize, b: u8) -> impl FnOnce(&mut Vec<u8>) {
         move |v: &mut Vec<u8>| v.extend(std::iter::repeat_n(b, n))
+    }
+
+    #[test]
+    fn a_commit_is_quiet_unless_it_may_fill_the_file_or_a_compaction_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Bodies::open(dir.path(), 0, 0, &BTreeSet::new())
+            .unwrap()
+            .with_file_bytes(100);
+        assert!(b.quiet_for(99));
+        assert!(!b.quiet_for(100));
+        b.append(body(60, 1));
+        // Buffered bodies count as much as written ones.
+        assert!(b.quiet_for(39));
+        assert!(!b.quiet_for(40));
+        b.sync().unwrap();
+        assert!(!b.quiet_for(40));
+        b.set_compaction(Some(Compaction {
+            targets: BTreeSet::from([7]),
+            next: (0, 0),
+        }));
+        assert!(!b.quiet_for(0));
     }
 
     #[test]
