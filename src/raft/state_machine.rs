@@ -9,6 +9,8 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Mutex};
 
 use openraft::storage::RaftStateMachine;
@@ -67,6 +69,60 @@ pub struct StateMachine {
     apply_times: Option<Histogram>,
     /// Where the index of the last entry applied is stored, if anywhere.
     applied: Option<AppliedIndex>,
+    /// Keeps the applies on the state machine's task apart from the snapshot's flush.
+    beside: Arc<Beside>,
+}
+
+/// An apply on the state machine's task must not wait for the disk, but a snapshot's
+/// flush runs beside the applies and holds redb's write lock through two fsyncs: an apply
+/// there would wait for them in `begin_write`, holding a runtime worker. So applies claim
+/// the task through this, and while a flush runs (or is about to) they go to the pool;
+/// a flush starts only once no apply holds the task. Both sides announce themselves
+/// before looking at the other, so one of them always sees the other.
+#[derive(Default)]
+struct Beside {
+    /// Flushes running or waiting to start.
+    flushes: AtomicUsize,
+    /// Applies running on the state machine's task.
+    on_task: AtomicUsize,
+}
+
+/// An apply's claim on the state machine's task, given back when dropped.
+struct OnTask<'a>(&'a Beside);
+
+impl Drop for OnTask<'_> {
+    fn drop(&mut self) {
+        self.0.on_task.fetch_sub(1, SeqCst);
+    }
+}
+
+impl Beside {
+    /// The task for one apply, unless a flush runs or waits to start.
+    fn claim(&self) -> Option<OnTask<'_>> {
+        self.on_task.fetch_add(1, SeqCst);
+        let claim = OnTask(self);
+        (self.flushes.load(SeqCst) == 0).then_some(claim)
+    }
+
+    /// Runs `flush` (on a blocking-pool thread) once no apply holds the task; applies go
+    /// to the pool meanwhile. An apply takes a few milliseconds at most.
+    fn flushing<T>(&self, flush: impl FnOnce() -> T) -> T {
+        self.flushes.fetch_add(1, SeqCst);
+        while self.on_task.load(SeqCst) > 0 {
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
+        let _done = Flushed(self);
+        flush()
+    }
+}
+
+/// Counts a flush as over when dropped, even if it panicked.
+struct Flushed<'a>(&'a Beside);
+
+impl Drop for Flushed<'_> {
+    fn drop(&mut self) {
+        self.0.flushes.fetch_sub(1, SeqCst);
+    }
 }
 
 /// Makes every commit so far durable: an empty commit with [`Durability::Immediate`]
@@ -133,6 +189,7 @@ impl StateMachine {
             last_durable: Arc::new(Mutex::new(std::time::Instant::now())),
             apply_times: None,
             applied: None,
+            beside: Arc::default(),
         })
     }
 
@@ -249,14 +306,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // per batch (BENCHMARKS.md, "Applies on the state machine's task, again": with
         // clients at the shard leader, 5% more in workload (a) on one node, 7% on three,
         // 6% less node CPU at half load). One that syncs (the durable commit), fills the
-        // active body file (a roll syncs it) or runs a compaction step still goes to the
-        // pool, so the task's worker never waits for a write to reach the disk. (Reading
-        // a body that is no longer in the page cache, deep in a long queue, still can.)
-        // (The margin covers each body's encoding, a few bytes beside its attributes.)
-        let replies = if !durable && self.bodies.quiet_for(2 * appends as u64 + (64 << 10)) {
-            work()?
-        } else {
-            blocking(work).await?
+        // active body file (a roll syncs it), runs a compaction step or would wait for a
+        // snapshot's flush (see `Beside`) still goes to the pool, so the task's worker
+        // never waits for a write to reach the disk; reading a body that is no longer in
+        // the page cache, deep in a long queue, still can. The margin covers each body's
+        // encoding, a few bytes beside its attributes.
+        let quiet = !durable && self.bodies.quiet_for(2 * appends as u64 + (64 << 10));
+        let replies = match quiet.then(|| self.beside.claim()).flatten() {
+            Some(_on_task) => work()?,
+            None => blocking(work).await?,
         };
         if let (Some(to), Some(last)) = (&self.applied, last) {
             to.set(last);
@@ -457,17 +515,47 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     /// between, and the first durable commit after the next build freed them all at once
     /// (10–15 ms during which the shard applied nothing).
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let (db, bodies) = (self.db.clone(), self.bodies.clone());
+        let (db, bodies, beside) = (self.db.clone(), self.bodies.clone(), self.beside.clone());
         let snap = blocking(move || {
             // The state first, then the flush: this runs beside the applies, and a commit
             // landing between the two must not give the snapshot an id that is not durable.
             let snap = Self::snapshot_now(&db, &bodies)?;
-            flush(&db, &bodies).map_err(snap_err)?;
+            beside.flushing(|| flush(&db, &bodies)).map_err(snap_err)?;
             Ok(snap)
         })
         .await?;
         self.has_snapshot
             .store(true, std::sync::atomic::Ordering::Release);
         Ok(snap)
+    }
+}
+
+#[cfg(test)]
+mod beside_tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    #[test]
+    fn a_flush_waits_for_the_apply_on_the_task_and_sends_later_ones_to_the_pool() {
+        let beside = Arc::new(Beside::default());
+        let on_task = beside.claim().expect("no flush runs: the task is free");
+        let flushed = Arc::new(AtomicBool::new(false));
+        let flush = {
+            let (beside, flushed) = (beside.clone(), flushed.clone());
+            std::thread::spawn(move || beside.flushing(|| flushed.store(true, SeqCst)))
+        };
+        // Once the flush has announced itself, applies go to the pool...
+        while beside.flushes.load(SeqCst) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(beside.claim().is_none());
+        // ...and it does not start while the apply holds the task.
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!flushed.load(SeqCst));
+        drop(on_task);
+        flush.join().unwrap();
+        assert!(flushed.load(SeqCst));
+        assert!(beside.claim().is_some(), "the task is free again");
     }
 }
