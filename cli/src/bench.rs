@@ -16,56 +16,7 @@ use mqd::protocol::{QueuePatch, SendEntry, Status, MAX_BATCH};
 use serde_json::{json, Value};
 
 use crate::args::{BenchArgs, Output};
-
-/// Microseconds, 1 µs to 60 s, 3 significant digits.
-fn histogram() -> anyhow::Result<Histogram<u64>> {
-    Ok(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?)
-}
-
-/// A few histograms that many tasks record into, task `i` into stripe `i % STRIPES`.
-/// One histogram per task cost a cache miss per record: at 256 sends in flight that was
-/// 256 histograms of some 150 KiB each, and 7% of the bench's own CPU went to recording.
-/// Several stripes keep the two runtime threads from waiting on each other's lock.
-struct Stripes([std::sync::Mutex<Histogram<u64>>; STRIPES]);
-
-const STRIPES: usize = 4;
-
-impl Stripes {
-    fn new() -> anyhow::Result<Self> {
-        use std::sync::Mutex;
-        Ok(Self([
-            Mutex::new(histogram()?),
-            Mutex::new(histogram()?),
-            Mutex::new(histogram()?),
-            Mutex::new(histogram()?),
-        ]))
-    }
-
-    fn record(&self, task: usize, value: u64) -> anyhow::Result<()> {
-        self.record_all(task, [value])
-    }
-
-    fn record_all(&self, task: usize, values: impl IntoIterator<Item = u64>) -> anyhow::Result<()> {
-        let mut h = self.0[task % STRIPES]
-            .lock()
-            .map_err(|_| anyhow::anyhow!("a bench task panicked while recording"))?;
-        for v in values {
-            h.record(v)?;
-        }
-        Ok(())
-    }
-
-    fn merged(&self) -> anyhow::Result<Histogram<u64>> {
-        let mut all = histogram()?;
-        for stripe in &self.0 {
-            let h = stripe
-                .lock()
-                .map_err(|_| anyhow::anyhow!("a bench task panicked while recording"))?;
-            all.add(&*h)?;
-        }
-        Ok(all)
-    }
-}
+use crate::latency::Stripes;
 
 /// How long consumers wait for the last messages once producers are done, without any
 /// arriving, before giving up on them.

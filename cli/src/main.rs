@@ -4,6 +4,7 @@
 mod args;
 mod bench;
 mod cluster;
+mod latency;
 #[cfg(test)]
 mod man;
 mod output;

@@ -9,7 +9,7 @@
 //! completes when the broker confirms it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -18,6 +18,11 @@ use clap::{Parser, ValueEnum};
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use serde_json::json;
+
+// The latency recording of `mqctl bench`, the same file, so both measure alike.
+#[path = "../../../../cli/src/latency.rs"]
+mod latency;
+use latency::Stripes;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum System {
@@ -76,47 +81,6 @@ struct Shared {
 }
 
 const DRAIN_IDLE: Duration = Duration::from_secs(10);
-
-fn histogram() -> anyhow::Result<Histogram<u64>> {
-    Ok(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?)
-}
-
-/// A few histograms shared by all tasks, task `i` recording into stripe `i % STRIPES`
-/// (the same as `mqctl bench`): one histogram of some 150 KiB per task made every record a
-/// cache miss, and made before the clock starts.
-struct Stripes([Mutex<Histogram<u64>>; STRIPES]);
-
-const STRIPES: usize = 4;
-
-impl Stripes {
-    fn new() -> anyhow::Result<Self> {
-        Ok(Self([
-            Mutex::new(histogram()?),
-            Mutex::new(histogram()?),
-            Mutex::new(histogram()?),
-            Mutex::new(histogram()?),
-        ]))
-    }
-
-    fn record(&self, task: usize, value: u64) -> anyhow::Result<()> {
-        self.0[task % STRIPES]
-            .lock()
-            .map_err(|_| anyhow::anyhow!("a task panicked while recording"))?
-            .record(value)?;
-        Ok(())
-    }
-
-    fn merged(&self) -> anyhow::Result<Histogram<u64>> {
-        let mut all = histogram()?;
-        for stripe in &self.0 {
-            let h = stripe
-                .lock()
-                .map_err(|_| anyhow::anyhow!("a task panicked while recording"))?;
-            all.add(&*h)?;
-        }
-        Ok(all)
-    }
-}
 
 impl Shared {
     fn now_us(&self) -> u64 {
