@@ -1354,10 +1354,15 @@ impl Node {
                     // polls append nothing to the log. Only once this leader's state is
                     // current: just after an election or a restart it may still be applying
                     // earlier entries, and a read would miss their messages.
-                    let (db, queue) = (l.db.clone(), queue.clone());
-                    let now = store::now_ms();
+                    // Read here rather than on the blocking pool: the queue's record and
+                    // the head of its visible index are in redb's cache while it is busy,
+                    // and the hand-off to a pool thread and back would cost more than the
+                    // read (see docs/BENCHMARKS.md).
                     let pre =
-                        read(db, move |txn| store::receive_precheck(txn, &queue, now)).await?;
+                        l.db.begin_read()
+                            .map_err(|e| StoreError::from(redb::Error::from(e)))
+                            .and_then(|txn| store::receive_precheck(&txn, queue, store::now_ms()))
+                            .map_err(store_failed)?;
                     if let Some(o) = pre {
                         return Ok(Answer::Outcome(o));
                     }
