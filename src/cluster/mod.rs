@@ -578,7 +578,8 @@ impl Node {
                 detail: e.to_string(),
             })?
             .timed(inner.storage_metrics.apply.get_or_create(&label).clone())
-            .reports_applied(applied);
+            .reports_applied(applied)
+            .answering_for(inner.layout.node_id);
         let db = sm.database();
         let bodies = sm.bodies();
         let raft = Raft::new(

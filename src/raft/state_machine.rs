@@ -71,6 +71,8 @@ pub struct StateMachine {
     applied: Option<AppliedIndex>,
     /// Keeps the applies on the state machine's task apart from the snapshot's flush.
     beside: Arc<Beside>,
+    /// The node this replica runs on, if known (see [`StateMachine::answering_for`]).
+    node: Option<NodeId>,
 }
 
 /// An apply on the state machine's task must not wait for the disk, but a snapshot's
@@ -188,6 +190,7 @@ impl StateMachine {
             has_snapshot: Arc::default(),
             last_durable: Arc::new(Mutex::new(std::time::Instant::now())),
             apply_times: None,
+            node: None,
             applied: None,
             beside: Arc::default(),
         })
@@ -196,6 +199,16 @@ impl StateMachine {
     /// Reports the index of each entry applied to `to` (see [`super::LogStore::applied`]).
     pub fn reports_applied(mut self, to: AppliedIndex) -> StateMachine {
         self.applied = Some(to);
+        self
+    }
+
+    /// Runs on node `node`. Only the outcomes of entries this node proposed, as leader, can
+    /// have a reader here (its proposer, or the caller of `client_write`); an entry whose
+    /// log id names another leader is applied without reading the message bodies its
+    /// deliveries would show (the same state is written; see `Tables::answered`). Without
+    /// it, every outcome is complete.
+    pub fn answering_for(mut self, node: NodeId) -> StateMachine {
+        self.node = Some(node);
         self
     }
 
@@ -272,6 +285,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let times = self.apply_times.clone();
         let last = entries.last().map(|e| e.log_id.index);
         let wake = self.wake.clone();
+        let node = self.node;
         let work = move || {
             let started = std::time::Instant::now();
             // A command that hits a storage error on this replica (I/O, a record that does
@@ -279,7 +293,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // in a fresh transaction, so it cannot leave half its writes behind.
             let mut skip = HashSet::new();
             loop {
-                match apply_batch(&db, &bodies, &entries, &skip, durable)? {
+                match apply_batch(&db, &bodies, &entries, &skip, durable, node)? {
                     Ok((mut replies, fx)) => {
                         if let Some(h) = &times {
                             h.observe(started.elapsed().as_secs_f64());
@@ -413,6 +427,7 @@ fn apply_batch(
     entries: &[Entry<TypeConfig>],
     skip: &HashSet<(usize, usize)>,
     durable: bool,
+    node: Option<NodeId>,
 ) -> Result<Result<(Vec<Reply>, Effects), ((usize, usize), StoreError)>, StorageError> {
     let mut txn = db.begin_write().map_err(sm_write)?;
     txn.set_durability(if durable {
@@ -437,6 +452,11 @@ fn apply_batch(
                     Vec::new()
                 }
                 EntryPayload::Normal(p) => {
+                    // Nobody here reads the outcome of another leader's entry: the entry's
+                    // log id names the node that proposed it (the in-memory `Answer` does
+                    // not tell, as an entry read back from the disk has lost it).
+                    tables
+                        .answered(node.is_none_or(|me| e.log_id.leader_id.voted_for() == Some(me)));
                     let mut out = Vec::with_capacity(p.cmds.len());
                     for (ci, cmd) in p.cmds.iter().enumerate() {
                         if skip.contains(&(ei, ci)) {

@@ -149,6 +149,59 @@ async fn waiting_receivers_are_woken_before_the_proposer_is_answered() {
     );
 }
 
+#[tokio::test]
+async fn another_leaders_deliveries_are_applied_without_their_bodies() {
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+
+    use super::Proposal;
+    use crate::protocol::{QueuePatch, SendEntry};
+    use crate::store::{Command, Outcome};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut sm = StateMachine::open(&dir.path().join("shard-0000.redb"), Arc::new(|_| {}))
+        .expect("state machine")
+        .answering_for(1);
+    // Entry `i` proposed by `leader`.
+    let entry = |i, leader, cmd| Entry::<TypeConfig> {
+        log_id: LogId::new(CommittedLeaderId::new(1, leader), i),
+        payload: EntryPayload::Normal(Proposal::new(1, vec![cmd])),
+    };
+    let receive = || Command::Receive {
+        queue: "q".into(),
+        max: 1,
+        visibility_ms: None,
+    };
+    let bodies = |replies: Vec<super::Reply>| -> Vec<Vec<u8>> {
+        match replies.as_slice() {
+            [r] => match r.as_slice() {
+                [Ok(Outcome::Deliveries { deliveries, .. })] => {
+                    deliveries.iter().map(|d| d.message.body.to_vec()).collect()
+                }
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+    };
+    let create = Command::CreateQueue {
+        name: "q".into(),
+        patch: QueuePatch::default(),
+    };
+    let send = Command::Send {
+        queue: "q".into(),
+        messages: vec![SendEntry::new("one"), SendEntry::new("two")],
+    };
+    sm.apply([entry(1, 2, create), entry(2, 2, send)])
+        .await
+        .expect("apply");
+    // Node 2's receive, applied here on node 1: nobody here reads it.
+    let theirs = sm.apply([entry(3, 2, receive())]).await.expect("apply");
+    assert_eq!(bodies(theirs), [Vec::<u8>::new()]);
+    // Node 1's own: its proposer or `client_write` caller reads it.
+    let ours = sm.apply([entry(4, 1, receive())]).await.expect("apply");
+    assert_eq!(bodies(ours), [b"two".to_vec()]);
+}
+
 mod one_node {
     //! A real one-node Raft group over our stores: commands go through the log, survive a
     //! restart, and a snapshot captures the state.

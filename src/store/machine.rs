@@ -258,6 +258,8 @@ pub struct Tables<'txn> {
     legacy: bool,
     /// The compaction's progress in this transaction.
     compaction: Option<Compaction>,
+    /// Someone reads the outcomes of the commands being applied (see [`Tables::answered`]).
+    answered: bool,
 }
 
 /// Creates every table of a shard, so read transactions find them.
@@ -355,6 +357,7 @@ impl<'txn> Tables<'txn> {
             },
             legacy,
             compaction: bodies.compaction(),
+            answered: true,
             body,
             queues: txn.open_table(QUEUES)?,
             names: txn.open_table(QUEUE_NAMES)?,
@@ -371,6 +374,14 @@ impl<'txn> Tables<'txn> {
             audit: txn.open_table(AUDIT)?,
             tags: txn.open_table(QUEUE_TAGS)?,
         })
+    }
+
+    /// Says whether anyone reads the outcomes of the commands applied next (true until
+    /// told otherwise). Nobody does for an entry another node proposed as leader: the
+    /// deliveries then carry neither attributes nor body, so the bodies are not read. The
+    /// state written is the same either way; only what the outcome shows differs.
+    pub fn answered(&mut self, answered: bool) {
+        self.answered = answered;
     }
 
     /// The message a dedup key stands for, if it is remembered and not expired at `now`.
@@ -530,6 +541,19 @@ impl<'txn> Tables<'txn> {
             }
         }
         Ok(Bytes::new())
+    }
+
+    /// The length of what [`Tables::body_of`] returns, without reading the body.
+    fn body_len(&self, qid: u64, seq: u64) -> Result<usize, ApplyError> {
+        if let Some(r) = self.refs.get((qid, seq))? {
+            return Ok(BodyRef::from_tuple(r.value()).len as usize);
+        }
+        if self.legacy {
+            if let Some(b) = self.body.get((qid, seq))? {
+                return Ok(b.value().len());
+            }
+        }
+        Ok(0)
     }
 
     /// Forgets the body of message `seq` of queue `qid`.
@@ -873,15 +897,22 @@ impl Receiving {
                 return Ok(());
             }
         }
-        let stored = t.body_of(qid, seq)?;
+        // Whether the message fits must not depend on whether the body is read: every
+        // replica takes the same messages.
+        let (stored, len) = if t.answered {
+            let b = t.body_of(qid, seq)?;
+            let len = b.len();
+            (Some(b), len)
+        } else {
+            (None, t.body_len(qid, seq)?)
+        };
         // The answer must fit in one frame: stop before a message overflows it.
-        if !self.out.is_empty()
-            && self.out_bytes + stored.len() + 64 > crate::protocol::MAX_RESPONSE_PAYLOAD
+        if !self.out.is_empty() && self.out_bytes + len + 64 > crate::protocol::MAX_RESPONSE_PAYLOAD
         {
             self.full = true;
             return Ok(());
         }
-        self.out_bytes += stored.len() + 64;
+        self.out_bytes += len + 64;
         if st.grouped {
             t.visible.remove((qid, st.visible_at, seq))?;
         } else {
@@ -1752,10 +1783,21 @@ pub(crate) mod tests {
 
     /// Applies one command in its own transaction, as the writer would.
     fn run(db: &Db, now: u64, cmd: Command) -> (Result<Outcome, ApplyError>, Effects) {
+        run_as(db, now, cmd, true)
+    }
+
+    /// [`run`] on a replica where someone reads the outcome (`answered`) or nobody does.
+    fn run_as(
+        db: &Db,
+        now: u64,
+        cmd: Command,
+        answered: bool,
+    ) -> (Result<Outcome, ApplyError>, Effects) {
         let txn = db.begin_write().unwrap();
         let mut fx = Effects::default();
         let (r, fin) = {
             let mut t = Tables::open(&txn, &db.bodies).unwrap();
+            t.answered(answered);
             let r = apply(&mut t, now, &cmd, &mut fx);
             (r, fx.dirty.then(|| t.finish().unwrap()))
         };
@@ -2110,6 +2152,46 @@ pub(crate) mod tests {
         assert_eq!(results.0, results.1);
         assert_eq!(dump(&da), dump(&dbb));
         assert!(!dump(&da).is_empty());
+    }
+
+    #[test]
+    fn a_replica_nobody_answers_takes_the_same_messages_without_reading_their_bodies() {
+        let (_a, answered) = db();
+        let (_b, quiet) = db();
+        // Ten bodies of ~1 MB twice: more than one answer frame holds, so the first
+        // receive stops at the frame's limit, which must not depend on reading them.
+        let big = "x".repeat(1_000_000);
+        let bodies: Vec<&str> = (0..10).map(|_| big.as_str()).collect();
+        let script = vec![
+            (1000, create("q")),
+            (1001, send("q", &bodies)),
+            (1002, send("q", &bodies)),
+            (1003, receive("q", 20, None)),
+            (1004, receive("q", 20, None)),
+        ];
+        let mut taken = Vec::new();
+        for (now, cmd) in script {
+            let a = run_as(&answered, now, cmd.clone(), true).0.unwrap();
+            let b = run_as(&quiet, now, cmd, false).0.unwrap();
+            if matches!(a, Outcome::Deliveries { .. }) {
+                let (a, b) = (deliveries(a), deliveries(b));
+                let ids = |ds: &[Delivery]| -> Vec<(u64, u64, u32)> {
+                    ds.iter()
+                        .map(|d| (d.receipt.seq, d.message.id, d.receipt.delivery))
+                        .collect()
+                };
+                assert_eq!(ids(&a), ids(&b));
+                assert!(a.iter().all(|d| d.message.body.len() == 1_000_000));
+                assert!(b.iter().all(|d| d.message.body.is_empty()));
+                taken.push(a.len());
+            }
+        }
+        assert!(
+            taken[0] > 0 && taken[0] < 20,
+            "the frame cut the first: {taken:?}"
+        );
+        assert_eq!(taken.iter().sum::<usize>(), 20);
+        assert_eq!(dump(&answered), dump(&quiet));
     }
 
     #[test]

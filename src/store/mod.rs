@@ -236,7 +236,7 @@ pub fn peek(
                 (Some(g), true) => g.get((qid, seq))?.map(|g| g.value().to_string()),
                 _ => None,
             };
-            out.push(stored_message(seq, &st, group, stored)?);
+            out.push(stored_message(seq, &st, group, Some(stored))?);
         }
         Ok(Some(out))
     }
@@ -249,17 +249,21 @@ pub(crate) fn body_unreadable(r: bodies::BodyRef, e: std::io::Error) -> StoreErr
 }
 
 /// A stored message as receive and peek return it: its state, its group, and its body row
-/// (attributes and payload in the wire encoding, decoded without copying the payload).
+/// (attributes and payload in the wire encoding, decoded without copying the payload);
+/// without attributes or body if the row was not read (nobody reads the answer).
 pub(crate) fn stored_message(
     seq: u64,
     st: &MessageState,
     group: Option<String>,
-    stored: Bytes,
+    stored: Option<Bytes>,
 ) -> Result<Message, StoreError> {
-    let (attributes, body) = decode_stored(stored).map_err(|e| StoreError::Corrupt {
-        table: "message_body",
-        detail: e.to_string(),
-    })?;
+    let (attributes, body) = match stored {
+        Some(stored) => decode_stored(stored).map_err(|e| StoreError::Corrupt {
+            table: "message_body",
+            detail: e.to_string(),
+        })?,
+        None => (Vec::new(), Bytes::new()),
+    };
     Ok(Message {
         id: seq,
         receive_count: st.receive_count,
