@@ -21,12 +21,8 @@ const STRIPES: usize = 4;
 
 impl Stripes {
     pub fn new() -> anyhow::Result<Self> {
-        Ok(Self([
-            Mutex::new(histogram()?),
-            Mutex::new(histogram()?),
-            Mutex::new(histogram()?),
-            Mutex::new(histogram()?),
-        ]))
+        let empty = histogram()?;
+        Ok(Self([(); STRIPES].map(|()| Mutex::new(empty.clone()))))
     }
 
     pub fn record(&self, task: usize, value: u64) -> anyhow::Result<()> {
@@ -56,5 +52,25 @@ impl Stripes {
             all.add(&*h)?;
         }
         Ok(all)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_merge_holds_what_every_task_recorded() {
+        let s = Stripes::new().unwrap();
+        for task in 0..10 {
+            s.record(task, 100 + task as u64).unwrap();
+        }
+        s.record_all(3, [5_000, 60_000_000]).unwrap();
+        let m = s.merged().unwrap();
+        assert_eq!(m.len(), 12);
+        assert_eq!(m.min(), 100);
+        assert!(m.equivalent(m.max(), 60_000_000));
+        // Beyond the histogram's 60 s: an error, not a silent clamp.
+        assert!(s.record(0, 61_000_000_000).is_err());
     }
 }

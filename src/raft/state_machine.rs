@@ -261,16 +261,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: Send,
     {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
-        // Message bytes the batch sends: about what it appends to the body files.
-        let appends: usize = entries
-            .iter()
-            .filter_map(|e| match &e.payload {
-                openraft::EntryPayload::Normal(p) => {
-                    Some(p.cmds.iter().map(super::proposer::bytes).sum::<usize>())
-                }
-                _ => None,
-            })
-            .sum();
         let db = self.db.clone();
         let bodies = self.bodies.clone();
         let durable = {
@@ -281,6 +271,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             } else {
                 false
             }
+        };
+        // Whether the apply may run on this task (see below): it must not sync, and the
+        // bodies it appends must leave the active file short of full. Those are about the
+        // message bytes the batch sends; the margin covers each body's encoding, a few
+        // bytes beside its attributes.
+        let quiet = !durable && {
+            let appends: usize = entries
+                .iter()
+                .filter_map(|e| match &e.payload {
+                    openraft::EntryPayload::Normal(p) => {
+                        Some(p.cmds.iter().map(super::proposer::bytes).sum::<usize>())
+                    }
+                    _ => None,
+                })
+                .sum();
+            self.bodies.quiet_for(2 * appends as u64 + (64 << 10))
         };
         let times = self.apply_times.clone();
         let last = entries.last().map(|e| e.log_id.index);
@@ -323,9 +329,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // active body file (a roll syncs it), runs a compaction step or would wait for a
         // snapshot's flush (see `Beside`) still goes to the pool, so the task's worker
         // never waits for a write to reach the disk; reading a body that is no longer in
-        // the page cache, deep in a long queue, still can. The margin covers each body's
-        // encoding, a few bytes beside its attributes.
-        let quiet = !durable && self.bodies.quiet_for(2 * appends as u64 + (64 << 10));
+        // the page cache, deep in a long queue, still can.
         let replies = match quiet.then(|| self.beside.claim()).flatten() {
             Some(_on_task) => work()?,
             None => blocking(work).await?,
