@@ -143,3 +143,43 @@ fn a_metrics_address_off_loopback_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a loopback address"), "{err}");
 }
+
+/// The last log index summed over every Raft group of the node.
+fn log_entries(port: SocketAddr) -> f64 {
+    let (_, body) = get(port, "/metrics");
+    body.lines()
+        .filter(|l| l.starts_with("mqd_raft_last_log_index{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receives_that_find_nothing_append_nothing_to_the_log() {
+    let port = crate::common::free_tcp_addr();
+    let node = Node::start_with(&["--metrics-listen", &port.to_string()]);
+    let c = node.client().await;
+    c.create_queue("idle", QueuePatch::default()).await.unwrap();
+    // Wait until no entry is being written (the queue's creation, the groups' first).
+    let mut before = log_entries(port);
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = log_entries(port);
+        if now == before {
+            break;
+        }
+        before = now;
+    }
+    for _ in 0..20 {
+        let got = c.receive("idle", 10, None, Some(0)).await.unwrap();
+        assert!(got.is_empty());
+    }
+    let got = c.receive("idle", 10, None, Some(300)).await.unwrap();
+    assert!(got.is_empty(), "a long poll that times out");
+    assert_eq!(log_entries(port), before, "empty receives wrote to the log");
+    // A receive that finds a message does write (it changes the message's visibility).
+    c.send("idle", vec![SendEntry::new("m")]).await.unwrap();
+    let sent = log_entries(port);
+    assert!(sent > before);
+    assert_eq!(c.receive("idle", 10, None, Some(0)).await.unwrap().len(), 1);
+    assert!(log_entries(port) > sent);
+}
