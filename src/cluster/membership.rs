@@ -21,6 +21,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use openraft::async_runtime::WatchReceiver;
 use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
 
@@ -84,7 +85,7 @@ pub(super) fn start(node: Node) {
 
 fn voters_and_learners(l: &Local) -> (BTreeSet<NodeId>, BTreeSet<NodeId>, bool) {
     let m = l.raft.metrics();
-    let m = m.borrow();
+    let m = m.borrow_watched();
     let membership = m.membership_config.membership();
     (
         membership.voter_ids().collect(),
@@ -96,7 +97,7 @@ fn voters_and_learners(l: &Local) -> (BTreeSet<NodeId>, BTreeSet<NodeId>, bool) 
 /// Whether `l`'s leader holds every node of `nodes` within [`CAUGHT_UP`] of its log.
 fn caught_up(l: &Local, nodes: &BTreeSet<NodeId>) -> bool {
     let m = l.raft.metrics();
-    let m = m.borrow();
+    let m = m.borrow_watched();
     let last = m.last_log_index.unwrap_or(0);
     let Some(rep) = m.replication.as_ref() else {
         return false;
@@ -335,7 +336,7 @@ impl Node {
     /// The group's membership, answered by its leader.
     pub(super) fn membership_view(&self, l: &Local) -> MembershipView {
         let m = l.raft.metrics();
-        let m = m.borrow();
+        let m = m.borrow_watched();
         let membership = m.membership_config.membership();
         let committed = l.committed.load(Ordering::Relaxed);
         let log_index = m.membership_config.log_id().map_or(0, |id| id.index);

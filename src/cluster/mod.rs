@@ -32,7 +32,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use openraft::{BasicNode, Raft};
+use crate::raft::Raft;
+use openraft::async_runtime::WatchReceiver;
+use openraft::BasicNode;
+use openraft::Instant as _;
 use redb::{Database, ReadableDatabase};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -43,7 +46,7 @@ use crate::protocol::{Message, QueueDescription, QueueLocation, QueuePatch, Queu
 use crate::raft::log_store::{self, LogStore};
 use crate::raft::proposer::{ProposeError, Proposer, Ride};
 use crate::raft::state_machine::StateMachine;
-use crate::raft::{NodeId, TypeConfig};
+use crate::raft::NodeId;
 use crate::store::{self, Command, Outcome, StoreError};
 
 /// The control group's id.
@@ -296,7 +299,7 @@ impl Waiters {
 /// One group hosted here.
 #[derive(Clone)]
 struct Local {
-    raft: Raft<TypeConfig>,
+    raft: Raft,
     proposer: Proposer,
     db: Arc<Database>,
     /// The group's message bodies.
@@ -685,7 +688,7 @@ impl Node {
         let mut out = BTreeMap::new();
         if let Some(l) = self.local(CONTROL_GROUP) {
             let m = l.raft.metrics();
-            let m = m.borrow();
+            let m = m.borrow_watched();
             let membership = m.membership_config.membership();
             for id in membership.voter_ids() {
                 if let Some(addr) = membership
@@ -707,7 +710,7 @@ impl Node {
     fn address_of(&self, id: NodeId) -> Option<SocketAddr> {
         if let Some(l) = self.local(CONTROL_GROUP) {
             let m = l.raft.metrics();
-            let m = m.borrow();
+            let m = m.borrow_watched();
             if let Some(a) = m
                 .membership_config
                 .membership()
@@ -725,7 +728,7 @@ impl Node {
     pub fn replicas_of(&self, group: u64) -> Vec<NodeId> {
         if let Some(l) = self.local(group) {
             let m = l.raft.metrics();
-            let m = m.borrow();
+            let m = m.borrow_watched();
             let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
             if !voters.is_empty() {
                 return voters;
@@ -802,7 +805,8 @@ impl Node {
     pub fn ride(&self, queue: &str, max: u32, visibility_ms: Option<u64>) -> Option<Ride> {
         let shard = self.placement_local(queue).ok().flatten()?;
         let l = self.local(group_of_shard(shard))?;
-        let leads = l.raft.metrics().borrow().current_leader == Some(self.inner.layout.node_id);
+        let leads =
+            l.raft.metrics().borrow_watched().current_leader == Some(self.inner.layout.node_id);
         leads.then(|| l.proposer.ride(queue, max, visibility_ms))
     }
 
@@ -1116,7 +1120,7 @@ impl Node {
         let group = group_of_shard(shard);
         let leader = self
             .local(group)
-            .and_then(|l| l.raft.metrics().borrow().current_leader)
+            .and_then(|l| l.raft.metrics().borrow_watched().current_leader)
             .or_else(|| self.hint(group));
         // This node's own address as it listens now (a single node on an ephemeral port
         // has another one after each restart); another node's as the members know it.
@@ -1210,7 +1214,7 @@ impl Node {
         loop {
             let local = self.local(group);
             let target = match &local {
-                Some(l) => l.raft.metrics().borrow().current_leader,
+                Some(l) => l.raft.metrics().borrow_watched().current_leader,
                 None => self.hint(group),
             }
             .or_else(|| {
@@ -1326,13 +1330,21 @@ impl Node {
         // and replication maps on every request.
         let (leader, silence, current) = {
             let m = l.raft.metrics();
-            let m = m.borrow();
+            let m = m.borrow_watched();
             // A leader has applied everything committed before it took over once it has
             // applied an entry of its own term (its first, blank entry, or later).
             let current = m
                 .last_applied
                 .is_some_and(|a| a.leader_id.term == m.current_term);
-            (m.current_leader, m.millis_since_quorum_ack, current)
+            // A group of one voter is its own quorum: openraft records no
+            // acknowledgement for it.
+            let alone = m.membership_config.membership().voter_ids().count() <= 1;
+            let silence = m
+                .last_quorum_acked
+                .as_ref()
+                .filter(|_| !alone)
+                .map(|t| t.elapsed().as_millis() as u64);
+            (m.current_leader, silence, current)
         };
         if leader != Some(me) {
             return Err(OpError::NotLeader(leader));
@@ -1395,7 +1407,11 @@ impl Node {
             Op::Read(read_op) => {
                 // Linearizable: confirm leadership with a majority and wait until this
                 // replica has applied everything committed before the read.
-                if let Err(e) = l.raft.ensure_linearizable().await {
+                if let Err(e) = l
+                    .raft
+                    .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+                    .await
+                {
                     return match e.forward_to_leader() {
                         Some(f) => Err(OpError::NotLeader(f.leader_id)),
                         None => Err(failed(
@@ -1472,7 +1488,7 @@ impl Node {
 }
 
 fn is_leader(l: &Local, me: NodeId) -> bool {
-    l.raft.metrics().borrow().current_leader == Some(me)
+    l.raft.metrics().borrow_watched().current_leader == Some(me)
 }
 
 async fn read<T: Send + 'static>(

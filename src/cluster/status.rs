@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use openraft::async_runtime::WatchReceiver;
 use openraft::ServerState;
 use serde::{Deserialize, Serialize};
 
@@ -118,7 +119,7 @@ impl Node {
             .into_iter()
             .map(|(group, l)| {
                 let m = l.raft.metrics();
-                let m = m.borrow();
+                let m = m.borrow_watched();
                 let membership = m.membership_config.membership();
                 GroupReport {
                     group,
@@ -154,7 +155,7 @@ impl Node {
         let mut ask: BTreeMap<NodeId, SocketAddr> = layout.peers.clone();
         for (_, l) in self.hosted() {
             let m = l.raft.metrics();
-            let m = m.borrow();
+            let m = m.borrow_watched();
             for (id, n) in m.membership_config.membership().nodes() {
                 if let Ok(a) = n.addr.parse() {
                     ask.entry(*id).or_insert(a);

@@ -17,6 +17,16 @@
 //! Kind 4 passes a client operation (`cluster::Op`) to the node that leads its group; the
 //! answer is `Result<cluster::Answer, cluster::OpError>`.
 //!
+//! Kind 5 is a replication stream: a leader's `AppendEntries` to one follower, pipelined.
+//! After the group and kind, each side sends frames of `u32 length (big-endian) |
+//! postcard`: the leader one `AppendEntriesRequest` per frame, as soon as it has new
+//! entries and without waiting for the answers; the follower one
+//! `Result<StreamAppendResult, String>` per request, in the same order, once that
+//! request's entries are on its disk (the `String` is a fatal error of its Raft, which
+//! ends the stream). Either side ends the stream by finishing its send side. Several
+//! requests are thus in flight at once: a new entry leaves the leader while the follower
+//! still writes the previous ones, where one call per request made it wait a round trip.
+//!
 //! This module owns the peer wire format, the peer TLS configuration and the routing of an
 //! RPC to the local Raft instance of its group; it knows nothing of client requests.
 
@@ -27,14 +37,15 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use openraft::error::{
-    Fatal, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError, Unreachable,
-};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use futures_util::StreamExt;
+use openraft::base::{BoxFuture, BoxStream};
+use openraft::error::{Fatal, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest,
+    VoteResponse,
 };
-use openraft::{BasicNode, Raft, SnapshotMeta, Vote};
+use openraft::BasicNode;
 use rustls_pki_types::CertificateDer;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -46,7 +57,7 @@ pub use faults::Faults;
 
 use crate::protocol::{ALPN, TLS_SERVER_NAME};
 use crate::raft::snapshot::{each_chunk, SnapshotError, SpoolWriter, MAX_CHUNK_BYTES};
-use crate::raft::{NodeId, TypeConfig};
+use crate::raft::{NodeId, Raft, Snapshot, SnapshotMeta, TypeConfig, Vote};
 use crate::server::tls::Credentials;
 
 /// ALPN of node-to-node connections.
@@ -67,6 +78,8 @@ pub const KIND_VOTE: u8 = 2;
 pub const KIND_SNAPSHOT: u8 = 3;
 /// RPC kind: a client operation passed on to the group's leader (`cluster::Op`).
 pub const KIND_FORWARD: u8 = 4;
+/// RPC kind: a pipelined replication stream (see the module documentation).
+pub const KIND_APPEND_STREAM: u8 = 5;
 
 /// Answers forwarded operations: (group, postcard body) → postcard answer.
 pub type ForwardHandler = Arc<
@@ -170,7 +183,7 @@ pub fn is_authenticated_peer(conn: &quinn::Connection) -> bool {
 /// The local Raft instances by group id, for incoming RPCs.
 #[derive(Clone)]
 pub struct Router {
-    groups: Arc<RwLock<HashMap<u64, Raft<TypeConfig>>>>,
+    groups: Arc<RwLock<HashMap<u64, Raft>>>,
     spool_dir: Arc<PathBuf>,
     forward: Arc<RwLock<Option<ForwardHandler>>>,
     faults: Faults,
@@ -202,7 +215,7 @@ impl Router {
     }
 
     /// Routes RPCs for `group` to `raft`.
-    pub fn add(&self, group: u64, raft: Raft<TypeConfig>) {
+    pub fn add(&self, group: u64, raft: Raft) {
         self.groups
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -217,7 +230,7 @@ impl Router {
             .remove(&group);
     }
 
-    fn get(&self, group: u64) -> Option<Raft<TypeConfig>> {
+    fn get(&self, group: u64) -> Option<Raft> {
         self.groups
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -241,6 +254,7 @@ pub async fn serve_peer_connection(conn: quinn::Connection, router: Router) {
             continue;
         }
         let router = router.clone();
+        let remote = conn.remote_address();
         tokio::spawn(async move {
             let mut head = [0u8; 9];
             let answer = match recv.read_exact(&mut head).await {
@@ -255,6 +269,10 @@ pub async fn serve_peer_connection(conn: quinn::Connection, router: Router) {
                     let mut g = [0u8; 8];
                     g.copy_from_slice(&head[..8]);
                     let (group, kind) = (u64::from_be_bytes(g), head[8]);
+                    if kind == KIND_APPEND_STREAM {
+                        serve_append_stream(&router, group, remote, send, recv).await;
+                        return;
+                    }
                     if kind == KIND_SNAPSHOT {
                         receive_snapshot(&router, group, &mut recv).await
                     } else {
@@ -302,6 +320,94 @@ async fn read_snapshot_frame(
     Ok(Some(buf))
 }
 
+/// `body` in postcard behind its `u32` length (big-endian), in one buffer.
+fn encode_frame<T: Serialize>(body: &T) -> Result<Bytes, String> {
+    let size = postcard::serialize_with_flavor(body, postcard::ser_flavors::Size::default())
+        .map_err(|e| e.to_string())?;
+    if size > MAX_PEER_MESSAGE {
+        return Err(format!(
+            "a frame of {size} bytes is over the limit of {MAX_PEER_MESSAGE}"
+        ));
+    }
+    let mut out = Vec::with_capacity(4 + size);
+    out.extend_from_slice(&(size as u32).to_be_bytes());
+    postcard::to_extend(body, out)
+        .map(Bytes::from)
+        .map_err(|e| e.to_string())
+}
+
+/// The follower's side of a replication stream (kind 5): each request read is handed to
+/// the group's Raft as it arrives, and each answer written back in order once Raft gives
+/// it. A frame that does not decode, or a peer cut off by fault injection, ends the input;
+/// the leader then sees the stream end short of its answers and opens another.
+async fn serve_append_stream(
+    router: &Router,
+    group: u64,
+    remote: SocketAddr,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) {
+    let Some(raft) = router.get(group) else {
+        let refusal = answer(
+            STATUS_NO_GROUP,
+            &format!("no replica of group {group} here"),
+        );
+        if let Ok(frame) = encode_frame(&Err::<StreamAppendResult<TypeConfig>, String>(
+            String::from_utf8_lossy(&refusal[1..]).into_owned(),
+        )) {
+            let _ = send.write_chunk(frame).await;
+        }
+        let _ = send.finish();
+        return;
+    };
+    let faults = router.faults.clone();
+    let input = futures_util::stream::unfold(recv, move |mut recv| {
+        let faults = faults.clone();
+        async move {
+            if faults.is_cut(remote) {
+                let _ = recv.stop(0u32.into());
+                return None;
+            }
+            let frame = match read_snapshot_frame(&mut recv, MAX_PEER_MESSAGE).await {
+                Ok(Some(f)) => f,
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::debug!(group, %remote, error = %e, "replication stream ended");
+                    return None;
+                }
+            };
+            if faults.is_cut(remote) {
+                let _ = recv.stop(0u32.into());
+                return None;
+            }
+            match postcard::from_bytes::<AppendEntriesRequest<TypeConfig>>(&frame) {
+                Ok(req) => Some((req, recv)),
+                Err(e) => {
+                    tracing::warn!(group, %remote, error = %e, "undecodable AppendEntries on a replication stream; ending it");
+                    let _ = recv.stop(2u32.into());
+                    None
+                }
+            }
+        }
+    });
+    let mut output = std::pin::pin!(raft.stream_append(input));
+    while let Some(item) = output.next().await {
+        let item: Result<StreamAppendResult<TypeConfig>, String> = item.map_err(|f| f.to_string());
+        let last = !matches!(item, Ok(Ok(_)));
+        let frame = match encode_frame(&item) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(group, %remote, error = %e, "replication answer not encoded");
+                break;
+            }
+        };
+        if send.write_chunk(frame).await.is_err() || last {
+            break;
+        }
+    }
+    let _ = send.finish();
+}
+
 /// Receives a streamed snapshot for `group`, spools it and hands it to Raft to install.
 async fn receive_snapshot(router: &Router, group: u64, recv: &mut quinn::RecvStream) -> Vec<u8> {
     let Some(raft) = router.get(group) else {
@@ -315,11 +421,10 @@ async fn receive_snapshot(router: &Router, group: u64, recv: &mut quinn::RecvStr
         Ok(None) => return answer(STATUS_BAD_REQUEST, &"snapshot stream without a header"),
         Err(e) => return answer(STATUS_BAD_REQUEST, &e),
     };
-    let (vote, meta): (Vote<NodeId>, SnapshotMeta<NodeId, BasicNode>) =
-        match postcard::from_bytes(&head) {
-            Ok(h) => h,
-            Err(e) => return answer(STATUS_BAD_REQUEST, &format!("snapshot header: {e}")),
-        };
+    let (vote, meta): (Vote, SnapshotMeta) = match postcard::from_bytes(&head) {
+        Ok(h) => h,
+        Err(e) => return answer(STATUS_BAD_REQUEST, &format!("snapshot header: {e}")),
+    };
     // The file is written off the async workers, a chunk at a time.
     let writer = match SpoolWriter::create(&router.spool_dir, group) {
         Ok(w) => w,
@@ -357,10 +462,10 @@ async fn receive_snapshot(router: &Router, group: u64, recv: &mut quinn::RecvStr
     if let Some(e) = read_error {
         return answer(STATUS_BAD_REQUEST, &e);
     }
-    tracing::info!(group, snapshot = %meta.snapshot_id, "installing a snapshot from the leader");
-    let snapshot = openraft::Snapshot {
+    tracing::info!(group, snapshot = %meta, "installing a snapshot from the leader");
+    let snapshot = Snapshot {
         meta,
-        snapshot: Box::new(data),
+        snapshot: data,
     };
     answer(STATUS_OK, &raft.install_full_snapshot(vote, snapshot).await)
 }
@@ -424,7 +529,7 @@ async fn dispatch(router: &Router, group: u64, kind: u8, body: &[u8]) -> Vec<u8>
             Ok(rpc) => Ok(answer(STATUS_OK, &raft.append_entries(rpc).await)),
             Err(e) => Err(e),
         },
-        KIND_VOTE => match decode::<VoteRequest<NodeId>>(body) {
+        KIND_VOTE => match decode::<VoteRequest<TypeConfig>>(body) {
             Ok(rpc) => Ok(answer(STATUS_OK, &raft.vote(rpc).await)),
             Err(e) => Err(e),
         },
@@ -574,16 +679,144 @@ impl Connector {
 }
 
 impl Connector {
+    /// Opens a stream of `kind` for `group` to `addr` and writes its head; `timeout`
+    /// bounds the dial and the opening.
+    async fn open_stream(
+        &self,
+        addr: SocketAddr,
+        group: u64,
+        kind: u8,
+        timeout: Duration,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), CallError> {
+        self.check_cut(addr)?;
+        let unreachable = |detail: String| CallError::Unreachable { addr, detail };
+        let opening = async {
+            let conn = self.connection(addr).await?;
+            conn.open_bi().await.map_err(|e| unreachable(e.to_string()))
+        };
+        let (mut send, recv) = tokio::time::timeout(timeout, opening)
+            .await
+            .map_err(|_| unreachable(format!("no stream opened within {timeout:?}")))??;
+        let mut head = [0u8; 9];
+        head[..8].copy_from_slice(&group.to_be_bytes());
+        head[8] = kind;
+        send.write_all(&head)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        Ok((send, recv))
+    }
+}
+
+/// What the writer of a replication stream tells its reader.
+enum Wrote {
+    /// One more request is on the stream: one more answer to wait for.
+    Request,
+    /// The stream broke, or the target was cut off, before the next request left.
+    Failed(String),
+}
+
+/// The leader's writer of a replication stream: sends each request of `input` as it comes,
+/// telling the reader, until `input` ends, the reader goes away, or a write fails.
+async fn write_requests<S>(
+    mut input: S,
+    mut send: quinn::SendStream,
+    connector: Connector,
+    addr: SocketAddr,
+    wrote: tokio::sync::mpsc::UnboundedSender<Wrote>,
+) where
+    S: futures_util::Stream<Item = AppendEntriesRequest<TypeConfig>> + Unpin,
+{
+    loop {
+        let req = tokio::select! {
+            req = input.next() => req,
+            _ = wrote.closed() => break,
+        };
+        let Some(req) = req else { break };
+        let sent = match connector.check_cut(addr) {
+            Err(e) => Err(e.to_string()),
+            Ok(()) => match encode_frame(&req) {
+                Err(e) => Err(format!("AppendEntries not encoded: {e}")),
+                Ok(frame) => send.write_chunk(frame).await.map_err(|e| e.to_string()),
+            },
+        };
+        match sent {
+            Ok(()) => {
+                if wrote.send(Wrote::Request).is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                let _ = send.reset(1u32.into());
+                let _ = wrote.send(Wrote::Failed(e));
+                return;
+            }
+        }
+    }
+    let _ = send.finish();
+}
+
+/// The leader's reader of a replication stream: one answer per request written, each
+/// within `stall` of the one before (or of its request, if none was waiting); anything
+/// else ends the stream with an error, and openraft opens another.
+fn read_answers(
+    recv: quinn::RecvStream,
+    wrote: tokio::sync::mpsc::UnboundedReceiver<Wrote>,
+    target: NodeId,
+    stall: Duration,
+) -> BoxStream<'static, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>> {
+    let unreachable = move |what: String| {
+        RPCError::Unreachable(Unreachable::from_string(format!(
+            "replication stream to node {target}: {what}"
+        )))
+    };
+    let reading = futures_util::stream::unfold(Some((recv, wrote)), move |state| async move {
+        let (mut recv, mut wrote) = state?;
+        match wrote.recv().await? {
+            Wrote::Request => {}
+            Wrote::Failed(e) => return Some((Err(unreachable(e)), None)),
+        }
+        let frame =
+            match tokio::time::timeout(stall, read_snapshot_frame(&mut recv, MAX_PEER_MESSAGE))
+                .await
+            {
+                Err(_) => {
+                    return Some((
+                        Err(unreachable(format!("no answer within {stall:?}"))),
+                        None,
+                    ))
+                }
+                Ok(Err(e)) => return Some((Err(unreachable(e)), None)),
+                Ok(Ok(None)) => {
+                    return Some((Err(unreachable("ended before its answers".into())), None))
+                }
+                Ok(Ok(Some(f))) => f,
+            };
+        match postcard::from_bytes::<Result<StreamAppendResult<TypeConfig>, String>>(&frame) {
+            Ok(Ok(r)) => {
+                let more = r.is_ok();
+                Some((Ok(r), more.then_some((recv, wrote))))
+            }
+            Ok(Err(fatal)) => Some((
+                Err(unreachable(format!("the follower failed: {fatal}"))),
+                None,
+            )),
+            Err(e) => Some((Err(unreachable(format!("undecodable answer: {e}"))), None)),
+        }
+    });
+    Box::pin(reading)
+}
+
+impl Connector {
     /// Streams `snapshot` of `group` to `addr` and returns the remote install's result.
     /// `stall` bounds each write and the wait for the answer.
     pub async fn send_snapshot(
         &self,
         addr: SocketAddr,
         group: u64,
-        vote: Vote<NodeId>,
-        snapshot: openraft::Snapshot<TypeConfig>,
+        vote: Vote,
+        snapshot: Snapshot,
         stall: Duration,
-    ) -> Result<Result<SnapshotResponse<NodeId>, Fatal<NodeId>>, CallError> {
+    ) -> Result<Result<SnapshotResponse<TypeConfig>, Fatal<TypeConfig>>, CallError> {
         self.check_cut(addr)?;
         let unreachable = |detail: String| CallError::Unreachable { addr, detail };
         let conn = self.connection(addr).await?;
@@ -703,48 +936,55 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
 }
 
 impl PeerClient {
-    async fn rpc<
-        Req: Serialize,
-        Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
-    >(
+    fn addr(&self) -> Result<SocketAddr, Unreachable<TypeConfig>> {
+        self.addr
+            .clone()
+            .map_err(|e| Unreachable::new(&std::io::Error::other(e)))
+    }
+
+    /// One call to the group's replica on the target. A failure to reach it and an error
+    /// the remote Raft reports (it has stopped) both make the target unreachable for now:
+    /// openraft backs off and tries again.
+    async fn rpc<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         kind: u8,
         req: &Req,
         option: &RPCOption,
-    ) -> Result<Resp, RPCError<NodeId, BasicNode, E>> {
-        let addr = self
-            .addr
-            .clone()
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))?;
-        let r: Result<Resp, E> = self
+    ) -> Result<Resp, RPCError<TypeConfig>> {
+        let addr = self.addr()?;
+        let r: Result<Resp, RaftError<TypeConfig>> = self
             .connector
             .call(addr, self.group, kind, req, option.hard_ttl())
             .await
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
-        r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        r.map_err(|e| {
+            RPCError::Unreachable(Unreachable::from_string(format!(
+                "node {} failed the call: {e}",
+                self.target
+            )))
+        })
     }
 }
 
-impl RaftNetwork<TypeConfig> for PeerClient {
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = crate::raft::snapshot::SnapshotData;
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.rpc(KIND_APPEND, &rpc, &option).await
     }
 
     async fn full_snapshot(
         &mut self,
-        vote: Vote<NodeId>,
-        snapshot: openraft::Snapshot<TypeConfig>,
+        vote: Vote,
+        snapshot: Snapshot,
         cancel: impl std::future::Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
-    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
-        let addr = self.addr.clone().map_err(|e| {
-            StreamingError::Unreachable(Unreachable::new(&std::io::Error::other(e)))
-        })?;
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let addr = self.addr()?;
         let send =
             self.connector
                 .send_snapshot(addr, self.group, vote, snapshot, option.hard_ttl());
@@ -754,9 +994,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         };
         match r {
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(fatal)) => Err(StreamingError::RemoteError(RemoteError::new(
-                self.target,
-                fatal,
+            Ok(Err(fatal)) => Err(StreamingError::Unreachable(Unreachable::from_string(
+                format!("node {} failed the snapshot: {fatal}", self.target),
             ))),
             Err(e) => Err(StreamingError::Unreachable(Unreachable::new(&e))),
         }
@@ -764,10 +1003,45 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 
     async fn vote(
         &mut self,
-        rpc: VoteRequest<NodeId>,
+        rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.rpc(KIND_VOTE, &rpc, &option).await
+    }
+
+    /// Pipelined: requests go out on one stream as openraft makes them, and the answers
+    /// come back in order (see the module documentation).
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<
+            BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
+            RPCError<TypeConfig>,
+        >,
+    >
+    where
+        S: futures_util::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        Box::pin(async move {
+            let addr = self.addr()?;
+            let (send, recv) = self
+                .connector
+                .open_stream(addr, self.group, KIND_APPEND_STREAM, option.soft_ttl())
+                .await
+                .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(write_requests(
+                input,
+                send,
+                self.connector.clone(),
+                addr,
+                tx,
+            ));
+            Ok(read_answers(recv, rx, self.target, option.hard_ttl()))
+        })
     }
 }
 

@@ -8,14 +8,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::{BasicNode, Raft};
+use openraft::async_runtime::WatchReceiver;
+use openraft::BasicNode;
 use redb::{Database, ReadableDatabase};
 
 use super::*;
 use crate::protocol::{QueuePatch, SendEntry};
 use crate::raft::log_store::LogStore;
 use crate::raft::state_machine::StateMachine;
-use crate::raft::Proposal;
+use crate::raft::{Proposal, Raft};
 use crate::server::tls;
 use crate::store::schema::{QUEUES, STATS};
 use crate::store::Command;
@@ -25,7 +26,7 @@ struct TestNode {
     dir: tempfile::TempDir,
     endpoint: quinn::Endpoint,
     addr: SocketAddr,
-    raft: Raft<TypeConfig>,
+    raft: Raft,
     db: Arc<Database>,
     creds: Credentials,
 }
@@ -115,7 +116,7 @@ async fn leader_among(nodes: &[&TestNode], not: Option<u64>) -> u64 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         for n in nodes {
-            let m = n.raft.metrics().borrow().clone();
+            let m = n.raft.metrics().borrow_watched().clone();
             if let Some(l) = m.current_leader {
                 if Some(l) != not
                     && nodes.iter().any(|x| x.id == l)
@@ -130,7 +131,7 @@ async fn leader_among(nodes: &[&TestNode], not: Option<u64>) -> u64 {
     }
 }
 
-async fn write(raft: &Raft<TypeConfig>, cmd: Command) -> u64 {
+async fn write(raft: &Raft, cmd: Command) -> u64 {
     let r = raft
         .client_write(Proposal::new(1_700_000_000_000, vec![cmd]))
         .await
@@ -141,7 +142,7 @@ async fn write(raft: &Raft<TypeConfig>, cmd: Command) -> u64 {
 
 /// Sends 100 messages to queue `big` per value of `rounds`, each hundred one entry, the
 /// bodies padded with `pad` bytes; the index of the last entry.
-async fn send_hundreds(raft: &Raft<TypeConfig>, rounds: std::ops::Range<u32>, pad: usize) -> u64 {
+async fn send_hundreds(raft: &Raft, rounds: std::ops::Range<u32>, pad: usize) -> u64 {
     let mut last = 0;
     for i in rounds {
         let messages = (0..100)
@@ -257,8 +258,9 @@ async fn a_group_replicates_over_quic_and_survives_losing_its_leader() {
             quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
         ));
         let c = Connector::new(alien.endpoint.clone(), qc);
-        let vote = openraft::raft::VoteRequest::<NodeId>::new(openraft::Vote::new(99, 4), None);
-        let r: Result<Result<VoteResponse<NodeId>, RaftError<NodeId>>, _> = c
+        let vote =
+            openraft::raft::VoteRequest::<TypeConfig>::new(crate::raft::Vote::new(99, 4), None);
+        let r: Result<Result<VoteResponse<TypeConfig>, RaftError<TypeConfig>>, _> = c
             .call(target, 1, KIND_VOTE, &vote, Duration::from_secs(3))
             .await;
         assert!(r.is_err(), "a peer with {what} was answered: {r:?}");
@@ -266,14 +268,14 @@ async fn a_group_replicates_over_quic_and_survives_losing_its_leader() {
     // The alien's own connector trusts only its own CA: it cannot even reach the cluster.
     let alien_connector =
         Connector::new(alien.endpoint.clone(), client_config(&alien.creds).unwrap());
-    let vote = openraft::raft::VoteRequest::<NodeId>::new(openraft::Vote::new(99, 4), None);
-    let r: Result<Result<VoteResponse<NodeId>, RaftError<NodeId>>, _> = alien_connector
+    let vote = openraft::raft::VoteRequest::<TypeConfig>::new(crate::raft::Vote::new(99, 4), None);
+    let r: Result<Result<VoteResponse<TypeConfig>, RaftError<TypeConfig>>, _> = alien_connector
         .call(target, 1, KIND_VOTE, &vote, Duration::from_secs(3))
         .await;
     assert!(r.is_err());
     // The cluster kept its leader and term: the refused votes never reached Raft.
     assert_eq!(
-        new_lead.raft.metrics().borrow().current_leader,
+        new_lead.raft.metrics().borrow_watched().current_leader,
         Some(new_leader)
     );
 
@@ -330,7 +332,7 @@ async fn a_node_that_missed_purged_entries_catches_up_from_a_streamed_snapshot()
         .unwrap();
     applied(&n2, last).await;
     assert_eq!(queue_state(&n2.db, "big"), (true, 3500));
-    let m = n2.raft.metrics().borrow().clone();
+    let m = n2.raft.metrics().borrow_watched().clone();
     assert!(
         m.snapshot.is_some_and(|s| s.index >= built),
         "node 2 installed a snapshot: {:?}",
@@ -374,4 +376,100 @@ fn an_rpc_goes_on_the_stream_behind_its_group_and_kind() {
     assert_eq!(out[0], STATUS_OK);
     let back: (String, Vec<SendEntry>) = postcard::from_bytes(&out[1..]).unwrap();
     assert_eq!(back, req);
+}
+
+/// The next answer on the leader's end of a replication stream.
+async fn next_answer(
+    recv: &mut quinn::RecvStream,
+) -> Result<StreamAppendResult<TypeConfig>, String> {
+    let frame = read_snapshot_frame(recv, MAX_PEER_MESSAGE)
+        .await
+        .unwrap()
+        .expect("an answer");
+    postcard::from_bytes(&frame).unwrap()
+}
+
+/// Asserts the stream ends (finished or reset) with no further answer.
+async fn ends(recv: &mut quinn::RecvStream) {
+    assert!(matches!(
+        read_snapshot_frame(recv, MAX_PEER_MESSAGE).await,
+        Ok(None) | Err(_)
+    ));
+}
+
+/// A replication stream for group 1 to `addr`.
+async fn open(connector: &Connector, addr: SocketAddr) -> (quinn::SendStream, quinn::RecvStream) {
+    connector
+        .open_stream(addr, 1, KIND_APPEND_STREAM, Duration::from_secs(5))
+        .await
+        .unwrap()
+}
+
+/// A follower's side of a replication stream takes requests written back to back, before
+/// any answer was read, and answers each in order once it is on its disk; a frame that
+/// does not decode ends the stream, and what came before it stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replication_stream_carries_requests_without_waiting_for_answers() {
+    use openraft::raft::StreamAppendError;
+
+    use crate::raft::{CommittedLeaderId, Entry, LogId, Vote};
+
+    let follower = start(2, None).await;
+    let leader = start(1, Some(follower.dir.path())).await;
+    let connector = Connector::new(
+        leader.endpoint.clone(),
+        client_config(&leader.creds).unwrap(),
+    );
+    let id = |index| {
+        LogId::new(
+            CommittedLeaderId {
+                term: 1,
+                node_id: 1,
+            },
+            index,
+        )
+    };
+    let request = |index: u64| AppendEntriesRequest::<TypeConfig> {
+        vote: Vote::new_committed(1, 1),
+        prev_log_id: index.checked_sub(1).map(id),
+        leader_commit: None,
+        entries: vec![Entry {
+            log_id: id(index),
+            payload: openraft::EntryPayload::Blank,
+        }],
+    };
+    let (mut send, mut recv) = open(&connector, follower.addr).await;
+    for index in 0..3 {
+        send.write_chunk(encode_frame(&request(index)).unwrap())
+            .await
+            .unwrap();
+    }
+    for index in 0..3 {
+        assert_eq!(next_answer(&mut recv).await, Ok(Ok(Some(id(index)))));
+    }
+    // A request that does not follow the follower's log is refused, and that ends it.
+    send.write_chunk(encode_frame(&request(7)).unwrap())
+        .await
+        .unwrap();
+    let got = next_answer(&mut recv).await;
+    assert!(
+        matches!(got, Ok(Err(StreamAppendError::Conflict(_)))),
+        "{got:?}"
+    );
+    ends(&mut recv).await;
+
+    // Garbage on a fresh stream: no answer, the stream ends, and the node is unharmed.
+    let (mut send, mut recv) = open(&connector, follower.addr).await;
+    send.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff])
+        .await
+        .unwrap();
+    ends(&mut recv).await;
+    let (mut send, mut recv) = open(&connector, follower.addr).await;
+    send.write_chunk(encode_frame(&request(3)).unwrap())
+        .await
+        .unwrap();
+    let got = next_answer(&mut recv).await;
+    assert_eq!(got, Ok(Ok(Some(id(3)))));
+    leader.raft.shutdown().await.unwrap();
+    follower.raft.shutdown().await.unwrap();
 }

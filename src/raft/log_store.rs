@@ -47,12 +47,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Instant;
 
-use openraft::storage::{LogFlushed, RaftLogStorage};
-use openraft::{AnyError, Entry, LogId, LogState, RaftLogReader, StorageIOError, Vote};
+use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::{LogState, RaftLogReader};
 use prometheus_client::metrics::histogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use super::{blocking, NodeId, StorageError, TypeConfig};
+use super::{blocking, Entry, LogId, StorageError, TypeConfig, Vote};
 
 /// A segment is closed and a new one started once it holds this many bytes. Purges delete
 /// whole segments, so the log keeps up to this much below the purge point.
@@ -76,8 +76,8 @@ const SPARE_SUFFIX: &str = ".spare";
 /// What `meta` holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Meta {
-    vote: Option<Vote<NodeId>>,
-    purged: Option<LogId<NodeId>>,
+    vote: Option<Vote>,
+    purged: Option<LogId>,
 }
 
 /// One segment file and where its records are.
@@ -146,7 +146,7 @@ impl Segment {
     }
 
     /// Reads and decodes entry `index`, which must be in this segment.
-    fn read(&self, index: u64) -> io::Result<Entry<TypeConfig>> {
+    fn read(&self, index: u64) -> io::Result<Entry> {
         let mut out = Vec::with_capacity(1);
         self.run(index, index + 1)?.read(&mut out)?;
         out.pop()
@@ -158,7 +158,7 @@ impl Segment {
 struct Disk {
     dir: PathBuf,
     segs: VecDeque<Segment>,
-    last: Option<LogId<NodeId>>,
+    last: Option<LogId>,
     /// A purged segment file kept for the next segment to overwrite (see [`SPARE_SUFFIX`]).
     spare: Option<PathBuf>,
     segment_bytes: u64,
@@ -244,7 +244,7 @@ impl Disk {
         at: u64,
         rel: &[u64],
         bytes: usize,
-        last: Option<LogId<NodeId>>,
+        last: Option<LogId>,
     ) -> io::Result<()> {
         let seg = self
             .segs
@@ -301,7 +301,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Appends `entries` as records to `buf`, returning each record's offset in `buf`.
-fn encode(entries: &[&Entry<TypeConfig>], buf: &mut Vec<u8>) -> io::Result<Vec<u64>> {
+fn encode(entries: &[&Entry], buf: &mut Vec<u8>) -> io::Result<Vec<u64>> {
     let mut offsets = Vec::with_capacity(entries.len());
     for e in entries {
         let start = buf.len();
@@ -372,7 +372,7 @@ impl Run {
     /// Reads the run with one `pread` and decodes it. Every record is checked again: a
     /// purge or truncation between locating and reading shows as a record that is not the
     /// one expected, and is an error, never a wrong entry.
-    fn read(&self, out: &mut Vec<Entry<TypeConfig>>) -> io::Result<()> {
+    fn read(&self, out: &mut Vec<Entry>) -> io::Result<()> {
         let mut buf = vec![0; usize::try_from(self.end - self.start).map_err(io::Error::other)?];
         self.file.read_exact_at(&mut buf, self.start)?;
         let mut pos = 0;
@@ -596,7 +596,7 @@ const RECENT_BYTES: usize = 8 << 20;
 /// append costs no deep copy of its commands.
 #[derive(Default)]
 struct Recent {
-    entries: BTreeMap<u64, Arc<Entry<TypeConfig>>>,
+    entries: BTreeMap<u64, Arc<Entry>>,
     /// Index and encoded size of each written entry still kept, oldest first.
     written: VecDeque<(u64, usize)>,
     /// Sum of the sizes in `written`.
@@ -675,12 +675,12 @@ impl AppliedIndex {
 type Done = Box<dyn FnOnce(io::Result<()>) + Send>;
 
 enum WriteOp {
-    Append(Vec<Arc<Entry<TypeConfig>>>, Done),
+    Append(Vec<Arc<Entry>>, Done),
     /// Answered once every earlier operation is done (tests wait on it).
     #[cfg(test)]
     Barrier(tokio::sync::oneshot::Sender<()>),
     /// Entries up to this one may go: recorded in `meta`, then whole segments deleted.
-    Purge(LogId<NodeId>),
+    Purge(LogId),
     /// Entries from this index on are removed.
     Truncate(u64, tokio::sync::oneshot::Sender<Result<(), String>>),
 }
@@ -688,7 +688,7 @@ enum WriteOp {
 /// What the purge thread works on, handed over by the writer in log order.
 enum PurgeOp {
     /// Record this purge in `meta`, then delete the segments it covers.
-    Purge(LogId<NodeId>),
+    Purge(LogId),
     /// Answered once every earlier purge is done.
     #[cfg(test)]
     Barrier(tokio::sync::oneshot::Sender<()>),
@@ -701,7 +701,7 @@ struct Writer {
     tx: Mutex<Option<mpsc::Sender<WriteOp>>>,
     recent: SharedRecent,
     /// The newest purge handed to the writer (it may not be recorded on disk yet).
-    purged: Mutex<Option<LogId<NodeId>>>,
+    purged: Mutex<Option<LogId>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     purger: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -900,7 +900,7 @@ fn open_direct(path: &Path, create: bool) -> io::Result<File> {
 /// waiting, only the newest (it covers the others).
 fn purge_thread(disk: &Mutex<Disk>, meta: &MetaStore, rx: &mpsc::Receiver<PurgeOp>) {
     while let Ok(op) = rx.recv() {
-        let mut newest: Option<LogId<NodeId>> = None;
+        let mut newest: Option<LogId> = None;
         #[cfg(test)]
         let mut barriers = Vec::new();
         for op in std::iter::once(op).chain(rx.try_iter()) {
@@ -929,7 +929,7 @@ fn purge_thread(disk: &Mutex<Disk>, meta: &MetaStore, rx: &mpsc::Receiver<PurgeO
 /// Records in `meta` that the log starts after `to`, then deletes the segments below it.
 /// Files are deleted outside the lock; a crash in between leaves files that `meta` says
 /// are purged, which the next open deletes.
-fn purge_files(disk: &Mutex<Disk>, meta: &MetaStore, to: LogId<NodeId>) -> io::Result<()> {
+fn purge_files(disk: &Mutex<Disk>, meta: &MetaStore, to: LogId) -> io::Result<()> {
     // Recorded before any file goes: the log never looks as if it had a hole.
     meta.update(|m| {
         let newer = m.purged.is_none_or(|p| p.index < to.index);
@@ -958,7 +958,7 @@ impl WriterState {
             while let Ok(op) = rx.try_recv() {
                 ops.push(op);
             }
-            let mut appends: Vec<(Vec<Arc<Entry<TypeConfig>>>, Done)> = Vec::new();
+            let mut appends: Vec<(Vec<Arc<Entry>>, Done)> = Vec::new();
             for op in ops {
                 match op {
                     WriteOp::Append(es, cb) => appends.push((es, cb)),
@@ -972,11 +972,11 @@ impl WriterState {
         }
     }
 
-    fn flush(&mut self, appends: Vec<(Vec<Arc<Entry<TypeConfig>>>, Done)>) {
+    fn flush(&mut self, appends: Vec<(Vec<Arc<Entry>>, Done)>) {
         if appends.is_empty() {
             return;
         }
-        let entries: Vec<&Entry<TypeConfig>> = appends
+        let entries: Vec<&Entry> = appends
             .iter()
             .flat_map(|(es, _)| es.iter().map(|e| &**e))
             .collect();
@@ -1007,7 +1007,7 @@ impl WriterState {
 
     /// Writes `entries` (consecutive) at the end of the log and syncs them, returning the
     /// size of each one's record.
-    fn write(&mut self, entries: &[&Entry<TypeConfig>]) -> io::Result<Vec<usize>> {
+    fn write(&mut self, entries: &[&Entry]) -> io::Result<Vec<usize>> {
         let Some(first) = entries.first().map(|e| e.log_id.index) else {
             return Ok(Vec::new());
         };
@@ -1074,7 +1074,7 @@ impl WriterState {
         }
     }
 
-    fn purge(&mut self, to: LogId<NodeId>) -> io::Result<()> {
+    fn purge(&mut self, to: LogId) -> io::Result<()> {
         lock(&self.recent).forget_through(to.index);
         // Past the end of the log, the next append starts after a gap: record the purge
         // before that append, here. Otherwise the purge thread does it.
@@ -1089,11 +1089,11 @@ impl WriterState {
     }
 }
 
-fn read_err(e: impl std::error::Error + 'static) -> StorageError {
-    StorageIOError::read_logs(AnyError::new(&e)).into()
+fn read_err(e: impl std::fmt::Display) -> StorageError {
+    io::Error::other(format!("reading the Raft log: {e}"))
 }
-fn write_err(e: impl std::error::Error + 'static) -> StorageError {
-    StorageIOError::write_logs(AnyError::new(&e)).into()
+fn write_err(e: impl std::fmt::Display) -> StorageError {
+    io::Error::other(format!("writing the Raft log: {e}"))
 }
 
 impl LogStore {
@@ -1160,10 +1160,10 @@ impl LogStore {
     /// Queues `entries` for the writer; `done` is called once they are on disk.
     fn append_with(
         &self,
-        entries: impl IntoIterator<Item = Entry<TypeConfig>>,
+        entries: impl IntoIterator<Item = Entry>,
         done: Done,
     ) -> Result<(), StorageError> {
-        let entries: Vec<Arc<Entry<TypeConfig>>> = entries.into_iter().map(Arc::new).collect();
+        let entries: Vec<Arc<Entry>> = entries.into_iter().map(Arc::new).collect();
         if entries.is_empty() {
             done(Ok(()));
             return Ok(());
@@ -1179,10 +1179,14 @@ impl LogStore {
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        Ok(self.meta.get().vote)
+    }
+
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
+    ) -> Result<Vec<Entry>, StorageError> {
         let bounds: (Bound<u64>, Bound<u64>) =
             (range.start_bound().cloned(), range.end_bound().cloned());
         // Whole segments are deleted, so entries at or below a purge may still be on disk
@@ -1211,7 +1215,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         // Memory first, the disk second: an entry leaves memory only after its offsets
         // are published, so between the two reads every entry is seen at least once and
         // the result has no hole.
-        let in_memory: Vec<Entry<TypeConfig>> = lock(&self.writer.recent)
+        let in_memory: Vec<Entry> = lock(&self.writer.recent)
             .entries
             .range(start..end)
             .map(|(_, e)| (**e).clone())
@@ -1221,7 +1225,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             return Ok(in_memory);
         }
         let disk = self.disk.clone();
-        let mut out: Vec<Entry<TypeConfig>> = blocking(move || {
+        let mut out: Vec<Entry> = blocking(move || {
             // Located under the lock, read without it: the writer publishes new records
             // and rolls segments meanwhile.
             let runs =
@@ -1283,49 +1287,43 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.clone()
     }
 
-    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         let (meta, vote) = (self.meta.clone(), *vote);
         blocking(move || {
             meta.update(|m| {
                 m.vote = Some(vote);
                 true
             })
-            .map_err(|e| StorageIOError::write_vote(AnyError::new(&e)).into())
+            .map_err(|e| io::Error::other(format!("saving the vote: {e}")))
         })
         .await
     }
 
-    async fn save_committed(
-        &mut self,
-        committed: Option<LogId<NodeId>>,
-    ) -> Result<(), StorageError> {
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         if let Some(c) = committed {
             self.committed.fetch_max(c.index, Ordering::Relaxed);
         }
         Ok(())
     }
 
-    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
-        Ok(self.meta.get().vote)
-    }
-
     async fn append<I>(
         &mut self,
         entries: I,
-        callback: LogFlushed<TypeConfig>,
+        callback: IOFlushed<TypeConfig>,
     ) -> Result<(), StorageError>
     where
-        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        self.append_with(entries, Box::new(move |r| callback.log_io_completed(r)))
+        self.append_with(entries, Box::new(move |r| callback.io_completed(r)))
     }
 
-    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError> {
+    async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), StorageError> {
         // In order with the appends: every append before it is on disk first, so none
         // lands after the truncation.
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.writer.send(WriteOp::Truncate(log_id.index, tx))?;
+        let from = last.map_or(0, |l| l.index + 1);
+        self.writer.send(WriteOp::Truncate(from, tx))?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(write_err(io::Error::other(e))),
@@ -1333,7 +1331,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
     }
 
-    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError> {
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // The writer records it in `meta`, after every append before it, then deletes the
         // segments it covers (see the module documentation).
         {
@@ -1393,7 +1391,7 @@ pub fn import_redb(old: &Path, dir: &Path) -> Result<(), StorageError> {
         let mut buf = Vec::new();
         for row in t.range(from..).map_err(read_err)? {
             let (_, v) = row.map_err(read_err)?;
-            let e: Entry<TypeConfig> = postcard::from_bytes(v.value()).map_err(decode_err)?;
+            let e: Entry = postcard::from_bytes(v.value()).map_err(decode_err)?;
             buf.clear();
             let rel = encode(&[&e], &mut buf).map_err(write_err)?;
             let seg = disk
@@ -1429,13 +1427,20 @@ pub fn import_redb(old: &Path, dir: &Path) -> Result<(), StorageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openraft::{CommittedLeaderId, EntryPayload};
+    use crate::raft::CommittedLeaderId;
+    use openraft::EntryPayload;
 
-    fn id(i: u64) -> LogId<NodeId> {
-        LogId::new(CommittedLeaderId::new(1, 1), i)
+    fn id(i: u64) -> LogId {
+        LogId::new(
+            CommittedLeaderId {
+                term: 1,
+                node_id: 1,
+            },
+            i,
+        )
     }
 
-    fn blank(i: u64) -> Entry<TypeConfig> {
+    fn blank(i: u64) -> Entry {
         Entry {
             log_id: id(i),
             payload: EntryPayload::Blank,
@@ -1638,7 +1643,7 @@ mod tests {
             assert_eq!(indices(&mut store).await, [9, 10, 11, 12]);
             assert!(store.try_get_log_entries(3..6).await.unwrap().is_empty());
 
-            store.truncate(id(11)).await.unwrap();
+            store.truncate_after(Some(id(10))).await.unwrap();
             assert_eq!(in_memory(&store), [9, 10]);
             append(&mut store, 11..=11).await;
             assert_eq!(indices(&mut store).await, [9, 10, 11]);
@@ -1680,7 +1685,7 @@ mod tests {
 
         // The file is overwritten between locating and reading, as a recycled segment is.
         let mut buf = Vec::new();
-        let newer: Vec<Entry<TypeConfig>> = (101..=110).map(blank).collect();
+        let newer: Vec<Entry> = (101..=110).map(blank).collect();
         encode(&newer.iter().collect::<Vec<_>>(), &mut buf).unwrap();
         runs[0].file.write_all_at(&buf, 0).unwrap();
         let err = runs[0].read(&mut Vec::new()).unwrap_err().to_string();
@@ -1811,7 +1816,7 @@ mod tests {
         rt().block_on(async {
             let mut store = tens(&path, 3).await;
             // Into the middle of the second segment: the third goes, the second is cut.
-            store.truncate(id(15)).await.unwrap();
+            store.truncate_after(Some(id(14))).await.unwrap();
             assert_eq!(segments(&path).len(), 2);
             assert_eq!(indices(&mut store).await, (1..=14).collect::<Vec<_>>());
             assert_eq!(
@@ -1819,7 +1824,7 @@ mod tests {
                 Some(id(14))
             );
             // At a segment's first entry: the whole segment goes.
-            store.truncate(id(11)).await.unwrap();
+            store.truncate_after(Some(id(10))).await.unwrap();
             assert_eq!(segments(&path).len(), 1);
             append(&mut store, 11..=12).await;
         });
@@ -1872,9 +1877,7 @@ mod tests {
                 let mut m = txn.open_table(META_TABLE).unwrap();
                 m.insert(
                     "vote",
-                    postcard::to_allocvec(&Vote::<NodeId>::new(4, 1))
-                        .unwrap()
-                        .as_slice(),
+                    postcard::to_allocvec(&Vote::new(4, 1)).unwrap().as_slice(),
                 )
                 .unwrap();
                 m.insert(

@@ -10,10 +10,6 @@
 //! This module owns the Raft log format and the snapshot exchange; it does not touch the
 //! network (peer transport comes with the cluster wiring) or the wire protocol.
 
-// openraft's traits fix the error type (`StorageError`, over 200 bytes); our helpers return
-// it too rather than convert at every call.
-#![allow(clippy::result_large_err)]
-
 pub mod log_store;
 pub mod proposer;
 pub mod snapshot;
@@ -77,6 +73,12 @@ pub struct Proposal {
     /// Where the proposing node waits for the results; never written or replicated.
     #[serde(skip)]
     pub answer: Answer,
+}
+
+impl std::fmt::Display for Proposal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} commands at {} ms", self.cmds.len(), self.now_ms)
+    }
 }
 
 impl Proposal {
@@ -181,15 +183,29 @@ openraft::declare_raft_types!(
         R = Reply,
         NodeId = u64,
         Node = openraft::BasicNode,
-        Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = snapshot::SnapshotData,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
 /// Node id type.
 pub type NodeId = u64;
-/// Storage error as openraft wants it.
-pub type StorageError = openraft::StorageError<NodeId>;
+/// A group's Raft handle.
+pub type Raft = openraft::Raft<TypeConfig, state_machine::StateMachine>;
+/// A log entry of a group.
+pub type Entry = openraft::alias::EntryOf<TypeConfig>;
+/// A log id of a group.
+pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+/// A vote of a group.
+pub type Vote = openraft::alias::VoteOf<TypeConfig>;
+/// The leader id a log id carries.
+pub type CommittedLeaderId = openraft::alias::CommittedLeaderIdOf<TypeConfig>;
+/// A group's membership as its state machine stores it.
+pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+/// What describes a snapshot.
+pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+/// A snapshot with its data.
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, snapshot::SnapshotData>;
+/// Storage error as openraft's storage traits want it.
+pub type StorageError = std::io::Error;
 
 /// Runs blocking redb work off the async workers, turning a panic or cancellation of the
 /// blocking task into a storage error.
@@ -198,9 +214,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
 ) -> Result<T, StorageError> {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r,
-        Err(e) => Err(StorageError::from(
-            openraft::StorageIOError::<NodeId>::write(openraft::AnyError::error(e)),
-        )),
+        Err(e) => Err(std::io::Error::other(e)),
     }
 }
 

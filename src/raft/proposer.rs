@@ -22,11 +22,11 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::Raft;
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::Raft;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::{Answer, Answered, NodeId, Proposal, TypeConfig};
+use super::{Answer, Answered, NodeId, Proposal};
 use crate::protocol::Status;
 use crate::store::{now_ms, Command, Outcome};
 
@@ -230,7 +230,7 @@ pub struct Proposer {
 
 impl Proposer {
     /// Starts the batching task for `raft`, with at most `in_flight` proposals outstanding.
-    pub fn start(raft: Raft<TypeConfig>, in_flight: usize) -> Proposer {
+    pub fn start(raft: Raft, in_flight: usize) -> Proposer {
         let (tx, rx) = mpsc::channel(MAX_BATCH * 2);
         let riders = Arc::new(Riders::default());
         tokio::spawn(run(
@@ -287,12 +287,7 @@ impl Proposer {
     }
 }
 
-async fn run(
-    raft: Raft<TypeConfig>,
-    mut rx: mpsc::Receiver<Job>,
-    slots: Arc<Semaphore>,
-    riders: Arc<Riders>,
-) {
+async fn run(raft: Raft, mut rx: mpsc::Receiver<Job>, slots: Arc<Semaphore>, riders: Arc<Riders>) {
     let in_flight = Arc::new(AtomicUsize::new(0));
     let finished = Arc::new(tokio::sync::Notify::new());
     while let Some(first) = rx.recv().await {

@@ -13,17 +13,18 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Mutex};
 
-use openraft::storage::RaftStateMachine;
-use openraft::{
-    AnyError, Entry, EntryPayload, LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
-    StorageIOError, StoredMembership,
-};
+use futures_util::TryStreamExt;
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, RaftSnapshotBuilder};
 use prometheus_client::metrics::histogram::Histogram;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::log_store::AppliedIndex;
 use super::snapshot::{each_chunk, SnapshotData};
-use super::{blocking, NodeId, Rejection, Reply, StorageError, TypeConfig};
+use super::{
+    blocking, Entry, LogId, NodeId, Rejection, Reply, Snapshot, SnapshotMeta, StorageError,
+    StoredMembership, TypeConfig,
+};
 use crate::protocol::Status;
 use crate::store::bodies::Bodies;
 use crate::store::machine::{apply, Effects, Tables};
@@ -44,8 +45,8 @@ const OLD_SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_s
 /// load (the end-to-end p99 at 8,000 msgs/s was those stalls); at 100 ms, under 15 ms.
 const DURABLE_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
-type Membership = StoredMembership<NodeId, openraft::BasicNode>;
-type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
+type Membership = StoredMembership;
+type Meta = SnapshotMeta;
 
 /// Called after each commit that changed something with what it changed (queues that gained
 /// visible messages, users, the catalog), and after a snapshot is installed with `users`
@@ -143,13 +144,13 @@ pub fn flush(db: &Database, bodies: &Bodies) -> Result<(), StoreError> {
 }
 
 fn sm_read(e: impl std::fmt::Display) -> StorageError {
-    StorageIOError::read_state_machine(AnyError::error(e)).into()
+    std::io::Error::other(format!("reading the state machine: {e}"))
 }
 fn sm_write(e: impl std::fmt::Display) -> StorageError {
-    StorageIOError::write_state_machine(AnyError::error(e)).into()
+    std::io::Error::other(format!("writing the state machine: {e}"))
 }
 fn snap_err(e: impl std::fmt::Display) -> StorageError {
-    StorageIOError::write_snapshot(None, AnyError::error(e)).into()
+    std::io::Error::other(format!("writing a snapshot: {e}"))
 }
 
 impl StateMachine {
@@ -240,27 +241,13 @@ impl StateMachine {
     }
 }
 
-impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotBuilder = StateMachine;
-
-    async fn applied_state(&mut self) -> Result<(Option<LogId<NodeId>>, Membership), StorageError> {
-        let db = self.db.clone();
-        blocking(move || {
-            let txn = db.begin_read().map_err(sm_read)?;
-            Ok((
-                Self::meta(&txn, "applied")?,
-                Self::meta(&txn, "membership")?,
-            ))
-        })
-        .await
-    }
-
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Reply>, StorageError>
-    where
-        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
-        I::IntoIter: Send,
-    {
-        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+impl StateMachine {
+    /// Applies `entries` in one transaction and returns one reply per entry: empty for an
+    /// entry whose proposer here was answered directly (see [`super::Answer`]).
+    pub(crate) async fn apply_entries(
+        &mut self,
+        entries: Vec<Entry>,
+    ) -> Result<Vec<Reply>, StorageError> {
         let db = self.db.clone();
         let bodies = self.bodies.clone();
         let durable = {
@@ -339,19 +326,51 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         Ok(replies)
     }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), StorageError> {
+        let db = self.db.clone();
+        blocking(move || {
+            let txn = db.begin_read().map_err(sm_read)?;
+            Ok((
+                Self::meta(&txn, "applied")?,
+                Self::meta(&txn, "membership")?,
+            ))
+        })
+        .await
+    }
+
+    /// openraft hands the committed entries over as a stream of what is already in the
+    /// log; they are applied as one batch.
+    async fn apply<Strm>(&mut self, entries: Strm) -> Result<(), StorageError>
+    where
+        Strm: futures_util::Stream<Item = Result<EntryResponder<TypeConfig>, StorageError>>
+            + Unpin
+            + Send,
+    {
+        let (entries, responders): (Vec<Entry>, Vec<_>) =
+            entries.try_collect::<Vec<_>>().await?.into_iter().unzip();
+        let replies = self.apply_entries(entries).await?;
+        for (responder, reply) in responders.into_iter().zip(replies) {
+            if let Some(r) = responder {
+                r.send(reply);
+            }
+        }
+        Ok(())
+    }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
-        Ok(Box::new(SnapshotData::Chunks(Vec::new())))
-    }
-
     async fn install_snapshot(
         &mut self,
         meta: &Meta,
-        snapshot: Box<SnapshotData>,
+        snapshot: SnapshotData,
     ) -> Result<(), StorageError> {
         let db = self.db.clone();
         let bodies = self.bodies.clone();
@@ -398,7 +417,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     /// follower a snapshot, on the same task as the applies. It is at or after the last one
     /// built (never before: what was built is durable), and pins the pages it reads only
     /// while it is sent.
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         if !self.has_snapshot.load(std::sync::atomic::Ordering::Acquire) {
             return Ok(None);
         }
@@ -413,7 +432,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 /// [`super::Answer`]), as soon as they are committed: the answer then need not go round
 /// through openraft's core. openraft gets an empty reply for those entries (their
 /// proposer has what it needs).
-fn answer(entries: &[Entry<TypeConfig>], replies: &mut [Reply]) {
+fn answer(entries: &[Entry], replies: &mut [Reply]) {
     for (e, reply) in entries.iter().zip(replies.iter_mut()) {
         if let EntryPayload::Normal(p) = &e.payload {
             p.answer.send_reply(reply);
@@ -428,7 +447,7 @@ fn answer(entries: &[Entry<TypeConfig>], replies: &mut [Reply]) {
 fn apply_batch(
     db: &Database,
     bodies: &Bodies,
-    entries: &[Entry<TypeConfig>],
+    entries: &[Entry],
     skip: &HashSet<(usize, usize)>,
     durable: bool,
     node: Option<NodeId>,
@@ -459,8 +478,7 @@ fn apply_batch(
                     // Nobody here reads the outcome of another leader's entry: the entry's
                     // log id names the node that proposed it (the in-memory `Answer` does
                     // not tell, as an entry read back from the disk has lost it).
-                    tables
-                        .answered(node.is_none_or(|me| e.log_id.leader_id.voted_for() == Some(me)));
+                    tables.answered(node.is_none_or(|me| e.log_id.leader_id.node_id == me));
                     let mut out = Vec::with_capacity(p.cmds.len());
                     for (ci, cmd) in p.cmds.iter().enumerate() {
                         if skip.contains(&(ei, ci)) {
@@ -510,35 +528,32 @@ fn apply_batch(
 impl StateMachine {
     /// O(1): a read transaction pins the state as of the last applied entry; the tables are
     /// read only when the snapshot is sent, and the pages are freed once it is dropped.
-    fn snapshot_now(db: &Database, bodies: &Bodies) -> Result<Snapshot<TypeConfig>, StorageError> {
+    fn snapshot_now(db: &Database, bodies: &Bodies) -> Result<Snapshot, StorageError> {
         // The bodies are written out and the files pinned with the view: this runs beside
         // the applies, which release bodies and delete files the view may refer to.
         let (txn, pin) = bodies.pin_with(|| db.begin_read()).map_err(snap_err)?;
         let txn = txn.map_err(snap_err)?;
-        let applied: Option<LogId<NodeId>> = Self::meta(&txn, "applied")?;
+        let applied: Option<LogId> = Self::meta(&txn, "applied")?;
         let membership: Membership = Self::meta(&txn, "membership")?;
-        let id = match applied {
-            Some(l) => format!("{}-{}", l.leader_id, l.index),
-            None => "empty".to_string(),
-        };
         Ok(Snapshot {
             meta: Meta {
                 last_log_id: applied,
                 last_membership: membership,
-                snapshot_id: id,
             },
-            snapshot: Box::new(SnapshotData::Pinned(Arc::new((txn, pin)))),
+            snapshot: SnapshotData::Pinned(Arc::new((txn, pin))),
         })
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+
     /// Makes the state durable (openraft may purge the log up to the snapshot once it is
     /// built, and those entries can then no longer be replayed) and returns it. Nothing
     /// keeps it: a snapshot held from one build to the next pinned every page freed in
     /// between, and the first durable commit after the next build freed them all at once
     /// (10–15 ms during which the shard applied nothing).
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let (db, bodies, beside) = (self.db.clone(), self.bodies.clone(), self.beside.clone());
         let snap = blocking(move || {
             // The state first, then the flush: this runs beside the applies, and a commit

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use openraft::testing::{StoreBuilder, Suite};
+use openraft::testing::log::{StoreBuilder, Suite};
 
 use super::log_store::LogStore;
 use super::state_machine::StateMachine;
@@ -12,40 +12,63 @@ use super::{StorageError, TypeConfig};
 struct Builder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
-    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachine), openraft::StorageError<TypeConfig>>
+    {
+        let opened = |e: StorageError| {
+            openraft::StorageError::from_io_error(
+                openraft::ErrorSubject::Store,
+                openraft::ErrorVerb::Write,
+                e,
+            )
+        };
         let dir = tempfile::tempdir().expect("temp dir");
-        let log = LogStore::open(&dir.path().join("shard-0000.log"))?;
-        let sm = StateMachine::open(&dir.path().join("shard-0000.redb"), Arc::new(|_| {}))?
+        let log = LogStore::open(&dir.path().join("shard-0000.log")).map_err(opened)?;
+        let sm = StateMachine::open(&dir.path().join("shard-0000.redb"), Arc::new(|_| {}))
+            .map_err(opened)?
             .reports_applied(log.applied());
         Ok((dir, log, sm))
     }
 }
 
-#[test]
-fn openraft_storage_suite() {
-    Suite::test_all(Builder).expect("openraft storage suite");
+#[tokio::test]
+async fn openraft_storage_suite() {
+    Suite::test_all(Builder)
+        .await
+        .expect("openraft storage suite");
 }
 
 #[tokio::test]
 async fn the_state_machine_tells_the_log_what_it_applied() {
-    use openraft::storage::RaftStateMachine;
-    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+    use openraft::EntryPayload;
+
+    use super::{CommittedLeaderId, Entry, LogId};
 
     let (_dir, log, sm) = Builder.build().await.expect("stores");
     let mut sm = sm;
-    let entry = |i| Entry::<TypeConfig> {
-        log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+    let entry = |i| Entry {
+        log_id: LogId::new(
+            CommittedLeaderId {
+                term: 1,
+                node_id: 1,
+            },
+            i,
+        ),
         payload: EntryPayload::Blank,
     };
     assert_eq!(log.applied().get(), 0);
-    sm.apply([entry(1), entry(2)]).await.expect("apply");
+    sm.apply_entries(vec![entry(1), entry(2)])
+        .await
+        .expect("apply");
     assert_eq!(log.applied().get(), 2);
 }
 
 #[tokio::test]
 async fn the_state_machine_answers_the_proposer_as_soon_as_the_entry_commits() {
-    use openraft::storage::RaftStateMachine;
-    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+    use openraft::EntryPayload;
+
+    use super::{CommittedLeaderId, Entry, LogId};
 
     use super::{Answer, Proposal};
     use crate::protocol::{QueuePatch, Status};
@@ -56,8 +79,14 @@ async fn the_state_machine_answers_the_proposer_as_soon_as_the_entry_commits() {
         name: "q".into(),
         patch: QueuePatch::default(),
     };
-    let entry = |i, p| Entry::<TypeConfig> {
-        log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+    let entry = |i, p| Entry {
+        log_id: LogId::new(
+            CommittedLeaderId {
+                term: 1,
+                node_id: 1,
+            },
+            i,
+        ),
         payload: EntryPayload::Normal(p),
     };
     let (tx, rx) = std::sync::mpsc::channel();
@@ -71,7 +100,7 @@ async fn the_state_machine_answers_the_proposer_as_soon_as_the_entry_commits() {
         postcard::to_allocvec(&p).expect("encode"),
         postcard::to_allocvec(&Proposal::new(1, vec![create()])).expect("encode")
     );
-    let replies = sm.apply([entry(1, p)]).await.expect("apply");
+    let replies = sm.apply_entries(vec![entry(1, p)]).await.expect("apply");
     assert_eq!(replies, vec![Vec::new()], "openraft gets nothing back");
     let got = rx.try_recv().expect("answered").expect("results");
     assert!(
@@ -84,7 +113,7 @@ async fn the_state_machine_answers_the_proposer_as_soon_as_the_entry_commits() {
     // An entry nobody here waits on (read from disk, or sent by the leader) returns its
     // results to openraft.
     let replies = sm
-        .apply([entry(2, Proposal::new(2, vec![create()]))])
+        .apply_entries(vec![entry(2, Proposal::new(2, vec![create()]))])
         .await
         .expect("apply");
     assert_eq!(replies.len(), 1);
@@ -98,8 +127,9 @@ async fn the_state_machine_answers_the_proposer_as_soon_as_the_entry_commits() {
 async fn waiting_receivers_are_woken_before_the_proposer_is_answered() {
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    use openraft::storage::RaftStateMachine;
-    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+    use openraft::EntryPayload;
+
+    use super::{CommittedLeaderId, Entry, LogId};
 
     use super::{Answer, Proposal};
     use crate::protocol::{QueuePatch, SendEntry};
@@ -117,15 +147,21 @@ async fn waiting_receivers_are_woken_before_the_proposer_is_answered() {
         }),
     )
     .expect("state machine");
-    let entry = |i, p| Entry::<TypeConfig> {
-        log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+    let entry = |i, p| Entry {
+        log_id: LogId::new(
+            CommittedLeaderId {
+                term: 1,
+                node_id: 1,
+            },
+            i,
+        ),
         payload: EntryPayload::Normal(p),
     };
     let create = Command::CreateQueue {
         name: "q".into(),
         patch: QueuePatch::default(),
     };
-    sm.apply([entry(1, Proposal::new(1, vec![create]))])
+    sm.apply_entries(vec![entry(1, Proposal::new(1, vec![create]))])
         .await
         .expect("apply");
     assert!(!woken.load(Ordering::SeqCst));
@@ -141,7 +177,7 @@ async fn waiting_receivers_are_woken_before_the_proposer_is_answered() {
     p.answer = Answer::new(move |_| {
         let _ = tx.send(w.load(Ordering::SeqCst));
     });
-    sm.apply([entry(2, p)]).await.expect("apply");
+    sm.apply_entries(vec![entry(2, p)]).await.expect("apply");
     assert_eq!(
         rx.try_recv(),
         Ok(true),
@@ -151,8 +187,9 @@ async fn waiting_receivers_are_woken_before_the_proposer_is_answered() {
 
 #[tokio::test]
 async fn another_leaders_deliveries_are_applied_without_their_bodies() {
-    use openraft::storage::RaftStateMachine;
-    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+    use openraft::EntryPayload;
+
+    use super::{CommittedLeaderId, Entry, LogId};
 
     use super::Proposal;
     use crate::protocol::{QueuePatch, SendEntry};
@@ -163,8 +200,14 @@ async fn another_leaders_deliveries_are_applied_without_their_bodies() {
         .expect("state machine")
         .answering_for(1);
     // Entry `i` proposed by `leader`.
-    let entry = |i, leader, cmd| Entry::<TypeConfig> {
-        log_id: LogId::new(CommittedLeaderId::new(1, leader), i),
+    let entry = |i, leader, cmd| Entry {
+        log_id: LogId::new(
+            CommittedLeaderId {
+                term: 1,
+                node_id: leader,
+            },
+            i,
+        ),
         payload: EntryPayload::Normal(Proposal::new(1, vec![cmd])),
     };
     let receive = || Command::Receive {
@@ -191,14 +234,20 @@ async fn another_leaders_deliveries_are_applied_without_their_bodies() {
         queue: "q".into(),
         messages: vec![SendEntry::new("one"), SendEntry::new("two")],
     };
-    sm.apply([entry(1, 2, create), entry(2, 2, send)])
+    sm.apply_entries(vec![entry(1, 2, create), entry(2, 2, send)])
         .await
         .expect("apply");
     // Node 2's receive, applied here on node 1: nobody here reads it.
-    let theirs = sm.apply([entry(3, 2, receive())]).await.expect("apply");
+    let theirs = sm
+        .apply_entries(vec![entry(3, 2, receive())])
+        .await
+        .expect("apply");
     assert_eq!(bodies(theirs), [Vec::<u8>::new()]);
     // Node 1's own: its proposer or `client_write` caller reads it.
-    let ours = sm.apply([entry(4, 1, receive())]).await.expect("apply");
+    let ours = sm
+        .apply_entries(vec![entry(4, 1, receive())])
+        .await
+        .expect("apply");
     assert_eq!(bodies(ours), [b"two".to_vec()]);
 }
 
@@ -209,21 +258,23 @@ mod one_node {
     use std::collections::BTreeMap;
     use std::sync::Arc;
 
-    use openraft::error::{NetworkError, RPCError, RaftError};
-    use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+    use openraft::async_runtime::WatchReceiver;
+    use openraft::error::{NetworkError, RPCError};
+    use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
     use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
-    use openraft::{BasicNode, Raft};
+    use openraft::BasicNode;
 
     use super::super::log_store::LogStore;
+    use super::super::snapshot::SnapshotData;
     use super::super::state_machine::StateMachine;
-    use super::super::{NodeId, Proposal, TypeConfig};
+    use super::super::{NodeId, Proposal, Raft, Snapshot, TypeConfig, Vote};
     use crate::protocol::{QueuePatch, SendEntry, Status};
     use crate::store::{Command, Outcome};
 
     /// A group of one never sends an RPC; any attempt is a bug, reported as unreachable.
     struct NoPeers;
 
-    fn unreachable<E: std::error::Error>() -> RPCError<NodeId, BasicNode, E> {
+    fn unreachable() -> RPCError<TypeConfig> {
         RPCError::Network(NetworkError::new(&std::io::Error::other(
             "a one-node group has no peers",
         )))
@@ -236,26 +287,27 @@ mod one_node {
         }
     }
 
-    impl RaftNetwork<TypeConfig> for NoPeers {
+    impl RaftNetworkV2<TypeConfig> for NoPeers {
+        type SnapshotData = SnapshotData;
+
         async fn append_entries(
             &mut self,
             _rpc: AppendEntriesRequest<TypeConfig>,
             _option: RPCOption,
-        ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>>
-        {
+        ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
             Err(unreachable())
         }
         async fn full_snapshot(
             &mut self,
-            _vote: openraft::Vote<NodeId>,
-            _snapshot: openraft::Snapshot<TypeConfig>,
+            _vote: Vote,
+            _snapshot: Snapshot,
             _cancel: impl std::future::Future<Output = openraft::error::ReplicationClosed>
                 + Send
                 + 'static,
             _option: RPCOption,
         ) -> Result<
-            openraft::raft::SnapshotResponse<NodeId>,
-            openraft::error::StreamingError<TypeConfig, openraft::error::Fatal<NodeId>>,
+            openraft::raft::SnapshotResponse<TypeConfig>,
+            openraft::error::StreamingError<TypeConfig>,
         > {
             Err(openraft::error::StreamingError::Unreachable(
                 openraft::error::Unreachable::new(&std::io::Error::other(
@@ -265,14 +317,14 @@ mod one_node {
         }
         async fn vote(
             &mut self,
-            _rpc: VoteRequest<NodeId>,
+            _rpc: VoteRequest<TypeConfig>,
             _option: RPCOption,
-        ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
             Err(unreachable())
         }
     }
 
-    async fn start(dir: &std::path::Path) -> Raft<TypeConfig> {
+    async fn start(dir: &std::path::Path) -> Raft {
         let config = Arc::new(
             openraft::Config {
                 heartbeat_interval: 100,
@@ -310,10 +362,7 @@ mod one_node {
         Raft::new(1, config, NoPeers, log, sm).await.unwrap()
     }
 
-    async fn propose(
-        raft: &Raft<TypeConfig>,
-        cmd: Command,
-    ) -> Result<Outcome, super::super::Rejection> {
+    async fn propose(raft: &Raft, cmd: Command) -> Result<Outcome, super::super::Rejection> {
         let now_ms = 1_700_000_000_000;
         let mut replies = raft
             .client_write(Proposal::new(now_ms, vec![cmd]))
@@ -324,7 +373,7 @@ mod one_node {
         replies.remove(0)
     }
 
-    async fn leader_of_one(dir: &std::path::Path) -> Raft<TypeConfig> {
+    async fn leader_of_one(dir: &std::path::Path) -> Raft {
         let raft = start(dir).await;
         let mut members = BTreeMap::new();
         members.insert(1, BasicNode::new("127.0.0.1:0"));
@@ -339,7 +388,7 @@ mod one_node {
     /// A leader of one with a proposer (4 slots) and a queue `q`; the last log index after.
     async fn proposer_with_queue(
         dir: &std::path::Path,
-    ) -> (Raft<TypeConfig>, super::super::proposer::Proposer, u64) {
+    ) -> (Raft, super::super::proposer::Proposer, u64) {
         let raft = leader_of_one(dir).await;
         let p = super::super::proposer::Proposer::start(raft.clone(), 4);
         p.submit(Command::CreateQueue {
@@ -348,7 +397,7 @@ mod one_node {
         })
         .await
         .unwrap();
-        let before = raft.metrics().borrow().last_log_index.unwrap_or(0);
+        let before = raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
         (raft, p, before)
     }
 
@@ -375,7 +424,7 @@ mod one_node {
             }
         }
         assert_eq!(ids.len(), 2000);
-        let entries = raft.metrics().borrow().last_log_index.unwrap_or(0) - before;
+        let entries = raft.metrics().borrow_watched().last_log_index.unwrap_or(0) - before;
         assert!(
             entries < 1000,
             "2000 sends took {entries} log entries: not batched"
@@ -427,7 +476,7 @@ mod one_node {
         // One message feeds one receive of one: the older rider goes, the other stays.
         assert!(matches!(p.submit(send(&["a"])).await, Ok(Outcome::Sent(_))));
         assert_eq!(delivered(first.answered().await), ["a"]);
-        let after = raft.metrics().borrow().last_log_index.unwrap_or(0);
+        let after = raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
         assert_eq!(
             after - before,
             1,
@@ -507,7 +556,7 @@ mod one_node {
         for t in tasks {
             assert!(matches!(t.await.unwrap(), Ok(Outcome::Sent(_))));
         }
-        let entries = raft.metrics().borrow().last_log_index.unwrap_or(0) - before;
+        let entries = raft.metrics().borrow_watched().last_log_index.unwrap_or(0) - before;
         assert!(
             (5..=40).contains(&entries),
             "40 sends of 512 KiB took {entries} log entries"
@@ -659,4 +708,73 @@ mod one_node {
         }
         raft.shutdown().await.unwrap();
     }
+}
+
+/// Entries, votes and memberships that openraft 0.9 wrote (bytes made by mqd built on
+/// openraft 0.9.25) read back the same: logs and state machines from before the move to
+/// openraft 0.10 open as they were.
+#[test]
+fn what_openraft_0_9_wrote_reads_back_the_same() {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use openraft::{BasicNode, EntryPayload, Membership};
+
+    use super::{CommittedLeaderId, Entry, LogId, Proposal, StoredMembership, Vote};
+    use crate::protocol::SendEntry;
+    use crate::store::Command;
+
+    fn bytes(hex: &str) -> Vec<u8> {
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+    fn same<T>(hex: &str, want: &T)
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+    {
+        let got: T = postcard::from_bytes(&bytes(hex)).expect("decodes");
+        assert_eq!(&got, want);
+        assert_eq!(postcard::to_allocvec(want).expect("encodes"), bytes(hex));
+    }
+    let id = |index| {
+        LogId::new(
+            CommittedLeaderId {
+                term: 3,
+                node_id: 2,
+            },
+            index,
+        )
+    };
+    let nodes = BTreeMap::from([
+        (1u64, BasicNode::new("127.0.0.1:7001")),
+        (2u64, BasicNode::new("127.0.0.1:7002")),
+    ]);
+    let membership = Membership::new(vec![BTreeSet::from([1u64, 2])], nodes).expect("a membership");
+    same(
+        "03021101fbd095ffbc31010401710100000000026869",
+        &Entry {
+            log_id: id(17),
+            payload: EntryPayload::Normal(Proposal::new(
+                1_700_000_000_123,
+                vec![Command::Send {
+                    queue: "q".into(),
+                    messages: vec![SendEntry::new("hi")],
+                }],
+            )),
+        },
+    );
+    same(
+        "030212020102010202010e3132372e302e302e313a37303031020e3132372e302e302e313a37303032",
+        &Entry {
+            log_id: id(18),
+            payload: EntryPayload::Membership(membership.clone()),
+        },
+    );
+    same(
+        "010302120102010202010e3132372e302e302e313a37303031020e3132372e302e302e313a37303032",
+        &StoredMembership::new(Some(id(18)), membership),
+    );
+    same("030201", &Vote::new_committed(3, 2));
+    same("01030211", &Some(id(17)));
 }

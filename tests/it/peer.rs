@@ -5,16 +5,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mqd::peer::{client_config, CallError, Connector, KIND_VOTE};
+use mqd::raft::TypeConfig;
 use mqd::server::tls;
 use openraft::error::RaftError;
 use openraft::raft::{VoteRequest, VoteResponse};
 
 use crate::common::Node;
 
-type VoteResult = Result<VoteResponse<u64>, RaftError<u64>>;
+type VoteResult = Result<VoteResponse<TypeConfig>, RaftError<TypeConfig>>;
 
-fn vote() -> VoteRequest<u64> {
-    VoteRequest::new(openraft::Vote::new(1, 7), None)
+fn vote() -> VoteRequest<TypeConfig> {
+    VoteRequest::new(mqd::raft::Vote::new(1, 7), None)
 }
 
 fn client_endpoint() -> quinn::Endpoint {
