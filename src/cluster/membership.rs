@@ -214,7 +214,7 @@ impl Node {
     }
 
     /// Runs a member change on the control group's leader (this node).
-    /// Checks that node `id` answers at `addr` over `mq-peer/1` (so it holds a
+    /// Checks that node `id` answers at `addr` over a peer ALPN (so it holds a
     /// certificate of this cluster's CA and trusts ours) and calls itself `id`, before it
     /// is made a learner: a node that cannot take part is refused at once, with the reason.
     async fn probe_joiner(&self, id: NodeId, addr: &str) -> Result<(), OpError> {
@@ -247,7 +247,7 @@ impl Node {
             )),
             Err(e) => Err(failed(
                 Status::Unavailable,
-                format!("cannot reach node {id} at {addr} over mq-peer/1 ({e}). Is it running there, started with --join, with this cluster's ca.pem and ca.key? A node whose certificate comes from another CA is refused"),
+                format!("cannot reach node {id} at {addr} over the peer protocol ({e}). Is it running there, started with --join, with this cluster's ca.pem and ca.key? A node whose certificate comes from another CA is refused"),
             )),
         }
     }

@@ -17,7 +17,11 @@
 //! Kind 4 passes a client operation (`cluster::Op`) to the node that leads its group; the
 //! answer is `Result<cluster::Answer, cluster::OpError>`.
 //!
-//! Kind 5 is a replication stream: a leader's `AppendEntries` to one follower, pipelined.
+//! Kind 5 is a replication stream: a leader's `AppendEntries` to one follower, pipelined,
+//! on connections that negotiated `mq-peer/2` (`mq-peer/1` and kind 5). Nodes offer and
+//! accept both ALPNs, preferring `mq-peer/2`; a node built before kind 5 knows only
+//! `mq-peer/1`, and a leader reaching it over that sends one `AppendEntries` at a time, so
+//! a cluster replicates while it is upgraded one node at a time.
 //! After the group and kind, each side sends frames of `u32 length (big-endian) |
 //! postcard`: the leader one `AppendEntriesRequest` per frame, as soon as it has new
 //! entries and without waiting for the answers; the follower one
@@ -60,8 +64,15 @@ use crate::raft::snapshot::{each_chunk, SnapshotError, SpoolWriter, MAX_CHUNK_BY
 use crate::raft::{NodeId, Raft, Snapshot, SnapshotMeta, TypeConfig, Vote};
 use crate::server::tls::Credentials;
 
-/// ALPN of node-to-node connections.
+/// ALPN of node-to-node connections without replication streams (kind 5).
 pub const ALPN_PEER: &[u8] = b"mq-peer/1";
+/// ALPN of node-to-node connections with replication streams: `mq-peer/1` and kind 5.
+pub const ALPN_PEER_STREAMS: &[u8] = b"mq-peer/2";
+
+/// Whether `alpn` names a node-to-node protocol.
+pub fn is_peer_alpn(alpn: &[u8]) -> bool {
+    alpn == ALPN_PEER || alpn == ALPN_PEER_STREAMS
+}
 /// Largest peer message (a snapshot chunk or a batch of log entries), in bytes.
 pub const MAX_PEER_MESSAGE: usize = 64 * 1024 * 1024;
 
@@ -111,9 +122,9 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The server side for both ALPNs: clients (`mq/1`) need no certificate, peers
-/// (`mq-peer/1`) must present one from the cluster CA (checked again per connection by
-/// [`is_authenticated_peer`]).
+/// The server side for every ALPN: clients (`mq/1`) need no certificate, peers
+/// (`mq-peer/2`, `mq-peer/1`) must present one from the cluster CA (checked again per
+/// connection by [`is_authenticated_peer`]).
 pub fn server_crypto(creds: &Credentials) -> Result<rustls::ServerConfig, PeerTlsError> {
     let ca = creds
         .chain
@@ -133,13 +144,26 @@ pub fn server_crypto(creds: &Credentials) -> Result<rustls::ServerConfig, PeerTl
         .with_client_cert_verifier(verifier)
         .with_single_cert(creds.chain.clone(), creds.key.clone_key())
         .map_err(tls_err)?;
-    c.alpn_protocols = vec![ALPN.to_vec(), ALPN_PEER.to_vec()];
+    // rustls picks the first of these that the client offers.
+    c.alpn_protocols = vec![
+        ALPN.to_vec(),
+        ALPN_PEER_STREAMS.to_vec(),
+        ALPN_PEER.to_vec(),
+    ];
     Ok(c)
 }
 
 /// The client side of peer connections: presents this node's certificate, trusts only the
 /// cluster CA.
 pub fn client_config(creds: &Credentials) -> Result<quinn::ClientConfig, PeerTlsError> {
+    client_config_offering(creds, &[ALPN_PEER_STREAMS, ALPN_PEER])
+}
+
+/// [`client_config`] offering `alpns` (tests play a node that predates kind 5 with it).
+fn client_config_offering(
+    creds: &Credentials,
+    alpns: &[&[u8]],
+) -> Result<quinn::ClientConfig, PeerTlsError> {
     let ca = creds
         .chain
         .last()
@@ -151,7 +175,7 @@ pub fn client_config(creds: &Credentials) -> Result<quinn::ClientConfig, PeerTls
         .with_root_certificates(roots(&ca)?)
         .with_client_auth_cert(creds.chain.clone(), creds.key.clone_key())
         .map_err(tls_err)?;
-    c.alpn_protocols = vec![ALPN_PEER.to_vec()];
+    c.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(c).map_err(tls_err)?;
     let mut qc = quinn::ClientConfig::new(Arc::new(crypto));
     // A peer that stops answering (killed, or restarted: its new process does not know
@@ -177,7 +201,7 @@ pub fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
 /// Whether a connection is a peer that proved a certificate of the cluster CA (rustls has
 /// verified the chain if one was presented; a peer must present one).
 pub fn is_authenticated_peer(conn: &quinn::Connection) -> bool {
-    alpn(conn).as_deref() == Some(ALPN_PEER) && conn.peer_identity().is_some()
+    alpn(conn).is_some_and(|a| is_peer_alpn(&a)) && conn.peer_identity().is_some()
 }
 
 /// The local Raft instances by group id, for incoming RPCs.
@@ -239,14 +263,16 @@ impl Router {
     }
 }
 
-/// Serves a connection that negotiated `mq-peer/1`: refuses it unless the peer proved a
-/// cluster certificate, then answers each RPC stream.
+/// Serves a connection that negotiated `mq-peer/2` or `mq-peer/1`: refuses it unless the
+/// peer proved a cluster certificate, then answers each RPC stream (replication streams
+/// only on `mq-peer/2`).
 pub async fn serve_peer_connection(conn: quinn::Connection, router: Router) {
     if !is_authenticated_peer(&conn) {
         tracing::warn!(remote = %conn.remote_address(), "refused a peer connection without a cluster certificate");
         conn.close(1u32.into(), b"peer certificate required");
         return;
     }
+    let streams = alpn(&conn).as_deref() == Some(ALPN_PEER_STREAMS);
     while let Ok((mut send, mut recv)) = conn.accept_bi().await {
         if router.faults.is_cut(conn.remote_address()) {
             let _ = send.reset(0u32.into());
@@ -269,7 +295,7 @@ pub async fn serve_peer_connection(conn: quinn::Connection, router: Router) {
                     let mut g = [0u8; 8];
                     g.copy_from_slice(&head[..8]);
                     let (group, kind) = (u64::from_be_bytes(g), head[8]);
-                    if kind == KIND_APPEND_STREAM {
+                    if kind == KIND_APPEND_STREAM && streams {
                         serve_append_stream(&router, group, remote, send, recv).await;
                         return;
                     }
@@ -679,6 +705,19 @@ impl Connector {
 }
 
 impl Connector {
+    /// Whether the connection to `addr` (dialed if need be, within `timeout`) negotiated
+    /// replication streams.
+    async fn speaks_streams(&self, addr: SocketAddr, timeout: Duration) -> Result<bool, CallError> {
+        self.check_cut(addr)?;
+        let conn = tokio::time::timeout(timeout, self.connection(addr))
+            .await
+            .map_err(|_| CallError::Unreachable {
+                addr,
+                detail: format!("no connection within {timeout:?}"),
+            })??;
+        Ok(alpn(&conn).as_deref() == Some(ALPN_PEER_STREAMS))
+    }
+
     /// Opens a stream of `kind` for `group` to `addr` and writes its head; `timeout`
     /// bounds the dial and the opening.
     async fn open_stream(
@@ -1010,7 +1049,8 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     }
 
     /// Pipelined: requests go out on one stream as openraft makes them, and the answers
-    /// come back in order (see the module documentation).
+    /// come back in order (see the module documentation). To a node without replication
+    /// streams (`mq-peer/1`), one call at a time.
     fn stream_append<'s, S>(
         &'s mut self,
         input: S,
@@ -1027,6 +1067,14 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     {
         Box::pin(async move {
             let addr = self.addr()?;
+            let streams = self
+                .connector
+                .speaks_streams(addr, option.soft_ttl())
+                .await
+                .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+            if !streams {
+                return openraft::network::stream_append_sequential(self, input, option).await;
+            }
             let (send, recv) = self
                 .connector
                 .open_stream(addr, self.group, KIND_APPEND_STREAM, option.soft_ttl())

@@ -31,9 +31,18 @@ struct TestNode {
     creds: Credentials,
 }
 
-fn endpoint(creds: &Credentials) -> quinn::Endpoint {
-    let crypto =
-        quinn::crypto::rustls::QuicServerConfig::try_from(server_crypto(creds).unwrap()).unwrap();
+/// ALPNs of a node built before replication streams: it serves and offers `mq-peer/1` only.
+const BEFORE_STREAMS: &[&[u8]] = &[ALPN_PEER];
+
+fn endpoint(creds: &Credentials, peer_alpns: Option<&[&[u8]]>) -> quinn::Endpoint {
+    let mut tls = server_crypto(creds).unwrap();
+    if let Some(peer) = peer_alpns {
+        tls.alpn_protocols = std::iter::once(crate::protocol::ALPN)
+            .chain(peer.iter().copied())
+            .map(|a| a.to_vec())
+            .collect();
+    }
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
     let sc = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     quinn::Endpoint::server(sc, "127.0.0.1:0".parse().unwrap()).unwrap()
 }
@@ -41,6 +50,11 @@ fn endpoint(creds: &Credentials) -> quinn::Endpoint {
 /// A node; with `ca_of`, it joins the CA of that data directory (as an operator would copy
 /// ca.pem and ca.key to a new node).
 async fn start(id: u64, ca_of: Option<&Path>) -> TestNode {
+    start_speaking(id, ca_of, None).await
+}
+
+/// [`start`], serving and offering only `peer_alpns` for node-to-node traffic if given.
+async fn start_speaking(id: u64, ca_of: Option<&Path>, peer_alpns: Option<&[&[u8]]>) -> TestNode {
     let dir = tempfile::tempdir().unwrap();
     if let Some(src) = ca_of {
         for f in [tls::CA_CERT, tls::CA_KEY] {
@@ -48,7 +62,7 @@ async fn start(id: u64, ca_of: Option<&Path>) -> TestNode {
         }
     }
     let creds = tls::ensure(dir.path(), &[]).unwrap();
-    let endpoint = endpoint(&creds);
+    let endpoint = endpoint(&creds, peer_alpns);
     let addr = endpoint.local_addr().unwrap();
     let router = Router::new(dir.path());
     {
@@ -65,7 +79,11 @@ async fn start(id: u64, ca_of: Option<&Path>) -> TestNode {
             }
         });
     }
-    let connector = Connector::new(endpoint.clone(), client_config(&creds).unwrap());
+    let client = match peer_alpns {
+        Some(alpns) => client_config_offering(&creds, alpns).unwrap(),
+        None => client_config(&creds).unwrap(),
+    };
+    let connector = Connector::new(endpoint.clone(), client);
     let config = Arc::new(
         openraft::Config {
             heartbeat_interval: 100,
@@ -472,4 +490,46 @@ async fn a_replication_stream_carries_requests_without_waiting_for_answers() {
     assert_eq!(got, Ok(Ok(Some(id(3)))));
     leader.raft.shutdown().await.unwrap();
     follower.raft.shutdown().await.unwrap();
+}
+
+/// A node built before replication streams knows only `mq-peer/1`: connections to it
+/// negotiate that, and a leader replicates to it one call at a time. A group of such a
+/// node and a current one commits (it needs both), whichever leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_replication_streams_is_replicated_to_one_call_at_a_time() {
+    let current = start(1, None).await;
+    let older = start_speaking(2, Some(current.dir.path()), Some(BEFORE_STREAMS)).await;
+    let third = start(3, Some(current.dir.path())).await;
+    let connector = Connector::new(
+        current.endpoint.clone(),
+        client_config(&current.creds).unwrap(),
+    );
+    let timeout = Duration::from_secs(5);
+    assert!(!connector.speaks_streams(older.addr, timeout).await.unwrap());
+    assert!(connector.speaks_streams(third.addr, timeout).await.unwrap());
+
+    let members: BTreeMap<_, _> = [&current, &older]
+        .iter()
+        .map(|n| (n.id, BasicNode::new(n.addr.to_string())))
+        .collect();
+    current.raft.initialize(members).await.unwrap();
+    let nodes = [&current, &older];
+    let leader = leader_among(&nodes, None).await;
+    let lead = nodes.iter().find(|n| n.id == leader).unwrap();
+    write(
+        &lead.raft,
+        Command::CreateQueue {
+            name: "big".into(),
+            patch: QueuePatch::default(),
+        },
+    )
+    .await;
+    let idx = send_hundreds(&lead.raft, 0..3, 10).await;
+    for n in nodes {
+        applied(n, idx).await;
+        assert_eq!(queue_state(&n.db, "big"), (true, 300), "node {}", n.id);
+    }
+    for n in [&current, &older, &third] {
+        n.raft.shutdown().await.unwrap();
+    }
 }

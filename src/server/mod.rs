@@ -73,7 +73,7 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError
 
 /// The QUIC server configuration for these credentials.
 fn server_config(creds: &tls::Credentials) -> Result<quinn::ServerConfig, ServerError> {
-    // Clients (mq/1) and peers (mq-peer/1, mutual TLS) on the same port.
+    // Clients (mq/1) and peers (mq-peer/2 or mq-peer/1, mutual TLS) on the same port.
     let crypto = crate::peer::server_crypto(creds).map_err(|e| ServerError::Tls(e.to_string()))?;
     let quic_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
         .map_err(|e| ServerError::Tls(e.to_string()))?;
@@ -251,7 +251,7 @@ pub async fn run(
                     let span = tracing::info_span!("conn", %remote);
                     async move {
                         match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
-                            Ok(Ok(conn)) if crate::peer::alpn(&conn).as_deref() == Some(crate::peer::ALPN_PEER) => {
+                            Ok(Ok(conn)) if crate::peer::alpn(&conn).is_some_and(|a| crate::peer::is_peer_alpn(&a)) => {
                                 crate::peer::serve_peer_connection(conn, router).await
                             }
                             Ok(Ok(conn)) => serve_connection(conn, fe, budget, tracker, stop).await,
