@@ -322,27 +322,23 @@ pub async fn serve_peer_connection(conn: quinn::Connection, router: Router) {
     }
 }
 
-/// Reads one `u32 length | bytes` frame of a snapshot stream; `None` at a clean end.
-async fn read_snapshot_frame(
-    recv: &mut quinn::RecvStream,
-    max: usize,
-) -> Result<Option<Vec<u8>>, String> {
+/// Reads one `u32 length | bytes` frame (of a snapshot or replication stream); `None` at a
+/// clean end.
+async fn read_frame(recv: &mut quinn::RecvStream, max: usize) -> Result<Option<Vec<u8>>, String> {
     let mut len = [0u8; 4];
     match recv.read_exact(&mut len).await {
         Ok(()) => {}
         Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(e) => return Err(format!("snapshot stream broken: {e}")),
+        Err(e) => return Err(format!("stream broken: {e}")),
     }
     let len = u32::from_be_bytes(len) as usize;
     if len > max {
-        return Err(format!(
-            "snapshot frame of {len} bytes is over the limit of {max}"
-        ));
+        return Err(format!("a frame of {len} bytes is over the limit of {max}"));
     }
     let mut buf = vec![0u8; len];
     recv.read_exact(&mut buf)
         .await
-        .map_err(|e| format!("snapshot stream broken: {e}"))?;
+        .map_err(|e| format!("stream broken: {e}"))?;
     Ok(Some(buf))
 }
 
@@ -374,13 +370,9 @@ async fn serve_append_stream(
     recv: quinn::RecvStream,
 ) {
     let Some(raft) = router.get(group) else {
-        let refusal = answer(
-            STATUS_NO_GROUP,
-            &format!("no replica of group {group} here"),
-        );
-        if let Ok(frame) = encode_frame(&Err::<StreamAppendResult<TypeConfig>, String>(
-            String::from_utf8_lossy(&refusal[1..]).into_owned(),
-        )) {
+        let refusal: Result<StreamAppendResult<TypeConfig>, String> =
+            Err(format!("no replica of group {group} here"));
+        if let Ok(frame) = encode_frame(&refusal) {
             let _ = send.write_chunk(frame).await;
         }
         let _ = send.finish();
@@ -394,7 +386,7 @@ async fn serve_append_stream(
                 let _ = recv.stop(0u32.into());
                 return None;
             }
-            let frame = match read_snapshot_frame(&mut recv, MAX_PEER_MESSAGE).await {
+            let frame = match read_frame(&mut recv, MAX_PEER_MESSAGE).await {
                 Ok(Some(f)) => f,
                 Ok(None) => return None,
                 Err(e) => {
@@ -442,10 +434,10 @@ async fn receive_snapshot(router: &Router, group: u64, recv: &mut quinn::RecvStr
             &format!("no replica of group {group} here"),
         );
     };
-    let head = match read_snapshot_frame(recv, 1024 * 1024).await {
+    let head = match read_frame(recv, 1024 * 1024).await {
         Ok(Some(h)) => h,
         Ok(None) => return answer(STATUS_BAD_REQUEST, &"snapshot stream without a header"),
-        Err(e) => return answer(STATUS_BAD_REQUEST, &e),
+        Err(e) => return answer(STATUS_BAD_REQUEST, &format!("snapshot: {e}")),
     };
     let (vote, meta): (Vote, SnapshotMeta) = match postcard::from_bytes(&head) {
         Ok(h) => h,
@@ -466,7 +458,7 @@ async fn receive_snapshot(router: &Router, group: u64, recv: &mut quinn::RecvStr
     });
     let mut read_error = None;
     loop {
-        match read_snapshot_frame(recv, MAX_CHUNK_BYTES).await {
+        match read_frame(recv, MAX_CHUNK_BYTES).await {
             Ok(Some(chunk)) => {
                 if tx.send(chunk).await.is_err() {
                     break; // the spooler failed; its error is reported below
@@ -474,7 +466,7 @@ async fn receive_snapshot(router: &Router, group: u64, recv: &mut quinn::RecvStr
             }
             Ok(None) => break,
             Err(e) => {
-                read_error = Some(e);
+                read_error = Some(format!("snapshot: {e}"));
                 break;
             }
         }
@@ -814,22 +806,20 @@ fn read_answers(
             Wrote::Request => {}
             Wrote::Failed(e) => return Some((Err(unreachable(e)), None)),
         }
-        let frame =
-            match tokio::time::timeout(stall, read_snapshot_frame(&mut recv, MAX_PEER_MESSAGE))
-                .await
-            {
-                Err(_) => {
-                    return Some((
-                        Err(unreachable(format!("no answer within {stall:?}"))),
-                        None,
-                    ))
-                }
-                Ok(Err(e)) => return Some((Err(unreachable(e)), None)),
-                Ok(Ok(None)) => {
-                    return Some((Err(unreachable("ended before its answers".into())), None))
-                }
-                Ok(Ok(Some(f))) => f,
-            };
+        let frame = match tokio::time::timeout(stall, read_frame(&mut recv, MAX_PEER_MESSAGE)).await
+        {
+            Err(_) => {
+                return Some((
+                    Err(unreachable(format!("no answer within {stall:?}"))),
+                    None,
+                ))
+            }
+            Ok(Err(e)) => return Some((Err(unreachable(e)), None)),
+            Ok(Ok(None)) => {
+                return Some((Err(unreachable("ended before its answers".into())), None))
+            }
+            Ok(Ok(Some(f))) => f,
+        };
         match postcard::from_bytes::<Result<StreamAppendResult<TypeConfig>, String>>(&frame) {
             Ok(Ok(r)) => {
                 let more = r.is_ok();

@@ -400,7 +400,7 @@ fn an_rpc_goes_on_the_stream_behind_its_group_and_kind() {
 async fn next_answer(
     recv: &mut quinn::RecvStream,
 ) -> Result<StreamAppendResult<TypeConfig>, String> {
-    let frame = read_snapshot_frame(recv, MAX_PEER_MESSAGE)
+    let frame = read_frame(recv, MAX_PEER_MESSAGE)
         .await
         .unwrap()
         .expect("an answer");
@@ -410,7 +410,7 @@ async fn next_answer(
 /// Asserts the stream ends (finished or reset) with no further answer.
 async fn ends(recv: &mut quinn::RecvStream) {
     assert!(matches!(
-        read_snapshot_frame(recv, MAX_PEER_MESSAGE).await,
+        read_frame(recv, MAX_PEER_MESSAGE).await,
         Ok(None) | Err(_)
     ));
 }
