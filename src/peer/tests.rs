@@ -130,18 +130,20 @@ fn queue_state(db: &Database, name: &str) -> (bool, u64) {
     (true, total)
 }
 
+/// A leader among `nodes` (other than `not`) that takes writes: openraft 0.10 refuses
+/// them (`ForwardToLeader`, `LeaseExpired`) until a quorum has acknowledged the new
+/// leader once, a moment after its election.
 async fn leader_among(nodes: &[&TestNode], not: Option<u64>) -> u64 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         for n in nodes {
             let m = n.raft.metrics().borrow_watched().clone();
-            if let Some(l) = m.current_leader {
-                if Some(l) != not
-                    && nodes.iter().any(|x| x.id == l)
-                    && m.state.is_leader() == (l == n.id)
-                {
-                    return l;
-                }
+            if m.current_leader == Some(n.id)
+                && Some(n.id) != not
+                && m.state.is_leader()
+                && m.last_quorum_acked.is_some()
+            {
+                return n.id;
             }
         }
         assert!(tokio::time::Instant::now() < deadline, "no leader elected");
@@ -533,3 +535,4 @@ async fn a_node_without_replication_streams_is_replicated_to_one_call_at_a_time(
         n.raft.shutdown().await.unwrap();
     }
 }
+
