@@ -547,9 +547,9 @@ async fn dispatch(router: &Router, group: u64, kind: u8, body: &[u8]) -> Vec<u8>
             Ok(rpc) => Ok(answer(STATUS_OK, &raft.append_entries(rpc).await)),
             Err(e) => Err(e),
         },
-        KIND_VOTE => match decode::<VoteRequest<TypeConfig>>(body) {
+        KIND_VOTE => match decode_vote(body) {
             Ok(rpc) => Ok(answer(STATUS_OK, &raft.vote(rpc).await)),
-            Err(e) => Err(e),
+            Err(e) => Err(answer(STATUS_BAD_REQUEST, &e)),
         },
         k => Err(answer(
             STATUS_BAD_REQUEST,
@@ -557,6 +557,24 @@ async fn dispatch(router: &Router, group: u64, kind: u8, body: &[u8]) -> Vec<u8>
         )),
     };
     r.unwrap_or_else(|e| e)
+}
+
+/// A vote request as an mqd on openraft 0.9 encodes it: without 0.10's
+/// `leadership_transfer`, which postcard, having no field names, cannot leave out.
+#[derive(serde::Deserialize)]
+struct VoteRequestBefore010 {
+    vote: Vote,
+    last_log_id: Option<crate::raft::LogId>,
+}
+
+/// A vote request of this version, or of a node on openraft 0.9 (a candidate there does
+/// not transfer leadership), so a cluster upgraded one node at a time still elects.
+fn decode_vote(body: &[u8]) -> Result<VoteRequest<TypeConfig>, String> {
+    postcard::from_bytes::<VoteRequest<TypeConfig>>(body).or_else(|current| {
+        postcard::from_bytes::<VoteRequestBefore010>(body)
+            .map(|old| VoteRequest::new(old.vote, old.last_log_id))
+            .map_err(|_| current.to_string())
+    })
 }
 
 type Slot = Arc<Mutex<Option<quinn::Connection>>>;

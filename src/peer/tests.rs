@@ -536,3 +536,29 @@ async fn a_node_without_replication_streams_is_replicated_to_one_call_at_a_time(
     }
 }
 
+/// A vote request from a node on openraft 0.9 has no `leadership_transfer`; it is read as
+/// one without, and a current request reads as itself.
+#[test]
+fn vote_requests_of_openraft_0_9_are_understood() {
+    use crate::raft::{CommittedLeaderId, LogId, Vote};
+
+    let last = Some(LogId::new(
+        CommittedLeaderId {
+            term: 3,
+            node_id: 2,
+        },
+        17,
+    ));
+    // postcard of 0.9's VoteRequest { vote: Vote::new(5, 2), last_log_id: last }.
+    let before = [0x05, 0x02, 0x00, 0x01, 0x03, 0x02, 0x11];
+    let rpc = decode_vote(&before).unwrap();
+    assert_eq!(rpc.vote, Vote::new(5, 2));
+    assert_eq!(rpc.last_log_id, last);
+    assert!(!rpc.leadership_transfer);
+
+    let mut now = VoteRequest::<TypeConfig>::new(Vote::new(5, 2), last);
+    now.leadership_transfer = true;
+    let rpc = decode_vote(&postcard::to_allocvec(&now).unwrap()).unwrap();
+    assert_eq!(rpc, now);
+    assert!(decode_vote(&[0x05]).is_err());
+}
