@@ -474,6 +474,50 @@ impl<'txn> Tables<'txn> {
         }
     }
 
+    /// The states of messages `keys` (`(visible_at, seq)`, as [`Tables::visible_keys`]
+    /// gives them) of queue `qid`, in the same order, read ahead when their seqs lie close
+    /// together, as a queue's oldest messages do: one pass over the range between the
+    /// lowest and the highest instead of one lookup each. `None` for a message not read
+    /// ahead (keys far apart, no row, a row that does not decode): [`Tables::msg`] then
+    /// tells, with its error where there is one.
+    fn msgs_ahead(
+        &self,
+        qid: u64,
+        keys: &[(u64, u64)],
+    ) -> Result<Vec<Option<MessageState>>, ApplyError> {
+        let (Some(lo), Some(hi)) = (
+            keys.iter().map(|&(_, s)| s).min(),
+            keys.iter().map(|&(_, s)| s).max(),
+        ) else {
+            return Ok(Vec::new());
+        };
+        // The pass reads every row in between: at most about twice the rows wanted.
+        if keys.len() < 2 || hi - lo > 2 * keys.len() as u64 + rows::RUN_GAP {
+            return Ok(vec![None; keys.len()]);
+        }
+        let mut wanted: Vec<u64> = keys.iter().map(|&(_, s)| s).collect();
+        wanted.sort_unstable();
+        let mut found = Vec::with_capacity(wanted.len());
+        for e in self.state.range((qid, lo)..=(qid, hi))? {
+            let (k, v) = e?;
+            let seq = k.value().1;
+            if wanted.binary_search(&seq).is_ok() {
+                if let Ok(st) = decode::<MessageState>("message_state", v.value()) {
+                    found.push((seq, st));
+                }
+            }
+        }
+        Ok(keys
+            .iter()
+            .map(|&(_, s)| {
+                found
+                    .binary_search_by_key(&s, |&(seq, _)| seq)
+                    .ok()
+                    .map(|i| found[i].1)
+            })
+            .collect())
+    }
+
     fn put_msg(&mut self, qid: u64, seq: u64, st: &MessageState) -> Result<(), ApplyError> {
         self.state.insert((qid, seq), encode(st).as_slice())?;
         Ok(())
@@ -870,6 +914,8 @@ struct Receiving {
     /// Delivered messages without a group: their VISIBLE entries `(visible_at, seq)`,
     /// all within the range this receive read, move to `now + vis` after the scan.
     delivered: Vec<(u64, u64)>,
+    /// Their new states, written after the scan.
+    states: rows::ChangedStates,
 }
 
 impl Receiving {
@@ -923,8 +969,10 @@ impl Receiving {
         st.visible_at = now.saturating_add(self.vis);
         if st.grouped {
             t.visible.insert((qid, st.visible_at, seq), 1u8)?;
+            t.put_msg(qid, seq, &st)?;
+        } else {
+            self.states.push(seq, st);
         }
-        t.put_msg(qid, seq, &st)?;
         fx.dirty = true;
         let group = if st.grouped {
             t.group_of(qid, seq)?
@@ -943,13 +991,14 @@ impl Receiving {
         Ok(())
     }
 
-    /// Moves the VISIBLE entries of the messages delivered without a group to the end of
-    /// their visibility timeout: removed in one pass over the range the scan read,
-    /// inserted in one run.
+    /// Writes the states of the messages delivered without a group, and moves their
+    /// VISIBLE entries to the end of their visibility timeout: removed in one pass over
+    /// the range the scan read, inserted in one run.
     fn finish(&mut self, t: &mut Tables<'_>) -> Result<(), ApplyError> {
         if self.delivered.is_empty() {
             return Ok(());
         }
+        std::mem::take(&mut self.states).write(self.qid, &mut t.state)?;
         self.delivered.sort_unstable();
         rows::remove_visible(&mut t.visible, self.qid, &self.delivered, true)?;
         let at = self.now.saturating_add(self.vis);
@@ -1257,6 +1306,7 @@ pub fn apply(
                 out_bytes: 0,
                 full: false,
                 delivered: Vec::new(),
+                states: rows::ChangedStates::default(),
             };
             let mut seen = HashSet::new();
             let mut after = None;
@@ -1268,13 +1318,20 @@ pub fn apply(
                 if keys.is_empty() {
                     break;
                 }
-                for &(visible_at, seq) in &keys {
+                let ahead = t.msgs_ahead(qid, &keys)?;
+                for (&(visible_at, seq), read) in keys.iter().zip(ahead) {
                     after = Some((visible_at, seq));
                     budget = budget.saturating_sub(1);
                     if !seen.insert(seq) {
                         continue;
                     }
-                    let Some(st) = t.msg(qid, seq)? else {
+                    // A grouped message's state may have changed since the read above:
+                    // taking or removing its group's first message activates the next.
+                    let st = match read {
+                        Some(st) if !st.grouped => Some(st),
+                        _ => t.msg(qid, seq)?,
+                    };
+                    let Some(st) = st else {
                         // An index entry without its message cannot be delivered; drop it.
                         t.visible.remove((qid, visible_at, seq))?;
                         fx.dirty = true;
@@ -2780,6 +2837,45 @@ pub(crate) mod tests {
         counted.sort_unstable();
         counted.dedup();
         assert_eq!(on_disk, counted);
+    }
+
+    /// The states read ahead for a receive are those single lookups give, wherever the
+    /// seqs lie; what is not read ahead is `None`, never another message's state.
+    #[test]
+    fn states_read_ahead_match_single_lookups() {
+        let (_d, db) = db();
+        ok(&db, 1, create("q"));
+        // Each message sent at its own time, so that their states differ.
+        for i in 0..300 {
+            ok(&db, 2 + i, send("q", &[&format!("m{i}")]));
+        }
+        let txn = db.begin_write().unwrap();
+        let t = Tables::open(&txn, &db.bodies).unwrap();
+        let qid = t.queue("q").unwrap().unwrap().id;
+        let dense: Vec<(u64, u64)> = [5u64, 3, 9, 4, 250, 7].iter().map(|&s| (1, s)).collect();
+        let missing: Vec<(u64, u64)> = [290u64, 291, 301, 292].iter().map(|&s| (1, s)).collect();
+        let sparse: Vec<(u64, u64)> = [0u64, 299].iter().map(|&s| (1, s)).collect();
+        for keys in [&dense, &missing, &sparse] {
+            let ahead = t.msgs_ahead(qid, keys).unwrap();
+            assert_eq!(ahead.len(), keys.len());
+            for (&(_, seq), got) in keys.iter().zip(&ahead) {
+                if let Some(st) = got {
+                    assert_eq!(Some(*st), t.msg(qid, seq).unwrap(), "seq {seq}");
+                }
+            }
+        }
+        // Close together: every stored one is read ahead, the absent one is not.
+        let ahead = t.msgs_ahead(qid, &missing).unwrap();
+        assert_eq!(
+            ahead.iter().map(Option::is_some).collect::<Vec<_>>(),
+            [true, true, false, true]
+        );
+        // Far apart: none is.
+        assert!(t
+            .msgs_ahead(qid, &sparse)
+            .unwrap()
+            .iter()
+            .all(Option::is_none));
     }
 
     /// Sends, receives, acks and nacks of many messages per command, in a random order

@@ -145,6 +145,72 @@ where
     Ok(())
 }
 
+/// Writes new values for the existing rows `(qid, seq)` of `rows` (ascending, distinct
+/// seqs), as a command that changes many messages' states does at its end. Seqs at most
+/// [`RUN_GAP`] apart are replaced together: one pass removes the old rows and one cursor
+/// run inserts the new ones, each leaf rewritten once per pass instead of once per row. A
+/// lone seq is replaced by a plain insert.
+pub(crate) fn replace_seqs(
+    table: &mut Table<'_, (u64, u64), &'static [u8]>,
+    qid: u64,
+    rows: &[(u64, &[u8])],
+) -> Result<(), ApplyError> {
+    for run in rows.chunk_by(|a, b| b.0.saturating_sub(a.0) <= RUN_GAP) {
+        if let [(seq, value)] = run {
+            table.insert((qid, *seq), *value)?;
+            continue;
+        }
+        let keys: Vec<(u64, u64)> = run.iter().map(|&(s, _)| (qid, s)).collect();
+        remove_runs(table, &keys, |_, _| true, |_| {})?;
+        insert_sorted(table, run.iter().map(|&(s, v)| ((qid, s), v)))?;
+    }
+    Ok(())
+}
+
+/// Message states changed by one command, written at its end by [`replace_seqs`].
+#[derive(Default)]
+pub(crate) struct ChangedStates {
+    rows: Vec<(u64, MessageState)>,
+}
+
+impl ChangedStates {
+    /// Message `seq` now has state `st`. Each seq at most once per command.
+    pub(crate) fn push(&mut self, seq: u64, st: MessageState) {
+        self.rows.push((seq, st));
+    }
+
+    /// Writes the states of queue `qid`'s messages.
+    pub(crate) fn write(
+        mut self,
+        qid: u64,
+        state: &mut Table<'_, (u64, u64), &'static [u8]>,
+    ) -> Result<(), ApplyError> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        self.rows.sort_unstable_by_key(|&(s, _)| s);
+        let mut buf = Vec::with_capacity(self.rows.len() * 16);
+        let mut ends = Vec::with_capacity(self.rows.len());
+        for (_, st) in &self.rows {
+            encode_state(st, &mut buf);
+            ends.push(buf.len());
+        }
+        let values = NewRows::slices(&buf, &ends);
+        let rows: Vec<(u64, &[u8])> = self.rows.iter().map(|&(s, _)| s).zip(values).collect();
+        replace_seqs(state, qid, &rows)
+    }
+}
+
+/// Appends the stored encoding of `st` to `buf`.
+fn encode_state(st: &MessageState, buf: &mut Vec<u8>) {
+    let mut b = [0u8; 64];
+    match postcard::to_slice(st, &mut b) {
+        Ok(b) => buf.extend_from_slice(b),
+        // More than 64 bytes cannot happen for this type; encode it the slow way.
+        Err(_) => buf.extend_from_slice(&super::schema::encode(st)),
+    }
+}
+
 /// The rows of messages a command adds to one queue, written at its end.
 pub(crate) struct NewRows {
     /// Sequence numbers, ascending.
@@ -174,12 +240,7 @@ impl NewRows {
     pub(crate) fn push(&mut self, seq: u64, st: &MessageState, body: BodyRef) {
         debug_assert!(self.seqs.last().is_none_or(|&s| s < seq));
         self.seqs.push(seq);
-        let mut buf = [0u8; 64];
-        match postcard::to_slice(st, &mut buf) {
-            Ok(b) => self.states.extend_from_slice(b),
-            // More than 64 bytes cannot happen for this type; encode it the slow way.
-            Err(_) => self.states.extend_from_slice(&super::schema::encode(st)),
-        }
+        encode_state(st, &mut self.states);
         self.state_ends.push(self.states.len());
         self.bodies.push(body);
         self.visible.push((st.visible_at, seq));
@@ -289,6 +350,50 @@ mod tests {
             .chain(std::iter::once((2, 3, 0)))
             .collect();
         assert_eq!(rows, want);
+    }
+
+    #[test]
+    fn replaced_states_keep_their_neighbours_near_or_far_apart() {
+        const S: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("s");
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("t.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        let mut t = txn.open_table(S).unwrap();
+        for s in 0..300u64 {
+            t.insert((1, s), [0u8].as_slice()).unwrap();
+        }
+        t.insert((0, 5), [0u8].as_slice()).unwrap();
+        t.insert((2, 5), [0u8].as_slice()).unwrap();
+        // A dense run, a sparse run inside the gap, and a lone seq far from both.
+        let new: Vec<(u64, Vec<u8>)> = (10..60)
+            .chain((100..200).step_by(40))
+            .chain([299])
+            .map(|s| (s, vec![s as u8, 7]))
+            .collect();
+        let rows: Vec<(u64, &[u8])> = new.iter().map(|(s, v)| (*s, v.as_slice())).collect();
+        replace_seqs(&mut t, 1, &rows).unwrap();
+        replace_seqs(&mut t, 1, &[]).unwrap();
+        let got: Vec<((u64, u64), Vec<u8>)> = t
+            .iter()
+            .unwrap()
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                (k.value(), v.value().to_vec())
+            })
+            .collect();
+        let changed = |s: u64| new.iter().any(|(n, _)| *n == s);
+        let want: Vec<((u64, u64), Vec<u8>)> = std::iter::once(((0, 5), vec![0]))
+            .chain((0..300).map(|s| {
+                let v = if changed(s) {
+                    vec![s as u8, 7]
+                } else {
+                    vec![0]
+                };
+                ((1, s), v)
+            }))
+            .chain(std::iter::once(((2, 5), vec![0])))
+            .collect();
+        assert_eq!(got, want);
     }
 
     #[test]
