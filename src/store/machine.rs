@@ -474,9 +474,9 @@ impl<'txn> Tables<'txn> {
         }
     }
 
-    /// The states of messages `keys` (`(visible_at, seq)`, as [`Tables::visible_keys`]
-    /// gives them) of queue `qid`, in the same order, read ahead when their seqs lie close
-    /// together, as a queue's oldest messages do: one pass over the range between the
+    /// The states of messages `keys` of queue `qid` (pairs whose second element is the
+    /// seq, as [`Tables::visible_keys`] gives them), in the same order, read ahead when
+    /// their seqs lie close together, as a queue's oldest messages do: one pass over the range between the
     /// lowest and the highest instead of one lookup each. `None` for a message not read
     /// ahead (keys far apart, no row, a row that does not decode): [`Tables::msg`] then
     /// tells, with its error where there is one.
@@ -1400,8 +1400,10 @@ pub fn apply(
             // repeated within the command finds its message gone, as it would have.
             let mut gone = Vec::new();
             let mut taken = HashSet::new();
-            for r in receipts {
-                match check_receipt(t, rec.id, r)? {
+            let keys: Vec<(u64, u64)> = receipts.iter().map(|r| (0, r.seq)).collect();
+            let ahead = t.msgs_ahead(rec.id, &keys)?;
+            for (r, read) in receipts.iter().zip(ahead) {
+                match check_receipt_with(t, rec.id, r, read)? {
                     Ok(_) if taken.contains(&r.seq) => results.push(Status::ReceiptStale),
                     Ok(st) => {
                         if st.grouped {
@@ -1768,10 +1770,26 @@ fn check_receipt(
     qid: u64,
     r: &Receipt,
 ) -> Result<Result<MessageState, Status>, ApplyError> {
+    check_receipt_with(t, qid, r, None)
+}
+
+/// [`check_receipt`], given the message's state if it was read ahead
+/// ([`Tables::msgs_ahead`]). A grouped message's state is read again: removing its
+/// group's first message earlier in the command may have activated it.
+fn check_receipt_with(
+    t: &Tables<'_>,
+    qid: u64,
+    r: &Receipt,
+    read: Option<MessageState>,
+) -> Result<Result<MessageState, Status>, ApplyError> {
     if r.queue_id != qid {
         return Ok(Err(Status::ReceiptInvalid));
     }
-    Ok(match t.msg(qid, r.seq)? {
+    let st = match read {
+        Some(st) if !st.grouped => Some(st),
+        _ => t.msg(qid, r.seq)?,
+    };
+    Ok(match st {
         Some(st) if st.receive_count == r.delivery && r.delivery > 0 => Ok(st),
         _ => Err(Status::ReceiptStale),
     })
