@@ -476,10 +476,10 @@ impl<'txn> Tables<'txn> {
 
     /// The states of messages `keys` of queue `qid` (pairs whose second element is the
     /// seq, as [`Tables::visible_keys`] gives them), in the same order, read ahead when
-    /// their seqs lie close together, as a queue's oldest messages do: one pass over the range between the
-    /// lowest and the highest instead of one lookup each. `None` for a message not read
-    /// ahead (keys far apart, no row, a row that does not decode): [`Tables::msg`] then
-    /// tells, with its error where there is one.
+    /// their seqs lie close together, as a queue's oldest messages do: one pass over the
+    /// range between the lowest and the highest instead of one lookup each. `None` for a
+    /// message not read ahead (keys far apart, no row, a row that does not decode):
+    /// [`Tables::msg`] then tells, with its error where there is one.
     fn msgs_ahead(
         &self,
         qid: u64,

@@ -364,7 +364,7 @@ mod tests {
         }
         t.insert((0, 5), [0u8].as_slice()).unwrap();
         t.insert((2, 5), [0u8].as_slice()).unwrap();
-        // A dense run, a sparse run inside the gap, and a lone seq far from both.
+        // A dense run that goes on with gaps under 64, and a lone seq far from it.
         let new: Vec<(u64, Vec<u8>)> = (10..60)
             .chain((100..200).step_by(40))
             .chain([299])
