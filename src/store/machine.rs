@@ -1318,7 +1318,11 @@ pub fn apply(
                 if keys.is_empty() {
                     break;
                 }
-                let ahead = t.msgs_ahead(qid, &keys)?;
+                // A FIFO queue's messages are grouped and read again anyway: skip the pass.
+                let ahead = match rec.config.fifo {
+                    true => vec![None; keys.len()],
+                    false => t.msgs_ahead(qid, &keys)?,
+                };
                 for (&(visible_at, seq), read) in keys.iter().zip(ahead) {
                     after = Some((visible_at, seq));
                     budget = budget.saturating_sub(1);
@@ -1401,7 +1405,11 @@ pub fn apply(
             let mut gone = Vec::new();
             let mut taken = HashSet::new();
             let keys: Vec<(u64, u64)> = receipts.iter().map(|r| (0, r.seq)).collect();
-            let ahead = t.msgs_ahead(rec.id, &keys)?;
+            // As in a receive, a FIFO queue's messages would be read again anyway.
+            let ahead = match rec.config.fifo {
+                true => vec![None; keys.len()],
+                false => t.msgs_ahead(rec.id, &keys)?,
+            };
             for (r, read) in receipts.iter().zip(ahead) {
                 match check_receipt_with(t, rec.id, r, read)? {
                     Ok(_) if taken.contains(&r.seq) => results.push(Status::ReceiptStale),
