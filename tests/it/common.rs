@@ -134,7 +134,8 @@ impl Node {
         let mut nodes = Vec::new();
         for (i, (c, tmp)) in children.into_iter().zip(tmps).enumerate() {
             let (mut child, dir, args) = c.unwrap();
-            let addr = Node::wait_listening(&mut child, &dir);
+            let addr = Node::wait_listening(&mut child, &dir)
+                .unwrap_or_else(|log| panic!("mqd exited before listening: {log}"));
             assert_eq!(addr, addrs[i]);
             nodes.push(Node {
                 child: Some(child),
@@ -191,10 +192,24 @@ impl Node {
         }
     }
 
+    /// Starts mqd and waits for it to listen. A restart on a fixed port can find it taken
+    /// for a moment by another test's ephemeral socket: that is retried for up to 10 s.
     fn spawn(dir: &Path, listen: SocketAddr, args: &[String]) -> (Child, SocketAddr) {
-        let mut child = Node::launch(dir, listen, args);
-        let addr = Node::wait_listening(&mut child, dir);
-        (child, addr)
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut child = Node::launch(dir, listen, args);
+            match Node::wait_listening(&mut child, dir) {
+                Ok(addr) => return (child, addr),
+                Err(log) => {
+                    let busy = listen.port() != 0 && log.contains("Address already in use");
+                    assert!(
+                        busy && Instant::now() < deadline,
+                        "mqd exited before listening:\n{log}"
+                    );
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
     }
 
     fn launch(dir: &Path, listen: SocketAddr, args: &[String]) -> Child {
@@ -222,7 +237,8 @@ impl Node {
             .expect("spawn mqd")
     }
 
-    fn wait_listening(child: &mut Child, dir: &Path) -> SocketAddr {
+    /// The address mqd listens on, or its log if it exited first.
+    fn wait_listening(child: &mut Child, dir: &Path) -> Result<SocketAddr, String> {
         let addr_file = dir.join("mqd.addr");
         let deadline = Instant::now() + Duration::from_secs(30);
         let addr = loop {
@@ -233,12 +249,12 @@ impl Node {
             }
             if let Ok(Some(status)) = child.try_wait() {
                 let log = std::fs::read_to_string(dir.join("test-mqd.log")).unwrap_or_default();
-                panic!("mqd exited with {status} before listening:\n{log}");
+                return Err(format!("({status})\n{log}"));
             }
             assert!(Instant::now() < deadline, "mqd did not start within 30s");
             std::thread::sleep(Duration::from_millis(20));
         };
-        addr
+        Ok(addr)
     }
 
     /// A field of the node process's `/proc/PID/status`, trimmed (`None` if absent).
