@@ -182,6 +182,7 @@ impl StateMachine {
             (active, end, live)
         };
         txn.commit().map_err(sm_write)?;
+        crate::store::upgrade_refs(&db).map_err(sm_write)?;
         let dir = Bodies::dir_for(path);
         let bodies = Bodies::open(&dir, active, end, &live).map_err(sm_write)?;
         Ok(StateMachine {

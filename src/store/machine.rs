@@ -247,7 +247,6 @@ pub struct Tables<'txn> {
     fifo: Table<'txn, (u64, &'static str, u64), u8>,
     audit: Table<'txn, u64, &'static [u8]>,
     tags: Table<'txn, (u64, &'static str), &'static str>,
-    refs: Table<'txn, (u64, u64), (u64, u64, u32)>,
     files: Table<'txn, u64, (u64, u64)>,
     body_meta: Table<'txn, &'static str, u64>,
     /// Where new bodies go.
@@ -269,7 +268,6 @@ pub fn create_tables(txn: &WriteTransaction) -> Result<(), redb::Error> {
     txn.open_table(STATS)?;
     txn.open_table(STATE)?;
     txn.open_table(BODY)?;
-    txn.open_table(BODY_REF)?;
     txn.open_table(BODY_FILES)?;
     txn.open_table(BODY_META)?;
     txn.open_table(VISIBLE)?;
@@ -347,7 +345,6 @@ impl<'txn> Tables<'txn> {
         let body = txn.open_table(BODY)?;
         let legacy = body.first()?.is_some();
         Ok(Self {
-            refs: txn.open_table(BODY_REF)?,
             files: txn.open_table(BODY_FILES)?,
             body_meta: txn.open_table(BODY_META)?,
             bodies,
@@ -469,7 +466,7 @@ impl<'txn> Tables<'txn> {
 
     fn msg(&self, qid: u64, seq: u64) -> Result<Option<MessageState>, ApplyError> {
         match self.state.get((qid, seq))? {
-            Some(v) => Ok(Some(decode("message_state", v.value())?)),
+            Some(v) => Ok(Some(decode_state(v.value())?)),
             None => Ok(None),
         }
     }
@@ -502,7 +499,7 @@ impl<'txn> Tables<'txn> {
             let (k, v) = e?;
             let seq = k.value().1;
             if wanted.binary_search(&seq).is_ok() {
-                if let Ok(st) = decode::<MessageState>("message_state", v.value()) {
+                if let Ok(st) = decode_state(v.value()) {
                     found.push((seq, st));
                 }
             }
@@ -519,7 +516,9 @@ impl<'txn> Tables<'txn> {
     }
 
     fn put_msg(&mut self, qid: u64, seq: u64, st: &MessageState) -> Result<(), ApplyError> {
-        self.state.insert((qid, seq), encode(st).as_slice())?;
+        let mut b = Vec::with_capacity(48);
+        encode_state(st, &mut b);
+        self.state.insert((qid, seq), b.as_slice())?;
         Ok(())
     }
 
@@ -534,14 +533,14 @@ impl<'txn> Tables<'txn> {
     ) -> Result<(), ApplyError> {
         if !st.grouped {
             self.state.remove((qid, seq))?;
-            self.drop_body(qid, seq)?;
+            self.drop_body(qid, seq, st)?;
             self.visible.remove((qid, st.visible_at, seq))?;
             return Ok(());
         }
         // The state the caller read may predate an activation earlier in this command.
         let current = self.msg(qid, seq)?.unwrap_or(*st);
         self.state.remove((qid, seq))?;
-        self.drop_body(qid, seq)?;
+        self.drop_body(qid, seq, &current)?;
         let group = self
             .groups
             .remove((qid, seq))?
@@ -564,10 +563,10 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
-    /// The stored body (attributes and payload) of message `seq` of queue `qid`.
-    fn body_of(&self, qid: u64, seq: u64) -> Result<Bytes, ApplyError> {
-        if let Some(r) = self.refs.get((qid, seq))? {
-            let r = BodyRef::from_tuple(r.value());
+    /// The stored body (attributes and payload) of message `seq` of queue `qid`, whose
+    /// state is `st`.
+    fn body_of(&self, qid: u64, seq: u64, st: &MessageState) -> Result<Bytes, ApplyError> {
+        if let Some(r) = st.body {
             return match self.bodies.read(r) {
                 Ok(Some(b)) => Ok(b),
                 Ok(None) => Err(StoreError::Bodies(format!(
@@ -588,9 +587,9 @@ impl<'txn> Tables<'txn> {
     }
 
     /// The length of what [`Tables::body_of`] returns, without reading the body.
-    fn body_len(&self, qid: u64, seq: u64) -> Result<usize, ApplyError> {
-        if let Some(r) = self.refs.get((qid, seq))? {
-            return Ok(BodyRef::from_tuple(r.value()).len as usize);
+    fn body_len(&self, qid: u64, seq: u64, st: &MessageState) -> Result<usize, ApplyError> {
+        if let Some(r) = st.body {
+            return Ok(r.len as usize);
         }
         if self.legacy {
             if let Some(b) = self.body.get((qid, seq))? {
@@ -600,10 +599,10 @@ impl<'txn> Tables<'txn> {
         Ok(0)
     }
 
-    /// Forgets the body of message `seq` of queue `qid`.
-    fn drop_body(&mut self, qid: u64, seq: u64) -> Result<(), ApplyError> {
-        if let Some(r) = self.refs.remove((qid, seq))? {
-            self.counts.forget(BodyRef::from_tuple(r.value()));
+    /// Forgets the body of message `seq` of queue `qid`, whose state is `st`.
+    fn drop_body(&mut self, qid: u64, seq: u64, st: &MessageState) -> Result<(), ApplyError> {
+        if let Some(r) = st.body {
+            self.counts.forget(r);
         } else if self.legacy {
             self.body.remove((qid, seq))?;
         }
@@ -677,8 +676,8 @@ impl<'txn> Tables<'txn> {
         }))
     }
 
-    /// Visits the next [`bodies::COMPACT_ROWS`] body references of the compaction in
-    /// progress, copying the bodies in its target files to the active file.
+    /// Visits the next [`bodies::COMPACT_ROWS`] messages of the compaction in progress,
+    /// copying the bodies in its target files to the active file.
     fn compact_step(&mut self) -> Result<(), ApplyError> {
         let Some(mut c) = self.compaction.take() else {
             return Ok(());
@@ -686,11 +685,14 @@ impl<'txn> Tables<'txn> {
         let mut moves = Vec::new();
         let mut visited = 0usize;
         let mut last = None;
-        for e in self.refs.range(c.next..)? {
+        for e in self.state.range(c.next..)? {
             let (k, v) = e?;
-            let r = BodyRef::from_tuple(v.value());
-            if c.targets.contains(&r.file) {
-                moves.push((k.value(), r));
+            // A state that does not decode fails the command that reads it; here it only
+            // keeps its body where it is.
+            if let Ok(st) = decode_state(v.value()) {
+                if st.body.is_some_and(|r| c.targets.contains(&r.file)) {
+                    moves.push((k.value(), st));
+                }
             }
             last = Some(k.value());
             visited += 1;
@@ -698,14 +700,16 @@ impl<'txn> Tables<'txn> {
                 break;
             }
         }
-        for (key, r) in moves {
+        for ((qid, seq), mut st) in moves {
+            let Some(r) = st.body else { continue };
             let body = match self.bodies.read(r) {
                 Ok(Some(b)) => b,
                 Ok(None) => continue,
                 Err(e) => return Err(super::body_unreadable(r, e).into()),
             };
             let n = self.bodies.append(|buf| buf.extend_from_slice(&body));
-            self.refs.insert(key, n.to_tuple())?;
+            st.body = Some(n);
+            self.put_msg(qid, seq, &st)?;
             self.counts.forget(r);
             self.counts.add(n);
         }
@@ -781,10 +785,10 @@ impl<'txn> Tables<'txn> {
         source_queue: u64,
         group: Option<&str>,
     ) -> Result<u64, ApplyError> {
-        let (seq, st) = new_message(s, now, visible_at, source_queue, group.is_some());
-        self.put_msg(qid, seq, &st)?;
+        let (seq, mut st) = new_message(s, now, visible_at, source_queue, group.is_some());
         let r = self.bodies.append(write);
-        self.refs.insert((qid, seq), r.to_tuple())?;
+        st.body = Some(r);
+        self.put_msg(qid, seq, &st)?;
         self.counts.add(r);
         let first = match group {
             Some(g) => {
@@ -802,18 +806,23 @@ impl<'txn> Tables<'txn> {
     }
 
     /// Removes the rows of messages of queue `qid` that are not in a FIFO group, given
-    /// as `(visible_at, seq)`, with one pass per table (see [`rows`]).
-    fn remove_ungrouped(&mut self, qid: u64, gone: &mut [(u64, u64)]) -> Result<(), ApplyError> {
+    /// as `(visible_at, seq)`, with one pass per table (see [`rows`]); `bodies` are where
+    /// their bodies are.
+    fn remove_ungrouped(
+        &mut self,
+        qid: u64,
+        gone: &mut [(u64, u64)],
+        bodies: &[BodyRef],
+    ) -> Result<(), ApplyError> {
         if gone.is_empty() {
             return Ok(());
         }
         let mut seqs: Vec<u64> = gone.iter().map(|&(_, s)| s).collect();
         seqs.sort_unstable();
         rows::remove_seqs(&mut self.state, qid, &seqs)?;
-        let counts = &mut self.counts;
-        rows::remove_seqs_with(&mut self.refs, qid, &seqs, |r| {
-            counts.forget(BodyRef::from_tuple(r))
-        })?;
+        for &r in bodies {
+            self.counts.forget(r);
+        }
         if self.legacy {
             rows::remove_seqs(&mut self.body, qid, &seqs)?;
         }
@@ -874,7 +883,7 @@ impl<'txn> Tables<'txn> {
         now: u64,
         source_queue: u64,
     ) -> Result<(), ApplyError> {
-        let body = self.body_of(from, seq)?;
+        let body = self.body_of(from, seq, st)?;
         let group = if st.grouped {
             self.group_of(from, seq)?
         } else {
@@ -946,11 +955,11 @@ impl Receiving {
         // Whether the message fits must not depend on whether the body is read: every
         // replica takes the same messages.
         let (stored, len) = if t.answered {
-            let b = t.body_of(qid, seq)?;
+            let b = t.body_of(qid, seq, &st)?;
             let len = b.len();
             (Some(b), len)
         } else {
-            (None, t.body_len(qid, seq)?)
+            (None, t.body_len(qid, seq, &st)?)
         };
         // The answer must fit in one frame: stop before a message overflows it.
         if !self.out.is_empty() && self.out_bytes + len + 64 > crate::protocol::MAX_RESPONSE_PAYLOAD
@@ -1030,6 +1039,7 @@ fn new_message(
         in_flight: false,
         source_queue,
         grouped,
+        body: None,
     };
     (seq, st)
 }
@@ -1124,11 +1134,13 @@ pub fn apply(
                 ));
             }
             let qid = rec.id;
-            t.state
-                .retain_in((qid, 0)..=(qid, u64::MAX), |_, _| false)?;
             let counts = &mut t.counts;
-            t.refs.retain_in((qid, 0)..=(qid, u64::MAX), |_, r| {
-                counts.forget(BodyRef::from_tuple(r));
+            // A state that does not decode leaves its body counted live: the body file
+            // then stays until compaction or deletion finds nothing else in it.
+            t.state.retain_in((qid, 0)..=(qid, u64::MAX), |_, v| {
+                if let Some(r) = decode_state(v).ok().and_then(|st| st.body) {
+                    counts.forget(r);
+                }
                 false
             })?;
             if t.legacy {
@@ -1158,7 +1170,7 @@ pub fn apply(
                     break;
                 }
                 let (k, v) = e?;
-                let st: MessageState = decode("message_state", v.value())?;
+                let st = decode_state(v.value())?;
                 seqs.push((k.value().1, st));
             }
             for (seq, st) in &seqs {
@@ -1246,12 +1258,13 @@ pub fn apply(
                 let visible_at = now.saturating_add(delay);
                 let seq = match m.group.as_deref() {
                     None => {
-                        let (seq, st) = new_message(&mut stats, now, visible_at, 0, false);
+                        let (seq, mut st) = new_message(&mut stats, now, visible_at, 0, false);
                         let r = t.bodies.append(|buf| {
                             crate::protocol::encode_stored(buf, &m.attributes, &m.body)
                         });
                         t.counts.add(r);
-                        new.push(seq, &st, r);
+                        st.body = Some(r);
+                        new.push(seq, &st);
                         seq
                     }
                     Some(group) => {
@@ -1269,7 +1282,7 @@ pub fn apply(
                 }
                 ids.push(seq);
             }
-            new.write(rec.id, &mut t.state, &mut t.refs, &mut t.visible)?;
+            new.write(rec.id, &mut t.state, &mut t.visible)?;
             t.stats.insert(rec.id, stats.to_tuple())?;
             fx.dirty = true;
             Ok(Outcome::Sent(ids))
@@ -1403,6 +1416,7 @@ pub fn apply(
             // Messages without a group are removed together after the loop; a receipt
             // repeated within the command finds its message gone, as it would have.
             let mut gone = Vec::new();
+            let mut gone_bodies = Vec::new();
             let mut taken = HashSet::new();
             let keys: Vec<(u64, u64)> = receipts.iter().map(|r| (0, r.seq)).collect();
             // As in a receive, a FIFO queue's messages would be read again anyway.
@@ -1418,6 +1432,7 @@ pub fn apply(
                             t.remove_msg(rec.id, r.seq, &st, now)?;
                         } else {
                             gone.push((st.visible_at, r.seq));
+                            gone_bodies.extend(st.body);
                             taken.insert(r.seq);
                         }
                         removed += 1;
@@ -1426,7 +1441,7 @@ pub fn apply(
                     Err(s) => results.push(s),
                 }
             }
-            t.remove_ungrouped(rec.id, &mut gone)?;
+            t.remove_ungrouped(rec.id, &mut gone, &gone_bodies)?;
             if removed > 0 {
                 t.add_total(rec.id, -removed)?;
                 fx.dirty = true;
@@ -1554,7 +1569,7 @@ pub fn apply(
                         break;
                     }
                     let (k, v) = e?;
-                    let st: MessageState = decode("message_state", v.value())?;
+                    let st = decode_state(v.value())?;
                     // sent_ms grows with seq, so the first unexpired message ends the scan.
                     if st.sent_ms.saturating_add(retention) > now {
                         break;
@@ -1919,7 +1934,6 @@ pub(crate) mod tests {
         table!(STATS);
         table!(STATE);
         table!(BODY);
-        table!(BODY_REF);
         table!(BODY_FILES);
         table!(VISIBLE);
         table!(SYSTEM);
@@ -1928,10 +1942,12 @@ pub(crate) mod tests {
         table!(MSG_GROUP);
         table!(FIFO_ORDER);
         table!(QUEUE_TAGS);
-        for e in txn.open_table(BODY_REF).unwrap().iter().unwrap() {
+        for e in txn.open_table(STATE).unwrap().iter().unwrap() {
             let (k, v) = e.unwrap();
-            let body = db.bodies.read(BodyRef::from_tuple(v.value())).unwrap();
-            out.push(format!("body {:?} = {body:?}", k.value()));
+            if let Some(r) = decode_state(v.value()).unwrap().body {
+                let body = db.bodies.read(r).unwrap();
+                out.push(format!("body {:?} = {body:?}", k.value()));
+            }
         }
         out
     }
@@ -2668,7 +2684,6 @@ pub(crate) mod tests {
     fn check_rows(db: &Db, qid: u64) -> std::collections::BTreeMap<u64, MessageState> {
         let txn = db.begin_read().unwrap();
         let state = txn.open_table(STATE).unwrap();
-        let body = txn.open_table(BODY_REF).unwrap();
         let visible = txn.open_table(VISIBLE).unwrap();
         let stats = txn.open_table(STATS).unwrap();
         let msgs: std::collections::BTreeMap<u64, MessageState> = state
@@ -2676,15 +2691,12 @@ pub(crate) mod tests {
             .unwrap()
             .map(|e| {
                 let (k, v) = e.unwrap();
-                (k.value().1, decode("state", v.value()).unwrap())
+                (k.value().1, decode_state(v.value()).unwrap())
             })
             .collect();
-        let bodies: Vec<u64> = body
-            .range((qid, 0)..=(qid, u64::MAX))
-            .unwrap()
-            .map(|e| e.unwrap().0.value().1)
-            .collect();
-        assert_eq!(bodies, msgs.keys().copied().collect::<Vec<_>>());
+        for (seq, st) in &msgs {
+            assert!(st.body.is_some(), "message {seq} has no body");
+        }
         check_files(db);
         let mut vis: Vec<(u64, u64, u8)> = visible
             .range((qid, 0, 0)..=(qid, u64::MAX, u64::MAX))
@@ -2789,13 +2801,16 @@ pub(crate) mod tests {
         // Turn the first message's body into a format-3 row.
         let txn = db.begin_write().unwrap();
         {
-            let mut refs = txn.open_table(BODY_REF).unwrap();
-            let (key, r) = {
-                let (k, v) = refs.iter().unwrap().next().unwrap().unwrap();
-                (k.value(), BodyRef::from_tuple(v.value()))
+            let mut states = txn.open_table(STATE).unwrap();
+            let (key, mut st) = {
+                let (k, v) = states.iter().unwrap().next().unwrap().unwrap();
+                (k.value(), decode_state(v.value()).unwrap())
             };
             assert_eq!(key.1, old);
-            refs.remove(key).unwrap();
+            let r = st.body.take().unwrap();
+            let mut row = Vec::new();
+            encode_state(&st, &mut row);
+            states.insert(key, row.as_slice()).unwrap();
             let stored = db.bodies.read(r).unwrap().unwrap();
             txn.open_table(BODY)
                 .unwrap()
@@ -2820,7 +2835,79 @@ pub(crate) mod tests {
         check_files(&db);
         let txn = db.begin_read().unwrap();
         assert!(txn.open_table(BODY).unwrap().is_empty().unwrap());
-        assert!(txn.open_table(BODY_REF).unwrap().is_empty().unwrap());
+        assert!(txn.open_table(STATE).unwrap().is_empty().unwrap());
+    }
+
+    /// A database of format 4 keeps body references in their own table: opening it moves
+    /// them into the state rows, a transaction at a time, and a crash between two leaves
+    /// what the next open finishes. Nothing changes but where the references are.
+    #[test]
+    fn format_4_body_references_move_into_the_states() {
+        let (dir, db) = db();
+        let path = dir.path().join("t.redb");
+        let txn = db.begin_write().unwrap();
+        crate::store::prepare(&txn, &path).unwrap();
+        txn.commit().unwrap();
+        ok(&db, 1, create("q"));
+        let names: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        ok(&db, 1, send("q", &names));
+        deliveries(ok(&db, 2, receive("q", 3, None)));
+        let before = dump(&db);
+        // Write the rows as format 4 did.
+        let txn = db.begin_write().unwrap();
+        {
+            let mut states = txn.open_table(STATE).unwrap();
+            let mut refs = txn.open_table(BODY_REF).unwrap();
+            let rows: Vec<((u64, u64), MessageState)> = states
+                .iter()
+                .unwrap()
+                .map(|e| {
+                    let (k, v) = e.unwrap();
+                    (k.value(), decode_state(v.value()).unwrap())
+                })
+                .collect();
+            assert_eq!(rows.len(), 10);
+            for (k, mut st) in rows {
+                refs.insert(k, st.body.take().unwrap().to_tuple()).unwrap();
+                states.insert(k, encode(&st).as_slice()).unwrap();
+            }
+            txn.open_table(SYSTEM)
+                .unwrap()
+                .insert("format_version", 4)
+                .unwrap();
+        }
+        txn.commit().unwrap();
+        assert_ne!(dump(&db), before);
+
+        let txn = db.begin_write().unwrap();
+        crate::store::prepare(&txn, &path).unwrap();
+        txn.commit().unwrap();
+        let version = |db: &Db| {
+            let txn = db.begin_read().unwrap();
+            let v = txn
+                .open_table(SYSTEM)
+                .unwrap()
+                .get("format_version")
+                .unwrap();
+            v.map(|v| v.value())
+        };
+        assert_eq!(version(&db), Some(FORMAT_VERSION));
+        // One step, then a crash: the next open moves the rest.
+        assert_eq!(crate::store::upgrade_step(&db, 4).unwrap(), Some(4));
+        assert_eq!(crate::store::upgrade_refs(&db).unwrap(), 6);
+        assert_eq!(crate::store::upgrade_refs(&db).unwrap(), 0);
+        {
+            let txn = db.begin_read().unwrap();
+            assert!(matches!(
+                txn.open_table(BODY_REF),
+                Err(redb::TableError::TableDoesNotExist(_))
+            ));
+        }
+        assert_eq!(dump(&db), before);
+        check_rows(&db, 1);
+        let got = deliveries(ok(&db, 3, receive("q", 10, None)));
+        assert_eq!(bodies(&got), &names[3..]);
     }
 
     /// The live counts of the body files are those of the references and every referenced
@@ -2831,8 +2918,10 @@ pub(crate) mod tests {
         let mut want: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
         let mut seen = Vec::new();
         let txn = db.begin_read().unwrap();
-        for e in txn.open_table(BODY_REF).unwrap().iter().unwrap() {
-            let r = BodyRef::from_tuple(e.unwrap().1.value());
+        for e in txn.open_table(STATE).unwrap().iter().unwrap() {
+            let Some(r) = decode_state(e.unwrap().1.value()).unwrap().body else {
+                continue;
+            };
             let body = db.bodies.read(r).unwrap().expect("the file is there");
             assert_eq!(body.len(), r.len as usize);
             seen.push((r, body));

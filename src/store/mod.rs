@@ -55,7 +55,7 @@ pub enum StoreError {
     },
     /// The database was written by an earlier development build whose format this one
     /// does not convert.
-    #[error("{path}: on-disk format version {found} was written by an earlier development build; this build reads versions 3 and {FORMAT_VERSION}. Move the data directory aside and start from an empty one")]
+    #[error("{path}: on-disk format version {found} was written by an earlier development build; this build reads versions 3 to {FORMAT_VERSION}. Move the data directory aside and start from an empty one")]
     OldFormat {
         /// Database file.
         path: PathBuf,
@@ -196,7 +196,6 @@ pub fn peek(
         let qid = rec.id;
         let visible = txn.open_table(VISIBLE)?;
         let state = txn.open_table(STATE)?;
-        let refs = txn.open_table(BODY_REF)?;
         let body = txn.open_table(BODY)?;
         let groups = txn.open_table(MSG_GROUP).ok();
         let mut out = Vec::new();
@@ -210,13 +209,12 @@ pub fn peek(
             let Some(st) = state.get((qid, seq))? else {
                 continue;
             };
-            let st: MessageState = decode("message_state", st.value())?;
+            let st = decode_state(st.value())?;
             if st.sent_ms.saturating_add(rec.config.retention_ms) <= now_ms {
                 continue;
             }
-            let stored = match refs.get((qid, seq))? {
+            let stored = match st.body {
                 Some(r) => {
-                    let r = bodies::BodyRef::from_tuple(r.value());
                     match bodies.read(r).map_err(|e| body_unreadable(r, e))? {
                         Some(b) => b,
                         None => continue, // received and deleted since this view
@@ -311,8 +309,11 @@ pub fn prepare(txn: &WriteTransaction, path: &std::path::Path) -> Result<(), Sto
                     found: v,
                 })
             }
-            // Format 3 differs only in where new bodies go: its body rows stay readable.
-            Some(3) => {
+            // Format 3 differs from 4 only in where new bodies go: its body rows stay
+            // readable. Format 4's body references move into the state rows
+            // ([`upgrade_refs`], after this transaction); the version changes first, so a
+            // build before 5 never opens a database half moved.
+            Some(3 | 4) => {
                 sys.insert("format_version", FORMAT_VERSION)?;
             }
             Some(v) if v < FORMAT_VERSION => {
@@ -329,6 +330,74 @@ pub fn prepare(txn: &WriteTransaction, path: &std::path::Path) -> Result<(), Sto
     }
     machine::create_tables(txn)?;
     Ok(())
+}
+
+/// Body references moved per transaction by [`upgrade_refs`].
+const UPGRADE_BATCH: usize = 50_000;
+
+/// Moves the rows of [`BODY_REF`] (formats 3 and 4) into the [`STATE`] rows of their
+/// messages, [`UPGRADE_BATCH`] per transaction, then drops the table; returns how many
+/// moved. Run at open, after [`prepare`]. A crash in between leaves some rows moved and
+/// the rest in place, and the next open goes on: each transaction moves rows and removes
+/// them together.
+pub fn upgrade_refs(db: &redb::Database) -> Result<u64, StoreError> {
+    let mut moved = 0u64;
+    while let Some(n) = upgrade_step(db, UPGRADE_BATCH)? {
+        moved += n;
+        tracing::info!(
+            moved,
+            "upgrading to format {FORMAT_VERSION}: moving body references"
+        );
+    }
+    if moved > 0 {
+        tracing::info!(moved, "body references moved into the message states");
+    }
+    Ok(moved)
+}
+
+/// One transaction of [`upgrade_refs`]: moves up to `batch` rows and says how many, or
+/// drops the emptied table and says `None`.
+pub(crate) fn upgrade_step(db: &redb::Database, batch: usize) -> Result<Option<u64>, StoreError> {
+    let txn = db.begin_write()?;
+    let rows: Vec<((u64, u64), bodies::BodyRef)> = match txn.open_table(BODY_REF) {
+        Ok(refs) => refs
+            .iter()?
+            .take(batch)
+            .map(|e| e.map(|(k, v)| (k.value(), bodies::BodyRef::from_tuple(v.value()))))
+            .collect::<Result<_, _>>()?,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let (Some(&(first, _)), Some(&(last, _))) = (rows.first(), rows.last()) else {
+        txn.delete_table(BODY_REF)?;
+        txn.commit()?;
+        return Ok(None);
+    };
+    {
+        let mut state = txn.open_table(STATE)?;
+        let mut buf = Vec::with_capacity(48);
+        for &((qid, seq), r) in &rows {
+            let Some(st) = state.get((qid, seq))?.map(|v| decode_state(v.value())) else {
+                // No message refers to this body: nothing to move.
+                tracing::warn!(
+                    queue_id = qid,
+                    seq,
+                    "a body reference without a message state is dropped"
+                );
+                continue;
+            };
+            let mut st = st?;
+            st.body = Some(r);
+            buf.clear();
+            encode_state(&st, &mut buf);
+            state.insert((qid, seq), buf.as_slice())?;
+        }
+        // The rows moved are the table's first, so this removes exactly them.
+        txn.open_table(BODY_REF)?
+            .retain_in(first..=last, |_, _| false)?;
+    }
+    txn.commit()?;
+    Ok(Some(rows.len() as u64))
 }
 
 /// The read-only answer to a receive when nothing is visible now: no deliveries, when the
@@ -386,7 +455,7 @@ pub fn expiry_due(txn: &ReadTransaction, now_ms: u64) -> Result<bool, StoreError
         // Messages are stored in send order, so the oldest is the first.
         if let Some(first) = state.range((rec.id, 0)..=(rec.id, u64::MAX))?.next() {
             let (_, st) = first?;
-            let st: MessageState = decode("message_state", st.value())?;
+            let st = decode_state(st.value())?;
             if st.sent_ms.saturating_add(rec.config.retention_ms) <= now_ms {
                 return Ok(true);
             }

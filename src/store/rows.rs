@@ -11,8 +11,7 @@ use std::ops::Bound;
 
 use redb::{CursorError, Key, Table, Value};
 
-use super::bodies::BodyRef;
-use super::schema::MessageState;
+use super::schema::{encode_state, MessageState};
 use super::ApplyError;
 
 /// Two keys to remove whose sequence numbers are at most this far apart are removed by
@@ -189,7 +188,7 @@ impl ChangedStates {
             return Ok(());
         }
         self.rows.sort_unstable_by_key(|&(s, _)| s);
-        let mut buf = Vec::with_capacity(self.rows.len() * 16);
+        let mut buf = Vec::with_capacity(self.rows.len() * 40);
         let mut ends = Vec::with_capacity(self.rows.len());
         for (_, st) in &self.rows {
             encode_state(st, &mut buf);
@@ -201,25 +200,14 @@ impl ChangedStates {
     }
 }
 
-/// Appends the stored encoding of `st` to `buf`.
-fn encode_state(st: &MessageState, buf: &mut Vec<u8>) {
-    let mut b = [0u8; 64];
-    match postcard::to_slice(st, &mut b) {
-        Ok(b) => buf.extend_from_slice(b),
-        // More than 64 bytes cannot happen for this type; encode it the slow way.
-        Err(_) => buf.extend_from_slice(&super::schema::encode(st)),
-    }
-}
-
 /// The rows of messages a command adds to one queue, written at its end.
 pub(crate) struct NewRows {
     /// Sequence numbers, ascending.
     seqs: Vec<u64>,
-    /// Encoded [`MessageState`]s back to back, and where each ends.
+    /// Encoded [`MessageState`]s (with their body references) back to back, and where
+    /// each ends.
     states: Vec<u8>,
     state_ends: Vec<usize>,
-    /// Where each body is, in the body files.
-    bodies: Vec<BodyRef>,
     /// `(visible_at, seq)` of the VISIBLE entries.
     visible: Vec<(u64, u64)>,
 }
@@ -229,20 +217,18 @@ impl NewRows {
     pub(crate) fn with_capacity(n: usize) -> Self {
         Self {
             seqs: Vec::with_capacity(n),
-            states: Vec::with_capacity(n * 16),
+            states: Vec::with_capacity(n * 40),
             state_ends: Vec::with_capacity(n),
-            bodies: Vec::with_capacity(n),
             visible: Vec::with_capacity(n),
         }
     }
 
-    /// Adds message `seq`, whose body is at `body`.
-    pub(crate) fn push(&mut self, seq: u64, st: &MessageState, body: BodyRef) {
+    /// Adds message `seq` (whose state says where its body is).
+    pub(crate) fn push(&mut self, seq: u64, st: &MessageState) {
         debug_assert!(self.seqs.last().is_none_or(|&s| s < seq));
         self.seqs.push(seq);
         encode_state(st, &mut self.states);
         self.state_ends.push(self.states.len());
-        self.bodies.push(body);
         self.visible.push((st.visible_at, seq));
     }
 
@@ -251,12 +237,11 @@ impl NewRows {
         starts.zip(ends.iter().copied()).map(|(a, b)| &buf[a..b])
     }
 
-    /// Writes the rows: message states, body references and VISIBLE entries of queue `qid`.
+    /// Writes the rows: message states and VISIBLE entries of queue `qid`.
     pub(crate) fn write(
         mut self,
         qid: u64,
         state: &mut Table<'_, (u64, u64), &'static [u8]>,
-        refs: &mut Table<'_, (u64, u64), (u64, u64, u32)>,
         visible: &mut Table<'_, (u64, u64, u64), u8>,
     ) -> Result<(), ApplyError> {
         if self.seqs.is_empty() {
@@ -267,7 +252,6 @@ impl NewRows {
             state,
             keys().zip(Self::slices(&self.states, &self.state_ends)),
         )?;
-        insert_sorted(refs, keys().zip(self.bodies.iter().map(|r| r.to_tuple())))?;
         self.visible.sort_unstable();
         insert_sorted(
             visible,

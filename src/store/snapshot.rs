@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use redb::{ReadTransaction, ReadableTable, Table, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use super::bodies::{Bodies, BodyPin, BodyRef};
+use super::bodies::{Bodies, BodyPin};
 use super::schema::*;
 use super::StoreError;
 
@@ -24,10 +24,13 @@ pub enum Chunk {
     Names(Vec<(u64, String)>),
     /// [`STATS`].
     Stats(Vec<(u64, (u64, u64, u64))>),
-    /// [`STATE`].
+    /// [`STATE`]. A row's body reference, if any, names a body file of the sender and is
+    /// not loaded: the [`Chunk::Body`] chunks that follow give each message its body.
     State(Vec<((u64, u64), Vec<u8>)>),
-    /// Message bodies by value: the rows of [`BODY`], and the bodies [`BODY_REF`] points
-    /// to in the body files (which are local to each replica).
+    /// Message bodies by value: the rows of [`BODY`], and the bodies the state rows point
+    /// to in the body files (which are local to each replica). They follow every
+    /// [`Chunk::State`] chunk. (Format 4 sent the bodies of [`BODY_REF`], in the same
+    /// place.)
     Body(Vec<((u64, u64), Vec<u8>)>),
     /// [`VISIBLE`].
     Visible(Vec<((u64, u64, u64), u8)>),
@@ -124,23 +127,27 @@ pub fn for_each_chunk<E: From<StoreError>>(
     Ok(())
 }
 
-/// Streams the bodies [`BODY_REF`] points to, by value, as [`Chunk::Body`].
+/// Streams the bodies the state rows point to, by value, as [`Chunk::Body`].
 fn stream_bodies<E: From<StoreError>>(
     txn: &ReadTransaction,
     bodies: &BodyPin,
     max_bytes: usize,
     f: &mut impl FnMut(Chunk) -> Result<(), E>,
 ) -> Result<(), E> {
-    let refs = match txn.open_table(BODY_REF) {
+    let states = match txn.open_table(STATE) {
         Ok(t) => t,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
         Err(e) => return Err(StoreError::from(e).into()),
     };
     let mut rows = Vec::new();
     let mut bytes = 0usize;
-    for e in refs.iter().map_err(StoreError::from)? {
+    for e in states.iter().map_err(StoreError::from)? {
         let (k, v) = e.map_err(StoreError::from)?;
-        let r = BodyRef::from_tuple(v.value());
+        // A state that does not decode is sent as it is, without a body: the receiver's
+        // commands fail on it as the sender's do.
+        let Some(r) = decode_state(v.value()).ok().and_then(|st| st.body) else {
+            continue;
+        };
         let body = bodies
             .read(r)
             .map_err(|e| super::body_unreadable(r, e))?
@@ -177,7 +184,7 @@ pub fn clear(txn: &WriteTransaction) -> Result<(), StoreError> {
     clear_table(&mut txn.open_table(STATS)?)?;
     clear_table(&mut txn.open_table(STATE)?)?;
     clear_table(&mut txn.open_table(BODY)?)?;
-    clear_table(&mut txn.open_table(BODY_REF)?)?;
+    txn.delete_table(BODY_REF)?;
     clear_table(&mut txn.open_table(BODY_FILES)?)?;
     clear_table(&mut txn.open_table(VISIBLE)?)?;
     clear_table(&mut txn.open_table(SYSTEM)?)?;
@@ -208,20 +215,30 @@ impl<'a> Loader<'a> {
         }
     }
 
-    /// Writes the rows of one chunk.
+    /// Writes the rows of one chunk. A body goes to the body files, and its message's
+    /// state row, loaded before, says where; a body without a state row is dropped.
     pub fn chunk(&mut self, txn: &WriteTransaction, c: &Chunk) -> Result<(), StoreError> {
         let Chunk::Body(rows) = c else {
             return load_chunk(txn, c);
         };
-        let mut t = txn.open_table(BODY_REF)?;
+        let mut t = txn.open_table(STATE)?;
+        let mut buf = Vec::with_capacity(48);
         for (k, v) in rows {
+            let st = t.get(*k)?.map(|s| decode_state(s.value()));
+            let Some(Ok(mut st)) = st else {
+                // No message, or one whose state does not decode: it has no use for it.
+                continue;
+            };
             if self.bodies.full() {
                 self.bodies
                     .roll()
                     .map_err(|e| StoreError::Bodies(format!("starting the next body file: {e}")))?;
             }
             let r = self.bodies.append(|buf| buf.extend_from_slice(v));
-            t.insert(*k, r.to_tuple())?;
+            st.body = Some(r);
+            buf.clear();
+            encode_state(&st, &mut buf);
+            t.insert(*k, buf.as_slice())?;
             let e = self.live.entry(r.file).or_default();
             e.0 += 1;
             e.1 += u64::from(r.len);
@@ -268,7 +285,12 @@ pub fn load_chunk(txn: &WriteTransaction, c: &Chunk) -> Result<(), StoreError> {
         Chunk::State(rows) => {
             let mut t = txn.open_table(STATE)?;
             for (k, v) in rows {
-                t.insert(*k, v.as_slice())?;
+                // The sender's body reference means nothing here (see [`Chunk::State`]).
+                // A row that does not decode is kept as it came.
+                match strip_body_ref(v) {
+                    Ok(row) => t.insert(*k, row.as_slice())?,
+                    Err(_) => t.insert(*k, v.as_slice())?,
+                };
             }
         }
         Chunk::Body(rows) => {
@@ -370,6 +392,85 @@ mod tests {
         out
     }
 
+    /// The chunks with the body references cut from the state rows.
+    fn without_refs(c: &[Chunk]) -> Vec<Chunk> {
+        c.iter()
+            .map(|c| match c {
+                Chunk::State(rows) => Chunk::State(
+                    rows.iter()
+                        .map(|(k, v)| (*k, strip_body_ref(v).unwrap()))
+                        .collect(),
+                ),
+                c => c.clone(),
+            })
+            .collect()
+    }
+
+    /// Loads `sent` into `b` as a Raft snapshot install does.
+    fn install(b: &Db, sent: &[Chunk]) {
+        let txn = b.begin_write().unwrap();
+        clear(&txn).unwrap();
+        b.bodies.roll().unwrap();
+        let old = b.bodies.all_but_active();
+        let mut load = Loader::new(&b.bodies);
+        for c in sent {
+            let bytes = postcard::to_allocvec(c).unwrap();
+            load.chunk(&txn, &postcard::from_bytes(&bytes).unwrap())
+                .unwrap();
+        }
+        load.finish(&txn).unwrap();
+        b.bodies.sync().unwrap();
+        txn.commit().unwrap();
+        b.bodies.retire(old);
+        b.bodies.durable();
+    }
+
+    /// A node of format 4 sends state rows without body references, and the bodies after
+    /// them: the rows loaded from it are those a format-5 sender gives.
+    #[test]
+    fn a_format_4_snapshot_loads_with_its_bodies() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = Db::open(da.path(), crate::store::bodies::FILE_BYTES);
+        let b = Db::open(db.path(), crate::store::bodies::FILE_BYTES);
+        run(
+            &a,
+            1,
+            Command::CreateQueue {
+                name: "q".into(),
+                patch: QueuePatch::default(),
+            },
+        );
+        run(
+            &a,
+            2,
+            Command::Send {
+                queue: "q".into(),
+                messages: (0..20).map(|i| SendEntry::new(format!("m{i}"))).collect(),
+            },
+        );
+        let sent = chunks(&a, 256);
+        let old = without_refs(&sent);
+        assert_ne!(old, sent);
+        install(&b, &old);
+        check_files(&b);
+        assert_eq!(
+            without_refs(&chunks(&b, usize::MAX)),
+            without_refs(&chunks(&a, usize::MAX))
+        );
+        // Every message has its body back, by value.
+        let bodies = |c: &[Chunk]| -> Vec<((u64, u64), Vec<u8>)> {
+            c.iter()
+                .filter_map(|c| match c {
+                    Chunk::Body(r) => Some(r.clone()),
+                    _ => None,
+                })
+                .flatten()
+                .collect()
+        };
+        assert_eq!(bodies(&chunks(&b, 256)), bodies(&sent));
+        assert_eq!(bodies(&sent).len(), 20);
+    }
+
     fn rows(c: &[Chunk]) -> usize {
         c.iter()
             .map(|c| match c {
@@ -461,26 +562,14 @@ mod tests {
         // Tiny chunks: every table is split, and each chunk survives encoding.
         let sent = chunks(&a, 64);
         assert!(sent.len() > 7, "{} chunks", sent.len());
-        let txn = b.begin_write().unwrap();
-        clear(&txn).unwrap();
-        b.bodies.roll().unwrap();
-        let old = b.bodies.all_but_active();
-        let mut load = Loader::new(&b.bodies);
-        for c in &sent {
-            let bytes = postcard::to_allocvec(c).unwrap();
-            load.chunk(&txn, &postcard::from_bytes(&bytes).unwrap())
-                .unwrap();
-        }
-        load.finish(&txn).unwrap();
-        b.bodies.sync().unwrap();
-        txn.commit().unwrap();
-        b.bodies.retire(old);
-        b.bodies.durable();
+        install(&b, &sent);
         check_files(&b);
         assert!(b.bodies.active() > 3, "the load sealed files");
         let big = chunks(&b, usize::MAX);
         assert_eq!(rows(&big), rows(&sent));
-        assert_eq!(big, chunks(&a, usize::MAX));
+        // The body references differ (b's files are small); everything else is equal.
+        assert_eq!(without_refs(&big), without_refs(&chunks(&a, usize::MAX)));
+        assert_ne!(big, chunks(&a, usize::MAX), "b's bodies are in other files");
         assert!(big
             .iter()
             .any(|c| matches!(c, Chunk::State(r) if r.len() == 50)));

@@ -256,14 +256,33 @@ async fn logs_kept_in_redb_by_an_earlier_version_are_imported_at_start() {
 /// new ones; new bodies go to the body files.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_kept_in_redb_by_format_3_are_delivered_after_the_upgrade() {
-    use mqd::store::schema::{BODY, BODY_FILES, BODY_META, BODY_REF, SYSTEM};
+    older_format_is_upgraded_and_delivers_everything(3).await;
+}
+
+/// A node whose shards were written by format 4, which kept body references in a table of
+/// their own, starts, moves them into the message states, and delivers and removes every
+/// message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_references_of_format_4_are_moved_and_delivered_after_the_upgrade() {
+    older_format_is_upgraded_and_delivers_everything(4).await;
+}
+
+/// Turns a stopped node's shards back into format `version` (3: bodies in
+/// `message_body` rows and no body files; 4: body references in `message_body_ref`),
+/// restarts it, and checks every message is delivered and removed, and that the shards
+/// are of this build's format afterwards, with nothing left in the old tables.
+async fn older_format_is_upgraded_and_delivers_everything(version: u64) {
+    use mqd::store::schema::{
+        decode_state, encode_state, BODY, BODY_FILES, BODY_META, BODY_REF, FORMAT_VERSION, STATE,
+        SYSTEM,
+    };
     use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
     use std::os::unix::fs::FileExt;
 
+    let queue = format!("old{version}");
     let bodies: Vec<String> = (0..40).map(|i| format!("old-{i}")).collect();
-    let mut node = filled_and_stopped("old", &bodies).await;
+    let mut node = filled_and_stopped(&queue, &bodies).await;
 
-    // Every shard back to format 3: bodies in `message_body` rows, no body files.
     let mut moved = 0;
     for e in std::fs::read_dir(node.dir()).unwrap() {
         let path = e.unwrap().path();
@@ -274,47 +293,66 @@ async fn bodies_kept_in_redb_by_format_3_are_delivered_after_the_upgrade() {
         let db = redb::Database::create(&path).unwrap();
         let txn = db.begin_write().unwrap();
         {
-            let mut refs = txn.open_table(BODY_REF).unwrap();
+            let mut states = txn.open_table(STATE).unwrap();
             let mut rows = txn.open_table(BODY).unwrap();
-            for e in refs.iter().unwrap() {
-                let (k, v) = e.unwrap();
-                let (file, offset, len) = v.value();
-                let f = std::fs::File::open(files.join(format!("{file:016}.body"))).unwrap();
-                let mut body = vec![0u8; len as usize];
-                f.read_exact_at(&mut body, offset).unwrap();
-                rows.insert(k.value(), body.as_slice()).unwrap();
+            let mut refs = txn.open_table(BODY_REF).unwrap();
+            let all: Vec<_> = states
+                .iter()
+                .unwrap()
+                .map(|e| {
+                    let (k, v) = e.unwrap();
+                    (k.value(), decode_state(v.value()).unwrap())
+                })
+                .collect();
+            for (k, mut st) in all {
+                let r = st.body.take().expect("a body reference");
+                if version == 3 {
+                    let f =
+                        std::fs::File::open(files.join(format!("{:016}.body", r.file))).unwrap();
+                    let mut body = vec![0u8; r.len as usize];
+                    f.read_exact_at(&mut body, r.offset).unwrap();
+                    rows.insert(k, body.as_slice()).unwrap();
+                } else {
+                    refs.insert(k, r.to_tuple()).unwrap();
+                }
+                let mut row = Vec::new();
+                encode_state(&st, &mut row);
+                states.insert(k, row.as_slice()).unwrap();
                 moved += 1;
             }
-            refs.retain(|_, _| false).unwrap();
         }
-        txn.delete_table(BODY_REF).unwrap();
-        txn.delete_table(BODY_FILES).unwrap();
-        txn.delete_table(BODY_META).unwrap();
+        if version == 3 {
+            txn.delete_table(BODY_REF).unwrap();
+            txn.delete_table(BODY_FILES).unwrap();
+            txn.delete_table(BODY_META).unwrap();
+        }
         txn.open_table(SYSTEM)
             .unwrap()
-            .insert("format_version", 3)
+            .insert("format_version", version)
             .unwrap();
         txn.commit().unwrap();
         drop(db);
-        std::fs::remove_dir_all(&files).unwrap();
+        if version == 3 {
+            std::fs::remove_dir_all(&files).unwrap();
+        }
     }
     assert_eq!(moved, 40);
 
     node.restart();
     let c = node.client().await;
-    c.send("old", vec![SendEntry::new("new-0")]).await.unwrap();
-    let (got, seen) = receive_all(&c, "old").await;
+    c.send(&queue, vec![SendEntry::new("new-0")]).await.unwrap();
+    let (got, seen) = receive_all(&c, &queue).await;
     let mut want = bodies.clone();
     want.push("new-0".into());
     assert_eq!(seen, sorted(want));
     let receipts: Vec<_> = got.iter().map(|d| d.receipt).collect();
-    c.ack("old", receipts).await.unwrap();
+    c.ack(&queue, receipts).await.unwrap();
     assert!(c
-        .receive("old", 10, None, Some(0))
+        .receive(&queue, 10, None, Some(0))
         .await
         .unwrap()
         .is_empty());
-    // The upgraded shards are format 4 now.
+    // The upgraded shards are of this build's format now.
     drop(c);
     assert!(node.terminate(), "a clean stop");
     for e in std::fs::read_dir(node.dir()).unwrap() {
@@ -329,8 +367,19 @@ async fn bodies_kept_in_redb_by_format_3_are_delivered_after_the_upgrade() {
             .unwrap()
             .get("format_version")
             .unwrap();
-        assert_eq!(v.map(|v| v.value()), Some(4), "{}", path.display());
+        assert_eq!(
+            v.map(|v| v.value()),
+            Some(FORMAT_VERSION),
+            "{}",
+            path.display()
+        );
         assert!(txn.open_table(BODY).unwrap().is_empty().unwrap());
+        assert!(txn.open_table(STATE).unwrap().is_empty().unwrap());
+        assert!(
+            txn.open_table(BODY_REF).is_err(),
+            "{}: the old table is gone",
+            path.display()
+        );
     }
 }
 

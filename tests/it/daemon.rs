@@ -103,7 +103,7 @@ fn data_of_the_previous_format_version_is_refused_with_what_to_do() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains(".redb: on-disk format version 2 was written by an earlier development build")
-            && err.contains("this build reads versions 3 and 4")
+            && err.contains("this build reads versions 3 to 5")
             && err.contains("Move the data directory aside"),
         "{err}"
     );
