@@ -5,7 +5,7 @@
 //! found its page dirty, and left the leaf to be rewritten when it went. Measured with
 //! batched sends, that was two thirds of the state machine's work (docs/BENCHMARKS.md).
 //! Here a body is appended once to the shard's active body file, and the
-//! [`BODY_REF`](super::schema::BODY_REF) row of its message says where it is.
+//! [`STATE`](super::schema::STATE) row of its message says where it is.
 //!
 //! **Files.** `<shard>.bodies/NNNNNNNNNNNNNNNN.body`, numbered from 1. The active file
 //! takes appends until it passes [`FILE_BYTES`]; then it is synced and sealed, and the
@@ -47,7 +47,7 @@ pub const FILE_BYTES: u64 = 64 * 1024 * 1024;
 /// reference is paid for by at least this many files' worth of disk given back.
 pub const COMPACT_AFTER: usize = 2;
 
-/// References a compaction visits per transaction.
+/// Messages (state rows) a compaction visits per transaction.
 pub const COMPACT_ROWS: usize = 4096;
 
 /// The buffer is written to the file once it holds this many bytes, durable commit or
@@ -66,11 +66,11 @@ pub struct BodyRef {
 }
 
 impl BodyRef {
-    /// The row value in [`BODY_REF`](super::schema::BODY_REF).
+    /// The row value in [`BODY_REF`](super::schema::BODY_REF) (formats 3 and 4).
     pub fn to_tuple(self) -> (u64, u64, u32) {
         (self.file, self.offset, self.len)
     }
-    /// From a row value of [`BODY_REF`](super::schema::BODY_REF).
+    /// From a row value of [`BODY_REF`](super::schema::BODY_REF) (formats 3 and 4).
     pub fn from_tuple((file, offset, len): (u64, u64, u32)) -> Self {
         Self { file, offset, len }
     }
@@ -110,7 +110,7 @@ struct Writer {
     /// Files no longer referred to by the committed state, deleted after the next
     /// durable commit.
     retired: Vec<u64>,
-    /// A compaction in progress: the files it empties and the next reference to visit.
+    /// A compaction in progress: the files it empties and the next message to visit.
     compaction: Option<Compaction>,
 }
 
