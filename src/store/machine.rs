@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use bytes::Bytes;
-use redb::{ReadableTable, Table, WriteTransaction};
+use redb::{Key, ReadableTable, Table, TableDefinition, Value, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::bodies::{self, Bodies, BodyRef, Compaction};
@@ -230,23 +230,51 @@ pub struct Effects {
     pub catalog: bool,
 }
 
-/// The shard's tables, opened once per transaction.
+/// A table opened the first time a command of the transaction uses it. Opening one looks
+/// it up in the transaction's table tree; most commands use a few of the shard's tables.
+struct Lazy<'txn, K: Key + 'static, V: Value + 'static> {
+    txn: &'txn WriteTransaction,
+    def: TableDefinition<'static, K, V>,
+    table: Option<Table<'txn, K, V>>,
+}
+
+impl<'txn, K: Key + 'static, V: Value + 'static> Lazy<'txn, K, V> {
+    fn new(txn: &'txn WriteTransaction, def: TableDefinition<'static, K, V>) -> Self {
+        Self {
+            txn,
+            def,
+            table: None,
+        }
+    }
+
+    /// The table, opened now if this is its first use.
+    fn open(&mut self) -> Result<&mut Table<'txn, K, V>, ApplyError> {
+        let t = match self.table.take() {
+            Some(t) => t,
+            None => self.txn.open_table(self.def).map_err(redb::Error::from)?,
+        };
+        Ok(self.table.insert(t))
+    }
+}
+
+/// The shard's tables for one transaction: those nearly every command uses opened at
+/// once, the others ([`Lazy`]) when first used.
 pub struct Tables<'txn> {
     queues: Table<'txn, &'static str, &'static [u8]>,
-    names: Table<'txn, u64, &'static str>,
+    names: Lazy<'txn, u64, &'static str>,
     stats: Table<'txn, u64, (u64, u64, u64)>,
     state: Table<'txn, (u64, u64), &'static [u8]>,
     body: Table<'txn, (u64, u64), &'static [u8]>,
     visible: Table<'txn, (u64, u64, u64), u8>,
-    system: Table<'txn, &'static str, u64>,
-    placement: Table<'txn, &'static str, u32>,
-    dedup: Table<'txn, (u64, &'static str), (u64, u64)>,
-    dedup_expiry: Table<'txn, (u64, u64, &'static str), u8>,
-    users: Table<'txn, &'static str, &'static [u8]>,
-    groups: Table<'txn, (u64, u64), &'static str>,
-    fifo: Table<'txn, (u64, &'static str, u64), u8>,
-    audit: Table<'txn, u64, &'static [u8]>,
-    tags: Table<'txn, (u64, &'static str), &'static str>,
+    system: Lazy<'txn, &'static str, u64>,
+    placement: Lazy<'txn, &'static str, u32>,
+    dedup: Lazy<'txn, (u64, &'static str), (u64, u64)>,
+    dedup_expiry: Lazy<'txn, (u64, u64, &'static str), u8>,
+    users: Lazy<'txn, &'static str, &'static [u8]>,
+    groups: Lazy<'txn, (u64, u64), &'static str>,
+    fifo: Lazy<'txn, (u64, &'static str, u64), u8>,
+    audit: Lazy<'txn, u64, &'static [u8]>,
+    tags: Lazy<'txn, (u64, &'static str), &'static str>,
     files: Table<'txn, u64, (u64, u64)>,
     body_meta: Table<'txn, &'static str, u64>,
     /// Where new bodies go.
@@ -340,7 +368,8 @@ impl Finished {
 }
 
 impl<'txn> Tables<'txn> {
-    /// Opens (and on first use creates) every table; new bodies go to `bodies`.
+    /// Opens (and on first use creates) the tables nearly every command uses, and prepares
+    /// the others to open when first used; new bodies go to `bodies`.
     pub fn open(txn: &'txn WriteTransaction, bodies: &'txn Bodies) -> Result<Self, redb::Error> {
         let body = txn.open_table(BODY)?;
         let legacy = body.first()?.is_some();
@@ -357,19 +386,19 @@ impl<'txn> Tables<'txn> {
             answered: true,
             body,
             queues: txn.open_table(QUEUES)?,
-            names: txn.open_table(QUEUE_NAMES)?,
+            names: Lazy::new(txn, QUEUE_NAMES),
             stats: txn.open_table(STATS)?,
             state: txn.open_table(STATE)?,
             visible: txn.open_table(VISIBLE)?,
-            system: txn.open_table(SYSTEM)?,
-            placement: txn.open_table(PLACEMENT)?,
-            dedup: txn.open_table(DEDUP)?,
-            dedup_expiry: txn.open_table(DEDUP_EXPIRY)?,
-            users: txn.open_table(USERS)?,
-            groups: txn.open_table(MSG_GROUP)?,
-            fifo: txn.open_table(FIFO_ORDER)?,
-            audit: txn.open_table(AUDIT)?,
-            tags: txn.open_table(QUEUE_TAGS)?,
+            system: Lazy::new(txn, SYSTEM),
+            placement: Lazy::new(txn, PLACEMENT),
+            dedup: Lazy::new(txn, DEDUP),
+            dedup_expiry: Lazy::new(txn, DEDUP_EXPIRY),
+            users: Lazy::new(txn, USERS),
+            groups: Lazy::new(txn, MSG_GROUP),
+            fifo: Lazy::new(txn, FIFO_ORDER),
+            audit: Lazy::new(txn, AUDIT),
+            tags: Lazy::new(txn, QUEUE_TAGS),
         })
     }
 
@@ -382,9 +411,10 @@ impl<'txn> Tables<'txn> {
     }
 
     /// The message a dedup key stands for, if it is remembered and not expired at `now`.
-    fn dedup_hit(&self, qid: u64, key: &str, now: u64) -> Result<Option<u64>, ApplyError> {
+    fn dedup_hit(&mut self, qid: u64, key: &str, now: u64) -> Result<Option<u64>, ApplyError> {
         Ok(self
             .dedup
+            .open()?
             .get((qid, key))?
             .map(|v| v.value())
             .filter(|(_, expires)| *expires > now)
@@ -401,25 +431,32 @@ impl<'txn> Tables<'txn> {
     ) -> Result<(), ApplyError> {
         if let Some((_, old)) = self
             .dedup
+            .open()?
             .insert((qid, key), (seq, expires))?
             .map(|v| v.value())
         {
-            self.dedup_expiry.remove((old, qid, key))?;
+            self.dedup_expiry.open()?.remove((old, qid, key))?;
         }
-        self.dedup_expiry.insert((expires, qid, key), 0)?;
+        self.dedup_expiry.open()?.insert((expires, qid, key), 0)?;
         Ok(())
     }
 
     /// Forgets every dedup entry of a queue.
     fn dedup_forget_queue(&mut self, qid: u64) -> Result<(), ApplyError> {
         let mut rows = Vec::new();
-        for e in self.dedup.range((qid, "")..(qid.saturating_add(1), ""))? {
+        for e in self
+            .dedup
+            .open()?
+            .range((qid, "")..(qid.saturating_add(1), ""))?
+        {
             let (k, v) = e?;
             rows.push((k.value().1.to_string(), v.value().1));
         }
         for (key, expires) in rows {
-            self.dedup.remove((qid, key.as_str()))?;
-            self.dedup_expiry.remove((expires, qid, key.as_str()))?;
+            self.dedup.open()?.remove((qid, key.as_str()))?;
+            self.dedup_expiry
+                .open()?
+                .remove((expires, qid, key.as_str()))?;
         }
         Ok(())
     }
@@ -429,6 +466,7 @@ impl<'txn> Tables<'txn> {
         let mut doomed = Vec::new();
         for e in self
             .dedup_expiry
+            .open()?
             .range((0, 0, "")..(now.saturating_add(1), 0, ""))?
         {
             if doomed.len() as u64 >= max {
@@ -439,11 +477,17 @@ impl<'txn> Tables<'txn> {
             doomed.push((expires, qid, key.to_string()));
         }
         for (expires, qid, key) in &doomed {
-            self.dedup_expiry.remove((*expires, *qid, key.as_str()))?;
+            self.dedup_expiry
+                .open()?
+                .remove((*expires, *qid, key.as_str()))?;
             // The entry may have been renewed since (then its expiry differs): keep it.
-            let current = self.dedup.get((*qid, key.as_str()))?.map(|v| v.value().1);
+            let current = self
+                .dedup
+                .open()?
+                .get((*qid, key.as_str()))?
+                .map(|v| v.value().1);
             if current == Some(*expires) {
-                self.dedup.remove((*qid, key.as_str()))?;
+                self.dedup.open()?.remove((*qid, key.as_str()))?;
             }
         }
         Ok(doomed.len() as u64)
@@ -543,6 +587,7 @@ impl<'txn> Tables<'txn> {
         self.drop_body(qid, seq, &current)?;
         let group = self
             .groups
+            .open()?
             .remove((qid, seq))?
             .map(|g| g.value().to_string());
         let Some(group) = group else {
@@ -551,6 +596,7 @@ impl<'txn> Tables<'txn> {
         };
         if self
             .fifo
+            .open()?
             .remove((qid, group.as_str(), seq))?
             .map(|v| v.value())
             == Some(1)
@@ -730,14 +776,18 @@ impl<'txn> Tables<'txn> {
     }
 
     /// The group of a message of a FIFO queue.
-    fn group_of(&self, qid: u64, seq: u64) -> Result<Option<String>, ApplyError> {
-        Ok(self.groups.get((qid, seq))?.map(|g| g.value().to_string()))
+    fn group_of(&mut self, qid: u64, seq: u64) -> Result<Option<String>, ApplyError> {
+        Ok(self
+            .groups
+            .open()?
+            .get((qid, seq))?
+            .map(|g| g.value().to_string()))
     }
 
     /// The first message of `group` after `after` (or its first message), with its
     /// [`FIFO_ORDER`] flag.
     fn group_after(
-        &self,
+        &mut self,
         qid: u64,
         group: &str,
         after: Option<u64>,
@@ -745,6 +795,7 @@ impl<'txn> Tables<'txn> {
         let from = after.map_or(0, |s| s.saturating_add(1));
         let first = self
             .fifo
+            .open()?
             .range((qid, group, from)..=(qid, group, u64::MAX))?
             .next();
         Ok(match first {
@@ -765,7 +816,7 @@ impl<'txn> Tables<'txn> {
             self.visible
                 .insert((qid, st.visible_at, seq), u8::from(st.in_flight))?;
         }
-        self.fifo.insert((qid, group, seq), 1)?;
+        self.fifo.open()?.insert((qid, group, seq), 1)?;
         Ok(())
     }
 
@@ -793,8 +844,8 @@ impl<'txn> Tables<'txn> {
         let first = match group {
             Some(g) => {
                 let first = self.group_after(qid, g, None)?.is_none();
-                self.groups.insert((qid, seq), g)?;
-                self.fifo.insert((qid, g, seq), u8::from(first))?;
+                self.groups.open()?.insert((qid, seq), g)?;
+                self.fifo.open()?.insert((qid, g, seq), u8::from(first))?;
                 first
             }
             None => true,
@@ -1078,10 +1129,11 @@ pub fn apply(
             check_config(t, name, &config)?;
             let id = t
                 .system
+                .open()?
                 .get("next_queue_id")?
                 .map(|v| v.value())
                 .unwrap_or(1);
-            t.system.insert("next_queue_id", id + 1)?;
+            t.system.open()?.insert("next_queue_id", id + 1)?;
             let rec = QueueRecord {
                 id,
                 config: config.clone(),
@@ -1089,7 +1141,7 @@ pub fn apply(
                 updated_ms: now,
             };
             t.queues.insert(name.as_str(), encode(&rec).as_slice())?;
-            t.names.insert(id, name.as_str())?;
+            t.names.open()?.insert(id, name.as_str())?;
             t.stats.insert(
                 id,
                 Stats {
@@ -1150,13 +1202,16 @@ pub fn apply(
                 .retain_in((qid, 0, 0)..=(qid, u64::MAX, u64::MAX), |_, _| false)?;
             t.dedup_forget_queue(qid)?;
             t.groups
+                .open()?
                 .retain_in((qid, 0)..=(qid, u64::MAX), |_, _| false)?;
             t.fifo
+                .open()?
                 .retain_in((qid, "", 0)..(qid.saturating_add(1), "", 0), |_, _| false)?;
             t.tags
+                .open()?
                 .retain_in((qid, "")..(qid.saturating_add(1), ""), |_, _| false)?;
             t.stats.remove(qid)?;
-            t.names.remove(qid)?;
+            t.names.open()?.remove(qid)?;
             t.queues.remove(name.as_str())?;
             fx.dirty = true;
             Ok(Outcome::Count(total))
@@ -1531,6 +1586,7 @@ pub fn apply(
                     // A message whose source is gone stays, unless a destination is named.
                     None => t
                         .names
+                        .open()?
                         .get(st.source_queue)?
                         .map(|n| (st.source_queue, n.value().to_string())),
                 };
@@ -1598,17 +1654,17 @@ pub fn apply(
         } => {
             validate_queue_name(name).map_err(|m| reject(Status::InvalidArgument, m))?;
             if !replace {
-                if let Some(existing) = t.placement.get(name.as_str())? {
+                if let Some(existing) = t.placement.open()?.get(name.as_str())? {
                     return Ok(Outcome::Shard(existing.value()));
                 }
             }
-            t.placement.insert(name.as_str(), *shard)?;
+            t.placement.open()?.insert(name.as_str(), *shard)?;
             fx.dirty = true;
             fx.catalog = true;
             Ok(Outcome::Shard(*shard))
         }
         Command::Unplace { name } => {
-            let removed = t.placement.remove(name.as_str())?.is_some();
+            let removed = t.placement.open()?.remove(name.as_str())?.is_some();
             fx.dirty |= removed;
             fx.catalog |= removed;
             Ok(Outcome::Count(removed as u64))
@@ -1618,7 +1674,11 @@ pub fn apply(
             validate_tags(set, remove).map_err(|e| reject(Status::InvalidArgument, e))?;
             // Every check before the first write: a rejected command changes nothing.
             let mut keys = std::collections::BTreeSet::new();
-            for e in t.tags.range((rec.id, "")..(rec.id.saturating_add(1), ""))? {
+            for e in t
+                .tags
+                .open()?
+                .range((rec.id, "")..(rec.id.saturating_add(1), ""))?
+            {
                 keys.insert(e?.0.value().1.to_string());
             }
             for k in remove {
@@ -1635,22 +1695,22 @@ pub fn apply(
                 ));
             }
             for k in remove {
-                t.tags.remove((rec.id, k.as_str()))?;
+                t.tags.open()?.remove((rec.id, k.as_str()))?;
             }
             for (k, v) in set {
-                t.tags.insert((rec.id, k.as_str()), v.as_str())?;
+                t.tags.open()?.insert((rec.id, k.as_str()), v.as_str())?;
             }
             fx.dirty = true;
             Ok(Outcome::Unit)
         }
         Command::Audit(entry) => {
-            let seq = super::audit::append(&mut t.audit, entry, super::audit::MAX_AUDIT)?;
+            let seq = super::audit::append(t.audit.open()?, entry, super::audit::MAX_AUDIT)?;
             fx.dirty = true;
             Ok(Outcome::Count(seq))
         }
         Command::User(u) => {
             let mut changed = false;
-            let info = super::users::apply(&mut t.users, now, u, &mut changed)?;
+            let info = super::users::apply(t.users.open()?, now, u, &mut changed)?;
             fx.dirty |= changed;
             fx.users |= changed;
             Ok(Outcome::User(info))
