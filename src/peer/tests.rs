@@ -562,3 +562,30 @@ fn vote_requests_of_openraft_0_9_are_understood() {
     assert_eq!(rpc, now);
     assert!(decode_vote(&[0x05]).is_err());
 }
+
+/// A dial that fails at once (here: this node's endpoint is closed, as while it stops) is
+/// not tried again before `REDIAL_AFTER` has passed, however fast callers retry, so Raft's
+/// replication cannot spin on it. Each call still fails, as unreachable.
+#[tokio::test]
+async fn a_failed_dial_is_not_retried_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = tls::ensure(dir.path(), &[]).unwrap();
+    let endpoint = endpoint(&creds, None);
+    let c = Connector::new(endpoint.clone(), client_config(&creds).unwrap());
+    endpoint.close(0u32.into(), b"stopping");
+    let target: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let vote = openraft::raft::VoteRequest::<TypeConfig>::new(crate::raft::Vote::new(1, 1), None);
+    let start = tokio::time::Instant::now();
+    for _ in 0..4 {
+        let r: Result<Result<VoteResponse<TypeConfig>, RaftError<TypeConfig>>, _> = c
+            .call(target, 1, KIND_VOTE, &vote, Duration::from_secs(5))
+            .await;
+        let e = r.unwrap_err();
+        assert!(
+            matches!(&e, CallError::Unreachable { detail, .. } if detail.contains("endpoint stopping")),
+            "{e}"
+        );
+    }
+    // The first dial fails at once; each of the next three waits for its turn.
+    assert!(start.elapsed() >= 3 * REDIAL_AFTER, "{:?}", start.elapsed());
+}
