@@ -287,6 +287,8 @@ pub struct Tables<'txn> {
     compaction: Option<Compaction>,
     /// Someone reads the outcomes of the commands being applied (see [`Tables::answered`]).
     answered: bool,
+    /// Where [`Tables::put_msg`] encodes a state, reused.
+    scratch: Vec<u8>,
 }
 
 /// Creates every table of a shard, so read transactions find them.
@@ -384,6 +386,7 @@ impl<'txn> Tables<'txn> {
             legacy,
             compaction: bodies.compaction(),
             answered: true,
+            scratch: Vec::new(),
             body,
             queues: txn.open_table(QUEUES)?,
             names: Lazy::new(txn, QUEUE_NAMES),
@@ -520,10 +523,13 @@ impl<'txn> Tables<'txn> {
     /// their seqs lie close together, as a queue's oldest messages do: one pass over the
     /// range between the lowest and the highest instead of one lookup each. `None` for a
     /// message not read ahead (keys far apart, no row, a row that does not decode):
-    /// [`Tables::msg`] then tells, with its error where there is one.
+    /// [`Tables::msg`] then tells, with its error where there is one. Nothing is read
+    /// ahead for a `fifo` queue: its messages are grouped, and a grouped message's state is
+    /// read again when used (taking or removing its group's first may have activated it).
     fn msgs_ahead(
         &self,
         qid: u64,
+        fifo: bool,
         keys: &[(u64, u64)],
     ) -> Result<Vec<Option<MessageState>>, ApplyError> {
         let (Some(lo), Some(hi)) = (
@@ -533,7 +539,7 @@ impl<'txn> Tables<'txn> {
             return Ok(Vec::new());
         };
         // The pass reads every row in between: at most about twice the rows wanted.
-        if keys.len() < 2 || hi - lo > 2 * keys.len() as u64 + rows::RUN_GAP {
+        if fifo || keys.len() < 2 || hi - lo > 2 * keys.len() as u64 + rows::RUN_GAP {
             return Ok(vec![None; keys.len()]);
         }
         let mut wanted: Vec<u64> = keys.iter().map(|&(_, s)| s).collect();
@@ -560,9 +566,9 @@ impl<'txn> Tables<'txn> {
     }
 
     fn put_msg(&mut self, qid: u64, seq: u64, st: &MessageState) -> Result<(), ApplyError> {
-        let mut b = Vec::with_capacity(48);
-        encode_state(st, &mut b);
-        self.state.insert((qid, seq), b.as_slice())?;
+        self.scratch.clear();
+        encode_state(st, &mut self.scratch);
+        self.state.insert((qid, seq), self.scratch.as_slice())?;
         Ok(())
     }
 
@@ -1386,11 +1392,7 @@ pub fn apply(
                 if keys.is_empty() {
                     break;
                 }
-                // A FIFO queue's messages are grouped and read again anyway: skip the pass.
-                let ahead = match rec.config.fifo {
-                    true => vec![None; keys.len()],
-                    false => t.msgs_ahead(qid, &keys)?,
-                };
+                let ahead = t.msgs_ahead(qid, rec.config.fifo, &keys)?;
                 for (&(visible_at, seq), read) in keys.iter().zip(ahead) {
                     after = Some((visible_at, seq));
                     budget = budget.saturating_sub(1);
@@ -1474,11 +1476,7 @@ pub fn apply(
             let mut gone_bodies = Vec::new();
             let mut taken = HashSet::new();
             let keys: Vec<(u64, u64)> = receipts.iter().map(|r| (0, r.seq)).collect();
-            // As in a receive, a FIFO queue's messages would be read again anyway.
-            let ahead = match rec.config.fifo {
-                true => vec![None; keys.len()],
-                false => t.msgs_ahead(rec.id, &keys)?,
-            };
+            let ahead = t.msgs_ahead(rec.id, rec.config.fifo, &keys)?;
             for (r, read) in receipts.iter().zip(ahead) {
                 match check_receipt_with(t, rec.id, r, read)? {
                     Ok(_) if taken.contains(&r.seq) => results.push(Status::ReceiptStale),
@@ -3031,7 +3029,7 @@ pub(crate) mod tests {
         let missing: Vec<(u64, u64)> = [290u64, 291, 301, 292].iter().map(|&s| (1, s)).collect();
         let sparse: Vec<(u64, u64)> = [0u64, 299].iter().map(|&s| (1, s)).collect();
         for keys in [&dense, &missing, &sparse] {
-            let ahead = t.msgs_ahead(qid, keys).unwrap();
+            let ahead = t.msgs_ahead(qid, false, keys).unwrap();
             assert_eq!(ahead.len(), keys.len());
             for (&(_, seq), got) in keys.iter().zip(&ahead) {
                 if let Some(st) = got {
@@ -3040,14 +3038,20 @@ pub(crate) mod tests {
             }
         }
         // Close together: every stored one is read ahead, the absent one is not.
-        let ahead = t.msgs_ahead(qid, &missing).unwrap();
+        let ahead = t.msgs_ahead(qid, false, &missing).unwrap();
         assert_eq!(
             ahead.iter().map(Option::is_some).collect::<Vec<_>>(),
             [true, true, false, true]
         );
+        // Of a FIFO queue: none is, however close.
+        assert!(t
+            .msgs_ahead(qid, true, &missing)
+            .unwrap()
+            .iter()
+            .all(Option::is_none));
         // Far apart: none is.
         assert!(t
-            .msgs_ahead(qid, &sparse)
+            .msgs_ahead(qid, false, &sparse)
             .unwrap()
             .iter()
             .all(Option::is_none));

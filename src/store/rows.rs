@@ -64,23 +64,8 @@ pub(crate) fn remove_seqs<V: Value + 'static>(
     qid: u64,
     seqs: &[u64],
 ) -> Result<(), ApplyError> {
-    remove_seqs_with(table, qid, seqs, |_| {})
-}
-
-/// [`remove_seqs`], calling `gone` with the value of each row removed.
-pub(crate) fn remove_seqs_with<V: Value + 'static>(
-    table: &mut Table<'_, (u64, u64), V>,
-    qid: u64,
-    seqs: &[u64],
-    gone: impl FnMut(V::SelfType<'_>),
-) -> Result<(), ApplyError> {
     let keys: Vec<(u64, u64)> = seqs.iter().map(|&s| (qid, s)).collect();
-    remove_runs(
-        table,
-        &keys,
-        |a, b| b.1.saturating_sub(a.1) <= RUN_GAP,
-        gone,
-    )
+    remove_runs(table, &keys, |a, b| b.1.saturating_sub(a.1) <= RUN_GAP)
 }
 
 /// Removes the [`VISIBLE`](super::schema::VISIBLE) entries `(qid, visible_at, seq)` for
@@ -95,23 +80,18 @@ pub(crate) fn remove_visible(
     scanned: bool,
 ) -> Result<(), ApplyError> {
     let keys: Vec<(u64, u64, u64)> = keys.iter().map(|&(v, s)| (qid, v, s)).collect();
-    remove_runs(
-        table,
-        &keys,
-        |a, b| scanned || (a.1 == b.1 && b.2.saturating_sub(a.2) <= RUN_GAP),
-        |_| {},
-    )
+    remove_runs(table, &keys, |a, b| {
+        scanned || (a.1 == b.1 && b.2.saturating_sub(a.2) <= RUN_GAP)
+    })
 }
 
 /// Removes `keys` (ascending, distinct), cut into runs where `near` holds between
 /// neighbours: each run of several keys in one `retain_in` over the range from its first
-/// key to its last, keeping every other entry there; a lone key by a plain remove. `gone`
-/// sees the value of each row removed.
+/// key to its last, keeping every other entry there; a lone key by a plain remove.
 fn remove_runs<K, V, T>(
     table: &mut Table<'_, K, V>,
     keys: &[T],
     near: impl Fn(&T, &T) -> bool,
-    mut gone: impl FnMut(V::SelfType<'_>),
 ) -> Result<(), ApplyError>
 where
     K: Key + for<'a> Value<SelfType<'a> = T> + 'static,
@@ -122,21 +102,15 @@ where
         match run {
             [] => {}
             [one] => {
-                if let Some(v) = table.remove(one)? {
-                    gone(v.value());
-                }
+                table.remove(one)?;
             }
             [first, .., last] => {
                 let mut next = 0;
-                table.retain_in(*first..=*last, |k, v| {
+                table.retain_in(*first..=*last, |k, _| {
                     while next < run.len() && run[next] < k {
                         next += 1;
                     }
-                    let remove = next < run.len() && run[next] == k;
-                    if remove {
-                        gone(v);
-                    }
-                    !remove
+                    !(next < run.len() && run[next] == k)
                 })?;
             }
         }
@@ -160,7 +134,7 @@ pub(crate) fn replace_seqs(
             continue;
         }
         let keys: Vec<(u64, u64)> = run.iter().map(|&(s, _)| (qid, s)).collect();
-        remove_runs(table, &keys, |_, _| true, |_| {})?;
+        remove_runs(table, &keys, |_, _| true)?;
         insert_sorted(table, run.iter().map(|&(s, v)| ((qid, s), v)))?;
     }
     Ok(())

@@ -392,6 +392,26 @@ mod tests {
         out
     }
 
+    /// Creates queue `q` and sends it `n` messages, `m0`, `m1`, …
+    fn queue_of(db: &Db, n: usize) {
+        run(
+            db,
+            1,
+            Command::CreateQueue {
+                name: "q".into(),
+                patch: QueuePatch::default(),
+            },
+        );
+        run(
+            db,
+            2,
+            Command::Send {
+                queue: "q".into(),
+                messages: (0..n).map(|i| SendEntry::new(format!("m{i}"))).collect(),
+            },
+        );
+    }
+
     /// The chunks with the body references cut from the state rows.
     fn without_refs(c: &[Chunk]) -> Vec<Chunk> {
         c.iter()
@@ -432,22 +452,7 @@ mod tests {
         let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let a = Db::open(da.path(), crate::store::bodies::FILE_BYTES);
         let b = Db::open(db.path(), crate::store::bodies::FILE_BYTES);
-        run(
-            &a,
-            1,
-            Command::CreateQueue {
-                name: "q".into(),
-                patch: QueuePatch::default(),
-            },
-        );
-        run(
-            &a,
-            2,
-            Command::Send {
-                queue: "q".into(),
-                messages: (0..20).map(|i| SendEntry::new(format!("m{i}"))).collect(),
-            },
-        );
+        queue_of(&a, 20);
         let sent = chunks(&a, 256);
         let old = without_refs(&sent);
         assert_ne!(old, sent);
@@ -499,22 +504,7 @@ mod tests {
         // Small body files on the receiving side: the load seals some.
         let a = Db::open(da.path(), crate::store::bodies::FILE_BYTES);
         let b = Db::open(db.path(), 100);
-        run(
-            &a,
-            1,
-            Command::CreateQueue {
-                name: "q".into(),
-                patch: QueuePatch::default(),
-            },
-        );
-        run(
-            &a,
-            2,
-            Command::Send {
-                queue: "q".into(),
-                messages: (0..50).map(|i| SendEntry::new(format!("m{i}"))).collect(),
-            },
-        );
+        queue_of(&a, 50);
         run(
             &a,
             3,
