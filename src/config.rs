@@ -468,7 +468,7 @@ pub const KEYS: &[KeyDoc] = &[
         example: "\"mqd=debug,quinn=warn\"",
         env: Some("MQD_LOG_LEVEL"),
         flag: Some("--log-level"),
-        doc: "Log filter: error, warn, info, debug or trace, optionally per module. Logs go to standard output (the journal under systemd). The Raft library logs warnings and errors only, unless the filter names it (e.g. info,openraft=info).",
+        doc: "Log filter: error, warn, info, debug or trace, optionally per module. Logs go to standard output (the journal under systemd). The Raft library logs warnings and errors only, unless the filter names it (e.g. info,openraft=info); its warning for every failed call to a peer that is down shows only then, and otherwise one line per change (not answering, answering again) stands for them.",
     },
     KeyDoc {
         name: "tls_names",

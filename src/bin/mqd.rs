@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use mqd::config::{Args, Config, FileConfig, DEFAULT_CONFIG_FILE};
+use mqd::peer::health::QuietPeerFailures;
 use sd_notify::NotifyState;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -113,12 +114,20 @@ fn main() -> ExitCode {
     };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout())
         && std::env::var_os("NO_COLOR").is_none();
+    // Unless the level names openraft, its per-attempt warnings about a peer that does
+    // not answer give way to mqd's own line per change (`mqd::peer::health`).
+    let quiet = QuietPeerFailures::new(!config.log_level.contains("openraft"));
     let (filter, filter_handle) = reload::Layer::new(filter);
     tracing_subscriber::registry()
         .with(filter)
+        .with(quiet.clone())
         .with(tracing_subscriber::fmt::layer().with_ansi(ansi))
         .init();
-    match serve(args, path, config, filter_handle) {
+    let logs = LogControl {
+        filter: filter_handle,
+        quiet,
+    };
+    match serve(args, path, config, logs) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -128,7 +137,12 @@ fn main() -> ExitCode {
     }
 }
 
-type FilterHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
+/// What a reload changes in the logging: the level filter, and whether openraft's
+/// per-attempt peer warnings are dropped.
+struct LogControl {
+    filter: reload::Handle<EnvFilter, tracing_subscriber::Registry>,
+    quiet: QuietPeerFailures,
+}
 
 /// Turns transparent huge pages off for this process, as `MIMALLOC_ALLOW_THP=0` would.
 /// mimalloc asks for huge pages on its arenas, returns freed memory to the kernel after a
@@ -158,7 +172,7 @@ fn serve(
     args: Args,
     path: Option<PathBuf>,
     config: Config,
-    filter: FilterHandle,
+    logs: LogControl,
 ) -> anyhow::Result<()> {
     no_huge_pages();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -168,7 +182,7 @@ fn serve(
     rt.block_on(async move {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let (reload_tx, reload_rx) = tokio::sync::watch::channel(0u64);
-        tokio::spawn(signals(args, path, filter, stop_tx, reload_tx));
+        tokio::spawn(signals(args, path, logs, stop_tx, reload_tx));
         mqd::server::run(config, stop_rx, reload_rx, |_| {
             // Tells systemd (Type=notify) the node is serving; a no-op elsewhere.
             let _ = sd_notify::notify(&[NotifyState::Ready]);
@@ -183,7 +197,7 @@ fn serve(
 async fn signals(
     args: Args,
     path: Option<PathBuf>,
-    filter: FilterHandle,
+    logs: LogControl,
     stop: tokio::sync::watch::Sender<bool>,
     reload_tx: tokio::sync::watch::Sender<u64>,
 ) {
@@ -208,7 +222,8 @@ async fn signals(
                         let level = config.log_level;
                         match log_filter(&level) {
                             Ok(f) => {
-                                let _ = filter.reload(f);
+                                let _ = logs.filter.reload(f);
+                                logs.quiet.set(!level.contains("openraft"));
                                 tracing::info!(log_level = %level, "configuration reloaded");
                             }
                             Err(e) => tracing::error!(%level, error = %e, "invalid log level; keeping the current one"),

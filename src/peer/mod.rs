@@ -56,6 +56,7 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 
 pub mod faults;
+pub mod health;
 
 pub use faults::Faults;
 
@@ -602,6 +603,7 @@ pub struct Connector {
     /// so a peer that does not answer delays no call to the others.
     conns: Arc<std::sync::Mutex<HashMap<SocketAddr, Slot>>>,
     faults: Faults,
+    health: Arc<health::Health>,
 }
 
 /// Why a peer RPC failed before the remote Raft could answer.
@@ -642,7 +644,13 @@ impl Connector {
             config,
             conns: Arc::default(),
             faults: Faults::default(),
+            health: Arc::default(),
         }
+    }
+
+    /// Whether each peer answers this node's Raft calls (see [`health`]).
+    pub fn health(&self) -> &health::Health {
+        &self.health
     }
 
     /// Fails calls to peers that `faults` cuts off (tests).
@@ -828,50 +836,70 @@ async fn write_requests<S>(
     let _ = send.finish();
 }
 
+/// Who a replication stream's answers come from, how long to wait for each, and where to
+/// record whether they came.
+struct Answers {
+    target: NodeId,
+    addr: SocketAddr,
+    health: Arc<health::Health>,
+    stall: Duration,
+}
+
+impl Answers {
+    /// The stream ended without an answer: the follower is (for now) unreachable.
+    fn lost(&self, what: String) -> RPCError<TypeConfig> {
+        self.health.failed(self.target, self.addr, &what);
+        self.error(what)
+    }
+
+    /// The follower answered, but with a failure: told here as well, since openraft's
+    /// warning about it is dropped with the per-attempt ones.
+    fn failed(&self, what: String) -> RPCError<TypeConfig> {
+        tracing::warn!(peer = self.target, error = %what, "replication stream failed");
+        self.error(what)
+    }
+
+    fn error(&self, what: String) -> RPCError<TypeConfig> {
+        RPCError::Unreachable(Unreachable::from_string(format!(
+            "replication stream to node {}: {what}",
+            self.target
+        )))
+    }
+}
+
 /// The leader's reader of a replication stream: one answer per request written, each
 /// within `stall` of the one before (or of its request, if none was waiting); anything
 /// else ends the stream with an error, and openraft opens another.
 fn read_answers(
     recv: quinn::RecvStream,
     wrote: tokio::sync::mpsc::UnboundedReceiver<Wrote>,
-    target: NodeId,
-    stall: Duration,
+    answers: Answers,
 ) -> BoxStream<'static, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>> {
-    let unreachable = move |what: String| {
-        RPCError::Unreachable(Unreachable::from_string(format!(
-            "replication stream to node {target}: {what}"
-        )))
-    };
-    let reading = futures_util::stream::unfold(Some((recv, wrote)), move |state| async move {
-        let (mut recv, mut wrote) = state?;
+    let reading = futures_util::stream::unfold(Some((recv, wrote, answers)), |state| async move {
+        let (mut recv, mut wrote, a) = state?;
         match wrote.recv().await? {
             Wrote::Request => {}
-            Wrote::Failed(e) => return Some((Err(unreachable(e)), None)),
+            Wrote::Failed(e) => return Some((Err(a.lost(e)), None)),
         }
-        let frame = match tokio::time::timeout(stall, read_frame(&mut recv, MAX_PEER_MESSAGE)).await
+        let frame = match tokio::time::timeout(a.stall, read_frame(&mut recv, MAX_PEER_MESSAGE))
+            .await
         {
             Err(_) => {
-                return Some((
-                    Err(unreachable(format!("no answer within {stall:?}"))),
-                    None,
-                ))
+                let e = a.lost(format!("no answer within {:?}", a.stall));
+                return Some((Err(e), None));
             }
-            Ok(Err(e)) => return Some((Err(unreachable(e)), None)),
-            Ok(Ok(None)) => {
-                return Some((Err(unreachable("ended before its answers".into())), None))
-            }
+            Ok(Err(e)) => return Some((Err(a.lost(e)), None)),
+            Ok(Ok(None)) => return Some((Err(a.lost("ended before its answers".into())), None)),
             Ok(Ok(Some(f))) => f,
         };
+        a.health.answered(a.target, a.addr);
         match postcard::from_bytes::<Result<StreamAppendResult<TypeConfig>, String>>(&frame) {
             Ok(Ok(r)) => {
                 let more = r.is_ok();
-                Some((Ok(r), more.then_some((recv, wrote))))
+                Some((Ok(r), more.then_some((recv, wrote, a))))
             }
-            Ok(Err(fatal)) => Some((
-                Err(unreachable(format!("the follower failed: {fatal}"))),
-                None,
-            )),
-            Err(e) => Some((Err(unreachable(format!("undecodable answer: {e}"))), None)),
+            Ok(Err(fatal)) => Some((Err(a.failed(format!("the follower failed: {fatal}"))), None)),
+            Err(e) => Some((Err(a.failed(format!("undecodable answer: {e}"))), None)),
         }
     });
     Box::pin(reading)
@@ -1007,6 +1035,17 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
 }
 
 impl PeerClient {
+    /// Tells the node's [`health::Health`] whether the target answered a call.
+    fn note<T>(&self, addr: SocketAddr, outcome: &Result<T, CallError>) {
+        let health = self.connector.health();
+        match outcome {
+            Err(e @ (CallError::Unreachable { .. } | CallError::Lost { .. })) => {
+                health.failed(self.target, addr, e)
+            }
+            Ok(_) | Err(CallError::Refused { .. }) => health.answered(self.target, addr),
+        }
+    }
+
     fn addr(&self) -> Result<SocketAddr, Unreachable<TypeConfig>> {
         self.addr
             .clone()
@@ -1023,12 +1062,17 @@ impl PeerClient {
         option: &RPCOption,
     ) -> Result<Resp, RPCError<TypeConfig>> {
         let addr = self.addr()?;
-        let r: Result<Resp, RaftError<TypeConfig>> = self
+        let called = self
             .connector
             .call(addr, self.group, kind, req, option.hard_ttl())
-            .await
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+            .await;
+        self.note(addr, &called);
+        let r: Result<Resp, RaftError<TypeConfig>> =
+            called.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         r.map_err(|e| {
+            // openraft's warning about it is dropped with the per-attempt ones (see
+            // `health::QuietPeerFailures`), so it is told here.
+            tracing::warn!(peer = self.target, group = self.group, error = %e, "the peer's Raft failed a call");
             RPCError::Unreachable(Unreachable::from_string(format!(
                 "node {} failed the call: {e}",
                 self.target
@@ -1063,11 +1107,15 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             r = send => r,
             closed = cancel => return Err(StreamingError::Closed(closed)),
         };
+        self.note(addr, &r);
         match r {
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(fatal)) => Err(StreamingError::Unreachable(Unreachable::from_string(
-                format!("node {} failed the snapshot: {fatal}", self.target),
-            ))),
+            Ok(Err(fatal)) => {
+                tracing::warn!(peer = self.target, group = self.group, error = %fatal, "the peer's Raft failed to install a snapshot");
+                Err(StreamingError::Unreachable(Unreachable::from_string(
+                    format!("node {} failed the snapshot: {fatal}", self.target),
+                )))
+            }
             Err(e) => Err(StreamingError::Unreachable(Unreachable::new(&e))),
         }
     }
@@ -1099,11 +1147,15 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     {
         Box::pin(async move {
             let addr = self.addr()?;
+            let unreachable = |e: CallError| {
+                self.connector.health().failed(self.target, addr, &e);
+                RPCError::Unreachable(Unreachable::new(&e))
+            };
             let streams = self
                 .connector
                 .speaks_streams(addr, option.soft_ttl())
                 .await
-                .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+                .map_err(unreachable)?;
             if !streams {
                 return openraft::network::stream_append_sequential(self, input, option).await;
             }
@@ -1111,7 +1163,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 .connector
                 .open_stream(addr, self.group, KIND_APPEND_STREAM, option.soft_ttl())
                 .await
-                .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+                .map_err(unreachable)?;
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             tokio::spawn(write_requests(
                 input,
@@ -1120,7 +1172,13 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 addr,
                 tx,
             ));
-            Ok(read_answers(recv, rx, self.target, option.hard_ttl()))
+            let answers = Answers {
+                target: self.target,
+                addr,
+                health: self.connector.health.clone(),
+                stall: option.hard_ttl(),
+            };
+            Ok(read_answers(recv, rx, answers))
         })
     }
 }

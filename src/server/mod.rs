@@ -138,7 +138,7 @@ pub async fn run(
     let node = Node::start(
         layout,
         &config.data_dir,
-        connector,
+        connector.clone(),
         &router,
         config.cluster.join,
     )
@@ -292,6 +292,8 @@ pub async fn run(
     {
         tracing::warn!("requests still in progress after {DRAIN_TIMEOUT:?}; closing anyway");
     }
+    // From here calls to peers fail because this endpoint closes, not because of them.
+    connector.health().stopping();
     endpoint.close(0u32.into(), b"shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     let _ = expiry.await;

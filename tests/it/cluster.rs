@@ -471,12 +471,48 @@ async fn acknowledged_sends_survive_the_sigkill_of_a_shard_leader() {
         .find(|r| r.node == victim)
         .expect("the victim is a replica");
     assert_eq!(replica.role, ReplicaRole::Unreachable);
+    // The survivors say so in their logs, once each, after a second of failed calls.
+    let down = format!("peer {victim} is not answering");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !survivors.iter().any(|&i| nodes[i].log().contains(&down)) {
+        assert!(Instant::now() < deadline, "no survivor logged `{down}`");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // The killed node comes back and catches up while the producers go on.
     nodes[vi].restart();
     tokio::time::sleep(Duration::from_secs(2)).await;
     producers.stop().await;
     wait_caught_up(&nodes[vi]);
+    // Each survivor that reported it down reports it back; none repeats openraft's
+    // warning for every attempt that failed meanwhile.
+    let back = format!("peer {victim} answers again after");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for &i in &survivors {
+        loop {
+            let log = nodes[i].log();
+            let (downs, backs) = (log.matches(&down).count(), log.matches(&back).count());
+            if downs == backs {
+                let noise = log
+                    .lines()
+                    .filter(|l| l.contains("Unreachable node"))
+                    .count();
+                assert_eq!(
+                    noise,
+                    0,
+                    "node {} repeated openraft's warnings:\n{log}",
+                    i + 1
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} did not log `{back}`:\n{log}",
+                i + 1
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 
     // Every acknowledged message is received once, through the restarted node, and acked
     // through another; afterwards every node agrees nothing is left or in flight.
