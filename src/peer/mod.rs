@@ -840,6 +840,7 @@ async fn write_requests<S>(
 /// record whether they came.
 struct Answers {
     target: NodeId,
+    group: u64,
     addr: SocketAddr,
     health: Arc<health::Health>,
     stall: Duration,
@@ -855,7 +856,7 @@ impl Answers {
     /// The follower answered, but with a failure: told here as well, since openraft's
     /// warning about it is dropped with the per-attempt ones.
     fn failed(&self, what: String) -> RPCError<TypeConfig> {
-        tracing::warn!(peer = self.target, error = %what, "replication stream failed");
+        tracing::warn!(peer = self.target, group = self.group, error = %what, "replication stream failed");
         self.error(what)
     }
 
@@ -1174,6 +1175,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             ));
             let answers = Answers {
                 target: self.target,
+                group: self.group,
                 addr,
                 health: self.connector.health.clone(),
                 stall: option.hard_ttl(),
