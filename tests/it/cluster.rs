@@ -374,14 +374,17 @@ impl Producers {
 /// loaded machine three debug builds are slow, and slow is not the failure looked for.
 async fn wait_acked(history: &History, from: usize, n: usize, what: &str) -> Duration {
     let started = Instant::now();
-    let mut last = (history.acked(), Instant::now());
-    while history.acked() < from + n {
+    let (mut seen, mut progressed) = (history.acked(), Instant::now());
+    loop {
         let now = history.acked();
-        if now != last.0 {
-            last = (now, Instant::now());
+        if now >= from + n {
+            return started.elapsed();
+        }
+        if now != seen {
+            (seen, progressed) = (now, Instant::now());
         }
         assert!(
-            last.1.elapsed() < Duration::from_secs(30),
+            progressed.elapsed() < Duration::from_secs(30),
             "{what}: no message acknowledged for 30 s ({} of {n} after {:?})",
             now - from,
             started.elapsed()
@@ -393,7 +396,6 @@ async fn wait_acked(history: &History, from: usize, n: usize, what: &str) -> Dur
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    started.elapsed()
 }
 
 /// Receives everything in `queues` through `rx` and acks it through `ack`; checks every
