@@ -24,6 +24,10 @@ use serde_json::json;
 mod latency;
 use latency::Stripes;
 
+/// mimalloc, as in `mqctl`, so both clients allocate alike.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum System {
     Nats,
