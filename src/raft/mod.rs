@@ -101,7 +101,7 @@ type AnswerFn = Box<dyn FnOnce(Answered) + Send>;
 /// process (clones share it; an entry read from disk or received from another node has
 /// none). The state machine calls it as soon as the entry's transaction commits, which
 /// spares the answer a round through openraft's core; whatever calls it first, the state
-/// machine or the proposer once `client_write` returns, is the only caller.
+/// machine or the proposal's [`Done`] when openraft completes the write, is the only caller.
 #[derive(Clone, Default)]
 pub struct Answer(Option<Arc<Mutex<Option<AnswerFn>>>>);
 
@@ -176,15 +176,64 @@ pub struct Rejection {
 /// entries that carry no proposal).
 pub type Reply = Vec<Result<Outcome, Rejection>>;
 
-openraft::declare_raft_types!(
-    /// Raft types of a shard group.
-    pub TypeConfig:
-        D = Proposal,
-        R = Reply,
-        NodeId = u64,
-        Node = openraft::BasicNode,
-        AsyncRuntime = openraft::TokioRuntime,
-);
+/// Raft types of a shard group: openraft's defaults (those `declare_raft_types!` fills in)
+/// but for the data, the reply and the responder, which that macro cannot take.
+#[derive(Debug, Clone, Copy, Default, Eq, PartialEq, Ord, PartialOrd)]
+pub struct TypeConfig {}
+
+impl openraft::RaftTypeConfig for TypeConfig {
+    type D = Proposal;
+    type R = Reply;
+    type NodeId = u64;
+    type Node = openraft::BasicNode;
+    type Term = u64;
+    type LeaderId = openraft::impls::leader_id_adv::LeaderId<Self::Term, Self::NodeId>;
+    type Vote = openraft::impls::Vote<Self::LeaderId>;
+    type Payload = openraft::EntryPayload<Self::D, Self::NodeId, Self::Node>;
+    type Entry =
+        openraft::Entry<<Self::LeaderId as openraft::vote::RaftLeaderId>::Committed, Self::Payload>;
+    type Responder<T>
+        = Done<T>
+    where
+        T: openraft::OptionalSend + 'static;
+    type Batch<T>
+        = openraft::impls::InlineBatch<T>
+    where
+        T: openraft::OptionalSend + 'static;
+    type AsyncRuntime = openraft::TokioRuntime;
+    type ErrorSource = openraft::impls::BoxedErrorSource;
+}
+
+/// What openraft calls when a write given to `Raft::client_write_ff` is done: a callback,
+/// run where openraft completes the write (the state machine's task once applied, the Raft
+/// core when it fails earlier), so the proposer hears of it without a task of its own
+/// waiting. If openraft drops it without completing it, the callback runs with `None`.
+pub struct Done<T>(Option<Box<dyn FnOnce(Option<T>) + Send>>);
+
+impl<T> Done<T> {
+    /// A responder that calls `f` once, with the result or with `None` if dropped unused.
+    pub fn new(f: impl FnOnce(Option<T>) + Send + 'static) -> Done<T> {
+        Done(Some(Box::new(f)))
+    }
+}
+
+impl<T: openraft::OptionalSend + 'static> openraft::raft::responder::Responder<TypeConfig, T>
+    for Done<T>
+{
+    fn on_complete(mut self, result: T) {
+        if let Some(f) = self.0.take() {
+            f(Some(result));
+        }
+    }
+}
+
+impl<T> Drop for Done<T> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f(None);
+        }
+    }
+}
 
 /// Node id type.
 pub type NodeId = u64;

@@ -23,10 +23,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::Raft;
-use openraft::error::{ClientWriteError, RaftError};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use openraft::error::ClientWriteError;
+use openraft::raft::ClientWriteResult;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-use super::{Answer, Answered, NodeId, Proposal};
+use super::{Answer, Answered, Done, NodeId, Proposal, TypeConfig};
 use crate::protocol::Status;
 use crate::store::{now_ms, Command, Outcome};
 
@@ -341,13 +342,17 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Job>, slots: Arc<Semaphore>, rid
         }
         riders.board(&mut jobs);
         in_flight.fetch_add(1, Ordering::AcqRel);
-        let (raft, in_flight, finished) = (raft.clone(), in_flight.clone(), finished.clone());
-        tokio::spawn(async move {
-            let (cmds, replies): (Vec<_>, Vec<_>) =
-                jobs.into_iter().map(|j| (j.cmd, j.reply)).unzip();
-            // Called once: by the state machine as soon as the entry commits here, or below
-            // with what `client_write` returns.
-            let answer = Answer::new(move |r: Answered| match r {
+        let slot = Slot {
+            _permit: permit,
+            in_flight: in_flight.clone(),
+            finished: finished.clone(),
+        };
+        let (cmds, replies): (Vec<_>, Vec<_>) = jobs.into_iter().map(|j| (j.cmd, j.reply)).unzip();
+        // Called once: by the state machine as soon as the entry commits here, or by the
+        // responder below with what openraft completes the write with. The slot is freed
+        // with it, on that task, so the next proposal need not wait for another task.
+        let answer = Answer::new(move |r: Answered| {
+            match r {
                 Ok(results) => {
                     let mut results = results.into_iter();
                     for reply in replies {
@@ -369,31 +374,45 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Job>, slots: Arc<Semaphore>, rid
                         let _ = reply.send(Err(err.clone()));
                     }
                 }
-            });
-            // The clock is read once for the batch, before proposing: apply never reads it.
-            let proposal = Proposal {
-                now_ms: now_ms(),
-                cmds,
-                answer: answer.clone(),
-            };
-            match raft.client_write(proposal).await {
-                Ok(resp) => {
-                    answer.send(Ok(resp.data));
-                }
-                Err(e) => {
-                    answer.send(Err(match &e {
-                        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-                            ProposeError::NotLeader {
-                                leader: f.leader_id,
-                            }
-                        }
-                        other => ProposeError::Raft(other.to_string()),
-                    }));
-                }
             }
-            drop(permit);
-            in_flight.fetch_sub(1, Ordering::AcqRel);
-            finished.notify_waiters();
+            drop(slot);
         });
+        let done = answer.clone();
+        let responder = Done::new(move |r: Option<ClientWriteResult<TypeConfig>>| {
+            done.send(match r {
+                Some(Ok(resp)) => Ok(resp.data),
+                Some(Err(ClientWriteError::ForwardToLeader(f))) => Err(ProposeError::NotLeader {
+                    leader: f.leader_id,
+                }),
+                Some(Err(other)) => Err(ProposeError::Raft(other.to_string())),
+                None => Err(ProposeError::Raft(
+                    "the Raft group stopped before the write completed".into(),
+                )),
+            });
+        });
+        // The clock is read once for the batch, before proposing: apply never reads it.
+        let proposal = Proposal {
+            now_ms: now_ms(),
+            cmds,
+            answer: answer.clone(),
+        };
+        // Returns once the Raft core has the proposal; its outcome comes through `answer`.
+        if let Err(fatal) = raft.client_write_ff(proposal, Some(responder)).await {
+            answer.send(Err(ProposeError::Raft(fatal.to_string())));
+        }
+    }
+}
+
+/// A proposal's place among those in flight, freed when the proposal is answered.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    in_flight: Arc<AtomicUsize>,
+    finished: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.finished.notify_waiters();
     }
 }

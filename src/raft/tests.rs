@@ -446,6 +446,36 @@ mod one_node {
         raft.shutdown().await.unwrap();
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_proposal_to_a_stopped_group_fails_instead_of_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let (raft, p, _) = proposer_with_queue(dir.path()).await;
+        raft.shutdown().await.unwrap();
+        let r = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            p.submit(send(&["late"])),
+        )
+        .await
+        .expect("a command for a stopped group must not wait forever");
+        assert!(
+            matches!(r, Err(super::super::proposer::ProposeError::Raft(_))),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn a_responder_calls_back_once_whether_completed_or_dropped() {
+        use openraft::raft::responder::Responder;
+        let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let c = calls.clone();
+        drop(super::super::Done::<u32>::new(move |r| {
+            c.lock().unwrap().push(r)
+        }));
+        let c = calls.clone();
+        super::super::Done::<u32>::new(move |r| c.lock().unwrap().push(r)).on_complete(7);
+        assert_eq!(*calls.lock().unwrap(), vec![None, Some(7)]);
+    }
+
     fn send(bodies: &[&str]) -> Command {
         Command::Send {
             queue: "q".into(),
