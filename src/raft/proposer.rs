@@ -398,6 +398,10 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Job>, slots: Arc<Semaphore>, rid
         };
         // Returns once the Raft core has the proposal; its outcome comes through `answer`.
         if let Err(fatal) = raft.client_write_ff(proposal, Some(responder)).await {
+            // The responder, dropped with the proposal that did not reach the core, has
+            // most likely answered already ("the Raft group stopped"): the reason is
+            // logged here, and answered should it not have been.
+            tracing::warn!(error = %fatal, "a proposal could not reach its Raft group");
             answer.send(Err(ProposeError::Raft(fatal.to_string())));
         }
     }
