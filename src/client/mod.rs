@@ -475,9 +475,13 @@ impl Client {
     /// body, undecoded. For tools and tests that speak the protocol below the typed calls.
     pub async fn raw(&self, frame: &[u8]) -> Result<(u16, Bytes), ClientError> {
         let conn = self.connection().await?;
-        raw_roundtrip(&conn.conn, frame, self.config.timeout)
-            .await
-            .map_err(|e| e.into_client(conn.addr, self.config.timeout))
+        raw_roundtrip(
+            &conn.conn,
+            Bytes::copy_from_slice(frame),
+            self.config.timeout,
+        )
+        .await
+        .map_err(|e| e.into_client(conn.addr, self.config.timeout))
     }
 
     /// Checks the node answers.
@@ -974,15 +978,16 @@ impl RawError {
 }
 
 /// Sends a raw frame on a new stream and returns the raw response frame's status and body.
+/// The frame is handed to QUIC as it is, not copied into its send buffer.
 async fn raw_roundtrip(
     conn: &quinn::Connection,
-    frame: &[u8],
+    frame: Bytes,
     timeout: Duration,
 ) -> Result<(u16, Bytes), RawError> {
     let transport = |e: &dyn std::fmt::Display| RawError::Transport(e.to_string());
     let work = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| transport(&e))?;
-        match send.write_all(frame).await {
+        match send.write_chunk(frame).await {
             Ok(()) => {
                 let _ = send.finish();
             }
@@ -1043,7 +1048,7 @@ async fn roundtrip(c: &Conn, req: &Request, timeout: Duration) -> Result<Respons
             frame.len()
         )));
     }
-    let (code, body) = raw_roundtrip(&c.conn, &frame, timeout)
+    let (code, body) = raw_roundtrip(&c.conn, frame, timeout)
         .await
         .map_err(|e| e.into_client(c.addr, timeout))?;
     if code == Status::Ok as u16 {

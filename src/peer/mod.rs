@@ -948,9 +948,12 @@ impl Connector {
         });
         let mut chunks = 0u64;
         while let Some(bytes) = rx.recv().await {
-            let mut frame = (bytes.len() as u32).to_be_bytes().to_vec();
-            frame.extend(bytes);
-            tokio::time::timeout(stall, send.write_all(&frame))
+            // The chunk goes to QUIC as it is, behind its length: no copy of a MiB.
+            let mut frame = [
+                Bytes::copy_from_slice(&(bytes.len() as u32).to_be_bytes()),
+                Bytes::from(bytes),
+            ];
+            tokio::time::timeout(stall, send.write_all_chunks(&mut frame))
                 .await
                 .map_err(|_| unreachable(format!("a snapshot chunk not taken within {stall:?}")))?
                 .map_err(|e| unreachable(e.to_string()))?;

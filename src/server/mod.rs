@@ -448,7 +448,9 @@ async fn serve_stream(
     // One frame per stream: whatever else the client sent is not read.
     let _ = recv.stop(0u32.into());
     debug_assert!(frame.len() <= MAX_FRAME);
-    if send.write_all(&frame).await.is_ok() && send.finish().is_ok() {
+    // Handed to QUIC as it is: `write_all` would copy every answer (and the bodies of
+    // every receive) into QUIC's send buffer first.
+    if send.write_chunk(frame).await.is_ok() && send.finish().is_ok() {
         // Stay counted as in progress until the peer has the whole answer, so that a
         // shutdown does not close the connection under a response still in transit.
         let _ = tokio::time::timeout(DELIVERY_TIMEOUT, send.stopped()).await;
