@@ -477,7 +477,7 @@ impl Client {
         let conn = self.connection().await?;
         raw_roundtrip(
             &conn.conn,
-            Bytes::copy_from_slice(frame),
+            vec![Bytes::copy_from_slice(frame)],
             self.config.timeout,
         )
         .await
@@ -977,17 +977,18 @@ impl RawError {
     }
 }
 
-/// Sends a raw frame on a new stream and returns the raw response frame's status and body.
-/// The frame is handed to QUIC as it is, not copied into its send buffer.
+/// Sends a raw frame, given as the chunks it is made of, on a new stream and returns the
+/// raw response frame's status and body. The chunks are handed to QUIC as they are, not
+/// copied into its send buffer.
 async fn raw_roundtrip(
     conn: &quinn::Connection,
-    frame: Bytes,
+    mut frame: Vec<Bytes>,
     timeout: Duration,
 ) -> Result<(u16, Bytes), RawError> {
     let transport = |e: &dyn std::fmt::Display| RawError::Transport(e.to_string());
     let work = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| transport(&e))?;
-        match send.write_chunk(frame).await {
+        match send.write_all_chunks(&mut frame).await {
             Ok(()) => {
                 let _ = send.finish();
             }
@@ -1041,11 +1042,12 @@ fn failover(e: &ClientError, idempotent: bool, several: bool) -> bool {
 
 async fn roundtrip(c: &Conn, req: &Request, timeout: Duration) -> Result<Response, ClientError> {
     let op: Opcode = req.opcode();
-    let frame = req.encode();
-    if frame.len() > MAX_FRAME {
+    // Large bodies go as the caller's own `Bytes`, not copied into the frame.
+    let frame = req.encode_chunks();
+    let len: usize = frame.iter().map(Bytes::len).sum();
+    if len > MAX_FRAME {
         return Err(ClientError::Invalid(format!(
-            "the request is {} bytes, over the {MAX_FRAME}-byte frame limit; send fewer or smaller messages per request",
-            frame.len()
+            "the request is {len} bytes, over the {MAX_FRAME}-byte frame limit; send fewer or smaller messages per request"
         )));
     }
     let (code, body) = raw_roundtrip(&c.conn, frame, timeout)

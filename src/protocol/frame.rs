@@ -96,6 +96,54 @@ pub(crate) fn finish_frame(mut buf: BytesMut) -> Bytes {
     buf.freeze()
 }
 
+/// Bodies at least this long are not copied into a frame encoded as chunks
+/// ([`finish_chunks`]): the frame refers to them. Smaller ones are copied, since a chunk
+/// of its own costs QUIC more than copying a few KiB does.
+pub(crate) const SHARED_BODY: usize = 4096;
+
+/// The large bodies of a frame encoded as chunks, each with the place in the frame's
+/// buffer where it goes.
+#[derive(Debug, Default)]
+pub(crate) struct SharedBodies {
+    parts: Vec<(usize, Bytes)>,
+    len: usize,
+}
+
+/// Writes `body` as a blob (its length as a u32, then its bytes) at the end of `b`; with
+/// `shared`, a body of at least [`SHARED_BODY`] bytes is recorded there instead of copied.
+pub(crate) fn put_body(b: &mut BytesMut, body: &Bytes, shared: Option<&mut SharedBodies>) {
+    match shared {
+        Some(s) if body.len() >= SHARED_BODY => {
+            b.put_u32(body.len() as u32);
+            s.parts.push((b.len(), body.clone()));
+            s.len += body.len();
+        }
+        _ => {
+            b.put_u32(body.len() as u32);
+            b.put_slice(body);
+        }
+    }
+}
+
+/// Completes a frame built with [`begin_frame`] and [`put_body`] as the chunks it is made
+/// of, in order: the same bytes as [`finish_frame`] would give had every body been copied,
+/// but each shared body is the caller's own `Bytes`, not a copy.
+pub(crate) fn finish_chunks(mut buf: BytesMut, shared: SharedBodies) -> Vec<Bytes> {
+    let len = (buf.len() + shared.len - 4) as u32;
+    buf[0..4].copy_from_slice(&len.to_be_bytes());
+    let mut out = Vec::with_capacity(2 * shared.parts.len() + 1);
+    let mut at = 0;
+    for (pos, body) in shared.parts {
+        out.push(buf.split_to(pos - at).freeze());
+        at = pos;
+        out.push(body);
+    }
+    if !buf.is_empty() {
+        out.push(buf.freeze());
+    }
+    out
+}
+
 /// A request frame with an empty body, e.g. `PING`.
 pub fn empty_request(op: Opcode) -> Bytes {
     finish_frame(begin_frame(op as u16, 0))

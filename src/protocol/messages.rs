@@ -1,10 +1,10 @@
 //! Requests and responses: one variant per opcode, encoder and decoder side by side.
 //! `docs/PROTOCOL.md` draws each body; `tests` below pin the bytes.
 
-use bytes::{BufMut, Bytes};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use super::auth::{decode_rights, AuditEntry, Rights, Usage, UserInfo, MAX_USERS};
-use super::frame::{begin_frame, finish_frame};
+use super::frame::{begin_frame, finish_chunks, finish_frame, put_body, SharedBodies, SHARED_BODY};
 use super::types::*;
 use super::wire::{DecodeError, Reader, WireWrite};
 use super::{Opcode, Status, MAX_BATCH, MAX_QUEUE_TAGS};
@@ -386,11 +386,37 @@ impl Request {
 
     /// Encodes the whole frame, header included.
     pub fn encode(&self) -> Bytes {
+        let mut b = self.begin(false);
+        self.encode_body(&mut b, None);
+        finish_frame(b)
+    }
+
+    /// The frame of [`Request::encode`] as the chunks it is made of: message bodies of
+    /// 4 KiB or more are the caller's own `Bytes`, not copies, so a send hands them to QUIC
+    /// without copying them into the frame.
+    pub fn encode_chunks(&self) -> Vec<Bytes> {
+        let mut b = self.begin(true);
+        let mut shared = SharedBodies::default();
+        self.encode_body(&mut b, Some(&mut shared));
+        finish_chunks(b, shared)
+    }
+
+    /// The frame's header, with room for the body (`share`: large bodies are not copied).
+    fn begin(&self, share: bool) -> BytesMut {
         let cap = match self {
-            Request::Send { messages, .. } => messages.iter().map(|m| m.size() + 32).sum(),
+            Request::Send { messages, .. } => messages
+                .iter()
+                .map(|m| {
+                    let shared = share && m.body.len() >= SHARED_BODY;
+                    m.size() + 32 - if shared { m.body.len() } else { 0 }
+                })
+                .sum(),
             _ => 64,
         };
-        let mut b = begin_frame(self.opcode() as u16, cap);
+        begin_frame(self.opcode() as u16, cap)
+    }
+
+    fn encode_body(&self, b: &mut BytesMut, mut shared: Option<&mut SharedBodies>) {
         match self {
             Request::Ping | Request::ClusterStatus | Request::UserList => {}
             Request::Audit {
@@ -436,7 +462,7 @@ impl Request {
             }
             Request::QueueCreate { name, attributes } | Request::QueueSet { name, attributes } => {
                 b.put_str(name);
-                attributes.encode(&mut b);
+                attributes.encode(b);
             }
             Request::QueueDelete { name, force } => {
                 b.put_str(name);
@@ -465,7 +491,7 @@ impl Request {
             }
             Request::QueueTag { name, set, remove } => {
                 b.put_str(name);
-                encode_tags(&mut b, set);
+                encode_tags(b, set);
                 b.put_u32(remove.len() as u32);
                 for k in remove {
                     b.put_str(k);
@@ -475,11 +501,11 @@ impl Request {
                 b.put_str(queue);
                 b.put_u32(messages.len() as u32);
                 for m in messages {
-                    put_opt_u64(&mut b, m.delay_ms);
-                    put_opt_str(&mut b, m.dedup_id.as_deref());
-                    put_opt_str(&mut b, m.group.as_deref());
-                    encode_attributes(&mut b, &m.attributes);
-                    b.put_blob(&m.body);
+                    put_opt_u64(b, m.delay_ms);
+                    put_opt_str(b, m.dedup_id.as_deref());
+                    put_opt_str(b, m.group.as_deref());
+                    encode_attributes(b, &m.attributes);
+                    put_body(b, &m.body, shared.as_deref_mut());
                 }
             }
             Request::Receive {
@@ -490,22 +516,21 @@ impl Request {
             } => {
                 b.put_str(queue);
                 b.put_u32(*max);
-                put_opt_u64(&mut b, *visibility_ms);
-                put_opt_u64(&mut b, *wait_ms);
+                put_opt_u64(b, *visibility_ms);
+                put_opt_u64(b, *wait_ms);
             }
             Request::Ack { queue, receipts } => {
                 b.put_str(queue);
                 b.put_u32(receipts.len() as u32);
                 for r in receipts {
-                    r.encode(&mut b);
+                    r.encode(b);
                 }
             }
             Request::Nack { queue, entries } | Request::ChangeVisibility { queue, entries } => {
                 b.put_str(queue);
-                encode_receipt_pairs(&mut b, entries);
+                encode_receipt_pairs(b, entries);
             }
         }
-        finish_frame(b)
     }
 
     /// Decodes a body for the opcode of its frame header.
@@ -714,12 +739,39 @@ const MAX_RESPONSE_ITEMS: u32 = MAX_BATCH;
 impl Response {
     /// Encodes an `OK` frame carrying this body.
     pub fn encode(&self) -> Bytes {
+        let mut b = self.begin(false);
+        self.encode_body(&mut b, None);
+        finish_frame(b)
+    }
+
+    /// The frame of [`Response::encode`] as the chunks it is made of: message bodies of
+    /// 4 KiB or more are the ones this response holds, not copies, so an answer hands them
+    /// to QUIC without copying them into the frame.
+    pub fn encode_chunks(&self) -> Vec<Bytes> {
+        let mut b = self.begin(true);
+        let mut shared = SharedBodies::default();
+        self.encode_body(&mut b, Some(&mut shared));
+        finish_chunks(b, shared)
+    }
+
+    /// The frame's header, with room for the body (`share`: large bodies are not copied).
+    fn begin(&self, share: bool) -> BytesMut {
+        let room = |m: &Message| {
+            64 + if share && m.body.len() >= SHARED_BODY {
+                0
+            } else {
+                m.body.len()
+            }
+        };
         let cap = match self {
-            Response::Deliveries(d) => d.iter().map(|d| d.message.body.len() + 64).sum(),
-            Response::Messages(m) => m.iter().map(|m| m.body.len() + 64).sum(),
+            Response::Deliveries(d) => d.iter().map(|d| room(&d.message)).sum(),
+            Response::Messages(m) => m.iter().map(room).sum(),
             _ => 64,
         };
-        let mut b = begin_frame(Status::Ok as u16, cap);
+        begin_frame(Status::Ok as u16, cap)
+    }
+
+    fn encode_body(&self, b: &mut BytesMut, mut shared: Option<&mut SharedBodies>) {
         match self {
             Response::Empty => {}
             Response::Hello {
@@ -731,7 +783,7 @@ impl Response {
                 b.put_u32(*max_frame);
                 b.put_u32(*max_batch);
             }
-            Response::Config(c) => c.encode(&mut b),
+            Response::Config(c) => c.encode(b),
             Response::Count(n) => b.put_u64(*n),
             Response::List { queues, truncated } => {
                 b.put_u32(queues.len() as u32);
@@ -746,11 +798,11 @@ impl Response {
                 b.put_u64(d.id);
                 b.put_u64(d.created_ms);
                 b.put_u64(d.updated_ms);
-                d.config.encode(&mut b);
+                d.config.encode(b);
                 b.put_u64(d.counts.visible);
                 b.put_u64(d.counts.in_flight);
                 b.put_u64(d.counts.delayed);
-                encode_tags(&mut b, &d.tags);
+                encode_tags(b, &d.tags);
             }
             Response::Location(l) => {
                 b.put_u32(l.shard);
@@ -761,7 +813,7 @@ impl Response {
             Response::Messages(ms) => {
                 b.put_u32(ms.len() as u32);
                 for m in ms {
-                    m.encode(&mut b);
+                    m.encode(b, shared.as_deref_mut());
                 }
             }
             Response::Sent(ids) => {
@@ -773,18 +825,18 @@ impl Response {
             Response::Deliveries(ds) => {
                 b.put_u32(ds.len() as u32);
                 for d in ds {
-                    d.receipt.encode(&mut b);
-                    d.message.encode(&mut b);
+                    d.receipt.encode(b);
+                    d.message.encode(b, shared.as_deref_mut());
                 }
             }
-            Response::Results(v) => encode_statuses(&mut b, v),
-            Response::ClusterStatus(c) => c.encode(&mut b),
+            Response::Results(v) => encode_statuses(b, v),
+            Response::ClusterStatus(c) => c.encode(b),
             Response::Token(t) => b.put_str(t),
-            Response::User(u) => u.encode(&mut b),
+            Response::User(u) => u.encode(b),
             Response::Users(us) => {
                 b.put_u32(us.len() as u32);
                 for u in us {
-                    u.encode(&mut b);
+                    u.encode(b);
                 }
             }
             Response::Stats { queues, users } => {
@@ -792,19 +844,18 @@ impl Response {
                     b.put_u32(list.len() as u32);
                     for (name, u) in list {
                         b.put_str(name);
-                        u.encode(&mut b);
+                        u.encode(b);
                     }
                 }
             }
             Response::Audit { entries, truncated } => {
                 b.put_u32(entries.len() as u32);
                 for e in entries {
-                    e.encode(&mut b);
+                    e.encode(b);
                 }
                 b.put_bool(*truncated);
             }
         }
-        finish_frame(b)
     }
 
     /// Decodes an `OK` body of a response to `op`.

@@ -376,6 +376,82 @@ pub fn validate_attributes(attrs: &[Attribute]) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    /// The chunks of a frame, joined.
+    fn joined(chunks: &[bytes::Bytes]) -> Vec<u8> {
+        chunks.iter().flat_map(|c| c.iter().copied()).collect()
+    }
+
+    #[test]
+    fn frames_in_chunks_are_the_same_bytes_and_share_large_bodies() {
+        let small = bytes::Bytes::from(vec![1u8; 100]);
+        let edge = bytes::Bytes::from(vec![2u8; 4096]);
+        let large = bytes::Bytes::from(vec![3u8; 70_000]);
+        let bodies = [small.clone(), large.clone(), edge.clone(), small.clone()];
+        let message = |i: usize, body: &bytes::Bytes| Message {
+            id: i as u64,
+            receive_count: 1,
+            sent_ms: 7,
+            group: Some("g".into()),
+            attributes: vec![("k".into(), bytes::Bytes::from_static(b"v"))],
+            body: body.clone(),
+        };
+        let send = Request::Send {
+            queue: "q".into(),
+            messages: bodies
+                .iter()
+                .map(|b| SendEntry {
+                    delay_ms: Some(5),
+                    attributes: vec![("k".into(), bytes::Bytes::from_static(b"v"))],
+                    ..SendEntry::new(b.clone())
+                })
+                .collect(),
+        };
+        let deliveries = Response::Deliveries(
+            bodies
+                .iter()
+                .enumerate()
+                .map(|(i, b)| Delivery {
+                    receipt: Receipt {
+                        queue_id: 3,
+                        seq: i as u64,
+                        delivery: 1,
+                    },
+                    message: message(i, b),
+                })
+                .collect(),
+        );
+        let peeked = Response::Messages(
+            bodies
+                .iter()
+                .enumerate()
+                .map(|(i, b)| message(i, b))
+                .collect(),
+        );
+        for (chunks, whole) in [
+            (send.encode_chunks(), send.encode()),
+            (deliveries.encode_chunks(), deliveries.encode()),
+            (peeked.encode_chunks(), peeked.encode()),
+        ] {
+            assert_eq!(joined(&chunks), whole.to_vec());
+            // The two bodies of 4 KiB or more are chunks of their own, the very bytes
+            // given; the small ones were copied into the frame around them.
+            assert_eq!(
+                chunks.len(),
+                5,
+                "{:?}",
+                chunks.iter().map(|c| c.len()).collect::<Vec<_>>()
+            );
+            assert_eq!(chunks[1].as_ptr(), large.as_ptr());
+            assert_eq!(chunks[3].as_ptr(), edge.as_ptr());
+            assert!(!chunks.iter().any(|c| c.as_ptr() == small.as_ptr()));
+        }
+        // A frame with no large body is one chunk, as `encode` gives it.
+        let answer = Response::Messages(vec![message(1, &small)]);
+        assert_eq!(answer.encode_chunks(), vec![answer.encode()]);
+        let empty = Response::Empty;
+        assert_eq!(empty.encode_chunks(), vec![empty.encode()]);
+    }
+
     #[test]
     fn queue_names() {
         for ok in ["jobs", "orders.eu", "a-b_c.9", &"x".repeat(128)] {

@@ -1,8 +1,9 @@
 //! Values carried inside bodies: queue settings, messages, receipts, and their encodings.
 
-use bytes::{BufMut, Bytes};
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
+use super::frame::{put_body, SharedBodies};
 use super::wire::{DecodeError, Reader, WireWrite};
 use super::{Status, MAX_ATTRIBUTES};
 
@@ -397,13 +398,14 @@ pub struct Message {
 }
 
 impl Message {
-    pub(crate) fn encode(&self, b: &mut impl BufMut) {
+    /// Encodes the message, its body last (see [`put_body`] for `shared`).
+    pub(crate) fn encode(&self, b: &mut BytesMut, shared: Option<&mut SharedBodies>) {
         b.put_u64(self.id);
         b.put_u32(self.receive_count);
         b.put_u64(self.sent_ms);
         put_opt_str(b, self.group.as_deref());
         encode_attributes(b, &self.attributes);
-        b.put_blob(&self.body);
+        put_body(b, &self.body, shared);
     }
 
     pub(crate) fn decode(r: &mut Reader) -> Result<Self, DecodeError> {

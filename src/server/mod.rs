@@ -421,36 +421,37 @@ async fn serve_stream(
         r = tokio::time::timeout(REQUEST_READ_TIMEOUT, read_frame(&mut recv, budget)) => Some(r),
         _ = wait_true(shutdown.clone()) => None,
     };
-    let frame = match read {
-        None => encode_error(
+    let mut frame = match read {
+        None => vec![encode_error(
             Status::ShuttingDown,
             "the node is shutting down; retry on another node or later",
-        ),
-        Some(Err(_)) => encode_error(
+        )],
+        Some(Err(_)) => vec![encode_error(
             Status::BadFrame,
             &format!("request frame not complete within {REQUEST_READ_TIMEOUT:?}"),
-        ),
+        )],
         Some(Ok(Err(ReadError::Gone))) => return,
         Some(Ok(Err(ReadError::Refuse(status, msg)))) => {
             tracing::debug!(%status, %msg, "refused a frame");
-            encode_error(status, &msg)
+            vec![encode_error(status, &msg)]
         }
         Some(Ok(Ok((code, body)))) => match Request::decode(code, body) {
-            Err(e) => encode_error(e.status(), &e.to_string()),
+            Err(e) => vec![encode_error(e.status(), &e.to_string())],
             // Boxed: the handler's future is large, and inline it would be copied into
             // every stream's task when the task is spawned (memmove showed in profiles).
             Ok(req) => match Box::pin(fe.handle(session, req)).await {
-                Ok(resp) => resp.encode(),
-                Err((status, msg)) => encode_error(status, &msg),
+                // Large bodies stay the `Bytes` the state machine read them into.
+                Ok(resp) => resp.encode_chunks(),
+                Err((status, msg)) => vec![encode_error(status, &msg)],
             },
         },
     };
     // One frame per stream: whatever else the client sent is not read.
     let _ = recv.stop(0u32.into());
-    debug_assert!(frame.len() <= MAX_FRAME);
+    debug_assert!(frame.iter().map(Bytes::len).sum::<usize>() <= MAX_FRAME);
     // Handed to QUIC as it is: `write_all` would copy every answer (and the bodies of
     // every receive) into QUIC's send buffer first.
-    if send.write_chunk(frame).await.is_ok() && send.finish().is_ok() {
+    if send.write_all_chunks(&mut frame).await.is_ok() && send.finish().is_ok() {
         // Stay counted as in progress until the peer has the whole answer, so that a
         // shutdown does not close the connection under a response still in transit.
         let _ = tokio::time::timeout(DELIVERY_TIMEOUT, send.stopped()).await;
