@@ -125,10 +125,40 @@ pub(crate) fn put_body(b: &mut BytesMut, body: &Bytes, shared: Option<&mut Share
     }
 }
 
+/// Bytes of a body of `len` bytes that [`put_body`] copies into the frame's buffer, when
+/// large bodies are shared (`share`) or not.
+pub(crate) fn copied_len(len: usize, share: bool) -> usize {
+    if share && len >= SHARED_BODY {
+        0
+    } else {
+        len
+    }
+}
+
+/// A frame begun in `b` ([`begin_frame`]) whose body `encode` writes, as one `Bytes`
+/// with every body copied in.
+pub(crate) fn whole_frame(
+    mut b: BytesMut,
+    encode: impl FnOnce(&mut BytesMut, Option<&mut SharedBodies>),
+) -> Bytes {
+    encode(&mut b, None);
+    finish_frame(b)
+}
+
+/// The frame of [`whole_frame`] as the chunks it is made of ([`finish_chunks`]).
+pub(crate) fn chunked_frame(
+    mut b: BytesMut,
+    encode: impl FnOnce(&mut BytesMut, Option<&mut SharedBodies>),
+) -> Vec<Bytes> {
+    let mut shared = SharedBodies::default();
+    encode(&mut b, Some(&mut shared));
+    finish_chunks(b, shared)
+}
+
 /// Completes a frame built with [`begin_frame`] and [`put_body`] as the chunks it is made
 /// of, in order: the same bytes as [`finish_frame`] would give had every body been copied,
 /// but each shared body is the caller's own `Bytes`, not a copy.
-pub(crate) fn finish_chunks(mut buf: BytesMut, shared: SharedBodies) -> Vec<Bytes> {
+fn finish_chunks(mut buf: BytesMut, shared: SharedBodies) -> Vec<Bytes> {
     let len = (buf.len() + shared.len - 4) as u32;
     buf[0..4].copy_from_slice(&len.to_be_bytes());
     let mut out = Vec::with_capacity(2 * shared.parts.len() + 1);

@@ -4,7 +4,9 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::auth::{decode_rights, AuditEntry, Rights, Usage, UserInfo, MAX_USERS};
-use super::frame::{begin_frame, finish_chunks, finish_frame, put_body, SharedBodies, SHARED_BODY};
+use super::frame::{
+    begin_frame, chunked_frame, copied_len, finish_frame, put_body, whole_frame, SharedBodies,
+};
 use super::types::*;
 use super::wire::{DecodeError, Reader, WireWrite};
 use super::{Opcode, Status, MAX_BATCH, MAX_QUEUE_TAGS};
@@ -386,19 +388,14 @@ impl Request {
 
     /// Encodes the whole frame, header included.
     pub fn encode(&self) -> Bytes {
-        let mut b = self.begin(false);
-        self.encode_body(&mut b, None);
-        finish_frame(b)
+        whole_frame(self.begin(false), |b, s| self.encode_body(b, s))
     }
 
     /// The frame of [`Request::encode`] as the chunks it is made of: message bodies of
     /// 4 KiB or more are the caller's own `Bytes`, not copies, so a send hands them to QUIC
     /// without copying them into the frame.
     pub fn encode_chunks(&self) -> Vec<Bytes> {
-        let mut b = self.begin(true);
-        let mut shared = SharedBodies::default();
-        self.encode_body(&mut b, Some(&mut shared));
-        finish_chunks(b, shared)
+        chunked_frame(self.begin(true), |b, s| self.encode_body(b, s))
     }
 
     /// The frame's header, with room for the body (`share`: large bodies are not copied).
@@ -406,10 +403,7 @@ impl Request {
         let cap = match self {
             Request::Send { messages, .. } => messages
                 .iter()
-                .map(|m| {
-                    let shared = share && m.body.len() >= SHARED_BODY;
-                    m.size() + 32 - if shared { m.body.len() } else { 0 }
-                })
+                .map(|m| m.size() + 32 - m.body.len() + copied_len(m.body.len(), share))
                 .sum(),
             _ => 64,
         };
@@ -739,30 +733,19 @@ const MAX_RESPONSE_ITEMS: u32 = MAX_BATCH;
 impl Response {
     /// Encodes an `OK` frame carrying this body.
     pub fn encode(&self) -> Bytes {
-        let mut b = self.begin(false);
-        self.encode_body(&mut b, None);
-        finish_frame(b)
+        whole_frame(self.begin(false), |b, s| self.encode_body(b, s))
     }
 
     /// The frame of [`Response::encode`] as the chunks it is made of: message bodies of
     /// 4 KiB or more are the ones this response holds, not copies, so an answer hands them
     /// to QUIC without copying them into the frame.
     pub fn encode_chunks(&self) -> Vec<Bytes> {
-        let mut b = self.begin(true);
-        let mut shared = SharedBodies::default();
-        self.encode_body(&mut b, Some(&mut shared));
-        finish_chunks(b, shared)
+        chunked_frame(self.begin(true), |b, s| self.encode_body(b, s))
     }
 
     /// The frame's header, with room for the body (`share`: large bodies are not copied).
     fn begin(&self, share: bool) -> BytesMut {
-        let room = |m: &Message| {
-            64 + if share && m.body.len() >= SHARED_BODY {
-                0
-            } else {
-                m.body.len()
-            }
-        };
+        let room = |m: &Message| 64 + copied_len(m.body.len(), share);
         let cap = match self {
             Response::Deliveries(d) => d.iter().map(|d| room(&d.message)).sum(),
             Response::Messages(m) => m.iter().map(room).sum(),

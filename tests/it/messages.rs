@@ -331,3 +331,58 @@ async fn nack_with_delay_and_extend_visibility() {
     let later = c.receive("n", 1, None, Some(5000)).await.unwrap();
     assert_eq!(later[0].message.body, Bytes::from_static(b"a"));
 }
+
+#[tokio::test]
+async fn bodies_on_both_sides_of_the_shared_size_arrive_byte_for_byte() {
+    // Bodies of 4 KiB or more travel as chunks of their own, smaller ones inside the
+    // frame: in one send, one peek and one receive, each must come back whole, in order,
+    // with its attributes.
+    let node = Node::start();
+    let c = node.client().await;
+    c.create_queue(
+        "mixed",
+        QueuePatch {
+            max_message_size: Some(256 * 1024),
+            ..patch()
+        },
+    )
+    .await
+    .unwrap();
+    let sizes = [0usize, 100, 4095, 4096, 4097, 70_000, 3, 200_000];
+    let bodies: Vec<Bytes> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            (0..n)
+                .map(|j| (i * 31 + j * 7) as u8)
+                .collect::<Vec<u8>>()
+                .into()
+        })
+        .collect();
+    let entries = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, b)| SendEntry {
+            attributes: vec![("n".into(), Bytes::from(i.to_string()))],
+            ..SendEntry::new(b.clone())
+        })
+        .collect();
+    let ids = c.send("mixed", entries).await.unwrap();
+    assert_eq!(ids.len(), sizes.len());
+
+    let peeked = c.peek("mixed", 100).await.unwrap();
+    let got = c.receive("mixed", 100, None, Some(0)).await.unwrap();
+    assert_eq!(peeked.len(), sizes.len());
+    assert_eq!(got.len(), sizes.len());
+    for (i, body) in bodies.iter().enumerate() {
+        for (what, m) in [("peek", &peeked[i]), ("receive", &got[i].message)] {
+            assert_eq!(m.id, ids[i], "{what} {i}");
+            assert_eq!(&m.body, body, "{what} {i}: body of {} bytes", sizes[i]);
+            assert_eq!(
+                m.attributes,
+                vec![("n".to_string(), Bytes::from(i.to_string()))],
+                "{what} {i}"
+            );
+        }
+    }
+}
