@@ -585,6 +585,7 @@ impl Node {
             .answering_for(inner.layout.node_id);
         let db = sm.database();
         let bodies = sm.bodies();
+        let writes = log.writes_pending();
         let raft = Raft::new(
             inner.layout.node_id,
             inner.raft_config.clone(),
@@ -597,7 +598,7 @@ impl Node {
             group,
             detail: e.to_string(),
         })?;
-        let proposer = Proposer::start(raft.clone(), PROPOSALS_IN_FLIGHT);
+        let proposer = Proposer::start(raft.clone(), PROPOSALS_IN_FLIGHT, writes);
         Ok(Local {
             raft,
             proposer,

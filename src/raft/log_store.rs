@@ -43,7 +43,7 @@ use std::io::{self, Read};
 use std::ops::{Bound, RangeBounds};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Instant;
 
@@ -582,6 +582,40 @@ pub struct LogStore {
     /// entries up to it leave memory (see [`Recent`]).
     applied: Arc<AtomicU64>,
     writer: Arc<Writer>,
+    /// Appends handed to the writer and not yet written (see [`WritesPending`]).
+    pending: Arc<WritesPending>,
+}
+
+/// How many appends a log's writer has in hand (handed over, not yet written and synced),
+/// with a signal when none is left. The proposer reads it to hold a small proposal back
+/// while the writer is busy (see `raft::proposer`).
+#[derive(Debug, Default)]
+pub struct WritesPending {
+    count: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl WritesPending {
+    /// Whether the writer has appends in hand.
+    pub fn busy(&self) -> bool {
+        self.count.load(Ordering::Acquire) > 0
+    }
+
+    /// Completes once the writer has no append left in hand, if created (and enabled)
+    /// before [`WritesPending::busy`] was read.
+    pub fn idle(&self) -> tokio::sync::futures::Notified<'_> {
+        self.idle.notified()
+    }
+
+    fn add(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn done(&self, n: usize) {
+        if n > 0 && self.count.fetch_sub(n, Ordering::AcqRel) == n {
+            self.idle.notify_waiters();
+        }
+    }
 }
 
 /// Bytes of written entries (as encoded) a log keeps in memory for the state machine and
@@ -773,6 +807,8 @@ struct WriterState {
     applied: Arc<AtomicU64>,
     /// Reused encoding buffer.
     buf: Vec<u8>,
+    /// Appends in hand, counted down as they are written.
+    pending: Arc<WritesPending>,
     /// To the purge thread.
     purges: mpsc::Sender<PurgeOp>,
     /// Writes that bypass the page cache, while the file system takes them.
@@ -996,6 +1032,9 @@ impl WriterState {
             );
         }
         drop(entries);
+        // Counted down before the callbacks: a proposal held back for the writer can be on
+        // its way while openraft learns of this write.
+        self.pending.done(appends.len());
         // The flush is reported only after the data is durable (or failed), in order.
         for (_, done) in appends {
             done(match &r {
@@ -1120,6 +1159,7 @@ impl LogStore {
         });
         let write_times = Arc::new(OnceLock::new());
         let applied = Arc::new(AtomicU64::new(0));
+        let pending = Arc::new(WritesPending::default());
         let (purges, purged_rx) = mpsc::channel();
         let state = WriterState {
             disk: disk.clone(),
@@ -1128,6 +1168,7 @@ impl LogStore {
             recent: SharedRecent::default(),
             applied: applied.clone(),
             buf: Vec::new(),
+            pending: pending.clone(),
             purges,
             direct: Direct::probe(dir),
         };
@@ -1139,7 +1180,13 @@ impl LogStore {
             committed: Arc::default(),
             applied,
             writer: Arc::new(writer),
+            pending,
         })
+    }
+
+    /// How many appends the writer has in hand, for the proposer.
+    pub fn writes_pending(&self) -> Arc<WritesPending> {
+        self.pending.clone()
     }
 
     /// Where the state machine reports the entries it has applied: the log keeps written
@@ -1174,7 +1221,12 @@ impl LogStore {
                 r.entries.insert(e.log_id.index, e.clone());
             }
         }
-        self.writer.send(WriteOp::Append(entries, done))
+        self.pending.add();
+        let sent = self.writer.send(WriteOp::Append(entries, done));
+        if sent.is_err() {
+            self.pending.done(1);
+        }
+        sent
     }
 }
 
@@ -1500,6 +1552,46 @@ mod tests {
             .collect();
         names.sort();
         names
+    }
+
+    #[test]
+    fn the_writer_counts_the_appends_in_hand_and_signals_when_none_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shard-0000.log");
+        rt().block_on(async {
+            let store = on_disk(LogStore::open(&path).unwrap());
+            let pending = store.writes_pending();
+            assert!(!pending.busy(), "a new log's writer has nothing in hand");
+            let idle = pending.idle();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            let mut flushed = Vec::new();
+            {
+                // The writer needs this lock to write: while the test holds it, both
+                // appends stay in hand.
+                let _held = lock(&store.disk);
+                for range in [1..=3, 4..=4] {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    store
+                        .append_with(
+                            range.map(blank),
+                            Box::new(move |r| {
+                                let _ = tx.send(r);
+                            }),
+                        )
+                        .unwrap();
+                    flushed.push(rx);
+                }
+                assert!(pending.busy(), "appends handed over and not yet written");
+            }
+            tokio::time::timeout(std::time::Duration::from_secs(10), idle)
+                .await
+                .expect("no signal once both appends were written");
+            assert!(!pending.busy());
+            for rx in flushed {
+                rx.await.unwrap().unwrap();
+            }
+        });
     }
 
     #[test]

@@ -12,6 +12,16 @@
 //! single 1 KiB sends in flight: 18k msgs/s with 8 small proposals in flight, 26–31k with
 //! 2; batches of 100: 69k with 8, 40k with 2.)
 //!
+//! Below that limit a small proposal is also held back while the log's writer is busy
+//! with an earlier one (the writer's count of appends in hand,
+//! [`super::log_store::WritesPending`]): dispatched at once it would only wait at the
+//! writer, and the commands arriving meanwhile would wait for the next free slot, after the
+//! earlier proposals are applied. Held, it takes them along and reaches the writer as soon
+//! as the writer is done. Holding costs one more pass through the Raft core (about 0.1 ms),
+//! so the proposer stops doing it where nobody joins the held proposals, as with one
+//! request at a time (see [`Holding`]). (Measured on one node at 8 sends in flight: 22%
+//! more messages per second; at half of workload (a)'s peak an end-to-end p50 10% lower.)
+//!
 //! A long-polling receive that found its queue empty may wait here as a *rider*
 //! ([`Proposer::ride`]): the next proposal that sends (or returns) messages to that queue
 //! takes the receive along, after those commands, so the messages are delivered by the
@@ -27,6 +37,7 @@ use openraft::error::ClientWriteError;
 use openraft::raft::ClientWriteResult;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
+use super::log_store::WritesPending;
 use super::{Answer, Answered, Done, NodeId, Proposal, TypeConfig};
 use crate::protocol::Status;
 use crate::store::{now_ms, Command, Outcome};
@@ -231,7 +242,7 @@ pub struct Proposer {
 
 impl Proposer {
     /// Starts the batching task for `raft`, with at most `in_flight` proposals outstanding.
-    pub fn start(raft: Raft, in_flight: usize) -> Proposer {
+    pub fn start(raft: Raft, in_flight: usize, writes: Arc<WritesPending>) -> Proposer {
         let (tx, rx) = mpsc::channel(MAX_BATCH * 2);
         let riders = Arc::new(Riders::default());
         tokio::spawn(run(
@@ -239,6 +250,7 @@ impl Proposer {
             rx,
             Arc::new(Semaphore::new(in_flight.max(1))),
             riders.clone(),
+            writes,
         ));
         Proposer { tx, riders }
     }
@@ -288,7 +300,14 @@ impl Proposer {
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::Receiver<Job>, slots: Arc<Semaphore>, riders: Arc<Riders>) {
+async fn run(
+    raft: Raft,
+    mut rx: mpsc::Receiver<Job>,
+    slots: Arc<Semaphore>,
+    riders: Arc<Riders>,
+    writes: Arc<WritesPending>,
+) {
+    let mut holding = Holding::default();
     let in_flight = Arc::new(AtomicUsize::new(0));
     let finished = Arc::new(tokio::sync::Notify::new());
     while let Some(first) = rx.recv().await {
@@ -301,6 +320,9 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Job>, slots: Arc<Semaphore>, rid
         let mut bytes_sum = bytes(&first.cmd);
         let mut jobs = vec![first];
         let mut open = true;
+        // How many commands it had when first held back for the writer.
+        let mut held_at: Option<usize> = None;
+        let mut skipped = false;
         let full = |jobs: &Vec<Job>, bytes_sum: usize| {
             jobs.len() >= MAX_BATCH || bytes_sum >= MAX_PROPOSAL_BYTES
         };
@@ -319,17 +341,36 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Job>, slots: Arc<Semaphore>, rid
             let done = finished.notified();
             tokio::pin!(done);
             done.as_mut().enable();
+            let idle = writes.idle();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            let flying = in_flight.load(Ordering::Acquire);
             if !open
                 || full(&jobs, bytes_sum)
                 || weight_sum >= BIG_PROPOSAL
                 || bytes_sum >= BIG_PROPOSAL_BYTES
-                || in_flight.load(Ordering::Acquire) < SMALL_IN_FLIGHT
+                || flying == 0
             {
                 break;
             }
-            // Small, with enough in flight: wait for one to finish or for more commands.
+            let for_writer = flying < SMALL_IN_FLIGHT;
+            if for_writer {
+                if !writes.busy() {
+                    break;
+                }
+                if held_at.is_none() {
+                    if !holding.wanted() {
+                        skipped = true;
+                        break;
+                    }
+                    held_at = Some(jobs.len());
+                }
+            }
+            // Small, with enough in flight or the log's writer busy: wait for a proposal
+            // to finish, for the writer to be done, or for more commands.
             tokio::select! {
                 _ = &mut done => {}
+                _ = &mut idle, if for_writer => {}
                 j = rx.recv() => match j {
                     Some(j) => {
                         weight_sum += weight(&j.cmd);
@@ -339,6 +380,11 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Job>, slots: Arc<Semaphore>, rid
                     None => open = false,
                 },
             }
+        }
+        match held_at {
+            Some(n) => holding.held(jobs.len() - n),
+            None if skipped => holding.skipped(),
+            None => {}
         }
         riders.board(&mut jobs);
         in_flight.fetch_add(1, Ordering::AcqRel);
@@ -407,6 +453,49 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Job>, slots: Arc<Semaphore>, rid
     }
 }
 
+/// Whether holding small proposals back for the log's writer pays here. A held proposal
+/// waits for the writer to finish and then takes one more pass through the Raft core to
+/// reach it, where it would have been written at once; that costs about 0.1 ms, which
+/// only the commands joining it meanwhile repay. So the proposer keeps a running mean of
+/// how many joined the last held proposals, holds while it is at least
+/// [`Holding::WORTH`], and otherwise holds only one proposal in [`Holding::PROBE_EVERY`],
+/// to notice when concurrency returns.
+struct Holding {
+    /// Exponentially weighted mean of the commands that joined each held proposal.
+    gain: f64,
+    /// Proposals sent on without holding since the last one held.
+    skipped: u32,
+}
+
+impl Default for Holding {
+    fn default() -> Self {
+        Holding {
+            gain: Self::WORTH,
+            skipped: 0,
+        }
+    }
+}
+
+impl Holding {
+    const WORTH: f64 = 0.2;
+    const PROBE_EVERY: u32 = 16;
+    /// Weight of the newest proposal in the mean.
+    const ALPHA: f64 = 0.25;
+
+    fn wanted(&self) -> bool {
+        self.gain >= Self::WORTH || self.skipped + 1 >= Self::PROBE_EVERY
+    }
+
+    fn held(&mut self, joined: usize) {
+        self.gain += Self::ALPHA * (joined as f64 - self.gain);
+        self.skipped = 0;
+    }
+
+    fn skipped(&mut self) {
+        self.skipped = self.skipped.saturating_add(1);
+    }
+}
+
 /// A proposal's place among those in flight, freed when the proposal is answered.
 struct Slot {
     _permit: OwnedSemaphorePermit,
@@ -418,5 +507,32 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.finished.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Holding;
+
+    #[test]
+    fn holding_stops_when_it_gains_nothing_and_probes_to_start_again() {
+        let mut h = Holding::default();
+        assert!(h.wanted(), "a new proposer holds");
+        for _ in 0..8 {
+            h.held(0);
+        }
+        assert!(!h.wanted(), "eight held proposals that nobody joined");
+        for _ in 0..Holding::PROBE_EVERY - 1 {
+            assert!(!h.wanted());
+            h.skipped();
+        }
+        assert!(
+            h.wanted(),
+            "one proposal in PROBE_EVERY is held to measure again"
+        );
+        h.held(3);
+        assert!(h.wanted(), "three commands joined the probe");
+        h.held(0);
+        assert!(h.wanted(), "one empty hold does not undo that");
     }
 }

@@ -325,6 +325,13 @@ mod one_node {
     }
 
     async fn start(dir: &std::path::Path) -> Raft {
+        start_with_writes(dir).await.0
+    }
+
+    /// [`start`], with the log's count of writes in hand (for a proposer).
+    async fn start_with_writes(
+        dir: &std::path::Path,
+    ) -> (Raft, Arc<super::super::log_store::WritesPending>) {
         let config = Arc::new(
             openraft::Config {
                 heartbeat_interval: 100,
@@ -359,7 +366,11 @@ mod one_node {
                 }
             }
         };
-        Raft::new(1, config, NoPeers, log, sm).await.unwrap()
+        let writes = log.writes_pending();
+        (
+            Raft::new(1, config, NoPeers, log, sm).await.unwrap(),
+            writes,
+        )
     }
 
     async fn propose(raft: &Raft, cmd: Command) -> Result<Outcome, super::super::Rejection> {
@@ -374,7 +385,13 @@ mod one_node {
     }
 
     async fn leader_of_one(dir: &std::path::Path) -> Raft {
-        let raft = start(dir).await;
+        leader_of_one_with_writes(dir).await.0
+    }
+
+    async fn leader_of_one_with_writes(
+        dir: &std::path::Path,
+    ) -> (Raft, Arc<super::super::log_store::WritesPending>) {
+        let (raft, writes) = start_with_writes(dir).await;
         let mut members = BTreeMap::new();
         members.insert(1, BasicNode::new("127.0.0.1:0"));
         raft.initialize(members).await.unwrap();
@@ -382,15 +399,15 @@ mod one_node {
             .current_leader(1, "becomes leader")
             .await
             .unwrap();
-        raft
+        (raft, writes)
     }
 
     /// A leader of one with a proposer (4 slots) and a queue `q`; the last log index after.
     async fn proposer_with_queue(
         dir: &std::path::Path,
     ) -> (Raft, super::super::proposer::Proposer, u64) {
-        let raft = leader_of_one(dir).await;
-        let p = super::super::proposer::Proposer::start(raft.clone(), 4);
+        let (raft, writes) = leader_of_one_with_writes(dir).await;
+        let p = super::super::proposer::Proposer::start(raft.clone(), 4, writes);
         p.submit(Command::CreateQueue {
             name: "q".into(),
             patch: QueuePatch::default(),
