@@ -15,6 +15,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::wire::WireWrite;
 use super::{Opcode, Status, MAX_FRAME, VERSION};
 
 /// Size of the fixed header in bytes.
@@ -118,10 +119,7 @@ pub(crate) fn put_body(b: &mut BytesMut, body: &Bytes, shared: Option<&mut Share
             s.parts.push((b.len(), body.clone()));
             s.len += body.len();
         }
-        _ => {
-            b.put_u32(body.len() as u32);
-            b.put_slice(body);
-        }
+        _ => b.put_blob(body),
     }
 }
 

@@ -341,9 +341,6 @@ async fn run(
             let done = finished.notified();
             tokio::pin!(done);
             done.as_mut().enable();
-            let idle = writes.idle();
-            tokio::pin!(idle);
-            idle.as_mut().enable();
             let flying = in_flight.load(Ordering::Acquire);
             if !open
                 || full(&jobs, bytes_sum)
@@ -354,7 +351,13 @@ async fn run(
                 break;
             }
             let for_writer = flying < SMALL_IN_FLIGHT;
+            let idle = writes.idle();
+            tokio::pin!(idle);
             if for_writer {
+                // Registered before the check, so a write ending in between is not missed;
+                // only here, where the proposer may hold: each registration takes the
+                // lock the writer's signal takes too.
+                idle.as_mut().enable();
                 if !writes.busy() {
                     break;
                 }
