@@ -105,6 +105,15 @@ pub struct Args {
         value_name = "MIB"
     )]
     pub min_free_mib: Option<u64>,
+    /// Microseconds a shard's log may wait after a small write before the next, so that
+    /// more commands share one write and sync (0: never).
+    #[arg(
+        long,
+        env = "MQD_LOG_LINGER_US",
+        hide_env_values = true,
+        value_name = "MICROSECONDS"
+    )]
+    pub log_linger_us: Option<u64>,
     /// Validate the config file and exit: 0 if valid, 2 if not.
     #[arg(long)]
     pub check_config: bool,
@@ -134,6 +143,8 @@ pub const MAX_MAX_CONNECTIONS: u32 = 1_000_000;
 pub const DEFAULT_MIN_FREE_MIB: u64 = 256;
 /// Largest `min_free_mib` accepted (1 PiB).
 pub const MAX_MIN_FREE_MIB: u64 = 1 << 30;
+/// Largest `log_linger_us` accepted (10 ms).
+pub const MAX_LOG_LINGER_US: u64 = crate::raft::log_store::MAX_LINGER_US;
 /// Default number of shards.
 pub const DEFAULT_SHARDS: u32 = 16;
 /// Default replicas per shard.
@@ -200,6 +211,8 @@ pub struct FileConfig {
     pub max_connections: Option<u32>,
     /// MiB of disk kept free; below it sends are refused.
     pub min_free_mib: Option<u64>,
+    /// Microseconds a shard's log may wait after a small write before the next.
+    pub log_linger_us: Option<u64>,
     /// Cluster membership and layout.
     pub cluster: Option<ClusterFile>,
 }
@@ -244,6 +257,9 @@ pub struct Config {
     /// MiB of disk space kept free for receives, acks and deletes: below it, sends are
     /// refused with `STORAGE_FULL`. 0: no reserve.
     pub min_free_mib: u64,
+    /// Microseconds a shard's log may wait after a small write before the next, while
+    /// commands wait to be proposed (see `raft::log_store::WritesPending`). 0: never.
+    pub log_linger_us: u64,
     /// Where to serve Prometheus metrics over HTTP, if anywhere (a loopback address).
     pub metrics_listen: Option<SocketAddr>,
     /// Where to serve the SQS-compatible API over HTTP, if anywhere.
@@ -345,8 +361,15 @@ impl Config {
                 "min_free_mib {min_free_mib} is out of range: use 0 (no reserve) to {MAX_MIN_FREE_MIB}"
             )));
         }
+        let log_linger_us = overrides.log_linger_us.or(file.log_linger_us).unwrap_or(0);
+        if log_linger_us > MAX_LOG_LINGER_US {
+            return Err(ConfigError::Invalid(format!(
+                "log_linger_us {log_linger_us} is out of range: use 0 (never wait) to {MAX_LOG_LINGER_US}"
+            )));
+        }
         Ok(Config {
             min_free_mib,
+            log_linger_us,
             max_connections,
             cluster,
             metrics_listen,
@@ -514,6 +537,15 @@ pub const KEYS: &[KeyDoc] = &[
         env: Some("MQD_MIN_FREE_MIB"),
         flag: Some("--min-free-mib"),
         doc: "Disk space kept free on the file system of data_dir, in MiB. While less is free, sends this node leads are refused with STORAGE_FULL (nothing is stored) and the log says so; receives, acks, nacks and deletes go on in the reserve, and sends resume by themselves once space is freed. 0: no reserve (a full disk then stops the shards whose log cannot be written).",
+    },
+    KeyDoc {
+        name: "log_linger_us",
+        kind: "integer (microseconds), 0 to 10000",
+        default: "0",
+        example: "1000",
+        env: Some("MQD_LOG_LINGER_US"),
+        flag: Some("--log-linger-us"),
+        doc: "How long a shard's Raft log may wait, after starting a small write (under 128 messages), before it starts the next, while commands are waiting to be proposed: they then share one write and one sync. At moderate load this takes fewer, larger writes and less CPU (measured at 10,000 msgs/s with 1000: 1,000 log writes a second instead of 2,400, a quarter less CPU, an end-to-end p99 of 4-6 ms instead of 11 on a VM whose host paused it when it synced often). Each send may wait up to this much longer, so a client that waits for each answer before the next send sends fewer messages a second (a third fewer with one or eight sends in flight at 1000). 0: never wait.",
     },
     KeyDoc {
         name: "cluster.node_id",
@@ -690,6 +722,7 @@ mod tests {
                 && all.sqs_listen.is_some()
                 && all.max_connections.is_some()
                 && all.min_free_mib.is_some()
+                && all.log_linger_us.is_some()
                 && all.cluster.as_ref().is_some_and(|c| c.node_id.is_some()
                     && c.peers.is_some()
                     && c.shards.is_some()
@@ -772,6 +805,49 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn log_linger_us_is_checked() {
+        let resolve = |text: &str, flag: Option<u64>| {
+            Config::resolve(
+                FileConfig::parse(Path::new("x.toml"), text).unwrap(),
+                FileConfig {
+                    data_dir: Some("/nonexistent/mqd-test".into()),
+                    log_linger_us: flag,
+                    ..FileConfig::default()
+                },
+            )
+        };
+        assert_eq!(
+            resolve("", None).unwrap().log_linger_us,
+            0,
+            "off by default"
+        );
+        assert_eq!(
+            resolve("log_linger_us = 1000\n", None)
+                .unwrap()
+                .log_linger_us,
+            1000
+        );
+        assert_eq!(
+            resolve("log_linger_us = 1000\n", Some(0))
+                .unwrap()
+                .log_linger_us,
+            0,
+            "the flag wins over the file"
+        );
+        let e = resolve("log_linger_us = 10001\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("log_linger_us 10001 is out of range: use 0 (never wait) to 10000"),
+            "{e}"
+        );
+        let e = FileConfig::parse(Path::new("x.toml"), "log_linger_us = \"1ms\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("log_linger_us"), "{e}");
     }
 
     #[test]

@@ -45,6 +45,7 @@ fn overrides(args: &Args) -> FileConfig {
         sqs_listen: args.sqs_listen.clone(),
         max_connections: args.max_connections,
         min_free_mib: args.min_free_mib,
+        log_linger_us: args.log_linger_us,
         cluster: Some(mqd::config::ClusterFile {
             node_id: args.node_id,
             peers: (!args.peers.is_empty()).then(|| args.peers.clone()),

@@ -21,6 +21,7 @@
 //! #     sqs_listen: None,
 //! #     max_connections: mqd::config::DEFAULT_MAX_CONNECTIONS,
 //! #     min_free_mib: 0,
+//! #     log_linger_us: 0,
 //! #     cluster: mqd::config::ClusterSettings {
 //! #         node_id: 1,
 //! #         peers: Default::default(),

@@ -306,6 +306,8 @@ struct Local {
     bodies: Arc<crate::store::bodies::Bodies>,
     /// The committed index, as the group's log store last heard it.
     committed: Arc<AtomicU64>,
+    /// The log writer's state the proposer reads, where the linger is set.
+    writes: Arc<crate::raft::log_store::WritesPending>,
 }
 
 /// This node's view of the cluster. Cheap to clone.
@@ -337,6 +339,8 @@ struct Inner {
     stopping: AtomicBool,
     /// Bumped each time the local control-group replica changes the users.
     users_version: Arc<AtomicU64>,
+    /// The linger of the groups' logs in microseconds (see [`Node::set_log_linger`]).
+    log_linger_us: AtomicU64,
     /// The free-space guard, once the server sets one (see [`Node::guard_disk`]).
     disk: std::sync::OnceLock<disk::DiskGuard>,
     /// What this node's front end served.
@@ -489,6 +493,7 @@ impl Node {
                 stopping: AtomicBool::new(false),
                 users_version: Arc::default(),
                 disk: std::sync::OnceLock::new(),
+                log_linger_us: AtomicU64::new(0),
                 usage: UsageCounters::default(),
                 catalog_version: Arc::default(),
                 catalog: RwLock::new((0, HashMap::new())),
@@ -586,6 +591,9 @@ impl Node {
         let db = sm.database();
         let bodies = sm.bodies();
         let writes = log.writes_pending();
+        writes.set_linger(std::time::Duration::from_micros(
+            inner.log_linger_us.load(Ordering::Acquire),
+        ));
         let raft = Raft::new(
             inner.layout.node_id,
             inner.raft_config.clone(),
@@ -598,13 +606,14 @@ impl Node {
             group,
             detail: e.to_string(),
         })?;
-        let proposer = Proposer::start(raft.clone(), PROPOSALS_IN_FLIGHT, writes);
+        let proposer = Proposer::start(raft.clone(), PROPOSALS_IN_FLIGHT, writes.clone());
         Ok(Local {
             raft,
             proposer,
             db,
             bodies,
             committed,
+            writes,
         })
     }
 
@@ -1197,6 +1206,23 @@ impl Node {
             }
         }
         total
+    }
+
+    /// Sets how long the hosted groups' logs, and those added later, may wait after a small
+    /// write before the next (the `log_linger_us` setting; see
+    /// [`WritesPending`](crate::raft::log_store::WritesPending)).
+    pub fn set_log_linger(&self, linger: Duration) {
+        let us = u64::try_from(linger.as_micros()).unwrap_or(u64::MAX);
+        self.inner.log_linger_us.store(us, Ordering::Release);
+        for local in self
+            .inner
+            .groups
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            local.writes.set_linger(linger);
+        }
     }
 
     /// Refuses sends led by this node while its disk is below the guard's reserve. Set once,

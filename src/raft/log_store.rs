@@ -43,7 +43,7 @@ use std::io::{self, Read};
 use std::ops::{Bound, RangeBounds};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Instant;
 
@@ -589,22 +589,72 @@ pub struct LogStore {
 /// How many appends a log's writer has in hand (handed over, not yet written and synced),
 /// with a signal when none is left. The proposer reads it to hold a small proposal back
 /// while the writer is busy (see `raft::proposer`).
+///
+/// With a linger set ([`WritesPending::set_linger`], the `log_linger_us` setting), the
+/// writer also *rests* after a small write (fewer than [`REST_BELOW`] messages) that began
+/// less than the linger before, when the proposer holds a proposal back for it: it counts
+/// as busy until the linger after that write began, or until an append arrives, so the
+/// held proposal takes along the commands arriving meanwhile. The proposer ends the rest
+/// early by sending the proposal on once it carries
+/// [`WAKES_WRITER`](super::proposer::WAKES_WRITER) messages. Fewer, larger writes cost less
+/// CPU and disk work at moderate load, and each send waits up to the linger more; a client
+/// that waits for each answer sends fewer messages a second (docs/BENCHMARKS.md, "The
+/// host's pauses every 100 ms").
 #[derive(Debug, Default)]
 pub struct WritesPending {
     count: AtomicUsize,
+    /// The writer rests (see above).
+    resting: AtomicBool,
+    /// The proposer holds a proposal back until the writer is idle.
+    holding: AtomicBool,
+    /// The linger in microseconds; 0: the writer never rests.
+    linger_us: AtomicU64,
     idle: tokio::sync::Notify,
 }
 
+/// Longest linger accepted, in microseconds.
+pub const MAX_LINGER_US: u64 = 10_000;
+
+/// Messages a write must carry (as the proposer counts them) for the writer not to rest
+/// after it: at full load each write carries more, and resting would only delay the next.
+pub const REST_BELOW: usize = 128;
+
 impl WritesPending {
-    /// Whether the writer has appends in hand.
+    /// Whether the writer has appends in hand or rests.
     pub fn busy(&self) -> bool {
-        self.count.load(Ordering::Acquire) > 0
+        self.count.load(Ordering::Acquire) > 0 || self.resting()
     }
 
-    /// Completes once the writer has no append left in hand, if created (and enabled)
-    /// before [`WritesPending::busy`] was read.
+    /// Whether the writer rests after a write, with nothing in hand: an append handed over
+    /// now is written at once.
+    pub fn resting(&self) -> bool {
+        self.resting.load(Ordering::Acquire)
+    }
+
+    /// Completes once the writer has no append left in hand and does not rest, if created
+    /// (and enabled) before [`WritesPending::busy`] was read.
     pub fn idle(&self) -> tokio::sync::futures::Notified<'_> {
         self.idle.notified()
+    }
+
+    /// Sets the linger (see above; at most [`MAX_LINGER_US`] µs; zero turns resting off).
+    pub fn set_linger(&self, linger: std::time::Duration) {
+        let us = u64::try_from(linger.as_micros()).unwrap_or(u64::MAX);
+        self.linger_us
+            .store(us.min(MAX_LINGER_US), Ordering::Release);
+    }
+
+    fn linger(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.linger_us.load(Ordering::Acquire))
+    }
+
+    /// Tells the writer whether the proposer holds a proposal back for it.
+    pub fn set_holding(&self, holding: bool) {
+        self.holding.store(holding, Ordering::Release);
+    }
+
+    fn holding(&self) -> bool {
+        self.holding.load(Ordering::Acquire)
     }
 
     fn add(&self) {
@@ -612,7 +662,19 @@ impl WritesPending {
     }
 
     fn done(&self, n: usize) {
-        if n > 0 && self.count.fetch_sub(n, Ordering::AcqRel) == n {
+        if n > 0 && self.count.fetch_sub(n, Ordering::AcqRel) == n && !self.resting() {
+            self.idle.notify_waiters();
+        }
+    }
+
+    fn rest(&self, resting: bool) {
+        self.resting.store(resting, Ordering::Release);
+    }
+
+    /// Ends a rest, and signals idle if nothing is in hand.
+    fn wake(&self) {
+        self.resting.store(false, Ordering::Release);
+        if self.count.load(Ordering::Acquire) == 0 {
             self.idle.notify_waiters();
         }
     }
@@ -813,6 +875,8 @@ struct WriterState {
     purges: mpsc::Sender<PurgeOp>,
     /// Writes that bypass the page cache, while the file system takes them.
     direct: Option<Direct>,
+    /// When the rest after the last write ends, if the writer rests.
+    rest_until: Option<Instant>,
 }
 
 /// Block size of direct writes: their offset, length and memory must be multiples of it.
@@ -985,11 +1049,26 @@ fn purge_files(disk: &Mutex<Disk>, meta: &MetaStore, to: LogId) -> io::Result<()
     Ok(())
 }
 
+/// Messages the entries of `appends` carry, as the proposer counts them.
+fn messages(appends: &[(Vec<Arc<Entry>>, Done)]) -> usize {
+    appends
+        .iter()
+        .flat_map(|(es, _)| es.iter())
+        .map(|e| match &e.payload {
+            openraft::EntryPayload::Normal(p) => {
+                p.cmds.iter().map(super::proposer::written).sum::<usize>()
+            }
+            _ => 0,
+        })
+        .sum()
+}
+
 impl WriterState {
     /// Takes every operation waiting and carries them out in order, writing each run of
     /// appends with one write and one fdatasync before answering them.
     fn run(mut self, rx: &mpsc::Receiver<WriteOp>) {
-        while let Ok(op) = rx.recv() {
+        let mut next = rx.recv().ok();
+        while let Some(op) = next.take() {
             let mut ops = vec![op];
             while let Ok(op) = rx.try_recv() {
                 ops.push(op);
@@ -1005,6 +1084,20 @@ impl WriterState {
                 }
             }
             self.flush(appends);
+            // Rests (see `WritesPending`) until the linger after the last write began, unless
+            // something arrives first.
+            next = match self.rest_until.take() {
+                Some(until) => {
+                    let r = rx.recv_timeout(until.saturating_duration_since(Instant::now()));
+                    self.pending.wake();
+                    match r {
+                        Ok(op) => Some(op),
+                        Err(mpsc::RecvTimeoutError::Timeout) => rx.recv().ok(),
+                        Err(mpsc::RecvTimeoutError::Disconnected) => None,
+                    }
+                }
+                None => rx.recv().ok(),
+            };
         }
     }
 
@@ -1032,6 +1125,15 @@ impl WriterState {
             );
         }
         drop(entries);
+        // Whether to rest after this write: decided before the count goes down, so that
+        // a proposal held back for the writer keeps waiting through the rest.
+        let linger = self.pending.linger();
+        let rest = !linger.is_zero()
+            && self.pending.holding()
+            && started.elapsed() < linger
+            && messages(&appends) < REST_BELOW;
+        self.pending.rest(rest);
+        self.rest_until = rest.then(|| started + linger);
         // Counted down before the callbacks: a proposal held back for the writer can be on
         // its way while openraft learns of this write.
         self.pending.done(appends.len());
@@ -1171,6 +1273,7 @@ impl LogStore {
             pending: pending.clone(),
             purges,
             direct: Direct::probe(dir),
+            rest_until: None,
         };
         let writer = Writer::start(state, purged_rx).map_err(write_err)?;
         Ok(LogStore {
@@ -1591,6 +1694,83 @@ mod tests {
             for rx in flushed {
                 rx.await.unwrap().unwrap();
             }
+        });
+    }
+
+    /// Appends entry `i` and waits until it is written.
+    async fn written(store: &LogStore, i: u64) -> std::time::Duration {
+        let started = std::time::Instant::now();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        store
+            .append_with(
+                [blank(i)],
+                Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            )
+            .unwrap();
+        rx.await.unwrap().unwrap();
+        started.elapsed()
+    }
+
+    #[test]
+    fn the_writer_rests_after_a_small_write_while_a_proposal_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shard-0000.log");
+        let rest = std::time::Duration::from_secs(3);
+        rt().block_on(async {
+            let store = on_disk(LogStore::open(&path).unwrap());
+            let pending = store.writes_pending();
+            pending.set_linger(std::time::Duration::from_secs(1));
+            assert_eq!(pending.linger().as_micros() as u64, MAX_LINGER_US);
+            pending.set_linger(std::time::Duration::ZERO);
+            // No linger: no rest, even with a proposal held.
+            pending.set_holding(true);
+            written(&store, 1).await;
+            assert!(!pending.busy(), "the writer rests with no linger set");
+            pending.set_holding(false);
+            // Longer than `set_linger` allows, so that a slow disk cannot end the rest first.
+            pending
+                .linger_us
+                .store(rest.as_micros() as u64, Ordering::Release);
+            // Nobody holds a proposal back: no rest.
+            written(&store, 2).await;
+            assert!(!pending.busy(), "the writer rests with no proposal held");
+
+            // One is held: after a write that took less than the rest, the writer counts
+            // as busy until the rest is over, then signals idle.
+            pending.set_holding(true);
+            let took = written(&store, 3).await;
+            let idle = pending.idle();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if took < rest {
+                assert!(
+                    pending.resting() && pending.busy(),
+                    "no rest after a quick write"
+                );
+            }
+            tokio::time::timeout(std::time::Duration::from_secs(10), idle)
+                .await
+                .expect("no idle signal at the end of the rest");
+            assert!(!pending.busy());
+
+            // An append ends a rest at once: written well before the rest is over.
+            let took = written(&store, 4).await;
+            if took < rest {
+                assert!(pending.resting());
+                let took = written(&store, 5).await;
+                assert!(
+                    took < rest / 2,
+                    "an append waited {took:?} for the rest to end"
+                );
+            }
+            pending.set_holding(false);
+            written(&store, 6).await;
+            assert!(
+                !pending.resting(),
+                "rested after a write with no proposal held"
+            );
         });
     }
 

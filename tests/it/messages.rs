@@ -386,3 +386,54 @@ async fn bodies_on_both_sides_of_the_shared_size_arrive_byte_for_byte() {
         }
     }
 }
+
+/// With `--log-linger-us`, a shard's log rests after small writes while a proposal is held
+/// back; concurrent senders, each waiting for its answers, and a long-polling consumer
+/// still get every message through once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_log_linger_delivers_concurrent_sends_once() {
+    let node = Node::start_with(&["--log-linger-us", "2000"]);
+    let c = node.client().await;
+    c.create_queue("linger", patch()).await.unwrap();
+    let consumer = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            let mut seen = std::collections::HashSet::new();
+            while seen.len() < 400 {
+                let got = c.receive("linger", 50, None, Some(2000)).await.unwrap();
+                assert!(!got.is_empty(), "only {} of 400 arrived", seen.len());
+                for d in &got {
+                    assert!(seen.insert(d.message.body.clone()), "a message came twice");
+                }
+                c.ack("linger", got.iter().map(|d| d.receipt).collect())
+                    .await
+                    .unwrap();
+            }
+            seen
+        })
+    };
+    let senders: Vec<_> = (0..8)
+        .map(|p| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                for i in 0..50 {
+                    c.send("linger", vec![SendEntry::new(format!("{p}-{i}"))])
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.await.unwrap();
+    }
+    let seen = consumer.await.unwrap();
+    assert_eq!(seen.len(), 400);
+    assert!(
+        c.receive("linger", 10, None, Some(0))
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing left"
+    );
+}
