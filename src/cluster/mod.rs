@@ -1214,14 +1214,16 @@ impl Node {
     pub fn set_log_linger(&self, linger: Duration) {
         let us = u64::try_from(linger.as_micros()).unwrap_or(u64::MAX);
         self.inner.log_linger_us.store(us, Ordering::Release);
-        for local in self
-            .inner
-            .groups
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-        {
+        let groups = self.inner.groups.read().unwrap_or_else(|e| e.into_inner());
+        for local in groups.values() {
             local.writes.set_linger(linger);
+        }
+        if us > 0 {
+            tracing::info!(
+                log_linger_us = us,
+                groups = groups.len(),
+                "shard logs may wait after a small write before the next (log_linger_us)"
+            );
         }
     }
 

@@ -395,6 +395,12 @@ async fn a_node_with_a_log_linger_delivers_concurrent_sends_once() {
     let node = Node::start_with(&["--log-linger-us", "2000"]);
     let c = node.client().await;
     c.create_queue("linger", patch()).await.unwrap();
+    // The setting reached the node's groups: the node says so, with how many it set.
+    let log = node.log();
+    assert!(
+        log.contains("log_linger_us=2000") && !log.contains("groups=0"),
+        "the node did not report the linger it set:\n{log}"
+    );
     let consumer = {
         let c = c.clone();
         tokio::spawn(async move {
