@@ -841,7 +841,7 @@ impl Client {
     /// Sends a batch; returns the message ids. Acknowledged means durable.
     ///
     /// Concurrent sends to the same queue through this client (or its clones) share
-    /// requests: up to 8 requests per queue go out at once, and sends made while all 8 are
+    /// requests: up to 2 requests per queue go out at once, and sends made while both are
     /// in flight leave together in the next one (see `ClientConfig::coalesce_sends`). Each
     /// call still returns its own ids once they are durable, and an error only for its own
     /// messages.
