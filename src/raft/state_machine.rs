@@ -27,7 +27,7 @@ use super::{
 };
 use crate::protocol::Status;
 use crate::store::bodies::Bodies;
-use crate::store::machine::{apply, Effects, Tables};
+use crate::store::machine::{apply, Command, Effects, Tables};
 use crate::store::schema::{BODY_FILES, BODY_META};
 use crate::store::{snapshot as store_snapshot, ApplyError, StoreError};
 
@@ -464,6 +464,10 @@ fn apply_batch(
     let mut replies = Vec::with_capacity(entries.len());
     let mut applied = None;
     let mut membership = None;
+    // The last `SEND` whose rows the tables keep unwritten (see `Tables::keep_new_rows`):
+    // a storage error while writing them is charged to it, so the batch runs again
+    // without it, as it would had the send written its rows itself.
+    let mut last_send = None;
     let finished;
     {
         let mut tables = Tables::open(&txn, bodies).map_err(sm_write)?;
@@ -490,8 +494,19 @@ fn apply_batch(
                             }));
                             continue;
                         }
+                        let send = matches!(cmd, Command::Send { .. });
+                        if !send {
+                            if let Err(err) = tables.write_new_rows() {
+                                return Ok(Err((last_send.unwrap_or((ei, ci)), err)));
+                            }
+                        }
                         match apply(&mut tables, p.now_ms, cmd, &mut fx) {
-                            Ok(o) => out.push(Ok(o)),
+                            Ok(o) => {
+                                if send {
+                                    last_send = Some((ei, ci));
+                                }
+                                out.push(Ok(o))
+                            }
                             Err(ApplyError::Rejected { status, message }) => {
                                 out.push(Err(Rejection { status, message }))
                             }
@@ -502,6 +517,9 @@ fn apply_batch(
                 }
             };
             replies.push(reply);
+        }
+        if let (Some(at), Err(err)) = (last_send, tables.write_new_rows()) {
+            return Ok(Err((at, err)));
         }
         finished = tables.finish().map_err(sm_write)?;
         drop(tables);

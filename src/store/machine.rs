@@ -190,6 +190,20 @@ pub enum ApplyError {
     Store(#[from] StoreError),
 }
 
+impl ApplyError {
+    /// The storage error of work that refuses nothing (writing rows): a refusal there
+    /// would be a bug, reported as a damaged table rather than lost.
+    fn into_store(self) -> StoreError {
+        match self {
+            ApplyError::Store(e) => e,
+            ApplyError::Rejected { message, .. } => StoreError::Corrupt {
+                table: "state",
+                detail: message,
+            },
+        }
+    }
+}
+
 impl From<redb::Error> for ApplyError {
     fn from(e: redb::Error) -> Self {
         ApplyError::Store(StoreError::Db(e))
@@ -289,6 +303,10 @@ pub struct Tables<'txn> {
     answered: bool,
     /// Where [`Tables::put_msg`] encodes a state, reused.
     scratch: Vec<u8>,
+    /// Rows of messages that `SEND` commands added, per queue id, not written yet: the
+    /// sends of one transaction write them in one run per queue (see
+    /// [`Tables::write_new_rows`]).
+    new_rows: BTreeMap<u64, rows::NewRows>,
 }
 
 /// Creates every table of a shard, so read transactions find them.
@@ -387,6 +405,7 @@ impl<'txn> Tables<'txn> {
             compaction: bodies.compaction(),
             answered: true,
             scratch: Vec::new(),
+            new_rows: BTreeMap::new(),
             body,
             queues: txn.open_table(QUEUES)?,
             names: Lazy::new(txn, QUEUE_NAMES),
@@ -411,6 +430,41 @@ impl<'txn> Tables<'txn> {
     /// state written is the same either way; only what the outcome shows differs.
     pub fn answered(&mut self, answered: bool) {
         self.answered = answered;
+    }
+
+    /// Keeps the rows a `SEND` added to queue `qid` until [`Tables::write_new_rows`], so
+    /// that the sends of a transaction insert one run per queue into each table instead
+    /// of one per command (each run rebuilds the B-tree leaf it lands in). Nothing a
+    /// `SEND` does reads message rows; [`apply`] writes the kept rows before any other
+    /// command, and [`Tables::finish`] before the commit.
+    fn keep_new_rows(&mut self, qid: u64, new: rows::NewRows) -> Result<(), ApplyError> {
+        if new.is_empty() {
+            return Ok(());
+        }
+        if let Some(kept) = self.new_rows.get_mut(&qid) {
+            if kept.precedes(&new) {
+                kept.append(new);
+                return Ok(());
+            }
+            // Not after the kept ones (never seen: a queue numbers its messages upward):
+            // write those first, the run must stay ascending.
+            if let Some(kept) = self.new_rows.remove(&qid) {
+                kept.write(qid, &mut self.state, &mut self.visible)?;
+            }
+        }
+        self.new_rows.insert(qid, new);
+        Ok(())
+    }
+
+    /// Writes the rows kept by [`Tables::keep_new_rows`]. The raft state machine calls it
+    /// before a command other than `SEND`, so that a storage error here is charged to a
+    /// send.
+    pub fn write_new_rows(&mut self) -> Result<(), StoreError> {
+        for (qid, new) in std::mem::take(&mut self.new_rows) {
+            new.write(qid, &mut self.state, &mut self.visible)
+                .map_err(ApplyError::into_store)?;
+        }
+        Ok(())
     }
 
     /// The message a dedup key stands for, if it is remembered and not expired at `now`.
@@ -667,6 +721,7 @@ impl<'txn> Tables<'txn> {
     /// then), and the active file's position recorded in [`BODY_META`]. The caller hands
     /// the result to [`Finished::committed`] once the transaction has committed.
     pub fn finish(&mut self) -> Result<Finished, ApplyError> {
+        self.write_new_rows()?;
         self.compact_step()?;
         let active = self.bodies.active();
         let mut dead = Vec::new();
@@ -1119,6 +1174,10 @@ pub fn apply(
     fx: &mut Effects,
 ) -> Result<Outcome, ApplyError> {
     let now = now_ms;
+    if !matches!(cmd, Command::Send { .. }) {
+        // The command may read the rows of messages sent before it.
+        t.write_new_rows()?;
+    }
     match cmd {
         Command::CreateQueue { name, patch } => {
             validate_queue_name(name).map_err(|m| reject(Status::InvalidArgument, m))?;
@@ -1343,7 +1402,7 @@ pub fn apply(
                 }
                 ids.push(seq);
             }
-            new.write(rec.id, &mut t.state, &mut t.visible)?;
+            t.keep_new_rows(rec.id, new)?;
             t.stats.insert(rec.id, stats.to_tuple())?;
             fx.dirty = true;
             Ok(Outcome::Sent(ids))
@@ -1966,6 +2025,67 @@ pub(crate) mod tests {
 
     fn ok(db: &Db, now: u64, cmd: Command) -> Outcome {
         run(db, now, cmd).0.unwrap()
+    }
+
+    /// Applies `cmds` in one transaction, as the state machine applies a batch.
+    fn run_together(db: &Db, now: u64, cmds: &[Command]) -> Vec<Result<Outcome, ApplyError>> {
+        let txn = db.begin_write().unwrap();
+        let mut fx = Effects::default();
+        let (out, fin) = {
+            let mut t = Tables::open(&txn, &db.bodies).unwrap();
+            let out: Vec<_> = cmds
+                .iter()
+                .map(|c| apply(&mut t, now, c, &mut fx))
+                .collect();
+            (out, t.finish().unwrap())
+        };
+        db.commit(txn, fin);
+        out
+    }
+
+    #[test]
+    fn sends_in_one_transaction_share_a_run_and_the_commands_after_them_see_their_rows() {
+        let receive = |q: &str| Command::Receive {
+            queue: q.into(),
+            max: 10,
+            visibility_ms: None,
+        };
+        let cmds = vec![
+            create("a"),
+            create("b"),
+            send("a", &["1", "2"]),
+            send("b", &["x"]),
+            send("a", &["3"]),
+            send_dedup("a", &[("d", "4")]),
+            receive("a"),
+            send("a", &["5"]),
+            send("b", &["y", "z"]),
+            send("a", &["6"]),
+        ];
+        let (_d1, alone) = db();
+        let one_by_one: Vec<String> = cmds
+            .iter()
+            .map(|c| format!("{:?}", run(&alone, 1_000, c.clone()).0))
+            .collect();
+        let (_d2, together) = db();
+        let outcomes = run_together(&together, 1_000, &cmds);
+        let bodies: Vec<String> = match &outcomes[6] {
+            Ok(Outcome::Deliveries { deliveries, .. }) => deliveries
+                .iter()
+                .map(|d| String::from_utf8_lossy(&d.message.body).into_owned())
+                .collect(),
+            o => panic!("{o:?}"),
+        };
+        assert_eq!(
+            bodies,
+            ["1", "2", "3", "4"],
+            "the receive sees the sends before it"
+        );
+        let outcomes: Vec<String> = outcomes.iter().map(|r| format!("{r:?}")).collect();
+        assert_eq!(outcomes, one_by_one);
+        assert_eq!(dump(&together), dump(&alone));
+        assert_eq!(total(&together, "a"), 6);
+        assert_eq!(total(&together, "b"), 3);
     }
 
     /// Every row of every table, printed: equal dumps mean equal states.

@@ -206,6 +206,31 @@ impl NewRows {
         self.visible.push((st.visible_at, seq));
     }
 
+    /// Whether no messages were added.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.seqs.is_empty()
+    }
+
+    /// Whether every message of `later` comes after every one of these, so that
+    /// [`NewRows::append`] keeps the run ascending.
+    pub(crate) fn precedes(&self, later: &NewRows) -> bool {
+        match (self.seqs.last(), later.seqs.first()) {
+            (Some(a), Some(b)) => a < b,
+            _ => true,
+        }
+    }
+
+    /// Adds the messages of `later`, which [`NewRows::precedes`] must allow.
+    pub(crate) fn append(&mut self, mut later: NewRows) {
+        debug_assert!(self.precedes(&later));
+        let base = self.states.len();
+        self.seqs.append(&mut later.seqs);
+        self.states.extend_from_slice(&later.states);
+        self.state_ends
+            .extend(later.state_ends.iter().map(|&e| e + base));
+        self.visible.append(&mut later.visible);
+    }
+
     fn slices<'a>(buf: &'a [u8], ends: &'a [usize]) -> impl Iterator<Item = &'a [u8]> + 'a {
         let starts = std::iter::once(0).chain(ends.iter().copied());
         starts.zip(ends.iter().copied()).map(|(a, b)| &buf[a..b])
