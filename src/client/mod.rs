@@ -842,9 +842,9 @@ impl Client {
     ///
     /// Concurrent sends to the same queue through this client (or its clones) share
     /// requests: up to 2 requests per queue go out at once (8 for sends of 32 messages or
-    /// more), and sends made while they are in flight leave together in the next one (see `ClientConfig::coalesce_sends`). Each
-    /// call still returns its own ids once they are durable, and an error only for its own
-    /// messages.
+    /// more), and sends made while they are in flight leave together in the next one (see
+    /// `ClientConfig::coalesce_sends`). Each call still returns its own ids once they are
+    /// durable, and an error only for its own messages.
     pub async fn send(
         &self,
         queue: &str,

@@ -1237,7 +1237,8 @@ impl Node {
     pub async fn exec(&self, group: u64, op: Op) -> Result<Answer, Failure> {
         let deadline = tokio::time::Instant::now() + EXEC_DEADLINE;
         let me = self.inner.layout.node_id;
-        let replicas = self.replicas_of(group);
+        // Looked up only when no leader is known (most requests know it at once).
+        let mut replicas: Option<Vec<NodeId>> = None;
         let mut rotate = 0usize;
         let mut last = String::from("no leader elected yet");
         loop {
@@ -1248,6 +1249,7 @@ impl Node {
             }
             .or_else(|| {
                 // No leader known: ask the other replicas in turn.
+                let replicas = replicas.get_or_insert_with(|| self.replicas_of(group));
                 let others: Vec<_> = replicas.iter().filter(|r| **r != me).collect();
                 (!others.is_empty()).then(|| *others[rotate % others.len()])
             });

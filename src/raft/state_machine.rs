@@ -518,8 +518,12 @@ fn apply_batch(
             };
             replies.push(reply);
         }
-        if let (Some(at), Err(err)) = (last_send, tables.write_new_rows()) {
-            return Ok(Err((at, err)));
+        if let Err(err) = tables.write_new_rows() {
+            return match last_send {
+                Some(at) => Ok(Err((at, err))),
+                // Only a send keeps rows: without one there was nothing to write.
+                None => Err(sm_write(err)),
+            };
         }
         finished = tables.finish().map_err(sm_write)?;
         drop(tables);
