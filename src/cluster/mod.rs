@@ -591,9 +591,7 @@ impl Node {
         let db = sm.database();
         let bodies = sm.bodies();
         let writes = log.writes_pending();
-        writes.set_linger(std::time::Duration::from_micros(
-            inner.log_linger_us.load(Ordering::Acquire),
-        ));
+        writes.set_linger(inner.log_linger_us.load(Ordering::Acquire));
         let raft = Raft::new(
             inner.layout.node_id,
             inner.raft_config.clone(),
@@ -1208,15 +1206,14 @@ impl Node {
         total
     }
 
-    /// Sets how long the hosted groups' logs, and those added later, may wait after a small
-    /// write before the next (the `log_linger_us` setting; see
+    /// Sets how many microseconds the hosted groups' logs, and those added later, may wait
+    /// after a small write before the next (the `log_linger_us` setting; see
     /// [`WritesPending`](crate::raft::log_store::WritesPending)).
-    pub fn set_log_linger(&self, linger: Duration) {
-        let us = u64::try_from(linger.as_micros()).unwrap_or(u64::MAX);
+    pub fn set_log_linger(&self, us: u64) {
         self.inner.log_linger_us.store(us, Ordering::Release);
         let groups = self.inner.groups.read().unwrap_or_else(|e| e.into_inner());
         for local in groups.values() {
-            local.writes.set_linger(linger);
+            local.writes.set_linger(us);
         }
         if us > 0 {
             tracing::info!(

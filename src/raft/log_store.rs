@@ -637,9 +637,9 @@ impl WritesPending {
         self.idle.notified()
     }
 
-    /// Sets the linger (see above; at most [`MAX_LINGER_US`] µs; zero turns resting off).
-    pub fn set_linger(&self, linger: std::time::Duration) {
-        let us = u64::try_from(linger.as_micros()).unwrap_or(u64::MAX);
+    /// Sets the linger in microseconds (see above; at most [`MAX_LINGER_US`]; zero turns
+    /// resting off).
+    pub fn set_linger(&self, us: u64) {
         self.linger_us
             .store(us.min(MAX_LINGER_US), Ordering::Release);
     }
@@ -1721,9 +1721,9 @@ mod tests {
         rt().block_on(async {
             let store = on_disk(LogStore::open(&path).unwrap());
             let pending = store.writes_pending();
-            pending.set_linger(std::time::Duration::from_secs(1));
+            pending.set_linger(1_000_000);
             assert_eq!(pending.linger().as_micros() as u64, MAX_LINGER_US);
-            pending.set_linger(std::time::Duration::ZERO);
+            pending.set_linger(0);
             // No linger: no rest, even with a proposal held.
             pending.set_holding(true);
             written(&store, 1).await;

@@ -143,7 +143,7 @@ pub async fn run(
         config.cluster.join,
     )
     .await?;
-    node.set_log_linger(std::time::Duration::from_micros(config.log_linger_us));
+    node.set_log_linger(config.log_linger_us);
     node.guard_disk(crate::cluster::disk::DiskGuard::start(
         &config.data_dir,
         config.min_free_mib << 20,

@@ -437,23 +437,16 @@ impl<'txn> Tables<'txn> {
     /// of one per command (each run rebuilds the B-tree leaf it lands in). Nothing a
     /// `SEND` does reads message rows; [`apply`] writes the kept rows before any other
     /// command, and [`Tables::finish`] before the commit.
-    fn keep_new_rows(&mut self, qid: u64, new: rows::NewRows) -> Result<(), ApplyError> {
+    fn keep_new_rows(&mut self, qid: u64, new: rows::NewRows) {
         if new.is_empty() {
-            return Ok(());
+            return;
         }
-        if let Some(kept) = self.new_rows.get_mut(&qid) {
-            if kept.precedes(&new) {
-                kept.append(new);
-                return Ok(());
-            }
-            // Not after the kept ones (never seen: a queue numbers its messages upward):
-            // write those first, the run must stay ascending.
-            if let Some(kept) = self.new_rows.remove(&qid) {
-                kept.write(qid, &mut self.state, &mut self.visible)?;
+        match self.new_rows.entry(qid) {
+            std::collections::btree_map::Entry::Occupied(kept) => kept.into_mut().append(new),
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(new);
             }
         }
-        self.new_rows.insert(qid, new);
-        Ok(())
     }
 
     /// Writes the rows kept by [`Tables::keep_new_rows`]. The raft state machine calls it
@@ -1402,7 +1395,7 @@ pub fn apply(
                 }
                 ids.push(seq);
             }
-            t.keep_new_rows(rec.id, new)?;
+            t.keep_new_rows(rec.id, new);
             t.stats.insert(rec.id, stats.to_tuple())?;
             fx.dirty = true;
             Ok(Outcome::Sent(ids))

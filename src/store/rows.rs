@@ -211,18 +211,10 @@ impl NewRows {
         self.seqs.is_empty()
     }
 
-    /// Whether every message of `later` comes after every one of these, so that
-    /// [`NewRows::append`] keeps the run ascending.
-    pub(crate) fn precedes(&self, later: &NewRows) -> bool {
-        match (self.seqs.last(), later.seqs.first()) {
-            (Some(a), Some(b)) => a < b,
-            _ => true,
-        }
-    }
-
-    /// Adds the messages of `later`, which [`NewRows::precedes`] must allow.
+    /// Adds the messages of a later command to the same queue. A queue numbers its
+    /// messages upward, so the run stays ascending, as [`insert_sorted`] needs.
     pub(crate) fn append(&mut self, mut later: NewRows) {
-        debug_assert!(self.precedes(&later));
+        debug_assert!(later.seqs.first() > self.seqs.last());
         let base = self.states.len();
         self.seqs.append(&mut later.seqs);
         self.states.extend_from_slice(&later.states);
