@@ -5,7 +5,8 @@
 //! shares its request's cost already). A send that finds a free place goes out at once,
 //! alone, so a lone sender waits for nothing; while every place is taken, new sends wait
 //! in the lane, and the next place to free up takes all of them (up to [`MAX_BATCH`]
-//! messages and [`MAX_COALESCED_BYTES`]) in one request. Each caller still gets its own
+//! messages and [`MAX_COALESCED_BYTES`]) in one request, after letting the callers it has
+//! just answered run, so that those sending again at once go in that request too. Each caller still gets its own
 //! message ids, after the node has stored the request durably; what changes is how many
 //! requests (QUIC streams, frames, Raft proposals) the node handles per message.
 //!
@@ -140,7 +141,19 @@ impl Client {
 
     /// Sends what waits in lane `key`, one request at a time, until nothing waits.
     async fn drain(&self, key: (String, bool)) {
+        let mut answered = false;
         loop {
+            if answered {
+                // The callers just answered are woken but have not run yet; a caller that
+                // sends again as soon as it is answered (a producer keeping sends in
+                // flight) joins the lane once it runs. Yielding once lets them, so their
+                // sends share the next request instead of the first few going alone and
+                // the rest waiting for a later one. (Measured with 4 producers of 64 sends
+                // in flight each: 36% fewer requests and 20-50% more messages a second;
+                // BENCHMARKS.md, "Answered senders join the next request".)
+                tokio::task::yield_now().await;
+            }
+            answered = true;
             let batch = {
                 let mut lanes = self.coalescer.lanes();
                 let Some(lane) = lanes.get_mut(&key) else {
