@@ -6,9 +6,10 @@
 //! alone, so a lone sender waits for nothing; while every place is taken, new sends wait
 //! in the lane, and the next place to free up takes all of them (up to [`MAX_BATCH`]
 //! messages and [`MAX_COALESCED_BYTES`]) in one request, after letting the callers it has
-//! just answered run, so that those sending again at once go in that request too. Each caller still gets its own
-//! message ids, after the node has stored the request durably; what changes is how many
-//! requests (QUIC streams, frames, Raft proposals) the node handles per message.
+//! just answered run, so that those sending again at once go in that request too. Each
+//! caller still gets its own message ids, after the node has stored the request durably;
+//! what changes is how many requests (QUIC streams, frames, Raft proposals) the node
+//! handles per message.
 //!
 //! Errors stay each caller's own: when the node refuses a shared request for something a
 //! message did (too large, a bad attribute), nothing of it was stored, and each caller's
