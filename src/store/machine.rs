@@ -441,10 +441,10 @@ impl<'txn> Tables<'txn> {
         if new.is_empty() {
             return;
         }
-        match self.new_rows.entry(qid) {
-            std::collections::btree_map::Entry::Occupied(kept) => kept.into_mut().append(new),
-            std::collections::btree_map::Entry::Vacant(slot) => {
-                slot.insert(new);
+        match self.new_rows.get_mut(&qid) {
+            Some(kept) => kept.append(new),
+            None => {
+                self.new_rows.insert(qid, new);
             }
         }
     }

@@ -214,7 +214,12 @@ impl NewRows {
     /// Adds the messages of a later command to the same queue. A queue numbers its
     /// messages upward, so the run stays ascending, as [`insert_sorted`] needs.
     pub(crate) fn append(&mut self, mut later: NewRows) {
-        debug_assert!(later.seqs.first() > self.seqs.last());
+        debug_assert!(
+            matches!((self.seqs.last(), later.seqs.first()), (Some(a), Some(b)) if a < b)
+                || self.seqs.is_empty()
+                || later.seqs.is_empty(),
+            "appended messages must come after the kept ones"
+        );
         let base = self.states.len();
         self.seqs.append(&mut later.seqs);
         self.states.extend_from_slice(&later.states);
