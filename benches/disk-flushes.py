@@ -18,20 +18,25 @@ import multiprocessing
 import os
 import sys
 import tempfile
+import threading
 import time
 
 FILE_BYTES = 64 << 20
 
 
-def writer(directory, size, rate, seconds, out):
+def writer(directory, size, rate, seconds, ready, out):
     try:
-        out.put(write_loop(directory, size, rate, seconds))
+        out.put(write_loop(directory, size, rate, seconds, ready))
+    except threading.BrokenBarrierError:
+        out.put("another writer failed before the timed writes began")
     except OSError as e:
-        # The parent waits for one answer per writer: an error is one too.
+        # The parent waits for one answer per writer: an error is one too, and the
+        # writers waiting to start are released.
+        ready.abort()
         out.put(f"a writer failed: {e}")
 
 
-def write_loop(directory, size, rate, seconds):
+def write_loop(directory, size, rate, seconds, ready):
     fd, path = tempfile.mkstemp(prefix="disk-flushes.", dir=directory)
     os.close(fd)
     fd = os.open(path, os.O_RDWR | os.O_DIRECT)
@@ -47,6 +52,8 @@ def write_loop(directory, size, rate, seconds):
         buf = mmap.mmap(-1, size)
         buf.write(b"x" * size)
         times, off = [], 0
+        # Every writer fills its file first; the timed writes start together.
+        ready.wait()
         start = due = time.perf_counter()
         while time.perf_counter() - start < seconds:
             if rate > 0:
@@ -90,7 +97,9 @@ def check_direct(directory):
 
 def measure(directory, size, writers, rate, seconds):
     out = multiprocessing.Queue()
-    procs = [multiprocessing.Process(target=writer, args=(directory, size, rate, seconds, out))
+    ready = multiprocessing.Barrier(writers)
+    procs = [multiprocessing.Process(target=writer,
+                                     args=(directory, size, rate, seconds, ready, out))
              for _ in range(writers)]
     for p in procs:
         p.start()

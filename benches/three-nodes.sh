@@ -27,6 +27,13 @@ for n in 2 3; do
 done
 export MQ_DATA_DIR=$BASE/1 MQ_CONFIG=/dev/null
 until target/release/mqctl cluster status --output json 2>/dev/null | python3 -c 'import json,sys; d=json.load(sys.stdin); sys.exit(0 if d["healthy"] and d["nodes_answering"] == 3 else 1)' 2>/dev/null; do sleep 0.5; done
+# With arguments: one run of `mqctl bench --size 1KiB ARGS` instead (the interleaved
+# three-against-one runs of BENCHMARKS.md pass --in-flight 256 --consumers 1).
+if [ "$#" -gt 0 ]; then
+    echo "mqctl bench --size 1KiB $* (three nodes)"
+    target/release/mqctl bench --size 1KiB "$@" --output json
+    exit 0
+fi
 for args in "--messages 5000 --in-flight 1" "--messages 200000 --in-flight 256" \
     "--messages 200000 --in-flight 256" "--messages 500000 --batch 100 --in-flight 16"; do
     echo "mqctl bench --size 1KiB $args (three nodes)"
