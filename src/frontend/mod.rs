@@ -27,9 +27,12 @@ use crate::store::users::UserCommand;
 use crate::store::{now_ms, Command, Outcome};
 use auth::AuthCache;
 
-/// Messages deleted per purge or expiry command; larger purges take several commits so
-/// that one purge never holds a shard for long.
-const PURGE_CHUNK: u64 = 10_000;
+/// Messages deleted per purge or expiry command (a forced delete purges first); larger
+/// ones take several commits, so that none holds its shard, and every other queue in it,
+/// for long. Deleting a million messages here took 5 s in chunks of 2,000, while a send to
+/// another queue of the shard waited at most 39 ms; 3.9 s and 129 ms in chunks of 10,000;
+/// 0.35 s and 288 ms in one transaction, growing with the queue (1.7 s at three million).
+const PURGE_CHUNK: u64 = 2_000;
 /// How often a receiver re-checks a queue whose shard has no replica on this node (no
 /// local apply wakes it).
 const REMOTE_POLL: Duration = Duration::from_millis(200);
@@ -383,16 +386,10 @@ impl Frontend {
                     o => Err(unexpected(o)),
                 }
             }
-            // One command: every check happens before anything is deleted, and the queue
-            // with all its messages goes in one transaction.
             Request::QueueDelete { name, force } => {
-                match self.node.delete_queue(&name, force).await? {
-                    Outcome::Count(n) => {
-                        self.node.usage().forget_queue(&name);
-                        Ok(Response::Count(n))
-                    }
-                    o => Err(unexpected(o)),
-                }
+                let n = self.delete_queue(&name, force).await?;
+                self.node.usage().forget_queue(&name);
+                Ok(Response::Count(n))
             }
             Request::QueuePurge { name } => Ok(Response::Count(self.purge_all(&name).await?)),
             Request::QueueTag { name, set, remove } => {
@@ -584,6 +581,25 @@ impl Frontend {
                 }
                 o => return Err(unexpected(o)),
             }
+        }
+    }
+
+    /// Deletes queue `name` and returns how many messages went with it. The delete is
+    /// asked without force first: that deletes an empty queue, and refuses one that is a
+    /// dead-letter queue in use before anything goes. With `force`, a queue refused only
+    /// for holding messages is then purged in chunks, each its own commit, and deleted
+    /// with what arrived meanwhile (see [`PURGE_CHUNK`]).
+    async fn delete_queue(&self, name: &str, force: bool) -> Result<u64, Failure> {
+        match self.node.delete_queue(name, false).await {
+            Ok(Outcome::Count(n)) => return Ok(n),
+            Ok(o) => return Err(unexpected(o)),
+            Err((Status::QueueNotEmpty, _)) if force => {}
+            Err(e) => return Err(e),
+        }
+        let purged = self.purge_all(name).await?;
+        match self.node.delete_queue(name, true).await? {
+            Outcome::Count(n) => Ok(purged + n),
+            o => Err(unexpected(o)),
         }
     }
 

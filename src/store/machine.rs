@@ -1228,6 +1228,15 @@ pub fn apply(
         }
         Command::DeleteQueue { name, force } => {
             let rec = t.queue(name)?.ok_or_else(|| not_found(name))?;
+            // In use comes before not empty: a forced delete asks without force first,
+            // and purges only a queue that nothing but its messages keeps (see the
+            // frontend's `delete_queue`).
+            if let Some(user) = dead_letter_users(t, name)?.first() {
+                return Err(reject(
+                    Status::QueueInUse,
+                    format!("queue `{name}` is the dead-letter queue of `{user}`; remove that policy first (`mqctl queue set {user} --no-dlq`)"),
+                ));
+            }
             let total = t.stats(rec.id)?.total;
             if total > 0 && !force {
                 return Err(reject(
@@ -1235,12 +1244,6 @@ pub fn apply(
                     format!(
                         "queue `{name}` holds {total} messages; purge it first or pass --force"
                     ),
-                ));
-            }
-            if let Some(user) = dead_letter_users(t, name)?.first() {
-                return Err(reject(
-                    Status::QueueInUse,
-                    format!("queue `{name}` is the dead-letter queue of `{user}`; remove that policy first (`mqctl queue set {user} --no-dlq`)"),
                 ));
             }
             let qid = rec.id;
@@ -2770,6 +2773,81 @@ pub(crate) mod tests {
             }],
         };
         ok(&db, 4, by_content);
+    }
+
+    #[test]
+    fn a_delete_refuses_a_dead_letter_queue_in_use_before_asking_for_force() {
+        let (_d, db) = db();
+        ok(&db, 1, create("dead"));
+        ok(
+            &db,
+            1,
+            Command::CreateQueue {
+                name: "src".into(),
+                patch: QueuePatch {
+                    dead_letter: Some(Some(DeadLetter {
+                        queue: "dead".into(),
+                        max_receives: 1,
+                    })),
+                    ..QueuePatch::default()
+                },
+            },
+        );
+        ok(&db, 2, send("dead", &["a", "b"]));
+        let before = dump(&db);
+        // Without force and with it: in use, whatever it holds, and nothing is deleted.
+        // (The frontend's forced delete relies on this order: it asks without force, and
+        // purges only on "not empty".)
+        for force in [false, true] {
+            let refused = run(
+                &db,
+                3,
+                Command::DeleteQueue {
+                    name: "dead".into(),
+                    force,
+                },
+            )
+            .0;
+            assert!(
+                matches!(
+                    refused,
+                    Err(ApplyError::Rejected {
+                        status: Status::QueueInUse,
+                        ..
+                    })
+                ),
+                "force {force}: {refused:?}"
+            );
+            assert_eq!(dump(&db), before);
+        }
+        // Once nothing names it, an unforced delete is refused for its messages.
+        ok(
+            &db,
+            4,
+            Command::SetQueue {
+                name: "src".into(),
+                patch: QueuePatch {
+                    dead_letter: Some(None),
+                    ..QueuePatch::default()
+                },
+            },
+        );
+        assert!(matches!(
+            run(
+                &db,
+                5,
+                Command::DeleteQueue {
+                    name: "dead".into(),
+                    force: false,
+                },
+            )
+            .0,
+            Err(ApplyError::Rejected {
+                status: Status::QueueNotEmpty,
+                ..
+            })
+        ));
+        assert_eq!(total(&db, "dead"), 2);
     }
 
     #[test]

@@ -157,6 +157,67 @@ async fn delete_non_empty_needs_force_and_the_name_can_be_reused() {
     assert_eq!(c.delete_queue("gone", false).await.unwrap(), 0);
 }
 
+/// A forced delete of more messages than a purge chunk (2,000) purges them chunk by
+/// chunk, then deletes the queue: every message goes, received or not, and the count says
+/// so. A dead-letter queue in use is refused before any of its messages goes.
+#[tokio::test]
+async fn a_forced_delete_of_many_messages_deletes_them_all() {
+    let node = Node::start();
+    let c = node.client().await;
+    c.create_queue("many", QueuePatch::default()).await.unwrap();
+    let batch = || (0..1000).map(|i| SendEntry::new(format!("m{i}"))).collect();
+    for _ in 0..7 {
+        c.send("many", batch()).await.unwrap();
+    }
+    let held = c.receive("many", 10, None, Some(0)).await.unwrap();
+    assert_eq!(held.len(), 10);
+
+    // Named as a dead-letter queue: refused, with or without force, and nothing deleted.
+    c.create_queue(
+        "src",
+        QueuePatch {
+            dead_letter: Some(Some(DeadLetter {
+                queue: "many".into(),
+                max_receives: 3,
+            })),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    for force in [false, true] {
+        let e = c.delete_queue("many", force).await.unwrap_err();
+        assert_eq!(e.status(), Some(Status::QueueInUse), "force {force}");
+    }
+    let counts = c.describe_queue("many").await.unwrap().counts;
+    assert_eq!((counts.visible, counts.in_flight), (6_990, 10));
+
+    c.set_queue(
+        "src",
+        QueuePatch {
+            dead_letter: Some(None),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let e = c.delete_queue("many", false).await.unwrap_err();
+    assert_eq!(e.status(), Some(Status::QueueNotEmpty));
+    assert_eq!(c.delete_queue("many", true).await.unwrap(), 7_000);
+    let e = c.describe_queue("many").await.unwrap_err();
+    assert_eq!(e.status(), Some(Status::QueueNotFound));
+    assert_eq!(
+        c.ack("many", held.iter().map(|d| d.receipt).collect())
+            .await
+            .unwrap_err()
+            .status(),
+        Some(Status::QueueNotFound)
+    );
+    // The name is free again, for an empty queue.
+    c.create_queue("many", QueuePatch::default()).await.unwrap();
+    assert_eq!(c.describe_queue("many").await.unwrap().counts.visible, 0);
+}
+
 #[tokio::test]
 async fn state_survives_a_clean_restart() {
     let mut node = Node::start();
