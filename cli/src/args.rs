@@ -251,7 +251,9 @@ pub enum QueueCmd {
     Delete {
         /// Queue name.
         name: String,
-        /// Delete the queue's messages too.
+        /// Delete the queue's messages too: they go 2,000 per commit, as with `queue
+        /// purge`, so a queue of millions takes seconds. A queue named as another's
+        /// dead-letter queue is refused before any message goes.
         #[arg(long)]
         force: bool,
     },
