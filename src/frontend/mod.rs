@@ -29,9 +29,10 @@ use auth::AuthCache;
 
 /// Messages deleted per purge or expiry command (a forced delete purges first); larger
 /// ones take several commits, so that none holds its shard, and every other queue in it,
-/// for long. Deleting a million messages here took 5 s in chunks of 2,000, while a send to
-/// another queue of the shard waited at most 39 ms; 3.9 s and 129 ms in chunks of 10,000;
-/// 0.35 s and 288 ms in one transaction, growing with the queue (1.7 s at three million).
+/// for long. Deleting a million messages here took 1.6–1.7 s in chunks of 2,000, while a
+/// send to another queue of the shard waited at most 23–37 ms (three million: 4.4 s and
+/// 48 ms); in one transaction 0.35 s and 288 ms, the wait growing with the queue (1.7 s at
+/// three million).
 const PURGE_CHUNK: u64 = 2_000;
 /// How often a receiver re-checks a queue whose shard has no replica on this node (no
 /// local apply wakes it).

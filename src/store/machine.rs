@@ -1289,9 +1289,19 @@ pub fn apply(
                 let st = decode_state(v.value())?;
                 seqs.push((k.value().1, st));
             }
+            // As an ack does: messages without a group go together, one pass per table.
+            // One by one, a million messages took two to three times as long to purge.
+            let mut gone = Vec::new();
+            let mut gone_bodies = Vec::new();
             for (seq, st) in &seqs {
-                t.remove_msg(qid, *seq, st, now)?;
+                if st.grouped {
+                    t.remove_msg(qid, *seq, st, now)?;
+                } else {
+                    gone.push((st.visible_at, *seq));
+                    gone_bodies.extend(st.body);
+                }
             }
+            t.remove_ungrouped(qid, &mut gone, &gone_bodies)?;
             if !seqs.is_empty() {
                 t.add_total(qid, -(seqs.len() as i64))?;
                 fx.dirty = true;
@@ -3376,6 +3386,23 @@ pub(crate) mod tests {
                         },
                     );
                     assert_eq!(got, Outcome::Results(want), "step {step}: ack on {q}");
+                }
+                4 if rand(4) == 0 => {
+                    // A purge chunk takes the lowest seqs, visible, delayed or received.
+                    let max = 1 + rand(150);
+                    let take: Vec<u64> = m.keys().copied().take(max as usize).collect();
+                    for s in &take {
+                        m.remove(s);
+                    }
+                    let got = ok(
+                        &db,
+                        now,
+                        Command::Purge {
+                            name: q.into(),
+                            max,
+                        },
+                    );
+                    assert_eq!(got, Outcome::Count(take.len() as u64), "step {step}");
                 }
                 _ => {
                     let h = &mut held[qi];
