@@ -109,7 +109,7 @@ async fn purge_removes_everything_in_chunks() {
     let node = Node::start();
     let c = node.client().await;
     c.create_queue("p", QueuePatch::default()).await.unwrap();
-    // More than one purge chunk (10,000).
+    // More than one purge chunk (2,000): six of them.
     for _ in 0..12 {
         let batch = (0..1000).map(|i| SendEntry::new(format!("m{i}"))).collect();
         c.send("p", batch).await.unwrap();
