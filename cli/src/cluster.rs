@@ -48,8 +48,14 @@ fn problems(s: &ClusterStatus) -> Vec<String> {
     let mut out: Vec<String> = s
         .nodes
         .iter()
-        .filter(|n| !n.reachable)
-        .map(|n| format!("node {} ({}) does not answer: {}", n.id, n.address, n.error))
+        .filter(|n| !n.reachable || !n.error.is_empty())
+        .map(|n| {
+            if n.reachable {
+                format!("node {} ({}) {}", n.id, n.address, n.error)
+            } else {
+                format!("node {} ({}) does not answer: {}", n.id, n.address, n.error)
+            }
+        })
         .collect();
     let short = s
         .groups
@@ -448,6 +454,21 @@ mod tests {
         assert!(p[0].contains("node 2") && p[0].contains("timed out"));
         assert!(p[1].starts_with("1 of 2 groups run with a replica missing"));
         assert!(p[2].contains("shard 1 has no leader") && p[2].contains("2, 1"));
+    }
+
+    #[test]
+    fn a_node_that_answers_with_an_error_is_a_problem() {
+        let mut s = sample();
+        s.nodes[1] = s.nodes[0].clone();
+        s.nodes[1].id = 3;
+        s.nodes[1].error = "started with 8 shards, but the cluster has 2".into();
+        let p = problems(&s);
+        assert!(
+            p[0].starts_with("node 3 (127.0.0.1:7411) started with 8 shards"),
+            "{p:?}"
+        );
+        s.nodes[1].error.clear();
+        assert!(problems(&s).iter().all(|p| !p.contains("node 3")));
     }
 
     #[test]

@@ -215,8 +215,9 @@ impl Node {
 
     /// Runs a member change on the control group's leader (this node).
     /// Checks that node `id` answers at `addr` over a peer ALPN (so it holds a
-    /// certificate of this cluster's CA and trusts ours) and calls itself `id`, before it
-    /// is made a learner: a node that cannot take part is refused at once, with the reason.
+    /// certificate of this cluster's CA and trusts ours), calls itself `id` and has the
+    /// cluster's shard count, before it is made a learner: a node that cannot take part is
+    /// refused at once, with the reason.
     async fn probe_joiner(&self, id: NodeId, addr: &str) -> Result<(), OpError> {
         let sock: std::net::SocketAddr = addr.parse().map_err(|_| {
             failed(
@@ -236,7 +237,15 @@ impl Node {
             )
             .await;
         match r {
-            Ok(Ok(Answer::Report(rep))) if rep.node == id => Ok(()),
+            Ok(Ok(Answer::Report(rep))) if rep.node == id => {
+                match super::status::wrong_shards(rep.shards, self.inner.layout.shards) {
+                    None => Ok(()),
+                    Some(wrong) => Err(failed(
+                        Status::InvalidArgument,
+                        format!("node {id} at {addr} was {wrong}"),
+                    )),
+                }
+            }
             Ok(Ok(Answer::Report(rep))) => Err(failed(
                 Status::InvalidArgument,
                 format!("the node at {addr} is node {}, not node {id}; give its own id", rep.node),

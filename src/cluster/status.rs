@@ -64,6 +64,8 @@ pub struct NodeReport {
     pub version: String,
     /// Milliseconds since the node started.
     pub uptime_ms: u64,
+    /// The shard count it was started with (every member must have the cluster's).
+    pub shards: u32,
     /// The groups it hosts.
     pub groups: Vec<GroupReport>,
 }
@@ -144,6 +146,7 @@ impl Node {
             node: self.inner.layout.node_id,
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_ms: self.inner.started.elapsed().as_millis() as u64,
+            shards: self.inner.layout.shards,
             groups,
         }
     }
@@ -198,6 +201,14 @@ impl Node {
     }
 }
 
+/// What is wrong with a node started with `theirs` shards in a cluster of `ours`, if
+/// anything: it would look for queues in other shards than the rest of the cluster.
+pub(super) fn wrong_shards(theirs: u32, ours: u32) -> Option<String> {
+    (theirs != ours).then(|| {
+        format!("started with {theirs} shards, but the cluster has {ours}; it would look for queues in the wrong shards. Stop it, and start it again with --shards {ours} (or cluster.shards = {ours}) on an empty data directory")
+    })
+}
+
 /// Merges the reports. `layout` holds the members (whose replica sets are the targets);
 /// `known` every node asked.
 fn merge(
@@ -209,7 +220,12 @@ fn merge(
         .iter()
         .map(|(&id, addr)| {
             let (reachable, version, uptime_ms, error) = match reports.get(&id) {
-                Some(Ok(r)) => (true, r.version.clone(), r.uptime_ms, String::new()),
+                Some(Ok(r)) => (
+                    true,
+                    r.version.clone(),
+                    r.uptime_ms,
+                    wrong_shards(r.shards, layout.shards).unwrap_or_default(),
+                ),
                 Some(Err(e)) => (false, String::new(), 0, e.clone()),
                 None => (false, String::new(), 0, "no answer".to_string()),
             };
@@ -349,6 +365,7 @@ mod tests {
             node: 1,
             version: "0.1.0".into(),
             uptime_ms: 5,
+            shards: 1,
             groups,
         })
     }
@@ -392,6 +409,30 @@ mod tests {
         assert_eq!(shard.replicas[2].role, ReplicaRole::Unreachable);
         assert_eq!(shard.replicas[2].matched, None);
         assert!(!shard.moving);
+    }
+
+    #[test]
+    fn a_member_with_another_shard_count_is_named_with_the_fix() {
+        let mut other = report(vec![group(0, ReplicaRole::Follower, 1, 10)]);
+        if let Ok(r) = &mut other {
+            r.shards = 8;
+        }
+        let reports = HashMap::from([
+            (1, report(vec![group(0, ReplicaRole::Leader, 1, 10)])),
+            (2, other),
+        ]);
+        let layout = layout();
+        let s = merge(&layout, &layout.peers, &reports);
+        assert!(s.nodes[0].error.is_empty(), "{}", s.nodes[0].error);
+        assert!(s.nodes[1].reachable);
+        assert!(
+            s.nodes[1]
+                .error
+                .starts_with("started with 8 shards, but the cluster has 1;")
+                && s.nodes[1].error.contains("--shards 1"),
+            "{}",
+            s.nodes[1].error
+        );
     }
 
     #[test]

@@ -864,3 +864,28 @@ async fn a_send_retried_with_its_dedup_id_after_a_leader_kill_is_stored_once() {
     assert_eq!(got.len(), 1, "one message: {got:?}");
     assert_eq!(got[0].message.body, "charge 10 EUR".as_bytes());
 }
+
+#[test]
+fn a_node_started_with_another_shard_count_cannot_join() {
+    let nodes = Node::start_cluster(1, 4);
+    ok(&nodes[0].mqctl(&["queue", "create", "still-here"]));
+    let other = Node::start_joining(&nodes[0], 2, SHARDS);
+    let out = nodes[0].mqctl(&["node", "add", "2", &other.addr.to_string()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("node 2 at")
+            && stderr.contains("started with 8 shards, but the cluster has 4")
+            && stderr.contains("--shards 4"),
+        "{stderr}"
+    );
+    // Nothing changed: one member, healthy, serving as before.
+    let status: Value = serde_json::from_str(
+        ok(&nodes[0].mqctl(&["cluster", "status", "--output", "json"])).trim(),
+    )
+    .unwrap();
+    assert_eq!(status["nodes"], Value::from(1), "{status}");
+    assert_eq!(status["healthy"], Value::from(true), "{status}");
+    assert_eq!(status["problems"], serde_json::json!([]), "{status}");
+    ok(&nodes[0].mqctl(&["send", "still-here", "m"]));
+}
