@@ -6,9 +6,13 @@
 //! soon as the change reaches it. A token this replica does not know is looked up once more
 //! on the control group's leader, since a user created a moment ago through another node
 //! may not have arrived yet; a refused request is decided once more on that leader's
-//! users, since a grant made a moment ago through another node may not have either.
+//! users, since a grant made a moment ago through another node may not have either. The
+//! requests waiting for such a look-up share it ([`SharedRead`]): a flood of unknown
+//! tokens costs the control group one read at a time per node.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::cluster::Node;
@@ -45,6 +49,51 @@ impl Users {
     }
 }
 
+/// A read that callers share: one runs at a time, and a caller takes the outcome of a
+/// read that started after it arrived instead of starting its own. Each caller thus sees
+/// an outcome at least as fresh as one it would have read itself, and a flood of callers
+/// costs one read per read's duration, not one each. A failure is shared the same way, so
+/// that while reads fail (the control group has no leader) a caller waits for at most two
+/// of them, not for every caller ahead of it.
+pub(crate) struct SharedRead<T, E> {
+    /// Reads started so far; the number of a read is this count once it started.
+    started: AtomicU64,
+    /// Held while a read runs; the last read's number and outcome.
+    last: tokio::sync::Mutex<Option<(u64, Result<T, E>)>>,
+}
+
+impl<T, E> Default for SharedRead<T, E> {
+    fn default() -> Self {
+        Self {
+            started: AtomicU64::new(0),
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl<T: Clone, E: Clone> SharedRead<T, E> {
+    /// The outcome of a read started after this call began: another caller's, or a new
+    /// one made with `read`.
+    pub(crate) async fn get<Fut>(&self, read: impl FnOnce() -> Fut) -> Result<T, E>
+    where
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let arrived = self.started.load(Ordering::Acquire);
+        let mut last = self.last.lock().await;
+        if let Some((no, outcome)) = last.as_ref() {
+            if *no > arrived {
+                return outcome.clone();
+            }
+        }
+        let no = self.started.fetch_add(1, Ordering::AcqRel) + 1;
+        let outcome = read().await;
+        *last = Some((no, outcome.clone()));
+        outcome
+    }
+}
+
+type UserRecords = Arc<Vec<(String, UserRecord)>>;
+
 /// The users of the cluster as this node last loaded them.
 pub struct AuthCache {
     node: Node,
@@ -53,6 +102,10 @@ pub struct AuthCache {
     /// control group creating `admin`). `None` on a node that joins a running cluster.
     bootstrap: Option<[u8; 32]>,
     current: RwLock<(u64, Arc<Users>)>,
+    /// Reads of the users on the control group's leader, shared by the requests that wait
+    /// for one (unknown tokens and access keys, refusals being confirmed): a flood of bad
+    /// tokens costs the control group one read at a time per node, not one per request.
+    fresh: SharedRead<UserRecords, Failure>,
 }
 
 fn unauthenticated() -> Failure {
@@ -69,7 +122,16 @@ impl AuthCache {
             node,
             bootstrap,
             current: RwLock::new((u64::MAX, Arc::default())),
+            fresh: SharedRead::default(),
         }
+    }
+
+    /// The users as the control group's leader has them, read after this call began (see
+    /// [`SharedRead`]).
+    async fn users_committed(&self) -> Result<UserRecords, Failure> {
+        self.fresh
+            .get(|| async { self.node.users_committed().await.map(Arc::new) })
+            .await
     }
 
     /// The users, reloaded from the local replica if they changed since the last load.
@@ -116,12 +178,11 @@ impl AuthCache {
     /// The user whose token has this hash, as the control group's leader has it: what a
     /// request sees once every committed change to the users has reached this node.
     async fn committed(&self, token_sha256: &[u8; 32]) -> Result<Arc<UserInfo>, Failure> {
-        self.node
-            .users_committed()
+        self.users_committed()
             .await?
-            .into_iter()
+            .iter()
             .find(|(_, rec)| rec.token_sha256 == *token_sha256)
-            .map(|(name, rec)| Arc::new(rec.info(&name)))
+            .map(|(name, rec)| Arc::new(rec.info(name)))
             .ok_or_else(unauthenticated)
     }
 
@@ -163,10 +224,9 @@ impl AuthCache {
             }
         }
         Ok(self
-            .node
             .users_committed()
             .await?
-            .into_iter()
+            .iter()
             .find(|(n, _)| n == name)
             .map(|(_, rec)| rec.token_sha256))
     }
@@ -335,5 +395,81 @@ mod tests {
         assert!(authorize(&u, &Request::UserDescribe { name: "".into() }).is_ok());
         assert!(authorize(&u, &Request::TokenRotate { name: "bob".into() }).is_ok());
         assert!(!sees_all(&u));
+    }
+
+    /// A read that waits for `gate` and returns its number (1, 2, ...) among `reads`.
+    async fn gated_read(
+        reads: Arc<std::sync::atomic::AtomicUsize>,
+        gate: Arc<tokio::sync::Semaphore>,
+    ) -> Result<usize, String> {
+        let no = reads.fetch_add(1, Ordering::SeqCst) + 1;
+        gate.acquire().await.map_err(|e| e.to_string())?.forget();
+        Ok(no)
+    }
+
+    #[tokio::test]
+    async fn callers_that_arrive_during_a_read_share_the_next_one() {
+        let shared = Arc::new(SharedRead::<usize, String>::default());
+        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let mut callers = tokio::task::JoinSet::new();
+        for _ in 0..50 {
+            let (shared, reads, gate) = (shared.clone(), reads.clone(), gate.clone());
+            callers.spawn(async move { shared.get(|| gated_read(reads, gate)).await });
+        }
+        // On this single-threaded runtime every caller runs until it waits: the first in
+        // its read, the other 49 for the lock.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+        gate.add_permits(50);
+        let mut got = Vec::new();
+        while let Some(r) = callers.join_next().await {
+            got.push(r.expect("caller").expect("read"));
+        }
+        // The first read started before the others arrived, so it serves only the caller
+        // that made it; one more read serves all 49 others.
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
+        got.sort_unstable();
+        assert_eq!(got[0], 1);
+        assert!(got[1..].iter().all(|&n| n == 2), "{got:?}");
+        // A caller arriving now does not take the finished read: it reads again.
+        gate.add_permits(1);
+        assert_eq!(shared.get(|| gated_read(reads.clone(), gate)).await, Ok(3));
+    }
+
+    #[tokio::test]
+    async fn a_failure_is_shared_like_a_result() {
+        let shared = Arc::new(SharedRead::<usize, String>::default());
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let first = {
+            let (shared, gate) = (shared.clone(), gate.clone());
+            tokio::spawn(async move {
+                shared
+                    .get(|| async move {
+                        gate.acquire().await.map_err(|e| e.to_string())?.forget();
+                        Ok(1)
+                    })
+                    .await
+            })
+        };
+        tokio::task::yield_now().await;
+        // Arrives while the first read runs, so the failed read after it answers it.
+        let second = {
+            let shared = shared.clone();
+            tokio::spawn(async move { shared.get(|| async { Err("down".to_string()) }).await })
+        };
+        let third = {
+            let shared = shared.clone();
+            tokio::spawn(async move { shared.get(|| async { Ok(3) }).await })
+        };
+        tokio::task::yield_now().await;
+        gate.add_permits(1);
+        assert_eq!(first.await.expect("first"), Ok(1));
+        assert_eq!(second.await.expect("second"), Err("down".to_string()));
+        assert_eq!(third.await.expect("third"), Err("down".to_string()));
+        // A caller arriving after the failure reads again.
+        assert_eq!(shared.get(|| async { Ok(4) }).await, Ok(4));
     }
 }
