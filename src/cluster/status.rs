@@ -209,6 +209,24 @@ pub(super) fn wrong_shards(theirs: u32, ours: u32) -> Option<String> {
     })
 }
 
+/// The shard count most answering nodes report; the asking node's own unless more nodes
+/// agree on another, so that a lone odd node is the one named, even when it was asked.
+fn cluster_shards(
+    layout: &super::ClusterLayout,
+    reports: &HashMap<NodeId, Result<NodeReport, String>>,
+) -> u32 {
+    let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
+    for r in reports.values().flatten() {
+        *counts.entry(r.shards).or_default() += 1;
+    }
+    let mine = counts.get(&layout.shards).copied().unwrap_or(0);
+    counts
+        .into_iter()
+        .filter(|&(_, n)| n > mine)
+        .max_by_key(|&(_, n)| n)
+        .map_or(layout.shards, |(shards, _)| shards)
+}
+
 /// Merges the reports. `layout` holds the members (whose replica sets are the targets);
 /// `known` every node asked.
 fn merge(
@@ -216,6 +234,7 @@ fn merge(
     known: &BTreeMap<NodeId, SocketAddr>,
     reports: &HashMap<NodeId, Result<NodeReport, String>>,
 ) -> ClusterStatus {
+    let shards = cluster_shards(layout, reports);
     let nodes = known
         .iter()
         .map(|(&id, addr)| {
@@ -224,7 +243,7 @@ fn merge(
                     true,
                     r.version.clone(),
                     r.uptime_ms,
-                    wrong_shards(r.shards, layout.shards).unwrap_or_default(),
+                    wrong_shards(r.shards, shards).unwrap_or_default(),
                 ),
                 Some(Err(e)) => (false, String::new(), 0, e.clone()),
                 None => (false, String::new(), 0, "no answer".to_string()),
@@ -433,6 +452,28 @@ mod tests {
             "{}",
             s.nodes[1].error
         );
+        // When the asked node is the odd one, it is the one named.
+        let eight = |g| {
+            let mut r = report(vec![group(0, g, 1, 10)]);
+            if let Ok(r) = &mut r {
+                r.shards = 8;
+            }
+            r
+        };
+        let reports = HashMap::from([
+            (1, report(vec![group(0, ReplicaRole::Follower, 1, 10)])),
+            (2, eight(ReplicaRole::Leader)),
+            (3, eight(ReplicaRole::Follower)),
+        ]);
+        let s = merge(&layout, &layout.peers, &reports);
+        assert!(
+            s.nodes[0]
+                .error
+                .starts_with("started with 1 shards, but the cluster has 8;"),
+            "{}",
+            s.nodes[0].error
+        );
+        assert!(s.nodes[1].error.is_empty() && s.nodes[2].error.is_empty());
     }
 
     #[test]
