@@ -25,6 +25,7 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
 
+use super::balance::Balancer;
 use super::{
     failed, group_of_shard, Answer, ClusterLayout, Local, Node, Op, OpError, Read, CONTROL_GROUP,
 };
@@ -35,7 +36,7 @@ use crate::raft::NodeId;
 /// How often the loops look.
 const TICK: Duration = Duration::from_secs(1);
 /// A learner within this many entries of the leader's log counts as caught up.
-const CAUGHT_UP: u64 = 64;
+pub(super) const CAUGHT_UP: u64 = 64;
 /// How long `NODE_ADD` waits for the new node to catch up with the control group.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a node being added has to answer the first probe.
@@ -67,11 +68,13 @@ pub struct MembershipView {
     pub settled: bool,
 }
 
-/// Starts the loops; they end when the node shuts down.
+/// Starts the loops, and leader balancing (see [`super::balance`]) after them; they end
+/// when the node shuts down.
 pub(super) fn start(node: Node) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut balancer = Balancer::default();
         loop {
             tick.tick().await;
             if node.inner.stopping.load(Ordering::Relaxed) {
@@ -79,6 +82,7 @@ pub(super) fn start(node: Node) {
             }
             node.reconcile_hosting().await;
             node.reconcile_replicas().await;
+            node.balance_leaders(&mut balancer).await;
         }
     });
 }

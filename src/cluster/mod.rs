@@ -16,6 +16,7 @@
 //! This module owns placement, forwarding and the Raft groups' lifecycle; request
 //! validation belongs to `frontend`, storage to `store`, the replication log to `raft`.
 
+mod balance;
 pub mod disk;
 mod membership;
 mod status;
@@ -1238,11 +1239,17 @@ impl Node {
         let mut replicas: Option<Vec<NodeId>> = None;
         let mut rotate = 0usize;
         let mut last = String::from("no leader elected yet");
+        // The leader a refusal named, tried next even where the local replica still calls
+        // itself leader: one handing its leadership over refuses proposals at once and
+        // names the node taking over, before its own metrics change.
+        let mut named: Option<NodeId> = None;
+        let mut redirects = 0u32;
         loop {
             let local = self.local(group);
-            let target = match &local {
-                Some(l) => l.raft.metrics().borrow_watched().current_leader,
-                None => self.hint(group),
+            let target = match (named.take(), &local) {
+                (Some(n), _) => Some(n),
+                (None, Some(l)) => l.raft.metrics().borrow_watched().current_leader,
+                (None, None) => self.hint(group),
             }
             .or_else(|| {
                 // No leader known: ask the other replicas in turn.
@@ -1280,7 +1287,14 @@ impl Node {
                     ));
                 }
                 Err(Attempt::Op(OpError::NotLeader(Some(l)))) if Some(l) != target => {
-                    self.set_hint(group, l)
+                    self.set_hint(group, l);
+                    named = Some(l);
+                    redirects += 1;
+                    if redirects > 1 {
+                        // During a hand-over the old leader and the new one may each name
+                        // the other until the new one's election ends (a few milliseconds).
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
                 }
                 Err(other) => {
                     last = match (other, target) {

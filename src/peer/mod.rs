@@ -17,6 +17,13 @@
 //! Kind 4 passes a client operation (`cluster::Op`) to the node that leads its group; the
 //! answer is `Result<cluster::Answer, cluster::OpError>`.
 //!
+//! Kind 6 is openraft's `TransferLeaderRequest`, which a leader handing its group over
+//! sends to every other voter: the node named in it campaigns once its log holds the
+//! leader's last entry, and the others vote for it at once rather than wait for the old
+//! leader's lease to end. The answer is `Result<TransferLeaderResponse, RaftError>`. A
+//! node built before kind 6 refuses it as malformed; its group then elects a leader the
+//! ordinary way, once the old one has been silent for an election timeout.
+//!
 //! Kind 5 is a replication stream: a leader's `AppendEntries` to one follower, pipelined,
 //! on connections that negotiated `mq-peer/2` (`mq-peer/1` and kind 5). Nodes offer and
 //! accept both ALPNs, preferring `mq-peer/2`; a node built before kind 5 knows only
@@ -46,8 +53,8 @@ use openraft::base::{BoxFuture, BoxStream};
 use openraft::error::{Fatal, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::BasicNode;
 use rustls_pki_types::CertificateDer;
@@ -92,6 +99,9 @@ pub const KIND_SNAPSHOT: u8 = 3;
 pub const KIND_FORWARD: u8 = 4;
 /// RPC kind: a pipelined replication stream (see the module documentation).
 pub const KIND_APPEND_STREAM: u8 = 5;
+/// RPC kind: a leader hands its group's leadership to another replica (see the module
+/// documentation).
+pub const KIND_TRANSFER_LEADER: u8 = 6;
 
 /// Answers forwarded operations: (group, postcard body) → postcard answer.
 pub type ForwardHandler = Arc<
@@ -551,6 +561,16 @@ async fn dispatch(router: &Router, group: u64, kind: u8, body: &[u8]) -> Vec<u8>
         KIND_VOTE => match decode_vote(body) {
             Ok(rpc) => Ok(answer(STATUS_OK, &raft.vote(rpc).await)),
             Err(e) => Err(answer(STATUS_BAD_REQUEST, &e)),
+        },
+        KIND_TRANSFER_LEADER => match decode::<TransferLeaderRequest<TypeConfig>>(body) {
+            Ok(rpc) => {
+                let r: Result<TransferLeaderResponse<TypeConfig>, RaftError<TypeConfig>> = raft
+                    .handle_transfer_leader(rpc)
+                    .await
+                    .map_err(RaftError::Fatal);
+                Ok(answer(STATUS_OK, &r))
+            }
+            Err(e) => Err(e),
         },
         k => Err(answer(
             STATUS_BAD_REQUEST,
@@ -1130,6 +1150,16 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.rpc(KIND_VOTE, &rpc, &option).await
+    }
+
+    /// Tells the target that this node's leadership goes to `req`'s node: that node
+    /// campaigns once its log holds the leader's last entry, the others let it.
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.rpc(KIND_TRANSFER_LEADER, &req, &option).await
     }
 
     /// Pipelined: requests go out on one stream as openraft makes them, and the answers

@@ -889,3 +889,117 @@ fn a_node_started_with_another_shard_count_cannot_join() {
     assert_eq!(status["problems"], serde_json::json!([]), "{status}");
     ok(&nodes[0].mqctl(&["send", "still-here", "m"]));
 }
+
+/// The leader of each group as `mqctl cluster shards` through `node` shows it (group 0,
+/// the control group, first).
+fn leaders(node: &Node) -> Vec<Option<u64>> {
+    shards_json(node)
+        .iter()
+        .map(|g| g["leader"].as_u64())
+        .collect()
+}
+
+/// Where the groups' leaders belong in a cluster of nodes 1 to 3: the first replica the
+/// members assign each group (group g ≥ 1 starts at the ((g - 1) mod 3)-th member; the
+/// control group at the first).
+fn preferred_leaders() -> Vec<Option<u64>> {
+    (0..=u64::from(SHARDS))
+        .map(|g| Some(if g == 0 { 1 } else { (g - 1) % 3 + 1 }))
+        .collect()
+}
+
+/// Waits until the groups' leaders are `want`, as seen through `node`; returns how long.
+async fn wait_leaders(node: &Node, want: &[Option<u64>], within: Duration, what: &str) -> Duration {
+    let started = Instant::now();
+    loop {
+        let now = leaders(node);
+        if now == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "{what}: leaders {now:?}, want {want:?} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_returns_to_a_restarted_node_while_sends_go_on() {
+    let mut nodes = Node::start_cluster(3, SHARDS);
+    let want = preferred_leaders();
+    // A cluster forms with each group led by its preferred replica.
+    wait_leaders(&nodes[0], &want, Duration::from_secs(30), "at the start").await;
+    // Queues in two groups node 3 leads, and one group node 1 leads.
+    let mut queues = Vec::new();
+    for group in [3, 6, 1] {
+        let name = (0..)
+            .map(|i| format!("q{i}"))
+            .find(|n| group_of_shard(shard_of(n, SHARDS)) == group)
+            .unwrap();
+        queues.push(name);
+    }
+    let c1 = nodes[0].client().await;
+    for q in &queues {
+        c1.create_queue(q, QueuePatch::default()).await.unwrap();
+    }
+    let producers = Producers::start(&nodes, &[0, 1], &queues).await;
+    let history = producers.history.clone();
+    wait_acked(&history, 0, 500, "before the kill").await;
+
+    // Node 3 dies; the survivors take its groups.
+    nodes[2].kill();
+    let at_kill = history.acked();
+    wait_acked(&history, at_kill, 1000, "after the kill").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = leaders(&nodes[0]);
+        if [3, 6].iter().all(|g| matches!(now[*g], Some(1) | Some(2))) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "groups 3 and 6 not taken over: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Back, it catches up and gets its groups back, one hand-over at a time, while the
+    // producers go on.
+    nodes[2].restart();
+    let took = wait_leaders(
+        &nodes[0],
+        &want,
+        Duration::from_secs(90),
+        "after the restart",
+    )
+    .await;
+    let at_back = history.acked();
+    wait_acked(&history, at_back, 1000, "after the hand-overs").await;
+    let history = producers.stop().await;
+    eprintln!(
+        "node 3 led its groups again {took:?} after its restart; {} sends acknowledged",
+        history.acked()
+    );
+    let handed: usize = nodes[..2]
+        .iter()
+        .map(|n| {
+            n.log()
+                .matches("handing the group's leadership to its preferred replica")
+                .count()
+        })
+        .sum();
+    assert!(
+        handed >= 2,
+        "groups 3 and 6 were handed over, logged {handed} times"
+    );
+    // Every node sees the same leaders.
+    for n in &nodes[1..] {
+        wait_leaders(n, &want, Duration::from_secs(10), "through another node").await;
+    }
+
+    // Nothing acknowledged was lost or stored twice in the hand-overs.
+    let rx = nodes[2].client().await;
+    drain(&rx, &c1, &queues, &history).await;
+    assert_empty_everywhere(&nodes, &queues).await;
+}
