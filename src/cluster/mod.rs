@@ -1305,8 +1305,12 @@ impl Node {
                         (_, None) => "no leader elected yet".to_string(),
                     };
                     self.clear_hint(group);
+                    // 10, 20, 40, 80, then 100 ms between attempts: a leader just elected
+                    // (by a hand-over, or once a lost leader's lease ends) refuses writes
+                    // only until a majority has acknowledged it, a round trip later.
+                    let pause = (10u64 << rotate.min(4)).min(100);
                     rotate += 1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
                 }
             }
             if tokio::time::Instant::now() >= deadline {
