@@ -8,8 +8,11 @@
 //! they kept them: the returned node carried no leader's work, and the others carried all
 //! of it. So once a second, a node that leads a group whose preferred leader is another
 //! node hands the group over (openraft's leader transfer, peer RPC kind 6) when that node
-//! has been ready for [`READY_FOR`]: it acknowledged the leader within [`HEARD_WITHIN`]
-//! and its log was within [`CAUGHT_UP`] entries of the leader's at every look. One group
+//! has been ready for [`READY_FOR`] (it acknowledged the leader within [`HEARD_WITHIN`]
+//! and its log was within [`CAUGHT_UP`] entries of the leader's at every look) and reports
+//! that its state machine has applied all but [`CAUGHT_UP`] of the committed entries (a
+//! node back from a crash replays what it missed, and would answer no write until done;
+//! the hand-over stops the old leader's writes at once). One group
 //! per node per second, and a group whose hand-over did not happen is asked again only
 //! after [`RETRY_AFTER`], so a node that comes and goes does not make its groups flap.
 //!
@@ -26,7 +29,8 @@ use openraft::Instant as _;
 use tokio::time::Instant;
 
 use super::membership::CAUGHT_UP;
-use super::{ClusterLayout, Node};
+use super::{Answer, ClusterLayout, Node, Op, OpError, CONTROL_GROUP};
+use crate::peer::KIND_FORWARD;
 use crate::raft::NodeId;
 
 /// A preferred leader counts as ready at a look if it acknowledged the leader within this
@@ -36,6 +40,8 @@ const HEARD_WITHIN: Duration = Duration::from_secs(1);
 const READY_FOR: Duration = Duration::from_secs(5);
 /// A node asks again for the same group only after this long.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
+/// How long the preferred leader has to report how far it has applied.
+const ASK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The first of `replicas` (in the layout's order) that is a voter of the group.
 pub(super) fn preferred_leader(replicas: &[NodeId], voters: &BTreeSet<NodeId>) -> Option<NodeId> {
@@ -90,6 +96,13 @@ impl Balancer {
         }
         pick
     }
+
+    /// The group picked last turned out not ready after all: it waits [`READY_FOR`] again,
+    /// and is not counted as asked.
+    pub(super) fn not_ready(&mut self, group: u64) {
+        self.ready_since.remove(&group);
+        self.asked.remove(&group);
+    }
 }
 
 impl Node {
@@ -136,6 +149,32 @@ impl Node {
         out
     }
 
+    /// How far `to`'s replica of `group` has applied the log, as `to` reports it.
+    async fn applied_on(
+        &self,
+        layout: &ClusterLayout,
+        to: NodeId,
+        group: u64,
+    ) -> Result<u64, String> {
+        let addr = *layout.peers.get(&to).ok_or("no address")?;
+        let r: Result<Result<Answer, OpError>, _> = self
+            .inner
+            .connector
+            .call(addr, CONTROL_GROUP, KIND_FORWARD, &Op::Report, ASK_TIMEOUT)
+            .await;
+        match r {
+            Ok(Ok(Answer::Report(rep))) => rep
+                .groups
+                .iter()
+                .find(|g| g.group == group)
+                .map(|g| g.applied)
+                .ok_or_else(|| format!("node {to} reports no replica of group {group}")),
+            Ok(Ok(a)) => Err(format!("unexpected answer {a:?}")),
+            Ok(Err(e)) => Err(format!("{e:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// One look: hands at most one group over to its preferred leader.
     pub(super) async fn balance_leaders(&self, balancer: &mut Balancer) {
         let layout = self.current_layout();
@@ -146,6 +185,36 @@ impl Node {
         let Some(l) = self.local(group) else {
             return;
         };
+        // The log is not enough: a node back from a crash replays what it missed into its
+        // state machine, and as leader it would answer no write before that is done. The
+        // hand-over stops this node's writes at once, so it waits until the other node
+        // has applied nearly all this node has committed.
+        let committed = l
+            .raft
+            .metrics()
+            .borrow_watched()
+            .cluster_committed
+            .as_ref()
+            .map_or(0, |c| c.index);
+        match self.applied_on(&layout, to, group).await {
+            Ok(applied) if applied + CAUGHT_UP >= committed => {}
+            Ok(applied) => {
+                tracing::debug!(
+                    group,
+                    to,
+                    applied,
+                    committed,
+                    "preferred replica still applying"
+                );
+                balancer.not_ready(group);
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(group, to, error = %e, "preferred replica did not report");
+                balancer.not_ready(group);
+                return;
+            }
+        }
         match l.raft.trigger().transfer_leader(to).await {
             Ok(()) => tracing::info!(
                 group,
@@ -212,6 +281,20 @@ mod tests {
         assert_eq!(b.pick(t0 + s(6), &[m(5, 3, true)]), None);
         assert_eq!(b.pick(t0 + s(7), &[m(5, 1, true)]), None);
         assert_eq!(b.pick(t0 + s(12), &[m(5, 1, true)]), Some((5, 1)));
+    }
+
+    #[test]
+    fn a_group_found_not_ready_waits_again_and_was_not_asked() {
+        let mut b = Balancer::default();
+        let t0 = Instant::now();
+        let seen = [m(4, 2, true)];
+        assert_eq!(b.pick(t0, &seen), None);
+        assert_eq!(b.pick(t0 + READY_FOR, &seen), Some((4, 2)));
+        b.not_ready(4);
+        let t1 = t0 + READY_FOR + Duration::from_secs(1);
+        assert_eq!(b.pick(t1, &seen), None);
+        assert_eq!(b.pick(t1 + Duration::from_secs(4), &seen), None);
+        assert_eq!(b.pick(t1 + READY_FOR, &seen), Some((4, 2)));
     }
 
     #[test]
