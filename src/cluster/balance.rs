@@ -29,8 +29,7 @@ use openraft::Instant as _;
 use tokio::time::Instant;
 
 use super::membership::CAUGHT_UP;
-use super::{Answer, ClusterLayout, Node, Op, OpError, CONTROL_GROUP};
-use crate::peer::KIND_FORWARD;
+use super::{ClusterLayout, Node};
 use crate::raft::NodeId;
 
 /// A preferred leader counts as ready at a look if it acknowledged the leader within this
@@ -157,22 +156,12 @@ impl Node {
         group: u64,
     ) -> Result<u64, String> {
         let addr = *layout.peers.get(&to).ok_or("no address")?;
-        let r: Result<Result<Answer, OpError>, _> = self
-            .inner
-            .connector
-            .call(addr, CONTROL_GROUP, KIND_FORWARD, &Op::Report, ASK_TIMEOUT)
-            .await;
-        match r {
-            Ok(Ok(Answer::Report(rep))) => rep
-                .groups
-                .iter()
-                .find(|g| g.group == group)
-                .map(|g| g.applied)
-                .ok_or_else(|| format!("node {to} reports no replica of group {group}")),
-            Ok(Ok(a)) => Err(format!("unexpected answer {a:?}")),
-            Ok(Err(e)) => Err(format!("{e:?}")),
-            Err(e) => Err(e.to_string()),
-        }
+        let rep = super::status::report_of(&self.inner.connector, addr, ASK_TIMEOUT).await?;
+        rep.groups
+            .iter()
+            .find(|g| g.group == group)
+            .map(|g| g.applied)
+            .ok_or_else(|| format!("node {to} reports no replica of group {group}"))
     }
 
     /// One look: hands at most one group over to its preferred leader.

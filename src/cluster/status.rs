@@ -171,24 +171,7 @@ impl Node {
                 continue;
             }
             let connector = self.inner.connector.clone();
-            asks.spawn(async move {
-                let r: Result<Result<Answer, super::OpError>, _> = connector
-                    .call(
-                        addr,
-                        CONTROL_GROUP,
-                        KIND_FORWARD,
-                        &Op::Report,
-                        REPORT_TIMEOUT,
-                    )
-                    .await;
-                let r = match r {
-                    Ok(Ok(Answer::Report(rep))) => Ok(rep),
-                    Ok(Ok(a)) => Err(format!("unexpected answer {a:?}")),
-                    Ok(Err(e)) => Err(format!("{e:?}")),
-                    Err(e) => Err(e.to_string()),
-                };
-                (id, r)
-            });
+            asks.spawn(async move { (id, report_of(&connector, addr, REPORT_TIMEOUT).await) });
         }
         let mut reports: HashMap<NodeId, Result<NodeReport, String>> = HashMap::new();
         reports.insert(layout.node_id, Ok(self.report()));
@@ -198,6 +181,24 @@ impl Node {
             }
         }
         merge(&layout, &ask, &reports)
+    }
+}
+
+/// The report of the node at `addr` (`Op::Report` over the peer protocol), or why there
+/// is none.
+pub(super) async fn report_of(
+    connector: &crate::peer::Connector,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<NodeReport, String> {
+    let r: Result<Result<Answer, super::OpError>, _> = connector
+        .call(addr, CONTROL_GROUP, KIND_FORWARD, &Op::Report, timeout)
+        .await;
+    match r {
+        Ok(Ok(Answer::Report(rep))) => Ok(rep),
+        Ok(Ok(a)) => Err(format!("unexpected answer {a:?}")),
+        Ok(Err(e)) => Err(format!("{e:?}")),
+        Err(e) => Err(e.to_string()),
     }
 }
 
