@@ -588,7 +588,8 @@ impl Node {
             })?
             .timed(inner.storage_metrics.apply.get_or_create(&label).clone())
             .reports_applied(applied)
-            .answering_for(inner.layout.node_id);
+            .answering_for(inner.layout.node_id)
+            .of_group(group);
         let db = sm.database();
         let bodies = sm.bodies();
         let writes = log.writes_pending();

@@ -74,6 +74,8 @@ pub struct StateMachine {
     beside: Arc<Beside>,
     /// The node this replica runs on, if known (see [`StateMachine::answering_for`]).
     node: Option<NodeId>,
+    /// What the ids of queues created here start from (see [`StateMachine::of_group`]).
+    queue_ids: u64,
 }
 
 /// An apply on the state machine's task must not wait for the disk, but a snapshot's
@@ -195,6 +197,7 @@ impl StateMachine {
             node: None,
             applied: None,
             beside: Arc::default(),
+            queue_ids: 0,
         })
     }
 
@@ -211,6 +214,14 @@ impl StateMachine {
     /// it, every outcome is complete.
     pub fn answering_for(mut self, node: NodeId) -> StateMachine {
         self.node = Some(node);
+        self
+    }
+
+    /// Is the replica of group `group`: the queues it creates get ids no other group gives
+    /// out ([`crate::store::machine::queue_ids_of`]). Every replica of a group must be
+    /// opened with the same group.
+    pub fn of_group(mut self, group: u64) -> StateMachine {
+        self.queue_ids = crate::store::machine::queue_ids_of(group);
         self
     }
 
@@ -279,7 +290,7 @@ impl StateMachine {
         let times = self.apply_times.clone();
         let last = entries.last().map(|e| e.log_id.index);
         let wake = self.wake.clone();
-        let node = self.node;
+        let (node, queue_ids) = (self.node, self.queue_ids);
         let work = move || {
             let started = std::time::Instant::now();
             // A command that hits a storage error on this replica (I/O, a record that does
@@ -287,7 +298,7 @@ impl StateMachine {
             // in a fresh transaction, so it cannot leave half its writes behind.
             let mut skip = HashSet::new();
             loop {
-                match apply_batch(&db, &bodies, &entries, &skip, durable, node)? {
+                match apply_batch(&db, &bodies, &entries, &skip, durable, node, queue_ids)? {
                     Ok((mut replies, fx)) => {
                         if let Some(h) = &times {
                             h.observe(started.elapsed().as_secs_f64());
@@ -452,6 +463,7 @@ fn apply_batch(
     skip: &HashSet<(usize, usize)>,
     durable: bool,
     node: Option<NodeId>,
+    queue_ids: u64,
 ) -> Result<Result<(Vec<Reply>, Effects), ((usize, usize), StoreError)>, StorageError> {
     let mut txn = db.begin_write().map_err(sm_write)?;
     txn.set_durability(if durable {
@@ -471,6 +483,7 @@ fn apply_batch(
     let finished;
     {
         let mut tables = Tables::open(&txn, bodies).map_err(sm_write)?;
+        tables.number_queues_from(queue_ids);
         for (ei, e) in entries.iter().enumerate() {
             applied = Some(e.log_id);
             let reply = match &e.payload {

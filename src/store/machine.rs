@@ -307,6 +307,23 @@ pub struct Tables<'txn> {
     /// sends of one transaction write them in one run per queue (see
     /// [`Tables::write_new_rows`]).
     new_rows: BTreeMap<u64, rows::NewRows>,
+    /// What the ids of queues created here start from (see [`queue_ids_of`]).
+    queue_ids: u64,
+}
+
+/// Bits of a queue id that count the queues of its shard; the bits above them name the
+/// shard's group.
+const QUEUE_COUNT_BITS: u32 = 40;
+
+/// What the ids of the queues group `group` creates start from. A queue id is its group
+/// shifted up by [`QUEUE_COUNT_BITS`], plus the group's count of queues created so far,
+/// so no two groups give out the same id: a queue deleted and created again in another
+/// shard (beside a dead-letter queue there) cannot take the id the old one had, whose
+/// receipts would then match the new queue's messages. Ids stay below 2^51 (1,025
+/// groups at most), exact in any JSON reader. Queues created before ids carried their
+/// group have ids below 2^40, so no new id equals one of them either.
+pub fn queue_ids_of(group: u64) -> u64 {
+    group << QUEUE_COUNT_BITS
 }
 
 /// Creates every table of a shard, so read transactions find them.
@@ -406,6 +423,7 @@ impl<'txn> Tables<'txn> {
             answered: true,
             scratch: Vec::new(),
             new_rows: BTreeMap::new(),
+            queue_ids: 0,
             body,
             queues: txn.open_table(QUEUES)?,
             names: Lazy::new(txn, QUEUE_NAMES),
@@ -430,6 +448,12 @@ impl<'txn> Tables<'txn> {
     /// state written is the same either way; only what the outcome shows differs.
     pub fn answered(&mut self, answered: bool) {
         self.answered = answered;
+    }
+
+    /// Gives the queues created in this transaction ids from `base` on (see
+    /// [`queue_ids_of`]); without it they start from 0, as in a database of its own.
+    pub fn number_queues_from(&mut self, base: u64) {
+        self.queue_ids = base;
     }
 
     /// Keeps the rows a `SEND` added to queue `qid` until [`Tables::write_new_rows`], so
@@ -1185,13 +1209,21 @@ pub fn apply(
             let mut config = QueueConfig::default();
             patch.apply_to(&mut config);
             check_config(t, name, &config)?;
-            let id = t
+            let count = t
                 .system
                 .open()?
                 .get("next_queue_id")?
                 .map(|v| v.value())
                 .unwrap_or(1);
-            t.system.open()?.insert("next_queue_id", id + 1)?;
+            if count >= 1 << QUEUE_COUNT_BITS {
+                // A trillion queues created in one shard: not reachable in practice.
+                return Err(reject(
+                    Status::Internal,
+                    format!("this shard has used up its 2^{QUEUE_COUNT_BITS} queue ids"),
+                ));
+            }
+            t.system.open()?.insert("next_queue_id", count + 1)?;
+            let id = t.queue_ids | count;
             let rec = QueueRecord {
                 id,
                 config: config.clone(),
@@ -1953,6 +1985,8 @@ pub(crate) mod tests {
         pub(crate) bodies: Bodies,
         /// Commits so far: every third is durable, as the state machine's are now and then.
         commits: std::cell::Cell<u64>,
+        /// Where the ids of the queues created here start (see [`queue_ids_of`]).
+        queue_ids: std::cell::Cell<u64>,
     }
 
     impl std::ops::Deref for Db {
@@ -1972,6 +2006,7 @@ pub(crate) mod tests {
                 db,
                 bodies,
                 commits: Default::default(),
+                queue_ids: Default::default(),
             }
         }
 
@@ -2019,6 +2054,7 @@ pub(crate) mod tests {
         let (r, fin) = {
             let mut t = Tables::open(&txn, &db.bodies).unwrap();
             t.answered(answered);
+            t.number_queues_from(db.queue_ids.get());
             let r = apply(&mut t, now, &cmd, &mut fx);
             (r, fx.dirty.then(|| t.finish().unwrap()))
         };
@@ -2511,6 +2547,51 @@ pub(crate) mod tests {
         ));
         assert!(!fx.dirty);
         assert_eq!(dump(&db), before);
+    }
+
+    /// Two shards' first queues get different ids, and a shard that has used up its
+    /// count refuses to create a queue, creating nothing.
+    #[test]
+    fn queue_ids_carry_their_group() {
+        let ((_d1, one), (_d2, two)) = (db(), db());
+        one.queue_ids.set(queue_ids_of(1));
+        two.queue_ids.set(queue_ids_of(2));
+        let mut receipts = Vec::new();
+        for db in [&one, &two] {
+            ok(db, 1, create("q"));
+            ok(db, 2, send("q", &["m"]));
+            receipts.push(deliveries(ok(db, 3, receive("q", 1, None)))[0].receipt);
+        }
+        assert_eq!(receipts[0].queue_id, (1 << 40) + 1);
+        assert_eq!(receipts[1].queue_id, (2 << 40) + 1);
+        assert_eq!(
+            (receipts[0].seq, receipts[0].delivery),
+            (receipts[1].seq, 1)
+        );
+        let r = ok(
+            &two,
+            4,
+            Command::Ack {
+                queue: "q".into(),
+                receipts: vec![receipts[0]],
+            },
+        );
+        assert_eq!(r, Outcome::Results(vec![Status::ReceiptInvalid]));
+        assert!(
+            queue_ids_of(1025) + (1 << 40) <= 1 << 51,
+            "exact as a JSON number"
+        );
+
+        let txn = two.begin_write().unwrap();
+        txn.open_table(SYSTEM)
+            .unwrap()
+            .insert("next_queue_id", 1u64 << 40)
+            .unwrap();
+        txn.commit().unwrap();
+        let before = dump(&two);
+        let err = run(&two, 5, create("r")).0.unwrap_err();
+        assert!(err.to_string().contains("queue ids"), "{err}");
+        assert_eq!(dump(&two), before);
     }
 
     #[test]

@@ -157,6 +157,69 @@ async fn delete_non_empty_needs_force_and_the_name_can_be_reused() {
     assert_eq!(c.delete_queue("gone", false).await.unwrap(), 0);
 }
 
+/// A queue re-created in another shard (it names a dead-letter queue there, and lives
+/// beside it) is a different queue too. Each shard numbers its own queues, so the old
+/// and the new queue get the same number when the new shard has made as many queues as
+/// the old one had: old receipts must still not apply to the new queue's messages.
+#[tokio::test]
+async fn a_queue_re_created_in_another_shard_refuses_the_old_queues_receipts() {
+    use mqd::cluster::shard_of;
+    const SHARDS: u32 = 16;
+    let named = |prefix: &str, want: &dyn Fn(u32) -> bool| {
+        (0..)
+            .map(|i| format!("{prefix}-{i}"))
+            .find(|n| want(shard_of(n, SHARDS)))
+            .unwrap()
+    };
+    let old_shard = shard_of("jobs", SHARDS);
+    let before = named("before", &|s| s == old_shard);
+    let dead = named("dead", &|s| s != old_shard);
+
+    let node = Node::start();
+    let c = node.client().await;
+    // `jobs` is its shard's second queue, `dead` its shard's first.
+    c.create_queue(&before, QueuePatch::default())
+        .await
+        .unwrap();
+    c.create_queue("jobs", QueuePatch::default()).await.unwrap();
+    c.create_queue(&dead, QueuePatch::default()).await.unwrap();
+    c.send("jobs", vec![SendEntry::new("old")]).await.unwrap();
+    let old = c.receive("jobs", 1, None, Some(0)).await.unwrap();
+    assert_eq!(c.delete_queue("jobs", true).await.unwrap(), 1);
+
+    // The new `jobs` is the second queue of `dead`'s shard.
+    let with_dead_letter = QueuePatch {
+        dead_letter: Some(Some(DeadLetter {
+            queue: dead.clone(),
+            max_receives: 5,
+        })),
+        ..Default::default()
+    };
+    c.create_queue("jobs", with_dead_letter).await.unwrap();
+    let at = c.locate("jobs").await.unwrap();
+    assert_eq!(
+        at.shard,
+        shard_of(&dead, SHARDS),
+        "placed beside its dead-letter queue"
+    );
+    c.send("jobs", vec![SendEntry::new("new")]).await.unwrap();
+    let new = c.receive("jobs", 1, None, Some(0)).await.unwrap();
+    assert_eq!(new[0].message.body.as_ref(), b"new");
+    assert_ne!(new[0].receipt, old[0].receipt);
+
+    assert_eq!(
+        c.ack("jobs", vec![old[0].receipt]).await.unwrap(),
+        vec![Status::ReceiptInvalid],
+        "the old queue's receipt must not acknowledge the new queue's message"
+    );
+    let counts = c.describe_queue("jobs").await.unwrap().counts;
+    assert_eq!((counts.visible, counts.in_flight), (0, 1));
+    assert_eq!(
+        c.ack("jobs", vec![new[0].receipt]).await.unwrap(),
+        vec![Status::Ok]
+    );
+}
+
 /// A forced delete of more messages than a purge chunk (2,000) purges them chunk by
 /// chunk, then deletes the queue: every message goes, received or not, and the count says
 /// so. A dead-letter queue in use is refused before any of its messages goes.
