@@ -8,12 +8,19 @@
 //! may not have arrived yet; a refused request is decided once more on that leader's
 //! users, since a grant made a moment ago through another node may not have either. The
 //! requests waiting for such a look-up share it ([`SharedRead`]): a flood of unknown
-//! tokens costs the control group one read at a time per node.
+//! tokens costs the control group one read at a time per node. And a client address
+//! whose unknown tokens keep failing runs out of look-ups ([`Failures`]): its next
+//! unknown tokens are refused from what this node knows, without asking the leader.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 use crate::cluster::Node;
 use crate::protocol::{Grant, Request, Rights, Status, UserInfo};
@@ -94,6 +101,91 @@ impl<T: Clone, E: Clone> SharedRead<T, E> {
 
 type UserRecords = Arc<Vec<(String, UserRecord)>>;
 
+/// Look-ups on the control group's leader a client address may fail at once, before it
+/// has to wait for its budget to come back.
+const LOOKUP_BURST: f64 = 20.0;
+/// How fast an address's budget of failed look-ups comes back, per second.
+const LOOKUPS_PER_SEC: f64 = 1.0;
+/// Addresses whose failures are remembered at most. Beyond it, an address not yet
+/// remembered is looked up as before (the [`SharedRead`] still bounds the leader's work).
+const ADDRESSES_KEPT: usize = 10_000;
+
+/// The failed look-ups of each client address, as a token bucket: an address may fail
+/// [`LOOKUP_BURST`] look-ups at once, then one per second. While its budget is spent, a
+/// token this node does not know, presented from there, is refused without asking the
+/// control group's leader (a token this node knows still works). Tokens are 256 random
+/// bits, so this guards the leader's work, not the tokens: nobody guesses one. IPv6
+/// addresses count by their /64, which one host usually holds whole.
+#[derive(Default)]
+pub(crate) struct Failures {
+    by_address: Mutex<HashMap<IpAddr, Budget>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    /// Look-ups left, at `at`.
+    left: f64,
+    at: Instant,
+    /// The running out was logged (once until the budget is whole again).
+    logged: bool,
+}
+
+impl Budget {
+    /// The look-ups left at `now`.
+    fn left_at(&self, now: Instant) -> f64 {
+        let back = now.saturating_duration_since(self.at).as_secs_f64() * LOOKUPS_PER_SEC;
+        (self.left + back).min(LOOKUP_BURST)
+    }
+}
+
+/// The key an address's failures count under: itself, or an IPv6 address's /64.
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+    }
+}
+
+impl Failures {
+    /// Whether an unknown token from `ip` may still be looked up on the leader.
+    pub(crate) fn may_look_up(&self, ip: IpAddr, now: Instant) -> bool {
+        let by = self.by_address.lock().unwrap_or_else(|e| e.into_inner());
+        by.get(&address_key(ip))
+            .is_none_or(|b| b.left_at(now) >= 1.0)
+    }
+
+    /// Charges a failed look-up to `ip`. True the first time its budget runs out since it
+    /// was last whole (to log it once).
+    pub(crate) fn failed(&self, ip: IpAddr, now: Instant) -> bool {
+        let key = address_key(ip);
+        let mut by = self.by_address.lock().unwrap_or_else(|e| e.into_inner());
+        if !by.contains_key(&key) && by.len() >= ADDRESSES_KEPT {
+            // Forget the addresses whose budget is whole again.
+            by.retain(|_, b| b.left_at(now) < LOOKUP_BURST);
+            if by.len() >= ADDRESSES_KEPT {
+                return false;
+            }
+        }
+        let b = by.entry(key).or_insert(Budget {
+            left: LOOKUP_BURST,
+            at: now,
+            logged: false,
+        });
+        let left = b.left_at(now);
+        if left >= LOOKUP_BURST {
+            b.logged = false;
+        }
+        b.left = (left - 1.0).max(0.0);
+        b.at = now;
+        let ran_out = b.left < 1.0 && !b.logged;
+        b.logged |= ran_out;
+        ran_out
+    }
+}
+
 /// The users of the cluster as this node last loaded them.
 pub struct AuthCache {
     node: Node,
@@ -106,7 +198,15 @@ pub struct AuthCache {
     /// for one (unknown tokens and access keys, refusals being confirmed): a flood of bad
     /// tokens costs the control group one read at a time per node, not one per request.
     fresh: SharedRead<UserRecords, Failure>,
+    /// Failed look-ups per client address.
+    failures: Failures,
+    /// Look-ups of tokens and access keys this node did not know, by outcome.
+    lookups: LookupCounter,
 }
+
+/// Counts look-ups by outcome: `found`, `unknown`, or `skipped` (the address had spent
+/// its budget of failures).
+pub type LookupCounter = Family<[(&'static str, &'static str); 1], Counter>;
 
 fn unauthenticated() -> Failure {
     (
@@ -117,13 +217,47 @@ fn unauthenticated() -> Failure {
 
 impl AuthCache {
     /// A cache over `node`'s users.
-    pub fn new(node: Node, bootstrap: Option<[u8; 32]>) -> Self {
+    /// Look-ups are counted in `lookups`.
+    pub fn new(node: Node, bootstrap: Option<[u8; 32]>, lookups: LookupCounter) -> Self {
         Self {
             node,
             bootstrap,
             current: RwLock::new((u64::MAX, Arc::default())),
             fresh: SharedRead::default(),
+            failures: Failures::default(),
+            lookups,
         }
+    }
+
+    /// Asks the control group's leader for what this node does not know (`find` in the
+    /// users it has). `None`: the leader does not know it either. Refused with
+    /// `UNAUTHENTICATED` without asking if `from` has spent its budget of failed look-ups
+    /// ([`Failures`]).
+    async fn look_up<T>(
+        &self,
+        from: Option<IpAddr>,
+        find: impl Fn(&[(String, UserRecord)]) -> Option<T>,
+    ) -> Result<Option<T>, Failure> {
+        let now = Instant::now();
+        if let Some(ip) = from {
+            if !self.failures.may_look_up(ip, now) {
+                self.lookups.get_or_create(&[("outcome", "skipped")]).inc();
+                return Err((
+                    Status::Unauthenticated,
+                    format!("{}. Your address has presented many unknown tokens or access keys, so for now this node does not ask the cluster about tokens it does not know: a user created moments ago through another node is refused here until the change reaches this node (usually within milliseconds); wait a few seconds and retry", unauthenticated().1),
+                ));
+            }
+        }
+        let found = find(&self.users_committed().await?);
+        let outcome = if found.is_some() { "found" } else { "unknown" };
+        self.lookups.get_or_create(&[("outcome", outcome)]).inc();
+        if let (None, Some(ip)) = (&found, from) {
+            if self.failures.failed(ip, now) {
+                tracing::warn!(address = %ip, burst = LOOKUP_BURST, per_sec = LOOKUPS_PER_SEC,
+                    "a client address keeps presenting unknown tokens or access keys; the ones this node does not know are refused without asking the control group's leader until it slows down");
+            }
+        }
+        Ok(found)
     }
 
     /// The users as the control group's leader has them, read after this call began (see
@@ -153,8 +287,12 @@ impl AuthCache {
         Ok(loaded)
     }
 
-    /// The user whose token has this hash.
-    pub async fn authenticate(&self, token_sha256: &[u8; 32]) -> Result<Arc<UserInfo>, Failure> {
+    /// The user whose token has this hash, presented from `from`.
+    pub async fn authenticate(
+        &self,
+        token_sha256: &[u8; 32],
+        from: Option<IpAddr>,
+    ) -> Result<Arc<UserInfo>, Failure> {
         let users = self.users()?;
         if let Some(u) = users.by_token.get(token_sha256) {
             return Ok(u.clone());
@@ -172,18 +310,15 @@ impl AuthCache {
             }));
         }
         // This replica may be behind the control group: ask its leader.
-        self.committed(token_sha256).await
+        self.look_up(from, |users| info_of(users, token_sha256))
+            .await?
+            .ok_or_else(unauthenticated)
     }
 
     /// The user whose token has this hash, as the control group's leader has it: what a
     /// request sees once every committed change to the users has reached this node.
     async fn committed(&self, token_sha256: &[u8; 32]) -> Result<Arc<UserInfo>, Failure> {
-        self.users_committed()
-            .await?
-            .iter()
-            .find(|(_, rec)| rec.token_sha256 == *token_sha256)
-            .map(|(name, rec)| Arc::new(rec.info(name)))
-            .ok_or_else(unauthenticated)
+        info_of(&self.users_committed().await?, token_sha256).ok_or_else(unauthenticated)
     }
 
     /// Decides whether `user`, authenticated by this token hash, may make `req`, and
@@ -211,9 +346,14 @@ impl AuthCache {
         }
     }
 
-    /// The token hash of user `name`, looked up like [`AuthCache::authenticate`] looks up
-    /// a token: this replica first, then the control group's leader.
-    pub async fn token_of(&self, name: &str) -> Result<Option<[u8; 32]>, Failure> {
+    /// The token hash of user `name`, asked for from `from`, looked up like
+    /// [`AuthCache::authenticate`] looks up a token: this replica first, then the control
+    /// group's leader.
+    pub async fn token_of(
+        &self,
+        name: &str,
+        from: Option<IpAddr>,
+    ) -> Result<Option<[u8; 32]>, Failure> {
         let users = self.users()?;
         if let Some(h) = users.by_name.get(name) {
             return Ok(Some(*h));
@@ -223,13 +363,22 @@ impl AuthCache {
                 return Ok(Some(h));
             }
         }
-        Ok(self
-            .users_committed()
-            .await?
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, rec)| rec.token_sha256))
+        self.look_up(from, |users| {
+            users
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, rec)| rec.token_sha256)
+        })
+        .await
     }
+}
+
+/// The user whose token has this hash, among `users`.
+fn info_of(users: &[(String, UserRecord)], token_sha256: &[u8; 32]) -> Option<Arc<UserInfo>> {
+    users
+        .iter()
+        .find(|(_, rec)| rec.token_sha256 == *token_sha256)
+        .map(|(name, rec)| Arc::new(rec.info(name)))
 }
 
 /// What a request needs from its user.
@@ -344,6 +493,81 @@ pub fn sees_all(user: &UserInfo) -> bool {
 mod tests {
     use super::*;
     use crate::protocol::{QueuePatch, SendEntry};
+    use std::time::Duration;
+
+    /// An address may fail 20 look-ups at once, then one a second; running out is
+    /// reported once until its budget is whole again; other addresses are not charged.
+    #[test]
+    fn an_address_that_keeps_failing_runs_out_of_look_ups() {
+        let f = Failures::default();
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let t0 = Instant::now();
+        let ran_out: Vec<bool> = (0..20)
+            .map(|_| {
+                assert!(f.may_look_up(a, t0));
+                f.failed(a, t0)
+            })
+            .collect();
+        assert_eq!(ran_out.iter().filter(|r| **r).count(), 1);
+        assert!(ran_out[19], "the 20th failure spends the budget");
+        assert!(!f.may_look_up(a, t0));
+        assert!(f.may_look_up(b, t0), "another address is not charged");
+
+        // One look-up back after a second; failing it is not reported again.
+        assert!(!f.may_look_up(a, t0 + Duration::from_millis(900)));
+        let t1 = t0 + Duration::from_millis(1_000);
+        assert!(f.may_look_up(a, t1));
+        assert!(!f.failed(a, t1));
+        assert!(!f.may_look_up(a, t1));
+
+        // Whole again after 20 s: 20 more, and running out is reported again.
+        let t2 = t1 + Duration::from_secs(20);
+        let again = (0..20).filter(|_| f.failed(a, t2)).count();
+        assert_eq!(again, 1);
+        assert!(!f.may_look_up(a, t2));
+    }
+
+    /// IPv6 addresses count by their /64; IPv4-mapped ones as the IPv4 address.
+    #[test]
+    fn ipv6_addresses_count_by_their_64() {
+        let f = Failures::default();
+        let t = Instant::now();
+        for i in 0..20u16 {
+            let ip: IpAddr = format!("2001:db8:1:2::{i:x}").parse().unwrap();
+            f.failed(ip, t);
+        }
+        assert!(!f.may_look_up("2001:db8:1:2:ffff::1".parse().unwrap(), t));
+        assert!(f.may_look_up("2001:db8:1:3::1".parse().unwrap(), t));
+        for _ in 0..20 {
+            f.failed("::ffff:192.0.2.9".parse().unwrap(), t);
+        }
+        assert!(!f.may_look_up("192.0.2.9".parse().unwrap(), t));
+    }
+
+    /// The addresses remembered are bounded: those whose budget is whole again are
+    /// forgotten first, and past the bound a new address is not remembered.
+    #[test]
+    fn the_addresses_remembered_are_bounded() {
+        let f = Failures::default();
+        let t0 = Instant::now();
+        let ip = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        for i in 0..ADDRESSES_KEPT as u32 {
+            f.failed(ip(i), t0);
+        }
+        let len = || f.by_address.lock().unwrap().len();
+        assert_eq!(len(), ADDRESSES_KEPT);
+        let new = ip(ADDRESSES_KEPT as u32);
+        // Nobody's budget is whole yet: a new address is not remembered.
+        for _ in 0..20 {
+            f.failed(new, t0);
+        }
+        assert_eq!(len(), ADDRESSES_KEPT);
+        assert!(f.may_look_up(new, t0));
+        // A second later every budget is whole again: all are forgotten for the new one.
+        let t1 = t0 + Duration::from_secs(1);
+        f.failed(new, t1);
+        assert_eq!(len(), 1);
+    }
 
     fn bob() -> UserInfo {
         UserInfo {

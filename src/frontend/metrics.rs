@@ -32,6 +32,8 @@ fn latency_histogram() -> Histogram {
 pub struct RequestMetrics {
     latency: Family<OpLabel, Histogram, fn() -> Histogram>,
     errors: Family<OpStatusLabel, Counter>,
+    /// Look-ups of unknown tokens and access keys on the control group's leader.
+    pub(crate) auth_lookups: super::auth::LookupCounter,
 }
 
 impl Default for RequestMetrics {
@@ -39,6 +41,7 @@ impl Default for RequestMetrics {
         Self {
             latency: Family::new_with_constructor(latency_histogram),
             errors: Family::default(),
+            auth_lookups: Family::default(),
         }
     }
 }
@@ -191,6 +194,11 @@ pub fn registry(node: Node, requests: &RequestMetrics) -> Registry {
         "mqd_request_errors",
         "Requests answered with an error, per opcode and status.",
         requests.errors.clone(),
+    );
+    r.register(
+        "mqd_auth_lookups",
+        "Tokens and SQS access keys this node did not know, by outcome: found or unknown on the control group's leader, or skipped (refused without asking, since the client's address had used up its budget of failed look-ups).",
+        requests.auth_lookups.clone(),
     );
     let storage = node.storage_metrics().clone();
     r.register(

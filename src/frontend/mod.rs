@@ -48,6 +48,8 @@ pub struct Session {
     token_sha256: Mutex<Option<[u8; 32]>>,
     /// The client's address, for the audit log.
     remote: String,
+    /// The client's IP address, whose failed authentications are counted.
+    ip: Option<std::net::IpAddr>,
 }
 
 impl Session {
@@ -56,6 +58,7 @@ impl Session {
         Self {
             token_sha256: Mutex::default(),
             remote: remote.to_string(),
+            ip: Some(remote.ip()),
         }
     }
 
@@ -66,6 +69,7 @@ impl Session {
         Self {
             token_sha256: Mutex::new(Some(token_sha256)),
             remote: remote.to_string(),
+            ip: Some(remote.ip()),
         }
     }
 
@@ -128,11 +132,16 @@ impl Frontend {
         bootstrap_token_sha256: Option<[u8; 32]>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
+        let metrics = metrics::RequestMetrics::default();
         Self {
-            auth: AuthCache::new(node.clone(), bootstrap_token_sha256),
+            auth: AuthCache::new(
+                node.clone(),
+                bootstrap_token_sha256,
+                metrics.auth_lookups.clone(),
+            ),
             node,
             shutdown,
-            metrics: metrics::RequestMetrics::default(),
+            metrics,
             limiter: quota::RateLimiter::default(),
         }
     }
@@ -143,9 +152,13 @@ impl Frontend {
     }
 
     /// The token hash of user `name` (the SQS API's secret key is derived from it), or
-    /// `None` if there is no such user.
-    pub async fn token_sha256_of(&self, name: &str) -> Result<Option<[u8; 32]>, Failure> {
-        self.auth.token_of(name).await
+    /// `None` if there is no such user, asked for by a client at `from`.
+    pub async fn token_sha256_of(
+        &self,
+        name: &str,
+        from: std::net::IpAddr,
+    ) -> Result<Option<[u8; 32]>, Failure> {
+        self.auth.token_of(name, Some(from)).await
     }
 
     /// Runs a command on the shard of `queue`.
@@ -166,7 +179,7 @@ impl Frontend {
             Request::Ping => return Ok(Response::Empty),
             Request::Hello { token, client } => {
                 let hash = crate::server::tls::sha256(token.trim().as_bytes());
-                if let Err(e) = self.auth.authenticate(&hash).await {
+                if let Err(e) = self.auth.authenticate(&hash, session.ip).await {
                     tracing::warn!(%client, status = %e.0, "refused a HELLO");
                     return Err(e);
                 }
@@ -191,7 +204,7 @@ impl Frontend {
                         "send HELLO with a valid token before other requests".into(),
                     ));
                 };
-                (self.auth.authenticate(&hash).await?, hash)
+                (self.auth.authenticate(&hash, session.ip).await?, hash)
             }
         };
         let audit = audit::of(&req);

@@ -81,6 +81,7 @@ fn error_reply(e: &SqsError) -> Response<Full<Bytes>> {
 /// Authenticates a request: the user it is signed by and the region of its scope.
 async fn authenticate(
     fe: &Frontend,
+    remote: SocketAddr,
     parts: &hyper::http::request::Parts,
     body: &[u8],
 ) -> Result<([u8; 32], String, String), SqsError> {
@@ -103,7 +104,7 @@ async fn authenticate(
     };
     let (auth, amz_date) = signed.authorization(now).map_err(sig_err)?;
     let hash = fe
-        .token_sha256_of(&auth.access_key)
+        .token_sha256_of(&auth.access_key, remote.ip())
         .await
         .map_err(SqsError::from_failure)?
         .ok_or_else(|| SqsError::unknown_key(&auth.access_key))?;
@@ -147,7 +148,7 @@ async fn answer(
     let Some(op) = target.strip_prefix("AmazonSQS.") else {
         return Ok(error_reply(&SqsError::unknown_operation(&target)));
     };
-    let (hash, region, user) = match authenticate(&fe, &parts, &body).await {
+    let (hash, region, user) = match authenticate(&fe, remote, &parts, &body).await {
         Ok(a) => a,
         Err(e) => {
             tracing::info!(%remote, op, code = e.code, "SQS request refused: {}", e.message);

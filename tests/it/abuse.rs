@@ -1,5 +1,6 @@
-//! Abuse: a flood of connections, streams opened and never finished. The node must cap
-//! what it holds, keep serving its other clients, and stay within bounded memory.
+//! Abuse: a flood of connections, streams opened and never finished, unknown tokens one
+//! after another. The node must cap what it holds, keep serving its other clients, and
+//! stay within bounded memory.
 
 use std::time::Duration;
 
@@ -109,4 +110,81 @@ async fn streams_opened_and_never_finished_leave_the_node_serving() {
     let grown = node.rss_kib().saturating_sub(rss_before);
     assert!(grown < 64 * 1024, "resident memory grew by {grown} KiB");
     drop(streams);
+}
+
+/// A client address that keeps presenting unknown tokens runs out of look-ups on the
+/// control group's leader: after 20 failed at once (one more each second after that),
+/// its unknown tokens are refused from what the node knows. It is still refused, never
+/// let in, and a valid token from the same address still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_presenting_unknown_tokens_runs_out_of_look_ups() {
+    use mqd::protocol::{Request, Status};
+
+    let metrics = crate::common::free_tcp_addr();
+    let node = Node::start_with(&["--metrics-listen", &metrics.to_string()]);
+    let bare = try_raw_connection(&node).await.expect("handshake");
+    let hello = |token: String| {
+        let bare = bare.clone();
+        async move {
+            let frame = Request::Hello {
+                token,
+                client: "abuse".into(),
+            }
+            .encode();
+            let (mut send, mut recv) = bare.open_bi().await.unwrap();
+            send.write_all(&frame).await.unwrap();
+            send.finish().unwrap();
+            let answer = recv.read_to_end(1 << 20).await.unwrap();
+            Status::from_u16(u16::from_be_bytes([answer[6], answer[7]]))
+        }
+    };
+    const ATTEMPTS: usize = 40;
+    let started = std::time::Instant::now();
+    for i in 0..ATTEMPTS {
+        assert_eq!(
+            hello(format!("wrong-{i}")).await,
+            Some(Status::Unauthenticated),
+            "attempt {i}"
+        );
+    }
+    // The refusal says why a token it did not look up was refused. (A look-up that came
+    // back in the meantime answers as before; the budget is then spent again.)
+    let mut bad = node.client_config();
+    bad.token = "wrong-again".into();
+    let mut told = Vec::new();
+    for _ in 0..5 {
+        let e = mqd::client::Client::connect(bad.clone())
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(e.status(), Some(Status::Unauthenticated), "{e}");
+        told.push(e.to_string());
+        if told.iter().any(|m| m.contains("many unknown tokens")) {
+            break;
+        }
+    }
+    assert!(
+        told.iter().any(|m| m.contains("many unknown tokens")),
+        "{told:?}"
+    );
+    let took = started.elapsed();
+    let token = std::fs::read_to_string(node.dir().join("admin.token")).unwrap();
+    assert_eq!(hello(token.trim().into()).await, Some(Status::Ok));
+
+    let (_, body) = crate::metrics::get(metrics, "/metrics");
+    let count = |outcome: &str| {
+        let prefix = format!("mqd_auth_lookups_total{{outcome=\"{outcome}\"}}");
+        body.lines()
+            .find(|l| l.starts_with(&prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .map_or(0.0, |v| v.parse::<f64>().unwrap())
+    };
+    let (unknown, skipped) = (count("unknown"), count("skipped"));
+    assert_eq!(unknown + skipped, (ATTEMPTS + told.len()) as f64, "{body}");
+    // 20 at once, then at most one for each second the attempts took.
+    let most = 20.0 + took.as_secs_f64().ceil();
+    assert!(
+        (20.0..=most).contains(&unknown),
+        "{unknown} look-ups in {took:?}, {skipped} skipped"
+    );
 }
