@@ -260,6 +260,11 @@ impl AuthCache {
         Ok(found)
     }
 
+    /// Whether `ip` has spent its budget of failed look-ups ([`Failures`]).
+    pub fn out_of_look_ups(&self, ip: IpAddr) -> bool {
+        !self.failures.may_look_up(ip, Instant::now())
+    }
+
     /// The users as the control group's leader has them, read after this call began (see
     /// [`SharedRead`]).
     async fn users_committed(&self) -> Result<UserRecords, Failure> {

@@ -180,7 +180,13 @@ impl Frontend {
             Request::Hello { token, client } => {
                 let hash = crate::server::tls::sha256(token.trim().as_bytes());
                 if let Err(e) = self.auth.authenticate(&hash, session.ip).await {
-                    tracing::warn!(%client, status = %e.0, "refused a HELLO");
+                    // Once an address is out of look-ups, the node has said so once; a
+                    // line per refusal would let it fill the log.
+                    if session.ip.is_some_and(|ip| self.auth.out_of_look_ups(ip)) {
+                        tracing::debug!(%client, status = %e.0, "refused a HELLO");
+                    } else {
+                        tracing::warn!(%client, status = %e.0, "refused a HELLO");
+                    }
                     return Err(e);
                 }
                 *session
