@@ -2,6 +2,10 @@
 # The three-node runs of docs/BENCHMARKS.md: a fresh cluster of three processes on
 # loopback (16 shards, 3 replicas each), the same mqctl bench runs as single-node.sh,
 # against node 1. Needs release binaries: cargo build --release --workspace --bins
+# KILL=2 or KILL=3: that node is killed (SIGKILL) once the cluster is up, and the runs
+# start once every group has a leader again: two of three nodes carrying the load after
+# a failover. (The bench's queue, mqctl-bench, is in shard 11, group 12, whose preferred
+# leader is node 3: KILL=3 moves its leader, KILL=2 takes one of its followers.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BASE=$(mktemp -d /tmp/mqd-bench3.XXXXXX)
@@ -27,6 +31,13 @@ for n in 2 3; do
 done
 export MQ_DATA_DIR=$BASE/1 MQ_CONFIG=/dev/null
 until target/release/mqctl cluster status --output json 2>/dev/null | python3 -c 'import json,sys; d=json.load(sys.stdin); sys.exit(0 if d["healthy"] and d["nodes_answering"] == 3 else 1)' 2>/dev/null; do sleep 0.5; done
+if [ -n "${KILL:-}" ]; then
+    case "$KILL" in 2 | 3) ;; *) echo "KILL must be 2 or 3 (the bench talks to node 1)" >&2; exit 2 ;; esac
+    kill -9 "${PIDS[$((KILL - 1))]}"
+    wait "${PIDS[$((KILL - 1))]}" 2>/dev/null || true
+    until target/release/mqctl cluster status --output json 2>/dev/null | python3 -c 'import json,sys; d=json.load(sys.stdin); sys.exit(0 if d["nodes_answering"] == 2 and d["groups_with_leader"] == d["groups"] else 1)' 2>/dev/null; do sleep 0.5; done
+    echo "node $KILL killed; every group has a leader on nodes 1 and 2"
+fi
 # With arguments: one run of `mqctl bench --size 1KiB ARGS` instead (the interleaved
 # three-against-one runs of BENCHMARKS.md pass --in-flight 256 --consumers 1).
 if [ "$#" -gt 0 ]; then
