@@ -9,8 +9,8 @@
 //! users, since a grant made a moment ago through another node may not have either. The
 //! requests waiting for such a look-up share it ([`SharedRead`]): a flood of unknown
 //! tokens costs the control group one read at a time per node. And a client address
-//! whose unknown tokens keep failing runs out of look-ups ([`Failures`]): its next
-//! unknown tokens are refused from what this node knows, without asking the leader.
+//! whose look-ups keep finding nothing runs out of them ([`Failures`]): its next unknown
+//! tokens and refused requests are answered from what this node has, without asking.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -113,7 +113,8 @@ const ADDRESSES_KEPT: usize = 10_000;
 /// The failed look-ups of each client address, as a token bucket: an address may fail
 /// [`LOOKUP_BURST`] look-ups at once, then one per second. While its budget is spent, a
 /// token this node does not know, presented from there, is refused without asking the
-/// control group's leader (a token this node knows still works). Tokens are 256 random
+/// control group's leader, and so is a request the node's grants refuse (a token and a
+/// grant this node has still work). Tokens are 256 random
 /// bits, so this guards the leader's work, not the tokens: nobody guesses one. IPv6
 /// addresses count by their /64, which one host usually holds whole.
 #[derive(Default)]
@@ -200,12 +201,29 @@ pub struct AuthCache {
     fresh: SharedRead<UserRecords, Failure>,
     /// Failed look-ups per client address.
     failures: Failures,
-    /// Look-ups of tokens and access keys this node did not know, by outcome.
+    /// Look-ups on the control group's leader, by outcome.
     lookups: LookupCounter,
 }
 
-/// Counts look-ups by outcome: `found`, `unknown`, or `skipped` (the address had spent
-/// its budget of failures).
+/// What a look-up on the control group's leader came to.
+enum Looked<T> {
+    Found(T),
+    /// The leader does not have it either.
+    Unknown,
+    /// Not asked: the client's address has spent its budget of failed look-ups.
+    Skipped,
+}
+
+/// The refusal of a token not looked up ([`Looked::Skipped`]).
+fn not_looked_up() -> Failure {
+    (
+        Status::Unauthenticated,
+        format!("{}. Your address has presented many unknown tokens or access keys, so for now this node does not ask the cluster about tokens it does not know: a user created moments ago through another node is refused here until the change reaches this node (usually within milliseconds); wait a few seconds and retry", unauthenticated().1),
+    )
+}
+
+/// Counts look-ups by outcome: `found`, `unknown` (or a refusal the leader's grants
+/// confirm), or `skipped` (the address had spent its budget of failures).
 pub type LookupCounter = Family<[(&'static str, &'static str); 1], Counter>;
 
 fn unauthenticated() -> Failure {
@@ -229,35 +247,36 @@ impl AuthCache {
         }
     }
 
-    /// Asks the control group's leader for what this node does not know (`find` in the
-    /// users it has). `None`: the leader does not know it either. Refused with
-    /// `UNAUTHENTICATED` without asking if `from` has spent its budget of failed look-ups
-    /// ([`Failures`]).
+    /// Asks the control group's leader for what this node does not have: `find` in the
+    /// users the leader has. Not asked if `from` has spent its budget of failed look-ups
+    /// ([`Failures`]); a look-up that finds nothing is charged to `from`.
     async fn look_up<T>(
         &self,
         from: Option<IpAddr>,
         find: impl Fn(&[(String, UserRecord)]) -> Option<T>,
-    ) -> Result<Option<T>, Failure> {
+    ) -> Result<Looked<T>, Failure> {
         let now = Instant::now();
         if let Some(ip) = from {
             if !self.failures.may_look_up(ip, now) {
                 self.lookups.get_or_create(&[("outcome", "skipped")]).inc();
-                return Err((
-                    Status::Unauthenticated,
-                    format!("{}. Your address has presented many unknown tokens or access keys, so for now this node does not ask the cluster about tokens it does not know: a user created moments ago through another node is refused here until the change reaches this node (usually within milliseconds); wait a few seconds and retry", unauthenticated().1),
-                ));
+                return Ok(Looked::Skipped);
             }
         }
         let found = find(&self.users_committed().await?);
         let outcome = if found.is_some() { "found" } else { "unknown" };
         self.lookups.get_or_create(&[("outcome", outcome)]).inc();
-        if let (None, Some(ip)) = (&found, from) {
-            if self.failures.failed(ip, now) {
-                tracing::warn!(address = %ip, burst = LOOKUP_BURST, per_sec = LOOKUPS_PER_SEC,
-                    "a client address keeps presenting unknown tokens or access keys; the ones this node does not know are refused without asking the control group's leader until it slows down");
+        Ok(match found {
+            Some(v) => Looked::Found(v),
+            None => {
+                if let Some(ip) = from {
+                    if self.failures.failed(ip, now) {
+                        tracing::warn!(address = %ip, burst = LOOKUP_BURST, per_sec = LOOKUPS_PER_SEC,
+                            "a client address keeps presenting unknown tokens or access keys, or asking for what its grants refuse; this node now answers its requests from the users it has, without asking the control group's leader, until it slows down");
+                    }
+                }
+                Looked::Unknown
             }
-        }
-        Ok(found)
+        })
     }
 
     /// Whether `ip` has spent its budget of failed look-ups ([`Failures`]).
@@ -315,15 +334,14 @@ impl AuthCache {
             }));
         }
         // This replica may be behind the control group: ask its leader.
-        self.look_up(from, |users| info_of(users, token_sha256))
+        match self
+            .look_up(from, |users| info_of(users, token_sha256))
             .await?
-            .ok_or_else(unauthenticated)
-    }
-
-    /// The user whose token has this hash, as the control group's leader has it: what a
-    /// request sees once every committed change to the users has reached this node.
-    async fn committed(&self, token_sha256: &[u8; 32]) -> Result<Arc<UserInfo>, Failure> {
-        info_of(&self.users_committed().await?, token_sha256).ok_or_else(unauthenticated)
+        {
+            Looked::Found(u) => Ok(u),
+            Looked::Unknown => Err(unauthenticated()),
+            Looked::Skipped => Err(not_looked_up()),
+        }
     }
 
     /// Decides whether `user`, authenticated by this token hash, may make `req`, and
@@ -334,19 +352,27 @@ impl AuthCache {
     /// a user who was just granted a right must be able to use it at once. A revocation,
     /// like a deleted user or a rotated token, takes effect on this node when it arrives
     /// (milliseconds on a healthy cluster).
+    ///
+    /// Confirmations that change nothing are charged to the client's address `from` like
+    /// unknown tokens, and once it has spent its budget ([`Failures`]) its refusals stand
+    /// without asking.
     pub async fn authorize(
         &self,
         user: Arc<UserInfo>,
         token_sha256: &[u8; 32],
         req: &Request,
+        from: Option<IpAddr>,
     ) -> (Arc<UserInfo>, Result<(), Failure>) {
         let refused = match authorize(&user, req) {
             Ok(()) => return (user, Ok(())),
             Err(e) if e.0 != Status::Forbidden => return (user, Err(e)),
             Err(e) => e,
         };
-        match self.committed(token_sha256).await {
-            Ok(fresh) if authorize(&fresh, req).is_ok() => (fresh, Ok(())),
+        let granted = |users: &[(String, UserRecord)]| {
+            info_of(users, token_sha256).filter(|fresh| authorize(fresh, req).is_ok())
+        };
+        match self.look_up(from, granted).await {
+            Ok(Looked::Found(fresh)) => (fresh, Ok(())),
             _ => (user, Err(refused)),
         }
     }
@@ -368,13 +394,17 @@ impl AuthCache {
                 return Ok(Some(h));
             }
         }
-        self.look_up(from, |users| {
+        let found = self.look_up(from, |users| {
             users
                 .iter()
                 .find(|(n, _)| n == name)
                 .map(|(_, rec)| rec.token_sha256)
-        })
-        .await
+        });
+        match found.await? {
+            Looked::Found(h) => Ok(Some(h)),
+            Looked::Unknown => Ok(None),
+            Looked::Skipped => Err(not_looked_up()),
+        }
     }
 }
 

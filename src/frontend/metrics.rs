@@ -197,7 +197,7 @@ pub fn registry(node: Node, requests: &RequestMetrics) -> Registry {
     );
     r.register(
         "mqd_auth_lookups",
-        "Tokens and SQS access keys this node did not know, by outcome: found or unknown on the control group's leader, or skipped (refused without asking, since the client's address had used up its budget of failed look-ups).",
+        "What this node asked the control group's leader about users (tokens and access keys it did not know, refusals of its grants), by outcome: found, unknown (or still refused), or skipped (answered without asking, since the client's address had used up its budget of failed look-ups).",
         requests.auth_lookups.clone(),
     );
     let storage = node.storage_metrics().clone();

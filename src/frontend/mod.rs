@@ -217,7 +217,10 @@ impl Frontend {
         let op = req.opcode();
         let (queue, sent) = usage::before(&req);
         let started = std::time::Instant::now();
-        let (user, verdict) = self.auth.authorize(user, &token_sha256, &req).await;
+        let (user, verdict) = self
+            .auth
+            .authorize(user, &token_sha256, &req, session.ip)
+            .await;
         let result = match verdict.and_then(|()| self.limiter.take(&user, quota::cost(&req))) {
             Ok(()) => self.dispatch(&user, req).await,
             Err(e) => Err(e),

@@ -112,6 +112,15 @@ async fn streams_opened_and_never_finished_leave_the_node_serving() {
     drop(streams);
 }
 
+/// The node's `mqd_auth_lookups_total` with this outcome, in a scrape's `body`.
+fn lookups(body: &str, outcome: &str) -> f64 {
+    let prefix = format!("mqd_auth_lookups_total{{outcome=\"{outcome}\"}}");
+    body.lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0.0, |v| v.parse::<f64>().unwrap())
+}
+
 /// A client address that keeps presenting unknown tokens runs out of look-ups on the
 /// control group's leader: after 20 failed at once (one more each second after that),
 /// its unknown tokens are refused from what the node knows. It is still refused, never
@@ -172,19 +181,52 @@ async fn an_address_presenting_unknown_tokens_runs_out_of_look_ups() {
     assert_eq!(hello(token.trim().into()).await, Some(Status::Ok));
 
     let (_, body) = crate::metrics::get(metrics, "/metrics");
-    let count = |outcome: &str| {
-        let prefix = format!("mqd_auth_lookups_total{{outcome=\"{outcome}\"}}");
-        body.lines()
-            .find(|l| l.starts_with(&prefix))
-            .and_then(|l| l.rsplit(' ').next())
-            .map_or(0.0, |v| v.parse::<f64>().unwrap())
-    };
-    let (unknown, skipped) = (count("unknown"), count("skipped"));
+    let (unknown, skipped) = (lookups(&body, "unknown"), lookups(&body, "skipped"));
     assert_eq!(unknown + skipped, (ATTEMPTS + told.len()) as f64, "{body}");
     // 20 at once, then at most one for each second the attempts took.
     let most = 20.0 + took.as_secs_f64().ceil();
     assert!(
         (20.0..=most).contains(&unknown),
         "{unknown} look-ups in {took:?}, {skipped} skipped"
+    );
+}
+
+/// A user asking again and again for what its grants refuse is charged like unknown
+/// tokens: each refusal is first confirmed on the control group's leader (a grant made a
+/// moment ago elsewhere may not have arrived), until the address has failed 20 at once;
+/// then its refusals stand without asking. A grant that reached the node still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_confirmed_again_and_again_run_out_of_look_ups() {
+    use mqd::protocol::{Rights, Status};
+
+    let metrics = crate::common::free_tcp_addr();
+    let node = Node::start_with(&["--metrics-listen", &metrics.to_string()]);
+    let admin = node.client().await;
+    admin
+        .create_queue("q", QueuePatch::default())
+        .await
+        .unwrap();
+    let token = admin.create_user("nobody").await.unwrap();
+    let nobody = node.client_with_token(&token).await;
+    const ATTEMPTS: usize = 40;
+    let started = std::time::Instant::now();
+    for i in 0..ATTEMPTS {
+        let e = nobody.describe_queue("q").await.unwrap_err();
+        assert_eq!(e.status(), Some(Status::Forbidden), "attempt {i}: {e}");
+    }
+    let took = started.elapsed();
+    admin.grant("nobody", "q", Rights::RECEIVE).await.unwrap();
+    nobody
+        .describe_queue("q")
+        .await
+        .expect("a grant this node has works");
+
+    let (_, body) = crate::metrics::get(metrics, "/metrics");
+    let (unknown, skipped) = (lookups(&body, "unknown"), lookups(&body, "skipped"));
+    assert_eq!(unknown + skipped, ATTEMPTS as f64, "{body}");
+    let most = 20.0 + took.as_secs_f64().ceil();
+    assert!(
+        (20.0..=most).contains(&unknown),
+        "{unknown} confirmations in {took:?}, {skipped} skipped"
     );
 }
