@@ -114,9 +114,9 @@ const ADDRESSES_KEPT: usize = 10_000;
 /// [`LOOKUP_BURST`] look-ups at once, then one per second. While its budget is spent, a
 /// token this node does not know, presented from there, is refused without asking the
 /// control group's leader, and so is a request the node's grants refuse (a token and a
-/// grant this node has still work). Tokens are 256 random
-/// bits, so this guards the leader's work, not the tokens: nobody guesses one. IPv6
-/// addresses count by their /64, which one host usually holds whole.
+/// grant this node has still work). Tokens are 256 random bits, so this guards the
+/// leader's work, not the tokens: nobody guesses one. IPv6 addresses count by their /64,
+/// which one host usually holds whole.
 #[derive(Default)]
 pub(crate) struct Failures {
     by_address: Mutex<HashMap<IpAddr, Budget>>,
@@ -151,7 +151,7 @@ fn address_key(ip: IpAddr) -> IpAddr {
 }
 
 impl Failures {
-    /// Whether an unknown token from `ip` may still be looked up on the leader.
+    /// Whether `ip` may still have what this node does not know looked up on the leader.
     pub(crate) fn may_look_up(&self, ip: IpAddr, now: Instant) -> bool {
         let by = self.by_address.lock().unwrap_or_else(|e| e.into_inner());
         by.get(&address_key(ip))
