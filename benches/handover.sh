@@ -14,33 +14,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-restart}
 case "$MODE" in restart | none) ;; *) echo "usage: $0 [restart|none]" >&2; exit 2 ;; esac
-MQD=${MQD:-target/release/mqd}
-MQCTL=target/release/mqctl
-BASE=$(mktemp -d /tmp/mqd-handover.XXXXXX)
-PIDS=(0 0 0)
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$BASE"
-}
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-PORTS=("$(port)" "$(port)" "$(port)")
-PEERS="1=127.0.0.1:${PORTS[0]},2=127.0.0.1:${PORTS[1]},3=127.0.0.1:${PORTS[2]}"
-start() {
-    "$MQD" --data-dir "$BASE/$1" --listen "127.0.0.1:${PORTS[$(($1 - 1))]}" --node-id "$1" \
-        --peer "$PEERS" --log-level info >> "$BASE/$1.log" 2>&1 &
-    PIDS[$(($1 - 1))]=$!
-}
-mkdir -p "$BASE/1" "$BASE/2" "$BASE/3"
-start 1
-while [ ! -s "$BASE/1/admin.token" ] || [ ! -s "$BASE/1/ca.key" ]; do sleep 0.2; done
-for n in 2 3; do
-    cp "$BASE/1/ca.pem" "$BASE/1/ca.key" "$BASE/1/admin.token" "$BASE/$n/"
-    start $n
-done
-export MQ_DATA_DIR=$BASE/1 MQ_CONFIG=/dev/null
-until $MQCTL cluster status --output json 2>/dev/null | python3 -c 'import json,sys; d=json.load(sys.stdin); sys.exit(0 if d["healthy"] and d["nodes_answering"] == 3 else 1)' 2>/dev/null; do sleep 0.5; done
+LOG_LEVEL=info
+. benches/cluster.sh
+start_cluster
 # "ho28" hashes to shard 2 of 16, group 3.
 $MQCTL queue create ho28 > /dev/null
 if [ "$MODE" = restart ]; then
@@ -52,6 +28,6 @@ $MQCTL bench --queue ho28 --size 1KiB --rate "${RATE:-2000}" --in-flight 64 --co
     --duration "${DURATION:-25s}" --output json &
 BENCH=$!
 sleep 3
-if [ "$MODE" = restart ]; then start 3; fi
+if [ "$MODE" = restart ]; then start_node 3; fi
 wait $BENCH
 grep -h "handing the group's leadership" "$BASE"/*.log | sed -E 's/\x1b\[[0-9;]*m//g' || true
