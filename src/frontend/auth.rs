@@ -218,7 +218,7 @@ enum Looked<T> {
 fn not_looked_up() -> Failure {
     (
         Status::Unauthenticated,
-        format!("{}. Your address has presented many unknown tokens or access keys, so for now this node does not ask the cluster about tokens it does not know: a user created moments ago through another node is refused here until the change reaches this node (usually within milliseconds); wait a few seconds and retry", unauthenticated().1),
+        format!("{}. Your address has presented many unknown tokens or access keys, or asked for what its grants refuse, so for now this node does not ask the cluster about tokens it does not know: a user created moments ago through another node is refused here until the change reaches this node (usually within milliseconds); wait a few seconds and retry", unauthenticated().1),
     )
 }
 

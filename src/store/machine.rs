@@ -1219,7 +1219,7 @@ pub fn apply(
                 // A trillion queues created in one shard: not reachable in practice.
                 return Err(reject(
                     Status::Internal,
-                    format!("this shard has used up its 2^{QUEUE_COUNT_BITS} queue ids"),
+                    format!("queue `{name}`'s shard has used up its 2^{QUEUE_COUNT_BITS} queue ids; a name that hashes to another shard can still be created"),
                 ));
             }
             t.system.open()?.insert("next_queue_id", count + 1)?;
