@@ -71,6 +71,23 @@ pub struct Args {
     /// `mqctl node add` on the cluster.
     #[arg(long, env = "MQD_JOIN", hide_env_values = true)]
     pub join: bool,
+    /// Milliseconds between a shard leader's heartbeats to each follower.
+    #[arg(
+        long,
+        env = "MQD_HEARTBEAT_MS",
+        hide_env_values = true,
+        value_name = "MS"
+    )]
+    pub heartbeat_ms: Option<u64>,
+    /// Election timeout in milliseconds: a follower stands for election once its leader
+    /// has been silent for its lease (twice this) and then between this and twice this.
+    #[arg(
+        long,
+        env = "MQD_ELECTION_TIMEOUT_MS",
+        hide_env_values = true,
+        value_name = "MS"
+    )]
+    pub election_timeout_ms: Option<u64>,
     /// Loopback HTTP address for Prometheus metrics at /metrics, e.g. 127.0.0.1:9464;
     /// empty (the default) serves none.
     #[arg(
@@ -133,6 +150,10 @@ pub struct ClusterFile {
     pub replicas: Option<u32>,
     /// Join a running cluster instead of forming one.
     pub join: Option<bool>,
+    /// Milliseconds between a leader's heartbeats.
+    pub heartbeat_ms: Option<u64>,
+    /// Milliseconds of silence before a follower stands for election.
+    pub election_timeout_ms: Option<u64>,
 }
 
 /// Connections at once by default (`max_connections`).
@@ -153,6 +174,66 @@ pub const DEFAULT_REPLICAS: u32 = 3;
 pub const MAX_SHARDS: u32 = 1024;
 /// Most replicas per shard.
 pub const MAX_REPLICAS: u32 = 7;
+/// Default milliseconds between a shard leader's heartbeats (`cluster.heartbeat_ms`).
+pub const DEFAULT_HEARTBEAT_MS: u64 = 150;
+/// Shortest `cluster.heartbeat_ms` accepted.
+pub const MIN_HEARTBEAT_MS: u64 = 50;
+/// Longest `cluster.heartbeat_ms` accepted.
+pub const MAX_HEARTBEAT_MS: u64 = 10_000;
+/// Default election timeout in milliseconds (`cluster.election_timeout_ms`).
+pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 800;
+/// Longest `cluster.election_timeout_ms` accepted.
+pub const MAX_ELECTION_TIMEOUT_MS: u64 = 120_000;
+/// How many heartbeat intervals at least fit in the election timeout.
+pub const HEARTBEATS_PER_ELECTION_TIMEOUT: u64 = 3;
+
+/// How often each shard's Raft leader shows it is alive, and how long its followers wait
+/// before replacing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftTiming {
+    /// Milliseconds between a leader's heartbeats to each follower.
+    pub heartbeat_ms: u64,
+    /// A follower that has heard nothing from its leader for a random time between this
+    /// and twice this, in milliseconds, stands for election.
+    pub election_timeout_ms: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: DEFAULT_HEARTBEAT_MS,
+            election_timeout_ms: DEFAULT_ELECTION_TIMEOUT_MS,
+        }
+    }
+}
+
+impl RaftTiming {
+    /// Checks a pair of settings: the heartbeat within its range, and the election timeout
+    /// long enough for several heartbeats, so that one late or lost heartbeat does not
+    /// start an election.
+    pub fn new(heartbeat_ms: u64, election_timeout_ms: u64) -> Result<Self, ConfigError> {
+        if !(MIN_HEARTBEAT_MS..=MAX_HEARTBEAT_MS).contains(&heartbeat_ms) {
+            return Err(ConfigError::Invalid(format!(
+                "cluster.heartbeat_ms {heartbeat_ms} is outside {MIN_HEARTBEAT_MS} to {MAX_HEARTBEAT_MS}"
+            )));
+        }
+        let least = HEARTBEATS_PER_ELECTION_TIMEOUT * heartbeat_ms;
+        if election_timeout_ms < least {
+            return Err(ConfigError::Invalid(format!(
+                "cluster.election_timeout_ms {election_timeout_ms} is shorter than {HEARTBEATS_PER_ELECTION_TIMEOUT} heartbeats of {heartbeat_ms} ms; followers would stand for election when one heartbeat is late. Set it to {least} or more, or shorten cluster.heartbeat_ms"
+            )));
+        }
+        if election_timeout_ms > MAX_ELECTION_TIMEOUT_MS {
+            return Err(ConfigError::Invalid(format!(
+                "cluster.election_timeout_ms {election_timeout_ms} is over {MAX_ELECTION_TIMEOUT_MS}; a shard whose leader fails would stay without one that long"
+            )));
+        }
+        Ok(Self {
+            heartbeat_ms,
+            election_timeout_ms,
+        })
+    }
+}
 
 /// Cluster settings in force.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,6 +248,8 @@ pub struct ClusterSettings {
     pub replicas: u32,
     /// The node joins a running cluster (`mqctl node add`) rather than forming one.
     pub join: bool,
+    /// Raft's heartbeat and election timeout.
+    pub timing: RaftTiming,
 }
 
 /// Parses one `ID=ADDR:PORT` member.
@@ -304,12 +387,21 @@ impl ClusterSettings {
                 "cluster.replicas {replicas} is outside 1 to {MAX_REPLICAS}"
             )));
         }
+        let timing = RaftTiming::new(
+            oc.heartbeat_ms
+                .or(fc.heartbeat_ms)
+                .unwrap_or(DEFAULT_HEARTBEAT_MS),
+            oc.election_timeout_ms
+                .or(fc.election_timeout_ms)
+                .unwrap_or(DEFAULT_ELECTION_TIMEOUT_MS),
+        )?;
         Ok(ClusterSettings {
             node_id,
             peers,
             shards,
             replicas,
             join: oc.join.or(fc.join).unwrap_or(false),
+            timing,
         })
     }
 }
@@ -592,6 +684,24 @@ pub const KEYS: &[KeyDoc] = &[
         flag: Some("--join"),
         doc: "Start as a new member of a running cluster: the node creates no Raft group of its own and waits until `mqctl node add ID ADDR:PORT`, run against the cluster, adds it; it then receives its share of the shards. Peers need list only this node. Used on the first start; the membership is then kept in the data directory.",
     },
+    KeyDoc {
+        name: "cluster.heartbeat_ms",
+        kind: "integer (milliseconds), 50 to 10000",
+        default: "150",
+        example: "300",
+        env: Some("MQD_HEARTBEAT_MS"),
+        flag: Some("--heartbeat-ms"),
+        doc: "How often each shard's leader sends a heartbeat to each of its followers when it has nothing else to send them. Every shard does, whether or not its queues are used, so this sets most of what an idle node costs: on the 2-core machine of docs/BENCHMARKS.md an idle node of three used 6% of a core at 150 and 3.7% at 300. It is also how long a leader waits for each answer on a replication stream before it gives the stream up and opens another, so it stays above the time a follower's disk may take to sync (hence at least 50). At most a third of cluster.election_timeout_ms. Set the same on every node.",
+    },
+    KeyDoc {
+        name: "cluster.election_timeout_ms",
+        kind: "integer (milliseconds), 3 heartbeats to 120000",
+        default: "800",
+        example: "2000",
+        env: Some("MQD_ELECTION_TIMEOUT_MS"),
+        flag: Some("--election-timeout-ms"),
+        doc: "How long a follower waits, at random between this and twice this, before it stands for election, once its leader's lease has run out; the lease is twice this from the leader's last heartbeat or append. So a shard whose leader's node fails takes requests again 3 to 4 times this after it failed (2.4 to 3.2 s at 800), plus an election; a follower whose log is behind another's waits 4 times this more, so that the other wins. Raise it where the network between nodes can be slow for seconds, so that a pause is not taken for a failure; lower it for faster failover. At least 3 times cluster.heartbeat_ms. Set the same on every node.",
+    },
 ];
 
 /// Wraps text at `width` columns, each line starting with `prefix`.
@@ -727,7 +837,9 @@ mod tests {
                     && c.peers.is_some()
                     && c.shards.is_some()
                     && c.replicas.is_some()
-                    && c.join.is_some())
+                    && c.join.is_some()
+                    && c.heartbeat_ms.is_some()
+                    && c.election_timeout_ms.is_some())
         );
         // The defaults shown are the defaults in force.
         let defaults: String = KEYS
@@ -740,6 +852,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(d.cluster.shards, DEFAULT_SHARDS);
+        assert_eq!(d.cluster.timing, RaftTiming::default());
         assert!(d.cluster.peers.is_empty());
         assert_eq!(d.listen, SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)));
         assert_eq!(d.log_level, "info");
@@ -775,6 +888,29 @@ mod tests {
         .unwrap();
         assert_eq!(ok.node_id, 2);
         assert_eq!(ok.peers.len(), 2);
+        assert_eq!(ok.timing, RaftTiming::default());
+        let timed = ClusterSettings::resolve(
+            FileConfig::parse(
+                Path::new("c.toml"),
+                "[cluster]\nheartbeat_ms = 300\nelection_timeout_ms = 2000\n",
+            )
+            .unwrap()
+            .cluster
+            .unwrap_or_default(),
+            // A flag wins over the file, and the pair is checked as it ends up.
+            ClusterFile {
+                heartbeat_ms: Some(500),
+                ..ClusterFile::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            timed.timing,
+            RaftTiming {
+                heartbeat_ms: 500,
+                election_timeout_ms: 2000
+            }
+        );
         for (text, says) in [
             (
                 "[cluster]\nnode_id = 3\npeers = [\"1=127.0.0.1:1\"]\n",
@@ -789,6 +925,18 @@ mod tests {
             ("[cluster]\npeers = [\"1=0.0.0.0:7400\"]\n", "real IP"),
             ("[cluster]\nshards = 0\n", "cluster.shards"),
             ("[cluster]\nreplicas = 9\n", "cluster.replicas"),
+            (
+                "[cluster]\nheartbeat_ms = 20\n",
+                "cluster.heartbeat_ms 20 is outside 50 to",
+            ),
+            (
+                "[cluster]\nheartbeat_ms = 300\n",
+                "election_timeout_ms 800 is shorter than 3 heartbeats of 300 ms",
+            ),
+            (
+                "[cluster]\nelection_timeout_ms = 200000\n",
+                "election_timeout_ms 200000 is over",
+            ),
         ] {
             let e = resolve(text).unwrap_err().to_string();
             assert!(e.contains(says), "{text}: {e}");

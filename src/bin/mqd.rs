@@ -52,6 +52,8 @@ fn overrides(args: &Args) -> FileConfig {
             shards: args.shards,
             replicas: args.replicas,
             join: args.join.then_some(true),
+            heartbeat_ms: args.heartbeat_ms,
+            election_timeout_ms: args.election_timeout_ms,
         }),
     }
 }

@@ -28,6 +28,7 @@
 //! #         shards: 4,
 //! #         replicas: 1,
 //! #         join: false,
+//! #         timing: Default::default(),
 //! #     },
 //! # };
 //! # let (stop, stopping) = tokio::sync::watch::channel(false);

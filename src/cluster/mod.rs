@@ -41,7 +41,7 @@ use redb::{Database, ReadableDatabase};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use crate::config::ClusterSettings;
+use crate::config::{ClusterSettings, RaftTiming};
 use crate::peer::{CallError, Connector, GroupNetwork, Router, KIND_FORWARD};
 use crate::protocol::{Message, QueueDescription, QueueLocation, QueuePatch, QueueSummary, Status};
 use crate::raft::log_store::{self, LogStore};
@@ -361,12 +361,14 @@ fn file_stem(group: u64) -> String {
     }
 }
 
-fn raft_config() -> Result<Arc<openraft::Config>, NodeError> {
+/// openraft's settings for every group of this node: the operator's timing (checked by
+/// [`RaftTiming::new`]), the election timeout drawn from `[t, 2t)`.
+fn raft_config(timing: RaftTiming) -> Result<Arc<openraft::Config>, NodeError> {
     openraft::Config {
         cluster_name: "mqd".into(),
-        heartbeat_interval: 150,
-        election_timeout_min: 800,
-        election_timeout_max: 1600,
+        heartbeat_interval: timing.heartbeat_ms,
+        election_timeout_min: timing.election_timeout_ms,
+        election_timeout_max: 2 * timing.election_timeout_ms,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
         max_in_snapshot_log_to_keep: 256,
         ..Default::default()
@@ -477,6 +479,7 @@ impl Node {
         connector: Connector,
         router: &Router,
         join: bool,
+        timing: RaftTiming,
     ) -> Result<Node, NodeError> {
         let fresh = check_stamp(dir, &layout)?;
         let me = layout.node_id;
@@ -488,7 +491,7 @@ impl Node {
                 hints: Mutex::default(),
                 started: Instant::now(),
                 dir: dir.to_path_buf(),
-                raft_config: raft_config()?,
+                raft_config: raft_config(timing)?,
                 storage_metrics: crate::raft::StorageMetrics::default(),
                 router: router.clone(),
                 stopping: AtomicBool::new(false),

@@ -823,6 +823,7 @@ mod tests {
             shards: 4,
             replicas: 1,
             join: false,
+            timing: Default::default(),
         };
         let node = Node::start(
             crate::cluster::ClusterLayout::new(&settings, addr),
@@ -830,6 +831,7 @@ mod tests {
             connector,
             &crate::peer::Router::new(dir),
             false,
+            settings.timing,
         )
         .await
         .unwrap();

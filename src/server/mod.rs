@@ -141,6 +141,7 @@ pub async fn run(
         connector.clone(),
         &router,
         config.cluster.join,
+        config.cluster.timing,
     )
     .await?;
     node.set_log_linger(config.log_linger_us);

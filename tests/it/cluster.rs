@@ -1003,3 +1003,56 @@ async fn leadership_returns_to_a_restarted_node_while_sends_go_on() {
     drain(&rx, &c1, &queues, &history).await;
     assert_empty_everywhere(&nodes, &queues).await;
 }
+
+/// The election timeout is the operator's (`--election-timeout-ms`). A follower stands
+/// for election once its leader's lease (twice the timeout) and then a random timeout
+/// (between it and twice it) have passed without a word from the leader: 3 to 4 times the
+/// timeout, with 4 s 12 to 16 s, where the default (800 ms) gives 2.4 to 3.2 s. So the
+/// shards a killed node led get no new leader for 12 s; then they do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_election_timeout_set_is_how_long_a_dead_leaders_shards_wait() {
+    const TIMEOUT: Duration = Duration::from_secs(4);
+    let mut nodes = Node::start_cluster_with(3, SHARDS, |_| {
+        vec![
+            "--heartbeat-ms".into(),
+            "200".into(),
+            "--election-timeout-ms".into(),
+            TIMEOUT.as_millis().to_string(),
+        ]
+    });
+    wait_leaders(
+        &nodes[0],
+        &preferred_leaders(),
+        Duration::from_secs(30),
+        "at the start",
+    )
+    .await;
+    // Node 3 leads groups 3 and 6 (as preferred_leaders says).
+    let killed = Instant::now();
+    nodes[2].kill();
+    // A follower whose log is behind another's waits 4 times the timeout more.
+    let deadline = killed + 8 * TIMEOUT + Duration::from_secs(10);
+    loop {
+        let now = leaders(&nodes[0]);
+        // Measured after the look: a leader elected at any earlier moment counts as late.
+        let elapsed = killed.elapsed();
+        let new: Vec<usize> = [3, 6]
+            .into_iter()
+            .filter(|g| matches!(now[*g], Some(1) | Some(2)))
+            .collect();
+        // The leader's last heartbeat came shortly before the kill (every 200 ms; 1 s
+        // allowed).
+        assert!(
+            new.is_empty() || elapsed + Duration::from_secs(1) >= 3 * TIMEOUT,
+            "groups {new:?} had a new leader {elapsed:?} after node 3 was killed, within 3 election timeouts of {TIMEOUT:?}"
+        );
+        if new.len() == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "groups 3 and 6 still without a new leader {elapsed:?} after the kill: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

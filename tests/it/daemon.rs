@@ -59,6 +59,22 @@ fn check_config_names_the_bad_key_and_line() {
         "{err}"
     );
 
+    // Raft's timing is checked as a pair, whichever source each value comes from.
+    let timing = dir.path().join("timing.toml");
+    std::fs::write(&timing, "[cluster]\nelection_timeout_ms = 1000\n").unwrap();
+    let out = Command::new(mqd_bin())
+        .args(["--check-config", "--heartbeat-ms", "500", "--config"])
+        .arg(&timing)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("election_timeout_ms 1000 is shorter than 3 heartbeats of 500 ms")
+            && err.contains("1500 or more"),
+        "{err}"
+    );
+
     let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/mqd.toml");
     let out = Command::new(mqd_bin())
         .arg("--check-config")
