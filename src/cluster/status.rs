@@ -26,6 +26,11 @@ use crate::store;
 
 /// How long the gathering node waits for each member's report.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long it waits for the report of a member its Raft calls find down
+/// (`peer::health`): enough for a dial and an answer, so that the status an operator asks
+/// for during an outage comes at once rather than after [`REPORT_TIMEOUT`]. A node that
+/// is back answers Raft's calls, and with them the full wait, within a heartbeat.
+const DOWN_REPORT_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// One group as one replica sees it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -171,7 +176,12 @@ impl Node {
                 continue;
             }
             let connector = self.inner.connector.clone();
-            asks.spawn(async move { (id, report_of(&connector, addr, REPORT_TIMEOUT).await) });
+            let timeout = if connector.health().is_down(id) {
+                DOWN_REPORT_TIMEOUT
+            } else {
+                REPORT_TIMEOUT
+            };
+            asks.spawn(async move { (id, report_of(&connector, addr, timeout).await) });
         }
         let mut reports: HashMap<NodeId, Result<NodeReport, String>> = HashMap::new();
         reports.insert(layout.node_id, Ok(self.report()));

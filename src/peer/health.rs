@@ -88,6 +88,22 @@ impl Health {
         }
     }
 
+    /// Whether `node`'s calls have failed for [`DOWN_AFTER`] or more with no answer since
+    /// (what the warning reports). A peer this node makes no Raft calls to is never down.
+    pub fn is_down(&self, node: NodeId) -> bool {
+        self.is_down_at(node, Instant::now())
+    }
+
+    fn is_down_at(&self, node: NodeId, now: Instant) -> bool {
+        if self.count.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        failing
+            .get(&node)
+            .is_some_and(|f| now.saturating_duration_since(f.since) >= DOWN_AFTER)
+    }
+
     /// Records one call's outcome at `now` and returns what to report, if anything.
     fn record(&self, node: NodeId, failed: bool, now: Instant) -> Option<Report> {
         let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
@@ -228,6 +244,10 @@ mod tests {
         for ms in [10, 300, 900] {
             assert_eq!(h.record(PEER, true, at(ms)), None);
         }
+        assert!(!h.is_down_at(PEER, at(900)));
+        // Down from a second after the first failure, whether or not a call came since.
+        assert!(h.is_down_at(PEER, at(1010)));
+        assert!(!h.is_down_at(PEER + 1, at(1010)));
         assert_eq!(
             h.record(PEER, true, at(1010)),
             Some(Report::Down {
@@ -253,6 +273,7 @@ mod tests {
             })
         );
         assert_eq!(h.count.load(Ordering::Relaxed), 0);
+        assert!(!h.is_down_at(PEER, at(70_010)));
         // A new run of failures starts from zero.
         assert_eq!(h.record(PEER, true, at(80_000)), None);
         assert_eq!(h.record(PEER, true, at(80_500)), None);
