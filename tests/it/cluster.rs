@@ -1007,11 +1007,12 @@ async fn leadership_returns_to_a_restarted_node_while_sends_go_on() {
 /// The election timeout is the operator's (`--election-timeout-ms`). A follower stands
 /// for election once its leader's lease (twice the timeout) and then a random timeout
 /// (between it and twice it) have passed without a word from the leader: 3 to 4 times the
-/// timeout, with 4 s 12 to 16 s, where the default (800 ms) gives 2.4 to 3.2 s. So the
-/// shards a killed node led get no new leader for 12 s; then they do.
+/// timeout, with 5 s 15 to 20 s, where the default (800 ms) gives 2.4 to 3.2 s. So the
+/// shards a killed node led get no new leader for 15 s (11 s checked, for a leader's
+/// heartbeats held up before the kill on a busy machine); then they do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_election_timeout_set_is_how_long_a_dead_leaders_shards_wait() {
-    const TIMEOUT: Duration = Duration::from_secs(4);
+    const TIMEOUT: Duration = Duration::from_secs(5);
     let mut nodes = Node::start_cluster_with(3, SHARDS, |_| {
         vec![
             "--heartbeat-ms".into(),
@@ -1040,11 +1041,11 @@ async fn the_election_timeout_set_is_how_long_a_dead_leaders_shards_wait() {
             .into_iter()
             .filter(|g| matches!(now[*g], Some(1) | Some(2)))
             .collect();
-        // The leader's last heartbeat came shortly before the kill (every 200 ms; 1 s
+        // The leader's last heartbeat came shortly before the kill (every 200 ms; 4 s
         // allowed).
         assert!(
-            new.is_empty() || elapsed + Duration::from_secs(1) >= 3 * TIMEOUT,
-            "groups {new:?} had a new leader {elapsed:?} after node 3 was killed, within 3 election timeouts of {TIMEOUT:?}"
+            new.is_empty() || elapsed + Duration::from_secs(4) >= 3 * TIMEOUT,
+            "groups {new:?} had a new leader {elapsed:?} after node 3 was killed, sooner than 3 election timeouts of {TIMEOUT:?} less 4 s allow"
         );
         if new.len() == 2 {
             break;
