@@ -1056,6 +1056,60 @@ struct Receiving {
     states: rows::ChangedStates,
 }
 
+/// The messages of one queue that one command removes: those in a FIFO group at once
+/// (removing one may let the next of its group go), the others together by
+/// [`Removal::finish`], one pass per table ([`Tables::remove_ungrouped`]). Ack, purge and
+/// expiry remove messages through it.
+struct Removal {
+    qid: u64,
+    /// `(visible_at, seq)` of the messages without a group, still in the tables.
+    gone: Vec<(u64, u64)>,
+    /// Where their bodies are.
+    bodies: Vec<BodyRef>,
+    /// Messages removed, with a group or not.
+    count: u64,
+}
+
+impl Removal {
+    fn new(qid: u64) -> Self {
+        Self {
+            qid,
+            gone: Vec::new(),
+            bodies: Vec::new(),
+            count: 0,
+        }
+    }
+
+    /// Removes message `seq`, whose state the command read as `st`. Without a group, its
+    /// rows stay until [`Removal::finish`]: the caller must not read it again meanwhile.
+    fn remove(
+        &mut self,
+        t: &mut Tables<'_>,
+        seq: u64,
+        st: &MessageState,
+        now: u64,
+    ) -> Result<(), ApplyError> {
+        if st.grouped {
+            t.remove_msg(self.qid, seq, st, now)?;
+        } else {
+            self.gone.push((st.visible_at, seq));
+            self.bodies.extend(st.body);
+        }
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Removes the rows still there and takes every removed message off the queue's
+    /// total; returns how many messages were removed.
+    fn finish(mut self, t: &mut Tables<'_>) -> Result<u64, ApplyError> {
+        t.remove_ungrouped(self.qid, &mut self.gone, &self.bodies)?;
+        if self.count > 0 {
+            t.add_total(self.qid, -(self.count as i64))?;
+        }
+        Ok(self.count)
+    }
+}
+
 impl Receiving {
     /// Delivers visible message `seq`, or removes it if it expired or moves it to the
     /// dead-letter queue if it was received too often.
@@ -1321,24 +1375,15 @@ pub fn apply(
                 let st = decode_state(v.value())?;
                 seqs.push((k.value().1, st));
             }
-            // As an ack does: messages without a group go together, one pass per table.
-            // One by one, a million messages took two to three times as long to purge.
-            let mut gone = Vec::new();
-            let mut gone_bodies = Vec::new();
+            // Messages without a group go together, one pass per table: one by one, a
+            // million messages took two to three times as long to purge.
+            let mut removal = Removal::new(qid);
             for (seq, st) in &seqs {
-                if st.grouped {
-                    t.remove_msg(qid, *seq, st, now)?;
-                } else {
-                    gone.push((st.visible_at, *seq));
-                    gone_bodies.extend(st.body);
-                }
+                removal.remove(t, *seq, st, now)?;
             }
-            t.remove_ungrouped(qid, &mut gone, &gone_bodies)?;
-            if !seqs.is_empty() {
-                t.add_total(qid, -(seqs.len() as i64))?;
-                fx.dirty = true;
-            }
-            Ok(Outcome::Count(seqs.len() as u64))
+            let removed = removal.finish(t)?;
+            fx.dirty |= removed > 0;
+            Ok(Outcome::Count(removed))
         }
         Command::Send { queue, messages } => {
             let rec = t.queue(queue)?.ok_or_else(|| not_found(queue))?;
@@ -1566,11 +1611,9 @@ pub fn apply(
         Command::Ack { queue, receipts } => {
             let rec = t.queue(queue)?.ok_or_else(|| not_found(queue))?;
             let mut results = Vec::with_capacity(receipts.len());
-            let mut removed = 0i64;
             // Messages without a group are removed together after the loop; a receipt
             // repeated within the command finds its message gone, as it would have.
-            let mut gone = Vec::new();
-            let mut gone_bodies = Vec::new();
+            let mut removal = Removal::new(rec.id);
             let mut taken = HashSet::new();
             let keys: Vec<(u64, u64)> = receipts.iter().map(|r| (0, r.seq)).collect();
             let ahead = t.msgs_ahead(rec.id, rec.config.fifo, &keys)?;
@@ -1578,22 +1621,16 @@ pub fn apply(
                 match check_receipt_with(t, rec.id, r, read)? {
                     Ok(_) if taken.contains(&r.seq) => results.push(Status::ReceiptStale),
                     Ok(st) => {
-                        if st.grouped {
-                            t.remove_msg(rec.id, r.seq, &st, now)?;
-                        } else {
-                            gone.push((st.visible_at, r.seq));
-                            gone_bodies.extend(st.body);
+                        if !st.grouped {
                             taken.insert(r.seq);
                         }
-                        removed += 1;
+                        removal.remove(t, r.seq, &st, now)?;
                         results.push(Status::Ok);
                     }
                     Err(s) => results.push(s),
                 }
             }
-            t.remove_ungrouped(rec.id, &mut gone, &gone_bodies)?;
-            if removed > 0 {
-                t.add_total(rec.id, -removed)?;
+            if removal.finish(t)? > 0 {
                 fx.dirty = true;
                 if rec.config.fifo {
                     // The next message of a group may have become receivable.
@@ -1727,14 +1764,14 @@ pub fn apply(
                     }
                     doomed.push((k.value().1, st));
                 }
+                // As a purge does: one pass per table for the messages without a group.
+                let mut removal = Removal::new(qid);
                 for (seq, st) in &doomed {
-                    t.remove_msg(qid, *seq, st, now)?;
+                    removal.remove(t, *seq, st, now)?;
                 }
-                if !doomed.is_empty() {
-                    t.add_total(qid, -(doomed.len() as i64))?;
-                    removed += doomed.len() as u64;
-                    fx.dirty = true;
-                }
+                let n = removal.finish(t)?;
+                removed += n;
+                fx.dirty |= n > 0;
             }
             let forgotten = t.dedup_expire(now, max.saturating_sub(removed))?;
             if forgotten > 0 {
@@ -2708,6 +2745,21 @@ pub(crate) mod tests {
             .collect()
     }
 
+    /// Five messages to FIFO queue "f": group a (a1, a2, a3) and group b (b1, b2),
+    /// interleaved.
+    fn two_groups() -> Command {
+        send_grouped(
+            "f",
+            &[
+                ("a", "1", "a1"),
+                ("b", "2", "b1"),
+                ("a", "3", "a2"),
+                ("a", "4", "a3"),
+                ("b", "5", "b2"),
+            ],
+        )
+    }
+
     fn fifo(name: &str, extra: QueuePatch) -> Command {
         Command::CreateQueue {
             name: name.into(),
@@ -2728,24 +2780,110 @@ pub(crate) mod tests {
             .unwrap()
     }
 
+    /// Expiry takes the oldest messages of each queue past its retention, whatever their
+    /// state (visible, delayed, in flight, waiting in a FIFO group), at most `max` a
+    /// command, and leaves the rows as removing them one by one would: the rest keep
+    /// their states, and a group whose old messages expired goes on with its next one.
+    #[test]
+    fn expiry_removes_old_messages_in_every_state_and_the_rest_go_on() {
+        let (_d, db) = db();
+        let retention = QueuePatch {
+            retention_ms: Some(1000),
+            ..QueuePatch::default()
+        };
+        ok(
+            &db,
+            1,
+            Command::CreateQueue {
+                name: "p".into(),
+                patch: QueuePatch {
+                    visibility_timeout_ms: Some(5000),
+                    ..retention.clone()
+                },
+            },
+        );
+        ok(&db, 1, fifo("f", retention));
+        let (p, f) = (1, 2);
+        // p: six old messages, one of them delayed past its expiry and two received; f:
+        // groups a and b, a's head received.
+        ok(
+            &db,
+            10,
+            Command::Send {
+                queue: "p".into(),
+                messages: vec![
+                    SendEntry::new("p0"),
+                    SendEntry::new("p1"),
+                    SendEntry {
+                        delay_ms: Some(3000),
+                        ..SendEntry::new("p2")
+                    },
+                    SendEntry::new("p3"),
+                    SendEntry::new("p4"),
+                    SendEntry::new("p5"),
+                ],
+            },
+        );
+        assert_eq!(
+            bodies(&deliveries(ok(&db, 20, receive("p", 2, None)))),
+            ["p0", "p1"]
+        );
+        ok(&db, 10, two_groups());
+        assert_eq!(
+            bodies(&deliveries(ok(&db, 20, receive("f", 1, None)))),
+            ["a1"]
+        );
+        // Newer messages, not expired at 1500.
+        ok(&db, 1000, send("p", &["p6", "p7"]));
+        ok(
+            &db,
+            1000,
+            send_grouped("f", &[("a", "6", "a4"), ("b", "7", "b3")]),
+        );
+        // Queues go by name: f's five, then p's oldest three (two in flight, one
+        // delayed).
+        assert_eq!(ok(&db, 1500, Command::Expire { max: 8 }), Outcome::Count(8));
+        let rows = check_rows(&db, p);
+        let left: Vec<(u64, bool)> = rows
+            .values()
+            .map(|st| (st.visible_at, st.in_flight))
+            .collect();
+        assert_eq!(
+            left,
+            [
+                (10, false),
+                (10, false),
+                (10, false),
+                (1000, false),
+                (1000, false)
+            ],
+            "p3 to p7, as they were"
+        );
+        assert_eq!(check_rows(&db, f).len(), 2);
+        assert_eq!(
+            ok(&db, 1500, Command::Expire { max: 100 }),
+            Outcome::Count(3)
+        );
+        assert_eq!(check_rows(&db, p).len(), 2);
+        assert_eq!(
+            ok(&db, 1500, Command::Expire { max: 100 }),
+            Outcome::Count(0)
+        );
+        assert_eq!(
+            bodies(&deliveries(ok(&db, 1501, receive("p", 10, None)))),
+            ["p6", "p7"]
+        );
+        assert_eq!(
+            bodies(&deliveries(ok(&db, 1501, receive("f", 10, None)))),
+            ["a4", "b3"]
+        );
+    }
+
     #[test]
     fn fifo_groups_go_in_order_one_message_at_a_time() {
         let (_d, db) = db();
         ok(&db, 1, fifo("f", QueuePatch::default()));
-        ok(
-            &db,
-            2,
-            send_grouped(
-                "f",
-                &[
-                    ("a", "1", "a1"),
-                    ("b", "2", "b1"),
-                    ("a", "3", "a2"),
-                    ("a", "4", "a3"),
-                    ("b", "5", "b2"),
-                ],
-            ),
-        );
+        ok(&db, 2, two_groups());
         // Only each group's first message can be received; then both groups wait.
         let first = deliveries(ok(&db, 10, receive("f", 10, None)));
         assert_eq!(bodies(&first), ["a1", "b1"]);
