@@ -41,17 +41,23 @@ fn tells_systemd_when_ready_and_when_stopping() {
     assert!(child.wait().unwrap().success());
 }
 
+/// `mqd --check-config --config FILE` with `flags` besides.
+fn check_config(file: &std::path::Path, flags: &[&str]) -> std::process::Output {
+    Command::new(mqd_bin())
+        .arg("--check-config")
+        .args(flags)
+        .arg("--config")
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn check_config_names_the_bad_key_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "log_level = \"info\"\nlisten_port = 7400\n").unwrap();
-    let out = Command::new(mqd_bin())
-        .arg("--check-config")
-        .arg("--config")
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = check_config(&bad, &[]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -62,11 +68,7 @@ fn check_config_names_the_bad_key_and_line() {
     // Raft's timing is checked as a pair, whichever source each value comes from.
     let timing = dir.path().join("timing.toml");
     std::fs::write(&timing, "[cluster]\nelection_timeout_ms = 1000\n").unwrap();
-    let out = Command::new(mqd_bin())
-        .args(["--check-config", "--heartbeat-ms", "500", "--config"])
-        .arg(&timing)
-        .output()
-        .unwrap();
+    let out = check_config(&timing, &["--heartbeat-ms", "500"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -76,12 +78,7 @@ fn check_config_names_the_bad_key_and_line() {
     );
 
     let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/mqd.toml");
-    let out = Command::new(mqd_bin())
-        .arg("--check-config")
-        .arg("--config")
-        .arg(&shipped)
-        .output()
-        .unwrap();
+    let out = check_config(&shipped, &[]);
     assert!(
         out.status.success(),
         "{}",
