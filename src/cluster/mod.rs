@@ -305,6 +305,8 @@ struct Local {
     db: Arc<Database>,
     /// The group's message bodies.
     bodies: Arc<crate::store::bodies::Bodies>,
+    /// The rows its state machine holds as a follower, which a clean stop writes.
+    held: Arc<std::sync::Mutex<crate::store::held::Held>>,
     /// The committed index, as the group's log store last heard it.
     committed: Arc<AtomicU64>,
     /// The log writer's state the proposer reads, where the linger is set.
@@ -595,6 +597,7 @@ impl Node {
             .of_group(group);
         let db = sm.database();
         let bodies = sm.bodies();
+        let held = sm.held();
         let writes = log.writes_pending();
         writes.set_linger(inner.log_linger_us.load(Ordering::Acquire));
         let raft = Raft::new(
@@ -615,6 +618,7 @@ impl Node {
             proposer,
             db,
             bodies,
+            held,
             committed,
             writes,
         })
@@ -772,9 +776,9 @@ impl Node {
             }
             // State-machine commits are fsynced at most once a second; a clean stop
             // leaves nothing to replay at the next start.
-            let (db, bodies) = (l.db.clone(), l.bodies.clone());
+            let (db, bodies, held) = (l.db.clone(), l.bodies.clone(), l.held.clone());
             match tokio::task::spawn_blocking(move || {
-                crate::raft::state_machine::flush(&db, &bodies)
+                crate::raft::state_machine::flush(&db, &bodies, &held)
             })
             .await
             {

@@ -27,7 +27,8 @@ use super::{
 };
 use crate::protocol::Status;
 use crate::store::bodies::Bodies;
-use crate::store::machine::{apply, Command, Effects, Tables};
+use crate::store::held::Held;
+use crate::store::machine::{apply, knows_held, write_held, Command, Effects, Tables};
 use crate::store::schema::{BODY_FILES, BODY_META};
 use crate::store::{snapshot as store_snapshot, ApplyError, StoreError};
 
@@ -76,6 +77,9 @@ pub struct StateMachine {
     node: Option<NodeId>,
     /// What the ids of queues created here start from (see [`StateMachine::of_group`]).
     queue_ids: u64,
+    /// The rows this replica holds while a follower ([`crate::store::held`]). Every
+    /// transaction takes the lock before redb's write lock.
+    held: Arc<Mutex<Held>>,
 }
 
 /// An apply on the state machine's task must not wait for the disk, but a snapshot's
@@ -130,19 +134,49 @@ impl Drop for Flushed<'_> {
     }
 }
 
-/// Makes every commit so far durable: an empty commit with [`Durability::Immediate`]
-/// persists the non-durable ones before it, once the body files they refer to are synced.
-/// The sync happens inside the write transaction, so no commit can slip in between.
-pub fn flush(db: &Database, bodies: &Bodies) -> Result<(), StoreError> {
-    let mut txn = db.begin_write()?;
-    bodies
-        .sync()
-        .map_err(|e| StoreError::Bodies(format!("syncing the active file: {e}")))?;
-    txn.set_durability(Durability::Immediate)
-        .map_err(|e| StoreError::Db(e.into()))?;
-    txn.commit()?;
+/// Makes every commit so far durable: a commit with [`Durability::Immediate`] persists
+/// the non-durable ones before it, once the body files they refer to are synced. It writes
+/// the rows `held` holds, which the commits before it count as applied. The sync happens
+/// inside the write transaction, so no commit can slip in between.
+pub fn flush(db: &Database, bodies: &Bodies, held: &Mutex<Held>) -> Result<(), StoreError> {
+    let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
+    flush_holding(db, bodies, &mut held)
+}
+
+/// [`flush`] with the held rows' lock taken.
+fn flush_holding(db: &Database, bodies: &Bodies, held: &mut Held) -> Result<(), StoreError> {
+    commit_held(db, held, Some(bodies))?;
     bodies.durable();
     Ok(())
+}
+
+/// Writes the rows `held` holds in a commit of their own, durable with the body files
+/// synced first if `durable` names them (a durable commit must find every body it refers
+/// to on disk). If the commit fails, `held` keeps them.
+fn commit_held(db: &Database, held: &mut Held, durable: Option<&Bodies>) -> Result<(), StoreError> {
+    let mut txn = db.begin_write()?;
+    held.begin();
+    let done: Result<(), StoreError> = (|| {
+        write_held(&txn, held)?;
+        if let Some(bodies) = durable {
+            bodies
+                .sync()
+                .map_err(|e| StoreError::Bodies(format!("syncing the active file: {e}")))?;
+        }
+        let durability = match durable {
+            Some(_) => Durability::Immediate,
+            None => Durability::None,
+        };
+        txn.set_durability(durability)
+            .map_err(|e| StoreError::Db(e.into()))?;
+        txn.commit()?;
+        Ok(())
+    })();
+    match done {
+        Ok(()) => held.commit(),
+        Err(_) => held.rollback(),
+    }
+    done
 }
 
 fn sm_read(e: impl std::fmt::Display) -> StorageError {
@@ -198,6 +232,7 @@ impl StateMachine {
             applied: None,
             beside: Arc::default(),
             queue_ids: 0,
+            held: Arc::default(),
         })
     }
 
@@ -239,6 +274,11 @@ impl StateMachine {
     /// The shard's body files, for reads of message bodies (peek).
     pub fn bodies(&self) -> Arc<Bodies> {
         self.bodies.clone()
+    }
+
+    /// The rows this replica holds, which [`flush`] writes.
+    pub fn held(&self) -> Arc<Mutex<Held>> {
+        self.held.clone()
     }
 
     fn meta<T: serde::de::DeserializeOwned + Default>(
@@ -291,6 +331,7 @@ impl StateMachine {
         let last = entries.last().map(|e| e.log_id.index);
         let wake = self.wake.clone();
         let (node, queue_ids) = (self.node, self.queue_ids);
+        let held = self.held.clone();
         let work = move || {
             let started = std::time::Instant::now();
             // A command that hits a storage error on this replica (I/O, a record that does
@@ -298,7 +339,14 @@ impl StateMachine {
             // in a fresh transaction, so it cannot leave half its writes behind.
             let mut skip = HashSet::new();
             loop {
-                match apply_batch(&db, &bodies, &entries, &skip, durable, node, queue_ids)? {
+                let batch = Batch {
+                    entries: &entries,
+                    skip: &skip,
+                    durable,
+                    node,
+                    queue_ids,
+                };
+                match apply_batch(&db, &bodies, &held, &batch)? {
                     Ok((mut replies, fx)) => {
                         if let Some(h) = &times {
                             h.observe(started.elapsed().as_secs_f64());
@@ -387,11 +435,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let db = self.db.clone();
         let bodies = self.bodies.clone();
         let meta = meta.clone();
+        let held = self.held.clone();
         blocking(move || {
+            let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
             let mut txn = db.begin_write().map_err(snap_err)?;
             txn.set_durability(Durability::Immediate)
                 .map_err(snap_err)?;
             store_snapshot::clear(&txn).map_err(snap_err)?;
+            // The snapshot replaces everything, held rows too.
+            held.clear();
             // The snapshot's bodies go to new files; every file before them is let go
             // once the new state is durable.
             bodies.set_compaction(None);
@@ -433,9 +485,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if !self.has_snapshot.load(std::sync::atomic::Ordering::Acquire) {
             return Ok(None);
         }
-        let (db, bodies) = (self.db.clone(), self.bodies.clone());
+        let (db, bodies, held) = (self.db.clone(), self.bodies.clone(), self.held.clone());
         Ok(Some(
-            blocking(move || Self::snapshot_now(&db, &bodies)).await?,
+            blocking(move || {
+                // The view must have the rows held here (see `crate::store::held`).
+                let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
+                if !held.is_empty() {
+                    // Not durable, as an apply's commit.
+                    commit_held(&db, &mut held, None).map_err(snap_err)?;
+                }
+                Self::snapshot_now(&db, &bodies)
+            })
+            .await?,
         ))
     }
 }
@@ -452,19 +513,54 @@ fn answer(entries: &[Entry], replies: &mut [Reply]) {
     }
 }
 
-/// Applies `entries` in one transaction, fsynced if `durable` (see [`DURABLE_EVERY`]).
-/// `Ok(Err((entry, command), error))` means that command hit a storage error and the
-/// transaction was abandoned.
-#[allow(clippy::type_complexity)]
+/// One batch of entries to apply.
+struct Batch<'a> {
+    entries: &'a [Entry],
+    /// Commands not to run: `(entry, command)` positions that hit a storage error.
+    skip: &'a HashSet<(usize, usize)>,
+    /// Whether the commit is fsynced (see [`DURABLE_EVERY`]).
+    durable: bool,
+    /// The node this replica runs on, if known (see [`StateMachine::answering_for`]).
+    node: Option<NodeId>,
+    /// What the ids of queues created here start from.
+    queue_ids: u64,
+}
+
+/// The outcome of [`apply_batch`]: the replies and effects, or the `(entry, command)`
+/// that hit a storage error, whose transaction was abandoned.
+type BatchOutcome = Result<(Vec<Reply>, Effects), ((usize, usize), StoreError)>;
+
+/// Applies a batch in one transaction, holding rows in `held` on a follower. A
+/// transaction that does not commit leaves `held` as it found it.
 fn apply_batch(
     db: &Database,
     bodies: &Bodies,
-    entries: &[Entry],
-    skip: &HashSet<(usize, usize)>,
-    durable: bool,
-    node: Option<NodeId>,
-    queue_ids: u64,
-) -> Result<Result<(Vec<Reply>, Effects), ((usize, usize), StoreError)>, StorageError> {
+    held: &Mutex<Held>,
+    batch: &Batch<'_>,
+) -> Result<BatchOutcome, StorageError> {
+    let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
+    held.begin();
+    let outcome = apply_batch_holding(db, bodies, &mut held, batch);
+    match outcome {
+        Ok(Ok(_)) => held.commit(),
+        _ => held.rollback(),
+    }
+    outcome
+}
+
+fn apply_batch_holding(
+    db: &Database,
+    bodies: &Bodies,
+    held: &mut Held,
+    batch: &Batch<'_>,
+) -> Result<BatchOutcome, StorageError> {
+    let Batch {
+        entries,
+        skip,
+        durable,
+        node,
+        queue_ids,
+    } = *batch;
     let mut txn = db.begin_write().map_err(sm_write)?;
     txn.set_durability(if durable {
         Durability::Immediate
@@ -484,8 +580,17 @@ fn apply_batch(
     {
         let mut tables = Tables::open(&txn, bodies).map_err(sm_write)?;
         tables.number_queues_from(queue_ids);
+        tables.hold(held);
         for (ei, e) in entries.iter().enumerate() {
             applied = Some(e.log_id);
+            // Nobody here reads the outcome of another leader's entry: the entry's log id
+            // names the node that proposed it (the in-memory `Answer` does not tell, as an
+            // entry read back from the disk has lost it). From this node's first entry as
+            // leader on (its blank one), the held rows are in the tables.
+            let mine = node.is_none_or(|me| e.log_id.leader_id.node_id == me);
+            // Held rows came from earlier transactions: failing to write them is no
+            // command's error, and stops this replica.
+            tables.answered(mine).map_err(sm_write)?;
             let reply = match &e.payload {
                 EntryPayload::Blank => Vec::new(),
                 EntryPayload::Membership(m) => {
@@ -493,10 +598,6 @@ fn apply_batch(
                     Vec::new()
                 }
                 EntryPayload::Normal(p) => {
-                    // Nobody here reads the outcome of another leader's entry: the entry's
-                    // log id names the node that proposed it (the in-memory `Answer` does
-                    // not tell, as an entry read back from the disk has lost it).
-                    tables.answered(node.is_none_or(|me| e.log_id.leader_id.node_id == me));
                     let mut out = Vec::with_capacity(p.cmds.len());
                     for (ci, cmd) in p.cmds.iter().enumerate() {
                         if skip.contains(&(ei, ci)) {
@@ -512,6 +613,9 @@ fn apply_batch(
                             if let Err(err) = tables.write_new_rows() {
                                 return Ok(Err((last_send.unwrap_or((ei, ci)), err)));
                             }
+                        }
+                        if !knows_held(cmd) {
+                            tables.write_held().map_err(sm_write)?;
                         }
                         match apply(&mut tables, p.now_ms, cmd, &mut fx) {
                             Ok(o) => {
@@ -537,6 +641,10 @@ fn apply_batch(
                 // Only a send keeps rows: without one there was nothing to write.
                 None => Err(sm_write(err)),
             };
+        }
+        if durable {
+            // A commit that survives a crash must hold every message applied.
+            tables.write_held().map_err(sm_write)?;
         }
         finished = tables.finish().map_err(sm_write)?;
         drop(tables);
@@ -591,12 +699,17 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     /// (10–15 ms during which the shard applied nothing).
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let (db, bodies, beside) = (self.db.clone(), self.bodies.clone(), self.beside.clone());
+        let held = self.held.clone();
         let snap = blocking(move || {
-            // The state first, then the flush: this runs beside the applies, and a commit
-            // landing between the two must not give the snapshot an id that is not durable.
-            let snap = Self::snapshot_now(&db, &bodies)?;
-            beside.flushing(|| flush(&db, &bodies)).map_err(snap_err)?;
-            Ok(snap)
+            // This runs beside the applies. The held rows' lock, taken from the flush
+            // (which writes those rows) to the view, keeps every apply out in between: a
+            // commit landing there would give the snapshot an id that is not durable, or
+            // messages still held.
+            beside.flushing(|| {
+                let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
+                flush_holding(&db, &bodies, &mut held).map_err(snap_err)?;
+                Self::snapshot_now(&db, &bodies)
+            })
         })
         .await?;
         self.has_snapshot

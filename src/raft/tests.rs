@@ -251,6 +251,111 @@ async fn another_leaders_deliveries_are_applied_without_their_bodies() {
     assert_eq!(bodies(ours), [b"two".to_vec()]);
 }
 
+#[tokio::test]
+async fn a_followers_held_messages_reach_its_snapshot_its_stop_and_its_first_own_entry() {
+    use openraft::storage::RaftStateMachine;
+    use openraft::{EntryPayload, RaftSnapshotBuilder};
+    use redb::{ReadableDatabase, ReadableTableMetadata};
+
+    use super::{CommittedLeaderId, Entry, LogId};
+
+    use super::Proposal;
+    use crate::protocol::{QueuePatch, SendEntry};
+    use crate::store::{Command, Outcome};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut sm = StateMachine::open(&dir.path().join("shard-0000.redb"), Arc::new(|_| {}))
+        .expect("state machine")
+        .answering_for(1);
+    let (db, bodies, held) = (sm.database(), sm.bodies(), sm.held());
+    let entry = |i, leader, payload| Entry {
+        log_id: LogId::new(
+            CommittedLeaderId {
+                term: 1,
+                node_id: leader,
+            },
+            i,
+        ),
+        payload,
+    };
+    let normal = |cmd| EntryPayload::Normal(Proposal::new(1, vec![cmd]));
+    let send = |bodies: &[&str]| {
+        normal(Command::Send {
+            queue: "q".into(),
+            messages: bodies
+                .iter()
+                .map(|b| SendEntry::new(b.to_string()))
+                .collect(),
+        })
+    };
+    // Messages in the tables, and messages held.
+    let rows = || {
+        let txn = db.begin_read().unwrap();
+        let state = txn.open_table(crate::store::schema::STATE).unwrap();
+        state.len().unwrap()
+    };
+    let held_now = || held.lock().unwrap().len();
+    let create = normal(Command::CreateQueue {
+        name: "q".into(),
+        patch: QueuePatch::default(),
+    });
+    // Node 2 leads: this follower holds what it sends.
+    sm.apply_entries(vec![
+        entry(1, 2, create),
+        entry(2, 2, send(&["a", "b", "c"])),
+    ])
+    .await
+    .unwrap();
+    assert_eq!((rows(), held_now()), (0, 3));
+    // A snapshot built here has them.
+    let mut builder = sm.get_snapshot_builder().await;
+    builder.build_snapshot().await.unwrap();
+    assert_eq!((rows(), held_now()), (3, 0));
+    // So has the view sent to a follower that needs a snapshot.
+    sm.apply_entries(vec![entry(3, 2, send(&["d"]))])
+        .await
+        .unwrap();
+    assert_eq!((rows(), held_now()), (3, 1));
+    assert!(sm.get_current_snapshot().await.unwrap().is_some());
+    assert_eq!((rows(), held_now()), (4, 0));
+    // So has a clean stop's flush.
+    sm.apply_entries(vec![entry(4, 2, send(&["e"]))])
+        .await
+        .unwrap();
+    assert_eq!((rows(), held_now()), (4, 1));
+    super::state_machine::flush(&db, &bodies, &held).unwrap();
+    assert_eq!((rows(), held_now()), (5, 0));
+    // And this node's first entry as leader, its blank one, writes them before its own
+    // commands read the tables.
+    sm.apply_entries(vec![entry(5, 2, send(&["f", "g"]))])
+        .await
+        .unwrap();
+    assert_eq!((rows(), held_now()), (5, 2));
+    sm.apply_entries(vec![entry(6, 1, EntryPayload::Blank)])
+        .await
+        .unwrap();
+    assert_eq!((rows(), held_now()), (7, 0));
+    let replies = sm
+        .apply_entries(vec![entry(
+            7,
+            1,
+            normal(Command::Receive {
+                queue: "q".into(),
+                max: 10,
+                visibility_ms: None,
+            }),
+        )])
+        .await
+        .unwrap();
+    let got: Vec<Vec<u8>> = match replies[0].as_slice() {
+        [Ok(Outcome::Deliveries { deliveries, .. })] => {
+            deliveries.iter().map(|d| d.message.body.to_vec()).collect()
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(got, [&b"a"[..], b"b", b"c", b"d", b"e", b"f", b"g"]);
+}
+
 mod one_node {
     //! A real one-node Raft group over our stores: commands go through the log, survive a
     //! restart, and a snapshot captures the state.

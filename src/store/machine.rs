@@ -16,6 +16,7 @@ use redb::{Key, ReadableTable, Table, TableDefinition, Value, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::bodies::{self, Bodies, BodyRef, Compaction};
+use super::held::{Held, MAX_HELD};
 use super::schema::*;
 use super::{rows, StoreError};
 use crate::protocol::{
@@ -309,6 +310,9 @@ pub struct Tables<'txn> {
     new_rows: BTreeMap<u64, rows::NewRows>,
     /// What the ids of queues created here start from (see [`queue_ids_of`]).
     queue_ids: u64,
+    /// Where a follower holds the rows of the messages it sends (see [`super::held`]);
+    /// `None`: every row goes to the tables.
+    held: Option<&'txn mut Held>,
 }
 
 /// Bits of a queue id that count the queues of its shard; the bits above them name the
@@ -324,6 +328,49 @@ const QUEUE_COUNT_BITS: u32 = 40;
 /// group have ids below 2^40, so no new id equals one of them either.
 pub fn queue_ids_of(group: u64) -> u64 {
     group << QUEUE_COUNT_BITS
+}
+
+/// Writes the rows of every message `held` holds to `state` and `visible`, one run per
+/// queue and table, and takes them out of it.
+fn write_held_rows(
+    held: &mut Held,
+    state: &mut Table<'_, (u64, u64), &'static [u8]>,
+    visible: &mut Table<'_, (u64, u64, u64), u8>,
+) -> Result<(), ApplyError> {
+    let mut buf = Vec::new();
+    let mut ends = Vec::new();
+    for (qid, msgs) in held.take_all() {
+        buf.clear();
+        ends.clear();
+        for (_, st) in &msgs {
+            encode_state(st, &mut buf);
+            ends.push(buf.len());
+        }
+        let values = rows::NewRows::slices(&buf, &ends);
+        rows::insert_sorted(state, msgs.iter().map(|&(s, _)| (qid, s)).zip(values))?;
+        let mut keys: Vec<(u64, u64, bool)> = msgs
+            .iter()
+            .map(|&(s, st)| (st.visible_at, s, st.in_flight))
+            .collect();
+        keys.sort_unstable();
+        rows::insert_sorted(
+            visible,
+            keys.into_iter()
+                .map(|(v, s, in_flight)| ((qid, v, s), u8::from(in_flight))),
+        )?;
+    }
+    Ok(())
+}
+
+/// Writes the rows of every message `held` holds in transaction `txn` (see
+/// [`super::held`]): a durable commit must have them.
+pub fn write_held(txn: &WriteTransaction, held: &mut Held) -> Result<(), StoreError> {
+    if held.is_empty() {
+        return Ok(());
+    }
+    let mut state = txn.open_table(STATE)?;
+    let mut visible = txn.open_table(VISIBLE)?;
+    write_held_rows(held, &mut state, &mut visible).map_err(ApplyError::into_store)
 }
 
 /// Creates every table of a shard, so read transactions find them.
@@ -424,6 +471,7 @@ impl<'txn> Tables<'txn> {
             scratch: Vec::new(),
             new_rows: BTreeMap::new(),
             queue_ids: 0,
+            held: None,
             body,
             queues: txn.open_table(QUEUES)?,
             names: Lazy::new(txn, QUEUE_NAMES),
@@ -446,8 +494,41 @@ impl<'txn> Tables<'txn> {
     /// told otherwise). Nobody does for an entry another node proposed as leader: the
     /// deliveries then carry neither attributes nor body, so the bodies are not read. The
     /// state written is the same either way; only what the outcome shows differs.
-    pub fn answered(&mut self, answered: bool) {
+    ///
+    /// With [`Tables::hold`], nobody reading the outcomes is what makes a replica hold
+    /// rows; from an entry someone reads the outcome of on, the held rows are in the
+    /// tables.
+    pub fn answered(&mut self, answered: bool) -> Result<(), StoreError> {
         self.answered = answered;
+        if answered {
+            self.write_held()?;
+        }
+        Ok(())
+    }
+
+    /// Holds the rows of messages sent without a group in `held` while nobody reads the
+    /// outcomes (see [`super::held`]), until [`Tables::write_held`].
+    pub fn hold(&mut self, held: &'txn mut Held) {
+        self.held = Some(held);
+    }
+
+    /// Whether message `seq` of queue `qid` is held rather than in the tables.
+    fn is_held(&self, qid: u64, seq: u64) -> bool {
+        self.held
+            .as_ref()
+            .is_some_and(|h| h.get(qid, seq).is_some())
+    }
+
+    /// Writes every held message's rows to the tables: its state, and its [`VISIBLE`]
+    /// entry flagged in flight or not.
+    pub fn write_held(&mut self) -> Result<(), StoreError> {
+        let Some(held) = self.held.as_deref_mut() else {
+            return Ok(());
+        };
+        if held.is_empty() {
+            return Ok(());
+        }
+        write_held_rows(held, &mut self.state, &mut self.visible).map_err(ApplyError::into_store)
     }
 
     /// Gives the queues created in this transaction ids from `base` on (see
@@ -583,6 +664,9 @@ impl<'txn> Tables<'txn> {
     }
 
     fn msg(&self, qid: u64, seq: u64) -> Result<Option<MessageState>, ApplyError> {
+        if let Some(st) = self.held.as_ref().and_then(|h| h.get(qid, seq)) {
+            return Ok(Some(st));
+        }
         match self.state.get((qid, seq))? {
             Some(v) => Ok(Some(decode_state(v.value())?)),
             None => Ok(None),
@@ -598,6 +682,29 @@ impl<'txn> Tables<'txn> {
     /// ahead for a `fifo` queue: its messages are grouped, and a grouped message's state is
     /// read again when used (taking or removing its group's first may have activated it).
     fn msgs_ahead(
+        &self,
+        qid: u64,
+        fifo: bool,
+        keys: &[(u64, u64)],
+    ) -> Result<Vec<Option<MessageState>>, ApplyError> {
+        let Some(h) = self.held.as_deref().filter(|h| h.has_queue(qid)) else {
+            return self.msgs_ahead_in_tables(qid, fifo, keys);
+        };
+        // Held messages come from memory, the others from the tables as below.
+        let rest: Vec<(u64, u64)> = keys
+            .iter()
+            .filter(|&&(_, s)| h.get(qid, s).is_none())
+            .copied()
+            .collect();
+        let mut from_tables = self.msgs_ahead_in_tables(qid, fifo, &rest)?.into_iter();
+        Ok(keys
+            .iter()
+            .map(|&(_, s)| h.get(qid, s).or_else(|| from_tables.next().flatten()))
+            .collect())
+    }
+
+    /// [`Tables::msgs_ahead`] for messages that are in the tables.
+    fn msgs_ahead_in_tables(
         &self,
         qid: u64,
         fifo: bool,
@@ -653,6 +760,9 @@ impl<'txn> Tables<'txn> {
         now: u64,
     ) -> Result<(), ApplyError> {
         if !st.grouped {
+            if let Some(held) = self.held.as_deref_mut().and_then(|h| h.remove(qid, seq)) {
+                return self.drop_body(qid, seq, &held);
+            }
             self.state.remove((qid, seq))?;
             self.drop_body(qid, seq, st)?;
             self.visible.remove((qid, st.visible_at, seq))?;
@@ -739,6 +849,10 @@ impl<'txn> Tables<'txn> {
     /// the result to [`Finished::committed`] once the transaction has committed.
     pub fn finish(&mut self) -> Result<Finished, ApplyError> {
         self.write_new_rows()?;
+        // A compaction moves the bodies of the messages in the tables.
+        if self.compaction.is_some() || self.held.as_ref().is_some_and(|h| h.slots() > MAX_HELD) {
+            self.write_held()?;
+        }
         self.compact_step()?;
         let active = self.bodies.active();
         let mut dead = Vec::new();
@@ -988,6 +1102,12 @@ impl<'txn> Tables<'txn> {
             let (_, v, s) = k.value();
             out.push((v, s));
         }
+        if let Some(h) = self.held.as_deref().filter(|h| h.has_queue(qid)) {
+            // A message is held or in the tables, never both: the two runs merge.
+            out.extend(h.visible_keys(qid, (start.1, start.2), now, n));
+            out.sort_unstable();
+            out.truncate(n);
+        }
         Ok(out)
     }
 
@@ -996,9 +1116,14 @@ impl<'txn> Tables<'txn> {
             .visible
             .range((qid, now.saturating_add(1), 0)..=(qid, u64::MAX, u64::MAX))?
             .next();
-        Ok(match first {
+        let in_tables = match first {
             Some(e) => Some(e?.0.value().1),
             None => None,
+        };
+        let held = self.held.as_deref().and_then(|h| h.next_visible(qid, now));
+        Ok(match (in_tables, held) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         })
     }
 
@@ -1054,6 +1179,9 @@ struct Receiving {
     delivered: Vec<(u64, u64)>,
     /// Their new states, written after the scan.
     states: rows::ChangedStates,
+    /// Held messages delivered (see [`super::held`]), with their new states, held again
+    /// after the scan.
+    held: Vec<(u64, MessageState)>,
 }
 
 /// The messages of one queue that one command removes: those in a FIFO group at once
@@ -1089,7 +1217,7 @@ impl Removal {
         st: &MessageState,
         now: u64,
     ) -> Result<(), ApplyError> {
-        if st.grouped {
+        if st.grouped || t.is_held(self.qid, seq) {
             t.remove_msg(self.qid, seq, st, now)?;
         } else {
             self.gone.push((st.visible_at, seq));
@@ -1151,9 +1279,10 @@ impl Receiving {
             return Ok(());
         }
         self.out_bytes += len + 64;
+        let held = t.is_held(qid, seq);
         if st.grouped {
             t.visible.remove((qid, st.visible_at, seq))?;
-        } else {
+        } else if !held {
             self.delivered.push((st.visible_at, seq));
         }
         st.receive_count = st.receive_count.saturating_add(1);
@@ -1162,6 +1291,8 @@ impl Receiving {
         if st.grouped {
             t.visible.insert((qid, st.visible_at, seq), 1u8)?;
             t.put_msg(qid, seq, &st)?;
+        } else if held {
+            self.held.push((seq, st));
         } else {
             self.states.push(seq, st);
         }
@@ -1187,6 +1318,11 @@ impl Receiving {
     /// VISIBLE entries to the end of their visibility timeout: removed in one pass over
     /// the range the scan read, inserted in one run.
     fn finish(&mut self, t: &mut Tables<'_>) -> Result<(), ApplyError> {
+        if let Some(held) = t.held.as_deref_mut() {
+            for (seq, st) in self.held.drain(..) {
+                held.put(self.qid, seq, st);
+            }
+        }
         if self.delivered.is_empty() {
             return Ok(());
         }
@@ -1237,6 +1373,15 @@ fn check_duration(what: &str, ms: u64, max: u64) -> Result<(), ApplyError> {
     Ok(())
 }
 
+/// Whether `cmd` finds and changes held messages where they are (see [`super::held`]).
+/// Before any other command, the held rows are written to the tables.
+pub fn knows_held(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::Send { .. } | Command::Receive { .. } | Command::Ack { .. }
+    )
+}
+
 /// Applies one command. `now_ms` is the node's clock read before the command was queued.
 pub fn apply(
     t: &mut Tables<'_>,
@@ -1248,6 +1393,9 @@ pub fn apply(
     if !matches!(cmd, Command::Send { .. }) {
         // The command may read the rows of messages sent before it.
         t.write_new_rows()?;
+    }
+    if !knows_held(cmd) {
+        t.write_held()?;
     }
     match cmd {
         Command::CreateQueue { name, patch } => {
@@ -1467,7 +1615,10 @@ pub fn apply(
                         });
                         t.counts.add(r);
                         st.body = Some(r);
-                        new.push(seq, &st);
+                        match t.held.as_deref_mut().filter(|_| !t.answered) {
+                            Some(held) => held.put(rec.id, seq, st),
+                            None => new.push(seq, &st),
+                        }
                         seq
                     }
                     Some(group) => {
@@ -1523,8 +1674,9 @@ pub fn apply(
                 full: false,
                 delivered: Vec::new(),
                 states: rows::ChangedStates::default(),
+                held: Vec::new(),
             };
-            let mut seen = HashSet::new();
+            let mut seen = HashSet::with_capacity(r.max.min(256));
             let mut after = None;
             // Bound the work of one command: expired and dead-lettered messages are
             // removed on the way, but never more than this many per receive.
@@ -1614,7 +1766,7 @@ pub fn apply(
             // Messages without a group are removed together after the loop; a receipt
             // repeated within the command finds its message gone, as it would have.
             let mut removal = Removal::new(rec.id);
-            let mut taken = HashSet::new();
+            let mut taken = HashSet::with_capacity(receipts.len());
             let keys: Vec<(u64, u64)> = receipts.iter().map(|r| (0, r.seq)).collect();
             let ahead = t.msgs_ahead(rec.id, rec.config.fifo, &keys)?;
             for (r, read) in receipts.iter().zip(ahead) {
@@ -2024,6 +2176,8 @@ pub(crate) mod tests {
         commits: std::cell::Cell<u64>,
         /// Where the ids of the queues created here start (see [`queue_ids_of`]).
         queue_ids: std::cell::Cell<u64>,
+        /// The rows held by [`run_held`], as a follower's state machine holds them.
+        held: std::sync::Mutex<Held>,
     }
 
     impl std::ops::Deref for Db {
@@ -2044,6 +2198,7 @@ pub(crate) mod tests {
                 bodies,
                 commits: Default::default(),
                 queue_ids: Default::default(),
+                held: Default::default(),
             }
         }
 
@@ -2064,7 +2219,7 @@ pub(crate) mod tests {
 
         /// Makes everything durable, as a snapshot build or a clean stop does.
         pub(crate) fn flush(&self) {
-            crate::raft::state_machine::flush(&self.db, &self.bodies).unwrap();
+            crate::raft::state_machine::flush(&self.db, &self.bodies, &self.held).unwrap();
         }
     }
 
@@ -2090,7 +2245,7 @@ pub(crate) mod tests {
         let mut fx = Effects::default();
         let (r, fin) = {
             let mut t = Tables::open(&txn, &db.bodies).unwrap();
-            t.answered(answered);
+            t.answered(answered).unwrap();
             t.number_queues_from(db.queue_ids.get());
             let r = apply(&mut t, now, &cmd, &mut fx);
             (r, fx.dirty.then(|| t.finish().unwrap()))
@@ -2102,16 +2257,38 @@ pub(crate) mod tests {
         (r, fx)
     }
 
+    /// Applies `cmds` in one transaction as a follower does: nobody reads the outcomes,
+    /// and the rows of new messages are held in `db.held`.
+    fn run_held(db: &Db, now: u64, cmds: &[Command]) -> Vec<Result<Outcome, ApplyError>> {
+        run_batch(db, now, cmds, true)
+    }
+
     fn ok(db: &Db, now: u64, cmd: Command) -> Outcome {
         run(db, now, cmd).0.unwrap()
     }
 
     /// Applies `cmds` in one transaction, as the state machine applies a batch.
     fn run_together(db: &Db, now: u64, cmds: &[Command]) -> Vec<Result<Outcome, ApplyError>> {
+        run_batch(db, now, cmds, false)
+    }
+
+    /// [`run_together`], or with `hold` [`run_held`].
+    fn run_batch(
+        db: &Db,
+        now: u64,
+        cmds: &[Command],
+        hold: bool,
+    ) -> Vec<Result<Outcome, ApplyError>> {
+        let mut held = db.held.lock().unwrap();
         let txn = db.begin_write().unwrap();
         let mut fx = Effects::default();
         let (out, fin) = {
             let mut t = Tables::open(&txn, &db.bodies).unwrap();
+            t.number_queues_from(db.queue_ids.get());
+            if hold {
+                t.hold(&mut held);
+                t.answered(false).unwrap();
+            }
             let out: Vec<_> = cmds
                 .iter()
                 .map(|c| apply(&mut t, now, c, &mut fx))
@@ -2508,6 +2685,215 @@ pub(crate) mod tests {
         assert_eq!(results.0, results.1);
         assert_eq!(dump(&da), dump(&dbb));
         assert!(!dump(&da).is_empty());
+    }
+
+    /// An outcome as a follower's would show it: deliveries without their bodies.
+    fn shape(r: &Result<Outcome, ApplyError>) -> String {
+        match r {
+            Ok(Outcome::Deliveries {
+                deliveries,
+                next_visible_ms,
+                receive_wait_ms,
+            }) => {
+                let ds: Vec<_> = deliveries
+                    .iter()
+                    .map(|d| (d.receipt, d.message.id, d.message.receive_count))
+                    .collect();
+                format!("deliveries {ds:?}, next {next_visible_ms:?}, wait {receive_wait_ms}")
+            }
+            r => format!("{r:?}"),
+        }
+    }
+
+    /// The leader's tables, and a follower's once it has written what it holds.
+    fn same_state(leader: &Db, follower: &Db) {
+        follower.flush();
+        assert!(follower.held.lock().unwrap().is_empty());
+        assert_eq!(dump(leader), dump(follower));
+    }
+
+    #[test]
+    fn a_follower_holding_rows_ends_in_the_leaders_state() {
+        // Every kind of command, one per transaction and then all in one.
+        let (_a, leader) = db();
+        let (_b, follower) = db();
+        for (now, cmd) in script() {
+            let a = run(&leader, now, cmd.clone()).0;
+            let b = run_held(&follower, now, std::slice::from_ref(&cmd));
+            assert_eq!(shape(&a), shape(&b[0]), "{cmd:?}");
+        }
+        same_state(&leader, &follower);
+        // What a receive that finds nothing says about held messages: when the next one
+        // shows up, delayed or in flight.
+        let (_a, leader) = db();
+        let (_b, follower) = db();
+        let mut delayed = SendEntry::new("later");
+        delayed.delay_ms = Some(50);
+        let steps = [
+            (10, create("h")),
+            (
+                11,
+                Command::Send {
+                    queue: "h".into(),
+                    messages: vec![delayed],
+                },
+            ),
+            (12, receive("h", 5, None)),
+            (70, receive("h", 5, Some(100))),
+            (71, receive("h", 5, None)),
+        ];
+        for (now, cmd) in steps {
+            let a = run(&leader, now, cmd.clone()).0;
+            let b = run_held(&follower, now, std::slice::from_ref(&cmd));
+            assert_eq!(shape(&a), shape(&b[0]), "{cmd:?}");
+            if let Ok(Outcome::Deliveries {
+                deliveries,
+                next_visible_ms,
+                ..
+            }) = &b[0]
+            {
+                assert!(!deliveries.is_empty() || next_visible_ms.is_some());
+            }
+        }
+        assert_eq!(follower.held.lock().unwrap().len(), 1);
+        same_state(&leader, &follower);
+        let (_a, leader) = db();
+        let (_b, follower) = db();
+        let cmds: Vec<Command> = script().into_iter().map(|(_, c)| c).collect();
+        let a = run_together(&leader, 1000, &cmds);
+        let b = run_held(&follower, 1000, &cmds);
+        assert_eq!(
+            a.iter().map(shape).collect::<Vec<_>>(),
+            b.iter().map(shape).collect::<Vec<_>>()
+        );
+        same_state(&leader, &follower);
+    }
+
+    #[test]
+    fn a_follower_holding_rows_applies_random_traffic_as_the_leader_does() {
+        let (_a, leader) = db();
+        let (_b, follower) = db();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rand = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n.max(1)
+        };
+        // A plain queue, one whose messages expire, one with a dead-letter queue after
+        // two receives, and a FIFO queue (its grouped messages are never held).
+        let setup = vec![
+            create("plain"),
+            create("dead"),
+            Command::CreateQueue {
+                name: "short".into(),
+                patch: QueuePatch {
+                    retention_ms: Some(1000),
+                    ..QueuePatch::default()
+                },
+            },
+            Command::CreateQueue {
+                name: "dl".into(),
+                patch: QueuePatch {
+                    dead_letter: Some(Some(DeadLetter {
+                        queue: "dead".into(),
+                        max_receives: 2,
+                    })),
+                    ..QueuePatch::default()
+                },
+            },
+            Command::CreateQueue {
+                name: "fifo".into(),
+                patch: QueuePatch {
+                    fifo: Some(true),
+                    ..QueuePatch::default()
+                },
+            },
+        ];
+        let queues = ["plain", "short", "dl", "fifo", "dead"];
+        for c in &setup {
+            ok(&leader, 1, c.clone());
+            run_held(&follower, 1, std::slice::from_ref(c))[0]
+                .as_ref()
+                .unwrap();
+        }
+        let mut receipts: Vec<Receipt> = Vec::new();
+        let mut now = 10;
+        let mut held_most = 0;
+        for step in 0..600 {
+            now += rand(12);
+            let mut cmds = Vec::new();
+            for _ in 0..1 + rand(4) {
+                let q = queues[rand(queues.len() as u64) as usize];
+                let cmd = match rand(12) {
+                    0..=3 => Command::Send {
+                        queue: q.into(),
+                        messages: (0..1 + rand(30))
+                            .map(|i| {
+                                let mut e = SendEntry::new(format!("{step}-{i}"));
+                                if rand(8) == 0 {
+                                    e.delay_ms = Some(rand(20));
+                                }
+                                if q == "fifo" {
+                                    e.group = Some(format!("g{}", rand(3)));
+                                    e.dedup_id = Some(format!("{step}-{i}"));
+                                }
+                                e
+                            })
+                            .collect(),
+                    },
+                    4..=6 => receive(q, 1 + rand(40) as u32, Some([0, 3, 1000][rand(3) as usize])),
+                    7..=9 => {
+                        let mut rs = Vec::new();
+                        for _ in 0..rand(receipts.len() as u64 + 1).min(40) {
+                            let i = rand(receipts.len() as u64) as usize;
+                            rs.push(receipts[i]);
+                            if rand(3) != 0 {
+                                receipts.swap_remove(i);
+                            }
+                        }
+                        Command::Ack {
+                            queue: q.into(),
+                            receipts: rs,
+                        }
+                    }
+                    10 => Command::Nack {
+                        queue: q.into(),
+                        entries: receipts.iter().take(3).map(|&r| (r, rand(5))).collect(),
+                    },
+                    _ => match rand(3) {
+                        0 => Command::Expire { max: 10 },
+                        1 => Command::Purge {
+                            name: q.into(),
+                            max: 5,
+                        },
+                        _ => Command::ChangeVisibility {
+                            queue: q.into(),
+                            entries: receipts.iter().take(2).map(|&r| (r, 0)).collect(),
+                        },
+                    },
+                };
+                cmds.push(cmd);
+            }
+            let a = run_together(&leader, now, &cmds);
+            let b = run_held(&follower, now, &cmds);
+            for (x, (a, b)) in cmds.iter().zip(a.iter().zip(&b)) {
+                assert_eq!(shape(a), shape(b), "step {step}: {x:?}");
+                if let Ok(Outcome::Deliveries { deliveries, .. }) = a {
+                    receipts.extend(deliveries.iter().map(|d| d.receipt));
+                }
+            }
+            held_most = held_most.max(follower.held.lock().unwrap().len());
+            if rand(40) == 0 {
+                // A durable commit, a snapshot's build or a clean stop.
+                same_state(&leader, &follower);
+            }
+        }
+        same_state(&leader, &follower);
+        assert!(
+            held_most > 20,
+            "the follower held rows: at most {held_most}"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod bodies;
+pub mod held;
 pub mod machine;
 pub mod reclaim;
 pub(crate) mod rows;

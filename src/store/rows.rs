@@ -228,7 +228,11 @@ impl NewRows {
         self.visible.append(&mut later.visible);
     }
 
-    fn slices<'a>(buf: &'a [u8], ends: &'a [usize]) -> impl Iterator<Item = &'a [u8]> + 'a {
+    /// The values encoded back to back in `buf`, each ending at the next of `ends`.
+    pub(crate) fn slices<'a>(
+        buf: &'a [u8],
+        ends: &'a [usize],
+    ) -> impl Iterator<Item = &'a [u8]> + 'a {
         let starts = std::iter::once(0).chain(ends.iter().copied());
         starts.zip(ends.iter().copied()).map(|(a, b)| &buf[a..b])
     }

@@ -1,0 +1,345 @@
+//! Rows a follower holds in memory instead of writing them to its tables.
+//!
+//! A follower applies every command its leader applied, and nobody reads the outcomes. A
+//! message is usually sent, received and acknowledged within a few milliseconds, and each
+//! of those steps rewrote B-tree leaves of [`STATE`](super::schema::STATE) and
+//! [`VISIBLE`](super::schema::VISIBLE): most of a follower's apply. So on a follower the
+//! rows of a message sent without a group stay here, and its receive and its ack change or
+//! remove them here. A message acknowledged before the rows are written never reaches the
+//! tables.
+//!
+//! A message is either here or in the tables, never both. Its `VISIBLE` entry is implied
+//! by its state: `(visible_at, seq)`, flagged in flight or not. The rows are written to
+//! the tables ([`super::machine::Tables::write_held`]) before anything else could read them
+//! there:
+//! - before any command other than a send, a receive or an ack;
+//! - before the first entry this node applies as leader (its own reads and answers then
+//!   see one set of tables);
+//! - in every durable commit, so that a commit that survives a crash, or a snapshot, has
+//!   them: the state machine's periodic one, a snapshot's, a clean stop's;
+//! - once [`MAX_HELD`] messages are held.
+//!
+//! A transaction that fails is run again; [`Held::rollback`] puts back what it changed.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use super::schema::MessageState;
+
+/// The most slots held (see [`Held::slots`]); beyond, the rows are written at the end of
+/// the transaction. A slot takes about 72 bytes and a held message about 40 more, so this
+/// is at most about 2 MiB per shard.
+pub const MAX_HELD: usize = 16_384;
+
+/// The held messages of one queue.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Queue {
+    /// The states of seqs `first..first + states.len()`, `None` for one not held. A
+    /// queue numbers its messages upward and a follower holds those it sent since the
+    /// rows were last written, so they lie close together: a slot each is cheaper than a
+    /// tree. The first and the last slot are held ones.
+    first: u64,
+    states: VecDeque<Option<MessageState>>,
+    /// `(visible_at, seq)` of every state, as `VISIBLE` would key them.
+    visible: BTreeSet<(u64, u64)>,
+}
+
+impl Queue {
+    fn get(&self, seq: u64) -> Option<MessageState> {
+        let i = usize::try_from(seq.checked_sub(self.first)?).ok()?;
+        self.states.get(i).copied().flatten()
+    }
+
+    /// Sets the slot of `seq`, adding empty slots up to it; returns what it held.
+    fn put(&mut self, seq: u64, st: MessageState) -> Option<MessageState> {
+        if self.states.is_empty() {
+            self.first = seq;
+        }
+        while seq < self.first {
+            self.states.push_front(None);
+            self.first -= 1;
+        }
+        let i = (seq - self.first) as usize;
+        while self.states.len() <= i {
+            self.states.push_back(None);
+        }
+        self.states[i].replace(st)
+    }
+
+    /// Empties the slot of `seq`, and the empty slots at either end.
+    fn take(&mut self, seq: u64) -> Option<MessageState> {
+        let i = usize::try_from(seq.checked_sub(self.first)?).ok()?;
+        let old = self.states.get_mut(i)?.take();
+        while let Some(None) = self.states.front() {
+            self.states.pop_front();
+            self.first += 1;
+        }
+        while let Some(None) = self.states.back() {
+            self.states.pop_back();
+        }
+        old
+    }
+
+    /// The held messages, ascending.
+    fn held(&self) -> impl Iterator<Item = (u64, MessageState)> + '_ {
+        (self.first..)
+            .zip(&self.states)
+            .filter_map(|(seq, st)| st.map(|st| (seq, st)))
+    }
+}
+
+/// The messages a follower holds, per queue id (see the module's documentation).
+#[derive(Debug, Default)]
+pub struct Held {
+    queues: BTreeMap<u64, Queue>,
+    len: usize,
+    /// While a transaction runs: each change's message and its state before it (`None`:
+    /// it was not held), in order. A list, not a map: a transaction is undone only after
+    /// a storage error, and a push costs less than a lookup.
+    undo: Option<Vec<(u64, u64, Option<MessageState>)>>,
+}
+
+impl Held {
+    /// Messages held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether queue `qid` has messages held.
+    pub fn has_queue(&self, qid: u64) -> bool {
+        self.queues.contains_key(&qid)
+    }
+
+    /// The state of message `seq` of queue `qid`, if it is held.
+    pub fn get(&self, qid: u64, seq: u64) -> Option<MessageState> {
+        self.queues.get(&qid)?.get(seq)
+    }
+
+    /// Slots taken: the held messages, and the seqs between them no longer held.
+    pub fn slots(&self) -> usize {
+        self.queues.values().map(|q| q.states.len()).sum()
+    }
+
+    /// Starts a transaction: what it changes can be put back by [`Held::rollback`].
+    pub fn begin(&mut self) {
+        self.undo = Some(Vec::new());
+    }
+
+    /// Ends the transaction: its changes stay.
+    pub fn commit(&mut self) {
+        self.undo = None;
+    }
+
+    /// Ends the transaction, putting back every message it changed, added or removed.
+    pub fn rollback(&mut self) {
+        let Some(undo) = self.undo.take() else {
+            return;
+        };
+        for (qid, seq, before) in undo.into_iter().rev() {
+            self.set(qid, seq, before);
+        }
+    }
+
+    /// Records a change's message and the state it replaced, in a transaction.
+    fn note(&mut self, qid: u64, seq: u64, before: Option<MessageState>) {
+        if let Some(undo) = &mut self.undo {
+            undo.push((qid, seq, before));
+        }
+    }
+
+    /// Holds message `seq` of queue `qid` in state `st`, new or changed.
+    pub fn put(&mut self, qid: u64, seq: u64, st: MessageState) {
+        let before = self.set(qid, seq, Some(st));
+        self.note(qid, seq, before);
+    }
+
+    /// Forgets message `seq` of queue `qid`; returns its state if it was held.
+    pub fn remove(&mut self, qid: u64, seq: u64) -> Option<MessageState> {
+        let before = self.set(qid, seq, None)?;
+        self.note(qid, seq, Some(before));
+        Some(before)
+    }
+
+    /// Sets or removes one message, keeping the visible index and the count; returns the
+    /// state it replaced.
+    fn set(&mut self, qid: u64, seq: u64, st: Option<MessageState>) -> Option<MessageState> {
+        let q = self.queues.entry(qid).or_default();
+        let old = match st {
+            Some(st) => q.put(seq, st),
+            None => q.take(seq),
+        };
+        let (was, now) = (old.map(|o| o.visible_at), st.map(|s| s.visible_at));
+        if was != now {
+            if let Some(v) = was {
+                q.visible.remove(&(v, seq));
+            }
+            if let Some(v) = now {
+                q.visible.insert((v, seq));
+            }
+        }
+        if q.states.is_empty() {
+            self.queues.remove(&qid);
+        }
+        match (old.is_some(), st.is_some()) {
+            (false, true) => self.len += 1,
+            (true, false) => self.len -= 1,
+            _ => {}
+        }
+        old
+    }
+
+    /// Up to `n` `(visible_at, seq)` keys of queue `qid`'s held messages from `from`
+    /// (inclusive) whose `visible_at` is at most `to`, in key order.
+    pub fn visible_keys(&self, qid: u64, from: (u64, u64), to: u64, n: usize) -> Vec<(u64, u64)> {
+        let Some(q) = self.queues.get(&qid) else {
+            return Vec::new();
+        };
+        q.visible
+            .range(from..=(to, u64::MAX))
+            .take(n)
+            .copied()
+            .collect()
+    }
+
+    /// The earliest `visible_at` after `now` among queue `qid`'s held messages.
+    pub fn next_visible(&self, qid: u64, now: u64) -> Option<u64> {
+        let q = self.queues.get(&qid)?;
+        let from = (now.checked_add(1)?, 0);
+        q.visible.range(from..).next().map(|&(v, _)| v)
+    }
+
+    /// Takes every held message out, per queue id, each queue's in ascending seq.
+    pub fn take_all(&mut self) -> Vec<(u64, Vec<(u64, MessageState)>)> {
+        self.len = 0;
+        let all: Vec<(u64, Vec<(u64, MessageState)>)> = std::mem::take(&mut self.queues)
+            .into_iter()
+            .map(|(qid, q)| (qid, q.held().collect()))
+            .collect();
+        if let Some(undo) = &mut self.undo {
+            for (qid, msgs) in &all {
+                undo.extend(msgs.iter().map(|&(seq, st)| (*qid, seq, Some(st))));
+            }
+        }
+        all
+    }
+
+    /// Forgets everything, outside any transaction (a snapshot replaced the state).
+    pub fn clear(&mut self) {
+        self.queues.clear();
+        self.len = 0;
+        self.undo = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(visible_at: u64, in_flight: bool) -> MessageState {
+        MessageState {
+            visible_at,
+            sent_ms: 1,
+            receive_count: u32::from(in_flight),
+            in_flight,
+            source_queue: 0,
+            grouped: false,
+            body: None,
+        }
+    }
+
+    /// The held messages as (qid, seq, state), and the index checked against them.
+    fn contents(h: &Held) -> Vec<(u64, u64, MessageState)> {
+        let mut out = Vec::new();
+        for (&qid, q) in &h.queues {
+            let implied: BTreeSet<(u64, u64)> =
+                q.held().map(|(s, st)| (st.visible_at, s)).collect();
+            assert_eq!(implied, q.visible, "the index follows the states");
+            assert!(!q.states.is_empty(), "an empty queue is dropped");
+            assert!(
+                q.states.front().is_some_and(|s| s.is_some()),
+                "no empty first slot"
+            );
+            assert!(
+                q.states.back().is_some_and(|s| s.is_some()),
+                "no empty last slot"
+            );
+            out.extend(q.held().map(|(s, st)| (qid, s, st)));
+        }
+        assert_eq!(out.len(), h.len());
+        out
+    }
+
+    #[test]
+    fn the_visible_index_follows_puts_and_removes() {
+        let mut h = Held::default();
+        h.put(7, 1, st(100, false));
+        h.put(7, 2, st(100, false));
+        h.put(7, 3, st(150, false));
+        h.put(8, 1, st(90, false));
+        assert_eq!(h.visible_keys(7, (0, 0), 120, 10), vec![(100, 1), (100, 2)]);
+        assert_eq!(
+            h.visible_keys(7, (100, 2), 200, 10),
+            vec![(100, 2), (150, 3)]
+        );
+        assert_eq!(h.visible_keys(7, (0, 0), 200, 1), vec![(100, 1)]);
+        assert_eq!(h.next_visible(7, 100), Some(150));
+        assert_eq!(h.next_visible(7, 150), None);
+        // A delivery moves the key to the end of the visibility timeout.
+        h.put(7, 1, st(5000, true));
+        assert_eq!(h.visible_keys(7, (0, 0), 200, 10), vec![(100, 2), (150, 3)]);
+        assert_eq!(h.next_visible(7, 200), Some(5000));
+        assert_eq!(h.remove(7, 2), Some(st(100, false)));
+        assert_eq!(h.remove(7, 2), None);
+        assert_eq!(h.len(), 3);
+        // Queue 7 keeps slots 1 to 3, the emptied one between its held ones.
+        assert_eq!(h.slots(), 4);
+        assert_eq!(h.remove(7, 1), Some(st(5000, true)));
+        assert_eq!(h.slots(), 2, "the empty slots at the front go");
+        h.put(7, 1, st(5000, true));
+        contents(&h);
+        h.remove(8, 1);
+        assert!(!h.has_queue(8));
+        let all = h.take_all();
+        assert_eq!(
+            all,
+            vec![(7, vec![(1, st(5000, true)), (3, st(150, false))])]
+        );
+        assert!(h.is_empty() && !h.has_queue(7));
+    }
+
+    #[test]
+    fn a_rollback_puts_back_every_change_of_the_transaction() {
+        let mut h = Held::default();
+        h.put(7, 1, st(100, false));
+        h.put(7, 2, st(100, false));
+        h.put(9, 4, st(10, false));
+        let before = contents(&h);
+        h.begin();
+        h.put(7, 3, st(120, false)); // added
+        h.put(7, 1, st(900, true)); // changed
+        h.put(7, 1, st(950, true)); // changed again: the first state is the one kept
+        h.remove(7, 2); // removed
+        h.put(7, 2, st(300, false)); // and added back
+        h.remove(9, 4);
+        h.rollback();
+        assert_eq!(contents(&h), before);
+        // Taking everything out is undone too.
+        h.begin();
+        h.put(7, 5, st(130, false));
+        assert_eq!(h.take_all().len(), 2);
+        assert!(h.is_empty());
+        h.rollback();
+        assert_eq!(contents(&h), before);
+        // A committed transaction stays.
+        h.begin();
+        h.remove(7, 1);
+        h.commit();
+        h.rollback();
+        assert_eq!(h.get(7, 1), None);
+        assert_eq!(contents(&h).len(), 2);
+    }
+}
