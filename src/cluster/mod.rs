@@ -306,7 +306,7 @@ struct Local {
     /// The group's message bodies.
     bodies: Arc<crate::store::bodies::Bodies>,
     /// The rows its state machine holds as a follower, which a clean stop writes.
-    held: Arc<std::sync::Mutex<crate::store::held::Held>>,
+    held: Arc<crate::raft::state_machine::HeldRows>,
     /// The committed index, as the group's log store last heard it.
     committed: Arc<AtomicU64>,
     /// The log writer's state the proposer reads, where the linger is set.

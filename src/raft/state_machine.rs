@@ -79,7 +79,49 @@ pub struct StateMachine {
     queue_ids: u64,
     /// The rows this replica holds while a follower ([`crate::store::held`]). Every
     /// transaction takes the lock before redb's write lock.
-    held: Arc<Mutex<Held>>,
+    held: Arc<HeldRows>,
+}
+
+/// The rows a follower holds (see [`crate::store::held`]), beside the database they
+/// belong in. Dropping the last reference writes them there: redb makes the commits made
+/// before a database closes durable, and those count the held messages as applied. A clean
+/// stop has written them already ([`flush`]); this covers every other way out.
+pub struct HeldRows {
+    rows: Mutex<Held>,
+    db: Arc<Database>,
+}
+
+impl HeldRows {
+    fn new(db: Arc<Database>) -> Self {
+        Self {
+            rows: Mutex::default(),
+            db,
+        }
+    }
+}
+
+impl std::ops::Deref for HeldRows {
+    type Target = Mutex<Held>;
+    fn deref(&self) -> &Mutex<Held> {
+        &self.rows
+    }
+}
+
+impl Drop for HeldRows {
+    fn drop(&mut self) {
+        // A panic leaves redb's close to make nothing durable, held or not.
+        if std::thread::panicking() {
+            return;
+        }
+        let held = self.rows.get_mut().unwrap_or_else(|e| e.into_inner());
+        if held.is_empty() {
+            return;
+        }
+        if let Err(e) = commit_held(&self.db, held, None) {
+            tracing::error!(error = %e, messages = held.len(),
+                "a follower's held message rows could not be written as its state machine closed; this replica may lack messages its log applied");
+        }
+    }
 }
 
 /// An apply on the state machine's task must not wait for the disk, but a snapshot's
@@ -221,9 +263,10 @@ impl StateMachine {
         crate::store::upgrade_refs(&db).map_err(sm_write)?;
         let dir = Bodies::dir_for(path);
         let bodies = Bodies::open(&dir, active, end, &live).map_err(sm_write)?;
+        let db = Arc::new(db);
         Ok(StateMachine {
             bodies: Arc::new(bodies),
-            db: Arc::new(db),
+            db: db.clone(),
             wake,
             has_snapshot: Arc::default(),
             last_durable: Arc::new(Mutex::new(std::time::Instant::now())),
@@ -232,7 +275,7 @@ impl StateMachine {
             applied: None,
             beside: Arc::default(),
             queue_ids: 0,
-            held: Arc::default(),
+            held: Arc::new(HeldRows::new(db.clone())),
         })
     }
 
@@ -277,7 +320,7 @@ impl StateMachine {
     }
 
     /// The rows this replica holds, which [`flush`] writes.
-    pub fn held(&self) -> Arc<Mutex<Held>> {
+    pub fn held(&self) -> Arc<HeldRows> {
         self.held.clone()
     }
 

@@ -252,7 +252,7 @@ async fn another_leaders_deliveries_are_applied_without_their_bodies() {
 }
 
 #[tokio::test]
-async fn a_followers_held_messages_reach_its_snapshot_its_stop_and_its_first_own_entry() {
+async fn a_followers_held_messages_reach_its_snapshot_its_stop_its_close_and_its_first_own_entry() {
     use openraft::storage::RaftStateMachine;
     use openraft::{EntryPayload, RaftSnapshotBuilder};
     use redb::{ReadableDatabase, ReadableTableMetadata};
@@ -354,6 +354,17 @@ async fn a_followers_held_messages_reach_its_snapshot_its_stop_and_its_first_own
         other => panic!("{other:?}"),
     };
     assert_eq!(got, [&b"a"[..], b"b", b"c", b"d", b"e", b"f", b"g"]);
+    // Held when the state machine goes away some other way, they are written as it closes:
+    // redb makes the commits before a close durable, and those count them as applied.
+    sm.apply_entries(vec![entry(8, 2, send(&["h"]))])
+        .await
+        .unwrap();
+    assert_eq!((rows(), held_now()), (7, 1));
+    drop((sm, builder, db, bodies, held));
+    let sm = StateMachine::open(&dir.path().join("shard-0000.redb"), Arc::new(|_| {})).unwrap();
+    let txn = sm.database().begin_read().unwrap();
+    let state = txn.open_table(crate::store::schema::STATE).unwrap();
+    assert_eq!(state.len().unwrap(), 8);
 }
 
 mod one_node {
