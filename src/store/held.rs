@@ -17,7 +17,12 @@
 //!   see one set of tables);
 //! - in every durable commit, so that a commit that survives a crash, or a snapshot, has
 //!   them: the state machine's periodic one, a snapshot's, a clean stop's;
-//! - once [`MAX_HELD`] messages are held.
+//! - in the view of the state sent to a follower that needs a snapshot;
+//! - when the state machine goes away without a clean stop (redb makes the commits before
+//!   a database's close durable; see `crate::raft::state_machine::HeldRows`);
+//! - before a step of a body-file compaction, which moves the bodies of the messages in
+//!   the tables;
+//! - at the end of a transaction once more than [`MAX_HELD`] slots are taken.
 //!
 //! A transaction that fails is run again; [`Held::rollback`] puts back what it changed.
 
