@@ -1180,7 +1180,7 @@ impl Node {
     pub async fn expire(&self, chunk: u64) -> u64 {
         let mut total = 0;
         for (group, l) in self.hosted() {
-            if group == CONTROL_GROUP || !is_leader(&l, self.inner.layout.node_id) {
+            if group == CONTROL_GROUP || !leads_applied(&l, self.inner.layout.node_id) {
                 continue;
             }
             loop {
@@ -1385,11 +1385,7 @@ impl Node {
         let (leader, silence, current) = {
             let m = l.raft.metrics();
             let m = m.borrow_watched();
-            // A leader has applied everything committed before it took over once it has
-            // applied an entry of its own term (its first, blank entry, or later).
-            let current = m
-                .last_applied
-                .is_some_and(|a| a.leader_id.term == m.current_term);
+            let current = own_term_applied(&m);
             // A group of one voter is its own quorum: openraft records no
             // acknowledgement for it.
             let alone = m.membership_config.membership().voter_ids().count() <= 1;
@@ -1543,6 +1539,23 @@ impl Node {
 
 fn is_leader(l: &Local, me: NodeId) -> bool {
     l.raft.metrics().borrow_watched().current_leader == Some(me)
+}
+
+/// Whether this replica leads its group and its tables hold everything committed before it
+/// took over: it has applied an entry of its own term. Until then a replica that was a
+/// follower may hold message rows outside its tables (see [`crate::store::held`]), so
+/// whatever reads the tables directly, rather than through a linearizable read, waits.
+fn leads_applied(l: &Local, me: NodeId) -> bool {
+    let m = l.raft.metrics();
+    let m = m.borrow_watched();
+    m.current_leader == Some(me) && own_term_applied(&m)
+}
+
+/// A leader has applied everything committed before it took over once it has applied an
+/// entry of its own term (its first, blank entry, or later).
+fn own_term_applied(m: &openraft::RaftMetrics<crate::raft::TypeConfig>) -> bool {
+    m.last_applied
+        .is_some_and(|a| a.leader_id.term == m.current_term)
 }
 
 async fn read<T: Send + 'static>(

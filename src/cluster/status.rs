@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use redb::ReadableDatabase;
 
-use super::{is_leader, Answer, Node, Op, CONTROL_GROUP};
+use super::{leads_applied, Answer, Node, Op, CONTROL_GROUP};
 use crate::peer::KIND_FORWARD;
 use crate::protocol::{ClusterStatus, GroupStatus, NodeStatus, ReplicaRole, ReplicaStatus};
 use crate::protocol::{QueueCounts, MAX_BATCH};
@@ -93,7 +93,7 @@ impl Node {
         let now = store::now_ms();
         let mut out = Vec::new();
         for (g, l) in self.hosted() {
-            if g == CONTROL_GROUP || !is_leader(&l, me) {
+            if g == CONTROL_GROUP || !leads_applied(&l, me) {
                 continue;
             }
             let Ok(txn) = l.db.begin_read() else {
