@@ -9,6 +9,24 @@ use super::log_store::LogStore;
 use super::state_machine::StateMachine;
 use super::{StorageError, TypeConfig};
 
+/// Entry `index` of term 1, proposed by `leader`.
+fn entry(
+    index: u64,
+    leader: super::NodeId,
+    payload: <TypeConfig as openraft::RaftTypeConfig>::Payload,
+) -> super::Entry {
+    super::Entry {
+        log_id: super::LogId::new(
+            super::CommittedLeaderId {
+                term: 1,
+                node_id: leader,
+            },
+            index,
+        ),
+        payload,
+    }
+}
+
 struct Builder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
@@ -43,20 +61,9 @@ async fn openraft_storage_suite() {
 async fn the_state_machine_tells_the_log_what_it_applied() {
     use openraft::EntryPayload;
 
-    use super::{CommittedLeaderId, Entry, LogId};
-
     let (_dir, log, sm) = Builder.build().await.expect("stores");
     let mut sm = sm;
-    let entry = |i| Entry {
-        log_id: LogId::new(
-            CommittedLeaderId {
-                term: 1,
-                node_id: 1,
-            },
-            i,
-        ),
-        payload: EntryPayload::Blank,
-    };
+    let entry = |i| entry(i, 1, EntryPayload::Blank);
     assert_eq!(log.applied().get(), 0);
     sm.apply_entries(vec![entry(1), entry(2)])
         .await
@@ -68,8 +75,6 @@ async fn the_state_machine_tells_the_log_what_it_applied() {
 async fn the_state_machine_answers_the_proposer_as_soon_as_the_entry_commits() {
     use openraft::EntryPayload;
 
-    use super::{CommittedLeaderId, Entry, LogId};
-
     use super::{Answer, Proposal};
     use crate::protocol::{QueuePatch, Status};
     use crate::store::{Command, Outcome};
@@ -79,16 +84,7 @@ async fn the_state_machine_answers_the_proposer_as_soon_as_the_entry_commits() {
         name: "q".into(),
         patch: QueuePatch::default(),
     };
-    let entry = |i, p| Entry {
-        log_id: LogId::new(
-            CommittedLeaderId {
-                term: 1,
-                node_id: 1,
-            },
-            i,
-        ),
-        payload: EntryPayload::Normal(p),
-    };
+    let entry = |i, p| entry(i, 1, EntryPayload::Normal(p));
     let (tx, rx) = std::sync::mpsc::channel();
     let answer = Answer::new(move |r| {
         let _ = tx.send(r);
@@ -129,8 +125,6 @@ async fn waiting_receivers_are_woken_before_the_proposer_is_answered() {
 
     use openraft::EntryPayload;
 
-    use super::{CommittedLeaderId, Entry, LogId};
-
     use super::{Answer, Proposal};
     use crate::protocol::{QueuePatch, SendEntry};
     use crate::store::Command;
@@ -147,16 +141,7 @@ async fn waiting_receivers_are_woken_before_the_proposer_is_answered() {
         }),
     )
     .expect("state machine");
-    let entry = |i, p| Entry {
-        log_id: LogId::new(
-            CommittedLeaderId {
-                term: 1,
-                node_id: 1,
-            },
-            i,
-        ),
-        payload: EntryPayload::Normal(p),
-    };
+    let entry = |i, p| entry(i, 1, EntryPayload::Normal(p));
     let create = Command::CreateQueue {
         name: "q".into(),
         patch: QueuePatch::default(),
@@ -189,8 +174,6 @@ async fn waiting_receivers_are_woken_before_the_proposer_is_answered() {
 async fn another_leaders_deliveries_are_applied_without_their_bodies() {
     use openraft::EntryPayload;
 
-    use super::{CommittedLeaderId, Entry, LogId};
-
     use super::Proposal;
     use crate::protocol::{QueuePatch, SendEntry};
     use crate::store::{Command, Outcome};
@@ -200,16 +183,8 @@ async fn another_leaders_deliveries_are_applied_without_their_bodies() {
         .expect("state machine")
         .answering_for(1);
     // Entry `i` proposed by `leader`.
-    let entry = |i, leader, cmd| Entry {
-        log_id: LogId::new(
-            CommittedLeaderId {
-                term: 1,
-                node_id: leader,
-            },
-            i,
-        ),
-        payload: EntryPayload::Normal(Proposal::new(1, vec![cmd])),
-    };
+    let entry =
+        |i, leader, cmd| entry(i, leader, EntryPayload::Normal(Proposal::new(1, vec![cmd])));
     let receive = || Command::Receive {
         queue: "q".into(),
         max: 1,
@@ -257,8 +232,6 @@ async fn a_followers_held_messages_reach_its_snapshot_its_stop_its_close_and_its
     use openraft::{EntryPayload, RaftSnapshotBuilder};
     use redb::{ReadableDatabase, ReadableTableMetadata};
 
-    use super::{CommittedLeaderId, Entry, LogId};
-
     use super::Proposal;
     use crate::protocol::{QueuePatch, SendEntry};
     use crate::store::{Command, Outcome};
@@ -268,16 +241,6 @@ async fn a_followers_held_messages_reach_its_snapshot_its_stop_its_close_and_its
         .expect("state machine")
         .answering_for(1);
     let (db, bodies, held) = (sm.database(), sm.bodies(), sm.held());
-    let entry = |i, leader, payload| Entry {
-        log_id: LogId::new(
-            CommittedLeaderId {
-                term: 1,
-                node_id: leader,
-            },
-            i,
-        ),
-        payload,
-    };
     let normal = |cmd| EntryPayload::Normal(Proposal::new(1, vec![cmd]));
     let send = |bodies: &[&str]| {
         normal(Command::Send {
