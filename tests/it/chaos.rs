@@ -71,6 +71,8 @@ struct History {
     /// Acks answered OK: (queue, message id) → (delivery count, when the answer came).
     ok_acks: HashMap<(&'static str, u64), Vec<(u32, Instant)>>,
     faults: Vec<String>,
+    /// When the faults began: the faults' times, and those an anomaly names, count from it.
+    start: Option<Instant>,
 }
 
 type Shared = Arc<Mutex<History>>;
@@ -187,6 +189,7 @@ async fn nemesis(nodes: Arc<Mutex<Vec<Node>>>, h: Shared, seed: u64, until: Inst
     let mut rng = Rng::new(seed ^ 0x9E37_79B9_7F4A_7C15);
     let n = nodes.lock().unwrap().len() as u64;
     let start = Instant::now();
+    lock(&h).start = Some(start);
     while Instant::now() < until {
         tokio::time::sleep(rng.millis(500, 1500)).await;
         let victim = rng.below(n) as usize;
@@ -308,12 +311,27 @@ fn check(h: &History) -> Vec<String> {
                 "stale receipt: {queue} message {id} acked for deliveries {counts:?}"
             ));
         }
-        let first_ok = acks.iter().map(|a| a.1).min().expect("an ack");
-        for r in deliveries.get(&(*queue, *id)).into_iter().flatten() {
+        let (first_count, first_ok) = acks.iter().min_by_key(|a| a.1).copied().expect("an ack");
+        let list = deliveries.get(&(*queue, *id));
+        let secs = |t: Instant| {
+            h.start
+                .map_or(0.0, |s| t.saturating_duration_since(s).as_secs_f64())
+        };
+        // The body of the delivery the first successful ack was for, to tell a message
+        // delivered again from another that was given the same id.
+        let acked_body = list
+            .into_iter()
+            .flatten()
+            .find(|r| r.count == first_count && r.got <= first_ok)
+            .map_or("?", |r| r.body.as_str());
+        for r in list.into_iter().flatten() {
             if r.asked > first_ok {
                 anomalies.push(format!(
-                    "acked then delivered: {queue} message {id} delivered again (count {}) after its ack",
-                    r.count
+                    "acked then delivered: {queue} message {id} delivered again (count {}, {:?}, asked at {:.1}s) after its ack of delivery {first_count} ({acked_body:?}) at {:.1}s",
+                    r.count,
+                    r.body,
+                    secs(r.asked),
+                    secs(first_ok)
                 ));
             }
         }
