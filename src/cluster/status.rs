@@ -87,7 +87,8 @@ fn role_of(state: ServerState) -> ReplicaRole {
 
 impl Node {
     /// Message counts of every queue in the shards this node leads (for the metrics
-    /// endpoint: each queue is reported by exactly one node, its shard's leader).
+    /// endpoint: each queue is reported by at most one node, its shard's leader, and by
+    /// none in the moment after an election before the new leader applies its first entry).
     pub fn led_queue_counts(&self) -> Vec<(String, QueueCounts)> {
         let me = self.inner.layout.node_id;
         let now = store::now_ms();
