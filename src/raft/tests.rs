@@ -10,7 +10,7 @@ use super::state_machine::StateMachine;
 use super::{StorageError, TypeConfig};
 
 /// Entry `index` of term 1, proposed by `leader`.
-fn entry(
+fn test_entry(
     index: u64,
     leader: super::NodeId,
     payload: <TypeConfig as openraft::RaftTypeConfig>::Payload,
@@ -63,7 +63,7 @@ async fn the_state_machine_tells_the_log_what_it_applied() {
 
     let (_dir, log, sm) = Builder.build().await.expect("stores");
     let mut sm = sm;
-    let entry = |i| entry(i, 1, EntryPayload::Blank);
+    let entry = |i| test_entry(i, 1, EntryPayload::Blank);
     assert_eq!(log.applied().get(), 0);
     sm.apply_entries(vec![entry(1), entry(2)])
         .await
@@ -84,7 +84,7 @@ async fn the_state_machine_answers_the_proposer_as_soon_as_the_entry_commits() {
         name: "q".into(),
         patch: QueuePatch::default(),
     };
-    let entry = |i, p| entry(i, 1, EntryPayload::Normal(p));
+    let entry = |i, p| test_entry(i, 1, EntryPayload::Normal(p));
     let (tx, rx) = std::sync::mpsc::channel();
     let answer = Answer::new(move |r| {
         let _ = tx.send(r);
@@ -141,7 +141,7 @@ async fn waiting_receivers_are_woken_before_the_proposer_is_answered() {
         }),
     )
     .expect("state machine");
-    let entry = |i, p| entry(i, 1, EntryPayload::Normal(p));
+    let entry = |i, p| test_entry(i, 1, EntryPayload::Normal(p));
     let create = Command::CreateQueue {
         name: "q".into(),
         patch: QueuePatch::default(),
@@ -184,7 +184,7 @@ async fn another_leaders_deliveries_are_applied_without_their_bodies() {
         .answering_for(1);
     // Entry `i` proposed by `leader`.
     let entry =
-        |i, leader, cmd| entry(i, leader, EntryPayload::Normal(Proposal::new(1, vec![cmd])));
+        |i, leader, cmd| test_entry(i, leader, EntryPayload::Normal(Proposal::new(1, vec![cmd])));
     let receive = || Command::Receive {
         queue: "q".into(),
         max: 1,
@@ -264,8 +264,8 @@ async fn a_followers_held_messages_reach_its_snapshot_its_stop_its_close_and_its
     });
     // Node 2 leads: this follower holds what it sends.
     sm.apply_entries(vec![
-        entry(1, 2, create),
-        entry(2, 2, send(&["a", "b", "c"])),
+        test_entry(1, 2, create),
+        test_entry(2, 2, send(&["a", "b", "c"])),
     ])
     .await
     .unwrap();
@@ -275,14 +275,14 @@ async fn a_followers_held_messages_reach_its_snapshot_its_stop_its_close_and_its
     builder.build_snapshot().await.unwrap();
     assert_eq!((rows(), held_now()), (3, 0));
     // So has the view sent to a follower that needs a snapshot.
-    sm.apply_entries(vec![entry(3, 2, send(&["d"]))])
+    sm.apply_entries(vec![test_entry(3, 2, send(&["d"]))])
         .await
         .unwrap();
     assert_eq!((rows(), held_now()), (3, 1));
     assert!(sm.get_current_snapshot().await.unwrap().is_some());
     assert_eq!((rows(), held_now()), (4, 0));
     // So has a clean stop's flush.
-    sm.apply_entries(vec![entry(4, 2, send(&["e"]))])
+    sm.apply_entries(vec![test_entry(4, 2, send(&["e"]))])
         .await
         .unwrap();
     assert_eq!((rows(), held_now()), (4, 1));
@@ -290,16 +290,16 @@ async fn a_followers_held_messages_reach_its_snapshot_its_stop_its_close_and_its
     assert_eq!((rows(), held_now()), (5, 0));
     // And this node's first entry as leader, its blank one, writes them before its own
     // commands read the tables.
-    sm.apply_entries(vec![entry(5, 2, send(&["f", "g"]))])
+    sm.apply_entries(vec![test_entry(5, 2, send(&["f", "g"]))])
         .await
         .unwrap();
     assert_eq!((rows(), held_now()), (5, 2));
-    sm.apply_entries(vec![entry(6, 1, EntryPayload::Blank)])
+    sm.apply_entries(vec![test_entry(6, 1, EntryPayload::Blank)])
         .await
         .unwrap();
     assert_eq!((rows(), held_now()), (7, 0));
     let replies = sm
-        .apply_entries(vec![entry(
+        .apply_entries(vec![test_entry(
             7,
             1,
             normal(Command::Receive {
@@ -319,7 +319,7 @@ async fn a_followers_held_messages_reach_its_snapshot_its_stop_its_close_and_its
     assert_eq!(got, [&b"a"[..], b"b", b"c", b"d", b"e", b"f", b"g"]);
     // Held when the state machine goes away some other way, they are written as it closes:
     // redb makes the commits before a close durable, and those count them as applied.
-    sm.apply_entries(vec![entry(8, 2, send(&["h"]))])
+    sm.apply_entries(vec![test_entry(8, 2, send(&["h"]))])
         .await
         .unwrap();
     assert_eq!((rows(), held_now()), (7, 1));
