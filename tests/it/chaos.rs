@@ -9,19 +9,30 @@
 //!   under two ids);
 //! - FIFO: a message group delivered out of send order;
 //! - stale receipt: two deliveries of one message both acked, or a message delivered
-//!   again after an ack of it succeeded.
+//!   again after an ack of it succeeded;
+//! - replicas differ: once the load has stopped and every replica of a shard has applied
+//!   the same entries, the nodes are stopped and their databases' message tables compared
+//!   row by row. Replicas apply one log, so they must match; one that does not would
+//!   answer differently once it leads, which the history alone shows only if it comes to
+//!   lead.
 //!
 //! The short form runs in CI. `MQD_CHAOS_SECONDS=600 MQD_CHAOS_SEED=N cargo test --test
 //! it chaos:: -- --nocapture` runs a long one, or replays a seed (see docs/RELIABILITY.md).
 //! The seed and the history's size are printed either way.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mqd::client::Client;
 use mqd::protocol::{QueuePatch, SendEntry, Status};
+use mqd::store::schema::{
+    decode_state, DEDUP, DEDUP_EXPIRY, FIFO_ORDER, MSG_GROUP, QUEUES, QUEUE_NAMES, STATE, STATS,
+    VISIBLE,
+};
+use redb::{ReadableDatabase, ReadableTable};
 
 use crate::common::Node;
 
@@ -339,6 +350,129 @@ fn check(h: &History) -> Vec<String> {
     anomalies
 }
 
+/// Waits (up to 30 s) until every group has a leader and every replica has applied all
+/// the group has committed; the error says which group did not.
+async fn settle(c: &Client) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let behind = match c.cluster_status().await {
+            Ok(status) => status
+                .groups
+                .iter()
+                .find(|g| {
+                    g.leader.is_none()
+                        || g.replicas.len() != 3
+                        || g.replicas.iter().any(|r| r.applied != g.committed)
+                })
+                .map(|g| format!("{g:?}")),
+            Err(e) => Some(format!("cluster status: {e}")),
+        };
+        let Some(behind) = behind else {
+            return Ok(());
+        };
+        if Instant::now() > deadline {
+            return Err(format!(
+                "replicas not settled 30 s after the load stopped: {behind}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every node's shard databases (in `dirs`, one per node), compared: the rows of their
+/// message tables must match. Each difference is an anomaly naming the rows.
+fn compare_replicas(dirs: &[std::path::PathBuf]) -> Vec<String> {
+    let all: Vec<BTreeMap<String, (String, BTreeSet<String>)>> =
+        dirs.iter().map(|d| shard_rows(d)).collect();
+    let mut anomalies = Vec::new();
+    let only = |node: usize, rows: Vec<&String>| -> String {
+        let shown: Vec<&str> = rows.iter().take(5).map(|s| s.as_str()).collect();
+        format!("{} rows only on node {node} {shown:?}", rows.len())
+    };
+    for (file, (applied, rows)) in &all[0] {
+        eprintln!(
+            "chaos: replicas compared: {file} applied {applied}, {} rows",
+            rows.len()
+        );
+        for (i, other) in all.iter().enumerate().skip(1) {
+            let Some((other_applied, other_rows)) = other.get(file) else {
+                anomalies.push(format!("replicas differ: node {} has no {file}", i + 1));
+                continue;
+            };
+            if rows != other_rows {
+                anomalies.push(format!(
+                    "replicas differ: {file} of node 1 (applied {applied}) and node {} (applied {other_applied}): {}; {}",
+                    i + 1,
+                    only(1, rows.difference(other_rows).collect()),
+                    only(i + 1, other_rows.difference(rows).collect()),
+                ));
+            }
+        }
+    }
+    anomalies
+}
+
+/// For each shard database in `dir` (`shard-NNNN.redb`): the last log id it applied, and
+/// the rows of its message tables in words. Body references are left out: where a body
+/// lies in the body files is each replica's own.
+fn shard_rows(dir: &Path) -> BTreeMap<String, (String, BTreeSet<String>)> {
+    macro_rules! rows {
+        ($txn:expr, $def:expr, $out:expr, |$k:ident, $v:ident| $row:expr) => {
+            match $txn.open_table($def) {
+                Ok(t) => {
+                    for e in t.iter().expect("read a table") {
+                        let (k, v) = e.expect("read a row");
+                        let ($k, $v) = (k.value(), v.value());
+                        $out.insert($row);
+                    }
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(e) => panic!("{}: {e}", dir.display()),
+            }
+        };
+    }
+    let meta: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("raft_sm_meta");
+    let mut out = BTreeMap::new();
+    for f in std::fs::read_dir(dir).expect("data dir").flatten() {
+        let name = f.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("shard-") && name.ends_with(".redb")) {
+            continue;
+        }
+        let db = redb::Database::open(f.path())
+            .unwrap_or_else(|e| panic!("open {}: {e}", f.path().display()));
+        let txn = db.begin_read().expect("read transaction");
+        let applied = txn
+            .open_table(meta)
+            .ok()
+            .and_then(|t| t.get("applied").ok().flatten().map(|v| v.value().to_vec()))
+            .and_then(|v| postcard::from_bytes::<Option<mqd::raft::LogId>>(&v).ok())
+            .flatten()
+            .map_or("nothing".to_string(), |l| l.to_string());
+        let mut rows = BTreeSet::new();
+        rows!(txn, QUEUES, rows, |k, v| format!("queue {k} = {v:?}"));
+        rows!(txn, QUEUE_NAMES, rows, |k, v| format!(
+            "queue name {k} = {v}"
+        ));
+        rows!(txn, STATS, rows, |k, v| format!("stats {k} = {v:?}"));
+        rows!(txn, STATE, rows, |k, v| match decode_state(v) {
+            Ok(st) => format!(
+                "state {k:?} = {:?}",
+                mqd::store::schema::MessageState { body: None, ..st }
+            ),
+            Err(e) => format!("state {k:?}: {e}"),
+        });
+        rows!(txn, VISIBLE, rows, |k, v| format!("visible {k:?} = {v}"));
+        rows!(txn, MSG_GROUP, rows, |k, v| format!("group {k:?} = {v}"));
+        rows!(txn, FIFO_ORDER, rows, |k, v| format!("fifo {k:?} = {v}"));
+        rows!(txn, DEDUP, rows, |k, v| format!("dedup {k:?} = {v:?}"));
+        rows!(txn, DEDUP_EXPIRY, rows, |k, v| format!(
+            "dedup expiry {k:?} = {v}"
+        ));
+        out.insert(name, (applied, rows));
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_lose_nothing_acknowledged_and_break_no_guarantee() {
     let seed = std::env::var("MQD_CHAOS_SEED")
@@ -458,11 +592,34 @@ async fn faults_lose_nothing_acknowledged_and_break_no_guarantee() {
         t_drained.as_secs_f64(),
         t0.elapsed().as_secs_f64()
     );
+    let mut anomalies = settle(&admin).await.err().into_iter().collect::<Vec<_>>();
+    let stopped = {
+        let nodes = nodes.clone();
+        tokio::task::spawn_blocking(move || Node::terminate_all(&mut nodes.lock().unwrap()))
+            .await
+            .expect("stop the nodes")
+    };
+    for (i, clean) in stopped.iter().enumerate() {
+        if !clean {
+            anomalies.push(format!(
+                "node {}: no clean exit within 20 s of SIGTERM",
+                i + 1
+            ));
+        }
+    }
+    anomalies.extend(compare_replicas(
+        &nodes
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|n| n.dir().to_path_buf())
+            .collect::<Vec<_>>(),
+    ));
     let hist = lock(&h);
     for f in &hist.faults {
         eprintln!("fault {f}");
     }
-    let anomalies = check(&hist);
+    anomalies.extend(check(&hist));
     eprintln!(
         "chaos: seed {seed}: {} faults; {} sends attempted, {} acknowledged; {} deliveries; {} acks; {} anomalies",
         hist.faults.len(),
@@ -474,6 +631,12 @@ async fn faults_lose_nothing_acknowledged_and_break_no_guarantee() {
     );
     for a in &anomalies {
         eprintln!("anomaly: {a}");
+    }
+    if !anomalies.is_empty() {
+        // The nodes' data directories and logs, to find out why.
+        for n in nodes.lock().unwrap().iter_mut() {
+            eprintln!("chaos: kept {}", n.keep_dir().display());
+        }
     }
     assert!(
         anomalies.is_empty(),

@@ -12,7 +12,8 @@ use mqd::client::{Client, ClientConfig};
 pub struct Node {
     child: Option<Child>,
     dir: PathBuf,
-    _tmp: Option<tempfile::TempDir>,
+    /// Removed when the node is dropped, unless kept ([`Node::keep_dir`]).
+    tmp: Option<tempfile::TempDir>,
     pub addr: SocketAddr,
     /// Where it listens (`127.0.0.1:0` unless it is a cluster member, whose port is fixed).
     listen: SocketAddr,
@@ -63,7 +64,7 @@ impl Node {
         Node {
             child: Some(child),
             dir,
-            _tmp: Some(tmp),
+            tmp: Some(tmp),
             addr,
             listen,
             args,
@@ -79,7 +80,7 @@ impl Node {
         Node {
             child: Some(child),
             dir: dir.to_path_buf(),
-            _tmp: None,
+            tmp: None,
             addr,
             listen,
             args,
@@ -140,7 +141,7 @@ impl Node {
             nodes.push(Node {
                 child: Some(child),
                 dir,
-                _tmp: Some(tmp),
+                tmp: Some(tmp),
                 addr,
                 listen: addrs[i],
                 args,
@@ -185,7 +186,7 @@ impl Node {
         Node {
             child: Some(child),
             dir,
-            _tmp: Some(tmp),
+            tmp: Some(tmp),
             addr,
             listen,
             args,
@@ -351,25 +352,48 @@ impl Node {
 
     /// SIGTERM, then wait (up to 20 s) for a clean exit; returns whether it exited 0.
     pub fn terminate(&mut self) -> bool {
-        let Some(mut c) = self.child.take() else {
-            return false;
-        };
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(c.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(status)) = c.try_wait() {
-                return status.success();
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                let _ = c.wait();
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        Node::terminate_all(std::slice::from_mut(self))[0]
+    }
+
+    /// SIGTERM to every node at once, then waits (up to 20 s) for each to exit; returns,
+    /// node by node, whether it exited 0. One not gone by then is killed.
+    pub fn terminate_all(nodes: &mut [Node]) -> Vec<bool> {
+        let children: Vec<Option<Child>> = nodes.iter_mut().map(|n| n.child.take()).collect();
+        for c in children.iter().flatten() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
         }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        children
+            .into_iter()
+            .map(|c| {
+                let Some(mut c) = c else {
+                    return false;
+                };
+                loop {
+                    if let Ok(Some(status)) = c.try_wait() {
+                        return status.success();
+                    }
+                    if Instant::now() > deadline {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        return false;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+            .collect()
+    }
+
+    /// Keeps the data directory (and the node's log in it) after the test, to look at
+    /// after a failure; returns its path.
+    pub fn keep_dir(&mut self) -> PathBuf {
+        if let Some(t) = self.tmp.take() {
+            let _ = t.keep();
+        }
+        self.dir.clone()
     }
 
     /// Starts the node again on the same data directory (a new port, unless it is a
