@@ -365,6 +365,14 @@ fn file_stem(group: u64) -> String {
 
 /// openraft's settings for every group of this node: the operator's timing (checked by
 /// [`RaftTiming::new`]), the election timeout drawn from `[t, 2t)`.
+///
+/// A leader that restarts comes back as a follower and is elected again, in a new term
+/// (openraft's `enable_leader_restore`, on by default, would let it lead on in its old
+/// term). The log replicates entries before the leader's own write of them is synced, so a
+/// killed leader may come back without entries its followers hold; leading on in the same
+/// term, it would write other entries under those entries' log ids, and Raft, which takes
+/// one log id for one entry, would keep the replicas' logs apart. (The state machine's
+/// commits are not synced either, which openraft names as the other reason to turn it off.)
 fn raft_config(timing: RaftTiming) -> Result<Arc<openraft::Config>, NodeError> {
     openraft::Config {
         cluster_name: "mqd".into(),
@@ -373,6 +381,7 @@ fn raft_config(timing: RaftTiming) -> Result<Arc<openraft::Config>, NodeError> {
         election_timeout_max: 2 * timing.election_timeout_ms,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
         max_in_snapshot_log_to_keep: 256,
+        enable_leader_restore: Some(false),
         ..Default::default()
     }
     .validate()

@@ -1057,3 +1057,55 @@ async fn the_election_timeout_set_is_how_long_a_dead_leaders_shards_wait() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A leader killed and restarted before anyone else stood for election comes back as a
+/// follower and must be elected again, in a new term. Taking up its old term at once (what
+/// openraft does unless told not to) is unsafe here: the leader may have sent followers
+/// entries its own disk did not yet hold, and the entries it then wrote under the same
+/// term would carry the same log ids with other commands, so the replicas would apply
+/// different logs (the fault test saw acked messages delivered again after that).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_stands_for_election_again() {
+    let mut nodes = Node::start_cluster(3, SHARDS);
+    let want = preferred_leaders();
+    wait_leaders(&nodes[0], &want, Duration::from_secs(30), "at the start").await;
+    let term_before = |s: &mqd::protocol::ClusterStatus| s.groups[3].term;
+    let before = term_before(&nodes[0].client().await.cluster_status().await.unwrap());
+    // Nobody else can stand for election while node 3 (the leader of group 3) restarts.
+    nodes[0].signal("STOP");
+    nodes[1].signal("STOP");
+    nodes[2].restart();
+    let status = nodes[2].client().await.cluster_status().await.unwrap();
+    let role = status.groups[3]
+        .replicas
+        .iter()
+        .find(|r| r.node == 3)
+        .map(|r| r.role);
+    nodes[0].signal("CONT");
+    nodes[1].signal("CONT");
+    assert_ne!(
+        role,
+        Some(ReplicaRole::Leader),
+        "node 3 leads group 3 again right after its restart, in term {} (before: {before})",
+        status.groups[3].term
+    );
+    // The cluster goes on: every group has a leader again, group 3 in a later term.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(s) = nodes[0].client().await.cluster_status().await {
+            if s.groups.iter().all(|g| g.leader.is_some()) {
+                assert!(
+                    term_before(&s) > before,
+                    "group 3 is in term {}",
+                    s.groups[3].term
+                );
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a group without a leader 30 s after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
