@@ -1499,6 +1499,46 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
+/// Every whole record in the segment files of a log directory that no node has open,
+/// oldest first: its entry's log id and the record's checksum, which covers the index and
+/// the encoded entry, so that two copies of one entry carry the same checksum. Records
+/// below the purge point are listed while their segment is still on disk. For comparing
+/// the logs of stopped replicas: Raft never lets one log id stand for two entries.
+pub fn records_in(dir: &Path) -> io::Result<Vec<(LogId, u32)>> {
+    let mut firsts = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let name = e?.file_name();
+        if let Some(stem) = name.to_string_lossy().strip_suffix(SEGMENT_SUFFIX) {
+            if let Ok(first) = stem.parse::<u64>() {
+                firsts.push(first);
+            }
+        }
+    }
+    firsts.sort_unstable();
+    let mut out = Vec::new();
+    let mut data = Vec::new();
+    for first in firsts {
+        data.clear();
+        File::open(segment_path(dir, first))?.read_to_end(&mut data)?;
+        let (mut pos, mut index) = (0, first);
+        while let Some(end) = record_at(&data, pos, index) {
+            let mut crc = [0u8; 4];
+            crc.copy_from_slice(&data[pos + 4..pos + 8]);
+            // An entry is encoded with its log id first: only that is decoded.
+            let (log_id, _) = postcard::take_from_bytes::<LogId>(&data[pos + HEADER..end])
+                .map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{}: entry {index}: {e}", segment_path(dir, first).display()),
+                    )
+                })?;
+            out.push((log_id, u32::from_le_bytes(crc)));
+            (pos, index) = (end, index + 1);
+        }
+    }
+    Ok(out)
+}
+
 /// Moves a log kept in a redb database by earlier versions (`old`, `shard-NNNN.log.redb`)
 /// into the segment directory `dir`, then deletes `old`. The new directory is built under
 /// a temporary name and renamed into place, so a crash in the middle leaves the old file
@@ -1655,6 +1695,40 @@ mod tests {
             .collect();
         names.sort();
         names
+    }
+
+    #[test]
+    fn records_in_lists_every_entry_and_tells_two_versions_of_one_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+        rt().block_on(async {
+            drop(tens(&a, 3).await);
+            let mut store = on_disk(LogStore::open_with(&b, 64).unwrap());
+            append(&mut store, 1..=29).await;
+            // Entry 30 under the same log id as in `a`, but another command.
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let other = Entry {
+                log_id: id(30),
+                payload: EntryPayload::Normal(crate::raft::Proposal::new(7, Vec::new())),
+            };
+            let done: Done = Box::new(move |r| {
+                let _ = tx.send(r);
+            });
+            store.append_with([other], done).unwrap();
+            rx.await.unwrap().unwrap();
+        });
+        assert!(segments(&a).len() > 1, "the entries span several segments");
+        let (ra, rb) = (records_in(&a).unwrap(), records_in(&b).unwrap());
+        let ids = |r: &[(LogId, u32)]| r.iter().map(|(l, _)| *l).collect::<Vec<_>>();
+        assert_eq!(ids(&ra), (1..=30).map(id).collect::<Vec<_>>());
+        assert_eq!(ids(&rb), ids(&ra));
+        assert_eq!(
+            ra[..29],
+            rb[..29],
+            "the same entries carry the same checksums"
+        );
+        assert_eq!(ra[29].0, rb[29].0);
+        assert_ne!(ra[29].1, rb[29].1, "two versions of entry 30");
     }
 
     #[test]

@@ -324,6 +324,13 @@ impl StateMachine {
         self.held.clone()
     }
 
+    /// The last log id a shard database has applied, read from a database that is not
+    /// open elsewhere: for comparing the files of stopped replicas.
+    pub fn applied_in(db: &Database) -> Result<Option<LogId>, StorageError> {
+        let txn = db.begin_read().map_err(sm_read)?;
+        Self::meta(&txn, "applied")
+    }
+
     fn meta<T: serde::de::DeserializeOwned + Default>(
         txn: &redb::ReadTransaction,
         key: &str,

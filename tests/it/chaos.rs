@@ -15,6 +15,8 @@
 //!   row by row. Replicas apply one log, so they must match; one that does not would
 //!   answer differently once it leads, which the history alone shows only if it comes to
 //!   lead.
+//! - logs differ: one log id seen standing for two different entries in the nodes' Raft
+//!   logs, which are read every 5 s during the run and once after the stop.
 //!
 //! The short form runs in CI. `MQD_CHAOS_SECONDS=600 MQD_CHAOS_SEED=N cargo test --test
 //! it chaos:: -- --nocapture` runs a long one, or replays a seed (see docs/RELIABILITY.md).
@@ -412,6 +414,89 @@ fn compare_replicas(dirs: &[std::path::PathBuf]) -> Vec<String> {
     anomalies
 }
 
+/// Every log id the nodes' Raft logs were seen holding, with the checksum of its record,
+/// gathered by reading the nodes' segment files every few seconds during the run and
+/// once after the stop. Raft never writes two entries under one log id; a leader that did
+/// (as a restarted one once could) leaves replicas that applied different commands, and
+/// snapshots may bring them back together before the end. A second checksum for one id,
+/// seen at any time on any node, is an anomaly.
+#[derive(Default)]
+struct LogWatch {
+    /// (group, log id) → (the nodes seen holding it as a bit set, the first checksum).
+    seen: BTreeMap<(u32, mqd::raft::LogId), (u8, u32)>,
+    /// (group, log id) of each id seen with two checksums, and what was seen.
+    split: BTreeMap<(u32, mqd::raft::LogId), String>,
+    scans: usize,
+}
+
+impl LogWatch {
+    /// Reads every log of every node in `dirs` (one per node). A running node renames,
+    /// recycles and cuts its files as it goes, so a log that cannot be read is skipped
+    /// and read at the next scan, unless `stopped`.
+    fn scan(&mut self, dirs: &[std::path::PathBuf], at: f64, stopped: bool) {
+        for (i, dir) in dirs.iter().enumerate() {
+            let node = i + 1;
+            for f in std::fs::read_dir(dir).expect("data dir").flatten() {
+                let name = f.file_name().to_string_lossy().into_owned();
+                let Some(group) = name
+                    .strip_prefix("shard-")
+                    .and_then(|n| n.strip_suffix(".log"))
+                    .and_then(|n| n.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                let records = match mqd::raft::log_store::records_in(&f.path()) {
+                    Ok(r) => r,
+                    Err(e) if stopped => panic!("read {}: {e}", f.path().display()),
+                    Err(_) => continue,
+                };
+                for (id, crc) in records {
+                    let (nodes, first) = self.seen.entry((group, id)).or_insert((0, crc));
+                    *nodes |= 1 << node;
+                    if *first != crc {
+                        self.split.entry((group, id)).or_insert_with(|| {
+                            format!("{first:08x} first, {crc:08x} on node {node} at {at:.1}s")
+                        });
+                    }
+                }
+            }
+        }
+        self.scans += 1;
+    }
+
+    /// One anomaly per group with split log ids; prints what was compared.
+    fn anomalies(&self) -> Vec<String> {
+        let mut groups: BTreeMap<u32, (usize, usize)> = BTreeMap::new();
+        for ((group, _), (nodes, _)) in &self.seen {
+            let g = groups.entry(*group).or_default();
+            g.0 += 1;
+            g.1 += usize::from(nodes.count_ones() > 1);
+        }
+        let mut anomalies = Vec::new();
+        for (group, (ids, shared)) in groups {
+            let split: Vec<String> = self
+                .split
+                .iter()
+                .filter(|((g, _), _)| *g == group)
+                .map(|((_, id), seen)| format!("{id}: {seen}"))
+                .collect();
+            eprintln!(
+                "chaos: logs compared ({} scans): shard-{group:04}.log: {ids} log ids, {shared} seen on two nodes or more, {} split",
+                self.scans,
+                split.len()
+            );
+            if !split.is_empty() {
+                anomalies.push(format!(
+                    "logs differ: shard-{group:04}.log: {} log ids stand for two different entries, first {:?}",
+                    split.len(),
+                    &split[..split.len().min(5)]
+                ));
+            }
+        }
+        anomalies
+    }
+}
+
 /// For each shard database in `dir` (`shard-NNNN.redb`): the last log id it applied, and
 /// the rows of its message tables in words. Body references are left out: where a body
 /// lies in the body files is each replica's own.
@@ -431,7 +516,6 @@ fn shard_rows(dir: &Path) -> BTreeMap<String, (String, BTreeSet<String>)> {
             }
         };
     }
-    let meta: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("raft_sm_meta");
     let mut out = BTreeMap::new();
     for f in std::fs::read_dir(dir).expect("data dir").flatten() {
         let name = f.file_name().to_string_lossy().into_owned();
@@ -440,14 +524,10 @@ fn shard_rows(dir: &Path) -> BTreeMap<String, (String, BTreeSet<String>)> {
         }
         let db = redb::Database::open(f.path())
             .unwrap_or_else(|e| panic!("open {}: {e}", f.path().display()));
-        let txn = db.begin_read().expect("read transaction");
-        let applied = txn
-            .open_table(meta)
-            .ok()
-            .and_then(|t| t.get("applied").ok().flatten().map(|v| v.value().to_vec()))
-            .and_then(|v| postcard::from_bytes::<Option<mqd::raft::LogId>>(&v).ok())
-            .flatten()
+        let applied = mqd::raft::state_machine::StateMachine::applied_in(&db)
+            .unwrap_or_else(|e| panic!("{}: {e}", f.path().display()))
             .map_or("nothing".to_string(), |l| l.to_string());
+        let txn = db.begin_read().expect("read transaction");
         let mut rows = BTreeSet::new();
         rows!(txn, QUEUES, rows, |k, v| format!("queue {k} = {v:?}"));
         rows!(txn, QUEUE_NAMES, rows, |k, v| format!(
@@ -548,6 +628,30 @@ async fn faults_lose_nothing_acknowledged_and_break_no_guarantee() {
     }
 
     let t0 = Instant::now();
+    let dirs: Vec<_> = nodes
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|n| n.dir().to_path_buf())
+        .collect();
+    let watcher = {
+        let (dirs, done) = (dirs.clone(), done.clone());
+        tokio::spawn(async move {
+            let logs = Arc::new(Mutex::new(LogWatch::default()));
+            while !done.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let (logs, dirs) = (logs.clone(), dirs.clone());
+                tokio::task::spawn_blocking(move || {
+                    logs.lock()
+                        .unwrap()
+                        .scan(&dirs, t0.elapsed().as_secs_f64(), false)
+                })
+                .await
+                .unwrap();
+            }
+            logs
+        })
+    };
     nemesis(nodes.clone(), h.clone(), seed, until).await;
     stop.store(true, Ordering::Relaxed);
     for p in producers {
@@ -607,14 +711,13 @@ async fn faults_lose_nothing_acknowledged_and_break_no_guarantee() {
             ));
         }
     }
-    anomalies.extend(compare_replicas(
-        &nodes
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|n| n.dir().to_path_buf())
-            .collect::<Vec<_>>(),
-    ));
+    anomalies.extend(compare_replicas(&dirs));
+    let logs = watcher.await.unwrap();
+    {
+        let mut logs = logs.lock().unwrap();
+        logs.scan(&dirs, t0.elapsed().as_secs_f64(), true);
+        anomalies.extend(logs.anomalies());
+    }
     let hist = lock(&h);
     for f in &hist.faults {
         eprintln!("fault {f}");
