@@ -42,6 +42,11 @@ const STD: &str = "chaos-std";
 const FIFO: &str = "chaos-fifo";
 const GROUPS: usize = 4;
 const VISIBILITY_MS: u64 = 3000;
+/// How far a FIFO producer may get ahead of the first deliveries of its group. A group's
+/// next message waits while one is out, so the consumers take one message per group per
+/// round trip, several times slower than the producers send; unchecked, the backlog grew
+/// through the whole run and a 10-minute run spent 37 more minutes draining it.
+const FIFO_AHEAD: u64 = 50;
 
 /// xorshift64*: small, seeded, the same sequence for the same seed.
 struct Rng(u64);
@@ -86,6 +91,8 @@ struct History {
     faults: Vec<String>,
     /// When the faults began: the faults' times, and those an anomaly names, count from it.
     start: Option<Instant>,
+    /// For each FIFO group, one past the highest message number (`g{group}-{n}`) delivered.
+    fifo_delivered: [u64; GROUPS],
 }
 
 type Shared = Arc<Mutex<History>>;
@@ -147,9 +154,18 @@ async fn consume(c: Client, queue: &'static str, h: Shared, done: Arc<AtomicBool
         {
             let mut hist = lock(&h);
             for d in &batch {
+                let body = String::from_utf8_lossy(&d.message.body).into_owned();
+                if let Some((g, n)) = body
+                    .strip_prefix('g')
+                    .and_then(|b| b.split_once('-'))
+                    .and_then(|(g, n)| Some((g.parse::<usize>().ok()?, n.parse::<u64>().ok()?)))
+                    .filter(|&(g, _)| queue == FIFO && g < GROUPS)
+                {
+                    hist.fifo_delivered[g] = hist.fifo_delivered[g].max(n + 1);
+                }
                 hist.received.push(Received {
                     queue,
-                    body: String::from_utf8_lossy(&d.message.body).into_owned(),
+                    body,
                     id: d.message.id,
                     count: d.message.receive_count,
                     asked,
@@ -608,6 +624,10 @@ async fn faults_lose_nothing_acknowledged_and_break_no_guarantee() {
         producers.push(tokio::spawn(async move {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
+                if n >= lock(&h).fifo_delivered[g] + FIFO_AHEAD {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
                 let body = format!("g{g}-{n}");
                 if send_until_acked(&c, FIFO, &body, Some(format!("g{g}")), &h, &stop).await {
                     n += 1;
