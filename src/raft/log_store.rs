@@ -1499,11 +1499,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
-/// Every whole record in the segment files of a log directory that no node has open,
-/// oldest first: its entry's log id and the record's checksum, which covers the index and
-/// the encoded entry, so that two copies of one entry carry the same checksum. Records
-/// below the purge point are listed while their segment is still on disk. For comparing
-/// the logs of stopped replicas: Raft never lets one log id stand for two entries.
+/// Every whole record in the segment files of a log directory, oldest first: its entry's
+/// log id and the record's checksum, which covers the index and the encoded entry, so that
+/// two copies of one entry carry the same checksum. Records below the purge point are
+/// listed while their segment is still on disk. For comparing replicas' logs: Raft never
+/// lets one log id stand for two entries. The log may be in use: a record still being
+/// written fails its checksum and ends that segment's list, and a segment deleted or
+/// renamed meanwhile makes the call fail (`NotFound`), to be tried again.
 pub fn records_in(dir: &Path) -> io::Result<Vec<(LogId, u32)>> {
     let mut firsts = Vec::new();
     for e in std::fs::read_dir(dir)? {
