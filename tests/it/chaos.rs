@@ -438,8 +438,9 @@ fn compare_replicas(dirs: &[std::path::PathBuf]) -> Vec<String> {
 /// seen at any time on any node, is an anomaly.
 #[derive(Default)]
 struct LogWatch {
-    /// (group, log id) → (the nodes seen holding it as a bit set, the first checksum).
-    seen: BTreeMap<(u32, mqd::raft::LogId), (u8, u32)>,
+    /// (group, log id) → (the nodes seen holding it as a bit set, the first checksum and
+    /// the node it was first seen on).
+    seen: BTreeMap<(u32, mqd::raft::LogId), (u8, u32, usize)>,
     /// (group, log id) of each id seen with two checksums, and what was seen.
     split: BTreeMap<(u32, mqd::raft::LogId), String>,
     scans: usize,
@@ -467,11 +468,11 @@ impl LogWatch {
                     Err(_) => continue,
                 };
                 for (id, crc) in records {
-                    let (nodes, first) = self.seen.entry((group, id)).or_insert((0, crc));
+                    let (nodes, first, on) = self.seen.entry((group, id)).or_insert((0, crc, node));
                     *nodes |= 1 << node;
                     if *first != crc {
                         self.split.entry((group, id)).or_insert_with(|| {
-                            format!("{first:08x} first, {crc:08x} on node {node} at {at:.1}s")
+                            format!("{first:08x} first on node {on}, {crc:08x} on node {node} at {at:.1}s")
                         });
                     }
                 }
@@ -483,7 +484,7 @@ impl LogWatch {
     /// One anomaly per group with split log ids; prints what was compared.
     fn anomalies(&self) -> Vec<String> {
         let mut groups: BTreeMap<u32, (usize, usize)> = BTreeMap::new();
-        for ((group, _), (nodes, _)) in &self.seen {
+        for ((group, _), (nodes, ..)) in &self.seen {
             let g = groups.entry(*group).or_default();
             g.0 += 1;
             g.1 += usize::from(nodes.count_ones() > 1);
@@ -657,14 +658,13 @@ async fn faults_lose_nothing_acknowledged_and_break_no_guarantee() {
     let watcher = {
         let (dirs, done) = (dirs.clone(), done.clone());
         tokio::spawn(async move {
-            let logs = Arc::new(Mutex::new(LogWatch::default()));
+            let mut logs = LogWatch::default();
             while !done.load(Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_secs(5)).await;
-                let (logs, dirs) = (logs.clone(), dirs.clone());
-                tokio::task::spawn_blocking(move || {
-                    logs.lock()
-                        .unwrap()
-                        .scan(&dirs, t0.elapsed().as_secs_f64(), false)
+                let dirs = dirs.clone();
+                logs = tokio::task::spawn_blocking(move || {
+                    logs.scan(&dirs, t0.elapsed().as_secs_f64(), false);
+                    logs
                 })
                 .await
                 .unwrap();
@@ -732,12 +732,9 @@ async fn faults_lose_nothing_acknowledged_and_break_no_guarantee() {
         }
     }
     anomalies.extend(compare_replicas(&dirs));
-    let logs = watcher.await.unwrap();
-    {
-        let mut logs = logs.lock().unwrap();
-        logs.scan(&dirs, t0.elapsed().as_secs_f64(), true);
-        anomalies.extend(logs.anomalies());
-    }
+    let mut logs = watcher.await.unwrap();
+    logs.scan(&dirs, t0.elapsed().as_secs_f64(), true);
+    anomalies.extend(logs.anomalies());
     let hist = lock(&h);
     for f in &hist.faults {
         eprintln!("fault {f}");
