@@ -46,7 +46,7 @@ use crate::peer::{CallError, Connector, GroupNetwork, Router, KIND_FORWARD};
 use crate::protocol::{Message, QueueDescription, QueueLocation, QueuePatch, QueueSummary, Status};
 use crate::raft::log_store::{self, LogStore};
 use crate::raft::proposer::{ProposeError, Proposer, Ride};
-use crate::raft::state_machine::StateMachine;
+use crate::raft::state_machine::{HeldRows, StateMachine};
 use crate::raft::NodeId;
 use crate::store::{self, Command, Outcome, StoreError};
 
@@ -306,7 +306,7 @@ struct Local {
     /// The group's message bodies.
     bodies: Arc<crate::store::bodies::Bodies>,
     /// The rows its state machine holds as a follower, which a clean stop writes.
-    held: Arc<crate::raft::state_machine::HeldRows>,
+    held: Arc<HeldRows>,
     /// The committed index, as the group's log store last heard it.
     committed: Arc<AtomicU64>,
     /// The log writer's state the proposer reads, where the linger is set.
@@ -1195,7 +1195,10 @@ impl Node {
             loop {
                 let db = l.db.clone();
                 let now = store::now_ms();
+                let held = l.held.clone();
                 let due = tokio::task::spawn_blocking(move || {
+                    // Held messages may be old enough to expire (see `crate::store::held`).
+                    held.settle()?;
                     let txn = db.begin_read().map_err(redb::Error::from)?;
                     store::expiry_due(&txn, now)
                 })
@@ -1429,14 +1432,22 @@ impl Node {
                     // Read here rather than on the blocking pool: the queue's record and
                     // the head of its visible index are in redb's cache while it is busy,
                     // and the hand-off to a pool thread and back would cost more than the
-                    // read (see docs/BENCHMARKS.md).
-                    let pre =
-                        l.db.begin_read()
-                            .map_err(|e| StoreError::from(redb::Error::from(e)))
-                            .and_then(|txn| store::receive_precheck(&txn, queue, store::now_ms()))
-                            .map_err(store_failed)?;
-                    if let Some(o) = pre {
-                        return Ok(Answer::Outcome(o));
+                    // read (see docs/BENCHMARKS.md). The rows the state machine holds
+                    // are read with the tables, the view opened under their lock so that
+                    // both are as of one commit; while an apply has the lock, the receive
+                    // goes through the log instead of waiting for it.
+                    if let Ok(held) = l.held.try_lock() {
+                        let pre =
+                            l.db.begin_read()
+                                .map_err(|e| StoreError::from(redb::Error::from(e)))
+                                .and_then(|txn| {
+                                    store::receive_precheck(&txn, &held, queue, store::now_ms())
+                                })
+                                .map_err(store_failed)?;
+                        drop(held);
+                        if let Some(o) = pre {
+                            return Ok(Answer::Outcome(o));
+                        }
                     }
                 }
                 match l.proposer.submit(cmd).await {
@@ -1484,11 +1495,15 @@ impl Node {
                 }
                 let db = l.db.clone();
                 let now = store::now_ms();
+                // The rows the state machine holds go to the tables first, so the view
+                // has every message applied before the read (see `crate::store::held`).
+                let held = l.held.clone();
                 if let Read::Peek { name, max } = read_op {
                     // The view is opened with the bodies locked, so none it refers to is
                     // released (and left unwritten) while the peek reads it.
                     let bodies = l.bodies.clone();
                     return tokio::task::spawn_blocking(move || {
+                        held.settle()?;
                         bodies.locked(|rd| {
                             let txn = db.begin_read().map_err(redb::Error::from)?;
                             Ok(Answer::Peek(store::peek(&txn, rd, name, max, now)?))
@@ -1498,7 +1513,7 @@ impl Node {
                     .map_err(|_| failed(Status::ShuttingDown, "the node is shutting down"))?
                     .map_err(store_failed);
                 }
-                read(db, move |txn| {
+                read(db, Some(held), move |txn| {
                     Ok(match read_op {
                         Read::List {
                             prefix,
@@ -1540,7 +1555,9 @@ impl Node {
             if g == CONTROL_GROUP {
                 continue;
             }
-            n += read(l.db.clone(), store::queue_count).await.unwrap_or(0);
+            n += read(l.db.clone(), None, store::queue_count)
+                .await
+                .unwrap_or(0);
         }
         n
     }
@@ -1550,10 +1567,10 @@ fn is_leader(l: &Local, me: NodeId) -> bool {
     l.raft.metrics().borrow_watched().current_leader == Some(me)
 }
 
-/// Whether this replica leads its group and its tables hold everything committed before it
-/// took over: it has applied an entry of its own term. Until then a replica that was a
-/// follower may hold message rows outside its tables (see [`crate::store::held`]), so
-/// whatever reads the tables directly, rather than through a linearizable read, waits.
+/// Whether this replica leads its group and has applied everything committed before it
+/// took over: it has applied an entry of its own term. Until then its state may lack
+/// messages an earlier leader stored, so whatever reads the tables directly, rather than
+/// through a linearizable read, waits.
 fn leads_applied(l: &Local, me: NodeId) -> bool {
     let m = l.raft.metrics();
     let m = m.borrow_watched();
@@ -1567,11 +1584,17 @@ fn own_term_applied(m: &openraft::RaftMetrics<crate::raft::TypeConfig>) -> bool 
         .is_some_and(|a| a.leader_id.term == m.current_term)
 }
 
+/// Runs `f` on a view of `db` on the blocking pool, once the rows `held` holds are in
+/// the tables (see [`HeldRows::settle`]).
 async fn read<T: Send + 'static>(
     db: Arc<Database>,
+    held: Option<Arc<HeldRows>>,
     f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, OpError> {
     tokio::task::spawn_blocking(move || {
+        if let Some(held) = held {
+            held.settle()?;
+        }
         let txn = db.begin_read().map_err(redb::Error::from)?;
         f(&txn)
     })

@@ -89,12 +89,18 @@ impl Node {
     /// Message counts of every queue in the shards this node leads (for the metrics
     /// endpoint: each queue is reported by at most one node, its shard's leader, and by
     /// none in the moment after an election before the new leader applies its first entry).
+    /// It may wait for a shard's snapshot flush: call it on the blocking pool.
     pub fn led_queue_counts(&self) -> Vec<(String, QueueCounts)> {
         let me = self.inner.layout.node_id;
         let now = store::now_ms();
         let mut out = Vec::new();
         for (g, l) in self.hosted() {
             if g == CONTROL_GROUP || !leads_applied(&l, me) {
+                continue;
+            }
+            // The rows the state machine holds go to the tables first (see
+            // `crate::store::held`).
+            if l.held.settle().is_err() {
                 continue;
             }
             let Ok(txn) = l.db.begin_read() else {

@@ -77,12 +77,12 @@ pub struct StateMachine {
     node: Option<NodeId>,
     /// What the ids of queues created here start from (see [`StateMachine::of_group`]).
     queue_ids: u64,
-    /// The rows this replica holds while a follower ([`crate::store::held`]). Every
-    /// transaction takes the lock before redb's write lock.
+    /// The rows this replica holds ([`crate::store::held`]). Every transaction takes the
+    /// lock before redb's write lock.
     held: Arc<HeldRows>,
 }
 
-/// The rows a follower holds (see [`crate::store::held`]), beside the database they
+/// The rows a replica holds (see [`crate::store::held`]), beside the database they
 /// belong in. Dropping the last reference writes them there: redb makes the commits made
 /// before a database closes durable, and those count the held messages as applied. A clean
 /// stop has written them already ([`flush`]); this covers every other way out.
@@ -97,6 +97,20 @@ impl HeldRows {
             rows: Mutex::default(),
             db,
         }
+    }
+
+    /// Writes the held rows to the tables in a commit of their own, not durable (as an
+    /// apply's), so that a read of the tables opened after it sees every message applied
+    /// before it. For the reads outside the state machine (describe, list, peek, the
+    /// expiry check, the metrics' counts); it may wait for a snapshot's flush, so it runs
+    /// on the blocking pool. An apply arriving meanwhile waits for the commit, which
+    /// writes to the page cache only.
+    pub fn settle(&self) -> Result<(), StoreError> {
+        let mut held = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        if held.is_empty() {
+            return Ok(());
+        }
+        commit_held(&self.db, &mut held, None)
     }
 }
 
@@ -119,7 +133,7 @@ impl Drop for HeldRows {
         }
         if let Err(e) = commit_held(&self.db, held, None) {
             tracing::error!(error = %e, messages = held.len(),
-                "a follower's held message rows could not be written as its state machine closed; this replica may lack messages its log applied");
+                "the held message rows could not be written as the state machine closed; this replica may lack messages its log applied");
         }
     }
 }
@@ -580,8 +594,8 @@ struct Batch<'a> {
 /// that hit a storage error, whose transaction was abandoned.
 type BatchOutcome = Result<(Vec<Reply>, Effects), ((usize, usize), StoreError)>;
 
-/// Applies a batch in one transaction, holding rows in `held` on a follower. A
-/// transaction that does not commit leaves `held` as it found it.
+/// Applies a batch in one transaction, holding rows in `held`. A transaction that does
+/// not commit leaves `held` as it found it.
 fn apply_batch(
     db: &Database,
     bodies: &Bodies,
@@ -635,12 +649,9 @@ fn apply_batch_holding(
             applied = Some(e.log_id);
             // Nobody here reads the outcome of another leader's entry: the entry's log id
             // names the node that proposed it (the in-memory `Answer` does not tell, as an
-            // entry read back from the disk has lost it). From this node's first entry as
-            // leader on (its blank one), the held rows are in the tables.
+            // entry read back from the disk has lost it).
             let mine = node.is_none_or(|me| e.log_id.leader_id.node_id == me);
-            // Held rows came from earlier transactions: failing to write them is no
-            // command's error, and stops this replica.
-            tables.answered(mine).map_err(sm_write)?;
+            tables.answered(mine);
             let reply = match &e.payload {
                 EntryPayload::Blank => Vec::new(),
                 EntryPayload::Membership(m) => {

@@ -227,7 +227,7 @@ async fn another_leaders_deliveries_are_applied_without_their_bodies() {
 }
 
 #[tokio::test]
-async fn a_followers_held_messages_reach_its_snapshot_its_stop_its_close_and_its_first_own_entry() {
+async fn held_messages_reach_the_snapshot_the_stop_the_close_and_a_read_of_the_tables() {
     use openraft::storage::RaftStateMachine;
     use openraft::{EntryPayload, RaftSnapshotBuilder};
     use redb::{ReadableDatabase, ReadableTableMetadata};
@@ -288,8 +288,8 @@ async fn a_followers_held_messages_reach_its_snapshot_its_stop_its_close_and_its
     assert_eq!((rows(), held_now()), (4, 1));
     super::state_machine::flush(&db, &bodies, &held).unwrap();
     assert_eq!((rows(), held_now()), (5, 0));
-    // And this node's first entry as leader, its blank one, writes them before its own
-    // commands read the tables.
+    // This node, once leader, holds rows as well, and its own receive, whose outcome it
+    // reads, takes the held messages and those in the tables in order, bodies and all.
     sm.apply_entries(vec![test_entry(5, 2, send(&["f", "g"]))])
         .await
         .unwrap();
@@ -297,7 +297,7 @@ async fn a_followers_held_messages_reach_its_snapshot_its_stop_its_close_and_its
     sm.apply_entries(vec![test_entry(6, 1, EntryPayload::Blank)])
         .await
         .unwrap();
-    assert_eq!((rows(), held_now()), (7, 0));
+    assert_eq!((rows(), held_now()), (5, 2));
     let replies = sm
         .apply_entries(vec![test_entry(
             7,
@@ -317,9 +317,13 @@ async fn a_followers_held_messages_reach_its_snapshot_its_stop_its_close_and_its
         other => panic!("{other:?}"),
     };
     assert_eq!(got, [&b"a"[..], b"b", b"c", b"d", b"e", b"f", b"g"]);
+    assert_eq!((rows(), held_now()), (5, 2));
+    // A read of the tables outside the applies (describe, peek, ...) settles them first.
+    held.settle().unwrap();
+    assert_eq!((rows(), held_now()), (7, 0));
     // Held when the state machine goes away some other way, they are written as it closes:
     // redb makes the commits before a close durable, and those count them as applied.
-    sm.apply_entries(vec![test_entry(8, 2, send(&["h"]))])
+    sm.apply_entries(vec![test_entry(8, 1, send(&["h"]))])
         .await
         .unwrap();
     assert_eq!((rows(), held_now()), (7, 1));

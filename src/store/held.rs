@@ -1,20 +1,23 @@
-//! Rows a follower holds in memory instead of writing them to its tables.
+//! Rows a replica holds in memory instead of writing them to its tables.
 //!
-//! A follower applies every command its leader applied, and nobody reads the outcomes. A
-//! message is usually sent, received and acknowledged within a few milliseconds, and each
+//! A message is usually sent, received and acknowledged within a few milliseconds, and each
 //! of those steps rewrote B-tree leaves of [`STATE`](super::schema::STATE) and
-//! [`VISIBLE`](super::schema::VISIBLE): most of a follower's apply. So on a follower the
-//! rows of a message sent without a group stay here, and its receive and its ack change or
-//! remove them here. A message acknowledged before the rows are written never reaches the
-//! tables.
+//! [`VISIBLE`](super::schema::VISIBLE): most of the state machine's apply. So the rows of
+//! a message sent without a group stay here, and its receive and its ack change or remove
+//! them here. A message acknowledged before the rows are written never reaches the
+//! tables. Every replica holds rows, the leader too: the outcomes are the same as with
+//! the rows in the tables (a receive merges the two in the order one table would give).
 //!
 //! A message is either here or in the tables, never both. Its `VISIBLE` entry is implied
 //! by its state: `(visible_at, seq)`, flagged in flight or not. The rows are written to
 //! the tables ([`super::machine::Tables::write_held`]) before anything else could read them
 //! there:
 //! - before any command other than a send, a receive or an ack;
-//! - before the first entry this node applies as leader (its own reads and answers then
-//!   see one set of tables);
+//! - before a read of the tables outside the state machine's applies: a describe, a list,
+//!   a peek, the expiry check, the metrics' counts
+//!   (`crate::raft::state_machine::HeldRows::settle`); the check that answers an empty
+//!   receive without the log reads the held rows beside the tables instead
+//!   ([`super::receive_precheck`]);
 //! - in every durable commit, so that a commit that survives a crash, or a snapshot, has
 //!   them: the state machine's periodic one, a snapshot's, a clean stop's;
 //! - in the view of the state sent to a follower that needs a snapshot;
@@ -39,7 +42,7 @@ pub const MAX_HELD: usize = 16_384;
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct Queue {
     /// The states of seqs `first..first + states.len()`, `None` for one not held. A
-    /// queue numbers its messages upward and a follower holds those it sent since the
+    /// queue numbers its messages upward and a replica holds those it sent since the
     /// rows were last written, so they lie close together: a slot each is cheaper than a
     /// tree. The first and the last slot are held ones.
     first: u64,
@@ -92,7 +95,7 @@ impl Queue {
     }
 }
 
-/// The messages a follower holds, per queue id (see the module's documentation).
+/// The messages a replica holds, per queue id (see the module's documentation).
 #[derive(Debug, Default)]
 pub struct Held {
     queues: BTreeMap<u64, Queue>,
@@ -210,6 +213,15 @@ impl Held {
             .collect()
     }
 
+    /// Whether queue `qid` holds a message whose `visible_at` is at most `now`: one a
+    /// receive at `now` may take.
+    pub fn any_visible(&self, qid: u64, now: u64) -> bool {
+        self.queues
+            .get(&qid)
+            .and_then(|q| q.visible.first())
+            .is_some_and(|&(v, _)| v <= now)
+    }
+
     /// The earliest `visible_at` after `now` among queue `qid`'s held messages.
     pub fn next_visible(&self, qid: u64, now: u64) -> Option<u64> {
         let q = self.queues.get(&qid)?;
@@ -293,6 +305,7 @@ mod tests {
         assert_eq!(h.visible_keys(7, (0, 0), 200, 1), vec![(100, 1)]);
         assert_eq!(h.next_visible(7, 100), Some(150));
         assert_eq!(h.next_visible(7, 150), None);
+        assert!(h.any_visible(7, 100) && !h.any_visible(7, 99) && !h.any_visible(9, 100));
         // A delivery moves the key to the end of the visibility timeout.
         h.put(7, 1, st(5000, true));
         assert_eq!(h.visible_keys(7, (0, 0), 200, 10), vec![(100, 2), (150, 3)]);

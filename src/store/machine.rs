@@ -310,7 +310,7 @@ pub struct Tables<'txn> {
     new_rows: BTreeMap<u64, rows::NewRows>,
     /// What the ids of queues created here start from (see [`queue_ids_of`]).
     queue_ids: u64,
-    /// Where a follower holds the rows of the messages it sends (see [`super::held`]);
+    /// Where the replica holds the rows of the messages it sends (see [`super::held`]);
     /// `None`: every row goes to the tables.
     held: Option<&'txn mut Held>,
 }
@@ -494,20 +494,12 @@ impl<'txn> Tables<'txn> {
     /// told otherwise). Nobody does for an entry another node proposed as leader: the
     /// deliveries then carry neither attributes nor body, so the bodies are not read. The
     /// state written is the same either way; only what the outcome shows differs.
-    ///
-    /// With [`Tables::hold`], nobody reading the outcomes is what makes a replica hold
-    /// rows; from an entry someone reads the outcome of on, the held rows are in the
-    /// tables.
-    pub fn answered(&mut self, answered: bool) -> Result<(), StoreError> {
+    pub fn answered(&mut self, answered: bool) {
         self.answered = answered;
-        if answered {
-            self.write_held()?;
-        }
-        Ok(())
     }
 
-    /// Holds the rows of messages sent without a group in `held` while nobody reads the
-    /// outcomes (see [`super::held`]), until [`Tables::write_held`].
+    /// Holds the rows of messages sent without a group in `held` (see [`super::held`]),
+    /// until [`Tables::write_held`]. Outcomes are the same as without it.
     pub fn hold(&mut self, held: &'txn mut Held) {
         self.held = Some(held);
     }
@@ -1615,7 +1607,7 @@ pub fn apply(
                         });
                         t.counts.add(r);
                         st.body = Some(r);
-                        match t.held.as_deref_mut().filter(|_| !t.answered) {
+                        match t.held.as_deref_mut() {
                             Some(held) => held.put(rec.id, seq, st),
                             None => new.push(seq, &st),
                         }
@@ -2245,7 +2237,7 @@ pub(crate) mod tests {
         let mut fx = Effects::default();
         let (r, fin) = {
             let mut t = Tables::open(&txn, &db.bodies).unwrap();
-            t.answered(answered).unwrap();
+            t.answered(answered);
             t.number_queues_from(db.queue_ids.get());
             let r = apply(&mut t, now, &cmd, &mut fx);
             (r, fx.dirty.then(|| t.finish().unwrap()))
@@ -2260,7 +2252,13 @@ pub(crate) mod tests {
     /// Applies `cmds` in one transaction as a follower does: nobody reads the outcomes,
     /// and the rows of new messages are held in `db.held`.
     fn run_held(db: &Db, now: u64, cmds: &[Command]) -> Vec<Result<Outcome, ApplyError>> {
-        run_batch(db, now, cmds, true)
+        run_batch(db, now, cmds, Holds::Follower)
+    }
+
+    /// Applies `cmds` in one transaction as a leader does: the outcomes are read, and the
+    /// rows of new messages are held in `db.held`.
+    fn run_led(db: &Db, now: u64, cmds: &[Command]) -> Vec<Result<Outcome, ApplyError>> {
+        run_batch(db, now, cmds, Holds::Leader)
     }
 
     fn ok(db: &Db, now: u64, cmd: Command) -> Outcome {
@@ -2269,15 +2267,24 @@ pub(crate) mod tests {
 
     /// Applies `cmds` in one transaction, as the state machine applies a batch.
     fn run_together(db: &Db, now: u64, cmds: &[Command]) -> Vec<Result<Outcome, ApplyError>> {
-        run_batch(db, now, cmds, false)
+        run_batch(db, now, cmds, Holds::No)
     }
 
-    /// [`run_together`], or with `hold` [`run_held`].
+    /// Whether a replica holds rows (see [`super::super::held`]), and whether it reads
+    /// the outcomes then.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Holds {
+        No,
+        Follower,
+        Leader,
+    }
+
+    /// [`run_together`], [`run_held`] or [`run_led`].
     fn run_batch(
         db: &Db,
         now: u64,
         cmds: &[Command],
-        hold: bool,
+        holds: Holds,
     ) -> Vec<Result<Outcome, ApplyError>> {
         let mut held = db.held.lock().unwrap();
         let txn = db.begin_write().unwrap();
@@ -2285,9 +2292,9 @@ pub(crate) mod tests {
         let (out, fin) = {
             let mut t = Tables::open(&txn, &db.bodies).unwrap();
             t.number_queues_from(db.queue_ids.get());
-            if hold {
+            if holds != Holds::No {
                 t.hold(&mut held);
-                t.answered(false).unwrap();
+                t.answered(holds == Holds::Leader);
             }
             let out: Vec<_> = cmds
                 .iter()
@@ -2705,7 +2712,8 @@ pub(crate) mod tests {
         }
     }
 
-    /// The leader's tables, and a follower's once it has written what it holds.
+    /// The tables of a replica that writes every row, and those of one that holds rows
+    /// once it has written what it holds.
     fn same_state(leader: &Db, follower: &Db) {
         follower.flush();
         assert!(follower.held.lock().unwrap().is_empty());
@@ -2713,16 +2721,22 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_follower_holding_rows_ends_in_the_leaders_state() {
-        // Every kind of command, one per transaction and then all in one.
+    fn replicas_holding_rows_end_in_the_state_of_one_writing_them() {
+        // Every kind of command, one per transaction and then all in one. `leader` writes
+        // every row; `follower` and `led` hold rows, and `led` reads its outcomes, which
+        // must then be the same as the leader's, bodies and all.
         let (_a, leader) = db();
         let (_b, follower) = db();
+        let (_c, led) = db();
         for (now, cmd) in script() {
             let a = run(&leader, now, cmd.clone()).0;
             let b = run_held(&follower, now, std::slice::from_ref(&cmd));
+            let c = run_led(&led, now, std::slice::from_ref(&cmd));
             assert_eq!(shape(&a), shape(&b[0]), "{cmd:?}");
+            assert_eq!(format!("{a:?}"), format!("{:?}", c[0]), "{cmd:?}");
         }
         same_state(&leader, &follower);
+        same_state(&leader, &led);
         // What a receive that finds nothing says about held messages: when the next one
         // shows up, delayed or in flight.
         let (_a, leader) = db();
@@ -2742,10 +2756,13 @@ pub(crate) mod tests {
             (70, receive("h", 5, Some(100))),
             (71, receive("h", 5, None)),
         ];
+        let (_c, led) = db();
         for (now, cmd) in steps {
             let a = run(&leader, now, cmd.clone()).0;
             let b = run_held(&follower, now, std::slice::from_ref(&cmd));
+            let c = run_led(&led, now, std::slice::from_ref(&cmd));
             assert_eq!(shape(&a), shape(&b[0]), "{cmd:?}");
+            assert_eq!(format!("{a:?}"), format!("{:?}", c[0]), "{cmd:?}");
             if let Ok(Outcome::Deliveries {
                 deliveries,
                 next_visible_ms,
@@ -2756,23 +2773,71 @@ pub(crate) mod tests {
             }
         }
         assert_eq!(follower.held.lock().unwrap().len(), 1);
+        assert_eq!(led.held.lock().unwrap().len(), 1);
         same_state(&leader, &follower);
+        same_state(&leader, &led);
         let (_a, leader) = db();
         let (_b, follower) = db();
+        let (_c, led) = db();
         let cmds: Vec<Command> = script().into_iter().map(|(_, c)| c).collect();
         let a = run_together(&leader, 1000, &cmds);
         let b = run_held(&follower, 1000, &cmds);
+        let c = run_led(&led, 1000, &cmds);
         assert_eq!(
             a.iter().map(shape).collect::<Vec<_>>(),
             b.iter().map(shape).collect::<Vec<_>>()
         );
+        assert_eq!(format!("{a:?}"), format!("{c:?}"));
         same_state(&leader, &follower);
+        same_state(&leader, &led);
     }
 
     #[test]
-    fn a_follower_holding_rows_applies_random_traffic_as_the_leader_does() {
+    fn the_empty_receive_check_sees_held_messages() {
+        let (_d, db) = db();
+        run_led(&db, 10, &[create("q")]);
+        let mut later = SendEntry::new("later");
+        later.delay_ms = Some(50);
+        let delayed = Command::Send {
+            queue: "q".into(),
+            messages: vec![later],
+        };
+        run_led(&db, 11, &[delayed]);
+        assert_eq!(db.held.lock().unwrap().len(), 1, "held, not in the tables");
+        // `Some(next)`: answered empty without the log; `None`: the receive goes through it.
+        let check = |now| {
+            let held = db.held.lock().unwrap();
+            let txn = db.begin_read().unwrap();
+            match crate::store::receive_precheck(&txn, &held, "q", now).unwrap() {
+                None => None,
+                Some(Outcome::Deliveries {
+                    deliveries,
+                    next_visible_ms,
+                    ..
+                }) => {
+                    assert!(deliveries.is_empty());
+                    Some(next_visible_ms)
+                }
+                Some(o) => panic!("{o:?}"),
+            }
+        };
+        assert_eq!(check(20), Some(Some(61)), "when the held message shows up");
+        assert_eq!(check(61), None, "the held message is visible");
+        run_led(&db, 12, &[send("q", &["now"])]);
+        assert_eq!(check(20), None);
+        // The same once the rows are in the tables.
+        db.flush();
+        assert_eq!(check(20), None);
+        assert!(db.held.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn replicas_holding_rows_apply_random_traffic_as_one_writing_them() {
+        // `leader` writes every row; `follower` and `led` hold rows, `led` reading its
+        // outcomes as a leader that holds rows does.
         let (_a, leader) = db();
         let (_b, follower) = db();
+        let (_c, led) = db();
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         let mut rand = move |n: u64| {
             seed ^= seed << 13;
@@ -2814,6 +2879,9 @@ pub(crate) mod tests {
         for c in &setup {
             ok(&leader, 1, c.clone());
             run_held(&follower, 1, std::slice::from_ref(c))[0]
+                .as_ref()
+                .unwrap();
+            run_led(&led, 1, std::slice::from_ref(c))[0]
                 .as_ref()
                 .unwrap();
         }
@@ -2877,8 +2945,10 @@ pub(crate) mod tests {
             }
             let a = run_together(&leader, now, &cmds);
             let b = run_held(&follower, now, &cmds);
-            for (x, (a, b)) in cmds.iter().zip(a.iter().zip(&b)) {
+            let c = run_led(&led, now, &cmds);
+            for (x, ((a, b), c)) in cmds.iter().zip(a.iter().zip(&b).zip(&c)) {
                 assert_eq!(shape(a), shape(b), "step {step}: {x:?}");
+                assert_eq!(format!("{a:?}"), format!("{c:?}"), "step {step}: {x:?}");
                 if let Ok(Outcome::Deliveries { deliveries, .. }) = a {
                     receipts.extend(deliveries.iter().map(|d| d.receipt));
                 }
@@ -2888,8 +2958,12 @@ pub(crate) mod tests {
                 // A durable commit, a snapshot's build or a clean stop.
                 same_state(&leader, &follower);
             }
+            if rand(40) == 0 {
+                same_state(&leader, &led);
+            }
         }
         same_state(&leader, &follower);
+        same_state(&leader, &led);
         assert!(
             held_most > 20,
             "the follower held rows: at most {held_most}"

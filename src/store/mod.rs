@@ -404,9 +404,11 @@ pub(crate) fn upgrade_step(db: &redb::Database, batch: usize) -> Result<Option<u
 /// The read-only answer to a receive when nothing is visible now: no deliveries, when the
 /// next hidden message shows up, and the queue's default wait. `None` when a message is
 /// visible (or may be: the receive must then go through the log) or the queue does not
-/// exist (the command reports that).
+/// exist (the command reports that). `held` is what the state machine holds beside the
+/// tables, as of the same commit as `txn` (see [`held`]).
 pub fn receive_precheck(
     txn: &ReadTransaction,
+    held: &held::Held,
     queue: &str,
     now_ms: u64,
 ) -> Result<Option<Outcome>, StoreError> {
@@ -414,6 +416,9 @@ pub fn receive_precheck(
         return Ok(None);
     };
     let rec: QueueRecord = decode("queues", v.value())?;
+    if held.any_visible(rec.id, now_ms) {
+        return Ok(None);
+    }
     let visible = txn.open_table(VISIBLE)?;
     if visible
         .range((rec.id, 0, 0)..=(rec.id, now_ms, u64::MAX))?
@@ -422,12 +427,16 @@ pub fn receive_precheck(
     {
         return Ok(None);
     }
-    let next_visible_ms = match visible
+    let in_table = match visible
         .range((rec.id, now_ms.saturating_add(1), 0)..=(rec.id, u64::MAX, u64::MAX))?
         .next()
     {
         Some(e) => Some(e?.0.value().1),
         None => None,
+    };
+    let next_visible_ms = match (in_table, held.next_visible(rec.id, now_ms)) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     };
     Ok(Some(Outcome::Deliveries {
         deliveries: Vec::new(),
