@@ -655,6 +655,14 @@ pub struct BenchArgs {
     /// Most messages per receive (1 to 1000).
     #[arg(long, default_value_t = 100)]
     pub receive_batch: u32,
+    /// Before measuring, send this many messages the same way, as fast as the requests
+    /// in flight allow, and with --consumers receive and acknowledge them (without
+    /// consumers, the queues are purged after); none of it is counted. A fresh node
+    /// handles its first few tens of thousands of messages more slowly than the rest
+    /// (files, memory and threads it has not used yet), which a short run would
+    /// otherwise measure.
+    #[arg(long, default_value_t = 0, value_name = "MESSAGES")]
+    pub warmup: u64,
     /// Keep the queues (and their messages) afterwards.
     #[arg(long)]
     pub keep: bool,

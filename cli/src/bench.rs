@@ -147,6 +147,20 @@ pub async fn run(mut config: ClientConfig, out: Output, a: BenchArgs) -> anyhow:
     let producers = routes(&producers, &queues, a.via_entry).await?;
     let consumers = routes(&consumers, &queues, a.via_entry).await?;
 
+    if a.warmup > 0 {
+        warm_up(&producers, &consumers, &queues, &a)
+            .await
+            .context("warming up (--warmup)")?;
+        if a.consumers == 0 {
+            for q in &queues {
+                admin
+                    .purge_queue(q)
+                    .await
+                    .with_context(|| format!("purging queue {q} after the warm-up"))?;
+            }
+        }
+    }
+
     // The histograms are made before the clock starts (zeroing them is not free), and
     // shared by the tasks (see `Stripes`).
     let send_hists = Arc::new(Stripes::new()?);
@@ -345,6 +359,68 @@ pub async fn run(mut config: ClientConfig, out: Output, a: BenchArgs) -> anyhow:
     Ok(())
 }
 
+/// Sends `a.warmup` messages (rounded up to whole batches) through the same connections
+/// and queues as the measured run, `a.in_flight` requests at a time per producer, and
+/// with consumers receives and acknowledges as many; records nothing.
+async fn warm_up(
+    producers: &[Vec<Client>],
+    consumers: &[Vec<Client>],
+    queues: &[String],
+    a: &BenchArgs,
+) -> anyhow::Result<()> {
+    let requests = a.warmup.div_ceil(u64::from(a.batch));
+    let total = requests * u64::from(a.batch);
+    let next = Arc::new(AtomicU64::new(0));
+    let received = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..a.in_flight * a.producers {
+        let (k, j) = (i % producers.len(), i % queues.len());
+        let (client, queue) = (producers[k][j].clone(), queues[j].clone());
+        let next = next.clone();
+        let msg = Bytes::from(vec![0u8; a.size as usize]);
+        let batch = a.batch as usize;
+        tasks.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < requests {
+                client
+                    .send(&queue, vec![SendEntry::new(msg.clone()); batch])
+                    .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for i in 0..a.receive_in_flight * a.consumers {
+        let (k, j) = (i % consumers.len(), i % queues.len());
+        let (client, queue) = (consumers[k][j].clone(), queues[j].clone());
+        let received = received.clone();
+        let max = a.receive_batch;
+        tasks.push(tokio::spawn(async move {
+            let mut idle = Instant::now();
+            while received.load(Ordering::Relaxed) < total {
+                let got = client.receive(&queue, max, None, Some(500)).await?;
+                if got.is_empty() {
+                    anyhow::ensure!(
+                        idle.elapsed() < DRAIN_IDLE,
+                        "consumers received {} of {total} warm-up messages before giving up ({} s without progress)",
+                        received.load(Ordering::Relaxed),
+                        DRAIN_IDLE.as_secs()
+                    );
+                    continue;
+                }
+                idle = Instant::now();
+                received.fetch_add(got.len() as u64, Ordering::Relaxed);
+                client
+                    .ack(&queue, got.iter().map(|d| d.receipt).collect())
+                    .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
 struct Report<'a> {
     /// Addresses of the nodes sent to and received from.
     servers: Vec<String>,
@@ -389,7 +465,7 @@ impl Report<'_> {
                     "in_flight": a.in_flight, "producers": a.producers, "connections": a.producers,
                     "offered_rate": a.rate, "coalesce": !a.no_coalesce,
                     "via_entry": a.via_entry, "servers": self.servers,
-                    "consumers": a.consumers, "queues": a.queues,
+                    "consumers": a.consumers, "queues": a.queues, "warmup": a.warmup,
                     "seconds": self.send_secs, "msgs_per_sec": rate, "mib_per_sec": mbps,
                     "send_latency_ms": percentiles_json(self.send),
                 });
@@ -404,9 +480,10 @@ impl Report<'_> {
             }
             Output::Table => {
                 println!(
-                    "sent {} messages of {} B in {:.2} s: {rate:.0} msgs/s, {mbps:.1} MiB/s ({} producers x {} in flight, {} queues{}{}{})",
+                    "sent {} messages of {} B in {:.2} s: {rate:.0} msgs/s, {mbps:.1} MiB/s ({} producers x {} in flight, {} queues{}{}{}{})",
                     self.sent, a.size, self.send_secs, a.producers, a.in_flight, a.queues,
                     if a.rate > 0 { format!(", offered {} msgs/s", a.rate) } else { String::new() },
+                    if a.warmup > 0 { format!(", after {} warm-up messages", a.warmup) } else { String::new() },
                     if a.no_coalesce { ", a request per send" } else { "" },
                     if a.via_entry { ", through the node connected to" } else { "" }
                 );

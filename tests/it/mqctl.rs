@@ -342,3 +342,49 @@ fn bench_sends_receives_and_reports_latencies_as_json() {
     assert_eq!(bad.status.code(), Some(2), "{bad:?}");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("at least 8 bytes"));
 }
+
+#[test]
+fn bench_warms_up_without_counting_it_and_leaves_no_warm_up_message() {
+    let node = Node::start();
+    let depth = |queue: &str| {
+        let d = json_lines(&ok(&node.mqctl(&["queue", "describe", queue, "-o", "json"])));
+        (d[0]["visible"].as_u64(), d[0]["in_flight"].as_u64())
+    };
+    let bench = |queue: &str, consumers: &str| {
+        let out = ok(&node.mqctl(&[
+            "bench",
+            "--queue",
+            queue,
+            "--warmup",
+            "300",
+            "--messages",
+            "200",
+            "--size",
+            "64B",
+            "--batch",
+            "7",
+            "--in-flight",
+            "4",
+            "--consumers",
+            consumers,
+            "--keep",
+            "--output",
+            "json",
+        ]));
+        serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()
+    };
+    // With a consumer, the warm-up's messages are received and acknowledged, and only the
+    // measured run's are counted.
+    let v = bench("warm", "1");
+    assert_eq!(
+        (v["warmup"].as_u64(), v["received"].as_u64()),
+        (Some(300), Some(203)),
+        "{v}"
+    );
+    assert_eq!(v["messages"].as_u64(), Some(203), "whole batches of 7: {v}");
+    assert_eq!(depth("warm"), (Some(0), Some(0)));
+    // Without one, the queue is purged after the warm-up: what is left is the run's.
+    let v = bench("cold", "0");
+    assert_eq!(v["messages"].as_u64(), Some(203), "{v}");
+    assert_eq!(depth("cold"), (Some(203), Some(0)));
+}
