@@ -305,7 +305,8 @@ struct Local {
     db: Arc<Database>,
     /// The group's message bodies.
     bodies: Arc<crate::store::bodies::Bodies>,
-    /// The rows its state machine holds as a follower, which a clean stop writes.
+    /// The rows its state machine holds (see [`crate::store::held`]): reads of the tables
+    /// settle them first, and a clean stop writes them.
     held: Arc<HeldRows>,
     /// The committed index, as the group's log store last heard it.
     committed: Arc<AtomicU64>,
