@@ -657,10 +657,9 @@ pub struct BenchArgs {
     pub receive_batch: u32,
     /// Before measuring, send this many messages the same way, as fast as the requests
     /// in flight allow, and with --consumers receive and acknowledge them (without
-    /// consumers, the queues are purged after); none of it is counted. A fresh node
-    /// handles its first few tens of thousands of messages more slowly than the rest
-    /// (files, memory and threads it has not used yet), which a short run would
-    /// otherwise measure.
+    /// consumers, the queues are purged after); none of it is counted. A fresh node is
+    /// slower for its first few tens of thousands of messages, and a new connection and
+    /// queue for their first ones, which a short run would otherwise measure.
     #[arg(long, default_value_t = 0, value_name = "MESSAGES")]
     pub warmup: u64,
     /// Keep the queues (and their messages) afterwards.
