@@ -372,6 +372,10 @@ async fn warm_up(
     let total = requests * u64::from(a.batch);
     let next = Arc::new(AtomicU64::new(0));
     let received = Arc::new(AtomicU64::new(0));
+    // When any consumer last got messages, in µs since `start`: with several queues one
+    // consumer's queue may stay empty while the others still deliver.
+    let start = Instant::now();
+    let progress_us = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for i in 0..a.in_flight * a.producers {
         let (k, j) = (i % producers.len(), i % queues.len());
@@ -391,22 +395,23 @@ async fn warm_up(
     for i in 0..a.receive_in_flight * a.consumers {
         let (k, j) = (i % consumers.len(), i % queues.len());
         let (client, queue) = (consumers[k][j].clone(), queues[j].clone());
-        let received = received.clone();
+        let (received, progress_us) = (received.clone(), progress_us.clone());
         let max = a.receive_batch;
         tasks.push(tokio::spawn(async move {
-            let mut idle = Instant::now();
             while received.load(Ordering::Relaxed) < total {
                 let got = client.receive(&queue, max, None, Some(500)).await?;
+                let now_us = start.elapsed().as_micros() as u64;
                 if got.is_empty() {
+                    let idle_us = now_us.saturating_sub(progress_us.load(Ordering::Relaxed));
                     anyhow::ensure!(
-                        idle.elapsed() < DRAIN_IDLE,
+                        idle_us < DRAIN_IDLE.as_micros() as u64,
                         "consumers received {} of {total} warm-up messages before giving up ({} s without progress)",
                         received.load(Ordering::Relaxed),
                         DRAIN_IDLE.as_secs()
                     );
                     continue;
                 }
-                idle = Instant::now();
+                progress_us.fetch_max(now_us, Ordering::Relaxed);
                 received.fetch_add(got.len() as u64, Ordering::Relaxed);
                 client
                     .ack(&queue, got.iter().map(|d| d.receipt).collect())
