@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
+use indicatif::ProgressBar;
 use mqd::client::{Client, ClientConfig};
 use mqd::protocol::{QueuePatch, SendEntry, Status, MAX_BATCH};
 use serde_json::{json, Value};
@@ -148,9 +149,30 @@ pub async fn run(mut config: ClientConfig, out: Output, a: BenchArgs) -> anyhow:
     let consumers = routes(&consumers, &queues, a.via_entry).await?;
 
     if a.warmup > 0 {
-        warm_up(&producers, &consumers, &queues, &a)
-            .await
-            .context("warming up (--warmup)")?;
+        // The same loops as the measured run, unpaced and unshown; their figures are
+        // dropped.
+        let plan = Plan {
+            messages: a.warmup,
+            duration: None,
+            rate: 0,
+        };
+        let w = load(
+            &producers,
+            &consumers,
+            &queues,
+            &a,
+            plan,
+            ProgressBar::hidden(),
+        )
+        .await
+        .context("warming up (--warmup)")?;
+        anyhow::ensure!(
+            a.consumers == 0 || w.received >= w.sent,
+            "consumers received {} of {} warm-up messages before giving up ({} s without progress)",
+            w.received,
+            w.sent,
+            DRAIN_IDLE.as_secs()
+        );
         if a.consumers == 0 {
             for q in &queues {
                 admin
@@ -161,6 +183,82 @@ pub async fn run(mut config: ClientConfig, out: Output, a: BenchArgs) -> anyhow:
         }
     }
 
+    let bar = crate::output::progress(out, std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let plan = Plan {
+        messages: a.messages,
+        duration: a.duration,
+        rate: a.rate,
+    };
+    let l = load(&producers, &consumers, &queues, &a, plan, bar.clone()).await?;
+    bar.finish_and_clear();
+    let (sent, received) = (l.sent, l.received);
+    if !a.keep {
+        for q in &created {
+            admin.delete_queue(q, true).await?;
+        }
+    }
+    // The nodes the producers and consumers talked to (the shard leaders unless
+    // --via-entry), read before the connections close.
+    let mut servers = std::collections::BTreeSet::new();
+    for c in producers.iter().chain(&consumers).flatten() {
+        servers.extend(c.connected_to().await);
+    }
+    for c in producers.iter().chain(&consumers).flatten().chain(&entries) {
+        c.close().await;
+    }
+    let r = Report {
+        servers: servers.iter().map(|a| a.to_string()).collect(),
+        sent,
+        received,
+        send_secs: l.send_secs,
+        total_secs: l.total_secs,
+        send: &l.send,
+        e2e: (a.consumers > 0).then_some(&l.e2e),
+        receive: &l.receive,
+    };
+    r.print(out, &a)?;
+    anyhow::ensure!(
+        a.consumers == 0 || received >= sent,
+        "consumers received {received} of {sent} messages sent before giving up ({} s without progress)",
+        DRAIN_IDLE.as_secs()
+    );
+    Ok(())
+}
+
+/// How much one round of [`load`] sends, and how fast.
+struct Plan {
+    /// Messages to send (rounded up to whole batches), unless `duration` is given.
+    messages: u64,
+    /// Send for this long instead of a count.
+    duration: Option<Duration>,
+    /// Messages offered a second; 0: as fast as the requests in flight allow.
+    rate: u64,
+}
+
+/// What one round of [`load`] did.
+struct Load {
+    sent: u64,
+    received: u64,
+    /// Until the last send was acknowledged.
+    send_secs: f64,
+    /// Until the consumers were done.
+    total_secs: f64,
+    send: Histogram<u64>,
+    e2e: Histogram<u64>,
+    receive: Histogram<u64>,
+}
+
+/// Sends what `plan` says through `producers`, `a.in_flight` requests at a time per
+/// producer connection, while `consumers` receive and acknowledge everything sent, and
+/// records the latencies.
+async fn load(
+    producers: &[Vec<Client>],
+    consumers: &[Vec<Client>],
+    queues: &[String],
+    a: &BenchArgs,
+    plan: Plan,
+    bar: ProgressBar,
+) -> anyhow::Result<Load> {
     // The histograms are made before the clock starts (zeroing them is not free), and
     // shared by the tasks (see `Stripes`).
     let send_hists = Arc::new(Stripes::new()?);
@@ -174,9 +272,8 @@ pub async fn run(mut config: ClientConfig, out: Output, a: BenchArgs) -> anyhow:
         sending_done: AtomicBool::new(false),
         last_progress_us: AtomicU64::new(0),
     });
-    let requests = a.messages.div_ceil(u64::from(a.batch));
-    let deadline = a.duration.map(|d| shared.start + d);
-    let bar = crate::output::progress(out, std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let requests = plan.messages.div_ceil(u64::from(a.batch));
+    let deadline = plan.duration.map(|d| shared.start + d);
 
     // With --rate, request k is due at start + k × batch / rate. A thread of its own hands
     // out the due times as they come: tokio's timers tick by the millisecond, which would
@@ -185,9 +282,9 @@ pub async fn run(mut config: ClientConfig, out: Output, a: BenchArgs) -> anyhow:
     // come due: a sleep per request (40 µs apart at 25,000/s) cost the client 0.7 s of CPU
     // more in a 10 s run, taken from the node under test on a small machine. Latency still
     // counts from each request's own due time, so the tick's delay is in the figures.
-    let slots = (a.rate > 0)
+    let slots = (plan.rate > 0)
         .then(|| -> anyhow::Result<_> {
-            let every = Duration::from_secs_f64(f64::from(a.batch) / a.rate as f64);
+            let every = Duration::from_secs_f64(f64::from(a.batch) / plan.rate as f64);
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
             let start = shared.start;
             let count = if deadline.is_some() {
@@ -321,109 +418,16 @@ pub async fn run(mut config: ClientConfig, out: Output, a: BenchArgs) -> anyhow:
     for t in receive_tasks {
         t.await??;
     }
-    let (e2e_hist, receive_hist) = (e2e_hists.merged()?, receive_hists.merged()?);
-    let total_secs = shared.start.elapsed().as_secs_f64();
-    bar.finish_and_clear();
-    let sent = shared.sent.load(Ordering::Relaxed);
-    let received = shared.received.load(Ordering::Relaxed);
-    if !a.keep {
-        for q in &created {
-            admin.delete_queue(q, true).await?;
-        }
-    }
-    // The nodes the producers and consumers talked to (the shard leaders unless
-    // --via-entry), read before the connections close.
-    let mut servers = std::collections::BTreeSet::new();
-    for c in producers.iter().chain(&consumers).flatten() {
-        servers.extend(c.connected_to().await);
-    }
-    for c in producers.iter().chain(&consumers).flatten().chain(&entries) {
-        c.close().await;
-    }
-    let r = Report {
-        servers: servers.iter().map(|a| a.to_string()).collect(),
-        sent,
-        received,
+    let (e2e, receive) = (e2e_hists.merged()?, receive_hists.merged()?);
+    Ok(Load {
+        sent: shared.sent.load(Ordering::Relaxed),
+        received: shared.received.load(Ordering::Relaxed),
         send_secs,
-        total_secs,
-        send: &send_hist,
-        e2e: (a.consumers > 0).then_some(&e2e_hist),
-        receive: &receive_hist,
-    };
-    r.print(out, &a)?;
-    anyhow::ensure!(
-        a.consumers == 0 || received >= sent,
-        "consumers received {received} of {sent} messages sent before giving up ({} s without progress)",
-        DRAIN_IDLE.as_secs()
-    );
-    Ok(())
-}
-
-/// Sends `a.warmup` messages (rounded up to whole batches) through the same connections
-/// and queues as the measured run, `a.in_flight` requests at a time per producer, and
-/// with consumers receives and acknowledges as many; records nothing.
-async fn warm_up(
-    producers: &[Vec<Client>],
-    consumers: &[Vec<Client>],
-    queues: &[String],
-    a: &BenchArgs,
-) -> anyhow::Result<()> {
-    let requests = a.warmup.div_ceil(u64::from(a.batch));
-    let total = requests * u64::from(a.batch);
-    let next = Arc::new(AtomicU64::new(0));
-    let received = Arc::new(AtomicU64::new(0));
-    // When any consumer last got messages, in µs since `start`: with several queues one
-    // consumer's queue may stay empty while the others still deliver.
-    let start = Instant::now();
-    let progress_us = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for i in 0..a.in_flight * a.producers {
-        let (k, j) = (i % producers.len(), i % queues.len());
-        let (client, queue) = (producers[k][j].clone(), queues[j].clone());
-        let next = next.clone();
-        let msg = Bytes::from(vec![0u8; a.size as usize]);
-        let batch = a.batch as usize;
-        tasks.push(tokio::spawn(async move {
-            while next.fetch_add(1, Ordering::Relaxed) < requests {
-                client
-                    .send(&queue, vec![SendEntry::new(msg.clone()); batch])
-                    .await?;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for i in 0..a.receive_in_flight * a.consumers {
-        let (k, j) = (i % consumers.len(), i % queues.len());
-        let (client, queue) = (consumers[k][j].clone(), queues[j].clone());
-        let (received, progress_us) = (received.clone(), progress_us.clone());
-        let max = a.receive_batch;
-        tasks.push(tokio::spawn(async move {
-            while received.load(Ordering::Relaxed) < total {
-                let got = client.receive(&queue, max, None, Some(500)).await?;
-                let now_us = start.elapsed().as_micros() as u64;
-                if got.is_empty() {
-                    let idle_us = now_us.saturating_sub(progress_us.load(Ordering::Relaxed));
-                    anyhow::ensure!(
-                        idle_us < DRAIN_IDLE.as_micros() as u64,
-                        "consumers received {} of {total} warm-up messages before giving up ({} s without progress)",
-                        received.load(Ordering::Relaxed),
-                        DRAIN_IDLE.as_secs()
-                    );
-                    continue;
-                }
-                progress_us.fetch_max(now_us, Ordering::Relaxed);
-                received.fetch_add(got.len() as u64, Ordering::Relaxed);
-                client
-                    .ack(&queue, got.iter().map(|d| d.receipt).collect())
-                    .await?;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    Ok(())
+        total_secs: shared.start.elapsed().as_secs_f64(),
+        send: send_hist,
+        e2e,
+        receive,
+    })
 }
 
 struct Report<'a> {
