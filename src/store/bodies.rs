@@ -13,7 +13,7 @@
 //! bodies and bytes of each file; a file whose count reaches zero is deleted.
 //!
 //! **Durability.** Bodies are appended to a buffer, and reads of the latest bodies are
-//! served from it. The buffer is written to the file before every durable commit (and
+//! served from it, as views of its memory rather than copies. The buffer is written to the file before every durable commit (and
 //! whenever it holds [`MAX_BUFFERED`] bytes), then the file is synced, so whatever a
 //! durable commit refers to is on disk. A body whose message went before its buffer was
 //! written is left out: most messages of a busy queue are received and acknowledged
@@ -38,7 +38,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 /// A file is sealed, and the next one started, once it holds this many bytes.
 pub const FILE_BYTES: u64 = 64 * 1024 * 1024;
@@ -93,9 +93,16 @@ struct Writer {
     file: Arc<File>,
     /// Where the buffer starts in the active file: what came before is written to it.
     written: u64,
-    /// Bodies appended after `written`.
-    buf: Vec<u8>,
-    /// The bodies in `buf`, in order, and whether each is still referred to.
+    /// The buffer: the bodies appended after `written`, in `shared` then in `buf`.
+    /// Reading a body of `buf` moves all of `buf` to `shared` first, without a copy, so
+    /// the body read is a view of the buffer's memory (the answer carrying it keeps that
+    /// memory alive), not a copy. A body is never split between two parts.
+    buf: BytesMut,
+    /// Earlier parts of the buffer, each with its offset in the buffer, in order.
+    shared: Vec<(usize, Bytes)>,
+    /// The bytes in `shared`.
+    shared_len: usize,
+    /// The bodies in the buffer, in order, and whether each is still referred to.
     pending: Vec<Pending>,
     /// Written since the last sync.
     unsynced: bool,
@@ -128,14 +135,15 @@ struct Pending {
 /// body possible meanwhile (see [`Bodies::locked`]).
 pub struct BodyReader<'a> {
     dir: &'a Path,
-    w: std::sync::MutexGuard<'a, Writer>,
+    /// Mutable for a read of the buffer (see `Writer::buffered`).
+    w: std::cell::RefCell<std::sync::MutexGuard<'a, Writer>>,
     files: &'a RwLock<BTreeMap<u64, Arc<File>>>,
 }
 
 impl BodyReader<'_> {
     /// Reads a body; `None` if its file is gone.
     pub fn read(&self, r: BodyRef) -> io::Result<Option<Bytes>> {
-        if let Some(b) = self.w.buffered(r) {
+        if let Some(b) = self.w.borrow_mut().buffered(r) {
             return Ok(Some(b));
         }
         let f = self
@@ -152,20 +160,69 @@ impl BodyReader<'_> {
 }
 
 impl Writer {
-    /// The body `r` if it is in the buffer.
-    fn buffered(&self, r: BodyRef) -> Option<Bytes> {
+    /// The bytes in the buffer.
+    fn buffered_len(&self) -> usize {
+        self.shared_len + self.buf.len()
+    }
+
+    /// Moves `buf` to `shared`: its memory can then be shared with readers.
+    fn share(&mut self) {
+        if !self.buf.is_empty() {
+            let part = self.buf.split().freeze();
+            let len = part.len();
+            self.shared.push((self.shared_len, part));
+            self.shared_len += len;
+        }
+    }
+
+    /// The body `r` if it is in the buffer: a view of the buffer's memory.
+    fn buffered(&mut self, r: BodyRef) -> Option<Bytes> {
         if r.file != self.id || r.offset < self.written {
             return None;
         }
-        let start = (r.offset - self.written) as usize;
-        self.buf
-            .get(start..start + r.len as usize)
-            .map(Bytes::copy_from_slice)
+        let start = usize::try_from(r.offset - self.written).ok()?;
+        let end = start.checked_add(r.len as usize)?;
+        if end > self.buffered_len() {
+            return None;
+        }
+        if end > self.shared_len {
+            self.share();
+        }
+        // The part the body starts in (parts are in order of offset); it holds the
+        // whole body.
+        let i = self
+            .shared
+            .partition_point(|(at, _)| *at <= start)
+            .checked_sub(1)?;
+        let (at, part) = &self.shared[i];
+        (end - at <= part.len()).then(|| part.slice(start - at..end - at))
+    }
+
+    /// The buffer's bytes from `a` to `b`, in the parts that hold them: `buf` is shared
+    /// first.
+    fn pieces(&mut self, a: usize, b: usize) -> Vec<(usize, Bytes)> {
+        self.share();
+        let first = self
+            .shared
+            .partition_point(|(at, _)| *at <= a)
+            .saturating_sub(1);
+        let mut out = Vec::new();
+        for (at, part) in &self.shared[first..] {
+            if *at >= b {
+                break;
+            }
+            let (from, to) = (a.max(*at) - at, b.min(at + part.len()) - at);
+            if from < to {
+                out.push((at + from, part.slice(from..to)));
+            }
+        }
+        out
     }
 
     /// Writes the live bodies of the buffer to the file and empties it.
     fn flush(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
+        let len = self.buffered_len();
+        if len == 0 {
             return Ok(());
         }
         // Runs of adjacent live bodies, one write each.
@@ -178,11 +235,12 @@ impl Writer {
             }
         }
         for &(a, b) in &runs {
-            self.file
-                .write_all_at(&self.buf[a..b], self.written + a as u64)?;
+            for (at, piece) in self.pieces(a, b) {
+                self.file.write_all_at(&piece, self.written + at as u64)?;
+            }
         }
-        let end = self.written + self.buf.len() as u64;
-        if runs.last().is_none_or(|r| r.1 < self.buf.len()) {
+        let end = self.written + len as u64;
+        if runs.last().is_none_or(|r| r.1 < len) {
             // The last bodies went before they were written: the file still ends where
             // the recorded position says.
             self.file.set_len(end)?;
@@ -190,9 +248,11 @@ impl Writer {
         self.written = end;
         self.unsynced = true;
         self.buf.clear();
+        self.shared.clear();
+        self.shared_len = 0;
         self.pending.clear();
         if self.buf.capacity() > MAX_BUFFERED * 2 {
-            self.buf = Vec::new();
+            self.buf = BytesMut::new();
         }
         Ok(())
     }
@@ -331,7 +391,9 @@ impl Bodies {
                 id,
                 file,
                 written,
-                buf: Vec::new(),
+                buf: BytesMut::new(),
+                shared: Vec::new(),
+                shared_len: 0,
                 pending: Vec::new(),
                 unsynced: false,
                 defer: false,
@@ -368,15 +430,15 @@ impl Bodies {
     /// are written: what [`BODY_META`](super::schema::BODY_META) records.
     pub fn position(&self) -> (u64, u64) {
         let w = self.writer();
-        (w.id, w.written + w.buf.len() as u64)
+        (w.id, w.written + w.buffered_len() as u64)
     }
 
     /// Appends one body, written by `write` at the end of the buffer it is given.
-    pub fn append(&self, write: impl FnOnce(&mut Vec<u8>)) -> BodyRef {
+    pub fn append(&self, write: impl FnOnce(&mut BytesMut)) -> BodyRef {
         let mut w = self.writer();
-        let start = w.buf.len();
+        let (start, before) = (w.buffered_len(), w.buf.len());
         write(&mut w.buf);
-        let len = (w.buf.len() - start) as u32;
+        let len = (w.buf.len() - before) as u32;
         w.appended += u64::from(len);
         w.pending.push(Pending {
             start,
@@ -402,7 +464,7 @@ impl Bodies {
     pub fn locked<T>(&self, f: impl FnOnce(&BodyReader<'_>) -> T) -> T {
         let rd = BodyReader {
             dir: &self.dir,
-            w: self.writer(),
+            w: std::cell::RefCell::new(self.writer()),
             files: &self.files,
         };
         f(&rd)
@@ -472,7 +534,7 @@ impl Bodies {
     /// still in the processor's cache (docs/BENCHMARKS.md).
     pub fn after_commit(&self) -> io::Result<()> {
         let mut w = self.writer();
-        if !w.defer || w.buf.len() >= MAX_BUFFERED {
+        if !w.defer || w.buffered_len() >= MAX_BUFFERED {
             w.flush()?;
         }
         Ok(())
@@ -504,7 +566,7 @@ impl Bodies {
     /// Whether the active file is full.
     pub fn full(&self) -> bool {
         let w = self.writer();
-        w.written + w.buf.len() as u64 >= self.file_bytes
+        w.written + w.buffered_len() as u64 >= self.file_bytes
     }
 
     /// Whether a commit that appends fewer than `margin` bytes of bodies only writes to the
@@ -512,7 +574,7 @@ impl Bodies {
     /// active file will not fill up (a roll syncs it and creates the next).
     pub fn quiet_for(&self, margin: u64) -> bool {
         let w = self.writer();
-        w.compaction.is_none() && w.written + w.buf.len() as u64 + margin < self.file_bytes
+        w.compaction.is_none() && w.written + w.buffered_len() as u64 + margin < self.file_bytes
     }
 
     /// Seals the active file (written and synced) and starts the next; returns the
@@ -616,8 +678,8 @@ impl Bodies {
 mod tests {
     use super::*;
 
-    fn body(n: usize, b: u8) -> impl FnOnce(&mut Vec<u8>) {
-        move |v: &mut Vec<u8>| v.extend(std::iter::repeat_n(b, n))
+    fn body(n: usize, b: u8) -> impl FnOnce(&mut BytesMut) {
+        move |v: &mut BytesMut| v.extend(std::iter::repeat_n(b, n))
     }
 
     #[test]
@@ -767,6 +829,55 @@ mod tests {
         b.append(body(5, 8));
         b.after_commit().unwrap();
         assert_eq!(len(), 56 + MAX_BUFFERED as u64);
+    }
+
+    #[test]
+    fn a_body_read_from_the_buffer_is_a_view_of_it_and_the_file_gets_every_live_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Bodies::open(dir.path(), 0, 0, &BTreeSet::new()).unwrap();
+        let r1 = b.append(body(10, 1));
+        let r2 = b.append(body(20, 2));
+        // A read shares the buffer's memory: two reads of one body see the same bytes,
+        // and appends after it leave them as they were.
+        let first = b.read(r1).unwrap().unwrap();
+        assert_eq!(first, vec![1u8; 10]);
+        let r3 = b.append(body(30, 3));
+        assert_eq!(b.read(r3).unwrap().unwrap(), vec![3u8; 30]);
+        let r4 = b.append(body(40, 4));
+        let r5 = b.append(body(50, 5));
+        assert_eq!((r3.offset, r4.offset, r5.offset), (30, 60, 100));
+        let again = b.read(r1).unwrap().unwrap();
+        assert_eq!(again.as_ptr(), first.as_ptr(), "not a copy");
+        assert_eq!(b.read(r2).unwrap().unwrap(), vec![2u8; 20]);
+        assert_eq!(b.read(r5).unwrap().unwrap(), vec![5u8; 50]);
+        assert_eq!(b.position(), (1, 150));
+        // The buffer is now in three parts ([1 2] [3] [4 5]) and an empty rest; the live
+        // run [3 4] crosses two of them. A body past the buffer's end is not in it.
+        b.release(&[r2, r5]);
+        let past_the_end = BodyRef {
+            file: 1,
+            offset: 140,
+            len: 20,
+        };
+        assert!(
+            b.read(past_the_end).is_err(),
+            "read from the file, not the buffer"
+        );
+        b.sync().unwrap();
+        let file = std::fs::read(dir.path().join(file_name(1))).unwrap();
+        let mut want = vec![1u8; 10];
+        want.extend([0u8; 20]);
+        want.extend([3u8; 30]);
+        want.extend([4u8; 40]);
+        want.extend([0u8; 50]);
+        assert_eq!(file, want);
+        // A view read before the buffer was written out still reads the same.
+        assert_eq!(first, vec![1u8; 10]);
+        // Appends go on after the written bytes, and read back from the new buffer.
+        let r6 = b.append(body(5, 6));
+        assert_eq!(r6.offset, 150);
+        assert_eq!(b.read(r6).unwrap().unwrap(), vec![6u8; 5]);
+        assert_eq!(b.read(r3).unwrap().unwrap(), vec![3u8; 30], "from the file");
     }
 
     #[test]

@@ -1016,7 +1016,7 @@ impl<'txn> Tables<'txn> {
         s: &mut Stats,
         now: u64,
         visible_at: u64,
-        write: impl FnOnce(&mut Vec<u8>),
+        write: impl FnOnce(&mut bytes::BytesMut),
         source_queue: u64,
         group: Option<&str>,
     ) -> Result<u64, ApplyError> {
@@ -1614,7 +1614,7 @@ pub fn apply(
                         seq
                     }
                     Some(group) => {
-                        let write = |buf: &mut Vec<u8>| {
+                        let write = |buf: &mut bytes::BytesMut| {
                             crate::protocol::encode_stored(buf, &m.attributes, &m.body)
                         };
                         t.append(rec.id, &mut stats, now, visible_at, write, 0, Some(group))?
