@@ -13,15 +13,15 @@
 //! bodies and bytes of each file; a file whose count reaches zero is deleted.
 //!
 //! **Durability.** Bodies are appended to a buffer, and reads of the latest bodies are
-//! served from it, as views of its memory rather than copies. The buffer is written to the file before every durable commit (and
-//! whenever it holds [`MAX_BUFFERED`] bytes), then the file is synced, so whatever a
-//! durable commit refers to is on disk. A body whose message went before its buffer was
-//! written is left out: most messages of a busy queue are received and acknowledged
-//! within milliseconds, and their bodies then never reach the disk (the file has a hole
-//! there). After a crash the active file is cut back to the end
-//! [`BODY_META`](super::schema::BODY_META) recorded, and the entries applied since are
-//! applied again from the Raft log. A file is deleted only after a durable commit that no
-//! longer refers to it.
+//! served from it, as views of its memory rather than copies. The buffer is written to
+//! the file before every durable commit (and whenever it holds [`MAX_BUFFERED`] bytes),
+//! then the file is synced, so whatever a durable commit refers to is on disk. A body
+//! whose message went before its buffer was written is left out: most messages of a
+//! busy queue are received and acknowledged within milliseconds, and their bodies then
+//! never reach the disk (the file has a hole there). After a crash the active file is
+//! cut back to the end [`BODY_META`](super::schema::BODY_META) recorded, and the entries
+//! applied since are applied again from the Raft log. A file is deleted only after a
+//! durable commit that no longer refers to it.
 //!
 //! **Compaction.** One old message can keep a whole file alive. When two sealed files are
 //! each less than a quarter live, the state machine copies their live bodies to the active
