@@ -225,7 +225,7 @@ impl Writer {
         if len == 0 {
             return Ok(());
         }
-        // Runs of adjacent live bodies, one write each.
+        // Runs of adjacent live bodies, one write for each part of the buffer a run is in.
         let mut runs: Vec<(usize, usize)> = Vec::new();
         for p in self.pending.iter().filter(|p| p.live) {
             let end = p.start + p.len as usize;
