@@ -100,8 +100,6 @@ struct Writer {
     buf: BytesMut,
     /// Earlier parts of the buffer, each with its offset in the buffer, in order.
     shared: Vec<(usize, Bytes)>,
-    /// The bytes in `shared`.
-    shared_len: usize,
     /// The bodies in the buffer, in order, and whether each is still referred to.
     pending: Vec<Pending>,
     /// Written since the last sync.
@@ -160,18 +158,21 @@ impl BodyReader<'_> {
 }
 
 impl Writer {
+    /// The bytes in `shared`: where `buf` starts in the buffer.
+    fn shared_len(&self) -> usize {
+        self.shared.last().map_or(0, |(at, part)| at + part.len())
+    }
+
     /// The bytes in the buffer.
     fn buffered_len(&self) -> usize {
-        self.shared_len + self.buf.len()
+        self.shared_len() + self.buf.len()
     }
 
     /// Moves `buf` to `shared`: its memory can then be shared with readers.
     fn share(&mut self) {
         if !self.buf.is_empty() {
-            let part = self.buf.split().freeze();
-            let len = part.len();
-            self.shared.push((self.shared_len, part));
-            self.shared_len += len;
+            let at = self.shared_len();
+            self.shared.push((at, self.buf.split().freeze()));
         }
     }
 
@@ -185,7 +186,7 @@ impl Writer {
         if end > self.buffered_len() {
             return None;
         }
-        if end > self.shared_len {
+        if end > self.shared_len() {
             self.share();
         }
         // The part the body starts in (parts are in order of offset); it holds the
@@ -198,25 +199,23 @@ impl Writer {
         (end - at <= part.len()).then(|| part.slice(start - at..end - at))
     }
 
-    /// The buffer's bytes from `a` to `b`, in the parts that hold them: `buf` is shared
-    /// first.
-    fn pieces(&mut self, a: usize, b: usize) -> Vec<(usize, Bytes)> {
-        self.share();
+    /// The buffer's bytes from `a` to `b`, with their offsets in the buffer, a slice for
+    /// each part (`shared`'s, then `buf`) they are in.
+    fn pieces(&self, a: usize, b: usize) -> impl Iterator<Item = (usize, &[u8])> {
         let first = self
             .shared
             .partition_point(|(at, _)| *at <= a)
             .saturating_sub(1);
-        let mut out = Vec::new();
-        for (at, part) in &self.shared[first..] {
-            if *at >= b {
-                break;
-            }
-            let (from, to) = (a.max(*at) - at, b.min(at + part.len()) - at);
-            if from < to {
-                out.push((at + from, part.slice(from..to)));
-            }
-        }
-        out
+        let parts = self.shared[first..]
+            .iter()
+            .map(|(at, part)| (*at, &part[..]));
+        parts
+            .chain(std::iter::once((self.shared_len(), &self.buf[..])))
+            .take_while(move |(at, _)| *at < b)
+            .filter_map(move |(at, part)| {
+                let (from, to) = (a.max(at) - at, b.min(at + part.len()) - at);
+                (from < to).then(|| (at + from, &part[from..to]))
+            })
     }
 
     /// Writes the live bodies of the buffer to the file and empties it.
@@ -236,7 +235,7 @@ impl Writer {
         }
         for &(a, b) in &runs {
             for (at, piece) in self.pieces(a, b) {
-                self.file.write_all_at(&piece, self.written + at as u64)?;
+                self.file.write_all_at(piece, self.written + at as u64)?;
             }
         }
         let end = self.written + len as u64;
@@ -249,7 +248,6 @@ impl Writer {
         self.unsynced = true;
         self.buf.clear();
         self.shared.clear();
-        self.shared_len = 0;
         self.pending.clear();
         if self.buf.capacity() > MAX_BUFFERED * 2 {
             self.buf = BytesMut::new();
@@ -393,7 +391,6 @@ impl Bodies {
                 written,
                 buf: BytesMut::new(),
                 shared: Vec::new(),
-                shared_len: 0,
                 pending: Vec::new(),
                 unsynced: false,
                 defer: false,
@@ -682,6 +679,13 @@ mod tests {
         move |v: &mut BytesMut| v.extend(std::iter::repeat_n(b, n))
     }
 
+    /// Empty body files in a new directory, kept as long as the handle.
+    fn fresh() -> (tempfile::TempDir, Bodies) {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Bodies::open(dir.path(), 0, 0, &BTreeSet::new()).unwrap();
+        (dir, b)
+    }
+
     #[test]
     fn a_commit_is_quiet_unless_it_may_fill_the_file_or_a_compaction_runs() {
         let dir = tempfile::tempdir().unwrap();
@@ -705,8 +709,7 @@ mod tests {
 
     #[test]
     fn bodies_are_read_back_before_and_after_flush_and_across_a_roll() {
-        let dir = tempfile::tempdir().unwrap();
-        let b = Bodies::open(dir.path(), 0, 0, &BTreeSet::new()).unwrap();
+        let (_dir, b) = fresh();
         let r1 = b.append(body(10, 1));
         let r2 = b.append(body(5, 2));
         assert_eq!(
@@ -767,8 +770,7 @@ mod tests {
 
     #[test]
     fn retired_files_go_after_a_durable_commit_but_a_pin_still_reads_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let b = Bodies::open(dir.path(), 0, 0, &BTreeSet::new()).unwrap();
+        let (dir, b) = fresh();
         let r = b.append(body(8, 7));
         b.roll().unwrap();
         let pin = b.pin();
@@ -791,8 +793,7 @@ mod tests {
 
     #[test]
     fn released_bodies_are_left_out_of_the_file_and_the_rest_written() {
-        let dir = tempfile::tempdir().unwrap();
-        let b = Bodies::open(dir.path(), 0, 0, &BTreeSet::new()).unwrap();
+        let (dir, b) = fresh();
         let r: Vec<BodyRef> = (1..=5).map(|i| b.append(body(10, i))).collect();
         b.release(&[r[1], r[2], r[4]]);
         // Released bodies still read back until the buffer is written.
@@ -833,8 +834,7 @@ mod tests {
 
     #[test]
     fn a_body_read_from_the_buffer_is_a_view_of_it_and_the_file_gets_every_live_byte() {
-        let dir = tempfile::tempdir().unwrap();
-        let b = Bodies::open(dir.path(), 0, 0, &BTreeSet::new()).unwrap();
+        let (dir, b) = fresh();
         let r1 = b.append(body(10, 1));
         let r2 = b.append(body(20, 2));
         // A read shares the buffer's memory: two reads of one body see the same bytes,
@@ -881,9 +881,22 @@ mod tests {
     }
 
     #[test]
+    fn a_live_run_from_a_shared_part_into_the_unread_rest_is_written_whole() {
+        let (dir, b) = fresh();
+        let r1 = b.append(body(10, 1));
+        assert_eq!(b.read(r1).unwrap().unwrap(), vec![1u8; 10]);
+        // Not read: it stays in the part of the buffer no reader shares.
+        b.append(body(20, 2));
+        b.sync().unwrap();
+        let mut want = vec![1u8; 10];
+        want.extend([2u8; 20]);
+        assert_eq!(std::fs::read(dir.path().join(file_name(1))).unwrap(), want);
+        assert_eq!(b.position(), (1, 30));
+    }
+
+    #[test]
     fn a_body_that_cannot_be_read_names_its_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let b = Bodies::open(dir.path(), 0, 0, &BTreeSet::new()).unwrap();
+        let (dir, b) = fresh();
         let r = b.append(body(100, 1));
         b.sync().unwrap();
         let path = dir.path().join(file_name(1));
