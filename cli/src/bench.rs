@@ -166,13 +166,7 @@ pub async fn run(mut config: ClientConfig, out: Output, a: BenchArgs) -> anyhow:
         )
         .await
         .context("warming up (--warmup)")?;
-        anyhow::ensure!(
-            a.consumers == 0 || w.received >= w.sent,
-            "consumers received {} of {} warm-up messages before giving up ({} s without progress)",
-            w.received,
-            w.sent,
-            DRAIN_IDLE.as_secs()
-        );
+        w.drained(&a, "warm-up messages")?;
         if a.consumers == 0 {
             for q in &queues {
                 admin
@@ -191,7 +185,6 @@ pub async fn run(mut config: ClientConfig, out: Output, a: BenchArgs) -> anyhow:
     };
     let l = load(&producers, &consumers, &queues, &a, plan, bar.clone()).await?;
     bar.finish_and_clear();
-    let (sent, received) = (l.sent, l.received);
     if !a.keep {
         for q in &created {
             admin.delete_queue(q, true).await?;
@@ -208,8 +201,8 @@ pub async fn run(mut config: ClientConfig, out: Output, a: BenchArgs) -> anyhow:
     }
     let r = Report {
         servers: servers.iter().map(|a| a.to_string()).collect(),
-        sent,
-        received,
+        sent: l.sent,
+        received: l.received,
         send_secs: l.send_secs,
         total_secs: l.total_secs,
         send: &l.send,
@@ -217,12 +210,7 @@ pub async fn run(mut config: ClientConfig, out: Output, a: BenchArgs) -> anyhow:
         receive: &l.receive,
     };
     r.print(out, &a)?;
-    anyhow::ensure!(
-        a.consumers == 0 || received >= sent,
-        "consumers received {received} of {sent} messages sent before giving up ({} s without progress)",
-        DRAIN_IDLE.as_secs()
-    );
-    Ok(())
+    l.drained(&a, "messages sent")
 }
 
 /// How much one round of [`load`] sends, and how fast.
@@ -246,6 +234,22 @@ struct Load {
     send: Histogram<u64>,
     e2e: Histogram<u64>,
     receive: Histogram<u64>,
+}
+
+impl Load {
+    /// Fails unless the consumers, if any, received every message sent (`what` names
+    /// them in the error).
+    fn drained(&self, a: &BenchArgs, what: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            a.consumers == 0 || self.received >= self.sent,
+            "consumers received {} of {} {what} before giving up ({} s without progress; \
+             if another consumer reads these queues, it takes messages the bench waits for)",
+            self.received,
+            self.sent,
+            DRAIN_IDLE.as_secs()
+        );
+        Ok(())
+    }
 }
 
 /// Sends what `plan` says through `producers`, `a.in_flight` requests at a time per
