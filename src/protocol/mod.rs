@@ -25,7 +25,7 @@ pub use messages::{
 };
 pub use status::Status;
 #[cfg(feature = "server")]
-pub(crate) use types::{decode_stored, encode_stored};
+pub(crate) use types::{decode_stored, encode_stored, stored_len};
 pub use types::{
     Attribute, ClusterStatus, DeadLetter, Delivery, GroupStatus, Message, NodeStatus, QueueConfig,
     QueueCounts, QueueDescription, QueueLocation, QueuePatch, QueueSummary, Receipt, ReplicaRole,

@@ -756,6 +756,13 @@ pub(crate) fn encode_stored(b: &mut impl BufMut, attrs: &[Attribute], body: &[u8
 }
 
 #[cfg(feature = "server")]
+/// The bytes [`encode_stored`] writes.
+pub(crate) fn stored_len(attrs: &[Attribute], body: &[u8]) -> usize {
+    let attr = |(k, v): &Attribute| 2 + k.len().min(u16::MAX as usize) + 4 + v.len();
+    4 + attrs.iter().map(attr).sum::<usize>() + body.len()
+}
+
+#[cfg(feature = "server")]
 /// Reads a message written by [`encode_stored`]; the body shares `buf`'s allocation.
 pub(crate) fn decode_stored(buf: Bytes) -> Result<(Vec<Attribute>, Bytes), DecodeError> {
     let mut r = Reader::new(buf);
@@ -776,7 +783,11 @@ mod stored_tests {
         let body = b"payload";
         let mut v = Vec::new();
         encode_stored(&mut v, &attrs, body);
+        assert_eq!(stored_len(&attrs, body), v.len());
         let (a, b) = decode_stored(Bytes::from(v)).unwrap();
         assert_eq!((a, &b[..]), (attrs, &body[..]));
+        let mut v = Vec::new();
+        encode_stored(&mut v, &[], b"");
+        assert_eq!(stored_len(&[], b""), v.len());
     }
 }

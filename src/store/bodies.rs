@@ -54,6 +54,9 @@ pub const COMPACT_ROWS: usize = 4096;
 /// not: the bound on its memory, one per Raft group.
 pub const MAX_BUFFERED: usize = 8 * 1024 * 1024;
 
+/// The block a buffer that readers share starts anew with (see `Writer::make_room`).
+const BLOCK: usize = 256 * 1024;
+
 /// Where one body is: file number, offset, length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct BodyRef {
@@ -100,6 +103,9 @@ struct Writer {
     buf: BytesMut,
     /// Earlier parts of the buffer, each with its offset in the buffer, in order.
     shared: Vec<(usize, Bytes)>,
+    /// Whether `buf` was split since it was made: its block may then be shared with
+    /// readers, and growing it would copy (see `Writer::make_room`).
+    split: bool,
     /// The bodies in the buffer, in order, and whether each is still referred to.
     pending: Vec<Pending>,
     /// Written since the last sync.
@@ -173,7 +179,27 @@ impl Writer {
         if !self.buf.is_empty() {
             let at = self.shared_len();
             self.shared.push((at, self.buf.split().freeze()));
+            self.split = true;
         }
+    }
+
+    /// Makes room in `buf` for `size` more bytes. A `buf` never split grows in place, as
+    /// a `Vec` does, and keeps its capacity across flushes (a follower's, whose bodies
+    /// nobody reads, settles at one allocation for the whole buffer). Once split, its
+    /// block is shared with the parts and the answers that read from them, and growing
+    /// it would copy its bytes into a new block, or, once nothing else refers to the old
+    /// one, every byte ever split off it too: so what it holds becomes a part, and a
+    /// fresh block of at least [`BLOCK`] takes its place, with no byte copied.
+    fn make_room(&mut self, size: usize) {
+        if self.buf.capacity() - self.buf.len() >= size {
+            return;
+        }
+        if !self.split {
+            self.buf.reserve(size.max(BLOCK));
+            return;
+        }
+        self.share();
+        self.buf = BytesMut::with_capacity(size.max(BLOCK));
     }
 
     /// The body `r` if it is in the buffer: a view of the buffer's memory.
@@ -249,8 +275,10 @@ impl Writer {
         self.buf.clear();
         self.shared.clear();
         self.pending.clear();
-        if self.buf.capacity() > MAX_BUFFERED * 2 {
+        if self.split || self.buf.capacity() > MAX_BUFFERED * 2 {
+            // A split block is left to the answers still reading from it.
             self.buf = BytesMut::new();
+            self.split = false;
         }
         Ok(())
     }
@@ -391,6 +419,7 @@ impl Bodies {
                 written,
                 buf: BytesMut::new(),
                 shared: Vec::new(),
+                split: false,
                 pending: Vec::new(),
                 unsynced: false,
                 defer: false,
@@ -430,9 +459,12 @@ impl Bodies {
         (w.id, w.written + w.buffered_len() as u64)
     }
 
-    /// Appends one body, written by `write` at the end of the buffer it is given.
-    pub fn append(&self, write: impl FnOnce(&mut BytesMut)) -> BodyRef {
+    /// Appends one body of `size` bytes, written by `write` at the end of the buffer it
+    /// is given, which has room for them. (A body longer than `size` still goes whole, at
+    /// the cost of a copy of the buffer.)
+    pub fn append(&self, size: usize, write: impl FnOnce(&mut BytesMut)) -> BodyRef {
         let mut w = self.writer();
+        w.make_room(size);
         let (start, before) = (w.buffered_len(), w.buf.len());
         write(&mut w.buf);
         let len = (w.buf.len() - before) as u32;
@@ -675,8 +707,11 @@ impl Bodies {
 mod tests {
     use super::*;
 
-    fn body(n: usize, b: u8) -> impl FnOnce(&mut BytesMut) {
-        move |v: &mut BytesMut| v.extend(std::iter::repeat_n(b, n))
+    /// Appends a body of `n` bytes `v`.
+    fn put(b: &Bodies, n: usize, v: u8) -> BodyRef {
+        b.append(n, move |buf: &mut BytesMut| {
+            buf.extend(std::iter::repeat_n(v, n))
+        })
     }
 
     /// Empty body files in a new directory, kept as long as the handle.
@@ -694,7 +729,7 @@ mod tests {
             .with_file_bytes(100);
         assert!(b.quiet_for(99));
         assert!(!b.quiet_for(100));
-        b.append(body(60, 1));
+        put(&b, 60, 1);
         // Buffered bodies count as much as written ones.
         assert!(b.quiet_for(39));
         assert!(!b.quiet_for(40));
@@ -710,8 +745,8 @@ mod tests {
     #[test]
     fn bodies_are_read_back_before_and_after_flush_and_across_a_roll() {
         let (_dir, b) = fresh();
-        let r1 = b.append(body(10, 1));
-        let r2 = b.append(body(5, 2));
+        let r1 = put(&b, 10, 1);
+        let r2 = put(&b, 5, 2);
         assert_eq!(
             r2,
             BodyRef {
@@ -725,7 +760,7 @@ mod tests {
         b.flush().unwrap();
         assert_eq!(b.read(r1).unwrap().unwrap(), vec![1u8; 10]);
         assert_eq!(b.roll().unwrap(), 1);
-        let r3 = b.append(body(3, 3));
+        let r3 = put(&b, 3, 3);
         assert_eq!(r3.file, 2);
         assert_eq!(b.read(r3).unwrap().unwrap(), vec![3u8; 3]);
         assert_eq!(b.read(r2).unwrap().unwrap(), vec![2u8; 5]);
@@ -736,12 +771,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let b = Bodies::open(dir.path(), 0, 0, &BTreeSet::new()).unwrap();
-            b.append(body(100, 1));
+            put(&b, 100, 1);
             b.roll().unwrap();
-            b.append(body(100, 2));
+            put(&b, 100, 2);
             b.roll().unwrap();
-            b.append(body(50, 3));
-            b.append(body(50, 4)); // never committed: cut at open
+            put(&b, 50, 3);
+            put(&b, 50, 4); // never committed: cut at open
             b.sync().unwrap();
         }
         std::fs::write(dir.path().join("unrelated.txt"), b"x").unwrap();
@@ -765,13 +800,13 @@ mod tests {
             len: 100,
         };
         assert_eq!(b.read(r).unwrap().unwrap(), vec![2u8; 100]);
-        assert_eq!(b.append(body(1, 9)).offset, 50);
+        assert_eq!(put(&b, 1, 9).offset, 50);
     }
 
     #[test]
     fn retired_files_go_after_a_durable_commit_but_a_pin_still_reads_them() {
         let (dir, b) = fresh();
-        let r = b.append(body(8, 7));
+        let r = put(&b, 8, 7);
         b.roll().unwrap();
         let pin = b.pin();
         b.retire([1, 2]); // the active file is never retired
@@ -794,7 +829,7 @@ mod tests {
     #[test]
     fn released_bodies_are_left_out_of_the_file_and_the_rest_written() {
         let (dir, b) = fresh();
-        let r: Vec<BodyRef> = (1..=5).map(|i| b.append(body(10, i))).collect();
+        let r: Vec<BodyRef> = (1..=5).map(|i| put(&b, 10, i)).collect();
         b.release(&[r[1], r[2], r[4]]);
         // Released bodies still read back until the buffer is written.
         assert_eq!(b.read(r[2]).unwrap().unwrap(), vec![3u8; 10]);
@@ -811,7 +846,7 @@ mod tests {
         // Releasing what is written already changes nothing; appends go on after it.
         b.release(&[r[0], r[3]]);
         assert_eq!(b.read(r[3]).unwrap().unwrap(), vec![4u8; 10]);
-        assert_eq!(b.append(body(1, 9)).offset, 50);
+        assert_eq!(put(&b, 1, 9).offset, 50);
         let len = || {
             std::fs::metadata(dir.path().join(file_name(1)))
                 .unwrap()
@@ -820,31 +855,71 @@ mod tests {
         // Kept: the buffer is written out when full, not before.
         b.after_commit().unwrap();
         assert_eq!(len(), 50);
-        b.append(body(MAX_BUFFERED, 7));
+        put(&b, MAX_BUFFERED, 7);
         b.after_commit().unwrap();
         assert_eq!(len(), 51 + MAX_BUFFERED as u64);
         // Nothing appended since the last sync was released: each commit's bodies are
         // written at once.
         b.sync().unwrap();
         assert!(!b.deferring());
-        b.append(body(5, 8));
+        put(&b, 5, 8);
         b.after_commit().unwrap();
         assert_eq!(len(), 56 + MAX_BUFFERED as u64);
     }
 
     #[test]
+    fn the_buffer_grows_without_moving_a_byte_once_shared_and_in_place_until_then() {
+        let (dir, b) = fresh();
+        let start = |b: &Bodies| b.writer().buf.as_ptr() as usize;
+        // Never read: one allocation, kept across a flush.
+        put(&b, 100, 1);
+        let before = start(&b);
+        b.sync().unwrap();
+        let r2 = put(&b, 100, 2);
+        assert_eq!(start(&b), before, "the same block, reused");
+        // Read: the block is shared. A body the rest of it cannot hold does not move the
+        // bodies still in it to a new block: they become a part, as a read would make
+        // them, and the new body starts a block of its own.
+        assert_eq!(b.read(r2).unwrap().unwrap(), vec![2u8; 100]);
+        let r3 = put(&b, 30, 3);
+        let at = start(&b);
+        let big = BLOCK * 2;
+        let r4 = put(&b, big, 4);
+        assert_eq!(
+            b.read(r3).unwrap().unwrap().as_ptr() as usize,
+            at,
+            "not moved"
+        );
+        assert_eq!(b.read(r4).unwrap().unwrap(), vec![4u8; big]);
+        let r5 = put(&b, 5, 5);
+        b.release(&[r3]);
+        b.sync().unwrap();
+        let mut want = vec![1u8; 100];
+        want.extend([2u8; 100]);
+        want.extend([0u8; 30]);
+        want.extend(vec![4u8; big]);
+        want.extend([5u8; 5]);
+        assert_eq!(std::fs::read(dir.path().join(file_name(1))).unwrap(), want);
+        // After a flush, a buffer that was shared starts from a new block.
+        assert_eq!(b.writer().buf.capacity(), 0);
+        let r6 = put(&b, 7, 6);
+        assert_eq!(b.read(r6).unwrap().unwrap(), vec![6u8; 7]);
+        assert_eq!(b.read(r5).unwrap().unwrap(), vec![5u8; 5], "from the file");
+    }
+
+    #[test]
     fn a_body_read_from_the_buffer_is_a_view_of_it_and_the_file_gets_every_live_byte() {
         let (dir, b) = fresh();
-        let r1 = b.append(body(10, 1));
-        let r2 = b.append(body(20, 2));
+        let r1 = put(&b, 10, 1);
+        let r2 = put(&b, 20, 2);
         // A read shares the buffer's memory: two reads of one body see the same bytes,
         // and appends after it leave them as they were.
         let first = b.read(r1).unwrap().unwrap();
         assert_eq!(first, vec![1u8; 10]);
-        let r3 = b.append(body(30, 3));
+        let r3 = put(&b, 30, 3);
         assert_eq!(b.read(r3).unwrap().unwrap(), vec![3u8; 30]);
-        let r4 = b.append(body(40, 4));
-        let r5 = b.append(body(50, 5));
+        let r4 = put(&b, 40, 4);
+        let r5 = put(&b, 50, 5);
         assert_eq!((r3.offset, r4.offset, r5.offset), (30, 60, 100));
         let again = b.read(r1).unwrap().unwrap();
         assert_eq!(again.as_ptr(), first.as_ptr(), "not a copy");
@@ -874,7 +949,7 @@ mod tests {
         // A view read before the buffer was written out still reads the same.
         assert_eq!(first, vec![1u8; 10]);
         // Appends go on after the written bytes, and read back from the new buffer.
-        let r6 = b.append(body(5, 6));
+        let r6 = put(&b, 5, 6);
         assert_eq!(r6.offset, 150);
         assert_eq!(b.read(r6).unwrap().unwrap(), vec![6u8; 5]);
         assert_eq!(b.read(r3).unwrap().unwrap(), vec![3u8; 30], "from the file");
@@ -883,10 +958,10 @@ mod tests {
     #[test]
     fn a_live_run_from_a_shared_part_into_the_unread_rest_is_written_whole() {
         let (dir, b) = fresh();
-        let r1 = b.append(body(10, 1));
+        let r1 = put(&b, 10, 1);
         assert_eq!(b.read(r1).unwrap().unwrap(), vec![1u8; 10]);
         // Not read: it stays in the part of the buffer no reader shares.
-        b.append(body(20, 2));
+        put(&b, 20, 2);
         b.sync().unwrap();
         let mut want = vec![1u8; 10];
         want.extend([2u8; 20]);
@@ -897,7 +972,7 @@ mod tests {
     #[test]
     fn a_body_that_cannot_be_read_names_its_file() {
         let (dir, b) = fresh();
-        let r = b.append(body(100, 1));
+        let r = put(&b, 100, 1);
         b.sync().unwrap();
         let path = dir.path().join(file_name(1));
         std::fs::OpenOptions::new()

@@ -937,7 +937,9 @@ impl<'txn> Tables<'txn> {
                 Ok(None) => continue,
                 Err(e) => return Err(super::body_unreadable(r, e).into()),
             };
-            let n = self.bodies.append(|buf| buf.extend_from_slice(&body));
+            let n = self
+                .bodies
+                .append(body.len(), |buf| buf.extend_from_slice(&body));
             st.body = Some(n);
             self.put_msg(qid, seq, &st)?;
             self.counts.forget(r);
@@ -1006,7 +1008,8 @@ impl<'txn> Tables<'txn> {
 
     /// Stores a new message at the tail of queue `qid`, counting it in `s` (the queue's
     /// stats, read once and written once by the caller however many messages it appends);
-    /// `write` appends the stored body (attributes and payload) to the body files' buffer.
+    /// `write` appends the stored body (attributes and payload), `size` bytes, to the body
+    /// files' buffer.
     /// A message with a `group` joins the end of that FIFO group: it gets its [`VISIBLE`]
     /// entry only if it is the group's first.
     #[allow(clippy::too_many_arguments)]
@@ -1016,12 +1019,13 @@ impl<'txn> Tables<'txn> {
         s: &mut Stats,
         now: u64,
         visible_at: u64,
+        size: usize,
         write: impl FnOnce(&mut bytes::BytesMut),
         source_queue: u64,
         group: Option<&str>,
     ) -> Result<u64, ApplyError> {
         let (seq, mut st) = new_message(s, now, visible_at, source_queue, group.is_some());
-        let r = self.bodies.append(write);
+        let r = self.bodies.append(size, write);
         st.body = Some(r);
         self.put_msg(qid, seq, &st)?;
         self.counts.add(r);
@@ -1143,6 +1147,7 @@ impl<'txn> Tables<'txn> {
             &mut s,
             now,
             now,
+            body.len(),
             |dst| dst.extend_from_slice(&body),
             source_queue,
             group.as_deref(),
@@ -1602,7 +1607,8 @@ pub fn apply(
                 let seq = match m.group.as_deref() {
                     None => {
                         let (seq, mut st) = new_message(&mut stats, now, visible_at, 0, false);
-                        let r = t.bodies.append(|buf| {
+                        let size = crate::protocol::stored_len(&m.attributes, &m.body);
+                        let r = t.bodies.append(size, |buf| {
                             crate::protocol::encode_stored(buf, &m.attributes, &m.body)
                         });
                         t.counts.add(r);
@@ -1614,10 +1620,20 @@ pub fn apply(
                         seq
                     }
                     Some(group) => {
+                        let size = crate::protocol::stored_len(&m.attributes, &m.body);
                         let write = |buf: &mut bytes::BytesMut| {
                             crate::protocol::encode_stored(buf, &m.attributes, &m.body)
                         };
-                        t.append(rec.id, &mut stats, now, visible_at, write, 0, Some(group))?
+                        t.append(
+                            rec.id,
+                            &mut stats,
+                            now,
+                            visible_at,
+                            size,
+                            write,
+                            0,
+                            Some(group),
+                        )?
                     }
                 };
                 if delay == 0 {

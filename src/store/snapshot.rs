@@ -234,7 +234,7 @@ impl<'a> Loader<'a> {
                     .roll()
                     .map_err(|e| StoreError::Bodies(format!("starting the next body file: {e}")))?;
             }
-            let r = self.bodies.append(|buf| buf.extend_from_slice(v));
+            let r = self.bodies.append(v.len(), |buf| buf.extend_from_slice(v));
             st.body = Some(r);
             buf.clear();
             encode_state(&st, &mut buf);
