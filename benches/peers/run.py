@@ -140,11 +140,23 @@ class Server:
         self.log.close()
 
 
-def free_port():
+def free_ports(n, udp=False):
+    """n distinct ports free on loopback (TCP, or UDP for mqd's QUIC): every socket stays
+    bound until all n are chosen, so the kernel cannot hand out one port twice, as n
+    separate probes let it (a NATS cluster once got a client port equal to a monitoring
+    port, and did not start)."""
     import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, kind)
+            socks.append(s)
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 class Cluster:
@@ -171,7 +183,7 @@ def start_mqd(work, nodes):
                                       log_path=dirs[0] + ".log"))
         wait_for(lambda: os.path.exists(os.path.join(dirs[0], "mqd.addr")), "mqd")
         return cluster, dirs[0]
-    ports = [free_port() for _ in dirs]
+    ports = free_ports(len(dirs), udp=True)
     peers = ",".join(f"{n + 1}=127.0.0.1:{p}" for n, p in enumerate(ports))
     for n, (d, p) in enumerate(zip(dirs, ports)):
         if n > 0:  # the others take node 1's CA and admin token
@@ -201,9 +213,8 @@ def start_mqd(work, nodes):
 def start_nats(work, nodes, binary, sync):
     """nats-server with JetStream, one node or a cluster; returns (cluster, url)."""
     cluster = Cluster()
-    ports = [free_port() for _ in range(nodes)]
-    routes = [free_port() for _ in range(nodes)]
-    monitors = [free_port() for _ in range(nodes)]
+    picked = free_ports(3 * nodes)
+    ports, routes, monitors = picked[:nodes], picked[nodes:2 * nodes], picked[2 * nodes:]
     for n in range(nodes):
         store = os.path.join(work, f"{os.path.basename(binary)}-{sync}-{n}")
         conf = [f"listen: 127.0.0.1:{ports[n]}", f"server_name: n{n + 1}",
@@ -242,7 +253,8 @@ def start_rabbitmq(work, nodes):
     with open(cookie, "w") as f:
         f.write("PEERBENCHCOOKIE")
     os.chmod(cookie, 0o400)
-    ports = [free_port() for _ in range(nodes)]
+    picked = free_ports(2 * nodes)
+    ports, dist_ports = picked[:nodes], picked[nodes:]
     envs = []
     for n in range(nodes):
         base = os.path.join(work, f"rabbit{n + 1}")
@@ -252,7 +264,7 @@ def start_rabbitmq(work, nodes):
             f.write("[].\n")
         env = dict(os.environ, HOME=home, RABBITMQ_NODENAME=f"bench{n + 1}@localhost",
                    RABBITMQ_NODE_IP_ADDRESS="127.0.0.1", RABBITMQ_NODE_PORT=str(ports[n]),
-                   RABBITMQ_DIST_PORT=str(free_port()),
+                   RABBITMQ_DIST_PORT=str(dist_ports[n]),
                    RABBITMQ_MNESIA_BASE=os.path.join(base, "mnesia"),
                    RABBITMQ_LOG_BASE=os.path.join(base, "log"),
                    RABBITMQ_ENABLED_PLUGINS_FILE=os.path.join(base, "enabled_plugins"))
