@@ -346,11 +346,15 @@ async fn read_frame(recv: &mut quinn::RecvStream, max: usize) -> Result<Option<V
     if len > max {
         return Err(format!("a frame of {len} bytes is over the limit of {max}"));
     }
-    let mut buf = vec![0u8; len];
-    recv.read_exact(&mut buf)
+    let buf = crate::server::read_exactly(recv, len)
         .await
-        .map_err(|e| format!("stream broken: {e}"))?;
-    Ok(Some(buf))
+        .map_err(|e| match e {
+            crate::server::ReadBodyError::Ended(n) => {
+                format!("stream broken: a frame of {len} bytes ended after {n}")
+            }
+            e @ crate::server::ReadBodyError::Broken(_) => e.to_string(),
+        })?;
+    Ok(Some(buf.into()))
 }
 
 /// `body` in postcard behind its `u32` length (big-endian), in one buffer.
