@@ -103,9 +103,6 @@ struct Writer {
     buf: BytesMut,
     /// Earlier parts of the buffer, each with its offset in the buffer, in order.
     shared: Vec<(usize, Bytes)>,
-    /// Whether `buf` was split since it was made: its block may then be shared with
-    /// readers, and growing it would copy (see `Writer::make_room`).
-    split: bool,
     /// The bodies in the buffer, in order, and whether each is still referred to.
     pending: Vec<Pending>,
     /// Written since the last sync.
@@ -179,22 +176,23 @@ impl Writer {
         if !self.buf.is_empty() {
             let at = self.shared_len();
             self.shared.push((at, self.buf.split().freeze()));
-            self.split = true;
         }
     }
 
-    /// Makes room in `buf` for `size` more bytes. A `buf` never split grows in place, as
-    /// a `Vec` does, and keeps its capacity across flushes (a follower's, whose bodies
-    /// nobody reads, settles at one allocation for the whole buffer). Once split, its
-    /// block is shared with the parts and the answers that read from them, and growing
-    /// it would copy its bytes into a new block, or, once nothing else refers to the old
-    /// one, every byte ever split off it too: so what it holds becomes a part, and a
-    /// fresh block of at least [`BLOCK`] takes its place, with no byte copied.
+    /// Makes room in `buf` for `size` more bytes. Until a part is split off `buf` (parts
+    /// are cut from it only, and all go at a flush, when a split `buf` is replaced), it
+    /// grows in place, as a `Vec` does, and keeps its capacity across flushes (a
+    /// follower's, whose bodies nobody reads, settles at one allocation for the whole
+    /// buffer). Once split, its block is shared with the parts and the answers that read
+    /// from them, and growing it would copy its bytes into a new block, or, once nothing
+    /// else refers to the old one, every byte ever split off it too: so what it holds
+    /// becomes a part, and a fresh block of at least [`BLOCK`] takes its place, with no
+    /// byte copied.
     fn make_room(&mut self, size: usize) {
         if self.buf.capacity() - self.buf.len() >= size {
             return;
         }
-        if !self.split {
+        if self.shared.is_empty() {
             self.buf.reserve(size.max(BLOCK));
             return;
         }
@@ -272,13 +270,13 @@ impl Writer {
         }
         self.written = end;
         self.unsynced = true;
+        let split = !self.shared.is_empty();
         self.buf.clear();
         self.shared.clear();
         self.pending.clear();
-        if self.split || self.buf.capacity() > MAX_BUFFERED * 2 {
+        if split || self.buf.capacity() > MAX_BUFFERED * 2 {
             // A split block is left to the answers still reading from it.
             self.buf = BytesMut::new();
-            self.split = false;
         }
         Ok(())
     }
@@ -419,7 +417,6 @@ impl Bodies {
                 written,
                 buf: BytesMut::new(),
                 shared: Vec::new(),
-                split: false,
                 pending: Vec::new(),
                 unsynced: false,
                 defer: false,

@@ -1604,13 +1604,14 @@ pub fn apply(
                 }
                 let delay = m.delay_ms.unwrap_or(rec.config.delay_ms);
                 let visible_at = now.saturating_add(delay);
+                let size = crate::protocol::stored_len(&m.attributes, &m.body);
+                let write = |buf: &mut bytes::BytesMut| {
+                    crate::protocol::encode_stored(buf, &m.attributes, &m.body)
+                };
                 let seq = match m.group.as_deref() {
                     None => {
                         let (seq, mut st) = new_message(&mut stats, now, visible_at, 0, false);
-                        let size = crate::protocol::stored_len(&m.attributes, &m.body);
-                        let r = t.bodies.append(size, |buf| {
-                            crate::protocol::encode_stored(buf, &m.attributes, &m.body)
-                        });
+                        let r = t.bodies.append(size, write);
                         t.counts.add(r);
                         st.body = Some(r);
                         match t.held.as_deref_mut() {
@@ -1619,22 +1620,16 @@ pub fn apply(
                         }
                         seq
                     }
-                    Some(group) => {
-                        let size = crate::protocol::stored_len(&m.attributes, &m.body);
-                        let write = |buf: &mut bytes::BytesMut| {
-                            crate::protocol::encode_stored(buf, &m.attributes, &m.body)
-                        };
-                        t.append(
-                            rec.id,
-                            &mut stats,
-                            now,
-                            visible_at,
-                            size,
-                            write,
-                            0,
-                            Some(group),
-                        )?
-                    }
+                    Some(group) => t.append(
+                        rec.id,
+                        &mut stats,
+                        now,
+                        visible_at,
+                        size,
+                        write,
+                        0,
+                        Some(group),
+                    )?,
                 };
                 if delay == 0 {
                     fx.wake.insert(queue.clone());
