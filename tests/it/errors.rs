@@ -52,6 +52,15 @@ async fn malformed_frames_get_error_statuses_and_the_node_keeps_serving() {
     let (s, msg) = raw_status(&c, &f).await;
     assert_eq!(s, Some(Status::BadFrame), "{msg}");
     assert!(msg.contains("truncated"), "{msg}");
+    // A whole frame and more bytes after it: the frame is served, the rest not read
+    // (a read past the frame's length would make its body undecodable).
+    let mut f = BytesMut::new();
+    for part in (Request::QueueDescribe { name: "q".into() }).encode_chunks() {
+        f.put_slice(&part);
+    }
+    f.put_slice(b"and some bytes after the frame");
+    let (s, msg) = raw_status(&c, &f).await;
+    assert_eq!(s, Some(Status::Ok), "{msg}");
     // Truncated inside the header.
     let (s, _) = raw_status(&c, &[0, 0, 0]).await;
     assert_eq!(s, Some(Status::BadFrame));
