@@ -14,8 +14,12 @@ cleanup() {
     rm -rf "$BASE"
 }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-PORTS=("$(port)" "$(port)" "$(port)")
+# Three distinct free UDP ports, all bound until all are chosen (three separate probes
+# could be handed the same port; benches/peers/run.py's free_ports does the same).
+read -ra PORTS <<< "$(python3 -c 'import socket
+socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in socks])')"
 PEERS="1=127.0.0.1:${PORTS[0]},2=127.0.0.1:${PORTS[1]},3=127.0.0.1:${PORTS[2]}"
 start_node() {
     "$MQD" --data-dir "$BASE/$1" --listen "127.0.0.1:${PORTS[$(($1 - 1))]}" --node-id "$1" \
