@@ -131,6 +131,14 @@ pub struct Args {
         value_name = "MICROSECONDS"
     )]
     pub log_linger_us: Option<u64>,
+    /// Threads that run the node's async work (0: one per CPU).
+    #[arg(
+        long,
+        env = "MQD_WORKER_THREADS",
+        hide_env_values = true,
+        value_name = "N"
+    )]
+    pub worker_threads: Option<u32>,
     /// Validate the config file and exit: 0 if valid, 2 if not.
     #[arg(long)]
     pub check_config: bool,
@@ -166,6 +174,8 @@ pub const DEFAULT_MIN_FREE_MIB: u64 = 256;
 pub const MAX_MIN_FREE_MIB: u64 = 1 << 30;
 /// Largest `log_linger_us` accepted (10 ms).
 pub const MAX_LOG_LINGER_US: u64 = crate::raft::log_store::MAX_LINGER_US;
+/// Largest `worker_threads` accepted.
+pub const MAX_WORKER_THREADS: u32 = 1024;
 /// Default number of shards.
 pub const DEFAULT_SHARDS: u32 = 16;
 /// Default replicas per shard.
@@ -297,6 +307,8 @@ pub struct FileConfig {
     pub min_free_mib: Option<u64>,
     /// Microseconds a shard's log may wait after a small write before the next.
     pub log_linger_us: Option<u64>,
+    /// Threads of the async runtime; 0 for one per CPU.
+    pub worker_threads: Option<u32>,
     /// Cluster membership and layout.
     pub cluster: Option<ClusterFile>,
 }
@@ -344,6 +356,9 @@ pub struct Config {
     /// Microseconds a shard's log may wait after a small write before the next, while
     /// commands wait to be proposed (see `raft::log_store::WritesPending`). 0: never.
     pub log_linger_us: u64,
+    /// Worker threads of the async runtime that serves the node. 0: one per CPU (tokio's
+    /// default).
+    pub worker_threads: u32,
     /// Where to serve Prometheus metrics over HTTP, if anywhere (a loopback address).
     pub metrics_listen: Option<SocketAddr>,
     /// Where to serve the SQS-compatible API over HTTP, if anywhere.
@@ -460,9 +475,19 @@ impl Config {
                 "log_linger_us {log_linger_us} is out of range: use 0 (never wait) to {MAX_LOG_LINGER_US}"
             )));
         }
+        let worker_threads = overrides
+            .worker_threads
+            .or(file.worker_threads)
+            .unwrap_or(0);
+        if worker_threads > MAX_WORKER_THREADS {
+            return Err(ConfigError::Invalid(format!(
+                "worker_threads {worker_threads} is out of range: use 0 (one per CPU) to {MAX_WORKER_THREADS}"
+            )));
+        }
         Ok(Config {
             min_free_mib,
             log_linger_us,
+            worker_threads,
             max_connections,
             cluster,
             metrics_listen,
@@ -639,6 +664,15 @@ pub const KEYS: &[KeyDoc] = &[
         env: Some("MQD_LOG_LINGER_US"),
         flag: Some("--log-linger-us"),
         doc: "How long a shard's Raft log may wait, after starting a small write (under 128 messages), before it starts the next, while commands are waiting to be proposed: they then share one write and one sync. At moderate load this makes fewer, larger writes and takes less CPU (on one node at 10,000 msgs/s, 1000 halved the log writes and saved a quarter of the CPU). Each send may wait up to this much longer, so a client that waits for each answer before its next send sends fewer messages a second (36-42% fewer at 1000, with one or eight sends in flight). 0: never wait.",
+    },
+    KeyDoc {
+        name: "worker_threads",
+        kind: "integer, 0 to 1024",
+        default: "0",
+        example: "1",
+        env: Some("MQD_WORKER_THREADS"),
+        flag: Some("--worker-threads"),
+        doc: "Threads of the async runtime that serves clients and peers and runs the Raft groups and their applies. Each shard's log writes on a thread of its own besides, and durable commits on a pool. 0: one per CPU. On a machine of few CPUs that other busy processes share, fewer threads can do more: on 2 vCPUs with the benchmark client beside one node, 1 moved 6.3% more messages a second over ten alternated pairs, with 10% less node CPU per message, and at half of the peak lowered the end-to-end p99 in 6 pairs of 7 (docs/BENCHMARKS.md, section \"Half load and a follower profiled\"). Three nodes on the same 2 vCPUs gained nothing from it. Read at start only.",
     },
     KeyDoc {
         name: "cluster.node_id",
@@ -834,6 +868,7 @@ mod tests {
                 && all.max_connections.is_some()
                 && all.min_free_mib.is_some()
                 && all.log_linger_us.is_some()
+                && all.worker_threads.is_some()
                 && all.cluster.as_ref().is_some_and(|c| c.node_id.is_some()
                     && c.peers.is_some()
                     && c.shards.is_some()
@@ -954,6 +989,49 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn worker_threads_is_checked() {
+        let resolve = |text: &str, flag: Option<u32>| {
+            Config::resolve(
+                FileConfig::parse(Path::new("x.toml"), text).unwrap(),
+                FileConfig {
+                    data_dir: Some("/nonexistent/mqd-test".into()),
+                    worker_threads: flag,
+                    ..FileConfig::default()
+                },
+            )
+        };
+        assert_eq!(
+            resolve("", None).unwrap().worker_threads,
+            0,
+            "one per CPU by default"
+        );
+        assert_eq!(
+            resolve("worker_threads = 1\n", None)
+                .unwrap()
+                .worker_threads,
+            1
+        );
+        assert_eq!(
+            resolve("worker_threads = 1\n", Some(4))
+                .unwrap()
+                .worker_threads,
+            4,
+            "the flag wins over the file"
+        );
+        let e = resolve("worker_threads = 1025\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("worker_threads 1025 is out of range: use 0 (one per CPU) to 1024"),
+            "{e}"
+        );
+        let e = FileConfig::parse(Path::new("x.toml"), "worker_threads = -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("worker_threads"), "{e}");
     }
 
     #[test]

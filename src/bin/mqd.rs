@@ -46,6 +46,7 @@ fn overrides(args: &Args) -> FileConfig {
         max_connections: args.max_connections,
         min_free_mib: args.min_free_mib,
         log_linger_us: args.log_linger_us,
+        worker_threads: args.worker_threads,
         cluster: Some(mqd::config::ClusterFile {
             node_id: args.node_id,
             peers: (!args.peers.is_empty()).then(|| args.peers.clone()),
@@ -178,10 +179,16 @@ fn serve(
     logs: LogControl,
 ) -> anyhow::Result<()> {
     no_huge_pages();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if config.worker_threads > 0 {
+        builder.worker_threads(config.worker_threads as usize);
+    }
+    let rt = builder.build().context("starting the async runtime")?;
+    tracing::info!(
+        worker_threads = rt.metrics().num_workers(),
+        "async runtime started"
+    );
     rt.block_on(async move {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let (reload_tx, reload_rx) = tokio::sync::watch::channel(0u64);

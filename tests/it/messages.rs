@@ -443,3 +443,48 @@ async fn a_node_with_a_log_linger_delivers_concurrent_sends_once() {
         "nothing left"
     );
 }
+
+/// `--worker-threads 1` runs the node on one runtime thread: the node says how many it
+/// started, and sends, long-polled receives and acks all go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_on_one_runtime_thread_serves_sends_and_receives() {
+    let node = Node::start_with(&["--worker-threads", "1"]);
+    let c = node.client().await;
+    c.create_queue("one-thread", patch()).await.unwrap();
+    let log = node.log();
+    assert!(
+        log.contains("worker_threads=1") && log.contains("async runtime started"),
+        "the node did not report one runtime thread:\n{log}"
+    );
+    // A receive waiting on the node's one thread while the sends arrive on it.
+    let waiting = {
+        let c = c.clone();
+        tokio::spawn(async move { c.receive("one-thread", 10, None, Some(5000)).await })
+    };
+    for i in 0..20 {
+        c.send("one-thread", vec![SendEntry::new(format!("m{i}"))])
+            .await
+            .unwrap();
+    }
+    let mut got = waiting.await.unwrap().unwrap();
+    assert!(!got.is_empty(), "the long poll returned nothing");
+    while got.len() < 20 {
+        let more = c.receive("one-thread", 10, None, Some(2000)).await.unwrap();
+        assert!(!more.is_empty(), "only {} of 20 arrived", got.len());
+        got.extend(more);
+    }
+    let mut bodies: Vec<_> = got.iter().map(|d| d.message.body.clone()).collect();
+    bodies.sort();
+    bodies.dedup();
+    assert_eq!(bodies.len(), 20, "every message once");
+    c.ack("one-thread", got.iter().map(|d| d.receipt).collect())
+        .await
+        .unwrap();
+    assert!(
+        c.receive("one-thread", 10, None, Some(0))
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing left"
+    );
+}
