@@ -476,7 +476,11 @@ async fn a_node_on_one_runtime_thread_serves_sends_and_receives() {
     let mut bodies: Vec<_> = got.iter().map(|d| d.message.body.clone()).collect();
     bodies.sort();
     bodies.dedup();
-    assert_eq!(bodies.len(), 20, "every message once");
+    assert_eq!(
+        (got.len(), bodies.len()),
+        (20, 20),
+        "every message once, none twice"
+    );
     c.ack("one-thread", got.iter().map(|d| d.receipt).collect())
         .await
         .unwrap();
