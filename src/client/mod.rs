@@ -22,6 +22,7 @@
 //! #     max_connections: mqd::config::DEFAULT_MAX_CONNECTIONS,
 //! #     min_free_mib: 0,
 //! #     log_linger_us: 0,
+//! #     worker_threads: 0,
 //! #     cluster: mqd::config::ClusterSettings {
 //! #         node_id: 1,
 //! #         peers: Default::default(),
