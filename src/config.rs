@@ -451,39 +451,12 @@ impl Config {
         )?;
         let metrics_listen = metrics_listen(&file, &overrides)?;
         let sqs_listen = sqs_listen(&file, &overrides)?;
-        let max_connections = overrides
-            .max_connections
-            .or(file.max_connections)
-            .unwrap_or(DEFAULT_MAX_CONNECTIONS);
-        if !(1..=MAX_MAX_CONNECTIONS).contains(&max_connections) {
-            return Err(ConfigError::Invalid(format!(
-                "max_connections {max_connections} is out of range: use 1 to {MAX_MAX_CONNECTIONS}"
-            )));
-        }
-        let min_free_mib = overrides
-            .min_free_mib
-            .or(file.min_free_mib)
-            .unwrap_or(DEFAULT_MIN_FREE_MIB);
-        if min_free_mib > MAX_MIN_FREE_MIB {
-            return Err(ConfigError::Invalid(format!(
-                "min_free_mib {min_free_mib} is out of range: use 0 (no reserve) to {MAX_MIN_FREE_MIB}"
-            )));
-        }
-        let log_linger_us = overrides.log_linger_us.or(file.log_linger_us).unwrap_or(0);
-        if log_linger_us > MAX_LOG_LINGER_US {
-            return Err(ConfigError::Invalid(format!(
-                "log_linger_us {log_linger_us} is out of range: use 0 (never wait) to {MAX_LOG_LINGER_US}"
-            )));
-        }
-        let worker_threads = overrides
-            .worker_threads
-            .or(file.worker_threads)
-            .unwrap_or(0);
-        if worker_threads > MAX_WORKER_THREADS {
-            return Err(ConfigError::Invalid(format!(
-                "worker_threads {worker_threads} is out of range: use 0 (one per CPU) to {MAX_WORKER_THREADS}"
-            )));
-        }
+        let Limits {
+            max_connections,
+            min_free_mib,
+            log_linger_us,
+            worker_threads,
+        } = Limits::resolve(&file, &overrides)?;
         Ok(Config {
             min_free_mib,
             log_linger_us,
@@ -507,6 +480,79 @@ impl Config {
             tls_names: overrides.tls_names.or(file.tls_names).unwrap_or_default(),
         })
     }
+}
+
+/// The numeric settings in force (`overrides` win over `file`, which wins over the
+/// defaults), each checked against its range. Pure, so `--check-config` can call it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `max_connections`.
+    pub max_connections: u32,
+    /// `min_free_mib`.
+    pub min_free_mib: u64,
+    /// `log_linger_us`.
+    pub log_linger_us: u64,
+    /// `worker_threads`.
+    pub worker_threads: u32,
+}
+
+impl Limits {
+    /// Merges and checks the numeric keys; an error names the key, its value and the
+    /// range to use.
+    pub fn resolve(file: &FileConfig, overrides: &FileConfig) -> Result<Limits, ConfigError> {
+        Ok(Limits {
+            max_connections: bounded(
+                "max_connections",
+                overrides
+                    .max_connections
+                    .or(file.max_connections)
+                    .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+                (1, "1"),
+                MAX_MAX_CONNECTIONS,
+            )?,
+            min_free_mib: bounded(
+                "min_free_mib",
+                overrides
+                    .min_free_mib
+                    .or(file.min_free_mib)
+                    .unwrap_or(DEFAULT_MIN_FREE_MIB),
+                (0, "0 (no reserve)"),
+                MAX_MIN_FREE_MIB,
+            )?,
+            log_linger_us: bounded(
+                "log_linger_us",
+                overrides.log_linger_us.or(file.log_linger_us).unwrap_or(0),
+                (0, "0 (never wait)"),
+                MAX_LOG_LINGER_US,
+            )?,
+            worker_threads: bounded(
+                "worker_threads",
+                overrides
+                    .worker_threads
+                    .or(file.worker_threads)
+                    .unwrap_or(0),
+                (0, "0 (one per CPU)"),
+                MAX_WORKER_THREADS,
+            )?,
+        })
+    }
+}
+
+/// `value` of `key` if it is from `min.0` to `max`; otherwise an error saying to use
+/// `min.1` (the low end, as the user should read it) to `max`.
+fn bounded<T: PartialOrd + std::fmt::Display>(
+    key: &str,
+    value: T,
+    min: (T, &str),
+    max: T,
+) -> Result<T, ConfigError> {
+    if value < min.0 || value > max {
+        return Err(ConfigError::Invalid(format!(
+            "{key} {value} is out of range: use {} to {max}",
+            min.1
+        )));
+    }
+    Ok(value)
 }
 
 /// The metrics address in force (`overrides` win over `file`), checked; `None` when off.

@@ -88,10 +88,12 @@ fn main() -> ExitCode {
         );
         let metrics = mqd::config::metrics_listen(&file, &overrides(&args));
         let sqs = mqd::config::sqs_listen(&file, &overrides(&args));
+        let limits = mqd::config::Limits::resolve(&file, &overrides(&args));
         if let Err(e) = cluster
             .map(|_| ())
             .and(metrics.map(|_| ()))
             .and(sqs.map(|_| ()))
+            .and(limits.map(|_| ()))
         {
             eprintln!("mqd: invalid configuration: {e}");
             return ExitCode::from(2);

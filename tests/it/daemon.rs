@@ -77,6 +77,27 @@ fn check_config_names_the_bad_key_and_line() {
         "{err}"
     );
 
+    // A number out of its key's range is refused by the check, not first at start, from
+    // the file or from a flag.
+    let threads = dir.path().join("threads.toml");
+    std::fs::write(&threads, "worker_threads = 5000\n").unwrap();
+    let out = check_config(&threads, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("worker_threads 5000 is out of range: use 0 (one per CPU) to 1024"),
+        "{err}"
+    );
+    let empty = dir.path().join("empty.toml");
+    std::fs::write(&empty, "").unwrap();
+    let out = check_config(&empty, &["--max-connections", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("max_connections 0 is out of range: use 1 to 1000000"),
+        "{err}"
+    );
+
     let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/mqd.toml");
     let out = check_config(&shipped, &[]);
     assert!(
