@@ -36,6 +36,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::{Bytes, BytesMut};
@@ -88,6 +89,9 @@ pub struct Bodies {
     files: RwLock<BTreeMap<u64, Arc<File>>>,
     /// The state machine's side: one writer at a time.
     w: Mutex<Writer>,
+    /// The shard's database may hold bodies as rows of the format-3 table
+    /// [`BODY`](super::schema::BODY) (see [`Bodies::may_hold_legacy`]).
+    legacy: AtomicBool,
 }
 
 struct Writer {
@@ -426,7 +430,22 @@ impl Bodies {
                 retired: Vec::new(),
                 compaction: None,
             }),
+            legacy: AtomicBool::new(true),
         })
+    }
+
+    /// Whether the shard's database may hold bodies as [`BODY`](super::schema::BODY) rows
+    /// (a database upgraded from format 3): true until a transaction finds that table
+    /// empty. Nothing writes it any more (a snapshot's bodies go to the body files too), so
+    /// once empty it stays empty, and later transactions need not open it.
+    pub fn may_hold_legacy(&self) -> bool {
+        self.legacy.load(Ordering::Acquire)
+    }
+
+    /// Records that the [`BODY`](super::schema::BODY) table is empty (see
+    /// [`Bodies::may_hold_legacy`]).
+    pub fn no_legacy(&self) {
+        self.legacy.store(false, Ordering::Release);
     }
 
     /// Seals files at `n` bytes instead of [`FILE_BYTES`] (tests use small files).

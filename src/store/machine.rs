@@ -279,7 +279,9 @@ pub struct Tables<'txn> {
     names: Lazy<'txn, u64, &'static str>,
     stats: Table<'txn, u64, (u64, u64, u64)>,
     state: Table<'txn, (u64, u64), &'static [u8]>,
-    body: Table<'txn, (u64, u64), &'static [u8]>,
+    /// [`BODY`], opened only while it holds rows (a database upgraded from format 3):
+    /// removals and reads look there too.
+    legacy: Option<Table<'txn, (u64, u64), &'static [u8]>>,
     visible: Table<'txn, (u64, u64, u64), u8>,
     system: Lazy<'txn, &'static str, u64>,
     placement: Lazy<'txn, &'static str, u32>,
@@ -296,8 +298,6 @@ pub struct Tables<'txn> {
     bodies: &'txn Bodies,
     /// What this transaction did to the bodies.
     counts: Counts,
-    /// [`BODY`] holds rows (a database upgraded from format 3): removals look there too.
-    legacy: bool,
     /// The compaction's progress in this transaction.
     compaction: Option<Compaction>,
     /// Someone reads the outcomes of the commands being applied (see [`Tables::answered`]).
@@ -455,8 +455,19 @@ impl<'txn> Tables<'txn> {
     /// Opens (and on first use creates) the tables nearly every command uses, and prepares
     /// the others to open when first used; new bodies go to `bodies`.
     pub fn open(txn: &'txn WriteTransaction, bodies: &'txn Bodies) -> Result<Self, redb::Error> {
-        let body = txn.open_table(BODY)?;
-        let legacy = body.first()?.is_some();
+        // Opening a table costs each transaction two lookups in redb's table of tables,
+        // so `BODY` is opened only while it may hold rows (see `Bodies::may_hold_legacy`).
+        let legacy = if bodies.may_hold_legacy() {
+            let body = txn.open_table(BODY)?;
+            if body.first()?.is_some() {
+                Some(body)
+            } else {
+                bodies.no_legacy();
+                None
+            }
+        } else {
+            None
+        };
         Ok(Self {
             files: txn.open_table(BODY_FILES)?,
             body_meta: txn.open_table(BODY_META)?,
@@ -472,7 +483,6 @@ impl<'txn> Tables<'txn> {
             new_rows: BTreeMap::new(),
             queue_ids: 0,
             held: None,
-            body,
             queues: txn.open_table(QUEUES)?,
             names: Lazy::new(txn, QUEUE_NAMES),
             stats: txn.open_table(STATS)?,
@@ -803,8 +813,8 @@ impl<'txn> Tables<'txn> {
                 Err(e) => Err(super::body_unreadable(r, e).into()),
             };
         }
-        if self.legacy {
-            if let Some(b) = self.body.get((qid, seq))? {
+        if let Some(body) = &self.legacy {
+            if let Some(b) = body.get((qid, seq))? {
                 return Ok(Bytes::copy_from_slice(b.value()));
             }
         }
@@ -816,8 +826,8 @@ impl<'txn> Tables<'txn> {
         if let Some(r) = st.body {
             return Ok(r.len as usize);
         }
-        if self.legacy {
-            if let Some(b) = self.body.get((qid, seq))? {
+        if let Some(body) = &self.legacy {
+            if let Some(b) = body.get((qid, seq))? {
                 return Ok(b.value().len());
             }
         }
@@ -828,8 +838,8 @@ impl<'txn> Tables<'txn> {
     fn drop_body(&mut self, qid: u64, seq: u64, st: &MessageState) -> Result<(), ApplyError> {
         if let Some(r) = st.body {
             self.counts.forget(r);
-        } else if self.legacy {
-            self.body.remove((qid, seq))?;
+        } else if let Some(body) = &mut self.legacy {
+            body.remove((qid, seq))?;
         }
         Ok(())
     }
@@ -1062,8 +1072,8 @@ impl<'txn> Tables<'txn> {
         for &r in bodies {
             self.counts.forget(r);
         }
-        if self.legacy {
-            rows::remove_seqs(&mut self.body, qid, &seqs)?;
+        if let Some(body) = &mut self.legacy {
+            rows::remove_seqs(body, qid, &seqs)?;
         }
         gone.sort_unstable();
         rows::remove_visible(&mut self.visible, qid, gone, false)
@@ -1487,8 +1497,8 @@ pub fn apply(
                 }
                 false
             })?;
-            if t.legacy {
-                t.body.retain_in((qid, 0)..=(qid, u64::MAX), |_, _| false)?;
+            if let Some(body) = &mut t.legacy {
+                body.retain_in((qid, 0)..=(qid, u64::MAX), |_, _| false)?;
             }
             t.visible
                 .retain_in((qid, 0, 0)..=(qid, u64::MAX, u64::MAX), |_, _| false)?;
@@ -3742,9 +3752,25 @@ pub(crate) mod tests {
 
     /// A database upgraded from format 3 holds bodies in `BODY` rows: they are delivered,
     /// dead-lettered and removed like the others.
+    /// Opens the body files again from what the database records, as a restart does.
+    fn reopen_bodies(dir: &std::path::Path, db: &mut Db) {
+        db.flush();
+        let txn = db.begin_read().unwrap();
+        let meta = txn.open_table(BODY_META).unwrap();
+        let get = |k| meta.get(k).unwrap().map_or(0, |v| v.value());
+        let live = txn
+            .open_table(BODY_FILES)
+            .unwrap()
+            .iter()
+            .unwrap()
+            .map(|e| e.unwrap().0.value())
+            .collect();
+        db.bodies = Bodies::open(&dir.join("t.bodies"), get("active"), get("end"), &live).unwrap();
+    }
+
     #[test]
     fn bodies_kept_in_rows_by_format_3_still_work() {
-        let (_d, db) = db();
+        let (d, mut db) = db();
         ok(&db, 1, create("q"));
         let old = sent(ok(&db, 1, send("q", &["old", "new"])))[0];
         // Turn the first message's body into a format-3 row.
@@ -3770,6 +3796,11 @@ pub(crate) mod tests {
             files.insert(r.file, (c - 1, b - u64::from(r.len))).unwrap();
         }
         txn.commit().unwrap();
+        // The transactions so far found no rows, so they no longer look: the rows are
+        // there from the start in a database that was upgraded.
+        assert!(!db.bodies.may_hold_legacy());
+        reopen_bodies(d.path(), &mut db);
+        assert!(db.bodies.may_hold_legacy());
         check_files(&db);
         let got = deliveries(ok(&db, 2, receive("q", 10, None)));
         assert_eq!(bodies(&got), ["old", "new"]);
@@ -3785,6 +3816,11 @@ pub(crate) mod tests {
         let txn = db.begin_read().unwrap();
         assert!(txn.open_table(BODY).unwrap().is_empty().unwrap());
         assert!(txn.open_table(STATE).unwrap().is_empty().unwrap());
+        // The next transaction finds the table empty, and the ones after skip it.
+        ok(&db, 3, send("q", &["later"]));
+        assert!(!db.bodies.may_hold_legacy());
+        let got = deliveries(ok(&db, 4, receive("q", 10, None)));
+        assert_eq!(bodies(&got), ["later"]);
     }
 
     /// A database of format 4 keeps body references in their own table: opening it moves
