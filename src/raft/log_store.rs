@@ -26,9 +26,10 @@
 //! and an fsync of all the pages a commit touched. [`import_redb`] moves an old log into
 //! the new layout once, when the node starts.
 //!
-//! A purged segment that was full is kept once as `NNNN.spare` and renamed into the next
-//! segment, whose records overwrite its old ones: an `fdatasync` of blocks a file already
-//! has is one write, while appending to a new file writes its inode too every time.
+//! Purged segments that were full are kept, up to [`MAX_SPARES`], as `NNNN.spare`, and each
+//! new segment is one of them renamed, whose records overwrite its old ones: an
+//! `fdatasync` of blocks a file already has is one write, while appending to a new file
+//! writes its inode too every time.
 //!
 //! Recovery reads every segment and checks each record (length, checksum, and the index
 //! that position must hold). The last segment ends at its last whole record: what follows
@@ -72,6 +73,12 @@ const SEGMENT_SUFFIX: &str = ".seg";
 /// new file also writes its inode (its size) every time. Measured here, 40 KiB writes:
 /// 4,500-4,900 syncs/s appending, 6,800-7,500 overwriting, with 30% less CPU.
 const SPARE_SUFFIX: &str = ".spare";
+/// Most spare segments a log keeps ([`SPARE_SUFFIX`]). A purge after a snapshot frees
+/// every segment below it at once (three at half of workload (a)'s peak on one node,
+/// about nine at full load), and the log then writes as many new ones before the next
+/// purge: with one spare, most of them were new files. Costs a busy log up to
+/// `MAX_SPARES` × [`SEGMENT_BYTES`] (128 MiB) of disk beside its segments.
+const MAX_SPARES: usize = 4;
 
 /// What `meta` holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,8 +166,9 @@ struct Disk {
     dir: PathBuf,
     segs: VecDeque<Segment>,
     last: Option<LogId>,
-    /// A purged segment file kept for the next segment to overwrite (see [`SPARE_SUFFIX`]).
-    spare: Option<PathBuf>,
+    /// Purged segment files kept for the next segments to overwrite (see
+    /// [`SPARE_SUFFIX`]), at most [`MAX_SPARES`].
+    spares: Vec<PathBuf>,
     segment_bytes: u64,
 }
 
@@ -191,11 +199,11 @@ impl Disk {
             if s.last().is_some_and(|l| l > index) || (s.offsets.is_empty() && s.first > index) {
                 break;
             }
-            // A full segment is kept, once, for the next segment to overwrite.
-            if self.spare.is_none() && s.len >= self.segment_bytes {
+            // A full segment is kept for a next segment to overwrite.
+            if self.spares.len() < MAX_SPARES && s.len >= self.segment_bytes {
                 let spare = self.dir.join(format!("{:020}{SPARE_SUFFIX}", s.first));
                 std::fs::rename(&s.path, &spare)?;
-                self.spare = Some(spare);
+                self.spares.push(spare);
             } else {
                 doomed.push((s.path.clone(), s.file.clone()));
             }
@@ -283,7 +291,7 @@ impl Disk {
             }
         };
         if start_new {
-            let seg = Segment::create(&self.dir, index, self.spare.take())?;
+            let seg = Segment::create(&self.dir, index, self.spares.pop())?;
             self.segs.push_back(seg);
         }
         self.segs
@@ -473,7 +481,7 @@ fn write_meta(dir: &Path, meta: &Meta) -> io::Result<()> {
 /// deletes those a recorded purge covers.
 fn recover(dir: &Path, purged: Option<u64>, segment_bytes: u64) -> io::Result<Disk> {
     let mut firsts = Vec::new();
-    let mut spare = None;
+    let mut spares = Vec::new();
     for e in std::fs::read_dir(dir)? {
         let name = e?.file_name();
         let name = name.to_string_lossy();
@@ -482,8 +490,8 @@ fn recover(dir: &Path, purged: Option<u64>, segment_bytes: u64) -> io::Result<Di
             crate::store::reclaim::remove(&dir.join(&*name))?;
         } else if name.ends_with(SPARE_SUFFIX) {
             let path = dir.join(&*name);
-            if spare.is_none() {
-                spare = Some(path);
+            if spares.len() < MAX_SPARES {
+                spares.push(path);
             } else {
                 std::fs::remove_file(&path)?;
             }
@@ -505,7 +513,7 @@ fn recover(dir: &Path, purged: Option<u64>, segment_bytes: u64) -> io::Result<Di
         dir: dir.to_path_buf(),
         segs: VecDeque::new(),
         last: None,
-        spare,
+        spares,
         segment_bytes,
     };
     let count = firsts.len();
@@ -1953,6 +1961,74 @@ mod tests {
             let mut store = on_disk(LogStore::open_with(&path, 64).unwrap());
             assert_eq!(indices(&mut store).await, (11..=36).collect::<Vec<_>>());
             append(&mut store, 37..=37).await;
+        });
+    }
+
+    fn spares(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(SPARE_SUFFIX))
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn purged_segments_are_kept_as_spares_up_to_the_bound_and_reused_in_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let runs = MAX_SPARES as u64 + 3;
+        let next = rt().block_on(async {
+            let mut store = tens(&path, runs).await;
+            // Every segment but the last is full and purged: the bound's worth are kept.
+            store.purge(id((runs - 1) * 10)).await.unwrap();
+            store.writer.drain().await.unwrap();
+            assert_eq!(spares(&path).len(), MAX_SPARES, "{:?}", spares(&path));
+            assert_eq!(segments(&path).len(), 1);
+            let old = spares(&path)
+                .iter()
+                .map(|n| std::fs::metadata(path.join(n)).unwrap().len())
+                .collect::<Vec<_>>();
+
+            // Single entries roll a segment every few records: each new one is a spare
+            // renamed, full length, until none is left.
+            let mut next = runs * 10 + 1;
+            while !spares(&path).is_empty() {
+                append(&mut store, next..=next).await;
+                next += 1;
+                assert!(next < runs * 10 + 100, "the spares were not used");
+            }
+            let segs = segments(&path);
+            assert_eq!(segs.len(), 1 + MAX_SPARES, "{segs:?}");
+            for (name, len) in segs[1..].iter().zip(old.iter().rev()) {
+                assert_eq!(std::fs::metadata(path.join(name)).unwrap().len(), *len);
+            }
+            assert_eq!(
+                indices(&mut store).await,
+                ((runs - 1) * 10 + 1..next).collect::<Vec<_>>()
+            );
+            store.purge(id(next - 1)).await.unwrap();
+            store.writer.drain().await.unwrap();
+            next
+        });
+        // More spares than the bound on disk (left by an older build, say): the open keeps
+        // the bound's worth and deletes the rest.
+        let kept = spares(&path).len();
+        assert!(kept > 0 && kept <= MAX_SPARES);
+        for extra in 0..(MAX_SPARES + 2 - kept) as u64 {
+            std::fs::write(
+                path.join(format!("{:020}{SPARE_SUFFIX}", 900 + extra)),
+                [0u8; 8],
+            )
+            .unwrap();
+        }
+        assert_eq!(spares(&path).len(), MAX_SPARES + 2);
+        rt().block_on(async {
+            let mut store = on_disk(LogStore::open_with(&path, 64).unwrap());
+            assert_eq!(spares(&path).len(), MAX_SPARES);
+            append(&mut store, next..=next).await;
+            assert_eq!(indices(&mut store).await, [next]);
         });
     }
 
