@@ -877,6 +877,14 @@ impl Client {
 
     /// Receives up to `max` messages, waiting up to `wait_ms` (the queue's receive wait if
     /// `None`) for one to arrive.
+    ///
+    /// A receive and an ack each pass through the queue's Raft log, a disk sync, before
+    /// they are answered. So a consumer that receives, handles, acks and only then receives
+    /// again is bound by those two round trips per batch, whatever the node could do: one
+    /// such loop taking 100 messages at a time fell behind 50,000 msgs/s of sends where
+    /// four loops side by side kept up (docs/BENCHMARKS.md, "Half load and a follower
+    /// profiled"). For throughput, run several receive loops at once (tasks sharing one
+    /// `Client`, as `mqctl bench --receive-in-flight` does) and ask for large batches.
     pub async fn receive(
         &self,
         queue: &str,
