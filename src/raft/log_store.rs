@@ -1697,14 +1697,19 @@ mod tests {
         store
     }
 
-    fn segments(dir: &Path) -> Vec<String> {
+    /// The names of the files in `dir` that end with `suffix`, sorted.
+    fn names_ending(dir: &Path, suffix: &str) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(SEGMENT_SUFFIX))
+            .filter(|n| n.ends_with(suffix))
             .collect();
         names.sort();
         names
+    }
+
+    fn segments(dir: &Path) -> Vec<String> {
+        names_ending(dir, SEGMENT_SUFFIX)
     }
 
     #[test]
@@ -1965,13 +1970,7 @@ mod tests {
     }
 
     fn spares(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(SPARE_SUFFIX))
-            .collect();
-        names.sort();
-        names
+        names_ending(dir, SPARE_SUFFIX)
     }
 
     #[test]
