@@ -1037,17 +1037,27 @@ mod tests {
         assert!(e.contains("listen"), "{e}");
     }
 
+    /// Resolves `text` as the file and `flags` as the command line, with a data_dir
+    /// among the flags: without one, resolve looks for the default directory and, as
+    /// root, creates /var/lib/mqd (which the package test then refuses to touch).
+    fn resolve_with(text: &str, flags: FileConfig) -> Result<Config, ConfigError> {
+        Config::resolve(
+            FileConfig::parse(Path::new("x.toml"), text).unwrap(),
+            FileConfig {
+                data_dir: Some("/nonexistent/mqd-test".into()),
+                ..flags
+            },
+        )
+    }
+
     #[test]
     fn worker_threads_is_checked() {
         let resolve = |text: &str, flag: Option<u32>| {
-            Config::resolve(
-                FileConfig::parse(Path::new("x.toml"), text).unwrap(),
-                FileConfig {
-                    data_dir: Some("/nonexistent/mqd-test".into()),
-                    worker_threads: flag,
-                    ..FileConfig::default()
-                },
-            )
+            let flags = FileConfig {
+                worker_threads: flag,
+                ..FileConfig::default()
+            };
+            resolve_with(text, flags)
         };
         assert_eq!(
             resolve("", None).unwrap().worker_threads,
@@ -1083,14 +1093,11 @@ mod tests {
     #[test]
     fn log_linger_us_is_checked() {
         let resolve = |text: &str, flag: Option<u64>| {
-            Config::resolve(
-                FileConfig::parse(Path::new("x.toml"), text).unwrap(),
-                FileConfig {
-                    data_dir: Some("/nonexistent/mqd-test".into()),
-                    log_linger_us: flag,
-                    ..FileConfig::default()
-                },
-            )
+            let flags = FileConfig {
+                log_linger_us: flag,
+                ..FileConfig::default()
+            };
+            resolve_with(text, flags)
         };
         assert_eq!(
             resolve("", None).unwrap().log_linger_us,
@@ -1125,17 +1132,7 @@ mod tests {
 
     #[test]
     fn max_connections_is_checked() {
-        // With a data_dir: without one, resolve looks for the default directory and, as
-        // root, creates /var/lib/mqd (which the package test then refuses to touch).
-        let resolve = |text: &str| {
-            Config::resolve(
-                FileConfig::parse(Path::new("x.toml"), text).unwrap(),
-                FileConfig {
-                    data_dir: Some("/nonexistent/mqd-test".into()),
-                    ..FileConfig::default()
-                },
-            )
-        };
+        let resolve = |text: &str| resolve_with(text, FileConfig::default());
         let e = resolve("max_connections = 0\n").unwrap_err().to_string();
         assert!(
             e.contains("max_connections 0 is out of range: use 1 to 1000000"),

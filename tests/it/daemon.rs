@@ -52,25 +52,37 @@ fn check_config(file: &std::path::Path, flags: &[&str]) -> std::process::Output 
         .unwrap()
 }
 
+/// Writes `text` to `name` in `dir`, runs [`check_config`] on it with `flags`, checks that
+/// it is refused (exit 2), and returns what it printed on stderr.
+fn refused(dir: &std::path::Path, name: &str, text: &str, flags: &[&str]) -> String {
+    let file = dir.join(name);
+    std::fs::write(&file, text).unwrap();
+    let out = check_config(&file, flags);
+    assert_eq!(out.status.code(), Some(2), "{name} was not refused");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn check_config_names_the_bad_key_and_line() {
     let dir = tempfile::tempdir().unwrap();
-    let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "log_level = \"info\"\nlisten_port = 7400\n").unwrap();
-    let out = check_config(&bad, &[]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(
+        dir.path(),
+        "bad.toml",
+        "log_level = \"info\"\nlisten_port = 7400\n",
+        &[],
+    );
     assert!(
         err.contains("listen_port") && err.contains("line 2"),
         "{err}"
     );
 
     // Raft's timing is checked as a pair, whichever source each value comes from.
-    let timing = dir.path().join("timing.toml");
-    std::fs::write(&timing, "[cluster]\nelection_timeout_ms = 1000\n").unwrap();
-    let out = check_config(&timing, &["--heartbeat-ms", "500"]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(
+        dir.path(),
+        "timing.toml",
+        "[cluster]\nelection_timeout_ms = 1000\n",
+        &["--heartbeat-ms", "500"],
+    );
     assert!(
         err.contains("election_timeout_ms 1000 is shorter than 3 heartbeats of 500 ms")
             && err.contains("1500 or more"),
@@ -79,20 +91,12 @@ fn check_config_names_the_bad_key_and_line() {
 
     // A number out of its key's range is refused by the check, not first at start, from
     // the file or from a flag.
-    let threads = dir.path().join("threads.toml");
-    std::fs::write(&threads, "worker_threads = 5000\n").unwrap();
-    let out = check_config(&threads, &[]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(dir.path(), "threads.toml", "worker_threads = 5000\n", &[]);
     assert!(
         err.contains("worker_threads 5000 is out of range: use 0 (one per CPU) to 1024"),
         "{err}"
     );
-    let empty = dir.path().join("empty.toml");
-    std::fs::write(&empty, "").unwrap();
-    let out = check_config(&empty, &["--max-connections", "0"]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(dir.path(), "empty.toml", "", &["--max-connections", "0"]);
     assert!(
         err.contains("max_connections 0 is out of range: use 1 to 1000000"),
         "{err}"
