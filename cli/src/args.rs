@@ -618,8 +618,8 @@ pub struct BenchArgs {
     /// Queues to spread the messages over.
     #[arg(long, default_value_t = 1)]
     pub queues: usize,
-    /// Messages to send in all (unless --duration is given).
-    #[arg(long, default_value_t = 100_000)]
+    /// Messages to send in all (with --batch, rounded up to whole batches).
+    #[arg(long, default_value_t = 100_000, conflicts_with = "duration")]
     pub messages: u64,
     /// Send for this long instead of a number of messages.
     #[arg(long, value_parser = crate::units::duration, value_name = "DURATION")]

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
 use mqd::client::{Client, ClientConfig};
-use mqd::protocol::{QueuePatch, SendEntry, Status, MAX_BATCH};
+use mqd::protocol::{QueuePatch, SendEntry, Status, MAX_BATCH, MAX_MESSAGE_SIZE_LIMIT};
 use serde_json::{json, Value};
 
 use crate::args::{BenchArgs, Output};
@@ -38,11 +38,19 @@ struct Shared {
     last_progress_us: AtomicU64,
 }
 
-/// Refuses bad flag combinations with exit code 2, naming what to change.
-fn check(a: &BenchArgs) -> anyhow::Result<()> {
-    let problem = if !(1..=MAX_BATCH).contains(&a.batch)
-        || !(1..=MAX_BATCH).contains(&a.receive_batch)
-    {
+/// Refuses bad flag combinations with exit code 2, naming what to change. Called before
+/// the client's configuration is read, so a bad flag is reported even where no node is.
+pub fn check(a: &BenchArgs) -> anyhow::Result<()> {
+    if let Some(p) = problem(a) {
+        eprintln!("mqctl: {p}");
+        anyhow::bail!(crate::Exit(crate::EXIT_INVALID));
+    }
+    Ok(())
+}
+
+/// What is wrong with the flags, if anything.
+fn problem(a: &BenchArgs) -> Option<String> {
+    if !(1..=MAX_BATCH).contains(&a.batch) || !(1..=MAX_BATCH).contains(&a.receive_batch) {
         Some(format!(
             "--batch and --receive-batch must be 1 to {MAX_BATCH}"
         ))
@@ -53,14 +61,17 @@ fn check(a: &BenchArgs) -> anyhow::Result<()> {
             "with --consumers, --size must be at least 8 bytes: the body carries its send time"
                 .into(),
         )
+    } else if a.size > MAX_MESSAGE_SIZE_LIMIT {
+        Some(format!(
+            "--size must be at most 8MiB ({MAX_MESSAGE_SIZE_LIMIT} bytes), the largest message a queue takes"
+        ))
+    } else if a.duration.is_none() && a.messages == 0 {
+        Some("--messages must be at least 1 (or send for a time with --duration)".into())
+    } else if a.duration.is_some_and(|d| d.is_zero()) {
+        Some("--duration must be longer than 0 (for example 10s)".into())
     } else {
         None
-    };
-    if let Some(p) = problem {
-        eprintln!("mqctl: {p}");
-        anyhow::bail!(crate::Exit(crate::EXIT_INVALID));
     }
-    Ok(())
 }
 
 /// For each connection in `clients`, the client to use for each queue: one connected to
@@ -118,8 +129,8 @@ fn queue_names(a: &BenchArgs) -> Vec<String> {
     }
 }
 
+/// Runs the benchmark; the flags have passed [`check`].
 pub async fn run(mut config: ClientConfig, out: Output, a: BenchArgs) -> anyhow::Result<()> {
-    check(&a)?;
     config.coalesce_sends = !a.no_coalesce;
     let queues = queue_names(&a);
     let mut producers = Vec::new();
@@ -523,5 +534,65 @@ impl Report<'_> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn problem_of(flags: &[&str]) -> Option<String> {
+        let cli = crate::args::Cli::try_parse_from(["mqctl", "bench"].iter().chain(flags))
+            .expect("flags parse");
+        match cli.command {
+            crate::args::Command::Bench(a) => problem(&a),
+            _ => unreachable!("parsed `bench`"),
+        }
+    }
+
+    #[test]
+    fn flags_that_measure_nothing_or_cannot_be_sent_are_refused() {
+        assert_eq!(problem_of(&[]), None);
+        assert_eq!(problem_of(&["--duration", "2s", "--rate", "100"]), None);
+        assert_eq!(problem_of(&["--size", "8MiB"]), None);
+        for (flags, says) in [
+            (&["--messages", "0"][..], "--messages must be at least 1"),
+            (
+                &["--duration", "0s"][..],
+                "--duration must be longer than 0",
+            ),
+            (&["--size", "9MiB"][..], "--size must be at most 8MiB"),
+            (
+                &["--batch", "0"][..],
+                "--batch and --receive-batch must be 1 to 1000",
+            ),
+            (
+                &["--receive-batch", "1001"][..],
+                "--batch and --receive-batch",
+            ),
+            (&["--queues", "0"][..], "must be at least 1"),
+            (
+                &["--consumers", "1", "--size", "7B"][..],
+                "at least 8 bytes",
+            ),
+        ] {
+            let p = problem_of(flags).unwrap_or_default();
+            assert!(p.contains(says), "{flags:?}: {p:?}");
+        }
+    }
+
+    #[test]
+    fn a_count_and_a_duration_do_not_go_together() {
+        let e = crate::args::Cli::try_parse_from([
+            "mqctl",
+            "bench",
+            "--messages",
+            "10",
+            "--duration",
+            "5s",
+        ])
+        .expect_err("both given");
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 }

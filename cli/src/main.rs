@@ -199,6 +199,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let out = cli.global.output;
+    if let Command::Bench(a) = &cli.command {
+        bench::check(a)?;
+    }
     let config = client_config(&cli.global)?;
     if let Command::Bench(a) = cli.command {
         return bench::run(config, out, a).await;

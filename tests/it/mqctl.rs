@@ -344,6 +344,33 @@ fn bench_sends_receives_and_reports_latencies_as_json() {
 }
 
 #[test]
+fn bench_refuses_flags_that_measure_nothing_before_looking_for_a_node() {
+    for (flags, says) in [
+        (&["--messages", "0"][..], "--messages must be at least 1"),
+        (
+            &["--duration", "0s"][..],
+            "--duration must be longer than 0",
+        ),
+        (&["--size", "16MiB"][..], "--size must be at most 8MiB"),
+        (
+            &["--messages", "5", "--duration", "1s"][..],
+            "cannot be used with",
+        ),
+    ] {
+        let out = std::process::Command::new(crate::common::mqctl_bin())
+            .arg("bench")
+            .args(flags)
+            .env("MQ_DATA_DIR", "/nonexistent")
+            .env("MQ_CONFIG", "/dev/null")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {err}");
+        assert!(err.contains(says), "{flags:?}: {err}");
+    }
+}
+
+#[test]
 fn bench_warms_up_without_counting_it_and_leaves_no_warm_up_message() {
     let node = Node::start();
     let depth = |queue: &str| {
