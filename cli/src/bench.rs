@@ -38,8 +38,7 @@ struct Shared {
     last_progress_us: AtomicU64,
 }
 
-/// Refuses bad flag combinations with exit code 2, naming what to change. Called before
-/// the client's configuration is read, so a bad flag is reported even where no node is.
+/// Refuses bad flag combinations with exit code 2, naming what to change.
 pub fn check(a: &BenchArgs) -> anyhow::Result<()> {
     if let Some(p) = problem(a) {
         eprintln!("mqctl: {p}");

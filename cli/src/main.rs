@@ -199,13 +199,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let out = cli.global.output;
-    if let Command::Bench(a) = &cli.command {
-        bench::check(a)?;
+    if let Command::Bench(a) = cli.command {
+        // The flags first: a bad one is reported even where no node is configured.
+        bench::check(&a)?;
+        return bench::run(client_config(&cli.global)?, out, a).await;
     }
     let config = client_config(&cli.global)?;
-    if let Command::Bench(a) = cli.command {
-        return bench::run(config, out, a).await;
-    }
     let secret = mqd::protocol::aws_secret_key(&config.token);
     let client = Client::connect(config).await?;
     if let Command::AwsCredentials { profile } = &cli.command {
