@@ -718,7 +718,7 @@ pub const KEYS: &[KeyDoc] = &[
         example: "1",
         env: Some("MQD_WORKER_THREADS"),
         flag: Some("--worker-threads"),
-        doc: "Threads of the async runtime that serves clients and peers and runs the Raft groups and their applies. Each shard's log writes on a thread of its own besides, and durable commits on a pool. 0: one per CPU. On a machine of few CPUs that other busy processes share, fewer threads can do more: on 2 vCPUs with the benchmark client beside one node, 1 moved 6.3% more messages a second over ten alternated pairs, with 10% less node CPU per message, and at half of the peak lowered the end-to-end p99 in 6 pairs of 7 (docs/BENCHMARKS.md, section \"Half load and a follower profiled\"). Three nodes on the same 2 vCPUs gained nothing from it. Read at start only.",
+        doc: "Threads of the async runtime that serves clients and peers and runs the Raft groups and their applies. Each shard's log writes on a thread of its own besides, and durable commits on a pool. 0: one per CPU. On a machine of few CPUs that other busy processes share, fewer threads can do more: on 2 vCPUs with the benchmark client beside one node, 1 moved 6.3% more messages a second over ten alternated pairs, with 10% less node CPU per message, and at half of the peak lowered the end-to-end p99 in 6 pairs of 7 (docs/BENCHMARKS.md, section \"Half load and a follower profiled\"). Three nodes on the same 2 vCPUs gained nothing from it, and later runs at half of the peak had more p99 spikes over 10 ms with one thread than with two (5 of 13 against 2 of 14). Read at start only.",
     },
     KeyDoc {
         name: "cluster.node_id",
