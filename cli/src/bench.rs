@@ -36,6 +36,9 @@ struct Shared {
     sending_done: AtomicBool,
     /// Time of the last receive that got messages, in µs since `start`.
     last_progress_us: AtomicU64,
+    /// Time the last ack was answered, in µs since `start`: where the receiving ends. The
+    /// consumers' tasks finish later, each once its last long poll has waited out.
+    last_ack_us: AtomicU64,
 }
 
 /// Refuses bad flag combinations with exit code 2, naming what to change.
@@ -214,7 +217,7 @@ pub async fn run(mut config: ClientConfig, out: Output, a: BenchArgs) -> anyhow:
         sent: l.sent,
         received: l.received,
         send_secs: l.send_secs,
-        total_secs: l.total_secs,
+        receive_secs: l.receive_secs,
         send: &l.send,
         e2e: (a.consumers > 0).then_some(&l.e2e),
         receive: &l.receive,
@@ -239,8 +242,8 @@ struct Load {
     received: u64,
     /// Until the last send was acknowledged.
     send_secs: f64,
-    /// Until the consumers were done.
-    total_secs: f64,
+    /// Until the last ack was answered (or until the consumers gave up, if none was).
+    receive_secs: f64,
     send: Histogram<u64>,
     e2e: Histogram<u64>,
     receive: Histogram<u64>,
@@ -285,6 +288,7 @@ async fn load(
         received: AtomicU64::new(0),
         sending_done: AtomicBool::new(false),
         last_progress_us: AtomicU64::new(0),
+        last_ack_us: AtomicU64::new(0),
     });
     let requests = plan.messages.div_ceil(u64::from(a.batch));
     let deadline = plan.duration.map(|d| shared.start + d);
@@ -415,6 +419,9 @@ async fn load(
                 shared
                     .received
                     .fetch_add(got.len() as u64, Ordering::Relaxed);
+                shared
+                    .last_ack_us
+                    .fetch_max(shared.start.elapsed().as_micros() as u64, Ordering::Relaxed);
             }
             anyhow::Ok(())
         }));
@@ -433,11 +440,15 @@ async fn load(
         t.await??;
     }
     let (e2e, receive) = (e2e_hists.merged()?, receive_hists.merged()?);
+    let receive_secs = match shared.last_ack_us.load(Ordering::Relaxed) {
+        0 => shared.start.elapsed().as_secs_f64(),
+        us => us as f64 / 1e6,
+    };
     Ok(Load {
         sent: shared.sent.load(Ordering::Relaxed),
         received: shared.received.load(Ordering::Relaxed),
         send_secs,
-        total_secs: shared.start.elapsed().as_secs_f64(),
+        receive_secs,
         send: send_hist,
         e2e,
         receive,
@@ -451,8 +462,8 @@ struct Report<'a> {
     received: u64,
     /// Until the last send was acknowledged.
     send_secs: f64,
-    /// Until the consumers were done.
-    total_secs: f64,
+    /// Until the last ack was answered.
+    receive_secs: f64,
     send: &'a Histogram<u64>,
     e2e: Option<&'a Histogram<u64>>,
     /// Receive requests that returned messages.
@@ -480,7 +491,7 @@ impl Report<'_> {
     fn print(&self, out: Output, a: &BenchArgs) -> anyhow::Result<()> {
         let rate = self.sent as f64 / self.send_secs;
         let mbps = rate * f64::from(a.size) / (1024.0 * 1024.0);
-        let receive_rate = self.received as f64 / self.total_secs;
+        let receive_rate = self.received as f64 / self.receive_secs;
         match out {
             Output::Json => {
                 let mut v = json!({
@@ -494,7 +505,7 @@ impl Report<'_> {
                 });
                 if let (Some(e2e), Some(m)) = (self.e2e, v.as_object_mut()) {
                     m.insert("received".into(), json!(self.received));
-                    m.insert("receive_seconds".into(), json!(self.total_secs));
+                    m.insert("receive_seconds".into(), json!(self.receive_secs));
                     m.insert("received_per_sec".into(), json!(receive_rate));
                     m.insert("end_to_end_ms".into(), percentiles_json(e2e));
                     m.insert("receive_latency_ms".into(), percentiles_json(self.receive));
@@ -518,7 +529,7 @@ impl Report<'_> {
                 if let Some(e2e) = self.e2e {
                     println!(
                         "received and acked {} messages in {:.2} s: {receive_rate:.0} msgs/s ({} consumers)",
-                        self.received, self.total_secs, a.consumers
+                        self.received, self.receive_secs, a.consumers
                     );
                     println!(
                         "end-to-end latency (send to receive): {}",

@@ -82,6 +82,9 @@ struct Shared {
     received: AtomicU64,
     sending_done: AtomicBool,
     last_progress_us: AtomicU64,
+    /// When the last message was received, in µs from the start: where the receiving
+    /// ends (the consumers finish later, each once its last fetch has waited out).
+    last_received_us: AtomicU64,
 }
 
 const DRAIN_IDLE: Duration = Duration::from_secs(10);
@@ -117,6 +120,7 @@ impl Shared {
             self.e2e_h.record(task, now.saturating_sub(sent).max(1))?;
         }
         self.last_progress_us.store(now, Ordering::Relaxed);
+        self.last_received_us.fetch_max(now, Ordering::Relaxed);
         self.received.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -394,6 +398,7 @@ async fn main() -> anyhow::Result<()> {
         received: AtomicU64::new(0),
         sending_done: AtomicBool::new(false),
         last_progress_us: AtomicU64::new(0),
+        last_received_us: AtomicU64::new(0),
     });
     let (senders, receivers) = match a.system {
         System::Nats => nats(&a, &s).await?,
@@ -412,7 +417,10 @@ async fn main() -> anyhow::Result<()> {
         t.await??;
     }
     let e2e = s.e2e_h.merged()?;
-    let total_secs = start.elapsed().as_secs_f64();
+    let receive_secs = match s.last_received_us.load(Ordering::Relaxed) {
+        0 => start.elapsed().as_secs_f64(),
+        us => us as f64 / 1e6,
+    };
     let sent = s.sent.load(Ordering::Relaxed);
     let received = s.received.load(Ordering::Relaxed);
     let rate = sent as f64 / send_secs;
@@ -427,10 +435,10 @@ async fn main() -> anyhow::Result<()> {
     if a.consumers > 0 {
         if let Some(m) = v.as_object_mut() {
             m.insert("received".into(), json!(received));
-            m.insert("receive_seconds".into(), json!(total_secs));
+            m.insert("receive_seconds".into(), json!(receive_secs));
             m.insert(
                 "received_per_sec".into(),
-                json!(received as f64 / total_secs),
+                json!(received as f64 / receive_secs),
             );
             m.insert("end_to_end_ms".into(), percentiles(&e2e));
         }
