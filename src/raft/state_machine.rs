@@ -17,7 +17,7 @@ use futures_util::TryStreamExt;
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, RaftSnapshotBuilder};
 use prometheus_client::metrics::histogram::Histogram;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 
 use super::log_store::AppliedIndex;
 use super::snapshot::{each_chunk, SnapshotData};
@@ -256,23 +256,11 @@ impl StateMachine {
         crate::store::prepare(&txn, path).map_err(sm_write)?;
         txn.open_table(SM_META).map_err(sm_write)?;
         txn.delete_table(OLD_SNAPSHOTS).map_err(sm_write)?;
-        let (active, end, live) = {
-            let meta = txn.open_table(BODY_META).map_err(sm_write)?;
-            let get = |k| -> Result<u64, StorageError> {
-                Ok(meta.get(k).map_err(sm_read)?.map_or(0, |v| v.value()))
-            };
-            let (active, end) = (get("active")?, get("end")?);
-            let mut live = std::collections::BTreeSet::new();
-            for e in txn
-                .open_table(BODY_FILES)
-                .map_err(sm_read)?
-                .iter()
-                .map_err(sm_read)?
-            {
-                live.insert(e.map_err(sm_read)?.0.value());
-            }
-            (active, end, live)
-        };
+        let (active, end, live) = crate::store::bodies::recorded(
+            &txn.open_table(BODY_META).map_err(sm_write)?,
+            &txn.open_table(BODY_FILES).map_err(sm_read)?,
+        )
+        .map_err(sm_read)?;
         txn.commit().map_err(sm_write)?;
         crate::store::upgrade_refs(&db).map_err(sm_write)?;
         let dir = Bodies::dir_for(path);

@@ -340,6 +340,23 @@ fn named(path: &Path, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
+/// Where the body files stand as a shard's database records them, for [`Bodies::open`]:
+/// the active file and its end, from [`BODY_META`](super::schema::BODY_META) (0 when not
+/// recorded yet), and the files [`BODY_FILES`](super::schema::BODY_FILES) counts live
+/// bodies in.
+pub fn recorded(
+    meta: &impl redb::ReadableTable<&'static str, u64>,
+    files: &impl redb::ReadableTable<u64, (u64, u64)>,
+) -> Result<(u64, u64, BTreeSet<u64>), redb::StorageError> {
+    let get =
+        |k: &str| -> Result<u64, redb::StorageError> { Ok(meta.get(k)?.map_or(0, |v| v.value())) };
+    let mut live = BTreeSet::new();
+    for e in files.iter()? {
+        live.insert(e?.0.value());
+    }
+    Ok((get("active")?, get("end")?, live))
+}
+
 impl Bodies {
     /// The directory of the shard whose database is `db_path`.
     pub fn dir_for(db_path: &Path) -> PathBuf {

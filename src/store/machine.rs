@@ -3750,24 +3750,20 @@ pub(crate) mod tests {
         }
     }
 
-    /// A database upgraded from format 3 holds bodies in `BODY` rows: they are delivered,
-    /// dead-lettered and removed like the others.
     /// Opens the body files again from what the database records, as a restart does.
     fn reopen_bodies(dir: &std::path::Path, db: &mut Db) {
         db.flush();
         let txn = db.begin_read().unwrap();
-        let meta = txn.open_table(BODY_META).unwrap();
-        let get = |k| meta.get(k).unwrap().map_or(0, |v| v.value());
-        let live = txn
-            .open_table(BODY_FILES)
-            .unwrap()
-            .iter()
-            .unwrap()
-            .map(|e| e.unwrap().0.value())
-            .collect();
-        db.bodies = Bodies::open(&dir.join("t.bodies"), get("active"), get("end"), &live).unwrap();
+        let (active, end, live) = crate::store::bodies::recorded(
+            &txn.open_table(BODY_META).unwrap(),
+            &txn.open_table(BODY_FILES).unwrap(),
+        )
+        .unwrap();
+        db.bodies = Bodies::open(&dir.join("t.bodies"), active, end, &live).unwrap();
     }
 
+    /// A database upgraded from format 3 holds bodies in `BODY` rows: they are delivered,
+    /// dead-lettered and removed like the others.
     #[test]
     fn bodies_kept_in_rows_by_format_3_still_work() {
         let (d, mut db) = db();
