@@ -79,40 +79,29 @@ fn codec(quick: bool) {
 }
 
 /// One transaction applying `cmds`, as the state machine does for one batch of entries.
-fn apply_all((db, bodies): &(Database, Bodies), cmds: &[Command]) -> Vec<Outcome> {
-    let mut txn = db.begin_write().expect("begin");
-    txn.set_durability(Durability::None).expect("durability");
-    let mut out = Vec::with_capacity(cmds.len());
-    let fin = {
-        let mut t = Tables::open(&txn, bodies).expect("tables");
-        let mut fx = Effects::default();
-        for c in cmds {
-            out.push(apply(&mut t, NOW_MS, c, &mut fx).expect("apply"));
-        }
-        t.finish().expect("finish")
-    };
-    bodies.after_commit().expect("bodies");
-    txn.commit().expect("commit");
-    fin.committed(bodies, false);
-    out
+fn apply_all(db: &(Database, Bodies), cmds: &[Command]) -> Vec<Outcome> {
+    apply_txn(db, None, cmds, false)
 }
 
 /// A table like the state machine's own, where each transaction records the last entry
 /// it applied.
 const APPLIED: TableDefinition<&str, &[u8]> = TableDefinition::new("bench_applied");
 
-/// [`apply_all`] shaped as the node's state machine applies a batch: the rows of messages
-/// sent without a group held in `held` rather than written, the applied entry recorded,
-/// and the commit `durable` now and then (the held rows written, the body files synced
-/// first), as the state machine's is every 100 ms. Between durable commits the body files
-/// keep the bodies in memory while consumers keep up, as in the node.
-fn apply_held(
+/// One transaction applying `cmds`. With `held`, shaped as the node's state machine
+/// applies a batch: the rows of messages sent without a group held there rather than
+/// written, the applied entry recorded, and the commit `durable` now and then (the held
+/// rows written, the body files synced first), as the state machine's is every 100 ms.
+/// Between durable commits the body files keep the bodies in memory while consumers keep
+/// up, as in the node.
+fn apply_txn(
     (db, bodies): &(Database, Bodies),
-    held: &mut Held,
+    mut held: Option<&mut Held>,
     cmds: &[Command],
     durable: bool,
 ) -> Vec<Outcome> {
-    held.begin();
+    if let Some(h) = held.as_deref_mut() {
+        h.begin();
+    }
     let mut txn = db.begin_write().expect("begin");
     txn.set_durability(if durable {
         Durability::Immediate
@@ -123,7 +112,9 @@ fn apply_held(
     let mut out = Vec::with_capacity(cmds.len());
     let fin = {
         let mut t = Tables::open(&txn, bodies).expect("tables");
-        t.hold(held);
+        if let Some(h) = held.as_deref_mut() {
+            t.hold(h);
+        }
         let mut fx = Effects::default();
         for c in cmds {
             out.push(apply(&mut t, NOW_MS, c, &mut fx).expect("apply"));
@@ -133,10 +124,12 @@ fn apply_held(
         }
         t.finish().expect("finish")
     };
-    txn.open_table(APPLIED)
-        .expect("table")
-        .insert("applied", [0u8; 24].as_slice())
-        .expect("insert");
+    if held.is_some() {
+        txn.open_table(APPLIED)
+            .expect("table")
+            .insert("applied", [0u8; 24].as_slice())
+            .expect("insert");
+    }
     if durable {
         bodies.sync().expect("bodies");
     } else {
@@ -144,7 +137,9 @@ fn apply_held(
     }
     txn.commit().expect("commit");
     fin.committed(bodies, durable);
-    held.commit();
+    if let Some(h) = held {
+        h.commit();
+    }
     out
 }
 
@@ -302,7 +297,7 @@ fn state_machine(quick: bool) {
                     receipts: std::mem::take(&mut last),
                 });
             }
-            for o in apply_held(&db, &mut held, &batch, n % 200 == 0) {
+            for o in apply_txn(&db, Some(&mut held), &batch, n % 200 == 0) {
                 if let Outcome::Deliveries { deliveries, .. } = o {
                     last.extend(deliveries.into_iter().map(|d| d.receipt));
                 }
