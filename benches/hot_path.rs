@@ -121,10 +121,13 @@ fn apply_txn(
         }
         if durable {
             t.write_held().expect("held rows");
+            t.commit_anyway();
         }
         t.finish().expect("finish")
     };
-    if held.is_some() {
+    // As the state machine does: the applied entry is written in a commit; a transaction
+    // that changed no table is abandoned, the entry left with the held rows.
+    if fin.commit && held.is_some() {
         txn.open_table(APPLIED)
             .expect("table")
             .insert("applied", [0u8; 24].as_slice())
@@ -135,7 +138,11 @@ fn apply_txn(
     } else {
         bodies.after_commit().expect("bodies");
     }
-    txn.commit().expect("commit");
+    if fin.commit {
+        txn.commit().expect("commit");
+    } else {
+        txn.abort().expect("abort");
+    }
     fin.committed(bodies, durable);
     if let Some(h) = held {
         h.commit();

@@ -28,6 +28,8 @@ struct TestNode {
     addr: SocketAddr,
     raft: Raft,
     db: Arc<Database>,
+    /// What the state machine holds beside its tables (see `crate::store::held`).
+    held: Arc<crate::raft::state_machine::HeldRows>,
     creds: Credentials,
 }
 
@@ -97,6 +99,7 @@ async fn start_speaking(id: u64, ca_of: Option<&Path>, peer_alpns: Option<&[&[u8
     let log = LogStore::open(&dir.path().join("g1.log")).unwrap();
     let sm = StateMachine::open(&dir.path().join("g1.redb"), Arc::new(|_| {})).unwrap();
     let db = sm.database();
+    let held = sm.held();
     let raft = Raft::new(id, config, GroupNetwork::new(connector, 1), log, sm)
         .await
         .unwrap();
@@ -108,13 +111,16 @@ async fn start_speaking(id: u64, ca_of: Option<&Path>, peer_alpns: Option<&[&[u8
         addr,
         raft,
         db,
+        held,
         creds,
     }
 }
 
-/// (queue exists, messages stored) in a node's state machine.
-fn queue_state(db: &Database, name: &str) -> (bool, u64) {
-    let txn = db.begin_read().unwrap();
+/// (queue exists, messages stored) in a node's state machine, with what it holds
+/// beside its tables written first, as every read of them outside the applies does.
+fn queue_state(n: &TestNode, name: &str) -> (bool, u64) {
+    n.held.settle().unwrap();
+    let txn = n.db.begin_read().unwrap();
     let queues = txn.open_table(QUEUES).unwrap();
     let Some(v) = queues.get(name).unwrap() else {
         return (false, 0);
@@ -221,7 +227,7 @@ async fn a_group_replicates_over_quic_and_survives_losing_its_leader() {
     for n in nodes {
         applied(n, idx).await;
         assert_eq!(
-            queue_state(&n.db, "q"),
+            queue_state(n, "q"),
             (true, 1),
             "node {} has the queue and its message",
             n.id
@@ -245,7 +251,7 @@ async fn a_group_replicates_over_quic_and_survives_losing_its_leader() {
     for n in &rest {
         applied(n, idx).await;
         assert_eq!(
-            queue_state(&n.db, "q"),
+            queue_state(n, "q"),
             (true, 2),
             "node {} after failover",
             n.id
@@ -351,7 +357,7 @@ async fn a_node_that_missed_purged_entries_catches_up_from_a_streamed_snapshot()
         .await
         .unwrap();
     applied(&n2, last).await;
-    assert_eq!(queue_state(&n2.db, "big"), (true, 3500));
+    assert_eq!(queue_state(&n2, "big"), (true, 3500));
     let m = n2.raft.metrics().borrow_watched().clone();
     assert!(
         m.snapshot.is_some_and(|s| s.index >= built),
@@ -378,7 +384,7 @@ async fn a_node_that_missed_purged_entries_catches_up_from_a_streamed_snapshot()
     )
     .await;
     applied(&n2, idx).await;
-    assert_eq!(queue_state(&n2.db, "big"), (true, 3501));
+    assert_eq!(queue_state(&n2, "big"), (true, 3501));
     n1.raft.shutdown().await.unwrap();
     n2.raft.shutdown().await.unwrap();
 }
@@ -529,7 +535,7 @@ async fn a_node_without_replication_streams_is_replicated_to_one_call_at_a_time(
     let idx = send_hundreds(&lead.raft, 0..3, 10).await;
     for n in nodes {
         applied(n, idx).await;
-        assert_eq!(queue_state(&n.db, "big"), (true, 300), "node {}", n.id);
+        assert_eq!(queue_state(n, "big"), (true, 300), "node {}", n.id);
     }
     for n in [&current, &older, &third] {
         n.raft.shutdown().await.unwrap();

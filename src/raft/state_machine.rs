@@ -27,7 +27,7 @@ use super::{
 };
 use crate::protocol::Status;
 use crate::store::bodies::Bodies;
-use crate::store::held::Held;
+use crate::store::held::{Held, Pending};
 use crate::store::machine::{apply, knows_held, write_held, Command, Effects, Tables};
 use crate::store::schema::{BODY_FILES, BODY_META};
 use crate::store::{snapshot as store_snapshot, ApplyError, StoreError};
@@ -107,7 +107,7 @@ impl HeldRows {
     /// writes to the page cache only.
     pub fn settle(&self) -> Result<(), StoreError> {
         let mut held = self.rows.lock().unwrap_or_else(|e| e.into_inner());
-        if held.is_empty() {
+        if held.is_settled() {
             return Ok(());
         }
         commit_held(&self.db, &mut held, None)
@@ -128,7 +128,7 @@ impl Drop for HeldRows {
             return;
         }
         let held = self.rows.get_mut().unwrap_or_else(|e| e.into_inner());
-        if held.is_empty() {
+        if held.is_settled() {
             return;
         }
         if let Err(e) = commit_held(&self.db, held, None) {
@@ -213,7 +213,10 @@ fn commit_held(db: &Database, held: &mut Held, durable: Option<&Bodies>) -> Resu
     let mut txn = db.begin_write()?;
     held.begin();
     let done: Result<(), StoreError> = (|| {
-        write_held(&txn, held)?;
+        if let Some(applied) = write_held(&txn, held)? {
+            txn.open_table(SM_META)?
+                .insert("applied", applied.as_slice())?;
+        }
         if let Some(bodies) = durable {
             bodies
                 .sync()
@@ -446,7 +449,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), StorageError> {
         let db = self.db.clone();
+        let held = self.held.clone();
         blocking(move || {
+            // The last entry applied may wait with the held rows (see `Pending`).
+            held.settle().map_err(sm_write)?;
             let txn = db.begin_read().map_err(sm_read)?;
             Ok((
                 Self::meta(&txn, "applied")?,
@@ -542,7 +548,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             blocking(move || {
                 // The view must have the rows held here (see `crate::store::held`).
                 let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
-                if !held.is_empty() {
+                if !held.is_settled() {
                     // Not durable, as an apply's commit.
                     commit_held(&db, &mut held, None).map_err(snap_err)?;
                 }
@@ -695,15 +701,26 @@ fn apply_batch_holding(
             // A commit that survives a crash must hold every message applied.
             tables.write_held().map_err(sm_write)?;
         }
+        if durable || membership.is_some() {
+            tables.commit_anyway();
+        }
         finished = tables.finish().map_err(sm_write)?;
         drop(tables);
-        let mut meta = txn.open_table(SM_META).map_err(sm_write)?;
         let bytes = postcard::to_allocvec(&applied).map_err(sm_write)?;
-        meta.insert("applied", bytes.as_slice()).map_err(sm_write)?;
-        if let Some(m) = &membership {
-            let bytes = postcard::to_allocvec(m).map_err(sm_write)?;
-            meta.insert("membership", bytes.as_slice())
-                .map_err(sm_write)?;
+        if finished.commit {
+            let mut meta = txn.open_table(SM_META).map_err(sm_write)?;
+            meta.insert("applied", bytes.as_slice()).map_err(sm_write)?;
+            if let Some(m) = &membership {
+                let bytes = postcard::to_allocvec(m).map_err(sm_write)?;
+                meta.insert("membership", bytes.as_slice())
+                    .map_err(sm_write)?;
+            }
+        } else {
+            // Nothing to commit: the applied entry waits with the other small rows.
+            held.defer(Pending {
+                applied: Some(bytes),
+                ..Pending::default()
+            });
         }
     }
     // A durable commit must find the bodies it refers to on disk.
@@ -713,7 +730,11 @@ fn apply_batch_holding(
         bodies.after_commit()
     };
     synced.map_err(sm_write)?;
-    txn.commit().map_err(sm_write)?;
+    if finished.commit {
+        txn.commit().map_err(sm_write)?;
+    } else {
+        txn.abort().map_err(sm_write)?;
+    }
     finished.committed(bodies, durable);
     Ok(Ok((replies, fx)))
 }

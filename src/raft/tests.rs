@@ -334,6 +334,93 @@ async fn held_messages_reach_the_snapshot_the_stop_the_close_and_a_read_of_the_t
     assert_eq!(state.len().unwrap(), 8);
 }
 
+#[tokio::test]
+async fn an_apply_that_changes_no_table_commits_nothing_and_its_rows_wait_for_the_next_read() {
+    use openraft::storage::RaftStateMachine;
+    use openraft::EntryPayload;
+    use redb::ReadableDatabase;
+
+    use super::Proposal;
+    use crate::protocol::{QueuePatch, SendEntry};
+    use crate::store::schema::{QueueRecord, QUEUES, STATS};
+    use crate::store::Command;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("shard-0000.redb");
+    let mut sm = StateMachine::open(&path, Arc::new(|_| {})).expect("state machine");
+    let normal = |cmd| EntryPayload::Normal(Proposal::new(1, vec![cmd]));
+    let send = |body: &str| {
+        normal(Command::Send {
+            queue: "q".into(),
+            messages: vec![SendEntry::new(body.to_string())],
+        })
+    };
+    // (the applied index, the queue's stored messages) as the tables have them, read
+    // without settling what the state machine holds.
+    let in_tables = |db: &redb::Database| {
+        let applied = StateMachine::applied_in(db).unwrap().map(|l| l.index);
+        let txn = db.begin_read().unwrap();
+        let rec: QueueRecord = postcard::from_bytes(
+            txn.open_table(QUEUES)
+                .unwrap()
+                .get("q")
+                .unwrap()
+                .unwrap()
+                .value(),
+        )
+        .unwrap();
+        let stats = txn.open_table(STATS).unwrap();
+        let total = stats.get(rec.id).unwrap().map_or(0, |v| v.value().1);
+        (applied, total)
+    };
+    let create = normal(Command::CreateQueue {
+        name: "q".into(),
+        patch: QueuePatch::default(),
+    });
+    sm.apply_entries(vec![test_entry(1, 2, create)])
+        .await
+        .unwrap();
+    let (db, held) = (sm.database(), sm.held());
+    assert_eq!(in_tables(&db), (Some(1), 0), "a create commits");
+    // A follower's send writes no table (its rows are held): its transaction commits
+    // nothing, and its counters and applied index wait with the held rows.
+    sm.apply_entries(vec![test_entry(2, 2, send("a"))])
+        .await
+        .unwrap();
+    assert_eq!(in_tables(&db), (Some(1), 0));
+    assert!(!held.lock().unwrap().pending().is_empty());
+    // openraft reading the applied index gets the last one: the read settles first.
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied.map(|l| l.index), Some(2));
+    assert_eq!(in_tables(&db), (Some(2), 1));
+    assert!(held.lock().unwrap().is_settled());
+    // A later transaction that commits writes what waited before it: here a send and a
+    // receive of every message, which the tables hold by now.
+    sm.apply_entries(vec![test_entry(3, 2, send("b"))])
+        .await
+        .unwrap();
+    assert_eq!(in_tables(&db), (Some(2), 1));
+    sm.apply_entries(vec![test_entry(
+        4,
+        2,
+        normal(Command::Purge {
+            name: "q".into(),
+            max: 1,
+        }),
+    )])
+    .await
+    .unwrap();
+    assert_eq!(in_tables(&db), (Some(4), 1), "two sent, one purged");
+    // Closing the state machine writes what waits, as for held messages.
+    sm.apply_entries(vec![test_entry(5, 2, send("c"))])
+        .await
+        .unwrap();
+    assert_eq!(in_tables(&db), (Some(4), 1));
+    drop((sm, db, held));
+    let sm = StateMachine::open(&path, Arc::new(|_| {})).unwrap();
+    assert_eq!(in_tables(&sm.database()), (Some(5), 2));
+}
+
 mod one_node {
     //! A real one-node Raft group over our stores: commands go through the log, survive a
     //! restart, and a snapshot captures the state.

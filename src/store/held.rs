@@ -28,6 +28,10 @@
 //! - at the end of a transaction once more than [`MAX_HELD`] slots are taken.
 //!
 //! A transaction that fails is run again; [`Held::rollback`] puts back what it changed.
+//!
+//! Beside the messages, the held rows keep the small rows of the transactions that wrote
+//! no table ([`Pending`]): those commit nothing, and every write of the held rows above
+//! writes these too.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -95,7 +99,56 @@ impl Queue {
     }
 }
 
-/// The messages a replica holds, per queue id (see the module's documentation).
+/// Small rows that transactions which changed no table left unwritten (see
+/// [`super::machine::Finished::commit`]): such a transaction is abandoned, not committed,
+/// and what it would have written waits here for the next commit, which writes it first.
+/// Only a queue's counters, the body files' counts, the active body file's position and
+/// the state machine's applied entry change in such a transaction, and every one of them
+/// is a row that a later value replaces whole. They are written wherever the held
+/// messages are, before any read of the tables outside the applies.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// [`STATS`](super::schema::STATS) rows: queue id to its counters.
+    pub stats: BTreeMap<u64, (u64, u64, u64)>,
+    /// [`BODY_FILES`](super::schema::BODY_FILES) rows: file to (bodies, bytes); `None`:
+    /// the row is removed.
+    pub files: BTreeMap<u64, Option<(u64, u64)>>,
+    /// The active body file and its end, for [`BODY_META`](super::schema::BODY_META).
+    pub position: Option<(u64, u64)>,
+    /// The last entry applied, encoded, for the state machine's own table (see
+    /// `crate::raft::state_machine`).
+    pub applied: Option<Vec<u8>>,
+}
+
+impl Pending {
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.stats.is_empty()
+            && self.files.is_empty()
+            && self.position.is_none()
+            && self.applied.is_none()
+    }
+
+    /// Whether a table row waits (anything but the applied entry).
+    pub fn has_rows(&self) -> bool {
+        !self.stats.is_empty() || !self.files.is_empty() || self.position.is_some()
+    }
+
+    /// Takes `later`'s rows over these, each replacing the row it names.
+    pub fn absorb(&mut self, later: Pending) {
+        self.stats.extend(later.stats);
+        self.files.extend(later.files);
+        if later.position.is_some() {
+            self.position = later.position;
+        }
+        if later.applied.is_some() {
+            self.applied = later.applied;
+        }
+    }
+}
+
+/// The messages a replica holds, per queue id (see the module's documentation), and the
+/// small rows left [`Pending`].
 #[derive(Debug, Default)]
 pub struct Held {
     queues: BTreeMap<u64, Queue>,
@@ -104,6 +157,9 @@ pub struct Held {
     /// it was not held), in order. A list, not a map: a transaction is undone only after
     /// a storage error, and a push costs less than a lookup.
     undo: Option<Vec<(u64, u64, Option<MessageState>)>>,
+    pending: Pending,
+    /// While a transaction runs, once it changed [`Held::pending`]: what that was before.
+    pending_undo: Option<Pending>,
 }
 
 impl Held {
@@ -115,6 +171,41 @@ impl Held {
     /// Whether nothing is held.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Whether nothing waits to be written: no message and no [`Pending`] row.
+    pub fn is_settled(&self) -> bool {
+        self.len == 0 && self.pending.is_empty()
+    }
+
+    /// The rows left pending.
+    pub fn pending(&self) -> &Pending {
+        &self.pending
+    }
+
+    /// Adds rows that a transaction left unwritten (see [`Pending`]).
+    pub fn defer(&mut self, later: Pending) {
+        if later.is_empty() {
+            return;
+        }
+        self.save_pending();
+        self.pending.absorb(later);
+    }
+
+    /// Takes the pending rows out, to be written.
+    pub fn take_pending(&mut self) -> Pending {
+        if self.pending.is_empty() {
+            return Pending::default();
+        }
+        self.save_pending();
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Keeps the pending rows as they were before the transaction's first change to them.
+    fn save_pending(&mut self) {
+        if self.undo.is_some() && self.pending_undo.is_none() {
+            self.pending_undo = Some(self.pending.clone());
+        }
     }
 
     /// Whether queue `qid` has messages held.
@@ -135,11 +226,13 @@ impl Held {
     /// Starts a transaction: what it changes can be put back by [`Held::rollback`].
     pub fn begin(&mut self) {
         self.undo = Some(Vec::new());
+        self.pending_undo = None;
     }
 
     /// Ends the transaction: its changes stay.
     pub fn commit(&mut self) {
         self.undo = None;
+        self.pending_undo = None;
     }
 
     /// Ends the transaction, putting back every message it changed, added or removed.
@@ -147,6 +240,9 @@ impl Held {
         let Some(undo) = self.undo.take() else {
             return;
         };
+        if let Some(before) = self.pending_undo.take() {
+            self.pending = before;
+        }
         for (qid, seq, before) in undo.into_iter().rev() {
             self.set(qid, seq, before);
         }
@@ -249,6 +345,8 @@ impl Held {
         self.queues.clear();
         self.len = 0;
         self.undo = None;
+        self.pending = Pending::default();
+        self.pending_undo = None;
     }
 }
 
@@ -359,5 +457,42 @@ mod tests {
         h.rollback();
         assert_eq!(h.get(7, 1), None);
         assert_eq!(contents(&h).len(), 2);
+    }
+
+    fn pending(stats: &[(u64, u64)], file: Option<(u64, Option<(u64, u64)>)>) -> Pending {
+        Pending {
+            stats: stats.iter().map(|&(q, n)| (q, (n, n, 0))).collect(),
+            files: file.into_iter().collect(),
+            position: Some((1, stats.len() as u64)),
+            applied: Some(vec![stats.len() as u8]),
+        }
+    }
+
+    #[test]
+    fn pending_rows_replace_their_own_and_a_rollback_puts_them_back() {
+        let mut h = Held::default();
+        assert!(h.is_settled());
+        h.defer(pending(&[(7, 1)], Some((1, Some((1, 10))))));
+        h.defer(pending(&[(7, 2), (8, 1)], Some((1, None))));
+        assert!(!h.is_settled());
+        let before = h.pending().clone();
+        assert_eq!(before, pending(&[(7, 2), (8, 1)], Some((1, None))));
+        // Deferred to and taken within a transaction that fails: as they were.
+        h.begin();
+        h.defer(pending(&[(9, 5)], None));
+        assert_eq!(h.take_pending().stats.len(), 3);
+        assert!(h.pending().is_empty());
+        h.rollback();
+        assert_eq!(h.pending(), &before);
+        // Taken within one that commits: gone.
+        h.begin();
+        assert_eq!(h.take_pending(), before);
+        h.commit();
+        h.rollback();
+        assert!(h.is_settled());
+        // A snapshot's state replaces them.
+        h.defer(pending(&[(7, 3)], None));
+        h.clear();
+        assert!(h.is_settled());
     }
 }

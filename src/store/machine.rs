@@ -16,7 +16,7 @@ use redb::{Key, ReadableTable, Table, TableDefinition, Value, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::bodies::{self, Bodies, BodyRef, Compaction};
-use super::held::{Held, MAX_HELD};
+use super::held::{Held, Pending, MAX_HELD};
 use super::schema::*;
 use super::{rows, StoreError};
 use crate::protocol::{
@@ -262,6 +262,11 @@ impl<'txn, K: Key + 'static, V: Value + 'static> Lazy<'txn, K, V> {
         }
     }
 
+    /// Whether the transaction used it, and so may have changed it.
+    fn used(&self) -> bool {
+        self.table.is_some()
+    }
+
     /// The table, opened now if this is its first use.
     fn open(&mut self) -> Result<&mut Table<'txn, K, V>, ApplyError> {
         let t = match self.table.take() {
@@ -272,17 +277,47 @@ impl<'txn, K: Key + 'static, V: Value + 'static> Lazy<'txn, K, V> {
     }
 }
 
+/// A table nearly every command uses, opened with the transaction. It reads through
+/// `Deref`; a write must go through [`Tracked::w`], which notes that the transaction changed
+/// the table (see [`Finished::commit`]).
+struct Tracked<'txn, K: Key + 'static, V: Value + 'static> {
+    table: Table<'txn, K, V>,
+    changed: bool,
+}
+
+impl<'txn, K: Key + 'static, V: Value + 'static> Tracked<'txn, K, V> {
+    fn new(table: Table<'txn, K, V>) -> Self {
+        Self {
+            table,
+            changed: false,
+        }
+    }
+
+    /// The table, to write to.
+    fn w(&mut self) -> &mut Table<'txn, K, V> {
+        self.changed = true;
+        &mut self.table
+    }
+}
+
+impl<'txn, K: Key + 'static, V: Value + 'static> std::ops::Deref for Tracked<'txn, K, V> {
+    type Target = Table<'txn, K, V>;
+    fn deref(&self) -> &Self::Target {
+        &self.table
+    }
+}
+
 /// The shard's tables for one transaction: those nearly every command uses opened at
 /// once, the others ([`Lazy`]) when first used.
 pub struct Tables<'txn> {
-    queues: Table<'txn, &'static str, &'static [u8]>,
+    queues: Tracked<'txn, &'static str, &'static [u8]>,
     names: Lazy<'txn, u64, &'static str>,
-    stats: Table<'txn, u64, (u64, u64, u64)>,
-    state: Table<'txn, (u64, u64), &'static [u8]>,
+    stats: Tracked<'txn, u64, (u64, u64, u64)>,
+    state: Tracked<'txn, (u64, u64), &'static [u8]>,
     /// [`BODY`], opened only while it holds rows (a database upgraded from format 3):
     /// removals and reads look there too.
-    legacy: Option<Table<'txn, (u64, u64), &'static [u8]>>,
-    visible: Table<'txn, (u64, u64, u64), u8>,
+    legacy: Option<Tracked<'txn, (u64, u64), &'static [u8]>>,
+    visible: Tracked<'txn, (u64, u64, u64), u8>,
     system: Lazy<'txn, &'static str, u64>,
     placement: Lazy<'txn, &'static str, u32>,
     dedup: Lazy<'txn, (u64, &'static str), (u64, u64)>,
@@ -292,8 +327,8 @@ pub struct Tables<'txn> {
     fifo: Lazy<'txn, (u64, &'static str, u64), u8>,
     audit: Lazy<'txn, u64, &'static [u8]>,
     tags: Lazy<'txn, (u64, &'static str), &'static str>,
-    files: Table<'txn, u64, (u64, u64)>,
-    body_meta: Table<'txn, &'static str, u64>,
+    files: Tracked<'txn, u64, (u64, u64)>,
+    body_meta: Tracked<'txn, &'static str, u64>,
     /// Where new bodies go.
     bodies: &'txn Bodies,
     /// What this transaction did to the bodies.
@@ -313,6 +348,11 @@ pub struct Tables<'txn> {
     /// Where the replica holds the rows of the messages it sends (see [`super::held`]);
     /// `None`: every row goes to the tables.
     held: Option<&'txn mut Held>,
+    /// While rows are held: the small rows this transaction changed (see [`Pending`]),
+    /// written by [`Tables::finish`] if the transaction commits, else left in `held`.
+    pending: Pending,
+    /// The transaction commits even if it changed no table (see [`Tables::commit_anyway`]).
+    commit_anyway: bool,
 }
 
 /// Bits of a queue id that count the queues of its shard; the bits above them name the
@@ -362,15 +402,52 @@ fn write_held_rows(
     Ok(())
 }
 
-/// Writes the rows of every message `held` holds in transaction `txn` (see
-/// [`super::held`]): a durable commit must have them.
-pub fn write_held(txn: &WriteTransaction, held: &mut Held) -> Result<(), StoreError> {
-    if held.is_empty() {
-        return Ok(());
+/// Writes the table rows of `p` (see [`Pending`]); returns its applied entry, which is
+/// the state machine's to write.
+fn write_pending_rows(
+    p: Pending,
+    stats: &mut Table<'_, u64, (u64, u64, u64)>,
+    files: &mut Table<'_, u64, (u64, u64)>,
+    meta: &mut Table<'_, &'static str, u64>,
+) -> Result<Option<Vec<u8>>, redb::StorageError> {
+    for (id, s) in p.stats {
+        stats.insert(id, s)?;
     }
-    let mut state = txn.open_table(STATE)?;
-    let mut visible = txn.open_table(VISIBLE)?;
-    write_held_rows(held, &mut state, &mut visible).map_err(ApplyError::into_store)
+    for (file, row) in p.files {
+        match row {
+            Some(row) => files.insert(file, row)?,
+            None => files.remove(file)?,
+        };
+    }
+    if let Some((id, end)) = p.position {
+        meta.insert("active", id)?;
+        meta.insert("end", end)?;
+    }
+    Ok(p.applied)
+}
+
+/// Writes the rows of every message `held` holds, and the rows it left [`Pending`], in
+/// transaction `txn` (see [`super::held`]): a durable commit must have them, and so must
+/// any read of the tables. Returns the pending applied entry, which is the state
+/// machine's to write.
+pub fn write_held(txn: &WriteTransaction, held: &mut Held) -> Result<Option<Vec<u8>>, StoreError> {
+    let pending = held.take_pending();
+    let applied = if pending.has_rows() {
+        write_pending_rows(
+            pending,
+            &mut txn.open_table(STATS)?,
+            &mut txn.open_table(BODY_FILES)?,
+            &mut txn.open_table(BODY_META)?,
+        )?
+    } else {
+        pending.applied
+    };
+    if !held.is_empty() {
+        let mut state = txn.open_table(STATE)?;
+        let mut visible = txn.open_table(VISIBLE)?;
+        write_held_rows(held, &mut state, &mut visible).map_err(ApplyError::into_store)?;
+    }
+    Ok(applied)
 }
 
 /// Creates every table of a shard, so read transactions find them.
@@ -430,6 +507,10 @@ impl Counts {
 /// What a transaction's end left for after its commit (see [`Tables::finish`]).
 #[derive(Debug, Default)]
 pub struct Finished {
+    /// Whether the transaction must commit. When it wrote no table (only the small rows
+    /// left [`Pending`] in the held rows changed), nothing needs committing: the caller
+    /// abandons it, and the rows are written by a later commit.
+    pub commit: bool,
     /// Body files the state no longer refers to.
     pub dead: Vec<u64>,
     /// Bodies of the active file the state no longer refers to.
@@ -460,7 +541,7 @@ impl<'txn> Tables<'txn> {
         let legacy = if bodies.may_hold_legacy() {
             let body = txn.open_table(BODY)?;
             if body.first()?.is_some() {
-                Some(body)
+                Some(Tracked::new(body))
             } else {
                 bodies.no_legacy();
                 None
@@ -469,8 +550,8 @@ impl<'txn> Tables<'txn> {
             None
         };
         Ok(Self {
-            files: txn.open_table(BODY_FILES)?,
-            body_meta: txn.open_table(BODY_META)?,
+            files: Tracked::new(txn.open_table(BODY_FILES)?),
+            body_meta: Tracked::new(txn.open_table(BODY_META)?),
             bodies,
             counts: Counts {
                 active: bodies.active(),
@@ -483,11 +564,13 @@ impl<'txn> Tables<'txn> {
             new_rows: BTreeMap::new(),
             queue_ids: 0,
             held: None,
-            queues: txn.open_table(QUEUES)?,
+            pending: Pending::default(),
+            commit_anyway: false,
+            queues: Tracked::new(txn.open_table(QUEUES)?),
             names: Lazy::new(txn, QUEUE_NAMES),
-            stats: txn.open_table(STATS)?,
-            state: txn.open_table(STATE)?,
-            visible: txn.open_table(VISIBLE)?,
+            stats: Tracked::new(txn.open_table(STATS)?),
+            state: Tracked::new(txn.open_table(STATE)?),
+            visible: Tracked::new(txn.open_table(VISIBLE)?),
             system: Lazy::new(txn, SYSTEM),
             placement: Lazy::new(txn, PLACEMENT),
             dedup: Lazy::new(txn, DEDUP),
@@ -522,15 +605,16 @@ impl<'txn> Tables<'txn> {
     }
 
     /// Writes every held message's rows to the tables: its state, and its [`VISIBLE`]
-    /// entry flagged in flight or not.
+    /// entry flagged in flight or not; and the rows left [`Pending`].
     pub fn write_held(&mut self) -> Result<(), StoreError> {
+        self.write_pending().map_err(ApplyError::into_store)?;
         let Some(held) = self.held.as_deref_mut() else {
             return Ok(());
         };
         if held.is_empty() {
             return Ok(());
         }
-        write_held_rows(held, &mut self.state, &mut self.visible).map_err(ApplyError::into_store)
+        write_held_rows(held, self.state.w(), self.visible.w()).map_err(ApplyError::into_store)
     }
 
     /// Gives the queues created in this transaction ids from `base` on (see
@@ -561,7 +645,7 @@ impl<'txn> Tables<'txn> {
     /// send.
     pub fn write_new_rows(&mut self) -> Result<(), StoreError> {
         for (qid, new) in std::mem::take(&mut self.new_rows) {
-            new.write(qid, &mut self.state, &mut self.visible)
+            new.write(qid, self.state.w(), self.visible.w())
                 .map_err(ApplyError::into_store)?;
         }
         Ok(())
@@ -658,11 +742,109 @@ impl<'txn> Tables<'txn> {
     }
 
     fn stats(&self, id: u64) -> Result<Stats, ApplyError> {
+        let pending = self.pending.stats.get(&id).or_else(|| {
+            self.held
+                .as_deref()
+                .and_then(|h| h.pending().stats.get(&id))
+        });
+        if let Some(&v) = pending {
+            return Ok(Stats::from_tuple(v));
+        }
         Ok(self
             .stats
             .get(id)?
             .map(|v| Stats::from_tuple(v.value()))
             .unwrap_or_default())
+    }
+
+    /// Sets queue `id`'s counters: left [`Pending`] while rows are held.
+    fn put_stats(&mut self, id: u64, s: (u64, u64, u64)) -> Result<(), ApplyError> {
+        if self.held.is_some() {
+            self.pending.stats.insert(id, s);
+        } else {
+            self.stats.w().insert(id, s)?;
+        }
+        Ok(())
+    }
+
+    /// Removes queue `id`'s counters, with every pending row written first so that none
+    /// brings them back.
+    fn remove_stats(&mut self, id: u64) -> Result<(), ApplyError> {
+        self.write_pending()?;
+        self.stats.w().remove(id)?;
+        Ok(())
+    }
+
+    /// Body file `file`'s row of [`BODY_FILES`] as this transaction left it.
+    fn file_row(&self, file: u64) -> Result<Option<(u64, u64)>, ApplyError> {
+        let pending = self.pending.files.get(&file).or_else(|| {
+            self.held
+                .as_deref()
+                .and_then(|h| h.pending().files.get(&file))
+        });
+        if let Some(&row) = pending {
+            return Ok(row);
+        }
+        Ok(self.files.get(file)?.map(|v| v.value()))
+    }
+
+    /// Sets (or with `None` removes) body file `file`'s row: left [`Pending`] while rows
+    /// are held.
+    fn put_file_row(&mut self, file: u64, row: Option<(u64, u64)>) -> Result<(), ApplyError> {
+        if self.held.is_some() {
+            self.pending.files.insert(file, row);
+            return Ok(());
+        }
+        match row {
+            Some(row) => self.files.w().insert(file, row)?,
+            None => self.files.w().remove(file)?,
+        };
+        Ok(())
+    }
+
+    /// Writes the rows left [`Pending`], by this transaction and by the ones before it that
+    /// committed nothing, to the tables. Their applied entry (the state machine's) stays
+    /// pending here: if the transaction commits, the state machine writes a later one in
+    /// it; if not, it goes back to the held rows.
+    fn write_pending(&mut self) -> Result<(), ApplyError> {
+        let mut all = match self.held.as_deref_mut() {
+            Some(h) => h.take_pending(),
+            None => Pending::default(),
+        };
+        all.absorb(std::mem::take(&mut self.pending));
+        self.pending.applied = if all.has_rows() {
+            write_pending_rows(all, self.stats.w(), self.files.w(), self.body_meta.w())?
+        } else {
+            all.applied
+        };
+        Ok(())
+    }
+
+    /// Makes the transaction commit even if it changes no table: a durable commit, or one
+    /// that records something beside the tables (a membership).
+    pub fn commit_anyway(&mut self) {
+        self.commit_anyway = true;
+    }
+
+    /// Whether a table was written or may have been (a table opened when first used).
+    fn changed(&self) -> bool {
+        self.queues.changed
+            || self.stats.changed
+            || self.state.changed
+            || self.visible.changed
+            || self.files.changed
+            || self.body_meta.changed
+            || self.legacy.as_ref().is_some_and(|t| t.changed)
+            || self.names.used()
+            || self.system.used()
+            || self.placement.used()
+            || self.dedup.used()
+            || self.dedup_expiry.used()
+            || self.users.used()
+            || self.groups.used()
+            || self.fifo.used()
+            || self.audit.used()
+            || self.tags.used()
     }
 
     fn msg(&self, qid: u64, seq: u64) -> Result<Option<MessageState>, ApplyError> {
@@ -748,7 +930,7 @@ impl<'txn> Tables<'txn> {
     fn put_msg(&mut self, qid: u64, seq: u64, st: &MessageState) -> Result<(), ApplyError> {
         self.scratch.clear();
         encode_state(st, &mut self.scratch);
-        self.state.insert((qid, seq), self.scratch.as_slice())?;
+        self.state.w().insert((qid, seq), self.scratch.as_slice())?;
         Ok(())
     }
 
@@ -765,14 +947,14 @@ impl<'txn> Tables<'txn> {
             if let Some(held) = self.held.as_deref_mut().and_then(|h| h.remove(qid, seq)) {
                 return self.drop_body(qid, seq, &held);
             }
-            self.state.remove((qid, seq))?;
+            self.state.w().remove((qid, seq))?;
             self.drop_body(qid, seq, st)?;
-            self.visible.remove((qid, st.visible_at, seq))?;
+            self.visible.w().remove((qid, st.visible_at, seq))?;
             return Ok(());
         }
         // The state the caller read may predate an activation earlier in this command.
         let current = self.msg(qid, seq)?.unwrap_or(*st);
-        self.state.remove((qid, seq))?;
+        self.state.w().remove((qid, seq))?;
         self.drop_body(qid, seq, &current)?;
         let group = self
             .groups
@@ -780,7 +962,7 @@ impl<'txn> Tables<'txn> {
             .remove((qid, seq))?
             .map(|g| g.value().to_string());
         let Some(group) = group else {
-            self.visible.remove((qid, current.visible_at, seq))?;
+            self.visible.w().remove((qid, current.visible_at, seq))?;
             return Ok(());
         };
         if self
@@ -790,7 +972,7 @@ impl<'txn> Tables<'txn> {
             .map(|v| v.value())
             == Some(1)
         {
-            self.visible.remove((qid, current.visible_at, seq))?;
+            self.visible.w().remove((qid, current.visible_at, seq))?;
         }
         if let Some((head, 0)) = self.group_after(qid, &group, None)? {
             self.activate(qid, &group, head, now)?;
@@ -839,7 +1021,7 @@ impl<'txn> Tables<'txn> {
         if let Some(r) = st.body {
             self.counts.forget(r);
         } else if let Some(body) = &mut self.legacy {
-            body.remove((qid, seq))?;
+            body.w().remove((qid, seq))?;
         }
         Ok(())
     }
@@ -862,18 +1044,20 @@ impl<'txn> Tables<'txn> {
             if dc == 0 && db == 0 {
                 continue;
             }
-            let (c, b) = self.files.get(file)?.map(|v| v.value()).unwrap_or((0, 0));
+            let (c, b) = self.file_row(file)?.unwrap_or((0, 0));
             let (c, b) = (c.saturating_add_signed(dc), b.saturating_add_signed(db));
             if c == 0 {
-                self.files.remove(file)?;
+                self.put_file_row(file, None)?;
                 if file != active {
                     dead.push(file);
                 }
             } else {
-                self.files.insert(file, (c, b))?;
+                self.put_file_row(file, Some((c, b)))?;
             }
         }
         if self.bodies.full() {
+            // The roll and the compaction's plan read the files' rows in the table.
+            self.write_pending()?;
             let old = self
                 .bodies
                 .roll()
@@ -885,10 +1069,24 @@ impl<'txn> Tables<'txn> {
                 self.compaction = self.plan_compaction()?;
             }
         }
-        let (id, end) = self.bodies.position();
-        self.body_meta.insert("active", id)?;
-        self.body_meta.insert("end", end)?;
+        let position = self.bodies.position();
+        if self.held.is_some() {
+            self.pending.position = Some(position);
+        } else {
+            let meta = self.body_meta.w();
+            meta.insert("active", position.0)?;
+            meta.insert("end", position.1)?;
+        }
+        // A transaction that wrote no table leaves its small rows pending and commits
+        // nothing: a commit costs more than the rest of a small apply (see `Pending`).
+        let commit = self.held.is_none() || self.commit_anyway || self.changed();
+        if commit {
+            self.write_pending()?;
+        } else if let Some(held) = self.held.as_deref_mut() {
+            held.defer(std::mem::take(&mut self.pending));
+        }
         Ok(Finished {
+            commit,
             dead,
             freed: std::mem::take(&mut self.counts.freed),
             compaction: self.compaction.take(),
@@ -1010,6 +1208,7 @@ impl<'txn> Tables<'txn> {
             st.visible_at = st.visible_at.max(now);
             self.put_msg(qid, seq, &st)?;
             self.visible
+                .w()
                 .insert((qid, st.visible_at, seq), u8::from(st.in_flight))?;
         }
         self.fifo.open()?.insert((qid, group, seq), 1)?;
@@ -1049,7 +1248,7 @@ impl<'txn> Tables<'txn> {
             None => true,
         };
         if first {
-            self.visible.insert((qid, visible_at, seq), 0u8)?;
+            self.visible.w().insert((qid, visible_at, seq), 0u8)?;
         }
         Ok(seq)
     }
@@ -1068,21 +1267,21 @@ impl<'txn> Tables<'txn> {
         }
         let mut seqs: Vec<u64> = gone.iter().map(|&(_, s)| s).collect();
         seqs.sort_unstable();
-        rows::remove_seqs(&mut self.state, qid, &seqs)?;
+        rows::remove_seqs(self.state.w(), qid, &seqs)?;
         for &r in bodies {
             self.counts.forget(r);
         }
         if let Some(body) = &mut self.legacy {
-            rows::remove_seqs(body, qid, &seqs)?;
+            rows::remove_seqs(body.w(), qid, &seqs)?;
         }
         gone.sort_unstable();
-        rows::remove_visible(&mut self.visible, qid, gone, false)
+        rows::remove_visible(self.visible.w(), qid, gone, false)
     }
 
     fn add_total(&mut self, qid: u64, delta: i64) -> Result<(), ApplyError> {
         let mut s = self.stats(qid)?;
         s.total = s.total.saturating_add_signed(delta);
-        self.stats.insert(qid, s.to_tuple())?;
+        self.put_stats(qid, s.to_tuple())?;
         Ok(())
     }
 
@@ -1162,7 +1361,7 @@ impl<'txn> Tables<'txn> {
             source_queue,
             group.as_deref(),
         )?;
-        self.stats.insert(to, s.to_tuple())?;
+        self.put_stats(to, s.to_tuple())?;
         Ok(())
     }
 }
@@ -1288,7 +1487,7 @@ impl Receiving {
         self.out_bytes += len + 64;
         let held = t.is_held(qid, seq);
         if st.grouped {
-            t.visible.remove((qid, st.visible_at, seq))?;
+            t.visible.w().remove((qid, st.visible_at, seq))?;
         } else if !held {
             self.delivered.push((st.visible_at, seq));
         }
@@ -1296,7 +1495,7 @@ impl Receiving {
         st.in_flight = true;
         st.visible_at = now.saturating_add(self.vis);
         if st.grouped {
-            t.visible.insert((qid, st.visible_at, seq), 1u8)?;
+            t.visible.w().insert((qid, st.visible_at, seq), 1u8)?;
             t.put_msg(qid, seq, &st)?;
         } else if held {
             self.held.push((seq, st));
@@ -1333,14 +1532,14 @@ impl Receiving {
         if self.delivered.is_empty() {
             return Ok(());
         }
-        std::mem::take(&mut self.states).write(self.qid, &mut t.state)?;
+        std::mem::take(&mut self.states).write(self.qid, t.state.w())?;
         self.delivered.sort_unstable();
-        rows::remove_visible(&mut t.visible, self.qid, &self.delivered, true)?;
+        rows::remove_visible(t.visible.w(), self.qid, &self.delivered, true)?;
         let at = self.now.saturating_add(self.vis);
         let mut seqs: Vec<u64> = self.delivered.iter().map(|&(_, s)| s).collect();
         seqs.sort_unstable();
         rows::insert_sorted(
-            &mut t.visible,
+            t.visible.w(),
             seqs.into_iter().map(|s| ((self.qid, at, s), 1u8)),
         )
     }
@@ -1439,9 +1638,11 @@ pub fn apply(
                 created_ms: now,
                 updated_ms: now,
             };
-            t.queues.insert(name.as_str(), encode(&rec).as_slice())?;
+            t.queues
+                .w()
+                .insert(name.as_str(), encode(&rec).as_slice())?;
             t.names.open()?.insert(id, name.as_str())?;
-            t.stats.insert(
+            t.put_stats(
                 id,
                 Stats {
                     next_seq: 1,
@@ -1463,7 +1664,9 @@ pub fn apply(
             patch.apply_to(&mut rec.config);
             check_config(t, name, &rec.config)?;
             rec.updated_ms = now;
-            t.queues.insert(name.as_str(), encode(&rec).as_slice())?;
+            t.queues
+                .w()
+                .insert(name.as_str(), encode(&rec).as_slice())?;
             fx.dirty = true;
             Ok(Outcome::Config(rec.config))
         }
@@ -1491,16 +1694,18 @@ pub fn apply(
             let counts = &mut t.counts;
             // A state that does not decode leaves its body counted live: the body file
             // then stays until compaction or deletion finds nothing else in it.
-            t.state.retain_in((qid, 0)..=(qid, u64::MAX), |_, v| {
+            t.state.w().retain_in((qid, 0)..=(qid, u64::MAX), |_, v| {
                 if let Some(r) = decode_state(v).ok().and_then(|st| st.body) {
                     counts.forget(r);
                 }
                 false
             })?;
             if let Some(body) = &mut t.legacy {
-                body.retain_in((qid, 0)..=(qid, u64::MAX), |_, _| false)?;
+                body.w()
+                    .retain_in((qid, 0)..=(qid, u64::MAX), |_, _| false)?;
             }
             t.visible
+                .w()
                 .retain_in((qid, 0, 0)..=(qid, u64::MAX, u64::MAX), |_, _| false)?;
             t.dedup_forget_queue(qid)?;
             t.groups
@@ -1512,9 +1717,9 @@ pub fn apply(
             t.tags
                 .open()?
                 .retain_in((qid, "")..(qid.saturating_add(1), ""), |_, _| false)?;
-            t.stats.remove(qid)?;
+            t.remove_stats(qid)?;
             t.names.open()?.remove(qid)?;
-            t.queues.remove(name.as_str())?;
+            t.queues.w().remove(name.as_str())?;
             fx.dirty = true;
             Ok(Outcome::Count(total))
         }
@@ -1650,7 +1855,7 @@ pub fn apply(
                 ids.push(seq);
             }
             t.keep_new_rows(rec.id, new);
-            t.stats.insert(rec.id, stats.to_tuple())?;
+            t.put_stats(rec.id, stats.to_tuple())?;
             fx.dirty = true;
             Ok(Outcome::Sent(ids))
         }
@@ -1714,7 +1919,7 @@ pub fn apply(
                     };
                     let Some(st) = st else {
                         // An index entry without its message cannot be delivered; drop it.
-                        t.visible.remove((qid, visible_at, seq))?;
+                        t.visible.w().remove((qid, visible_at, seq))?;
                         fx.dirty = true;
                         continue;
                     };
@@ -1832,10 +2037,11 @@ pub fn apply(
                     results.push(Status::ReceiptStale);
                     continue;
                 }
-                t.visible.remove((rec.id, st.visible_at, r.seq))?;
+                t.visible.w().remove((rec.id, st.visible_at, r.seq))?;
                 st.visible_at = now.saturating_add(*ms);
                 st.in_flight = !nack;
                 t.visible
+                    .w()
                     .insert((rec.id, st.visible_at, r.seq), u8::from(!nack))?;
                 t.put_msg(rec.id, r.seq, &st)?;
                 if *ms == 0 {
@@ -2216,8 +2422,15 @@ pub(crate) mod tests {
         }
 
         /// Commits `txn` as the state machine does: the body buffer written out and synced
-        /// before a durable commit (every third), else only when full.
+        /// before a durable commit (every third), else only when full. One that changed no
+        /// table is abandoned instead (see [`Finished::commit`]).
         pub(crate) fn commit(&self, txn: redb::WriteTransaction, fin: Finished) {
+            if !fin.commit {
+                self.bodies.after_commit().unwrap();
+                txn.abort().unwrap();
+                fin.committed(&self.bodies, false);
+                return;
+            }
             let n = self.commits.get() + 1;
             self.commits.set(n);
             let durable = n % 3 == 0;
