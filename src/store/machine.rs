@@ -2540,6 +2540,90 @@ pub(crate) mod tests {
         out
     }
 
+    /// Every row of [`STATS`] as the tables have it, without settling the held rows.
+    fn stats_rows(db: &Db) -> Vec<(u64, (u64, u64, u64))> {
+        let txn = db.begin_read().unwrap();
+        let t = txn.open_table(STATS).unwrap();
+        t.iter()
+            .unwrap()
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                (k.value(), v.value())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_that_writes_no_table_commits_nothing_and_the_next_commit_writes_what_waited() {
+        let (_dir, db) = db();
+        ok(&db, 1, create("q"));
+        let at_create = stats_rows(&db);
+        let commits = || db.commits.get();
+        let c0 = commits();
+        // Sends, a receive and an ack of held messages write no table: no commit, and the
+        // counters wait with the held rows.
+        let mut out = run_led(
+            &db,
+            2,
+            &[send("q", &["a", "b"]), receive("q", 10, Some(1000))],
+        );
+        let got = deliveries(out.pop().unwrap().unwrap());
+        assert_eq!(got.len(), 2);
+        let receipts: Vec<Receipt> = got.iter().map(|d| d.receipt).collect();
+        run_led(
+            &db,
+            3,
+            &[Command::Ack {
+                queue: "q".into(),
+                receipts,
+            }],
+        );
+        run_led(&db, 4, &[send("q", &["c"])]);
+        assert_eq!(commits(), c0, "no batch committed");
+        assert_eq!(
+            stats_rows(&db),
+            at_create,
+            "the counters are not written yet"
+        );
+        assert!(!db.held.lock().unwrap().pending().is_empty());
+        // Writing the held rows writes them: three messages numbered, one stored.
+        db.flush();
+        let rows = stats_rows(&db);
+        assert_eq!(rows.len(), 1);
+        let first = at_create[0].1 .0;
+        assert_eq!((rows[0].1 .0, rows[0].1 .1), (first + 3, 1));
+        assert!(db.held.lock().unwrap().is_settled());
+        // A receive of the message now in the tables writes them, and commits.
+        let got = deliveries(
+            run_led(&db, 5, &[receive("q", 10, Some(1000))])
+                .pop()
+                .unwrap()
+                .unwrap(),
+        );
+        assert_eq!(got.len(), 1);
+        assert_eq!(commits(), c0 + 1);
+        // A send beside it in one batch waits no longer: the batch commits and writes it.
+        run_led(
+            &db,
+            6,
+            &[
+                send("q", &["d"]),
+                Command::Ack {
+                    queue: "q".into(),
+                    receipts: vec![got[0].receipt],
+                },
+            ],
+        );
+        assert_eq!(commits(), c0 + 2);
+        let rows = stats_rows(&db);
+        assert_eq!(
+            (rows[0].1 .0, rows[0].1 .1),
+            (first + 4, 1),
+            "d numbered and counted, c gone"
+        );
+        assert!(db.held.lock().unwrap().pending().is_empty());
+    }
+
     #[test]
     fn sends_in_one_transaction_share_a_run_and_the_commands_after_them_see_their_rows() {
         let receive = |q: &str| Command::Receive {
