@@ -65,7 +65,8 @@ fn problem(a: &BenchArgs) -> Option<String> {
         )
     } else if a.size > MAX_MESSAGE_SIZE_LIMIT {
         Some(format!(
-            "--size must be at most 8MiB ({MAX_MESSAGE_SIZE_LIMIT} bytes), the largest message a queue takes"
+            "--size must be at most {}MiB ({MAX_MESSAGE_SIZE_LIMIT} bytes), the largest message a queue takes",
+            MAX_MESSAGE_SIZE_LIMIT >> 20
         ))
     } else if a.duration.is_none() && a.messages == 0 {
         Some("--messages must be at least 1 (or send for a time with --duration)".into())

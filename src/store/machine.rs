@@ -402,6 +402,19 @@ fn write_held_rows(
     Ok(())
 }
 
+/// Sets body file `file`'s row of [`BODY_FILES`], or with `None` removes it.
+fn set_file_row(
+    files: &mut Table<'_, u64, (u64, u64)>,
+    file: u64,
+    row: Option<(u64, u64)>,
+) -> Result<(), redb::StorageError> {
+    match row {
+        Some(row) => files.insert(file, row)?,
+        None => files.remove(file)?,
+    };
+    Ok(())
+}
+
 /// Writes the table rows of `p` (see [`Pending`]); returns its applied entry, which is
 /// the state machine's to write.
 fn write_pending_rows(
@@ -414,10 +427,7 @@ fn write_pending_rows(
         stats.insert(id, s)?;
     }
     for (file, row) in p.files {
-        match row {
-            Some(row) => files.insert(file, row)?,
-            None => files.remove(file)?,
-        };
+        set_file_row(files, file, row)?;
     }
     if let Some((id, end)) = p.position {
         meta.insert("active", id)?;
@@ -793,12 +803,9 @@ impl<'txn> Tables<'txn> {
     fn put_file_row(&mut self, file: u64, row: Option<(u64, u64)>) -> Result<(), ApplyError> {
         if self.held.is_some() {
             self.pending.files.insert(file, row);
-            return Ok(());
+        } else {
+            set_file_row(self.files.w(), file, row)?;
         }
-        match row {
-            Some(row) => self.files.w().insert(file, row)?,
-            None => self.files.w().remove(file)?,
-        };
         Ok(())
     }
 
@@ -827,24 +834,56 @@ impl<'txn> Tables<'txn> {
     }
 
     /// Whether a table was written or may have been (a table opened when first used).
+    /// Every field is named, none skipped with `..`: a table added to `Tables` does not
+    /// compile until it is counted here, so none can be written and then abandoned.
     fn changed(&self) -> bool {
-        self.queues.changed
-            || self.stats.changed
-            || self.state.changed
-            || self.visible.changed
-            || self.files.changed
-            || self.body_meta.changed
-            || self.legacy.as_ref().is_some_and(|t| t.changed)
-            || self.names.used()
-            || self.system.used()
-            || self.placement.used()
-            || self.dedup.used()
-            || self.dedup_expiry.used()
-            || self.users.used()
-            || self.groups.used()
-            || self.fifo.used()
-            || self.audit.used()
-            || self.tags.used()
+        let Tables {
+            queues,
+            names,
+            stats,
+            state,
+            legacy,
+            visible,
+            system,
+            placement,
+            dedup,
+            dedup_expiry,
+            users,
+            groups,
+            fifo,
+            audit,
+            tags,
+            files,
+            body_meta,
+            bodies: _,
+            counts: _,
+            compaction: _,
+            answered: _,
+            scratch: _,
+            new_rows: _,
+            queue_ids: _,
+            held: _,
+            pending: _,
+            commit_anyway: _,
+        } = self;
+        [
+            queues.changed,
+            stats.changed,
+            state.changed,
+            visible.changed,
+        ]
+        .into_iter()
+        .chain([files.changed, body_meta.changed])
+        .chain([legacy.as_ref().is_some_and(|t| t.changed)])
+        .chain([names.used(), system.used(), placement.used(), dedup.used()])
+        .chain([
+            dedup_expiry.used(),
+            users.used(),
+            groups.used(),
+            fifo.used(),
+        ])
+        .chain([audit.used(), tags.used()])
+        .any(|c| c)
     }
 
     fn msg(&self, qid: u64, seq: u64) -> Result<Option<MessageState>, ApplyError> {
