@@ -308,12 +308,14 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Appends `entries` as records to `buf`, returning each record's offset in `buf`.
+/// Appends `entries` as records to `buf`, returning each record's offset from where the
+/// first one starts (the length `buf` had).
 fn encode(entries: &[&Entry], buf: &mut Vec<u8>) -> io::Result<Vec<u64>> {
+    let base = buf.len();
     let mut offsets = Vec::with_capacity(entries.len());
     for e in entries {
         let start = buf.len();
-        offsets.push(start as u64);
+        offsets.push((start - base) as u64);
         buf.extend_from_slice(&[0; HEADER]);
         let taken = std::mem::take(buf);
         *buf = postcard::to_extend(*e, taken).map_err(io::Error::other)?;
@@ -922,7 +924,13 @@ impl Direct {
     fn probe(dir: &Path) -> Option<Direct> {
         let path = dir.join("direct.probe");
         let mut d = Direct::new();
-        let r = open_direct(&path, true).and_then(|f| f.write_all_at(d.blocks(&[], b"probe")?, 0));
+        let r = open_direct(&path, true).and_then(|f| {
+            let (_, skip, _) = d.lay_out(&[], |out| {
+                out.extend_from_slice(b"probe");
+                Ok(())
+            })?;
+            f.write_all_at(&d.out[skip..], 0)
+        });
         let _ = std::fs::remove_file(&path);
         match r {
             Ok(()) => Some(d),
@@ -933,29 +941,54 @@ impl Direct {
         }
     }
 
-    /// Lays out `head` (the start of a block already on disk) then `data` in whole,
-    /// aligned, zero-padded blocks.
-    fn blocks(&mut self, head: &[u8], data: &[u8]) -> io::Result<&[u8]> {
-        let used = head.len() + data.len();
-        let len = used.div_ceil(BLOCK) * BLOCK;
-        // Grown only, never cleared: every byte of the blocks is written below.
-        if self.out.len() < len + BLOCK {
-            self.out.resize(len + BLOCK, 0);
+    /// Lays out in `out`, from a block-aligned place, `head` (the start of a block already
+    /// on disk), then what `fill` appends, then zeros to the end of the last block. Returns
+    /// what `fill` returned, where the blocks start in `out`, and the bytes of `head` and
+    /// of what `fill` appended, without the zeros. What `fill` appends is
+    /// written where it lands, not copied from another buffer, unless it grew `out` into an
+    /// allocation aligned otherwise; then the blocks move once to an aligned place.
+    fn lay_out<R>(
+        &mut self,
+        head: &[u8],
+        fill: impl FnOnce(&mut Vec<u8>) -> io::Result<R>,
+    ) -> io::Result<(R, usize, usize)> {
+        let out = &mut self.out;
+        out.clear();
+        // An allocation first: its address, and so the aligned place in it, holds until
+        // the vector grows.
+        out.reserve(2 * BLOCK);
+        let mut skip = aligned_start(out)?;
+        out.resize(skip, 0);
+        out.extend_from_slice(head);
+        let r = fill(out)?;
+        let used = out.len() - skip;
+        let padded = used.div_ceil(BLOCK) * BLOCK;
+        if aligned_start(out)? != skip || out.capacity() < skip + padded {
+            // Grown into another allocation, or no room for the padding: with room for
+            // both, the blocks move to where this allocation is aligned.
+            out.reserve(2 * BLOCK);
+            let to = aligned_start(out)?;
+            if to > skip {
+                out.resize(skip + used + (to - skip), 0);
+            }
+            out.copy_within(skip..skip + used, to);
+            skip = to;
         }
-        let skip = self.out.as_ptr().align_offset(BLOCK);
-        if skip >= BLOCK {
-            return Err(io::Error::other("no aligned place in the write buffer"));
-        }
-        let out = &mut self.out[skip..skip + len];
-        out[..head.len()].copy_from_slice(head);
-        out[head.len()..used].copy_from_slice(data);
-        out[used..].fill(0);
-        Ok(out)
+        out.truncate(skip + used);
+        out.resize(skip + padded, 0);
+        Ok((r, skip, used))
     }
 
-    /// Writes `data` at byte `at` of the segment whose handle is `seg` and path is `path`,
-    /// and syncs it.
-    fn write(&mut self, seg: &Arc<File>, path: &Path, at: u64, data: &[u8]) -> io::Result<()> {
+    /// Writes what `fill` appends (see [`Direct::lay_out`]) at byte `at` of the segment
+    /// whose handle is `seg` and path is `path`, and syncs it. Returns what `fill` returned
+    /// and the length of what it appended.
+    fn write<R>(
+        &mut self,
+        seg: &Arc<File>,
+        path: &Path,
+        at: u64,
+        fill: impl FnOnce(&mut Vec<u8>) -> io::Result<R>,
+    ) -> io::Result<(R, usize)> {
         let block = BLOCK as u64;
         let block_at = at - at % block;
         let head_len = usize::try_from(at - block_at).map_err(io::Error::other)?;
@@ -975,14 +1008,13 @@ impl Direct {
             Some((f, direct)) if Arc::ptr_eq(&f, seg) => direct,
             _ => open_direct(path, false)?,
         };
-        let end = at + data.len() as u64;
+        let (r, skip, used) = self.lay_out(&head, fill)?;
+        let len = used - head_len;
+        let end = at + len as u64;
         let tail_at = end - end % block;
-        let tail = if tail_at >= at {
-            data[usize::try_from(tail_at - at).map_err(io::Error::other)?..].to_vec()
-        } else {
-            [head.as_slice(), data].concat()
-        };
-        file.write_all_at(self.blocks(&head, data)?, block_at)?;
+        let tail_from = skip + usize::try_from(tail_at - block_at).map_err(io::Error::other)?;
+        let tail = self.out[tail_from..skip + used].to_vec();
+        file.write_all_at(&self.out[skip..], block_at)?;
         file.sync_data()?;
         self.file = Some((seg.clone(), file));
         self.tail = Some((seg.clone(), tail_at, tail));
@@ -990,7 +1022,15 @@ impl Direct {
         if self.out.capacity() > KEEP_BUFFER {
             self.out = Vec::new();
         }
-        Ok(())
+        Ok((r, len))
+    }
+}
+
+/// Where a block-aligned place starts in `out`'s allocation.
+fn aligned_start(out: &[u8]) -> io::Result<usize> {
+    match out.as_ptr().align_offset(BLOCK) {
+        skip if skip < BLOCK => Ok(skip),
+        _ => Err(io::Error::other("no aligned place in the write buffer")),
     }
 }
 
@@ -1166,8 +1206,6 @@ impl WriterState {
         {
             return Err(io::Error::other("appended entries are not consecutive"));
         }
-        self.buf.clear();
-        let rel = encode(entries, &mut self.buf)?;
         let purged = self.meta.get().purged.map(|p| p.index);
         // The active segment is only written here, so its file and length can be used
         // without the lock; readers see the new records once their offsets are added.
@@ -1176,23 +1214,28 @@ impl WriterState {
             let seg = disk.active_for(first, purged)?;
             (seg.file.clone(), seg.len, seg.path.clone())
         };
-        match &mut self.direct {
-            Some(d) => d.write(&file, &path, at, &self.buf)?,
+        // With direct writes the records are encoded straight into the aligned blocks.
+        let (rel, len) = match &mut self.direct {
+            Some(d) => d.write(&file, &path, at, |out| encode(entries, out))?,
             None => {
+                self.buf.clear();
+                let rel = encode(entries, &mut self.buf)?;
                 file.write_all_at(&self.buf, at)?;
                 file.sync_data()?;
+                let len = self.buf.len();
+                // A run of large proposals can take tens of MiB; a group does not keep that.
+                if self.buf.capacity() > KEEP_BUFFER {
+                    self.buf = Vec::new();
+                }
+                (rel, len)
             }
-        }
-        lock(&self.disk).publish(at, &rel, self.buf.len(), entries.last().map(|e| e.log_id))?;
+        };
+        lock(&self.disk).publish(at, &rel, len, entries.last().map(|e| e.log_id))?;
         let sizes = rel
             .iter()
-            .zip(rel.iter().skip(1).chain([&(self.buf.len() as u64)]))
+            .zip(rel.iter().skip(1).chain([&(len as u64)]))
             .map(|(a, b)| (b - a) as usize)
             .collect();
-        // A run of large proposals can take tens of MiB; a group does not keep that.
-        if self.buf.capacity() > KEEP_BUFFER {
-            self.buf = Vec::new();
-        }
         Ok(sizes)
     }
 
@@ -2192,14 +2235,26 @@ mod tests {
             )
         };
         let seg = empty_file();
-        // Writes that start and end inside blocks, across blocks, and on their edges.
+        let fill = |data: &[u8]| {
+            let data = data.to_vec();
+            move |out: &mut Vec<u8>| {
+                out.extend_from_slice(&data);
+                Ok(())
+            }
+        };
+        // Writes that start and end inside blocks, across blocks, and on their edges; the
+        // larger ones grow the buffer while they fill it, so their blocks move to an
+        // aligned place.
         let mut want = Vec::new();
-        for (i, n) in [10usize, 4086, 1, 9000, 3, 4096, 700]
+        for (i, n) in [10usize, 4086, 1, 9000, 3, 4096, 700, 300_000, 5, 70_001]
             .into_iter()
             .enumerate()
         {
             let data = vec![i as u8 + 1; n];
-            d.write(&seg, &path, want.len() as u64, &data).unwrap();
+            let (_, n) = d
+                .write(&seg, &path, want.len() as u64, fill(&data))
+                .unwrap();
+            assert_eq!(n, data.len());
             want.extend_from_slice(&data);
             let mut got = vec![0; want.len()];
             seg.read_exact_at(&mut got, 0).unwrap();
@@ -2218,7 +2273,7 @@ mod tests {
         // head from the file, not from what it remembers.
         seg.set_len(5000).unwrap();
         want.truncate(5000);
-        d.write(&seg, &path, 5000, b"after the cut").unwrap();
+        d.write(&seg, &path, 5000, fill(b"after the cut")).unwrap();
         want.extend_from_slice(b"after the cut");
         let mut got = vec![0; want.len()];
         seg.read_exact_at(&mut got, 0).unwrap();
@@ -2226,7 +2281,7 @@ mod tests {
         // A new file under the same name gets a new direct handle.
         std::fs::remove_file(&path).unwrap();
         let seg2 = empty_file();
-        d.write(&seg2, &path, 0, b"new").unwrap();
+        d.write(&seg2, &path, 0, fill(b"new")).unwrap();
         let mut got = vec![0; 3];
         seg2.read_exact_at(&mut got, 0).unwrap();
         assert_eq!(&got, b"new");
