@@ -413,7 +413,12 @@ async fn serve_append_stream(
                 let _ = recv.stop(0u32.into());
                 return None;
             }
-            match postcard::from_bytes::<AppendEntriesRequest<TypeConfig>>(&frame) {
+            // The entries' message bodies stay slices of the frame: one buffer for the
+            // frame, none for each body.
+            let frame = Bytes::from(frame);
+            match crate::protocol::shared::from_shared(&frame, |f| {
+                postcard::from_bytes::<AppendEntriesRequest<TypeConfig>>(f)
+            }) {
                 Ok(req) => Some((req, recv)),
                 Err(e) => {
                     tracing::warn!(group, %remote, error = %e, "undecodable AppendEntries on a replication stream; ending it");

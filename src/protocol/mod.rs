@@ -8,6 +8,7 @@
 mod auth;
 mod frame;
 mod messages;
+pub mod shared;
 mod status;
 mod types;
 mod wire;

@@ -355,7 +355,9 @@ pub struct SendEntry {
     pub group: Option<String>,
     /// Headers delivered with the message.
     pub attributes: Vec<Attribute>,
-    /// The payload, carried as it is.
+    /// The payload, carried as it is. Decoded inside [`super::shared::from_shared`], a
+    /// slice of the decoded buffer.
+    #[serde(deserialize_with = "super::shared::body")]
     pub body: Bytes,
 }
 
