@@ -969,7 +969,7 @@ impl Direct {
             out.reserve(2 * BLOCK);
             let to = aligned_start(out)?;
             if to > skip {
-                out.resize(skip + used + (to - skip), 0);
+                out.resize(to + used, 0);
             }
             out.copy_within(skip..skip + used, to);
             skip = to;
@@ -1013,7 +1013,10 @@ impl Direct {
         let end = at + len as u64;
         let tail_at = end - end % block;
         let tail_from = skip + usize::try_from(tail_at - block_at).map_err(io::Error::other)?;
-        let tail = self.out[tail_from..skip + used].to_vec();
+        // The head's buffer, no longer needed, takes the new tail: no allocation per write.
+        let mut tail = head;
+        tail.clear();
+        tail.extend_from_slice(&self.out[tail_from..skip + used]);
         file.write_all_at(&self.out[skip..], block_at)?;
         file.sync_data()?;
         self.file = Some((seg.clone(), file));

@@ -101,10 +101,10 @@ impl HeldRows {
 
     /// Writes the held rows, and the small rows left pending with them, to the tables in
     /// a commit of their own, not durable (as an apply's), so that a read of the tables
-    /// opened after it sees every message and counter applied before it. For the reads outside the state machine (describe, list, peek, the
-    /// expiry check, the metrics' counts); it may wait for a snapshot's flush, so it runs
-    /// on the blocking pool. An apply arriving meanwhile waits for the commit, which
-    /// writes to the page cache only.
+    /// opened after it sees every message and counter applied before it. For the reads
+    /// outside the state machine (describe, list, peek, the expiry check, the metrics'
+    /// counts); it may wait for a snapshot's flush, so it runs on the blocking pool. An
+    /// apply arriving meanwhile waits for the commit, which writes to the page cache only.
     pub fn settle(&self) -> Result<(), StoreError> {
         let mut held = self.rows.lock().unwrap_or_else(|e| e.into_inner());
         if held.is_settled() {
@@ -207,9 +207,9 @@ fn flush_holding(db: &Database, bodies: &Bodies, held: &mut Held) -> Result<(), 
 }
 
 /// Writes the rows `held` holds, and the small rows and applied log id left pending
-/// with them, in a commit of their own, durable with the body files
-/// synced first if `durable` names them (a durable commit must find every body it refers
-/// to on disk). If the commit fails, `held` keeps them.
+/// with them, in a commit of their own, durable with the body files synced first if
+/// `durable` names them (a durable commit must find every body it refers to on disk).
+/// If the commit fails, `held` keeps them.
 fn commit_held(db: &Database, held: &mut Held, durable: Option<&Bodies>) -> Result<(), StoreError> {
     let mut txn = db.begin_write()?;
     held.begin();
