@@ -67,6 +67,7 @@ pub mod health;
 
 pub use faults::Faults;
 
+use crate::protocol::shared::append_postcard;
 use crate::protocol::{ALPN, TLS_SERVER_NAME};
 use crate::raft::snapshot::{each_chunk, SnapshotError, SpoolWriter, MAX_CHUNK_BYTES};
 use crate::raft::{NodeId, Raft, Snapshot, SnapshotMeta, TypeConfig, Vote};
@@ -368,9 +369,8 @@ fn encode_frame<T: Serialize>(body: &T) -> Result<Bytes, String> {
     }
     let mut out = Vec::with_capacity(4 + size);
     out.extend_from_slice(&(size as u32).to_be_bytes());
-    postcard::to_extend(body, out)
-        .map(Bytes::from)
-        .map_err(|e| e.to_string())
+    append_postcard(body, &mut out).map_err(|e| e.to_string())?;
+    Ok(Bytes::from(out))
 }
 
 /// The follower's side of a replication stream (kind 5): each request read is handed to
@@ -517,7 +517,8 @@ fn encode_behind<T: Serialize>(head: &[u8], body: &T) -> postcard::Result<Vec<u8
     let size = postcard::serialize_with_flavor(body, postcard::ser_flavors::Size::default())?;
     let mut out = Vec::with_capacity(head.len() + size);
     out.extend_from_slice(head);
-    postcard::to_extend(body, out)
+    append_postcard(body, &mut out)?;
+    Ok(out)
 }
 
 /// A request as it goes on a stream: `[group u64 BE][kind u8][postcard(req)]`.

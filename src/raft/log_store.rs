@@ -317,8 +317,7 @@ fn encode(entries: &[&Entry], buf: &mut Vec<u8>) -> io::Result<Vec<u64>> {
         let start = buf.len();
         offsets.push((start - base) as u64);
         buf.extend_from_slice(&[0; HEADER]);
-        let taken = std::mem::take(buf);
-        *buf = postcard::to_extend(*e, taken).map_err(io::Error::other)?;
+        crate::protocol::shared::append_postcard(*e, buf).map_err(io::Error::other)?;
         let len = u32::try_from(buf.len() - start - HEADER)
             .map_err(|_| io::Error::other("a log entry over 4 GiB"))?;
         buf[start + 8..start + HEADER].copy_from_slice(&e.log_id.index.to_le_bytes());
