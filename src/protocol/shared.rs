@@ -44,6 +44,7 @@ pub fn from_shared<T>(buf: &Bytes, decode: impl FnOnce(&[u8]) -> T) -> T {
 /// methods are `#[inline(always)]`, as postcard's own are: without that, 100 bodies of
 /// 64 B took twice as long to encode (`cargo bench --bench hot_path`, the `codec:
 /// append_postcard` lines). On an error `out` is left empty.
+#[cfg(feature = "server")]
 pub fn append_postcard<T: serde::Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
@@ -53,8 +54,10 @@ pub fn append_postcard<T: serde::Serialize + ?Sized>(
 }
 
 /// postcard's output onto the end of a `Vec`.
+#[cfg(feature = "server")]
 struct Append(Vec<u8>);
 
+#[cfg(feature = "server")]
 impl postcard::ser_flavors::Flavor for Append {
     type Output = Vec<u8>;
 
