@@ -646,7 +646,9 @@ pub struct BenchArgs {
     #[arg(long, visible_alias = "connections", default_value_t = 1)]
     pub producers: usize,
     /// Consumers: each its own QUIC connection, receiving and acking everything sent; they
-    /// measure end-to-end latency (send to receive). 0: send only.
+    /// measure end-to-end latency (send to receive). Each receive in flight acks what it
+    /// got and receives again without waiting for the ack's answer (at most one ack
+    /// outstanding per receive). 0: send only.
     #[arg(long, default_value_t = 0)]
     pub consumers: usize,
     /// Receive requests outstanding at once on each consumer connection.

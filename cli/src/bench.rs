@@ -385,8 +385,17 @@ async fn load(
         let max = a.receive_batch;
         let (h, rh) = (e2e_hists.clone(), receive_hists.clone());
         receive_tasks.push(tokio::spawn(async move {
+            // The ack of the last batch, still being answered: the next receive does not
+            // wait for it (as the peers' consumers do not wait for theirs), but the next
+            // ack does, so a task has at most one outstanding.
+            let mut acking: Option<tokio::task::JoinHandle<anyhow::Result<()>>> = None;
             loop {
                 let done = shared.sending_done.load(Ordering::Acquire);
+                if done {
+                    if let Some(a) = acking.take() {
+                        a.await??;
+                    }
+                }
                 if done
                     && shared.received.load(Ordering::Relaxed)
                         >= shared.sent.load(Ordering::Relaxed)
@@ -415,14 +424,23 @@ async fn load(
                     }),
                 )?;
                 shared.last_progress_us.store(now_us, Ordering::Relaxed);
-                let receipts = got.iter().map(|d| d.receipt).collect();
-                client.ack(&queue, receipts).await?;
-                shared
-                    .received
-                    .fetch_add(got.len() as u64, Ordering::Relaxed);
-                shared
-                    .last_ack_us
-                    .fetch_max(shared.start.elapsed().as_micros() as u64, Ordering::Relaxed);
+                if let Some(a) = acking.take() {
+                    a.await??;
+                }
+                let receipts: Vec<_> = got.iter().map(|d| d.receipt).collect();
+                let (client, queue, shared) = (client.clone(), queue.clone(), shared.clone());
+                acking = Some(tokio::spawn(async move {
+                    let n = receipts.len() as u64;
+                    client.ack(&queue, receipts).await?;
+                    shared.received.fetch_add(n, Ordering::Relaxed);
+                    shared
+                        .last_ack_us
+                        .fetch_max(shared.start.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    anyhow::Ok(())
+                }));
+            }
+            if let Some(a) = acking.take() {
+                a.await??;
             }
             anyhow::Ok(())
         }));
