@@ -353,38 +353,62 @@ def median_round(runs):
 
 
 def table(results):
+    """The markdown table: per workload and system, the median round's row (by sent
+    msgs/s), and mqd's ratio to each peer in messages sent and in messages received (a
+    consumer that falls behind lets its producer send faster than the queue delivers)."""
     rounds = len(results[("mqd", WORKLOADS[0][0])])
-    sent_h, ratio_h = "sent msgs/s", "mqd sent ÷ this"
-    if rounds > 1:
-        sent_h += ", the median (each round's)"
-        ratio_h += ", of the medians (each round's)"
-    lines = [f"| workload | system | {sent_h} | received msgs/s | send→ack p50 / p99 ms "
-             f"| end-to-end p50 / p99 ms | {ratio_h} |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    many = rounds > 1
+
+    def rate(runs, field):
+        """The median of `field` over the rounds, and with several rounds each round's."""
+        values = [r.get(field, 0) for r in runs]
+        text = f"{sorted(values)[(len(values) - 1) // 2]:,.0f}"
+        return text + (" (" + ", ".join(f"{v:,.0f}" for v in values) + ")" if many else "")
+
+    def ratio(mqd_runs, runs, field):
+        def median(rs):
+            return sorted(r.get(field, 0) for r in rs)[(len(rs) - 1) // 2]
+        text = f"{median(mqd_runs) / median(runs):.2f}×"
+        if many:
+            text += " (" + ", ".join(f"{m.get(field, 0) / x[field]:.2f}×"
+                                     for m, x in zip(mqd_runs, runs)) + ")"
+        return text
+
+    each = ", the median (each round's)" if many else ""
+    lines = [f"| workload | system | sent msgs/s{each} | received msgs/s{each} "
+             "| send→ack p50 / p99 ms | end-to-end p50 / p99 ms "
+             f"| mqd sent ÷ this | mqd received ÷ this |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for key, desc, *_ in WORKLOADS:
         mqd_runs = results[("mqd", key)]
-        mqd = median_round(mqd_runs)["msgs_per_sec"]
         for system in ("mqd", "nats", "nats-sync", "rabbitmq"):
             runs = results.get((system, key))
             if runs is None:
                 continue
             r = median_round(runs)
             s, e = r["send_latency_ms"], r.get("end_to_end_ms", {})
-            sent = f"{r['msgs_per_sec']:,.0f}"
-            if rounds > 1:
-                sent += " (" + ", ".join(f"{x['msgs_per_sec']:,.0f}" for x in runs) + ")"
             if system == "mqd":
-                ratio = "—"
+                ratios = "— | —"
             else:
-                ratio = f"{mqd / r['msgs_per_sec']:.2f}×"
-                if rounds > 1:
-                    ratio += " (" + ", ".join(f"{m['msgs_per_sec'] / x['msgs_per_sec']:.2f}×"
-                                              for m, x in zip(mqd_runs, runs)) + ")"
+                ratios = (f"{ratio(mqd_runs, runs, 'msgs_per_sec')} | "
+                          f"{ratio(mqd_runs, runs, 'received_per_sec')}")
             lines.append(
-                f"| ({key}) {desc} | {system} | {sent} | "
-                f"{r.get('received_per_sec', 0):,.0f} | {s['p50']:.2f} / {s['p99']:.2f} | "
-                f"{e.get('p50', 0):.2f} / {e.get('p99', 0):.2f} | {ratio} |")
+                f"| ({key}) {desc} | {system} | {rate(runs, 'msgs_per_sec')} | "
+                f"{rate(runs, 'received_per_sec')} | {s['p50']:.2f} / {s['p99']:.2f} | "
+                f"{e.get('p50', 0):.2f} / {e.get('p99', 0):.2f} | {ratios} |")
     return "\n".join(lines)
+
+
+def load_json(path):
+    """Results as written by --json: each "system/workload" a list of rounds (a single
+    result, as written before --rounds, counts as one round)."""
+    with open(path) as f:
+        raw = json.load(f)
+    out = {}
+    for name, runs in raw.items():
+        system, key = name.split("/")
+        out[(system, key)] = runs if isinstance(runs, list) else [runs]
+    return out
 
 
 def main():
@@ -404,7 +428,12 @@ def main():
                     help="rounds of every system and workload, the systems' order reversed "
                          "every other round; the table shows each one's median round and "
                          "each round's msgs/s (default 3)")
+    ap.add_argument("--table-from", metavar="JSON",
+                    help="print the table of a run saved with --json, and run nothing")
     a = ap.parse_args()
+    if a.table_from:
+        print(table(load_json(a.table_from)))
+        return
     if a.rounds < 1:
         ap.error(f"--rounds {a.rounds}: give 1 or more rounds")
     if a.warmup < 0:
