@@ -368,16 +368,19 @@ def table(results):
     def ratio(mqd_runs, runs, field):
         def median(rs):
             return sorted(r.get(field, 0) for r in rs)[(len(rs) - 1) // 2]
-        text = f"{median(mqd_runs) / median(runs):.2f}×"
+
+        def div(a, b):  # a peer that moved nothing (or did not report it) has no ratio
+            return f"{a / b:.2f}×" if b else "—"
+        text = div(median(mqd_runs), median(runs))
         if many:
-            text += " (" + ", ".join(f"{m.get(field, 0) / x[field]:.2f}×"
+            text += " (" + ", ".join(div(m.get(field, 0), x.get(field, 0))
                                      for m, x in zip(mqd_runs, runs)) + ")"
         return text
 
     each = ", the median (each round's)" if many else ""
     lines = [f"| workload | system | sent msgs/s{each} | received msgs/s{each} "
              "| send→ack p50 / p99 ms | end-to-end p50 / p99 ms "
-             f"| mqd sent ÷ this | mqd received ÷ this |",
+             "| mqd sent ÷ this | mqd received ÷ this |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for key, desc, *_ in WORKLOADS:
         mqd_runs = results[("mqd", key)]
@@ -402,12 +405,17 @@ def table(results):
 def load_json(path):
     """Results as written by --json: each "system/workload" a list of rounds (a single
     result, as written before --rounds, counts as one round)."""
-    with open(path) as f:
-        raw = json.load(f)
-    out = {}
-    for name, runs in raw.items():
-        system, key = name.split("/")
-        out[(system, key)] = runs if isinstance(runs, list) else [runs]
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+        out = {}
+        for name, runs in raw.items():
+            system, key = name.split("/")
+            out[(system, key)] = runs if isinstance(runs, list) else [runs]
+        if ("mqd", WORKLOADS[0][0]) not in out:
+            raise ValueError("it holds no mqd results for workload (a)")
+    except (OSError, ValueError, AttributeError) as e:
+        sys.exit(f"run.py: --table-from {path}: not a run saved with --json ({e})")
     return out
 
 
