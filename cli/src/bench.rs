@@ -533,8 +533,9 @@ impl Report<'_> {
             }
             Output::Table => {
                 println!(
-                    "sent {} messages of {} B in {:.2} s: {rate:.0} msgs/s, {mbps:.1} MiB/s ({} producers x {} in flight, {} queues{}{}{}{})",
-                    self.sent, a.size, self.send_secs, a.producers, a.in_flight, a.queues,
+                    "sent {} messages of {} B in {:.2} s: {rate:.0} msgs/s, {mbps:.1} MiB/s ({} x {} in flight, {}{}{}{}{})",
+                    self.sent, a.size, self.send_secs, counted(a.producers, "producer"), a.in_flight,
+                    counted(a.queues, "queue"),
                     if a.rate > 0 { format!(", offered {} msgs/s", a.rate) } else { String::new() },
                     if a.warmup > 0 { format!(", after {} warm-up messages", a.warmup) } else { String::new() },
                     if a.no_coalesce { ", a request per send" } else { "" },
@@ -547,8 +548,10 @@ impl Report<'_> {
                 );
                 if let Some(e2e) = self.e2e {
                     println!(
-                        "received and acked {} messages in {:.2} s: {receive_rate:.0} msgs/s ({} consumers)",
-                        self.received, self.receive_secs, a.consumers
+                        "received and acked {} messages in {:.2} s: {receive_rate:.0} msgs/s ({})",
+                        self.received,
+                        self.receive_secs,
+                        counted(a.consumers, "consumer")
                     );
                     println!(
                         "end-to-end latency (send to receive): {}",
@@ -566,6 +569,15 @@ impl Report<'_> {
     }
 }
 
+/// `n` and `noun`, the noun in the plural unless `n` is 1: "1 queue", "4 queues".
+fn counted(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -578,6 +590,13 @@ mod tests {
             crate::args::Command::Bench(a) => problem(&a),
             _ => unreachable!("parsed `bench`"),
         }
+    }
+
+    #[test]
+    fn counts_name_their_noun_in_the_plural_but_for_one() {
+        assert_eq!(counted(1, "queue"), "1 queue");
+        assert_eq!(counted(0, "consumer"), "0 consumers");
+        assert_eq!(counted(4, "producer"), "4 producers");
     }
 
     #[test]
