@@ -39,6 +39,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -362,12 +363,12 @@ def table(results):
     def rate(runs, field):
         """The median of `field` over the rounds, and with several rounds each round's."""
         values = [r.get(field, 0) for r in runs]
-        text = f"{sorted(values)[(len(values) - 1) // 2]:,.0f}"
+        text = f"{statistics.median_low(values):,.0f}"
         return text + (" (" + ", ".join(f"{v:,.0f}" for v in values) + ")" if many else "")
 
     def ratio(mqd_runs, runs, field):
         def median(rs):
-            return sorted(r.get(field, 0) for r in rs)[(len(rs) - 1) // 2]
+            return statistics.median_low(r.get(field, 0) for r in rs)
 
         def div(a, b):  # a peer that moved nothing (or did not report it) has no ratio
             return f"{a / b:.2f}×" if b else "—"
