@@ -338,6 +338,22 @@ fn bench_sends_receives_and_reports_latencies_as_json() {
     assert_eq!(v["messages"], 200);
     assert_eq!(v["received"], 200);
     assert!(v["seconds"].as_f64().unwrap() >= 0.199, "{v}");
+
+    // The table for people: counts name their noun, in the plural but for one.
+    let out = ok(&node.mqctl(&[
+        "bench",
+        "--messages",
+        "50",
+        "--size",
+        "64B",
+        "--consumers",
+        "1",
+    ]));
+    assert!(
+        out.contains("(1 producer x 256 in flight, 1 queue"),
+        "{out}"
+    );
+    assert!(out.contains("msgs/s (1 consumer)"), "{out}");
     let bad = node.mqctl(&["bench", "--consumers", "1", "--size", "4B"]);
     assert_eq!(bad.status.code(), Some(2), "{bad:?}");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("at least 8 bytes"));
