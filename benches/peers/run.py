@@ -420,6 +420,25 @@ def load_json(path):
     return out
 
 
+def idle_cpus():
+    """How this machine's idle CPUs wait, when Linux says: on a VM whose idle vCPUs halt
+    without polling first, waking a thread takes the host, and every system's figures move
+    by about a tenth with it (docs/OPERATIONS.md, "Virtual machines whose idle CPUs
+    halt"). None where the kernel does not say."""
+    try:
+        with open("/sys/devices/system/cpu/cpuidle/current_driver") as f:
+            driver = f.read().strip()
+    except OSError:
+        return None
+    try:
+        with open("/sys/module/haltpoll/parameters/guest_halt_poll_ns") as f:
+            ns = int(f.read())
+    except (OSError, ValueError):
+        return f"idle CPUs: {driver}"
+    polling = f"halt polling up to {ns:,} ns" if ns else "no halt polling"
+    return f"idle CPUs: {driver}, {polling}"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer messages per workload")
@@ -468,8 +487,11 @@ def main():
     warmed = f"after {a.warmup:,} warm-up messages each" if a.warmup else "no warm-up"
     rounds = (f"{a.rounds} rounds, each system fresh in each, the order reversed every other "
               "round" if a.rounds > 1 else "one round")
-    print(f"{shape}, loopback, {os.cpu_count()} CPUs; {nats_version}; "
-          "nats acknowledges before fsync, nats-sync (sync_interval: always), "
+    idle = idle_cpus()
+    cpus = f"{os.cpu_count()} CPUs" + (f" ({idle})" if idle else "")
+    synced = "nats-sync (sync_interval: always), " if nats_sync else ""
+    print(f"{shape}, loopback, {cpus}; {nats_version}; "
+          f"nats acknowledges before fsync, {synced}"
           f"RabbitMQ quorum queues and mqd after fsync; {warmed}; {rounds}\n")
     print(table(results))
 
