@@ -1,7 +1,8 @@
 //! Send coalescing: concurrent [`Client::send`] calls to one queue share requests.
 //!
 //! Each queue has a lane with at most [`MAX_REQUESTS_PER_QUEUE`] `SEND` requests in flight
-//! ([`MAX_LARGE_REQUESTS_PER_QUEUE`] for a send of [`LARGE_SEND`] messages or more, which
+//! ([`MAX_BUSY_REQUESTS_PER_QUEUE`] while [`BUSY_LANE`] messages or more wait in it, and
+//! [`MAX_LARGE_REQUESTS_PER_QUEUE`] for a send of [`LARGE_SEND`] messages or more, which
 //! shares its request's cost already). A send that finds a free place goes out at once,
 //! alone, so a lone sender waits for nothing; while every place is taken, new sends wait
 //! in the lane, and the next place to free up takes all of them (up to [`MAX_BATCH`]
@@ -18,7 +19,8 @@
 //! has a dedup id travel apart from the others, so they keep being retried on failover.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
@@ -33,6 +35,22 @@ use crate::protocol::{Request, Response, SendEntry, Status, MAX_BATCH};
 /// node and on three, workload (b) +9%, eight sends in flight +15%; (a) on three nodes
 /// the same, and one request per queue lost 12% there.
 pub const MAX_REQUESTS_PER_QUEUE: usize = 2;
+/// Requests in flight per queue while at least [`BUSY_LANE`] messages wait in its lane
+/// and every request is in flight. With two, a producer keeping 256 sends in flight put
+/// about 100 messages in each while the rest waited in the client, and the node's log,
+/// after each write, often found no send waiting to join its next one. With up to four,
+/// workload (a) moved 10% more messages a second on one node and 6% more on three (the
+/// means of six alternated pairs each), with 7% less node CPU per message on one node:
+/// each log write carried more messages (71 against 64). Where a lane never has that
+/// many waiting (16 connections of 16 sends each, or 4 producers of 64 over 4 queues)
+/// nothing changes; four for every lane lost 13% with 16 connections (BENCHMARKS.md,
+/// "Busy lanes").
+pub const MAX_BUSY_REQUESTS_PER_QUEUE: usize = 4;
+/// Messages waiting in a lane, with every request in flight, that let it have more than
+/// [`MAX_REQUESTS_PER_QUEUE`] requests: a further request then carries at least this
+/// many. 32, tried first (and without the condition on requests in flight), cost 4
+/// producers of 64 sends over 4 queues 2%: a busier node with smaller requests.
+pub const BUSY_LANE: usize = 64;
 /// A send of at least this many messages already spreads a request's cost over them: it
 /// goes out at once while fewer than [`MAX_LARGE_REQUESTS_PER_QUEUE`] requests are in
 /// flight, instead of waiting to share one.
@@ -58,6 +76,48 @@ struct Lane {
     /// Requests in flight (each run by one drain task).
     running: usize,
     waiting: VecDeque<Waiter>,
+    /// Messages in `waiting`.
+    queued: usize,
+    /// Of the `running` requests, those not in flight: just answered, or not yet sent,
+    /// whose drain is about to take what waits. A drain counts itself in when its request
+    /// is answered, without taking the lanes' lock again.
+    collecting: Arc<AtomicUsize>,
+}
+
+impl Lane {
+    fn push(&mut self, w: Waiter) {
+        self.queued += w.messages.len();
+        self.waiting.push_back(w);
+    }
+
+    fn pop(&mut self) -> Option<Waiter> {
+        let w = self.waiting.pop_front()?;
+        self.queued -= w.messages.len();
+        Some(w)
+    }
+
+    /// Whether a send of `n` messages, now waiting in the lane, may start a request of
+    /// its own beside the `running` ones. Beyond [`MAX_REQUESTS_PER_QUEUE`], only while
+    /// every running request is in flight: the callers a request has just answered send
+    /// again before its drain takes what waits, so a lane briefly holds all its senders
+    /// even where two requests carry them well (4 producers of 64 sends in flight each
+    /// lost 4-5% when those moments started more requests).
+    fn may_start(&self, n: usize) -> bool {
+        if n >= LARGE_SEND {
+            return self.running < MAX_LARGE_REQUESTS_PER_QUEUE;
+        }
+        self.running < MAX_REQUESTS_PER_QUEUE
+            || (self.running < MAX_BUSY_REQUESTS_PER_QUEUE
+                && self.queued >= BUSY_LANE
+                && self.collecting.load(Ordering::Relaxed) == 0)
+    }
+
+    /// Whether a request beyond [`MAX_REQUESTS_PER_QUEUE`], done, should end rather than
+    /// take what waits: fewer than [`BUSY_LANE`] messages wait, and the requests still in
+    /// flight will take them.
+    fn past_busy(&self) -> bool {
+        self.running > MAX_REQUESTS_PER_QUEUE && self.queued < BUSY_LANE
+    }
 }
 
 /// The lanes of one client, keyed by queue and by whether every message has a dedup id.
@@ -115,18 +175,16 @@ impl Client {
         let start = {
             let mut lanes = self.coalescer.lanes();
             let lane = lanes.entry(key.clone()).or_default();
-            lane.waiting.push_back(Waiter {
+            lane.push(Waiter {
                 messages,
                 bytes,
                 reply,
             });
-            let limit = if n >= LARGE_SEND {
-                MAX_LARGE_REQUESTS_PER_QUEUE
-            } else {
-                MAX_REQUESTS_PER_QUEUE
-            };
-            let start = lane.running < limit;
+            let start = lane.may_start(n);
             lane.running += usize::from(start);
+            if start {
+                lane.collecting.fetch_add(1, Ordering::Relaxed);
+            }
             start
         };
         if start {
@@ -143,6 +201,7 @@ impl Client {
     /// Sends what waits in lane `key`, one request at a time, until nothing waits.
     async fn drain(&self, key: (String, bool)) {
         let mut answered = false;
+        let mut collecting: Option<Arc<AtomicUsize>> = None;
         loop {
             if answered {
                 // The callers just answered are woken but have not run yet; a caller that
@@ -160,12 +219,21 @@ impl Client {
                 let Some(lane) = lanes.get_mut(&key) else {
                     return;
                 };
+                let counted = lane.collecting.fetch_sub(1, Ordering::Relaxed);
+                debug_assert!(counted > 0, "a drain took what waits without being counted");
+                if collecting.is_none() {
+                    collecting = Some(lane.collecting.clone());
+                }
+                if lane.past_busy() {
+                    lane.running -= 1;
+                    return;
+                }
                 let mut batch: Vec<Waiter> = Vec::new();
                 let (mut n, mut bytes) = (0usize, 0usize);
                 while let Some(w) = lane.waiting.front() {
                     if w.reply.is_closed() {
                         // Its caller gave up before it was sent: it never will be.
-                        lane.waiting.pop_front();
+                        lane.pop();
                         continue;
                     }
                     if !batch.is_empty()
@@ -176,7 +244,7 @@ impl Client {
                     }
                     n += w.messages.len();
                     bytes += w.bytes;
-                    if let Some(w) = lane.waiting.pop_front() {
+                    if let Some(w) = lane.pop() {
                         batch.push(w);
                     }
                 }
@@ -190,6 +258,9 @@ impl Client {
                 batch
             };
             self.send_batch(&key.0, batch).await;
+            if let Some(c) = &collecting {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -256,5 +327,65 @@ impl Client {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lane with `running` requests in flight and sends of the given sizes waiting.
+    fn lane(running: usize, waiting: &[usize]) -> Lane {
+        let mut lane = Lane {
+            running,
+            ..Lane::default()
+        };
+        for &n in waiting {
+            lane.push(Waiter {
+                messages: vec![SendEntry::new("m"); n],
+                bytes: n,
+                reply: oneshot::channel().0,
+            });
+        }
+        lane
+    }
+
+    #[test]
+    fn a_lane_takes_more_requests_only_while_a_requests_worth_waits() {
+        // Two requests in flight for any send.
+        assert!(lane(0, &[1]).may_start(1));
+        assert!(lane(1, &[1]).may_start(1));
+        assert!(!lane(2, &[1]).may_start(1));
+        // A third and a fourth while BUSY_LANE messages wait, the new send's among them.
+        assert!(!lane(2, &[1; BUSY_LANE - 1]).may_start(1));
+        assert!(lane(2, &[1; BUSY_LANE]).may_start(1));
+        assert!(lane(3, &[1; BUSY_LANE]).may_start(1));
+        assert!(!lane(MAX_BUSY_REQUESTS_PER_QUEUE, &[1; 2 * BUSY_LANE]).may_start(1));
+        // Not while a request just answered is about to take what waits.
+        let mut l = lane(2, &[1; BUSY_LANE]);
+        l.collecting.store(1, Ordering::Relaxed);
+        assert!(!l.may_start(1));
+        // Under two, a send starts one whatever waits.
+        l.running = 1;
+        assert!(l.may_start(1));
+        // A large send as before: up to MAX_LARGE_REQUESTS_PER_QUEUE.
+        assert!(lane(MAX_BUSY_REQUESTS_PER_QUEUE, &[LARGE_SEND]).may_start(LARGE_SEND));
+        assert!(!lane(MAX_LARGE_REQUESTS_PER_QUEUE, &[LARGE_SEND]).may_start(LARGE_SEND));
+    }
+
+    #[test]
+    fn a_request_beyond_two_ends_once_less_than_a_requests_worth_waits() {
+        assert!(!lane(2, &[]).past_busy());
+        assert!(!lane(3, &[1; BUSY_LANE]).past_busy());
+        assert!(lane(3, &[1; BUSY_LANE - 1]).past_busy());
+        assert!(lane(4, &[]).past_busy());
+        // What the lane counts follows what waits.
+        let mut l = lane(3, &[BUSY_LANE, 1]);
+        assert!(!l.past_busy());
+        assert_eq!(l.pop().map(|w| w.messages.len()), Some(BUSY_LANE));
+        assert_eq!(l.queued, 1);
+        assert!(l.past_busy());
+        assert!(l.pop().is_some());
+        assert_eq!((l.queued, l.pop().is_none()), (0, true));
     }
 }
