@@ -27,13 +27,14 @@ use tokio::sync::oneshot;
 use super::{expect, Client, ClientError};
 use crate::protocol::{Request, Response, SendEntry, Status, MAX_BATCH};
 
-/// Requests in flight per queue before sends wait to be coalesced. Two keep a shard's
-/// pipeline fed (one request is written to the log while the next gathers sends) and no
-/// more: every further request costs the node and the client a QUIC stream, frames and
-/// an answer while carrying fewer messages. Measured against eight (BENCHMARKS.md, "Two
-/// send requests in flight per queue"): 16 connections sending to one queue +30% on one
-/// node and on three, workload (b) +9%, eight sends in flight +15%; (a) on three nodes
-/// the same, and one request per queue lost 12% there.
+/// Requests in flight per queue before sends wait to be coalesced (unless the lane is
+/// busy: [`MAX_BUSY_REQUESTS_PER_QUEUE`]). Two keep a shard's pipeline fed (one request is
+/// written to the log while the next gathers sends) and no more: every further request
+/// costs the node and the client a QUIC stream, frames and an answer while carrying fewer
+/// messages. Measured against eight (BENCHMARKS.md, "Two send requests in flight per
+/// queue"): 16 connections sending to one queue +30% on one node and on three, workload
+/// (b) +9%, eight sends in flight +15%; (a) on three nodes the same, and one request per
+/// queue lost 12% there.
 pub const MAX_REQUESTS_PER_QUEUE: usize = 2;
 /// Requests in flight per queue while at least [`BUSY_LANE`] messages wait in its lane
 /// and every request is in flight. With two, a producer keeping 256 sends in flight put
@@ -180,16 +181,15 @@ impl Client {
                 bytes,
                 reply,
             });
-            let start = lane.may_start(n);
-            lane.running += usize::from(start);
-            if start {
+            lane.may_start(n).then(|| {
+                lane.running += 1;
                 lane.collecting.fetch_add(1, Ordering::Relaxed);
-            }
-            start
+                lane.collecting.clone()
+            })
         };
-        if start {
+        if let Some(collecting) = start {
             let client = self.clone();
-            tokio::spawn(async move { client.drain(key).await });
+            tokio::spawn(async move { client.drain(key, collecting).await });
         }
         answer.await.unwrap_or_else(|_| {
             Err(ClientError::Protocol(
@@ -199,9 +199,9 @@ impl Client {
     }
 
     /// Sends what waits in lane `key`, one request at a time, until nothing waits.
-    async fn drain(&self, key: (String, bool)) {
+    /// `collecting` is the lane's count of requests not in flight, this one counted in.
+    async fn drain(&self, key: (String, bool), collecting: Arc<AtomicUsize>) {
         let mut answered = false;
-        let mut collecting: Option<Arc<AtomicUsize>> = None;
         loop {
             if answered {
                 // The callers just answered are woken but have not run yet; a caller that
@@ -219,11 +219,8 @@ impl Client {
                 let Some(lane) = lanes.get_mut(&key) else {
                     return;
                 };
-                let counted = lane.collecting.fetch_sub(1, Ordering::Relaxed);
+                let counted = collecting.fetch_sub(1, Ordering::Relaxed);
                 debug_assert!(counted > 0, "a drain took what waits without being counted");
-                if collecting.is_none() {
-                    collecting = Some(lane.collecting.clone());
-                }
                 if lane.past_busy() {
                     lane.running -= 1;
                     return;
@@ -258,9 +255,7 @@ impl Client {
                 batch
             };
             self.send_batch(&key.0, batch).await;
-            if let Some(c) = &collecting {
-                c.fetch_add(1, Ordering::Relaxed);
-            }
+            collecting.fetch_add(1, Ordering::Relaxed);
         }
     }
 
