@@ -163,7 +163,7 @@ pub struct ClientConfig {
     /// doubling up to 2 s (plus up to 25% jitter), before the refusal is returned.
     pub throttle_retries: u32,
     /// Concurrent [`Client::send`] calls to one queue share requests once 2 are in
-    /// flight (see [`Client::send`]). On by default.
+    /// flight (up to 4 while many wait; see [`Client::send`]). On by default.
     pub coalesce_sends: bool,
 }
 
@@ -845,8 +845,9 @@ impl Client {
     /// Concurrent sends to the same queue through this client (or its clones) share
     /// requests: up to 2 requests per queue go out at once (4 while 64 messages or more
     /// wait for them, 8 for sends of 32 messages or more), and sends made while they are
-    /// in flight leave together in the next one (see `ClientConfig::coalesce_sends`). Each call still returns its own ids once they are
-    /// durable, and an error only for its own messages.
+    /// in flight leave together in the next one (see `ClientConfig::coalesce_sends`).
+    /// Each call still returns its own ids once they are durable, and an error only for
+    /// its own messages.
     pub async fn send(
         &self,
         queue: &str,
