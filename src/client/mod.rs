@@ -246,7 +246,7 @@ pub struct Client {
     coalescer: Arc<coalesce::Coalescer>,
 }
 
-fn quic_config(config: &ClientConfig) -> Result<quinn::ClientConfig, ClientError> {
+pub(crate) fn quic_config(config: &ClientConfig) -> Result<quinn::ClientConfig, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     let mut n = 0;
     for cert in CertificateDer::pem_slice_iter(&config.ca_pem) {
@@ -283,6 +283,7 @@ fn quic_config(config: &ClientConfig) -> Result<quinn::ClientConfig, ClientError
     ));
     transport.max_concurrent_bidi_streams(0u32.into());
     transport.max_concurrent_uni_streams(0u32.into());
+    udp::discover_mtu(&mut transport);
     qc.transport_config(Arc::new(transport));
     Ok(qc)
 }

@@ -16,6 +16,25 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// Receive and send buffer asked of the kernel for each endpoint socket.
 pub const SOCKET_BUFFER: usize = 4 << 20;
 
+/// Largest UDP payload of a QUIC packet on mqd's connections, sent and accepted. Every
+/// connection starts at 1,200 bytes and MTU discovery raises its packets toward this as
+/// far as the path carries them: to this on loopback or with jumbo frames, to about 1,450
+/// bytes on an Ethernet path of 1,500. (quinn's default stops at 1,452.) Fewer, larger
+/// packets cost less: each is sealed, numbered, acknowledged and tracked on its own.
+///
+/// Not larger: quinn hands the kernel up to ten packets at once as one GSO send (its
+/// `MAX_TRANSMIT_SEGMENTS`), and Linux refuses a UDP send of more than 65,507 bytes
+/// (`EMSGSIZE`), which quinn-udp takes for a lost MTU probe: every packet of that send
+/// would be lost. Ten of these make 65,000 bytes.
+pub const MAX_UDP_PAYLOAD: u16 = 6_500;
+
+/// MTU discovery up to [`MAX_UDP_PAYLOAD`] on `transport`.
+pub(crate) fn discover_mtu(transport: &mut quinn::TransportConfig) {
+    let mut mtud = quinn::MtuDiscoveryConfig::default();
+    mtud.upper_bound(MAX_UDP_PAYLOAD);
+    transport.mtu_discovery_config(Some(mtud));
+}
+
 /// A UDP socket bound to `addr` with [`SOCKET_BUFFER`]-sized buffers where the kernel
 /// allows, and the receive buffer it got (Linux reports twice the usable size).
 pub(crate) fn bind(addr: SocketAddr) -> io::Result<(std::net::UdpSocket, usize)> {
@@ -44,8 +63,15 @@ pub(crate) fn endpoint(
     server: Option<quinn::ServerConfig>,
 ) -> io::Result<(quinn::Endpoint, usize)> {
     let (socket, got) = bind(addr)?;
+    // Peers may send packets as large as ours. quinn's receive buffer grows with it
+    // (this size × 64 GRO segments × 32 datagrams per call: 13 MiB of address space, of
+    // which a call writes at most 32 × 64 KiB).
+    let mut config = quinn::EndpointConfig::default();
+    config
+        .max_udp_payload_size(MAX_UDP_PAYLOAD)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     let endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        config,
         server,
         socket,
         std::sync::Arc::new(quinn::TokioRuntime),

@@ -195,6 +195,7 @@ fn client_config_offering(
     // Keep-alives keep a quiet but live connection open.
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(PEER_KEEP_ALIVE));
+    crate::client::udp::discover_mtu(&mut transport);
     transport.max_idle_timeout(Some(
         quinn::IdleTimeout::try_from(PEER_IDLE_TIMEOUT).map_err(tls_err)?,
     ));

@@ -81,6 +81,7 @@ fn server_config(creds: &tls::Credentials) -> Result<quinn::ServerConfig, Server
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_bidi_streams(MAX_STREAMS_PER_CONNECTION.into());
     transport.max_concurrent_uni_streams(0u32.into());
+    crate::client::udp::discover_mtu(&mut transport);
     transport.max_idle_timeout(Some(
         quinn::IdleTimeout::try_from(Duration::from_secs(60))
             .map_err(|e| ServerError::Tls(e.to_string()))?,
@@ -547,6 +548,87 @@ mod tracker {
                     return;
                 }
                 idle.await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::udp::{self, MAX_UDP_PAYLOAD};
+
+    /// Sends `rounds` exchanges of `size` bytes each way on `conn` (the server echoes).
+    async fn exchange(conn: &quinn::Connection, rounds: usize, size: usize) {
+        let payload = vec![0x5a_u8; size];
+        for _ in 0..rounds {
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            send.write_all(&payload).await.unwrap();
+            send.finish().unwrap();
+            let back = recv.read_to_end(size).await.unwrap();
+            assert_eq!(back.len(), size);
+        }
+    }
+
+    /// A client's and a peer's connections to a node's endpoint grow their packets, both
+    /// ways, to the largest payload on loopback, and carry megabytes without losing a
+    /// packet. A GSO send larger than a UDP send may be (were quinn to put more packets of
+    /// this size in one) would be refused by the kernel and every packet in it lost. Each
+    /// exchange has at most 128 KiB in flight each way, well inside the sockets' buffers,
+    /// so loopback itself drops nothing.
+    #[tokio::test]
+    async fn packets_grow_to_the_largest_payload_and_none_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = tls::ensure(dir.path(), &[]).unwrap();
+        let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let (server, _) = udp::endpoint(loopback, Some(server_config(&creds).unwrap())).unwrap();
+        let addr = server.local_addr().unwrap();
+        let (stats_tx, mut stats_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(incoming) = server.accept().await {
+                let conn = incoming.await.unwrap();
+                let stats_tx = stats_tx.clone();
+                tokio::spawn(async move {
+                    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                        let data = recv.read_to_end(1 << 20).await.unwrap();
+                        send.write_all(&data).await.unwrap();
+                        send.finish().unwrap();
+                    }
+                    let _ = stats_tx.send(conn.stats().path);
+                });
+            }
+        });
+        let ca = std::fs::read(dir.path().join(tls::CA_CERT)).unwrap();
+        let client = crate::client::ClientConfig::new(vec![addr], ca, String::new());
+        let configs = [
+            ("client", crate::client::quic_config(&client).unwrap()),
+            ("peer", crate::peer::client_config(&creds).unwrap()),
+        ];
+        for (what, config) in configs {
+            let (endpoint, _) = udp::endpoint(loopback, None).unwrap();
+            let conn = endpoint
+                .connect_with(config, addr, crate::protocol::TLS_SERVER_NAME)
+                .unwrap()
+                .await
+                .unwrap();
+            // MTU discovery takes a few round trips; then 10 MiB more each way.
+            for _ in 0..100 {
+                if conn.stats().path.current_mtu == MAX_UDP_PAYLOAD {
+                    break;
+                }
+                exchange(&conn, 1, 128 << 10).await;
+            }
+            exchange(&conn, 80, 128 << 10).await;
+            let path = conn.stats().path;
+            conn.close(0u32.into(), b"done");
+            let served = stats_rx.recv().await.unwrap();
+            endpoint.wait_idle().await;
+            for (side, path) in [("sending", path), ("answering", served)] {
+                assert_eq!(
+                    path.current_mtu, MAX_UDP_PAYLOAD,
+                    "{what} connection, {side} side"
+                );
+                assert_eq!(path.lost_packets, 0, "{what} connection, {side} side");
             }
         }
     }
