@@ -64,7 +64,7 @@ pub(crate) fn endpoint(
 ) -> io::Result<(quinn::Endpoint, usize)> {
     let (socket, got) = bind(addr)?;
     // Peers may send packets as large as ours. quinn's receive buffer grows with it
-    // (this size × 64 GRO segments × 32 datagrams per call: 13 MiB of address space, of
+    // (this size × 64 GRO segments × 32 datagrams per call: 12.7 MiB of address space, of
     // which a call writes at most 32 × 64 KiB).
     let mut config = quinn::EndpointConfig::default();
     config
