@@ -191,7 +191,11 @@ pub enum Command {
     /// --queues queues. A send completes only once the node has fsynced it. With
     /// --consumers, as many connections receive (--receive-batch per request,
     /// --receive-in-flight at once) and ack everything sent, and the end-to-end latency
-    /// from send to receive is measured too. Latencies are HDR histograms.
+    /// from send to receive is measured too. Latencies are HDR histograms. It also
+    /// reports its own CPU time and its connections' QUIC figures (packet size reached by
+    /// MTU discovery, packets sent and lost, congestion events, round trip) over the
+    /// measured run: a lost packet or a congestion event on loopback means a socket buffer
+    /// overflowed, and the client shares the machine's cores with a local node.
     ///
     /// Examples:
     ///   mqctl bench --messages 200000 --size 1KiB --in-flight 256

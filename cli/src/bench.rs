@@ -12,7 +12,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
-use mqd::client::{Client, ClientConfig};
+use mqd::client::{Client, ClientConfig, TransportStats};
 use mqd::protocol::{QueuePatch, SendEntry, Status, MAX_BATCH, MAX_MESSAGE_SIZE_LIMIT};
 use serde_json::{json, Value};
 
@@ -197,7 +197,26 @@ pub async fn run(mut config: ClientConfig, out: Output, a: BenchArgs) -> anyhow:
         duration: a.duration,
         rate: a.rate,
     };
+    // The measured run's own cost: this process's CPU and its connections' QUIC figures.
+    let connections = distinct(producers.iter().chain(&consumers).flatten());
+    let quic_before: Vec<_> = connections.iter().map(Client::transport_stats).collect();
+    let cpu_before = cpu_time();
     let l = load(&producers, &consumers, &queues, &a, plan, bar.clone()).await?;
+    let cpu = cpu_time()
+        .zip(cpu_before)
+        .map(|(after, before)| after.saturating_sub(before));
+    let quic = Transport::of(
+        connections
+            .iter()
+            .zip(&quic_before)
+            .filter_map(|(c, before)| {
+                let now = c.transport_stats()?;
+                Some(match before {
+                    Some(b) => now.since(b),
+                    None => now,
+                })
+            }),
+    );
     bar.finish_and_clear();
     if !a.keep {
         for q in &created {
@@ -222,9 +241,97 @@ pub async fn run(mut config: ClientConfig, out: Output, a: BenchArgs) -> anyhow:
         send: &l.send,
         e2e: (a.consumers > 0).then_some(&l.e2e),
         receive: &l.receive,
+        cpu,
+        quic,
     };
     r.print(out, &a)?;
     l.drained(&a, "messages sent")
+}
+
+/// The clients of `clients` with a connection of their own (clones share one).
+fn distinct<'a>(clients: impl Iterator<Item = &'a Client>) -> Vec<Client> {
+    let mut out: Vec<Client> = Vec::new();
+    for c in clients {
+        if !out.iter().any(|o| o.shares_connection(c)) {
+            out.push(c.clone());
+        }
+    }
+    out
+}
+
+/// The CPU time this process has used so far, user and system together.
+fn cpu_time() -> Option<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    (rc == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+}
+
+/// The QUIC figures of the bench's connections over the measured run, together.
+#[derive(Debug, Default, PartialEq)]
+struct Transport {
+    connections: usize,
+    /// The smallest and largest UDP payload the connections send at the end.
+    path_mtu: (u16, u16),
+    /// The longest smoothed round-trip time.
+    rtt_max: Duration,
+    packets_sent: u64,
+    packets_lost: u64,
+    congestion_events: u64,
+    datagrams_sent: u64,
+    datagrams_received: u64,
+}
+
+impl Transport {
+    fn of(stats: impl Iterator<Item = TransportStats>) -> Self {
+        let mut t = Transport {
+            path_mtu: (u16::MAX, 0),
+            ..Default::default()
+        };
+        for s in stats {
+            t.connections += 1;
+            t.path_mtu = (t.path_mtu.0.min(s.path_mtu), t.path_mtu.1.max(s.path_mtu));
+            t.rtt_max = t.rtt_max.max(s.rtt);
+            t.packets_sent += s.packets_sent;
+            t.packets_lost += s.packets_lost;
+            t.congestion_events += s.congestion_events;
+            t.datagrams_sent += s.datagrams_sent;
+            t.datagrams_received += s.datagrams_received;
+        }
+        if t.connections == 0 {
+            t.path_mtu = (0, 0);
+        }
+        t
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "connections": self.connections,
+            "path_mtu_min": self.path_mtu.0, "path_mtu_max": self.path_mtu.1,
+            "rtt_ms_max": self.rtt_max.as_secs_f64() * 1000.0,
+            "packets_sent": self.packets_sent, "packets_lost": self.packets_lost,
+            "congestion_events": self.congestion_events,
+            "datagrams_sent": self.datagrams_sent, "datagrams_received": self.datagrams_received,
+        })
+    }
+
+    fn text(&self) -> String {
+        let mtu = match self.path_mtu {
+            (lo, hi) if lo == hi => format!("{hi} B"),
+            (lo, hi) => format!("{lo}-{hi} B"),
+        };
+        format!(
+            "QUIC over {}: packets of up to {mtu}, {} sent, {} lost, {} congestion events, round trip up to {:.2} ms",
+            counted(self.connections, "connection"),
+            self.packets_sent,
+            self.packets_lost,
+            self.congestion_events,
+            self.rtt_max.as_secs_f64() * 1000.0
+        )
+    }
 }
 
 /// How much one round of [`load`] sends, and how fast.
@@ -487,6 +594,9 @@ struct Report<'a> {
     e2e: Option<&'a Histogram<u64>>,
     /// Receive requests that returned messages.
     receive: &'a Histogram<u64>,
+    /// This process's CPU time over the measured run, if the system reports it.
+    cpu: Option<Duration>,
+    quic: Transport,
 }
 
 fn percentiles_json(h: &Histogram<u64>) -> Value {
@@ -529,6 +639,16 @@ impl Report<'_> {
                     m.insert("end_to_end_ms".into(), percentiles_json(e2e));
                     m.insert("receive_latency_ms".into(), percentiles_json(self.receive));
                 }
+                if let Some(m) = v.as_object_mut() {
+                    if let Some(cpu) = self.cpu {
+                        m.insert("client_cpu_seconds".into(), json!(cpu.as_secs_f64()));
+                        m.insert(
+                            "client_cpu_us_per_message".into(),
+                            json!(cpu.as_secs_f64() * 1e6 / self.sent.max(1) as f64),
+                        );
+                    }
+                    m.insert("transport".into(), self.quic.json());
+                }
                 println!("{v}");
             }
             Output::Table => {
@@ -563,6 +683,19 @@ impl Report<'_> {
                         percentiles_text(self.receive)
                     );
                 }
+                if let Some(cpu) = self.cpu {
+                    println!(
+                        "mqctl used {:.2} s of CPU: {:.1} µs per message sent{}",
+                        cpu.as_secs_f64(),
+                        cpu.as_secs_f64() * 1e6 / self.sent.max(1) as f64,
+                        if self.e2e.is_some() {
+                            " and received"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                println!("{}", self.quic.text());
             }
         }
         Ok(())
@@ -590,6 +723,61 @@ mod tests {
             crate::args::Command::Bench(a) => problem(&a),
             _ => unreachable!("parsed `bench`"),
         }
+    }
+
+    #[test]
+    fn connections_figures_add_up_and_keep_the_extremes() {
+        let stats = |mtu, rtt_ms, sent, lost| TransportStats {
+            rtt: Duration::from_millis(rtt_ms),
+            path_mtu: mtu,
+            packets_sent: sent,
+            packets_lost: lost,
+            congestion_events: lost / 2,
+            datagrams_sent: sent / 2,
+            datagrams_received: sent / 3,
+        };
+        let t = Transport::of([stats(1452, 3, 900, 4), stats(6500, 1, 300, 0)].into_iter());
+        assert_eq!(
+            t,
+            Transport {
+                connections: 2,
+                path_mtu: (1452, 6500),
+                rtt_max: Duration::from_millis(3),
+                packets_sent: 1200,
+                packets_lost: 4,
+                congestion_events: 2,
+                datagrams_sent: 600,
+                datagrams_received: 400,
+            }
+        );
+        assert!(t.text().starts_with(
+            "QUIC over 2 connections: packets of up to 1452-6500 B, 1200 sent, 4 lost, 2 congestion events"
+        ));
+        let one = Transport::of([stats(6500, 1, 10, 0)].into_iter());
+        assert!(one
+            .text()
+            .starts_with("QUIC over 1 connection: packets of up to 6500 B"));
+        assert_eq!(Transport::of(std::iter::empty()).path_mtu, (0, 0));
+    }
+
+    #[test]
+    fn a_counter_read_across_a_new_connection_counts_from_zero() {
+        let at = |sent| TransportStats {
+            packets_sent: sent,
+            ..Default::default()
+        };
+        assert_eq!(at(500).since(&at(200)).packets_sent, 300);
+        assert_eq!(at(50).since(&at(200)).packets_sent, 50);
+    }
+
+    #[test]
+    fn the_process_cpu_time_grows() {
+        let before = cpu_time().expect("CLOCK_PROCESS_CPUTIME_ID");
+        let mut x = 0u64;
+        for i in 0..5_000_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+        assert!(cpu_time().unwrap() > before, "{x}");
     }
 
     #[test]

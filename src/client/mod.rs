@@ -230,6 +230,60 @@ struct Conn {
     addr: SocketAddr,
 }
 
+/// What QUIC has measured on a [`Client`]'s connection ([`Client::transport_stats`]):
+/// how large its packets have grown, what was lost, and how often the sender slowed
+/// down. The counters run from the connection's start; [`TransportStats::since`] gives
+/// those of an interval.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    /// The smoothed round-trip time.
+    pub rtt: Duration,
+    /// The largest UDP payload this connection sends, in bytes: 1,200 at first, then
+    /// what MTU discovery finds the path carries, up to 6,500.
+    pub path_mtu: u16,
+    /// QUIC packets sent.
+    pub packets_sent: u64,
+    /// Of them, declared lost (their frames were sent again).
+    pub packets_lost: u64,
+    /// Times loss made the congestion controller shrink the sending window.
+    pub congestion_events: u64,
+    /// UDP datagrams sent (a datagram carries one or more packets).
+    pub datagrams_sent: u64,
+    /// UDP datagrams received.
+    pub datagrams_received: u64,
+}
+
+impl TransportStats {
+    fn of(conn: &quinn::Connection) -> Self {
+        let s = conn.stats();
+        Self {
+            rtt: s.path.rtt,
+            path_mtu: s.path.current_mtu,
+            packets_sent: s.path.sent_packets,
+            packets_lost: s.path.lost_packets,
+            congestion_events: s.path.congestion_events,
+            datagrams_sent: s.udp_tx.datagrams,
+            datagrams_received: s.udp_rx.datagrams,
+        }
+    }
+
+    /// The counters since `earlier`, a reading of the same connection (the round-trip
+    /// time and path MTU are this reading's). A counter that went down (a reading of an
+    /// earlier connection, before a failover) counts from zero.
+    pub fn since(&self, earlier: &TransportStats) -> TransportStats {
+        let d = |now: u64, then: u64| now.checked_sub(then).unwrap_or(now);
+        TransportStats {
+            rtt: self.rtt,
+            path_mtu: self.path_mtu,
+            packets_sent: d(self.packets_sent, earlier.packets_sent),
+            packets_lost: d(self.packets_lost, earlier.packets_lost),
+            congestion_events: d(self.congestion_events, earlier.congestion_events),
+            datagrams_sent: d(self.datagrams_sent, earlier.datagrams_sent),
+            datagrams_received: d(self.datagrams_received, earlier.datagrams_received),
+        }
+    }
+}
+
 /// A connection to an mqd node. Cheap to clone; clones share the connection.
 #[derive(Clone)]
 pub struct Client {
@@ -460,6 +514,20 @@ impl Client {
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
             .map(|c| c.addr)
+    }
+
+    /// Whether `other` is a clone of this client, sharing its connection.
+    pub fn shares_connection(&self, other: &Client) -> bool {
+        Arc::ptr_eq(&self.current, &other.current)
+    }
+
+    /// QUIC's figures for the connection in use, if there is one.
+    pub fn transport_stats(&self) -> Option<TransportStats> {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|c| TransportStats::of(&c.conn))
     }
 
     /// Closes the connection politely.

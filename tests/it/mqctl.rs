@@ -315,6 +315,24 @@ fn bench_sends_receives_and_reports_latencies_as_json() {
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert!(v["messages"].as_u64().unwrap() > 0, "{v}");
     assert!(v.get("end_to_end_ms").is_none());
+    // Its own cost: CPU, and QUIC's figures for its one connection. A second of 1 KiB
+    // sends is ample for MTU discovery on loopback to reach the largest packets mqd uses.
+    assert!(v["client_cpu_seconds"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(
+        v["client_cpu_us_per_message"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
+    let quic = &v["transport"];
+    assert_eq!(quic["connections"], 1, "{v}");
+    assert_eq!(quic["path_mtu_min"], 6500, "{v}");
+    assert_eq!(quic["path_mtu_max"], 6500, "{v}");
+    let sent = quic["packets_sent"].as_u64().unwrap();
+    assert!(
+        sent > 0 && quic["packets_lost"].as_u64().unwrap() <= sent,
+        "{v}"
+    );
+    assert!(quic["datagrams_sent"].as_u64().unwrap() > 0, "{v}");
+    assert!(quic["rtt_ms_max"].as_f64().unwrap() > 0.0, "{v}");
 
     // An offered rate paces the sends: 200 messages at 1,000 a second cannot take less
     // than the schedule's 0.199 s, however fast the node is.
@@ -354,6 +372,11 @@ fn bench_sends_receives_and_reports_latencies_as_json() {
         "{out}"
     );
     assert!(out.contains("msgs/s (1 consumer)"), "{out}");
+    assert!(out.contains("µs per message sent and received"), "{out}");
+    assert!(
+        out.contains("QUIC over 2 connections: packets of up to "),
+        "{out}"
+    );
     let bad = node.mqctl(&["bench", "--consumers", "1", "--size", "4B"]);
     assert_eq!(bad.status.code(), Some(2), "{bad:?}");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("at least 8 bytes"));
