@@ -18,6 +18,7 @@ pub mod local;
 mod man;
 #[cfg(feature = "server")]
 pub mod peer;
+pub mod process;
 pub mod protocol;
 #[cfg(feature = "server")]
 pub mod raft;

@@ -26,7 +26,8 @@ use mqd::protocol::{DeadLetter, QueuePatch, Receipt, SendEntry, Status, MAX_BATC
 use serde::Deserialize;
 
 /// mimalloc instead of glibc malloc, as in `mqd`: `mqctl bench` allocates per request, and
-/// glibc's malloc and free were a tenth of its CPU in a profile of workload (a).
+/// glibc's malloc and free were a tenth of its CPU in a profile of workload (a). Without
+/// transparent huge pages, as in `mqd` (see `main`).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -68,6 +69,10 @@ fn exit_code_of(status: Status) -> u8 {
 }
 
 fn main() -> ExitCode {
+    // Faulting in a huge page for mimalloc stopped `mqctl bench` for 25-50 ms at a time
+    // (`mqd::process::no_huge_pages`). Only kernels before 3.15 refuse, and there nothing
+    // is lost but that.
+    let _ = mqd::process::no_huge_pages();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -150,37 +150,16 @@ struct LogControl {
     quiet: QuietPeerFailures,
 }
 
-/// Turns transparent huge pages off for this process, as `MIMALLOC_ALLOW_THP=0` would.
-/// mimalloc asks for huge pages on its arenas, returns freed memory to the kernel after a
-/// second and faults it back in later; each fault of a huge page zeroes 2 MiB while the
-/// thread that touched the memory waits, and those threads were applying Raft entries. At
-/// 8,000 msgs/s offered, 16–28 applies per 10 s run took over 5 ms and the end-to-end p99
-/// was 79–126 ms; without huge pages 0–2 applies did and the p99 was 8–21 ms (see
-/// docs/BENCHMARKS.md). With 4 KiB pages a fault zeroes only the page touched.
-fn no_huge_pages() {
-    // SAFETY: PR_SET_THP_DISABLE reads no memory: it sets one flag on this process.
-    let rc = unsafe {
-        libc::prctl(
-            libc::PR_SET_THP_DISABLE,
-            1 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-        )
-    };
-    if rc != 0 {
-        tracing::warn!(error = %std::io::Error::last_os_error(),
-            "could not turn transparent huge pages off; latency may spike while memory is faulted in");
-    }
-}
-
 fn serve(
     args: Args,
     path: Option<PathBuf>,
     config: Config,
     logs: LogControl,
 ) -> anyhow::Result<()> {
-    no_huge_pages();
+    if let Err(error) = mqd::process::no_huge_pages() {
+        tracing::warn!(%error,
+            "could not turn transparent huge pages off; latency may spike while memory is faulted in");
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     if config.worker_threads > 0 {

@@ -150,7 +150,7 @@ fn data_of_the_previous_format_version_is_refused_with_what_to_do() {
 }
 
 /// mqd turns transparent huge pages off for itself: faulting a 2 MiB page in while applying
-/// entries stalled the state machine (see `no_huge_pages` in src/bin/mqd.rs).
+/// entries stalled the state machine (see `no_huge_pages` in src/process.rs).
 #[test]
 fn the_daemon_runs_without_transparent_huge_pages() {
     let node = Node::start();

@@ -252,6 +252,15 @@ async fn send_lines_sends_a_slow_producers_lines_as_they_come() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    // Long past its start, mqctl runs without transparent huge pages, as mqd does: faulting
+    // one in stopped `mqctl bench` for tens of milliseconds (src/process.rs).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    assert!(
+        status.lines().any(|l| l
+            .split_once(':')
+            .is_some_and(|(name, value)| name == "THP_enabled" && value.trim() == "0")),
+        "{status}"
+    );
     writeln!(stdin, "second").unwrap();
     drop(stdin);
     let out = child.wait_with_output().unwrap();

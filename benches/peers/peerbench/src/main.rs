@@ -24,7 +24,11 @@ use serde_json::json;
 mod latency;
 use latency::Stripes;
 
-/// mimalloc, as in `mqctl`, so both clients allocate alike.
+// Transparent huge pages off, as `mqctl` and `mqd` do for themselves: the same file.
+#[path = "../../../../src/process.rs"]
+mod process;
+
+/// mimalloc, as in `mqctl`, so both clients allocate alike (without huge pages, see `main`).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -381,6 +385,8 @@ fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
+    // As in `mqctl`: a huge page faulted in for mimalloc stopped the client for 25-50 ms.
+    let _ = process::no_huge_pages();
     let a = Args::parse();
     anyhow::ensure!(a.size >= 8, "--size must be at least 8 bytes");
     anyhow::ensure!(
