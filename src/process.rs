@@ -6,8 +6,8 @@
 ///
 /// mimalloc, the allocator of `mqd` and `mqctl`, asks for huge pages on its arenas, returns
 /// freed memory to the kernel after a second and faults it in again. Each fault of a huge
-/// page zeroes 2 MiB, and with the kernel's default `defrag` setting (`madvise`) first
-/// compacts memory to find one, while the thread that touched the memory waits. In `mqd`
+/// page zeroes 2 MiB, and with the kernel's default `defrag` setting (`madvise`) may first
+/// compact memory to find one, while the thread that touched the memory waits. In `mqd`
 /// those threads were applying Raft entries: at 8,000 msgs/s offered, 16–28 applies per
 /// 10 s run took over 5 ms and the end-to-end p99 was 79–126 ms; without huge pages 0–2
 /// applies did and the p99 was 8–21 ms. In `mqctl bench` they stopped the client for 25–50
