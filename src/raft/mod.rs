@@ -68,8 +68,10 @@ impl Default for StorageMetrics {
 pub struct Proposal {
     /// Milliseconds since the epoch on the proposing node, read once before proposing.
     pub now_ms: u64,
-    /// The commands, applied in order.
-    pub cmds: Vec<Command>,
+    /// The commands, applied in order. Shared: an entry is copied for each follower's
+    /// replication stream and for the apply, and a copy takes a reference, not every
+    /// command's strings and vectors again.
+    pub cmds: Arc<[Command]>,
     /// Where the proposing node waits for the results; never written or replicated.
     #[serde(skip)]
     pub answer: Answer,
@@ -86,7 +88,7 @@ impl Proposal {
     pub fn new(now_ms: u64, cmds: Vec<Command>) -> Proposal {
         Proposal {
             now_ms,
-            cmds,
+            cmds: cmds.into(),
             answer: Answer::default(),
         }
     }

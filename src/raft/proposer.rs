@@ -473,7 +473,7 @@ async fn run(
         // The clock is read once for the batch, before proposing: apply never reads it.
         let proposal = Proposal {
             now_ms: now_ms(),
-            cmds,
+            cmds: cmds.into(),
             answer: answer.clone(),
         };
         // Returns once the Raft core has the proposal; its outcome comes through `answer`.
