@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The single-node runs of docs/BENCHMARKS.md against a fresh node: one send in flight, 256
 # single sends in flight (twice), and batches of 100. Needs release binaries:
-# cargo build --release --workspace --bins
+# cargo build --release --workspace --bins. MQD picks another mqd binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+MQD=${MQD:-target/release/mqd}
 D=$(mktemp -d /tmp/mqd-bench.XXXXXX)
-target/release/mqd --data-dir "$D" --listen 127.0.0.1:0 --log-level warn > "$D.log" 2>&1 &
+"$MQD" --data-dir "$D" --listen 127.0.0.1:0 --log-level warn > "$D.log" 2>&1 &
 PID=$!
 trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$D" "$D.log"' EXIT
 while [ ! -s "$D/mqd.addr" ]; do sleep 0.2; done

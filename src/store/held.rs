@@ -33,7 +33,7 @@
 //! no table ([`Pending`]): those commit nothing, and every write of the held rows above
 //! writes these too.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use super::schema::MessageState;
 
@@ -52,7 +52,77 @@ struct Queue {
     first: u64,
     states: VecDeque<Option<MessageState>>,
     /// `(visible_at, seq)` of every state, as `VISIBLE` would key them.
-    visible: BTreeSet<(u64, u64)>,
+    visible: Index,
+}
+
+/// `(visible_at, seq)` keys in order, kept as the seqs of each `visible_at`. The messages
+/// of a proposal share its clock, so a send adds a run of seqs to one time, after the ones
+/// it has; a receive takes a time's first seqs and gives them all one later time, where
+/// they again go last. Most changes are then a push or a pop at an end of a short run,
+/// where a set of pairs searched and rebalanced its tree for each key (the apply's
+/// largest cost on a follower, by profile).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Index(BTreeMap<u64, VecDeque<u64>>);
+
+impl Index {
+    fn insert(&mut self, visible_at: u64, seq: u64) {
+        let run = self.0.entry(visible_at).or_default();
+        match run.back() {
+            Some(&last) if last >= seq => {
+                let i = run.partition_point(|&s| s < seq);
+                if run.get(i) != Some(&seq) {
+                    run.insert(i, seq);
+                }
+            }
+            _ => run.push_back(seq),
+        }
+    }
+
+    fn remove(&mut self, visible_at: u64, seq: u64) {
+        let std::collections::btree_map::Entry::Occupied(mut e) = self.0.entry(visible_at) else {
+            return;
+        };
+        let run = e.get_mut();
+        if run.front() == Some(&seq) {
+            run.pop_front();
+        } else if let Ok(i) = run.binary_search(&seq) {
+            run.remove(i);
+        }
+        if run.is_empty() {
+            e.remove();
+        }
+    }
+
+    /// The keys from `from` (inclusive) whose `visible_at` is at most `to`, in order.
+    fn range(&self, from: (u64, u64), to: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let times = if from.0 <= to {
+            Some(self.0.range(from.0..=to))
+        } else {
+            None
+        };
+        times.into_iter().flatten().flat_map(move |(&v, run)| {
+            let start = if v == from.0 {
+                run.partition_point(|&s| s < from.1)
+            } else {
+                0
+            };
+            run.range(start..).map(move |&s| (v, s))
+        })
+    }
+
+    fn first_time(&self) -> Option<u64> {
+        self.0.first_key_value().map(|(&v, _)| v)
+    }
+
+    /// The first `visible_at` from `at` on.
+    fn time_from(&self, at: u64) -> Option<u64> {
+        self.0.range(at..).next().map(|(&v, _)| v)
+    }
+
+    #[cfg(test)]
+    fn keys(&self) -> std::collections::BTreeSet<(u64, u64)> {
+        self.range((0, 0), u64::MAX).collect()
+    }
 }
 
 impl Queue {
@@ -279,10 +349,10 @@ impl Held {
         let (was, now) = (old.map(|o| o.visible_at), st.map(|s| s.visible_at));
         if was != now {
             if let Some(v) = was {
-                q.visible.remove(&(v, seq));
+                q.visible.remove(v, seq);
             }
             if let Some(v) = now {
-                q.visible.insert((v, seq));
+                q.visible.insert(v, seq);
             }
         }
         if q.states.is_empty() {
@@ -302,11 +372,7 @@ impl Held {
         let Some(q) = self.queues.get(&qid) else {
             return Vec::new();
         };
-        q.visible
-            .range(from..=(to, u64::MAX))
-            .take(n)
-            .copied()
-            .collect()
+        q.visible.range(from, to).take(n).collect()
     }
 
     /// Whether queue `qid` holds a message whose `visible_at` is at most `now`: one a
@@ -314,15 +380,14 @@ impl Held {
     pub fn any_visible(&self, qid: u64, now: u64) -> bool {
         self.queues
             .get(&qid)
-            .and_then(|q| q.visible.first())
-            .is_some_and(|&(v, _)| v <= now)
+            .and_then(|q| q.visible.first_time())
+            .is_some_and(|v| v <= now)
     }
 
     /// The earliest `visible_at` after `now` among queue `qid`'s held messages.
     pub fn next_visible(&self, qid: u64, now: u64) -> Option<u64> {
         let q = self.queues.get(&qid)?;
-        let from = (now.checked_add(1)?, 0);
-        q.visible.range(from..).next().map(|&(v, _)| v)
+        q.visible.time_from(now.checked_add(1)?)
     }
 
     /// Takes every held message out, per queue id, each queue's in ascending seq.
@@ -352,6 +417,8 @@ impl Held {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     fn st(visible_at: u64, in_flight: bool) -> MessageState {
@@ -372,7 +439,15 @@ mod tests {
         for (&qid, q) in &h.queues {
             let implied: BTreeSet<(u64, u64)> =
                 q.held().map(|(s, st)| (st.visible_at, s)).collect();
-            assert_eq!(implied, q.visible, "the index follows the states");
+            assert_eq!(implied, q.visible.keys(), "the index follows the states");
+            assert!(
+                q.visible
+                    .0
+                    .values()
+                    .all(|run| !run.is_empty()
+                        && run.iter().zip(run.iter().skip(1)).all(|(a, b)| a < b)),
+                "each time's seqs ascend, and no time is empty"
+            );
             assert!(!q.states.is_empty(), "an empty queue is dropped");
             assert!(
                 q.states.front().is_some_and(|s| s.is_some()),
@@ -425,6 +500,45 @@ mod tests {
             vec![(7, vec![(1, st(5000, true)), (3, st(150, false))])]
         );
         assert!(h.is_empty() && !h.has_queue(7));
+    }
+
+    #[test]
+    fn the_index_answers_as_a_set_of_keys_would() {
+        // Inserts and removes in every order (runs added to at either end and in the
+        // middle, taken from the front and from inside), checked against a set of pairs
+        // after each change, with range queries from every kind of start.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let (mut index, mut model) = (Index::default(), BTreeSet::new());
+        for _ in 0..5_000 {
+            let (v, seq) = (next(6) * 10, next(40));
+            if next(3) == 0 {
+                index.remove(v, seq);
+                model.remove(&(v, seq));
+            } else {
+                index.insert(v, seq);
+                model.insert((v, seq));
+            }
+            assert_eq!(index.keys(), model);
+            let (from, to) = ((next(7) * 10, next(41)), next(70));
+            let want: Vec<_> = model
+                .iter()
+                .copied()
+                .filter(|&k| k >= from && k.0 <= to)
+                .collect();
+            assert_eq!(index.range(from, to).collect::<Vec<_>>(), want);
+            assert_eq!(index.first_time(), model.first().map(|k| k.0));
+            let at = next(70);
+            assert_eq!(
+                index.time_from(at),
+                model.iter().find(|k| k.0 >= at).map(|k| k.0)
+            );
+        }
     }
 
     #[test]
