@@ -1919,6 +1919,10 @@ pub fn apply(
                     .map(|d| (d.id, dl.max_receives, dl.queue.clone())),
                 None => None,
             };
+            // A receive that reaches the log usually finds messages (an empty one is
+            // answered before it), so its lists start at the size it asks for, not grown
+            // (and copied) five or six times on the way.
+            let room = (*max as usize).min(256);
             let mut r = Receiving {
                 qid,
                 now,
@@ -1926,14 +1930,14 @@ pub fn apply(
                 max: *max as usize,
                 retention_ms: rec.config.retention_ms,
                 dead_letter,
-                out: Vec::new(),
+                out: Vec::with_capacity(room),
                 out_bytes: 0,
                 full: false,
                 delivered: Vec::new(),
                 states: rows::ChangedStates::default(),
-                held: Vec::new(),
+                held: Vec::with_capacity(room),
             };
-            let mut seen = HashSet::with_capacity(r.max.min(256));
+            let mut seen = HashSet::with_capacity(room);
             let mut after = None;
             // Bound the work of one command: expired and dead-lettered messages are
             // removed on the way, but never more than this many per receive.
