@@ -7,15 +7,9 @@
 # cargo build --release --workspace --bins
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MQD=${MQD:-target/release/mqd}
-MQCTL=target/release/mqctl
 N=${1:-1000000}
-D=$(mktemp -d /tmp/mqd-bench.XXXXXX)
-"$MQD" --data-dir "$D" --listen 127.0.0.1:0 --log-level warn > "$D.log" 2>&1 &
-PID=$!
-trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$D" "$D.log"' EXIT
-while [ ! -s "$D/mqd.addr" ]; do sleep 0.2; done
-export MQ_DATA_DIR=$D MQ_CONFIG=/dev/null
+. benches/node.sh
+start_node
 until $MQCTL cluster status > /dev/null 2>&1; do sleep 0.2; done
 field() { $MQCTL queue describe "$1" --output json | python3 -c "import json,sys; d=json.load(sys.stdin); print($2)"; }
 $MQCTL queue create old > /dev/null

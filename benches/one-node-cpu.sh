@@ -7,17 +7,12 @@
 # Needs release binaries: cargo build --release --workspace --bins
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MQD=${MQD:-target/release/mqd}
-D=$(mktemp -d /tmp/mqd-bench1.XXXXXX)
-"$MQD" --data-dir "$D" --listen 127.0.0.1:0 --log-level warn > "$D.log" 2>&1 &
-PID=$!
-trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$D" "$D.log"' EXIT
-while [ ! -s "$D/mqd.addr" ]; do sleep 0.2; done
-export MQ_DATA_DIR=$D MQ_CONFIG=/dev/null
+. benches/node.sh
+start_node
 [ "$#" -gt 0 ] || set -- --messages 200000 --in-flight 256 --consumers 1 --warmup 50000
 ticks() { awk '{print $14 + $15}' "/proc/$PID/stat"; }
 before=$(ticks)
-out=$(target/release/mqctl bench --size 1KiB "$@" --output json)
+out=$($MQCTL bench --size 1KiB "$@" --output json)
 after=$(ticks)
 echo "$out" | python3 -c 'import json, sys
 d = json.load(sys.stdin)
