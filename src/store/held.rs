@@ -38,8 +38,11 @@ use std::collections::{BTreeMap, VecDeque};
 use super::schema::MessageState;
 
 /// The most slots held (see [`Held::slots`]); beyond, the rows are written at the end of
-/// the transaction. A slot takes about 72 bytes and a held message about 40 more, so this
-/// is at most about 2 MiB per shard.
+/// the transaction. A slot takes about 72 bytes; a held message's entry in the visible
+/// index about 8 more when it shares its `visible_at` with others (the usual case: a
+/// proposal's messages share one), and at most about 90 when none does (a time of its
+/// own: the map's entry and the run's first allocation). So this is at most about 2.5 MiB
+/// per shard.
 pub const MAX_HELD: usize = 16_384;
 
 /// The held messages of one queue.
