@@ -1,6 +1,7 @@
 //! Leader balancing: every group has a preferred leader, the first of the replicas the
 //! members assign it ([`ClusterLayout::replicas_of`]) that is one of its voters. The
-//! assignment starts each shard's replica list one member further on, so the preferred
+//! assignment starts the shards' replica lists at every member in turn (by shard number,
+//! or by [`super::leader_slot`] when every member holds every shard), so the preferred
 //! leaders spread the shards evenly over the members, and a cluster forms with them
 //! leading (the first replica initializes each group).
 //!

@@ -72,15 +72,44 @@ pub fn group_of_shard(shard: u32) -> u64 {
     u64::from(shard) + 1
 }
 
+/// FNV-1a's 64-bit prime.
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
 /// The shard a queue name hashes to: FNV-1a (64-bit) of the name's UTF-8 bytes, modulo
 /// the number of shards. Written down in docs/PROTOCOL.md; it must never change.
 pub fn shard_of(name: &str, shards: u32) -> u32 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in name.as_bytes() {
         h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        h = h.wrapping_mul(FNV_PRIME);
     }
     (h % u64::from(shards.max(1))) as u32
+}
+
+/// Where shard `shard` of `shards` stands in the round the preferred leaders make over
+/// the members: the member at this position (modulo their number) leads it when every
+/// member holds every shard (see [`ClusterLayout::replicas_of`]).
+///
+/// Not the shard itself. FNV-1a ends by multiplying by its prime P, so names that differ
+/// only in their last byte (`orders-0`, `orders-1`, ...) hash to values c·P apart for
+/// small c, and with a power-of-two shard count (16, the default) land P mod 16 = 3
+/// shards apart: 0, 3, 6, 9. Going round three members by shard number, one member led
+/// all four. Multiplying by the inverse of P undoes that last step, so such names get
+/// neighbouring positions and are led by different members. Any other shard count is
+/// left in shard order. The positions are a permutation of the shards, so each member
+/// still leads as many shards as any other, give or take one.
+pub fn leader_slot(shard: u32, shards: u32) -> u32 {
+    if !shards.is_power_of_two() {
+        return shard;
+    }
+    // The inverse of the (odd) prime modulo 2^64 by Newton's iteration: each step
+    // doubles the bits that are right, from 3 (an odd p is its own inverse modulo 8).
+    let mut inverse = FNV_PRIME;
+    for _ in 0..5 {
+        inverse = inverse.wrapping_mul(2u64.wrapping_sub(FNV_PRIME.wrapping_mul(inverse)));
+    }
+    // Modulo 2^64 reduces modulo `shards` too, since `shards` divides 2^64.
+    (u64::from(shard).wrapping_mul(inverse) % u64::from(shards)) as u32
 }
 
 /// Who holds what: the members and the replica sets derived from them.
@@ -111,16 +140,26 @@ impl ClusterLayout {
         }
     }
 
-    /// The replicas of `group`: every node for the control group; for shard k, R nodes
-    /// starting at position k in id order, so shards spread evenly.
+    /// The replicas of `group`, its preferred leader first: every node for the control
+    /// group. For shard k, R nodes in id order, starting at position k when R is fewer
+    /// than the members, so shards spread evenly; when every member holds every shard,
+    /// starting at the shard's [`leader_slot`], so that queues whose names differ only at
+    /// the end have different leaders. (The sets with R fewer than the members stay as
+    /// they were before the slots: moving them would move data on an upgrade.)
     pub fn replicas_of(&self, group: u64) -> Vec<NodeId> {
         let ids: Vec<NodeId> = self.peers.keys().copied().collect();
         if group == CONTROL_GROUP {
             return ids;
         }
-        let r = (self.replicas as usize).min(ids.len());
-        let start = (group - 1) as usize;
-        (0..r).map(|i| ids[(start + i) % ids.len()]).collect()
+        let n = ids.len();
+        let r = (self.replicas as usize).min(n);
+        let shard = (group - 1) as u32;
+        let start = if r == n {
+            leader_slot(shard, self.shards) as usize
+        } else {
+            shard as usize
+        };
+        (0..r).map(|i| ids[(start + i) % n]).collect()
     }
 
     /// Every group, control group first.
@@ -1662,5 +1701,71 @@ mod tests {
             ..layout
         };
         assert_eq!(one.replicas_of(group_of_shard(5)), vec![1]);
+        // With fewer replicas than members, shard k's set starts at member k, as it did
+        // before leader slots (an upgrade must not move replicas).
+        assert_eq!(layout.replicas_of(group_of_shard(5)), vec![2, 3, 4]);
+    }
+
+    fn members(n: u64, shards: u32, replicas: u32) -> ClusterLayout {
+        ClusterLayout {
+            node_id: 1,
+            peers: (1..=n)
+                .map(|i| (i, SocketAddr::from(([127, 0, 0, 1], 7400 + i as u16))))
+                .collect(),
+            shards,
+            replicas,
+        }
+    }
+
+    #[test]
+    fn leader_slots_are_a_permutation_that_undoes_the_hash_s_last_multiply() {
+        for shards in [1, 2, 8, 16, 64, 1024] {
+            let slots: BTreeSet<u32> = (0..shards).map(|s| leader_slot(s, shards)).collect();
+            assert_eq!(slots, (0..shards).collect(), "{shards} shards");
+        }
+        // Pinned for the default count: 3 × 11 = 33 ≡ 1 (mod 16).
+        assert_eq!(leader_slot(3, 16), 1);
+        assert_eq!(leader_slot(1, 16), 11);
+        // Names that differ in their last byte only: neighbouring slots.
+        let slot = |name: &str| leader_slot(shard_of(name, 16), 16);
+        assert_eq!(slot("orders-1") ^ slot("orders-0"), 1);
+        // Other counts keep shard order.
+        for shards in [3, 10, 12] {
+            assert!((0..shards).all(|s| leader_slot(s, shards) == s));
+        }
+    }
+
+    #[test]
+    fn queues_named_in_a_series_are_led_by_different_members() {
+        for (n, shards) in [(3, 16), (3, 8), (3, 32), (5, 16), (3, 12)] {
+            let layout = members(n, shards, n as u32);
+            let leader = |name: &str| {
+                let group = group_of_shard(shard_of(name, shards));
+                let replicas = layout.replicas_of(group);
+                assert_eq!(replicas.len(), n as usize, "every member holds every shard");
+                replicas[0]
+            };
+            // Each member leads as many shards as another, give or take one.
+            let mut led = BTreeMap::new();
+            for shard in 0..shards {
+                *led.entry(layout.replicas_of(group_of_shard(shard))[0])
+                    .or_insert(0u32) += 1;
+            }
+            let (least, most) = (led.values().min(), led.values().max());
+            assert!(
+                led.len() == n as usize && most.zip(least).is_some_and(|(m, l)| m - l <= 1),
+                "{n} members, {shards} shards: {led:?}"
+            );
+            // Four queues named BASE-0 to BASE-3 are led by at least three members (with
+            // shard order and 16 shards, one member led all four for most bases).
+            for base in ["mqctl-bench", "orders", "jobs", "q", "events", "tasks"] {
+                let leaders: BTreeSet<NodeId> =
+                    (0..4).map(|i| leader(&format!("{base}-{i}"))).collect();
+                assert!(
+                    leaders.len() >= 3.min(n as usize),
+                    "{n} members, {shards} shards: {base}-0..3 led by {leaders:?}"
+                );
+            }
+        }
     }
 }

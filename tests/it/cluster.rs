@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mqd::client::Client;
-use mqd::cluster::{group_of_shard, shard_of};
+use mqd::cluster::{group_of_shard, leader_slot, shard_of};
 use mqd::protocol::{QueuePatch, ReplicaRole, SendEntry, Status};
 use serde_json::Value;
 
@@ -900,12 +900,30 @@ fn leaders(node: &Node) -> Vec<Option<u64>> {
 }
 
 /// Where the groups' leaders belong in a cluster of nodes 1 to 3: the first replica the
-/// members assign each group (group g ≥ 1 starts at the ((g - 1) mod 3)-th member; the
-/// control group at the first).
+/// members assign each group (group g ≥ 1 at the member its shard's leader slot names,
+/// modulo 3; the control group at the first).
 fn preferred_leaders() -> Vec<Option<u64>> {
-    (0..=u64::from(SHARDS))
-        .map(|g| Some(if g == 0 { 1 } else { (g - 1) % 3 + 1 }))
+    (0..=SHARDS)
+        .map(|g| {
+            Some(if g == 0 {
+                1
+            } else {
+                u64::from(leader_slot(g - 1, SHARDS) % 3) + 1
+            })
+        })
         .collect()
+}
+
+/// The two groups node 3 leads in a cluster of nodes 1 to 3 (with 8 shards it leads
+/// two).
+fn led_by_node_3() -> [usize; 2] {
+    let led: Vec<usize> = preferred_leaders()
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| **l == Some(3))
+        .map(|(g, _)| g)
+        .collect();
+    [led[0], led[1]]
 }
 
 /// Waits until the groups' leaders are `want`, as seen through `node`; returns how long.
@@ -931,11 +949,12 @@ async fn leadership_returns_to_a_restarted_node_while_sends_go_on() {
     // A cluster forms with each group led by its preferred replica.
     wait_leaders(&nodes[0], &want, Duration::from_secs(30), "at the start").await;
     // Queues in two groups node 3 leads, and one group node 1 leads.
+    let [g1, g2] = led_by_node_3();
     let mut queues = Vec::new();
-    for group in [3, 6, 1] {
+    for group in [g1, g2, 1] {
         let name = (0..)
             .map(|i| format!("q{i}"))
-            .find(|n| group_of_shard(shard_of(n, SHARDS)) == group)
+            .find(|n| group_of_shard(shard_of(n, SHARDS)) as usize == group)
             .unwrap();
         queues.push(name);
     }
@@ -954,12 +973,15 @@ async fn leadership_returns_to_a_restarted_node_while_sends_go_on() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let now = leaders(&nodes[0]);
-        if [3, 6].iter().all(|g| matches!(now[*g], Some(1) | Some(2))) {
+        if [g1, g2]
+            .iter()
+            .all(|g| matches!(now[*g], Some(1) | Some(2)))
+        {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "groups 3 and 6 not taken over: {now:?}"
+            "groups {g1} and {g2} not taken over: {now:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -991,7 +1013,7 @@ async fn leadership_returns_to_a_restarted_node_while_sends_go_on() {
         .sum();
     assert!(
         handed >= 2,
-        "groups 3 and 6 were handed over, logged {handed} times"
+        "groups {g1} and {g2} were handed over, logged {handed} times"
     );
     // Every node sees the same leaders.
     for n in &nodes[1..] {
@@ -1028,7 +1050,8 @@ async fn the_election_timeout_set_is_how_long_a_dead_leaders_shards_wait() {
         "at the start",
     )
     .await;
-    // Node 3 leads groups 3 and 6 (as preferred_leaders says).
+    // Node 3 leads two groups (as preferred_leaders says).
+    let [g1, g2] = led_by_node_3();
     let killed = Instant::now();
     nodes[2].kill();
     // A follower whose log is behind another's waits 4 times the timeout more.
@@ -1037,7 +1060,7 @@ async fn the_election_timeout_set_is_how_long_a_dead_leaders_shards_wait() {
         let now = leaders(&nodes[0]);
         // Measured after the look: a leader elected at any earlier moment counts as late.
         let elapsed = killed.elapsed();
-        let new: Vec<usize> = [3, 6]
+        let new: Vec<usize> = [g1, g2]
             .into_iter()
             .filter(|g| matches!(now[*g], Some(1) | Some(2)))
             .collect();
@@ -1052,7 +1075,7 @@ async fn the_election_timeout_set_is_how_long_a_dead_leaders_shards_wait() {
         }
         assert!(
             Instant::now() < deadline,
-            "groups 3 and 6 still without a new leader {elapsed:?} after the kill: {now:?}"
+            "groups {g1} and {g2} still without a new leader {elapsed:?} after the kill: {now:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -1069,14 +1092,15 @@ async fn a_restarted_leader_stands_for_election_again() {
     let mut nodes = Node::start_cluster(3, SHARDS);
     let want = preferred_leaders();
     wait_leaders(&nodes[0], &want, Duration::from_secs(30), "at the start").await;
-    let term_before = |s: &mqd::protocol::ClusterStatus| s.groups[3].term;
+    let [group, _] = led_by_node_3();
+    let term_before = |s: &mqd::protocol::ClusterStatus| s.groups[group].term;
     let before = term_before(&nodes[0].client().await.cluster_status().await.unwrap());
-    // Nobody else can stand for election while node 3 (the leader of group 3) restarts.
+    // Nobody else can stand for election while node 3 (the leader of that group) restarts.
     nodes[0].signal("STOP");
     nodes[1].signal("STOP");
     nodes[2].restart();
     let status = nodes[2].client().await.cluster_status().await.unwrap();
-    let role = status.groups[3]
+    let role = status.groups[group]
         .replicas
         .iter()
         .find(|r| r.node == 3)
@@ -1086,18 +1110,18 @@ async fn a_restarted_leader_stands_for_election_again() {
     assert_ne!(
         role,
         Some(ReplicaRole::Leader),
-        "node 3 leads group 3 again right after its restart, in term {} (before: {before})",
-        status.groups[3].term
+        "node 3 leads group {group} again right after its restart, in term {} (before: {before})",
+        status.groups[group].term
     );
-    // The cluster goes on: every group has a leader again, group 3 in a later term.
+    // The cluster goes on: every group has a leader again, that group in a later term.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(s) = nodes[0].client().await.cluster_status().await {
             if s.groups.iter().all(|g| g.leader.is_some()) {
                 assert!(
                     term_before(&s) > before,
-                    "group 3 is in term {}",
-                    s.groups[3].term
+                    "group {group} is in term {}",
+                    s.groups[group].term
                 );
                 break;
             }
