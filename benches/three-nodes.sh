@@ -3,20 +3,22 @@
 # loopback (16 shards, 3 replicas each), the same mqctl bench runs as single-node.sh,
 # against node 1 (the cluster: benches/cluster.sh; MQD picks another mqd binary). Needs
 # release binaries: cargo build --release --workspace --bins
-# KILL=2 or KILL=3: that node is killed (SIGKILL) once the cluster is up, and the runs
+# KILL=1, 2 or 3: that node is killed (SIGKILL) once the cluster is up, and the runs
 # start once every group has a leader again: two of three nodes carrying the load after
-# a failover. (The bench's queue, mqctl-bench, is in shard 11, group 12, whose preferred
-# leader is node 3: KILL=3 moves its leader, KILL=2 takes one of its followers.)
+# a failover. (The bench's queue, mqctl-bench, is in shard 11, group 12, whose leader
+# slot (9) makes node 1 its preferred leader: KILL=1 moves its leader, and the bench then
+# talks to node 2; KILL=2 or 3 takes one of its followers.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/cluster.sh
 start_cluster
 if [ -n "${KILL:-}" ]; then
-    case "$KILL" in 2 | 3) ;; *) echo "KILL must be 2 or 3 (the bench talks to node 1)" >&2; exit 2 ;; esac
+    case "$KILL" in 1 | 2 | 3) ;; *) echo "KILL must be 1, 2 or 3" >&2; exit 2 ;; esac
     kill -9 "${PIDS[$((KILL - 1))]}"
     wait "${PIDS[$((KILL - 1))]}" 2>/dev/null || true
+    if [ "$KILL" = 1 ]; then export MQ_DATA_DIR=$BASE/2; fi
     wait_status 'd["nodes_answering"] == 2 and d["groups_with_leader"] == d["groups"]'
-    echo "node $KILL killed; every group has a leader on nodes 1 and 2"
+    echo "node $KILL killed; every group has a leader on the other two"
 fi
 # With arguments: one run of `mqctl bench --size 1KiB ARGS` instead (the interleaved
 # three-against-one runs of BENCHMARKS.md pass --in-flight 256 --consumers 1).

@@ -90,13 +90,14 @@ pub fn shard_of(name: &str, shards: u32) -> u32 {
 /// the members: the member at this position (modulo their number) leads it when every
 /// member holds every shard (see [`ClusterLayout::replicas_of`]).
 ///
-/// Not the shard itself. FNV-1a ends by multiplying by its prime P, so names that differ
-/// only in their last byte (`orders-0`, `orders-1`, ...) hash to values c·P apart for
-/// small c, and with a power-of-two shard count (16, the default) land P mod 16 = 3
-/// shards apart: 0, 3, 6, 9. Going round three members by shard number, one member led
-/// all four. Multiplying by the inverse of P undoes that last step, so such names get
-/// neighbouring positions and are led by different members. Any other shard count is
-/// left in shard order. The positions are a permutation of the shards, so each member
+/// Not the shard itself. FNV-1a's last step is `h = (h' ^ b) · P`, with h' the hash of
+/// the name without its last byte b, so with a power-of-two shard count S the shard is
+/// `((h' ^ b) mod S) · P mod S`: names that differ only in their last byte (`orders-0`
+/// to `orders-3`) land P mod S shards apart, 3 with 16 shards (the default): 0, 3, 6, 9.
+/// Going round three members by shard number, one member led all four. Multiplying by
+/// the inverse of P modulo S undoes that step: the slot is `(h' ^ b) mod S`, so such
+/// names get neighbouring slots and are led by different members. Any other shard count
+/// is left in shard order. The slots are a permutation of the shards, so each member
 /// still leads as many shards as any other, give or take one.
 pub fn leader_slot(shard: u32, shards: u32) -> u32 {
     if !shards.is_power_of_two() {
@@ -1756,8 +1757,8 @@ mod tests {
                 led.len() == n as usize && most.zip(least).is_some_and(|(m, l)| m - l <= 1),
                 "{n} members, {shards} shards: {led:?}"
             );
-            // Four queues named BASE-0 to BASE-3 are led by at least three members (with
-            // shard order and 16 shards, one member led all four for most bases).
+            // Four queues named BASE-0 to BASE-3 are led by at least three members (in
+            // shard order with 16 shards, one or two members led all four).
             for base in ["mqctl-bench", "orders", "jobs", "q", "events", "tasks"] {
                 let leaders: BTreeSet<NodeId> =
                     (0..4).map(|i| leader(&format!("{base}-{i}"))).collect();
