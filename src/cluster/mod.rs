@@ -74,6 +74,21 @@ pub fn group_of_shard(shard: u32) -> u64 {
 
 /// FNV-1a's 64-bit prime.
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+/// Its inverse modulo 2^64 (`FNV_PRIME × FNV_PRIME_INVERSE = 1`, wrapping), for
+/// [`leader_slot`].
+const FNV_PRIME_INVERSE: u64 = inverse_mod_2_64(FNV_PRIME);
+
+/// The inverse of an odd `p` modulo 2^64, by Newton's iteration: each step doubles the
+/// low bits that are right, from 3 (an odd number is its own inverse modulo 8).
+const fn inverse_mod_2_64(p: u64) -> u64 {
+    let mut inverse = p;
+    let mut i = 0;
+    while i < 5 {
+        inverse = inverse.wrapping_mul(2u64.wrapping_sub(p.wrapping_mul(inverse)));
+        i += 1;
+    }
+    inverse
+}
 
 /// The shard a queue name hashes to: FNV-1a (64-bit) of the name's UTF-8 bytes, modulo
 /// the number of shards. Written down in docs/PROTOCOL.md; it must never change.
@@ -103,14 +118,8 @@ pub fn leader_slot(shard: u32, shards: u32) -> u32 {
     if !shards.is_power_of_two() {
         return shard;
     }
-    // The inverse of the (odd) prime modulo 2^64 by Newton's iteration: each step
-    // doubles the bits that are right, from 3 (an odd p is its own inverse modulo 8).
-    let mut inverse = FNV_PRIME;
-    for _ in 0..5 {
-        inverse = inverse.wrapping_mul(2u64.wrapping_sub(FNV_PRIME.wrapping_mul(inverse)));
-    }
     // Modulo 2^64 reduces modulo `shards` too, since `shards` divides 2^64.
-    (u64::from(shard).wrapping_mul(inverse) % u64::from(shards)) as u32
+    (u64::from(shard).wrapping_mul(FNV_PRIME_INVERSE) % u64::from(shards)) as u32
 }
 
 /// Who holds what: the members and the replica sets derived from them.
@@ -1720,6 +1729,7 @@ mod tests {
 
     #[test]
     fn leader_slots_are_a_permutation_that_undoes_the_hash_s_last_multiply() {
+        assert_eq!(FNV_PRIME.wrapping_mul(FNV_PRIME_INVERSE), 1);
         for shards in [1, 2, 8, 16, 64, 1024] {
             let slots: BTreeSet<u32> = (0..shards).map(|s| leader_slot(s, shards)).collect();
             assert_eq!(slots, (0..shards).collect(), "{shards} shards");

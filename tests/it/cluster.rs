@@ -923,7 +923,10 @@ fn led_by_node_3() -> [usize; 2] {
         .filter(|(_, l)| **l == Some(3))
         .map(|(g, _)| g)
         .collect();
-    [led[0], led[1]]
+    match led[..] {
+        [a, b] => [a, b],
+        _ => panic!("node 3 should lead two of {SHARDS} shards; it leads groups {led:?}"),
+    }
 }
 
 /// Waits until the groups' leaders are `want`, as seen through `node`; returns how long.
