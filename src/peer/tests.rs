@@ -208,6 +208,11 @@ async fn a_group_replicates_over_quic_and_survives_losing_its_leader() {
     let nodes = [&n1, &n2, &n3];
     let leader = leader_among(&nodes, None).await;
     let lead = nodes.iter().find(|n| n.id == leader).unwrap();
+    // Three voters: a small proposal waits for the one before it.
+    assert_eq!(
+        crate::raft::proposer::small_in_flight(&lead.raft.metrics().borrow_watched()),
+        1
+    );
     write(
         &lead.raft,
         Command::CreateQueue {

@@ -4,8 +4,10 @@
 //!
 //! Every proposal has a fixed cost (an openraft write, a log append, an apply
 //! transaction), so small ones are held back: beyond [`SMALL_IN_FLIGHT`] proposals in
-//! flight, a new one starts only once it carries [`BIG_PROPOSAL`] messages, and meanwhile
-//! it keeps collecting (or once it carries [`BIG_PROPOSAL_BYTES`] of messages). Many
+//! flight ([`SMALL_IN_FLIGHT_REPLICATED`] in a group with other voters, where every
+//! proposal costs each replica a round), a new one starts only once it carries
+//! [`BIG_PROPOSAL`] messages, and meanwhile it keeps collecting (or once it carries
+//! [`BIG_PROPOSAL_BYTES`] of messages). Many
 //! single-message sends thus make a few large entries, while large client batches still
 //! overlap up to the slot limit. A proposal stops taking commands at [`MAX_BATCH`] commands
 //! or [`MAX_PROPOSAL_BYTES`] of message bytes, so large messages make several entries. (Measured on one node, 256
@@ -40,6 +42,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::Raft;
+use openraft::async_runtime::WatchReceiver;
 use openraft::error::ClientWriteError;
 use openraft::raft::ClientWriteResult;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
@@ -57,6 +60,15 @@ const MAX_BATCH: usize = 4096;
 const MAX_PROPOSAL_BYTES: usize = 4 << 20;
 /// Proposals in flight beyond which a new one waits until it is big.
 const SMALL_IN_FLIGHT: usize = 2;
+/// The same in a group with more than one voter. There a proposal costs every replica a
+/// round (a log write and `fdatasync`, a network exchange, an apply transaction), and it
+/// is in flight longer (until a follower has it on disk), so a small proposal waits for
+/// the one before it and takes along what arrives meanwhile. (Measured on three nodes,
+/// workload (a): 2,800 log entries instead of 3,770 for 250,000 messages, 6% less CPU on
+/// each node and 3% more messages per second, with the same latencies at 5,000 and
+/// 25,000 msgs/s offered; on one node holding the second proposal as well was 3.6%
+/// slower, within the noise.)
+const SMALL_IN_FLIGHT_REPLICATED: usize = 1;
 /// Messages (sends, acks and so on, counted by entry) that make a proposal big.
 const BIG_PROPOSAL: usize = 256;
 /// Message bytes that make a proposal big, whatever its count.
@@ -328,6 +340,7 @@ async fn run(
     writes: Arc<WritesPending>,
 ) {
     let mut holding = Holding::default();
+    let metrics = raft.metrics();
     let in_flight = Arc::new(AtomicUsize::new(0));
     let finished = Arc::new(tokio::sync::Notify::new());
     while let Some(first) = rx.recv().await {
@@ -336,6 +349,7 @@ async fn run(
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
+        let small_in_flight = small_in_flight(&metrics.borrow_watched());
         let mut weight_sum = weight(&first.cmd);
         let mut written_sum = written(&first.cmd);
         let mut bytes_sum = bytes(&first.cmd);
@@ -376,7 +390,7 @@ async fn run(
             {
                 break;
             }
-            let for_writer = flying < SMALL_IN_FLIGHT;
+            let for_writer = flying < small_in_flight;
             let idle = writes.idle();
             tokio::pin!(idle);
             if for_writer {
@@ -484,6 +498,21 @@ async fn run(
             tracing::warn!(error = %fatal, "a proposal could not reach its Raft group");
             answer.send(Err(ProposeError::Raft(fatal.to_string())));
         }
+    }
+}
+
+/// Proposals in flight beyond which a new small one waits, for a group whose Raft
+/// metrics are `m`: fewer where other voters must have each proposal on disk too.
+pub(crate) fn small_in_flight(m: &openraft::RaftMetrics<TypeConfig>) -> usize {
+    if m.membership_config
+        .membership()
+        .voter_ids()
+        .nth(1)
+        .is_some()
+    {
+        SMALL_IN_FLIGHT_REPLICATED
+    } else {
+        SMALL_IN_FLIGHT
     }
 }
 

@@ -588,6 +588,17 @@ mod one_node {
         (raft, p, before)
     }
 
+    #[tokio::test]
+    async fn a_group_of_one_voter_keeps_two_small_proposals_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let (raft, _writes) = leader_of_one_with_writes(dir.path()).await;
+        assert_eq!(
+            super::super::proposer::small_in_flight(&raft.metrics().borrow_watched()),
+            2
+        );
+        raft.shutdown().await.unwrap();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_proposer_batches_concurrent_commands_into_few_entries() {
         let dir = tempfile::tempdir().unwrap();
