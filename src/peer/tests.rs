@@ -505,6 +505,109 @@ async fn a_replication_stream_carries_requests_without_waiting_for_answers() {
     follower.raft.shutdown().await.unwrap();
 }
 
+/// The leader's writer of a replication stream holds a request that only carries a commit
+/// index: the next request with entries from the same place goes in its place, one that
+/// does not goes after it, and with nothing following it goes on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_only_a_commit_waits_for_entries_to_carry_it() {
+    use crate::raft::{CommittedLeaderId, Entry, LogId, Vote};
+
+    let follower = start(2, None).await;
+    let leader = start(1, Some(follower.dir.path())).await;
+    let connector = Connector::new(
+        leader.endpoint.clone(),
+        client_config(&leader.creds).unwrap(),
+    );
+    let id = |index| {
+        LogId::new(
+            CommittedLeaderId {
+                term: 1,
+                node_id: 1,
+            },
+            index,
+        )
+    };
+    let request =
+        |prev: Option<u64>, last: Option<u64>, commit: Option<u64>| AppendEntriesRequest::<
+            TypeConfig,
+        > {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: prev.map(id),
+            leader_commit: commit.map(id),
+            entries: match last {
+                None => Vec::new(),
+                Some(last) => (prev.map_or(0, |p| p + 1)..=last)
+                    .map(|i| Entry {
+                        log_id: id(i),
+                        payload: openraft::EntryPayload::Blank,
+                    })
+                    .collect(),
+            },
+        };
+    let (input_tx, input_rx) = tokio::sync::mpsc::unbounded_channel();
+    let input = Box::pin(futures_util::stream::unfold(
+        input_rx,
+        |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
+    ));
+    let (send, mut recv) = open(&connector, follower.addr).await;
+    let (wrote_tx, mut wrote_rx) = tokio::sync::mpsc::unbounded_channel();
+    let writer = tokio::spawn(write_requests(
+        input,
+        send,
+        connector.clone(),
+        follower.addr,
+        wrote_tx,
+    ));
+    let written = |rx: &mut tokio::sync::mpsc::UnboundedReceiver<Wrote>| {
+        let mut n = 0;
+        while let Ok(w) = rx.try_recv() {
+            assert!(matches!(w, Wrote::Request), "a write failed");
+            n += 1;
+        }
+        n
+    };
+
+    // Entries 0..=1, a commit of 0 alone, then entries 2..=3 from the same place with the
+    // same commit: two requests written, and the answers acknowledge through 1, then 3.
+    input_tx.send(request(None, Some(1), None)).unwrap();
+    input_tx.send(request(Some(1), None, Some(0))).unwrap();
+    input_tx.send(request(Some(1), Some(3), Some(0))).unwrap();
+    assert_eq!(next_answer(&mut recv).await, Ok(Ok(Some(id(1)))));
+    assert_eq!(next_answer(&mut recv).await, Ok(Ok(Some(id(3)))));
+    assert_eq!(written(&mut wrote_rx), 2);
+
+    // A commit of 3 alone with nothing after it still goes, on its own.
+    input_tx.send(request(Some(3), None, Some(3))).unwrap();
+    assert_eq!(next_answer(&mut recv).await, Ok(Ok(Some(id(3)))));
+    assert_eq!(written(&mut wrote_rx), 1);
+    follower
+        .raft
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(
+            |m| m.local_committed.as_ref().map(|l| l.index) == Some(3),
+            "the follower has the commit of 3",
+        )
+        .await
+        .unwrap();
+
+    // A commit alone, then a request from elsewhere in the log (a probe of 2): both go,
+    // in order.
+    input_tx.send(request(Some(3), None, Some(3))).unwrap();
+    input_tx.send(request(Some(2), None, Some(3))).unwrap();
+    assert_eq!(next_answer(&mut recv).await, Ok(Ok(Some(id(3)))));
+    assert_eq!(next_answer(&mut recv).await, Ok(Ok(Some(id(2)))));
+
+    // The input ends with a commit held: it goes, then the stream is finished.
+    input_tx.send(request(Some(3), None, Some(3))).unwrap();
+    drop(input_tx);
+    assert_eq!(next_answer(&mut recv).await, Ok(Ok(Some(id(3)))));
+    writer.await.unwrap();
+    ends(&mut recv).await;
+    assert_eq!(written(&mut wrote_rx), 3);
+    leader.raft.shutdown().await.unwrap();
+    follower.raft.shutdown().await.unwrap();
+}
+
 /// A node built before replication streams knows only `mq-peer/1`: connections to it
 /// negotiate that, and a leader replicates to it one call at a time. A group of such a
 /// node and a current one commits (it needs both), whichever leads.
