@@ -31,7 +31,8 @@
 //! a cluster replicates while it is upgraded one node at a time.
 //! After the group and kind, each side sends frames of `u32 length (big-endian) |
 //! postcard`: the leader one `AppendEntriesRequest` per frame, as soon as it has new
-//! entries and without waiting for the answers; the follower one
+//! entries and without waiting for the answers (one that only carries a commit waits up
+//! to [`COMMIT_HOLD`] for entries to carry it instead); the follower one
 //! `Result<StreamAppendResult, String>` per request, in the same order, once that
 //! request's entries are on its disk (the `String` is a fatal error of its Raft, which
 //! ends the stream). Either side ends the stream by finishing its send side. Several
