@@ -436,6 +436,29 @@ async fn open(connector: &Connector, addr: SocketAddr) -> (quinn::SendStream, qu
         .unwrap()
 }
 
+/// A follower (node 2) and a leader (node 1) of the same cluster CA, with a connector from
+/// the leader's endpoint, for driving a replication stream by hand.
+async fn leader_and_follower() -> (TestNode, TestNode, Connector) {
+    let follower = start(2, None).await;
+    let leader = start(1, Some(follower.dir.path())).await;
+    let connector = Connector::new(
+        leader.endpoint.clone(),
+        client_config(&leader.creds).unwrap(),
+    );
+    (follower, leader, connector)
+}
+
+/// The log id of `index` in term 1, led by node 1.
+fn term_1_id(index: u64) -> crate::raft::LogId {
+    crate::raft::LogId::new(
+        crate::raft::CommittedLeaderId {
+            term: 1,
+            node_id: 1,
+        },
+        index,
+    )
+}
+
 /// A follower's side of a replication stream takes requests written back to back, before
 /// any answer was read, and answers each in order once it is on its disk; a frame that
 /// does not decode ends the stream, and what came before it stays.
@@ -443,23 +466,10 @@ async fn open(connector: &Connector, addr: SocketAddr) -> (quinn::SendStream, qu
 async fn a_replication_stream_carries_requests_without_waiting_for_answers() {
     use openraft::raft::StreamAppendError;
 
-    use crate::raft::{CommittedLeaderId, Entry, LogId, Vote};
+    use crate::raft::{Entry, Vote};
 
-    let follower = start(2, None).await;
-    let leader = start(1, Some(follower.dir.path())).await;
-    let connector = Connector::new(
-        leader.endpoint.clone(),
-        client_config(&leader.creds).unwrap(),
-    );
-    let id = |index| {
-        LogId::new(
-            CommittedLeaderId {
-                term: 1,
-                node_id: 1,
-            },
-            index,
-        )
-    };
+    let (follower, leader, connector) = leader_and_follower().await;
+    let id = term_1_id;
     let request = |index: u64| AppendEntriesRequest::<TypeConfig> {
         vote: Vote::new_committed(1, 1),
         prev_log_id: index.checked_sub(1).map(id),
@@ -510,23 +520,10 @@ async fn a_replication_stream_carries_requests_without_waiting_for_answers() {
 /// does not goes after it, and with nothing following it goes on its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_with_only_a_commit_waits_for_entries_to_carry_it() {
-    use crate::raft::{CommittedLeaderId, Entry, LogId, Vote};
+    use crate::raft::{Entry, Vote};
 
-    let follower = start(2, None).await;
-    let leader = start(1, Some(follower.dir.path())).await;
-    let connector = Connector::new(
-        leader.endpoint.clone(),
-        client_config(&leader.creds).unwrap(),
-    );
-    let id = |index| {
-        LogId::new(
-            CommittedLeaderId {
-                term: 1,
-                node_id: 1,
-            },
-            index,
-        )
-    };
+    let (follower, leader, connector) = leader_and_follower().await;
+    let id = term_1_id;
     let request =
         |prev: Option<u64>, last: Option<u64>, commit: Option<u64>| AppendEntriesRequest::<
             TypeConfig,
