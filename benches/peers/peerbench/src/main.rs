@@ -168,6 +168,27 @@ async fn fetch_failed(
     Ok(())
 }
 
+/// `op` until it succeeds, retried every 500 ms for up to 30 s (creating a stream is
+/// idempotent with the same configuration, and so is creating a consumer, so an attempt
+/// that timed out after it took effect is harmless to repeat).
+async fn retried<T, E, F>(what: &str, mut op: impl FnMut() -> F) -> anyhow::Result<T>
+where
+    F: std::future::Future<Output = Result<T, E>>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("{what}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e).with_context(|| what.to_string()),
+        }
+    }
+}
+
 async fn nats(a: &Args, s: &Arc<Shared>) -> anyhow::Result<(Vec<Task>, Vec<Task>)> {
     use async_nats::jetstream::{self, consumer, stream};
     let setup = jetstream::new(async_nats::connect(&a.url).await?);
@@ -185,30 +206,22 @@ async fn nats(a: &Args, s: &Arc<Shared>) -> anyhow::Result<(Vec<Task>, Vec<Task>
             ..Default::default()
         };
         // A fresh cluster answers its health check a moment before JetStream's meta group
-        // has a leader: retry for a while.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match setup.create_stream(config.clone()).await {
-                Ok(_) => break,
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!("creating stream {name}: {e}; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                Err(e) => return Err(e).with_context(|| format!("creating stream {name}")),
-            }
-        }
-        setup
-            .create_consumer_on_stream(
-                consumer::pull::Config {
-                    durable_name: Some("bench".into()),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    max_ack_pending: 100_000,
-                    ..Default::default()
-                },
-                name.as_str(),
-            )
-            .await
-            .with_context(|| format!("creating the consumer of {name}"))?;
+        // has a leader, and a stream's own group takes a moment more to answer for its
+        // consumers: both are retried for a while.
+        retried(&format!("creating stream {name}"), || {
+            setup.create_stream(config.clone())
+        })
+        .await?;
+        let consumer = consumer::pull::Config {
+            durable_name: Some("bench".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            max_ack_pending: 100_000,
+            ..Default::default()
+        };
+        retried(&format!("creating the consumer of {name}"), || {
+            setup.create_consumer_on_stream(consumer.clone(), name.as_str())
+        })
+        .await?;
     }
     let mut senders = Vec::new();
     for p in 0..a.producers {
