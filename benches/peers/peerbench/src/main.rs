@@ -206,8 +206,8 @@ async fn nats(a: &Args, s: &Arc<Shared>) -> anyhow::Result<(Vec<Task>, Vec<Task>
             ..Default::default()
         };
         // A fresh cluster answers its health check a moment before JetStream's meta group
-        // has a leader, and a stream's own group takes a moment more to answer for its
-        // consumers: both are retried for a while.
+        // has a leader, and creating the consumer of a stream just made has timed out on a
+        // busy cluster: both are retried for a while.
         retried(&format!("creating stream {name}"), || {
             setup.create_stream(config.clone())
         })
