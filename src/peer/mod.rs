@@ -850,7 +850,7 @@ fn subsumes(
         && next.leader_commit >= held.leader_commit
 }
 
-/// Why [`put_request`] stopped a replication stream's writer.
+/// Why a replication stream's writer stopped early.
 enum Stop {
     /// The reader went away: finish the stream.
     ReaderGone,
@@ -884,9 +884,10 @@ async fn put_request(
 }
 
 /// The leader's writer of a replication stream: sends each request of `input` as it comes,
-/// telling the reader, until `input` ends, the reader goes away, or a write fails. A request
-/// without entries waits up to [`COMMIT_HOLD`] for one that [`subsumes`] it, which goes
-/// in its place; one that does not is sent after it, in order.
+/// telling the reader, until `input` ends, the reader goes away, or a write fails; the
+/// stream is then finished (or, after a failed write, left reset). A request without
+/// entries waits up to [`COMMIT_HOLD`] for one that [`subsumes`] it, which goes in its
+/// place; one that does not is sent after it, in order.
 async fn write_requests<S>(
     mut input: S,
     mut send: quinn::SendStream,
@@ -896,62 +897,62 @@ async fn write_requests<S>(
 ) where
     S: futures_util::Stream<Item = AppendEntriesRequest<TypeConfig>> + Unpin,
 {
+    let written = pump_requests(&mut input, &mut send, &connector, addr, &wrote).await;
+    if !matches!(written, Err(Stop::Failed)) {
+        let _ = send.finish();
+    }
+}
+
+/// [`write_requests`]' loop: `Ok` once `input` has ended and everything is written.
+async fn pump_requests<S>(
+    input: &mut S,
+    send: &mut quinn::SendStream,
+    connector: &Connector,
+    addr: SocketAddr,
+    wrote: &tokio::sync::mpsc::UnboundedSender<Wrote>,
+) -> Result<(), Stop>
+where
+    S: futures_util::Stream<Item = AppendEntriesRequest<TypeConfig>> + Unpin,
+{
     let mut held: Option<(AppendEntriesRequest<TypeConfig>, tokio::time::Instant)> = None;
-    let stop = loop {
+    loop {
         let next = match &held {
             None => tokio::select! {
                 req = input.next() => req,
-                _ = wrote.closed() => break Stop::ReaderGone,
+                _ = wrote.closed() => return Err(Stop::ReaderGone),
             },
             Some((_, until)) => tokio::select! {
                 req = input.next() => req,
                 _ = tokio::time::sleep_until(*until) => {
                     if let Some((h, _)) = held.take() {
-                        if let Err(stop) = put_request(&h, &mut send, &connector, addr, &wrote).await {
-                            break stop;
-                        }
+                        put_request(&h, send, connector, addr, wrote).await?;
                     }
                     continue;
                 }
-                _ = wrote.closed() => break Stop::ReaderGone,
+                _ = wrote.closed() => return Err(Stop::ReaderGone),
             },
         };
         let Some(req) = next else {
-            // The input ended: what is held still goes, then the stream is finished.
+            // The input ended: what is held still goes.
             if let Some((h, _)) = held.take() {
-                if let Err(stop) = put_request(&h, &mut send, &connector, addr, &wrote).await {
-                    break stop;
-                }
+                put_request(&h, send, connector, addr, wrote).await?;
             }
-            break Stop::ReaderGone;
+            return Ok(());
         };
-        let req = match held.take() {
-            Some((h, until)) if subsumes(&req, &h) => {
-                if req.entries.is_empty() {
-                    // Still nothing but a commit: held in its place, as long as it was.
-                    held = Some((req, until));
-                    continue;
-                }
-                req
+        if let Some((h, until)) = held.take() {
+            if !subsumes(&req, &h) {
+                put_request(&h, send, connector, addr, wrote).await?;
+            } else if req.entries.is_empty() {
+                // Still nothing but a commit: held in its place, as long as it was.
+                held = Some((req, until));
+                continue;
             }
-            Some((h, _)) => {
-                if let Err(stop) = put_request(&h, &mut send, &connector, addr, &wrote).await {
-                    break stop;
-                }
-                req
-            }
-            None => req,
-        };
+        }
         if req.entries.is_empty() {
             held = Some((req, tokio::time::Instant::now() + COMMIT_HOLD));
             continue;
         }
-        if let Err(stop) = put_request(&req, &mut send, &connector, addr, &wrote).await {
-            break stop;
-        }
-    };
-    if let Stop::ReaderGone = stop {
-        let _ = send.finish();
+        put_request(&req, send, connector, addr, wrote).await?;
     }
 }
 
