@@ -36,6 +36,15 @@ impl Faults {
         !cut.is_empty() && cut.contains(&addr)
     }
 
+    /// Cuts traffic with `addr` at once, as a line in the fault file would.
+    #[cfg(test)]
+    pub(crate) fn cut(&self, addr: SocketAddr) {
+        self.cut
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(addr);
+    }
+
     /// Faults read from the file named by `MQD_FAULT_FILE`, if set; must run in a Tokio
     /// runtime (a task re-reads the file until the process ends).
     pub fn from_env() -> Faults {

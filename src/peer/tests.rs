@@ -515,6 +515,35 @@ async fn a_replication_stream_carries_requests_without_waiting_for_answers() {
     follower.raft.shutdown().await.unwrap();
 }
 
+/// A replication stream to `addr` driven by the leader's writer ([`write_requests`]): the
+/// sender of its requests, the stream's answers, what the writer tells the reader, and the
+/// writer's task.
+async fn writer_to(
+    connector: &Connector,
+    addr: SocketAddr,
+) -> (
+    tokio::sync::mpsc::UnboundedSender<AppendEntriesRequest<TypeConfig>>,
+    quinn::RecvStream,
+    tokio::sync::mpsc::UnboundedReceiver<Wrote>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (input_tx, input_rx) = tokio::sync::mpsc::unbounded_channel();
+    let input = Box::pin(futures_util::stream::unfold(
+        input_rx,
+        |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
+    ));
+    let (send, recv) = open(connector, addr).await;
+    let (wrote_tx, wrote_rx) = tokio::sync::mpsc::unbounded_channel();
+    let writer = tokio::spawn(write_requests(
+        input,
+        send,
+        connector.clone(),
+        addr,
+        wrote_tx,
+    ));
+    (input_tx, recv, wrote_rx, writer)
+}
+
 /// The leader's writer of a replication stream holds a request that only carries a commit
 /// index: the next request with entries from the same place goes in its place, one that
 /// does not goes after it, and with nothing following it goes on its own.
@@ -541,20 +570,7 @@ async fn a_request_with_only_a_commit_waits_for_entries_to_carry_it() {
                     .collect(),
             },
         };
-    let (input_tx, input_rx) = tokio::sync::mpsc::unbounded_channel();
-    let input = Box::pin(futures_util::stream::unfold(
-        input_rx,
-        |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
-    ));
-    let (send, mut recv) = open(&connector, follower.addr).await;
-    let (wrote_tx, mut wrote_rx) = tokio::sync::mpsc::unbounded_channel();
-    let writer = tokio::spawn(write_requests(
-        input,
-        send,
-        connector.clone(),
-        follower.addr,
-        wrote_tx,
-    ));
+    let (input_tx, mut recv, mut wrote_rx, writer) = writer_to(&connector, follower.addr).await;
     let written = |rx: &mut tokio::sync::mpsc::UnboundedReceiver<Wrote>| {
         let mut n = 0;
         while let Ok(w) = rx.try_recv() {
@@ -601,6 +617,46 @@ async fn a_request_with_only_a_commit_waits_for_entries_to_carry_it() {
     writer.await.unwrap();
     ends(&mut recv).await;
     assert_eq!(written(&mut wrote_rx), 3);
+    leader.raft.shutdown().await.unwrap();
+    follower.raft.shutdown().await.unwrap();
+}
+
+/// A write the leader's writer cannot make (here: the follower cut off) ends the stream:
+/// the reader is told why, and nothing from the failed request on reaches the follower.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_ends_the_replication_stream_and_tells_the_reader() {
+    use crate::raft::{Entry, Vote};
+
+    let (follower, leader, connector) = leader_and_follower().await;
+    let faults = Faults::default();
+    let connector = connector.with_faults(faults.clone());
+    let request = |index: u64| AppendEntriesRequest::<TypeConfig> {
+        vote: Vote::new_committed(1, 1),
+        prev_log_id: index.checked_sub(1).map(term_1_id),
+        leader_commit: None,
+        entries: vec![Entry {
+            log_id: term_1_id(index),
+            payload: openraft::EntryPayload::Blank,
+        }],
+    };
+    let (input_tx, mut recv, mut wrote_rx, writer) = writer_to(&connector, follower.addr).await;
+
+    input_tx.send(request(0)).unwrap();
+    assert_eq!(next_answer(&mut recv).await, Ok(Ok(Some(term_1_id(0)))));
+    assert!(matches!(wrote_rx.recv().await, Some(Wrote::Request)));
+
+    faults.cut(follower.addr);
+    input_tx.send(request(1)).unwrap();
+    // The writer may have stopped, and dropped its input, by now.
+    let _ = input_tx.send(request(2));
+    match wrote_rx.recv().await {
+        Some(Wrote::Failed(why)) => assert!(why.contains("cut off"), "{why}"),
+        Some(Wrote::Request) => panic!("a request was written to a cut-off follower"),
+        None => panic!("the writer stopped without telling the reader"),
+    }
+    writer.await.unwrap();
+    assert!(wrote_rx.recv().await.is_none(), "nothing after the failure");
+    ends(&mut recv).await;
     leader.raft.shutdown().await.unwrap();
     follower.raft.shutdown().await.unwrap();
 }
