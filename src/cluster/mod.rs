@@ -388,6 +388,8 @@ struct Inner {
     /// How long the hosted groups' log writes and applies take.
     storage_metrics: crate::raft::StorageMetrics,
     router: Router,
+    /// The rounds of the replicated groups this node leads, shared by their proposers.
+    rounds: Arc<crate::raft::proposer::NodeRounds>,
     /// Set by [`Node::shutdown`]; background loops end.
     stopping: AtomicBool,
     /// Bumped each time the local control-group replica changes the users.
@@ -555,6 +557,7 @@ impl Node {
                 raft_config: raft_config(timing)?,
                 storage_metrics: crate::raft::StorageMetrics::default(),
                 router: router.clone(),
+                rounds: Arc::default(),
                 stopping: AtomicBool::new(false),
                 users_version: Arc::default(),
                 disk: std::sync::OnceLock::new(),
@@ -671,7 +674,12 @@ impl Node {
             group,
             detail: e.to_string(),
         })?;
-        let proposer = Proposer::start(raft.clone(), PROPOSALS_IN_FLIGHT, writes.clone());
+        let proposer = Proposer::start(
+            raft.clone(),
+            PROPOSALS_IN_FLIGHT,
+            writes.clone(),
+            inner.rounds.clone(),
+        );
         Ok(Local {
             raft,
             proposer,

@@ -30,6 +30,8 @@ struct TestNode {
     db: Arc<Database>,
     /// What the state machine holds beside its tables (see `crate::store::held`).
     held: Arc<crate::raft::state_machine::HeldRows>,
+    /// The group's log writer's count of appends in hand, for a proposer.
+    writes: Arc<crate::raft::log_store::WritesPending>,
     creds: Credentials,
 }
 
@@ -97,6 +99,7 @@ async fn start_speaking(id: u64, ca_of: Option<&Path>, peer_alpns: Option<&[&[u8
         .unwrap(),
     );
     let log = LogStore::open(&dir.path().join("g1.log")).unwrap();
+    let writes = log.writes_pending();
     let sm = StateMachine::open(&dir.path().join("g1.redb"), Arc::new(|_| {})).unwrap();
     let db = sm.database();
     let held = sm.held();
@@ -112,6 +115,7 @@ async fn start_speaking(id: u64, ca_of: Option<&Path>, peer_alpns: Option<&[&[u8
         raft,
         db,
         held,
+        writes,
         creds,
     }
 }
@@ -157,6 +161,31 @@ async fn leader_among(nodes: &[&TestNode], not: Option<u64>) -> u64 {
     }
 }
 
+/// Makes `nodes` the voters of group 1 (initialized on the first) and returns the one
+/// elected to lead it, once it takes writes.
+async fn form_group<'a>(nodes: &[&'a TestNode]) -> &'a TestNode {
+    let members: BTreeMap<_, _> = nodes
+        .iter()
+        .map(|n| (n.id, BasicNode::new(n.addr.to_string())))
+        .collect();
+    nodes[0].raft.initialize(members).await.unwrap();
+    let leader = leader_among(nodes, None).await;
+    nodes.iter().copied().find(|n| n.id == leader).unwrap()
+}
+
+/// Creates queue `name` through `raft`; the entry's index.
+async fn create_queue(raft: &Raft, name: &str) -> u64 {
+    let patch = QueuePatch::default();
+    write(
+        raft,
+        Command::CreateQueue {
+            name: name.into(),
+            patch,
+        },
+    )
+    .await
+}
+
 async fn write(raft: &Raft, cmd: Command) -> u64 {
     let r = raft
         .client_write(Proposal::new(1_700_000_000_000, vec![cmd]))
@@ -199,28 +228,15 @@ async fn a_group_replicates_over_quic_and_survives_losing_its_leader() {
     let n1 = start(1, None).await;
     let n2 = start(2, Some(n1.dir.path())).await;
     let n3 = start(3, Some(n1.dir.path())).await;
-    let members: BTreeMap<_, _> = [&n1, &n2, &n3]
-        .iter()
-        .map(|n| (n.id, BasicNode::new(n.addr.to_string())))
-        .collect();
-    n1.raft.initialize(members).await.unwrap();
-
     let nodes = [&n1, &n2, &n3];
-    let leader = leader_among(&nodes, None).await;
-    let lead = nodes.iter().find(|n| n.id == leader).unwrap();
+    let lead = form_group(&nodes).await;
+    let leader = lead.id;
     // Three voters: a small proposal waits for the one before it.
     assert_eq!(
         crate::raft::proposer::small_in_flight(&lead.raft.metrics().borrow_watched()),
         1
     );
-    write(
-        &lead.raft,
-        Command::CreateQueue {
-            name: "q".into(),
-            patch: QueuePatch::default(),
-        },
-    )
-    .await;
+    create_queue(&lead.raft, "q").await;
     let idx = write(
         &lead.raft,
         Command::Send {
@@ -314,6 +330,64 @@ async fn a_group_replicates_over_quic_and_survives_losing_its_leader() {
         n.raft.shutdown().await.unwrap();
     }
     alien.raft.shutdown().await.unwrap();
+}
+
+/// A small proposal of a group with other voters waits while another such group of the
+/// node has one in flight, until that round ends, no longer than the hold, and not at all
+/// for a round older than `stuck`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_proposal_waits_for_the_nodes_round_up_to_the_hold_and_not_for_a_stuck_one() {
+    use crate::raft::proposer::{NodeRounds, Proposer};
+    let n1 = start(1, None).await;
+    let n2 = start(2, Some(n1.dir.path())).await;
+    let lead = form_group(&[&n1, &n2]).await;
+    // A proposer of the leader's group, beside another group's proposal in flight.
+    let beside_a_round = |hold_ms: u64, stuck_ms: u64| {
+        let rounds = Arc::new(NodeRounds::with_hold(
+            Duration::from_millis(hold_ms),
+            Duration::from_millis(stuck_ms),
+        ));
+        let p = Proposer::start(lead.raft.clone(), 8, lead.writes.clone(), rounds.clone());
+        (p, rounds.enter())
+    };
+    let send = |p: &Proposer, body: &str| {
+        let (p, cmd) = (
+            p.clone(),
+            Command::Send {
+                queue: "q".into(),
+                messages: vec![SendEntry::new(body.to_string())],
+            },
+        );
+        tokio::spawn(async move { p.submit(cmd).await })
+    };
+    let sent = |r: Result<Result<_, tokio::task::JoinError>, _>, why: &str| match r {
+        Ok(Ok(Ok(crate::store::Outcome::Sent(_)))) => {}
+        other => panic!("{why}: {other:?}"),
+    };
+    create_queue(&lead.raft, "q").await;
+
+    // The send waits for the other group's round, and goes once it ends.
+    let (p, other) = beside_a_round(600_000, 600_000);
+    let waiting = send(&p, "waits");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a small proposal went while another group's round was in flight"
+    );
+    drop(other);
+    let r = tokio::time::timeout(Duration::from_secs(10), waiting).await;
+    sent(r, "the round ended, yet the proposal still waits");
+
+    // A round that does not end holds a proposal up for the hold only.
+    let (p, _stuck) = beside_a_round(50, 600_000);
+    let r = tokio::time::timeout(Duration::from_secs(10), send(&p, "goes")).await;
+    sent(r, "a proposal waited past the hold");
+
+    // A round older than `stuck` is not waited for at all.
+    let (p, _stuck) = beside_a_round(600_000, 50);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = tokio::time::timeout(Duration::from_secs(10), send(&p, "at once")).await;
+    sent(r, "a proposal waited for a stuck round");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -677,14 +751,8 @@ async fn a_node_without_replication_streams_is_replicated_to_one_call_at_a_time(
     assert!(!connector.speaks_streams(older.addr, timeout).await.unwrap());
     assert!(connector.speaks_streams(third.addr, timeout).await.unwrap());
 
-    let members: BTreeMap<_, _> = [&current, &older]
-        .iter()
-        .map(|n| (n.id, BasicNode::new(n.addr.to_string())))
-        .collect();
-    current.raft.initialize(members).await.unwrap();
     let nodes = [&current, &older];
-    let leader = leader_among(&nodes, None).await;
-    let lead = nodes.iter().find(|n| n.id == leader).unwrap();
+    let lead = form_group(&nodes).await;
     write(
         &lead.raft,
         Command::CreateQueue {

@@ -577,7 +577,7 @@ mod one_node {
         dir: &std::path::Path,
     ) -> (Raft, super::super::proposer::Proposer, u64) {
         let (raft, writes) = leader_of_one_with_writes(dir).await;
-        let p = super::super::proposer::Proposer::start(raft.clone(), 4, writes);
+        let p = super::super::proposer::Proposer::start(raft.clone(), 4, writes, Arc::default());
         p.submit(Command::CreateQueue {
             name: "q".into(),
             patch: QueuePatch::default(),
@@ -596,6 +596,29 @@ mod one_node {
             super::super::proposer::small_in_flight(&raft.metrics().borrow_watched()),
             2
         );
+        raft.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_group_of_one_voter_does_not_wait_for_other_groups_rounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let (raft, writes) = leader_of_one_with_writes(dir.path()).await;
+        let rounds = Arc::new(super::super::proposer::NodeRounds::with_hold(
+            std::time::Duration::from_secs(600),
+            std::time::Duration::from_secs(600),
+        ));
+        let p = super::super::proposer::Proposer::start(raft.clone(), 4, writes, rounds.clone());
+        let _other = rounds.enter();
+        let created = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            p.submit(Command::CreateQueue {
+                name: "q".into(),
+                patch: QueuePatch::default(),
+            }),
+        )
+        .await
+        .expect("a group of one voter waited for another group's round");
+        assert!(created.is_ok(), "{created:?}");
         raft.shutdown().await.unwrap();
     }
 
