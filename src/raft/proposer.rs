@@ -378,8 +378,10 @@ async fn run(
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let small_in_flight = small_in_flight(&metrics.borrow_watched());
-        let replicated = small_in_flight == SMALL_IN_FLIGHT_REPLICATED;
+        let (small_in_flight, replicated) = {
+            let m = metrics.borrow_watched();
+            (small_in_flight(&m), replicated(&m))
+        };
         // The node's round this proposal began in, and the hold on waiting for it.
         let began_in = node.ended.load(Ordering::Acquire);
         let mut hold: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
@@ -557,15 +559,19 @@ async fn run(
     }
 }
 
-/// Proposals in flight beyond which a new small one waits, for a group whose Raft
-/// metrics are `m`: fewer where other voters must have each proposal on disk too.
-pub(crate) fn small_in_flight(m: &openraft::RaftMetrics<TypeConfig>) -> usize {
-    if m.membership_config
+/// Whether the group whose Raft metrics are `m` has voters other than one.
+fn replicated(m: &openraft::RaftMetrics<TypeConfig>) -> bool {
+    m.membership_config
         .membership()
         .voter_ids()
         .nth(1)
         .is_some()
-    {
+}
+
+/// Proposals in flight beyond which a new small one waits, for a group whose Raft
+/// metrics are `m`: fewer where other voters must have each proposal on disk too.
+pub(crate) fn small_in_flight(m: &openraft::RaftMetrics<TypeConfig>) -> usize {
+    if replicated(m) {
         SMALL_IN_FLIGHT_REPLICATED
     } else {
         SMALL_IN_FLIGHT
