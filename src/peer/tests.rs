@@ -533,6 +533,34 @@ fn term_1_id(index: u64) -> crate::raft::LogId {
     )
 }
 
+/// A request of the term-1 leader (node 1) from after `prev` with blank entries up to
+/// `last` (none without it), telling the follower the commit `commit`.
+fn blank_request(
+    prev: Option<u64>,
+    last: Option<u64>,
+    commit: Option<u64>,
+) -> AppendEntriesRequest<TypeConfig> {
+    AppendEntriesRequest {
+        vote: crate::raft::Vote::new_committed(1, 1),
+        prev_log_id: prev.map(term_1_id),
+        leader_commit: commit.map(term_1_id),
+        entries: match last {
+            None => Vec::new(),
+            Some(last) => (prev.map_or(0, |p| p + 1)..=last)
+                .map(|i| crate::raft::Entry {
+                    log_id: term_1_id(i),
+                    payload: openraft::EntryPayload::Blank,
+                })
+                .collect(),
+        },
+    }
+}
+
+/// The request carrying blank entry `index` alone, from right after the one before it.
+fn one_blank(index: u64) -> AppendEntriesRequest<TypeConfig> {
+    blank_request(index.checked_sub(1), Some(index), None)
+}
+
 /// A follower's side of a replication stream takes requests written back to back, before
 /// any answer was read, and answers each in order once it is on its disk; a frame that
 /// does not decode ends the stream, and what came before it stays.
@@ -540,19 +568,9 @@ fn term_1_id(index: u64) -> crate::raft::LogId {
 async fn a_replication_stream_carries_requests_without_waiting_for_answers() {
     use openraft::raft::StreamAppendError;
 
-    use crate::raft::{Entry, Vote};
-
     let (follower, leader, connector) = leader_and_follower().await;
     let id = term_1_id;
-    let request = |index: u64| AppendEntriesRequest::<TypeConfig> {
-        vote: Vote::new_committed(1, 1),
-        prev_log_id: index.checked_sub(1).map(id),
-        leader_commit: None,
-        entries: vec![Entry {
-            log_id: id(index),
-            payload: openraft::EntryPayload::Blank,
-        }],
-    };
+    let request = one_blank;
     let (mut send, mut recv) = open(&connector, follower.addr).await;
     for index in 0..3 {
         send.write_chunk(encode_frame(&request(index)).unwrap())
@@ -623,27 +641,9 @@ async fn writer_to(
 /// does not goes after it, and with nothing following it goes on its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_with_only_a_commit_waits_for_entries_to_carry_it() {
-    use crate::raft::{Entry, Vote};
-
     let (follower, leader, connector) = leader_and_follower().await;
     let id = term_1_id;
-    let request =
-        |prev: Option<u64>, last: Option<u64>, commit: Option<u64>| AppendEntriesRequest::<
-            TypeConfig,
-        > {
-            vote: Vote::new_committed(1, 1),
-            prev_log_id: prev.map(id),
-            leader_commit: commit.map(id),
-            entries: match last {
-                None => Vec::new(),
-                Some(last) => (prev.map_or(0, |p| p + 1)..=last)
-                    .map(|i| Entry {
-                        log_id: id(i),
-                        payload: openraft::EntryPayload::Blank,
-                    })
-                    .collect(),
-            },
-        };
+    let request = blank_request;
     let (input_tx, mut recv, mut wrote_rx, writer) = writer_to(&connector, follower.addr).await;
     let written = |rx: &mut tokio::sync::mpsc::UnboundedReceiver<Wrote>| {
         let mut n = 0;
@@ -699,20 +699,10 @@ async fn a_request_with_only_a_commit_waits_for_entries_to_carry_it() {
 /// the reader is told why, and nothing from the failed request on reaches the follower.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_write_ends_the_replication_stream_and_tells_the_reader() {
-    use crate::raft::{Entry, Vote};
-
     let (follower, leader, connector) = leader_and_follower().await;
     let faults = Faults::default();
     let connector = connector.with_faults(faults.clone());
-    let request = |index: u64| AppendEntriesRequest::<TypeConfig> {
-        vote: Vote::new_committed(1, 1),
-        prev_log_id: index.checked_sub(1).map(term_1_id),
-        leader_commit: None,
-        entries: vec![Entry {
-            log_id: term_1_id(index),
-            payload: openraft::EntryPayload::Blank,
-        }],
-    };
+    let request = one_blank;
     let (input_tx, mut recv, mut wrote_rx, writer) = writer_to(&connector, follower.addr).await;
 
     input_tx.send(request(0)).unwrap();
