@@ -14,8 +14,9 @@ cd "$(dirname "$0")/.."
 rounds=${1:-4}
 case "$rounds" in '' | *[!0-9]*) echo "usage: $0 [ROUNDS]" >&2; exit 2 ;; esac
 ARGS=${ARGS:---messages 200000 --producers 4 --consumers 4 --queues 4 --in-flight 64 --warmup 50000}
-# One run in a subshell of its own, so that the node scripts' exit traps clean up after
-# each: NODES (1 or 3), ONE_GROUP (0 or 1).
+# `run NODES ONE_GROUP`: one run (NODES 1 or 3; ONE_GROUP 1 for the queues in one group,
+# 0 for them by hash) in a subshell of its own, so that the node scripts' exit traps
+# clean up after each. Prints its msgs/s and end-to-end p50.
 run() {
     (
         if [ "$1" = 3 ]; then
@@ -45,7 +46,8 @@ names=([0]="four groups" [1]="one group")
 for i in $(seq 1 "$rounds"); do
     for nodes in 3 1; do
         for one in 0 1; do
-            read -r rate p50 <<< "$(run "$nodes" "$one")"
+            out=$(run "$nodes" "$one")
+            read -r rate p50 <<< "$out"
             sum[$nodes-$one]=$((sum[$nodes-$one] + rate))
             echo "round $i: $nodes node(s), ${names[$one]}: $rate msgs/s, end-to-end p50 $p50 ms"
         done
