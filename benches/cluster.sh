@@ -1,10 +1,11 @@
 # Sourced by the three-node bench scripts: a fresh cluster of three release processes on
 # loopback (16 shards, 3 replicas each) in a temporary directory, removed with its
-# processes on exit. Set MQD (the mqd binary) and LOG_LEVEL before sourcing to change
-# them. `start_node N` starts (or restarts) node N; `start_cluster` starts all three and
-# returns once `mqctl cluster status` says healthy, with MQ_DATA_DIR set for node 1.
+# processes on exit. Set MQD (the mqd binary), MQCTL (the mqctl binary) and LOG_LEVEL
+# before sourcing to change them. `start_node N` starts (or restarts) node N;
+# `start_cluster` starts all three and returns once `mqctl cluster status` says healthy,
+# with MQ_DATA_DIR set for node 1.
 MQD=${MQD:-target/release/mqd}
-MQCTL=target/release/mqctl
+MQCTL=${MQCTL:-target/release/mqctl}
 LOG_LEVEL=${LOG_LEVEL:-warn}
 BASE=$(mktemp -d /tmp/mqd-bench3.XXXXXX)
 PIDS=(0 0 0)

@@ -1,10 +1,10 @@
 # Sourced by the single-node bench scripts: a fresh release node on loopback in a temporary
 # directory, removed with the process on exit (the three-node scripts have
-# benches/cluster.sh). Set MQD before sourcing to run another mqd binary. `start_node`
-# starts it and returns once it has written its address, with PID, D (its data directory),
-# MQCTL and the client's environment set.
+# benches/cluster.sh). Set MQD (MQCTL) before sourcing to run another mqd (mqctl) binary.
+# `start_node` starts it and returns once it has written its address, with PID, D (its data
+# directory), MQCTL and the client's environment set.
 MQD=${MQD:-target/release/mqd}
-MQCTL=target/release/mqctl
+MQCTL=${MQCTL:-target/release/mqctl}
 start_node() {
     D=$(mktemp -d /tmp/mqd-bench.XXXXXX)
     "$MQD" --data-dir "$D" --listen 127.0.0.1:0 --log-level warn > "$D.log" 2>&1 &

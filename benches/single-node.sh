@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The single-node runs of docs/BENCHMARKS.md against a fresh node: one send in flight, 256
 # single sends in flight (twice), and batches of 100. Needs release binaries:
-# cargo build --release --workspace --bins. MQD picks another mqd binary.
+# cargo build --release --workspace --bins. MQD (MQCTL) picks another mqd (mqctl) binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/node.sh

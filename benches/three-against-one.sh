@@ -5,22 +5,39 @@
 # minutes of this machine, whose speed moves by a third within an hour. Prints each
 # round's msgs/s and ratio, then the ratio of the sums. ARGS overrides the runs'
 # arguments (default: --messages 200000 --in-flight 256 --consumers 1 --warmup 50000).
-# Needs release binaries: cargo build --release --workspace --bins
+# BUILDS compares builds: directories, each holding an mqd and an mqctl, separated by
+# spaces; each round then runs both set-ups with each build in turn, and the sums are
+# printed per build. Needs release binaries: cargo build --release --workspace --bins
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-6}
 case "$rounds" in '' | *[!0-9]*) echo "usage: $0 [ROUNDS]" >&2; exit 2 ;; esac
 read -ra args <<< "${ARGS:---messages 200000 --in-flight 256 --consumers 1 --warmup 50000}"
+read -ra builds <<< "${BUILDS:-target/release}"
+for b in "${builds[@]}"; do
+    for bin in mqd mqctl; do
+        [ -x "$b/$bin" ] || { echo "$0: no $b/$bin (BUILDS names directories)" >&2; exit 2; }
+    done
+done
 # msgs/s of the JSON report a bench script prints after its command line.
 rate() { sed -n '/^{/,$p' | python3 -c 'import json, sys; print(round(json.load(sys.stdin)["msgs_per_sec"]))'; }
 ratio() { python3 -c "print(f'{100 * $1 / $2:.1f}%')"; }
-three=0
-one=0
+declare -A three one
+for b in "${builds[@]}"; do three[$b]=0; one[$b]=0; done
 for i in $(seq 1 "$rounds"); do
-    r3=$(benches/three-nodes.sh "${args[@]}" | rate)
-    r1=$(benches/single-node.sh "${args[@]}" | rate)
-    three=$((three + r3))
-    one=$((one + r1))
-    echo "round $i: three nodes $r3, one node $r1 msgs/s: $(ratio "$r3" "$r1")"
+    for b in "${builds[@]}"; do
+        r3=$(MQD="$b/mqd" MQCTL="$b/mqctl" benches/three-nodes.sh "${args[@]}" | rate)
+        r1=$(MQD="$b/mqd" MQCTL="$b/mqctl" benches/single-node.sh "${args[@]}" | rate)
+        three[$b]=$((three[$b] + r3))
+        one[$b]=$((one[$b] + r1))
+        name=""
+        [ "${#builds[@]}" -eq 1 ] || name="$b: "
+        echo "round $i: ${name}three nodes $r3, one node $r1 msgs/s: $(ratio "$r3" "$r1")"
+    done
 done
-echo "all $rounds rounds: three nodes $three, one node $one msgs/s: $(ratio "$three" "$one")"
+for b in "${builds[@]}"; do
+    name=""
+    [ "${#builds[@]}" -eq 1 ] || name="$b: "
+    echo "all $rounds rounds: ${name}three nodes ${three[$b]}, one node ${one[$b]} msgs/s:" \
+        "$(ratio "${three[$b]}" "${one[$b]}")"
+done
