@@ -13,12 +13,22 @@ cd "$(dirname "$0")/.."
 rounds=${1:-6}
 case "$rounds" in '' | *[!0-9]*) echo "usage: $0 [ROUNDS]" >&2; exit 2 ;; esac
 read -ra args <<< "${ARGS:---messages 200000 --in-flight 256 --consumers 1 --warmup 50000}"
-read -ra builds <<< "${BUILDS:-target/release}"
-for b in "${builds[@]}"; do
-    for bin in mqd mqctl; do
-        [ -x "$b/$bin" ] || { echo "$0: no $b/$bin (BUILDS names directories)" >&2; exit 2; }
+# Without BUILDS, one build: MQD's and MQCTL's, as the scripts it runs pick them.
+builds=(-)
+if [ -n "${BUILDS:-}" ]; then
+    read -ra builds <<< "$BUILDS"
+    for b in "${builds[@]}"; do
+        for bin in mqd mqctl; do
+            [ -x "$b/$bin" ] || { echo "$0: no $b/$bin (BUILDS names directories)" >&2; exit 2; }
+        done
     done
-done
+fi
+# Runs a bench script with build $1's binaries.
+with() {
+    local b=$1
+    shift
+    if [ "$b" = - ]; then "$@"; else MQD="$b/mqd" MQCTL="$b/mqctl" "$@"; fi
+}
 # msgs/s of the JSON report a bench script prints after its command line.
 rate() { sed -n '/^{/,$p' | python3 -c 'import json, sys; print(round(json.load(sys.stdin)["msgs_per_sec"]))'; }
 ratio() { python3 -c "print(f'{100 * $1 / $2:.1f}%')"; }
@@ -26,8 +36,8 @@ declare -A three one
 for b in "${builds[@]}"; do three[$b]=0; one[$b]=0; done
 for i in $(seq 1 "$rounds"); do
     for b in "${builds[@]}"; do
-        r3=$(MQD="$b/mqd" MQCTL="$b/mqctl" benches/three-nodes.sh "${args[@]}" | rate)
-        r1=$(MQD="$b/mqd" MQCTL="$b/mqctl" benches/single-node.sh "${args[@]}" | rate)
+        r3=$(with "$b" benches/three-nodes.sh "${args[@]}" | rate)
+        r1=$(with "$b" benches/single-node.sh "${args[@]}" | rate)
         three[$b]=$((three[$b] + r3))
         one[$b]=$((one[$b] + r1))
         name=""
