@@ -32,22 +32,24 @@ with() {
 # msgs/s of the JSON report a bench script prints after its command line.
 rate() { sed -n '/^{/,$p' | python3 -c 'import json, sys; print(round(json.load(sys.stdin)["msgs_per_sec"]))'; }
 ratio() { python3 -c "print(f'{100 * $1 / $2:.1f}%')"; }
-declare -A three one
-for b in "${builds[@]}"; do three[$b]=0; one[$b]=0; done
+# Per build: its sums, and "DIR: " before its figures when there are several builds.
+declare -A three one label
+for b in "${builds[@]}"; do
+    three[$b]=0
+    one[$b]=0
+    label[$b]=""
+    [ "${#builds[@]}" -eq 1 ] || label[$b]="$b: "
+done
 for i in $(seq 1 "$rounds"); do
     for b in "${builds[@]}"; do
         r3=$(with "$b" benches/three-nodes.sh "${args[@]}" | rate)
         r1=$(with "$b" benches/single-node.sh "${args[@]}" | rate)
         three[$b]=$((three[$b] + r3))
         one[$b]=$((one[$b] + r1))
-        name=""
-        [ "${#builds[@]}" -eq 1 ] || name="$b: "
-        echo "round $i: ${name}three nodes $r3, one node $r1 msgs/s: $(ratio "$r3" "$r1")"
+        echo "round $i: ${label[$b]}three nodes $r3, one node $r1 msgs/s: $(ratio "$r3" "$r1")"
     done
 done
 for b in "${builds[@]}"; do
-    name=""
-    [ "${#builds[@]}" -eq 1 ] || name="$b: "
-    echo "all $rounds rounds: ${name}three nodes ${three[$b]}, one node ${one[$b]} msgs/s:" \
+    echo "all $rounds rounds: ${label[$b]}three nodes ${three[$b]}, one node ${one[$b]} msgs/s:" \
         "$(ratio "${three[$b]}" "${one[$b]}")"
 done
