@@ -3,7 +3,8 @@
 //! Each queue has a lane with at most [`MAX_REQUESTS_PER_QUEUE`] `SEND` requests in flight
 //! ([`MAX_BUSY_REQUESTS_PER_QUEUE`] while [`BUSY_LANE`] messages or more wait in it, and
 //! [`MAX_LARGE_REQUESTS_PER_QUEUE`] for a send of [`LARGE_SEND`] messages or more, which
-//! shares its request's cost already). A send that finds a free place goes out at once,
+//! shares its request's cost already, and [`MAX_LARGE_BYTES_IN_FLIGHT`] for sends of
+//! [`MAX_COALESCED_BYTES`] or more, which travel alone). A send that finds a free place goes out at once,
 //! alone, so a lone sender waits for nothing; while every place is taken, new sends wait
 //! in the lane, and the next place to free up takes all of them (up to [`MAX_BATCH`]
 //! messages and [`MAX_COALESCED_BYTES`]) in one request, after letting the callers it has
@@ -63,6 +64,14 @@ pub const LARGE_SEND: usize = 32;
 pub const MAX_LARGE_REQUESTS_PER_QUEUE: usize = 8;
 /// Most message bytes (bodies and attributes) in one coalesced request.
 pub const MAX_COALESCED_BYTES: usize = 1024 * 1024;
+/// Message bytes a queue's sends of [`MAX_COALESCED_BYTES`] or more may have in flight,
+/// reckoned as the requests running times the new send's size: 4 sends of 1 MiB, 2 of
+/// 2 MiB, 1 of 4 MiB or more. Without a bound, a producer keeping 64 sends of 1 MiB in
+/// flight put 64 MiB on the wire at once; the node's UDP receive buffer (4 MiB, as
+/// [`SOCKET_BUFFER`](super::udp::SOCKET_BUFFER) asks) overflowed, QUIC took the drops for
+/// congestion, and the queue took 100-157 MiB/s against 220-295 MiB/s with 2-8 sends in
+/// flight (BENCHMARKS.md, "Sends of 1 MiB").
+pub const MAX_LARGE_BYTES_IN_FLIGHT: usize = super::udp::SOCKET_BUFFER;
 
 type Reply = oneshot::Sender<Result<Vec<u64>, ClientError>>;
 
@@ -79,6 +88,8 @@ struct Lane {
     waiting: VecDeque<Waiter>,
     /// Messages in `waiting`.
     queued: usize,
+    /// Message bytes in `waiting`.
+    queued_bytes: usize,
     /// Of the `running` requests, those not in flight: just answered, or not yet sent,
     /// whose drain is about to take what waits. A drain counts itself in when its request
     /// is answered, without taking the lanes' lock again.
@@ -88,12 +99,14 @@ struct Lane {
 impl Lane {
     fn push(&mut self, w: Waiter) {
         self.queued += w.messages.len();
+        self.queued_bytes += w.bytes;
         self.waiting.push_back(w);
     }
 
     fn pop(&mut self) -> Option<Waiter> {
         let w = self.waiting.pop_front()?;
         self.queued -= w.messages.len();
+        self.queued_bytes -= w.bytes;
         Some(w)
     }
 
@@ -102,8 +115,13 @@ impl Lane {
     /// every running request is in flight: the callers a request has just answered send
     /// again before its drain takes what waits, so a lane briefly holds all its senders
     /// even where two requests carry them well (4 producers of 64 sends in flight each
-    /// lost 4-5% when those moments started more requests).
-    fn may_start(&self, n: usize) -> bool {
+    /// lost 4-5% when those moments started more requests). A send of
+    /// [`MAX_COALESCED_BYTES`] or more (`bytes`) travels alone, within
+    /// [`MAX_LARGE_BYTES_IN_FLIGHT`].
+    fn may_start(&self, n: usize, bytes: usize) -> bool {
+        if bytes >= MAX_COALESCED_BYTES {
+            return self.running.saturating_mul(bytes) < MAX_LARGE_BYTES_IN_FLIGHT;
+        }
         if n >= LARGE_SEND {
             return self.running < MAX_LARGE_REQUESTS_PER_QUEUE;
         }
@@ -114,10 +132,13 @@ impl Lane {
     }
 
     /// Whether a request beyond [`MAX_REQUESTS_PER_QUEUE`], done, should end rather than
-    /// take what waits: fewer than [`BUSY_LANE`] messages wait, and the requests still in
-    /// flight will take them.
+    /// take what waits: less than a request's worth waits (fewer than [`BUSY_LANE`]
+    /// messages, fewer than [`MAX_COALESCED_BYTES`] bytes), and the requests still in
+    /// flight will take it.
     fn past_busy(&self) -> bool {
-        self.running > MAX_REQUESTS_PER_QUEUE && self.queued < BUSY_LANE
+        self.running > MAX_REQUESTS_PER_QUEUE
+            && self.queued < BUSY_LANE
+            && self.queued_bytes < MAX_COALESCED_BYTES
     }
 }
 
@@ -162,9 +183,10 @@ impl Client {
     ) -> Result<Vec<u64>, ClientError> {
         let bytes = size(&messages);
         let n = messages.len();
+        // A send as large as a request may be goes alone, but through the lane, which
+        // bounds how many of them are in flight (see `Lane::may_start`).
         if messages.is_empty()
-            || messages.len() >= MAX_BATCH as usize
-            || bytes >= MAX_COALESCED_BYTES
+            || (messages.len() >= MAX_BATCH as usize && bytes < MAX_COALESCED_BYTES)
         {
             return self.send_alone(queue, messages).await;
         }
@@ -181,7 +203,7 @@ impl Client {
                 bytes,
                 reply,
             });
-            lane.may_start(n).then(|| {
+            lane.may_start(n, bytes).then(|| {
                 lane.running += 1;
                 lane.collecting.fetch_add(1, Ordering::Relaxed);
                 lane.collecting.clone()
@@ -348,24 +370,46 @@ mod tests {
     #[test]
     fn a_lane_takes_more_requests_only_while_a_requests_worth_waits() {
         // Two requests in flight for any send.
-        assert!(lane(0, &[1]).may_start(1));
-        assert!(lane(1, &[1]).may_start(1));
-        assert!(!lane(2, &[1]).may_start(1));
+        assert!(lane(0, &[1]).may_start(1, 1));
+        assert!(lane(1, &[1]).may_start(1, 1));
+        assert!(!lane(2, &[1]).may_start(1, 1));
         // A third and a fourth while BUSY_LANE messages wait, the new send's among them.
-        assert!(!lane(2, &[1; BUSY_LANE - 1]).may_start(1));
-        assert!(lane(2, &[1; BUSY_LANE]).may_start(1));
-        assert!(lane(3, &[1; BUSY_LANE]).may_start(1));
-        assert!(!lane(MAX_BUSY_REQUESTS_PER_QUEUE, &[1; 2 * BUSY_LANE]).may_start(1));
+        assert!(!lane(2, &[1; BUSY_LANE - 1]).may_start(1, 1));
+        assert!(lane(2, &[1; BUSY_LANE]).may_start(1, 1));
+        assert!(lane(3, &[1; BUSY_LANE]).may_start(1, 1));
+        assert!(!lane(MAX_BUSY_REQUESTS_PER_QUEUE, &[1; 2 * BUSY_LANE]).may_start(1, 1));
         // Not while a request just answered is about to take what waits.
         let mut l = lane(2, &[1; BUSY_LANE]);
         l.collecting.store(1, Ordering::Relaxed);
-        assert!(!l.may_start(1));
+        assert!(!l.may_start(1, 1));
         // Under two, a send starts one whatever waits.
         l.running = 1;
-        assert!(l.may_start(1));
+        assert!(l.may_start(1, 1));
         // A large send as before: up to MAX_LARGE_REQUESTS_PER_QUEUE.
-        assert!(lane(MAX_BUSY_REQUESTS_PER_QUEUE, &[LARGE_SEND]).may_start(LARGE_SEND));
-        assert!(!lane(MAX_LARGE_REQUESTS_PER_QUEUE, &[LARGE_SEND]).may_start(LARGE_SEND));
+        assert!(lane(MAX_BUSY_REQUESTS_PER_QUEUE, &[LARGE_SEND]).may_start(LARGE_SEND, LARGE_SEND));
+        assert!(
+            !lane(MAX_LARGE_REQUESTS_PER_QUEUE, &[LARGE_SEND]).may_start(LARGE_SEND, LARGE_SEND)
+        );
+    }
+
+    #[test]
+    fn sends_as_large_as_a_request_are_bounded_by_their_bytes_in_flight() {
+        let mib = 1 << 20;
+        // 1 MiB: four in flight, as many as fit in MAX_LARGE_BYTES_IN_FLIGHT.
+        assert!(lane(0, &[1]).may_start(1, mib));
+        assert!(lane(3, &[1]).may_start(1, mib));
+        assert!(!lane(4, &[1]).may_start(1, mib));
+        // Whatever else waits: a busy lane does not let more of them start.
+        assert!(!lane(4, &[1; 2 * BUSY_LANE]).may_start(1, mib));
+        // A few bytes over 1 MiB (attributes, say): still four.
+        assert!(lane(3, &[1]).may_start(1, mib + 100));
+        // 2 MiB: two; 4 MiB and more: one at a time, but always one.
+        assert!(lane(1, &[1]).may_start(1, 2 * mib));
+        assert!(!lane(2, &[1]).may_start(1, 2 * mib));
+        assert!(lane(0, &[1]).may_start(1, 8 * mib));
+        assert!(!lane(1, &[1]).may_start(1, MAX_LARGE_BYTES_IN_FLIGHT));
+        // Just under MAX_COALESCED_BYTES a send is an ordinary one: two in flight.
+        assert!(!lane(2, &[1]).may_start(1, MAX_COALESCED_BYTES - 1));
     }
 
     #[test]
@@ -378,9 +422,19 @@ mod tests {
         let mut l = lane(3, &[BUSY_LANE, 1]);
         assert!(!l.past_busy());
         assert_eq!(l.pop().map(|w| w.messages.len()), Some(BUSY_LANE));
-        assert_eq!(l.queued, 1);
+        assert_eq!((l.queued, l.queued_bytes), (1, 1));
         assert!(l.past_busy());
         assert!(l.pop().is_some());
         assert_eq!((l.queued, l.pop().is_none()), (0, true));
+        // A send of MAX_COALESCED_BYTES is a request's worth on its own.
+        let mut l = lane(3, &[]);
+        l.push(Waiter {
+            messages: vec![SendEntry::new(vec![0u8; MAX_COALESCED_BYTES])],
+            bytes: MAX_COALESCED_BYTES,
+            reply: oneshot::channel().0,
+        });
+        assert!(!l.past_busy());
+        assert!(l.pop().is_some());
+        assert_eq!((l.queued_bytes, l.past_busy()), (0, true));
     }
 }

@@ -913,8 +913,9 @@ impl Client {
     ///
     /// Concurrent sends to the same queue through this client (or its clones) share
     /// requests: up to 2 requests per queue go out at once (4 while 64 messages or more
-    /// wait for them, 8 for sends of 32 messages or more), and sends made while they are
-    /// in flight leave together in the next one (see `ClientConfig::coalesce_sends`).
+    /// wait for them, 8 for sends of 32 messages or more, and sends of 1 MiB or more one
+    /// request each, as many as keep 4 MiB in flight), and sends made while they are in
+    /// flight leave together in the next one (see `ClientConfig::coalesce_sends`).
     /// Each call still returns its own ids once they are durable, and an error only for
     /// its own messages.
     pub async fn send(
