@@ -4,14 +4,14 @@
 //! ([`MAX_BUSY_REQUESTS_PER_QUEUE`] while [`BUSY_LANE`] messages or more wait in it, and
 //! [`MAX_LARGE_REQUESTS_PER_QUEUE`] for a send of [`LARGE_SEND`] messages or more, which
 //! shares its request's cost already, and [`MAX_LARGE_BYTES_IN_FLIGHT`] for sends of
-//! [`MAX_COALESCED_BYTES`] or more, which travel alone). A send that finds a free place goes out at once,
-//! alone, so a lone sender waits for nothing; while every place is taken, new sends wait
-//! in the lane, and the next place to free up takes all of them (up to [`MAX_BATCH`]
-//! messages and [`MAX_COALESCED_BYTES`]) in one request, after letting the callers it has
-//! just answered run, so that those sending again at once go in that request too. Each
-//! caller still gets its own message ids, after the node has stored the request durably;
-//! what changes is how many requests (QUIC streams, frames, Raft proposals) the node
-//! handles per message.
+//! [`MAX_COALESCED_BYTES`] or more, which travel alone). A send that finds a free place
+//! goes out at once, alone, so a lone sender waits for nothing; while every place is
+//! taken, new sends wait in the lane, and the next place to free up takes all of them (up
+//! to [`MAX_BATCH`] messages and [`MAX_COALESCED_BYTES`]) in one request, after letting
+//! the callers it has just answered run, so that those sending again at once go in that
+//! request too. Each caller still gets its own message ids, after the node has stored the
+//! request durably; what changes is how many requests (QUIC streams, frames, Raft
+//! proposals) the node handles per message.
 //!
 //! Errors stay each caller's own: when the node refuses a shared request for something a
 //! message did (too large, a bad attribute), nothing of it was stored, and each caller's
@@ -69,7 +69,7 @@ pub const MAX_COALESCED_BYTES: usize = 1024 * 1024;
 /// 2 MiB, 1 of 4 MiB or more. Without a bound, a producer keeping 64 sends of 1 MiB in
 /// flight put 64 MiB on the wire at once; the node's UDP receive buffer (4 MiB, as
 /// [`SOCKET_BUFFER`](super::udp::SOCKET_BUFFER) asks) overflowed, QUIC took the drops for
-/// congestion, and the queue took 100-157 MiB/s against 220-295 MiB/s with 2-8 sends in
+/// congestion, and the queue took 100-157 MiB/s against 196-295 MiB/s with 2-16 sends in
 /// flight (BENCHMARKS.md, "Sends of 1 MiB").
 pub const MAX_LARGE_BYTES_IN_FLIGHT: usize = super::udp::SOCKET_BUFFER;
 

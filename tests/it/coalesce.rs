@@ -131,3 +131,49 @@ async fn a_bad_message_in_a_shared_request_fails_alone() {
     let d = c.describe_queue("small").await.unwrap();
     assert_eq!(d.counts.visible, 99);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_of_a_megabyte_go_one_per_request_and_all_arrive_whole() {
+    let port = crate::common::free_tcp_addr();
+    let node = Node::start_with(&["--metrics-listen", &port.to_string()]);
+    let c = node.client().await;
+    c.create_queue("large", QueuePatch::default())
+        .await
+        .unwrap();
+    let before = sends_seen(port);
+    // More at once than the lane lets into flight (4 MiB of them): the rest wait in it.
+    const SENDS: usize = 12;
+    // 1 MiB, the most a shared request carries (the client's `MAX_COALESCED_BYTES`).
+    let body = |i: usize| vec![i as u8; 1 << 20];
+    let tasks: Vec<_> = (0..SENDS)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move { c.send("large", vec![SendEntry::new(body(i))]).await })
+        })
+        .collect();
+    let mut ids = HashSet::new();
+    for t in tasks {
+        let got = t.await.unwrap().expect("send of 1 MiB");
+        assert_eq!(got.len(), 1);
+        assert!(ids.insert(got[0]), "id {} given twice", got[0]);
+    }
+    // None shares a request: each is as large as a request may carry.
+    assert_eq!(sends_seen(port) - before, SENDS as f64);
+    let mut seen = HashSet::new();
+    while seen.len() < SENDS {
+        let got = c.receive("large", 4, None, Some(1000)).await.unwrap();
+        assert!(!got.is_empty(), "only {} of {SENDS} arrived", seen.len());
+        for d in &got {
+            let first = d.message.body[0] as usize;
+            assert_eq!(
+                d.message.body,
+                body(first),
+                "message {first} came back changed"
+            );
+            assert!(ids.contains(&d.message.id) && seen.insert(first));
+        }
+        c.ack("large", got.iter().map(|d| d.receipt).collect())
+            .await
+            .unwrap();
+    }
+}
