@@ -163,7 +163,9 @@ pub struct ClientConfig {
     /// doubling up to 2 s (plus up to 25% jitter), before the refusal is returned.
     pub throttle_retries: u32,
     /// Concurrent [`Client::send`] calls to one queue share requests once 2 are in
-    /// flight (up to 4 while many wait; see [`Client::send`]). On by default.
+    /// flight (up to 4 while many wait; see [`Client::send`]). On by default. Off, every
+    /// send goes out at once in a request of its own, with no bound per queue: sends of
+    /// 1 MiB or more too, which are otherwise kept to 4 MiB in flight.
     pub coalesce_sends: bool,
 }
 
