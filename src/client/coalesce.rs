@@ -183,8 +183,9 @@ impl Client {
     ) -> Result<Vec<u64>, ClientError> {
         let bytes = size(&messages);
         let n = messages.len();
-        // A send as large as a request may be goes alone, but through the lane, which
-        // bounds how many of them are in flight (see `Lane::may_start`).
+        // Nothing to share: an empty send, or one of MAX_BATCH messages that are small
+        // together, goes out at once. One of MAX_COALESCED_BYTES or more also travels
+        // alone, but through the lane, which bounds how many are in flight (`may_start`).
         if messages.is_empty()
             || (messages.len() >= MAX_BATCH as usize && bytes < MAX_COALESCED_BYTES)
         {

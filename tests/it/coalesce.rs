@@ -19,14 +19,18 @@ fn sends_seen(port: std::net::SocketAddr) -> f64 {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_sends_share_requests_and_each_gets_its_own_ids() {
+/// A node serving its metrics, a client of it, and queue `queue` created on it.
+async fn node_with_queue(queue: &str) -> (Node, mqd::client::Client, std::net::SocketAddr) {
     let port = crate::common::free_tcp_addr();
     let node = Node::start_with(&["--metrics-listen", &port.to_string()]);
     let c = node.client().await;
-    c.create_queue("shared", QueuePatch::default())
-        .await
-        .unwrap();
+    c.create_queue(queue, QueuePatch::default()).await.unwrap();
+    (node, c, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sends_share_requests_and_each_gets_its_own_ids() {
+    let (node, c, port) = node_with_queue("shared").await;
     let before = sends_seen(port);
 
     let tasks: Vec<_> = (0..200)
@@ -134,12 +138,7 @@ async fn a_bad_message_in_a_shared_request_fails_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_of_a_megabyte_go_one_per_request_and_all_arrive_whole() {
-    let port = crate::common::free_tcp_addr();
-    let node = Node::start_with(&["--metrics-listen", &port.to_string()]);
-    let c = node.client().await;
-    c.create_queue("large", QueuePatch::default())
-        .await
-        .unwrap();
+    let (_node, c, port) = node_with_queue("large").await;
     let before = sends_seen(port);
     // More at once than the lane lets into flight (4 MiB of them): the rest wait in it.
     const SENDS: usize = 12;
