@@ -20,7 +20,9 @@ use tracing::Instrument;
 use crate::cluster::{ClusterLayout, Node};
 use crate::config::Config;
 use crate::frontend::{Frontend, Session};
-use crate::protocol::{decode_header, encode_error, Request, Status, HEADER_LEN, MAX_FRAME};
+use crate::protocol::{
+    decode_header, encode_error, Opcode, Request, Status, HEADER_LEN, MAX_FRAME,
+};
 
 /// How long a client may take to deliver one request frame.
 const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -36,6 +38,18 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 /// Most request body bytes buffered at once across all connections (256 MiB); a request
 /// waits for room rather than growing memory without bound.
 const MAX_BUFFERED_BODY_KIB: usize = 256 * 1024;
+/// Connection-level QUIC receive window of a connection until it has authenticated: a
+/// client until its `HELLO` succeeds, a peer until its handshake is done. QUIC bytes
+/// received and not yet read by a request's task stay in quinn's memory (a read waits
+/// while [`MAX_BUFFERED_BODY_KIB`] is taken), up to the window; quinn's default window is
+/// unbounded at the connection level, 1.25 MB on each of a connection's 1,024 streams. So
+/// a connection that never authenticates makes the node hold at most this much.
+const UNAUTHENTICATED_WINDOW: u32 = 64 << 10;
+/// The window once a client's `HELLO` has succeeded: one largest frame. Larger than what
+/// the client library keeps unacknowledged on a connection (quinn's 10 MB send window),
+/// so it does not slow the library; it bounds what any client's connection can make the
+/// node hold.
+const CLIENT_WINDOW: u32 = MAX_FRAME as u32;
 /// How long shutdown waits for requests in progress before closing connections.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a finished response may take to be acknowledged by the client before its
@@ -80,6 +94,7 @@ fn server_config(creds: &tls::Credentials) -> Result<quinn::ServerConfig, Server
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_crypto));
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_bidi_streams(MAX_STREAMS_PER_CONNECTION.into());
+    transport.receive_window(UNAUTHENTICATED_WINDOW.into());
     transport.max_concurrent_uni_streams(0u32.into());
     crate::client::udp::discover_mtu(&mut transport);
     transport.max_idle_timeout(Some(
@@ -255,6 +270,7 @@ pub async fn run(
                     async move {
                         match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
                             Ok(Ok(conn)) if crate::peer::alpn(&conn).is_some_and(|a| crate::peer::is_peer_alpn(&a)) => {
+                                peer_window(&conn);
                                 crate::peer::serve_peer_connection(conn, router).await
                             }
                             Ok(Ok(conn)) => serve_connection(conn, fe, budget, tracker, stop).await,
@@ -355,9 +371,10 @@ async fn serve_connection(
         let budget = budget.clone();
         let guard = tracker.guard();
         let shutdown = shutdown.clone();
+        let conn = conn.clone();
         tokio::spawn(
             async move {
-                serve_stream(send, recv, &fe, &session, &budget, &shutdown).await;
+                serve_stream(send, recv, &conn, &fe, &session, &budget, &shutdown).await;
                 drop(guard);
             }
             .in_current_span(),
@@ -373,8 +390,33 @@ enum ReadError {
     Gone,
 }
 
+/// Refuses, from its header, a frame a connection may not send before it has
+/// authenticated: anything but `HELLO` and `PING` (which the front end would refuse
+/// anyway, after the body had been read and had taken room in the body budget), and a
+/// `HELLO` or `PING` larger than the connection's window then.
+fn refused_before_hello(h: &crate::protocol::Header) -> Option<ReadError> {
+    let code = h.code;
+    if code != Opcode::Hello as u16 && code != Opcode::Ping as u16 {
+        return Some(ReadError::Refuse(
+            Status::Unauthenticated,
+            "send HELLO with a valid token before other requests".into(),
+        ));
+    }
+    if h.body_len > UNAUTHENTICATED_WINDOW as usize {
+        return Some(ReadError::Refuse(
+            Status::FrameTooLarge,
+            format!(
+                "a HELLO or PING body is at most {UNAUTHENTICATED_WINDOW} bytes before the connection has authenticated; this one announces {}",
+                h.body_len
+            ),
+        ));
+    }
+    None
+}
+
 async fn read_frame(
     recv: &mut quinn::RecvStream,
+    session: &Session,
     budget: &Semaphore,
 ) -> Result<(u16, Bytes), ReadError> {
     let mut header = [0u8; HEADER_LEN];
@@ -389,6 +431,11 @@ async fn read_frame(
         Err(quinn::ReadExactError::ReadError(_)) => return Err(ReadError::Gone),
     }
     let h = decode_header(&header).map_err(|e| ReadError::Refuse(e.status(), e.to_string()))?;
+    if !session.authenticated() {
+        if let Some(refusal) = refused_before_hello(&h) {
+            return Err(refusal);
+        }
+    }
     let _permit = budget
         .acquire_many((h.body_len / 1024 + 1).min(MAX_BUFFERED_BODY_KIB) as u32)
         .await
@@ -438,9 +485,22 @@ pub(crate) async fn read_exactly(
     Ok(body)
 }
 
+/// Grants an authenticated client's connection its full receive window.
+fn client_window(conn: &quinn::Connection) {
+    conn.set_receive_window(CLIENT_WINDOW.into());
+}
+
+/// Grants a peer's connection (mutual TLS: authenticated by its handshake) quinn's
+/// default, unbounded, connection-level window: replication and snapshots are paced by
+/// Raft and by each stream's window.
+fn peer_window(conn: &quinn::Connection) {
+    conn.set_receive_window(quinn::VarInt::MAX);
+}
+
 async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
+    conn: &quinn::Connection,
     fe: &Frontend,
     session: &Session,
     budget: &Semaphore,
@@ -449,7 +509,7 @@ async fn serve_stream(
     // A request still arriving when the node starts to stop is not waited for: it is
     // answered SHUTTING_DOWN at once, so a slow or stalled client cannot hold up a stop.
     let read = tokio::select! {
-        r = tokio::time::timeout(REQUEST_READ_TIMEOUT, read_frame(&mut recv, budget)) => Some(r),
+        r = tokio::time::timeout(REQUEST_READ_TIMEOUT, read_frame(&mut recv, session, budget)) => Some(r),
         _ = wait_true(shutdown.clone()) => None,
     };
     let mut frame = match read {
@@ -468,13 +528,21 @@ async fn serve_stream(
         }
         Some(Ok(Ok((code, body)))) => match Request::decode(code, body) {
             Err(e) => vec![encode_error(e.status(), &e.to_string())],
-            // Boxed: the handler's future is large, and inline it would be copied into
-            // every stream's task when the task is spawned (memmove showed in profiles).
-            Ok(req) => match Box::pin(fe.handle(session, req)).await {
-                // Large bodies stay the `Bytes` the state machine read them into.
-                Ok(resp) => resp.encode_chunks(),
-                Err((status, msg)) => vec![encode_error(status, &msg)],
-            },
+            Ok(req) => {
+                let hello = matches!(req, Request::Hello { .. });
+                // Boxed: the handler's future is large, and inline it would be copied into
+                // every stream's task when the task is spawned (memmove showed in profiles).
+                match Box::pin(fe.handle(session, req)).await {
+                    // Large bodies stay the `Bytes` the state machine read them into.
+                    Ok(resp) => {
+                        if hello {
+                            client_window(conn);
+                        }
+                        resp.encode_chunks()
+                    }
+                    Err((status, msg)) => vec![encode_error(status, &msg)],
+                }
+            }
         },
     };
     // One frame per stream: whatever else the client sent is not read.
@@ -568,6 +636,87 @@ mod tests {
             let back = recv.read_to_end(size).await.unwrap();
             assert_eq!(back.len(), size);
         }
+    }
+
+    /// Writes to `conn` stream after stream, 1 MiB on each (inside a stream's window), and
+    /// counts the bytes quinn takes. Against a server that reads nothing, the count stops
+    /// at the connection-level window the server grants.
+    fn keep_writing(conn: quinn::Connection) -> Arc<std::sync::atomic::AtomicUsize> {
+        use std::sync::atomic::Ordering;
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = count.clone();
+        tokio::spawn(async move {
+            let chunk = vec![0x5a_u8; 16 << 10];
+            let mut open = Vec::new();
+            while let Ok((mut send, recv)) = conn.open_bi().await {
+                for _ in 0..64 {
+                    if send.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                    counted.fetch_add(chunk.len(), Ordering::Relaxed);
+                }
+                open.push((send, recv));
+            }
+        });
+        count
+    }
+
+    /// Waits (up to 20 s) for `count` to reach `at_least`, then 300 ms more; its value then.
+    async fn count_after(count: &std::sync::atomic::AtomicUsize, at_least: usize) -> usize {
+        use std::sync::atomic::Ordering;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while count.load(Ordering::Relaxed) < at_least && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        count.load(Ordering::Relaxed)
+    }
+
+    /// A connection that has not authenticated can make the node hold at most
+    /// `UNAUTHENTICATED_WINDOW` bytes it has not read; an authenticated client
+    /// `CLIENT_WINDOW` in all; a peer more than that (the connection does not bound it).
+    #[tokio::test]
+    async fn what_a_connection_can_make_the_node_hold_depends_on_who_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = tls::ensure(dir.path(), &[]).unwrap();
+        let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let (server, _) = udp::endpoint(loopback, Some(server_config(&creds).unwrap())).unwrap();
+        let addr = server.local_addr().unwrap();
+        let (conn_tx, mut conn_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(incoming) = server.accept().await {
+                // Kept, and nothing on them read.
+                let _ = conn_tx.send(incoming.await.unwrap());
+            }
+        });
+        let ca = std::fs::read(dir.path().join(tls::CA_CERT)).unwrap();
+        let client = crate::client::ClientConfig::new(vec![addr], ca, String::new());
+        let (endpoint, _) = udp::endpoint(loopback, None).unwrap();
+        let connect = |config| {
+            endpoint
+                .connect_with(config, addr, crate::protocol::TLS_SERVER_NAME)
+                .unwrap()
+        };
+
+        let conn = connect(crate::client::quic_config(&client).unwrap())
+            .await
+            .unwrap();
+        let served = conn_rx.recv().await.unwrap();
+        let written = keep_writing(conn);
+        let limit = UNAUTHENTICATED_WINDOW as usize;
+        assert_eq!(count_after(&written, limit).await, limit);
+        client_window(&served);
+        let limit = CLIENT_WINDOW as usize;
+        assert_eq!(count_after(&written, limit).await, limit);
+
+        let peer = connect(crate::peer::client_config(&creds).unwrap())
+            .await
+            .unwrap();
+        let served_peer = conn_rx.recv().await.unwrap();
+        peer_window(&served_peer);
+        let written = keep_writing(peer);
+        assert!(count_after(&written, limit + (1 << 20)).await > limit);
+        drop((served, served_peer));
     }
 
     /// A client's and a peer's connections to a node's endpoint grow their packets, both

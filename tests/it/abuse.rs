@@ -112,6 +112,73 @@ async fn streams_opened_and_never_finished_leave_the_node_serving() {
     drop(streams);
 }
 
+/// Frames a connection sends before it has said HELLO cannot take the node's body budget
+/// (256 MiB for all connections together): anything but HELLO and PING is refused
+/// `UNAUTHENTICATED` from its header, before its body is read, and a HELLO larger than
+/// the 64 KiB such a connection may have unread is `FRAME_TOO_LARGE`. Sixteen frames
+/// announcing bodies of 16 MiB whose bodies never come would otherwise hold the whole
+/// budget until the node closed the connection, and every client's sends would wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_before_hello_are_refused_before_their_bodies_take_room() {
+    use bytes::BufMut;
+    use mqd::protocol::{Opcode, Status, MAX_FRAME, VERSION};
+
+    let node = Node::start();
+    let c = node.client().await;
+    c.create_queue("q", QueuePatch::default()).await.unwrap();
+    let stranger = try_raw_connection(&node).await.expect("handshake");
+    let header = |code: Opcode, body_len: usize| {
+        let mut b = bytes::BytesMut::new();
+        b.put_u32(body_len as u32 + 4);
+        b.put_u8(VERSION);
+        b.put_u8(0);
+        b.put_u16(code as u16);
+        b
+    };
+    let largest = MAX_FRAME - 8;
+    let mut frames = vec![(header(Opcode::Send, largest), Status::Unauthenticated); 16];
+    frames.push((header(Opcode::Hello, (64 << 10) + 1), Status::FrameTooLarge));
+    let mut streams = Vec::new();
+    for (frame, _) in &frames {
+        // The header alone: its body never comes.
+        let (mut send, recv) = stranger.open_bi().await.unwrap();
+        send.write_all(frame).await.unwrap();
+        streams.push((send, recv));
+    }
+    for (i, (_send, recv)) in streams.iter_mut().enumerate() {
+        let answer = tokio::time::timeout(Duration::from_secs(20), recv.read_to_end(1 << 20))
+            .await
+            .unwrap_or_else(|_| panic!("frame {i} not answered from its header"))
+            .unwrap_or_else(|e| panic!("frame {i}: {e}"));
+        let status = Status::from_u16(u16::from_be_bytes([answer[6], answer[7]]));
+        assert_eq!(status, Some(frames[i].1), "frame {i}");
+    }
+    // Meanwhile an authenticated client sends and receives a message of 1 MiB.
+    let body = bytes::Bytes::from(vec![0x42_u8; 1 << 20]);
+    c.send("q", vec![SendEntry::new(body.clone())])
+        .await
+        .expect("a send beside the stranger's frames");
+    let got = c.receive("q", 1, None, Some(0)).await.expect("receive");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].message.body, body);
+    // The stranger may still say HELLO and be served.
+    drop(streams);
+    let token = std::fs::read_to_string(node.dir().join("admin.token")).unwrap();
+    let frame = mqd::protocol::Request::Hello {
+        token: token.trim().into(),
+        client: "stranger".into(),
+    }
+    .encode();
+    let (mut send, mut recv) = stranger.open_bi().await.unwrap();
+    send.write_all(&frame).await.unwrap();
+    send.finish().unwrap();
+    let answer = recv.read_to_end(1 << 20).await.unwrap();
+    assert_eq!(
+        Status::from_u16(u16::from_be_bytes([answer[6], answer[7]])),
+        Some(Status::Ok)
+    );
+}
+
 /// The node's `mqd_auth_lookups_total` with this outcome, in a scrape's `body`.
 fn lookups(body: &str, outcome: &str) -> f64 {
     let prefix = format!("mqd_auth_lookups_total{{outcome=\"{outcome}\"}}");

@@ -320,7 +320,8 @@ async fn a_request_still_arriving_at_shutdown_gets_shutting_down() {
     let conn = crate::common::raw_connection(&node).await;
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     // Half a frame: the header promises 100 body bytes, 10 arrive, the stream stays open.
-    let mut f = header(104, VERSION, 0, Opcode::Send as u16);
+    // A HELLO, the one request whose body a connection that has not authenticated may send.
+    let mut f = header(104, VERSION, 0, Opcode::Hello as u16);
     f.put_slice(&[0u8; 10]);
     send.write_all(&f).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
