@@ -40,16 +40,15 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 const MAX_BUFFERED_BODY_KIB: usize = 256 * 1024;
 /// Connection-level QUIC receive window of a connection until it has authenticated: a
 /// client until its `HELLO` succeeds, a peer until its handshake is done. QUIC bytes
-/// received and not yet read by a request's task stay in quinn's memory (a read waits
-/// while [`MAX_BUFFERED_BODY_KIB`] is taken), up to the window; quinn's default window is
-/// unbounded at the connection level, 1.25 MB on each of a connection's 1,024 streams. So
-/// a connection that never authenticates makes the node hold at most this much.
+/// received and not yet read by a request's task stay in quinn's memory, up to the
+/// window, so a connection that never authenticates makes the node hold at most this.
+///
+/// Authenticated connections get quinn's default back: unbounded at the connection
+/// level, 1.25 MB on each stream ([`authenticated_window`]). A bound there would let
+/// the streams waiting for room in the body budget ([`MAX_BUFFERED_BODY_KIB`]), whose
+/// bytes stay unread, fill the window and starve the streams that hold room and are
+/// being read, on the same connection, until their 30 s read timeout.
 const UNAUTHENTICATED_WINDOW: u32 = 64 << 10;
-/// The window once a client's `HELLO` has succeeded: one largest frame. Larger than what
-/// the client library keeps unacknowledged on a connection (quinn's 10 MB send window),
-/// so it does not slow the library; it bounds what any client's connection can make the
-/// node hold.
-const CLIENT_WINDOW: u32 = MAX_FRAME as u32;
 /// How long shutdown waits for requests in progress before closing connections.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a finished response may take to be acknowledged by the client before its
@@ -270,7 +269,7 @@ pub async fn run(
                     async move {
                         match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
                             Ok(Ok(conn)) if crate::peer::alpn(&conn).is_some_and(|a| crate::peer::is_peer_alpn(&a)) => {
-                                peer_window(&conn);
+                                authenticated_window(&conn);
                                 crate::peer::serve_peer_connection(conn, router).await
                             }
                             Ok(Ok(conn)) => serve_connection(conn, fe, budget, tracker, stop).await,
@@ -485,15 +484,10 @@ pub(crate) async fn read_exactly(
     Ok(body)
 }
 
-/// Grants an authenticated client's connection its full receive window.
-fn client_window(conn: &quinn::Connection) {
-    conn.set_receive_window(CLIENT_WINDOW.into());
-}
-
-/// Grants a peer's connection (mutual TLS: authenticated by its handshake) quinn's
-/// default, unbounded, connection-level window: replication and snapshots are paced by
-/// Raft and by each stream's window.
-fn peer_window(conn: &quinn::Connection) {
+/// Gives an authenticated connection (a client's after its `HELLO`, a peer's after its
+/// mutual-TLS handshake) quinn's default connection-level window, unbounded: each stream
+/// is bounded by its own window (see [`UNAUTHENTICATED_WINDOW`]).
+fn authenticated_window(conn: &quinn::Connection) {
     conn.set_receive_window(quinn::VarInt::MAX);
 }
 
@@ -536,7 +530,7 @@ async fn serve_stream(
                     // Large bodies stay the `Bytes` the state machine read them into.
                     Ok(resp) => {
                         if hello {
-                            client_window(conn);
+                            authenticated_window(conn);
                         }
                         resp.encode_chunks()
                     }
@@ -638,9 +632,9 @@ mod tests {
         }
     }
 
-    /// Writes to `conn` stream after stream, 1 MiB on each (inside a stream's window), and
-    /// counts the bytes quinn takes. Against a server that reads nothing, the count stops
-    /// at the connection-level window the server grants.
+    /// Writes to `conn` stream after stream, 1 MiB on each (inside a stream's window), up
+    /// to 24 MiB, and counts the bytes quinn takes. Against a server that reads nothing,
+    /// the count stops at the connection-level window the server grants.
     fn keep_writing(conn: quinn::Connection) -> Arc<std::sync::atomic::AtomicUsize> {
         use std::sync::atomic::Ordering;
         let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -648,7 +642,10 @@ mod tests {
         tokio::spawn(async move {
             let chunk = vec![0x5a_u8; 16 << 10];
             let mut open = Vec::new();
-            while let Ok((mut send, recv)) = conn.open_bi().await {
+            while counted.load(Ordering::Relaxed) < 24 << 20 {
+                let Ok((mut send, recv)) = conn.open_bi().await else {
+                    return;
+                };
                 for _ in 0..64 {
                     if send.write_all(&chunk).await.is_err() {
                         return;
@@ -673,8 +670,8 @@ mod tests {
     }
 
     /// A connection that has not authenticated can make the node hold at most
-    /// `UNAUTHENTICATED_WINDOW` bytes it has not read; an authenticated client
-    /// `CLIENT_WINDOW` in all; a peer more than that (the connection does not bound it).
+    /// `UNAUTHENTICATED_WINDOW` bytes it has not read; once it has, a client or a peer is
+    /// bounded by its streams' windows only (17 MiB and more, 1 MiB a stream).
     #[tokio::test]
     async fn what_a_connection_can_make_the_node_hold_depends_on_who_it_is() {
         let dir = tempfile::tempdir().unwrap();
@@ -705,17 +702,18 @@ mod tests {
         let written = keep_writing(conn);
         let limit = UNAUTHENTICATED_WINDOW as usize;
         assert_eq!(count_after(&written, limit).await, limit);
-        client_window(&served);
-        let limit = CLIENT_WINDOW as usize;
-        assert_eq!(count_after(&written, limit).await, limit);
+        authenticated_window(&served);
+        let beyond = 17 << 20;
+        assert!(count_after(&written, beyond).await >= beyond);
 
         let peer = connect(crate::peer::client_config(&creds).unwrap())
             .await
             .unwrap();
         let served_peer = conn_rx.recv().await.unwrap();
-        peer_window(&served_peer);
         let written = keep_writing(peer);
-        assert!(count_after(&written, limit + (1 << 20)).await > limit);
+        assert_eq!(count_after(&written, limit).await, limit);
+        authenticated_window(&served_peer);
+        assert!(count_after(&written, beyond).await >= beyond);
         drop((served, served_peer));
     }
 
