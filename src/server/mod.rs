@@ -38,6 +38,12 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 /// Most request body bytes buffered at once across all connections (256 MiB); a request
 /// waits for room rather than growing memory without bound.
 const MAX_BUFFERED_BODY_KIB: usize = 256 * 1024;
+/// Most of [`MAX_BUFFERED_BODY_KIB`] one connection's requests hold at once (64 MiB), so
+/// that a client announcing bodies it is slow to send, or never sends, cannot take room
+/// every other client needs for up to [`REQUEST_READ_TIMEOUT`]. Far more than a
+/// connection can have on the way: the client library keeps at most quinn's 10 MB send
+/// window unacknowledged.
+const MAX_CONNECTION_BODY_KIB: usize = 64 * 1024;
 /// Connection-level QUIC receive window of a connection until it has authenticated: a
 /// client until its `HELLO` succeeds, a peer until its handshake is done. QUIC bytes
 /// received and not yet read by a request's task stay in quinn's memory, up to the
@@ -333,11 +339,15 @@ pub async fn run(
 async fn serve_connection(
     conn: quinn::Connection,
     fe: Arc<Frontend>,
-    budget: Arc<Semaphore>,
+    node_budget: Arc<Semaphore>,
     tracker: tracker::Tracker,
     shutdown: watch::Receiver<bool>,
 ) {
     let session = Arc::new(Session::new(conn.remote_address()));
+    let budget = Arc::new(BodyBudget {
+        node: node_budget,
+        connection: Semaphore::new(MAX_CONNECTION_BODY_KIB),
+    });
     tracing::debug!("connection established");
     // Closed if it has not said HELLO in time; the task ends with the connection.
     {
@@ -381,6 +391,12 @@ async fn serve_connection(
     }
 }
 
+/// Room for request bodies being read, in KiB: the node's, and one connection's part of it.
+struct BodyBudget {
+    node: Arc<Semaphore>,
+    connection: Semaphore,
+}
+
 /// What went wrong reading a request frame.
 enum ReadError {
     /// Answer with this status and close the stream.
@@ -416,7 +432,7 @@ fn refused_before_hello(h: &crate::protocol::Header) -> Option<ReadError> {
 async fn read_frame(
     recv: &mut quinn::RecvStream,
     session: &Session,
-    budget: &Semaphore,
+    budget: &BodyBudget,
 ) -> Result<(u16, Bytes), ReadError> {
     let mut header = [0u8; HEADER_LEN];
     match recv.read_exact(&mut header).await {
@@ -435,8 +451,16 @@ async fn read_frame(
             return Err(refusal);
         }
     }
+    // A frame is at most 16 MiB, well inside both.
+    let kib = (h.body_len / 1024 + 1).min(MAX_CONNECTION_BODY_KIB) as u32;
+    let _own = budget
+        .connection
+        .acquire_many(kib)
+        .await
+        .map_err(|_| ReadError::Gone)?;
     let _permit = budget
-        .acquire_many((h.body_len / 1024 + 1).min(MAX_BUFFERED_BODY_KIB) as u32)
+        .node
+        .acquire_many(kib)
         .await
         .map_err(|_| ReadError::Gone)?;
     match read_exactly(recv, h.body_len).await {
@@ -497,7 +521,7 @@ async fn serve_stream(
     conn: &quinn::Connection,
     fe: &Frontend,
     session: &Session,
-    budget: &Semaphore,
+    budget: &BodyBudget,
     shutdown: &watch::Receiver<bool>,
 ) {
     // A request still arriving when the node starts to stop is not waited for: it is

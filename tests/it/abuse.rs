@@ -179,6 +179,62 @@ async fn frames_before_hello_are_refused_before_their_bodies_take_room() {
     );
 }
 
+/// A client that has said HELLO and announces bodies it never sends holds at most 64 MiB
+/// of the node's 256 MiB body budget, so the other clients' sends go on. Here sixteen
+/// frames announce 16 MiB each, the whole budget; before the per-connection share every
+/// other client's send waited for their reads to time out (30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_announcing_bodies_it_never_sends_leaves_room_for_the_others() {
+    use bytes::BufMut;
+    use mqd::protocol::{Opcode, Request, Status, MAX_FRAME, VERSION};
+
+    let node = Node::start();
+    let c = node.client().await;
+    c.create_queue("q", QueuePatch::default()).await.unwrap();
+    let hog = try_raw_connection(&node).await.expect("handshake");
+    let token = std::fs::read_to_string(node.dir().join("admin.token")).unwrap();
+    let hello = Request::Hello {
+        token: token.trim().into(),
+        client: "hog".into(),
+    }
+    .encode();
+    let (mut send, mut recv) = hog.open_bi().await.unwrap();
+    send.write_all(&hello).await.unwrap();
+    send.finish().unwrap();
+    let answer = recv.read_to_end(1 << 20).await.unwrap();
+    assert_eq!(
+        Status::from_u16(u16::from_be_bytes([answer[6], answer[7]])),
+        Some(Status::Ok)
+    );
+    let mut streams = Vec::new();
+    for _ in 0..16 {
+        let mut header = bytes::BytesMut::new();
+        header.put_u32((MAX_FRAME - 4) as u32);
+        header.put_u8(VERSION);
+        header.put_u8(0);
+        header.put_u16(Opcode::Send as u16);
+        let (mut send, recv) = hog.open_bi().await.unwrap();
+        send.write_all(&header).await.unwrap();
+        streams.push((send, recv));
+    }
+    // Let the node read the headers and take what room it gives them.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..5 {
+        served(&c, &format!("beside the announced bodies {i}")).await;
+    }
+    // The hog's frames are still waiting for their bodies: none has been answered (their
+    // reads time out after 30 s), so the sends above did not wait for that.
+    for (i, (_send, recv)) in streams.iter_mut().enumerate() {
+        let mut byte = [0u8; 1];
+        assert!(
+            tokio::time::timeout(Duration::ZERO, recv.read(&mut byte))
+                .await
+                .is_err(),
+            "frame {i} was answered already"
+        );
+    }
+}
+
 /// The node's `mqd_auth_lookups_total` with this outcome, in a scrape's `body`.
 fn lookups(body: &str, outcome: &str) -> f64 {
     let prefix = format!("mqd_auth_lookups_total{{outcome=\"{outcome}\"}}");
