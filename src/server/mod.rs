@@ -656,6 +656,30 @@ mod tests {
         }
     }
 
+    /// A node's endpoint on loopback (this module's server configuration, credentials in
+    /// `dir`), its address, and the configurations a client and a peer connect with.
+    fn loopback_node(
+        dir: &std::path::Path,
+    ) -> (
+        quinn::Endpoint,
+        SocketAddr,
+        [(&'static str, quinn::ClientConfig); 2],
+    ) {
+        let creds = tls::ensure(dir, &[]).unwrap();
+        let (server, _) = udp::endpoint(LOOPBACK, Some(server_config(&creds).unwrap())).unwrap();
+        let addr = server.local_addr().unwrap();
+        let ca = std::fs::read(dir.join(tls::CA_CERT)).unwrap();
+        let client = crate::client::ClientConfig::new(vec![addr], ca, String::new());
+        let configs = [
+            ("client", crate::client::quic_config(&client).unwrap()),
+            ("peer", crate::peer::client_config(&creds).unwrap()),
+        ];
+        (server, addr, configs)
+    }
+
+    const LOOPBACK: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
     /// Writes to `conn` stream after stream, 1 MiB on each (inside a stream's window), up
     /// to 24 MiB, and counts the bytes quinn takes. Against a server that reads nothing,
     /// the count stops at the connection-level window the server grants.
@@ -699,10 +723,7 @@ mod tests {
     #[tokio::test]
     async fn what_a_connection_can_make_the_node_hold_depends_on_who_it_is() {
         let dir = tempfile::tempdir().unwrap();
-        let creds = tls::ensure(dir.path(), &[]).unwrap();
-        let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let (server, _) = udp::endpoint(loopback, Some(server_config(&creds).unwrap())).unwrap();
-        let addr = server.local_addr().unwrap();
+        let (server, addr, [(_, client), (_, peer)]) = loopback_node(dir.path());
         let (conn_tx, mut conn_rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Some(incoming) = server.accept().await {
@@ -710,18 +731,14 @@ mod tests {
                 let _ = conn_tx.send(incoming.await.unwrap());
             }
         });
-        let ca = std::fs::read(dir.path().join(tls::CA_CERT)).unwrap();
-        let client = crate::client::ClientConfig::new(vec![addr], ca, String::new());
-        let (endpoint, _) = udp::endpoint(loopback, None).unwrap();
+        let (endpoint, _) = udp::endpoint(LOOPBACK, None).unwrap();
         let connect = |config| {
             endpoint
                 .connect_with(config, addr, crate::protocol::TLS_SERVER_NAME)
                 .unwrap()
         };
 
-        let conn = connect(crate::client::quic_config(&client).unwrap())
-            .await
-            .unwrap();
+        let conn = connect(client).await.unwrap();
         let served = conn_rx.recv().await.unwrap();
         let written = keep_writing(conn);
         let limit = UNAUTHENTICATED_WINDOW as usize;
@@ -730,9 +747,7 @@ mod tests {
         let beyond = 17 << 20;
         assert!(count_after(&written, beyond).await >= beyond);
 
-        let peer = connect(crate::peer::client_config(&creds).unwrap())
-            .await
-            .unwrap();
+        let peer = connect(peer).await.unwrap();
         let served_peer = conn_rx.recv().await.unwrap();
         let written = keep_writing(peer);
         assert_eq!(count_after(&written, limit).await, limit);
@@ -750,10 +765,7 @@ mod tests {
     #[tokio::test]
     async fn packets_grow_to_the_largest_payload_and_none_is_lost() {
         let dir = tempfile::tempdir().unwrap();
-        let creds = tls::ensure(dir.path(), &[]).unwrap();
-        let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let (server, _) = udp::endpoint(loopback, Some(server_config(&creds).unwrap())).unwrap();
-        let addr = server.local_addr().unwrap();
+        let (server, addr, configs) = loopback_node(dir.path());
         let (stats_tx, mut stats_rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Some(incoming) = server.accept().await {
@@ -769,14 +781,8 @@ mod tests {
                 });
             }
         });
-        let ca = std::fs::read(dir.path().join(tls::CA_CERT)).unwrap();
-        let client = crate::client::ClientConfig::new(vec![addr], ca, String::new());
-        let configs = [
-            ("client", crate::client::quic_config(&client).unwrap()),
-            ("peer", crate::peer::client_config(&creds).unwrap()),
-        ];
         for (what, config) in configs {
-            let (endpoint, _) = udp::endpoint(loopback, None).unwrap();
+            let (endpoint, _) = udp::endpoint(LOOPBACK, None).unwrap();
             let conn = endpoint
                 .connect_with(config, addr, crate::protocol::TLS_SERVER_NAME)
                 .unwrap()

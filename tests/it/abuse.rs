@@ -112,6 +112,46 @@ async fn streams_opened_and_never_finished_leave_the_node_serving() {
     drop(streams);
 }
 
+/// The header of a frame of `code` announcing a body of `body_len` bytes.
+fn frame_header(code: mqd::protocol::Opcode, body_len: usize) -> bytes::BytesMut {
+    use bytes::BufMut;
+    let mut b = bytes::BytesMut::new();
+    b.put_u32(body_len as u32 + 4);
+    b.put_u8(mqd::protocol::VERSION);
+    b.put_u8(0);
+    b.put_u16(code as u16);
+    b
+}
+
+/// Opens a stream on `conn` for each frame header, writes the header and nothing more.
+async fn headers_alone(
+    conn: &quinn::Connection,
+    headers: &[bytes::BytesMut],
+) -> Vec<(quinn::SendStream, quinn::RecvStream)> {
+    let mut streams = Vec::new();
+    for header in headers {
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        send.write_all(header).await.unwrap();
+        streams.push((send, recv));
+    }
+    streams
+}
+
+/// The status of a HELLO with the node's admin token on the bare connection `conn`.
+async fn hello_on(node: &Node, conn: &quinn::Connection) -> Option<mqd::protocol::Status> {
+    let token = std::fs::read_to_string(node.dir().join("admin.token")).unwrap();
+    let frame = mqd::protocol::Request::Hello {
+        token: token.trim().into(),
+        client: "abuse".into(),
+    }
+    .encode();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&frame).await.unwrap();
+    send.finish().unwrap();
+    let answer = recv.read_to_end(1 << 20).await.unwrap();
+    mqd::protocol::Status::from_u16(u16::from_be_bytes([answer[6], answer[7]]))
+}
+
 /// Frames a connection sends before it has said HELLO cannot take the node's body budget
 /// (256 MiB for all connections together): anything but HELLO and PING is refused
 /// `UNAUTHENTICATED` from its header, before its body is read, and a HELLO larger than
@@ -120,38 +160,27 @@ async fn streams_opened_and_never_finished_leave_the_node_serving() {
 /// budget until the node closed the connection, and every client's sends would wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_before_hello_are_refused_before_their_bodies_take_room() {
-    use bytes::BufMut;
-    use mqd::protocol::{Opcode, Status, MAX_FRAME, VERSION};
+    use mqd::protocol::{Opcode, Status, MAX_FRAME};
 
     let node = Node::start();
     let c = node.client().await;
     c.create_queue("q", QueuePatch::default()).await.unwrap();
     let stranger = try_raw_connection(&node).await.expect("handshake");
-    let header = |code: Opcode, body_len: usize| {
-        let mut b = bytes::BytesMut::new();
-        b.put_u32(body_len as u32 + 4);
-        b.put_u8(VERSION);
-        b.put_u8(0);
-        b.put_u16(code as u16);
-        b
-    };
-    let largest = MAX_FRAME - 8;
-    let mut frames = vec![(header(Opcode::Send, largest), Status::Unauthenticated); 16];
-    frames.push((header(Opcode::Hello, (64 << 10) + 1), Status::FrameTooLarge));
-    let mut streams = Vec::new();
-    for (frame, _) in &frames {
-        // The header alone: its body never comes.
-        let (mut send, recv) = stranger.open_bi().await.unwrap();
-        send.write_all(frame).await.unwrap();
-        streams.push((send, recv));
-    }
+    let mut headers = vec![frame_header(Opcode::Send, MAX_FRAME - 8); 16];
+    headers.push(frame_header(Opcode::Hello, (64 << 10) + 1));
+    let mut streams = headers_alone(&stranger, &headers).await;
     for (i, (_send, recv)) in streams.iter_mut().enumerate() {
         let answer = tokio::time::timeout(Duration::from_secs(20), recv.read_to_end(1 << 20))
             .await
             .unwrap_or_else(|_| panic!("frame {i} not answered from its header"))
             .unwrap_or_else(|e| panic!("frame {i}: {e}"));
         let status = Status::from_u16(u16::from_be_bytes([answer[6], answer[7]]));
-        assert_eq!(status, Some(frames[i].1), "frame {i}");
+        let expected = if i < 16 {
+            Status::Unauthenticated
+        } else {
+            Status::FrameTooLarge
+        };
+        assert_eq!(status, Some(expected), "frame {i}");
     }
     // Meanwhile an authenticated client sends and receives a message of 1 MiB.
     let body = bytes::Bytes::from(vec![0x42_u8; 1 << 20]);
@@ -163,60 +192,24 @@ async fn frames_before_hello_are_refused_before_their_bodies_take_room() {
     assert_eq!(got[0].message.body, body);
     // The stranger may still say HELLO and be served.
     drop(streams);
-    let token = std::fs::read_to_string(node.dir().join("admin.token")).unwrap();
-    let frame = mqd::protocol::Request::Hello {
-        token: token.trim().into(),
-        client: "stranger".into(),
-    }
-    .encode();
-    let (mut send, mut recv) = stranger.open_bi().await.unwrap();
-    send.write_all(&frame).await.unwrap();
-    send.finish().unwrap();
-    let answer = recv.read_to_end(1 << 20).await.unwrap();
-    assert_eq!(
-        Status::from_u16(u16::from_be_bytes([answer[6], answer[7]])),
-        Some(Status::Ok)
-    );
+    assert_eq!(hello_on(&node, &stranger).await, Some(Status::Ok));
 }
 
 /// A client that has said HELLO and announces bodies it never sends holds at most 64 MiB
 /// of the node's 256 MiB body budget, so the other clients' sends go on. Here sixteen
-/// frames announce 16 MiB each, the whole budget; before the per-connection share every
-/// other client's send waited for their reads to time out (30 s).
+/// frames announce 16 MiB each, the whole budget; without the per-connection share the
+/// other client's sends waited for their reads to time out (30 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_announcing_bodies_it_never_sends_leaves_room_for_the_others() {
-    use bytes::BufMut;
-    use mqd::protocol::{Opcode, Request, Status, MAX_FRAME, VERSION};
+    use mqd::protocol::{Opcode, Status, MAX_FRAME};
 
     let node = Node::start();
     let c = node.client().await;
     c.create_queue("q", QueuePatch::default()).await.unwrap();
     let hog = try_raw_connection(&node).await.expect("handshake");
-    let token = std::fs::read_to_string(node.dir().join("admin.token")).unwrap();
-    let hello = Request::Hello {
-        token: token.trim().into(),
-        client: "hog".into(),
-    }
-    .encode();
-    let (mut send, mut recv) = hog.open_bi().await.unwrap();
-    send.write_all(&hello).await.unwrap();
-    send.finish().unwrap();
-    let answer = recv.read_to_end(1 << 20).await.unwrap();
-    assert_eq!(
-        Status::from_u16(u16::from_be_bytes([answer[6], answer[7]])),
-        Some(Status::Ok)
-    );
-    let mut streams = Vec::new();
-    for _ in 0..16 {
-        let mut header = bytes::BytesMut::new();
-        header.put_u32((MAX_FRAME - 4) as u32);
-        header.put_u8(VERSION);
-        header.put_u8(0);
-        header.put_u16(Opcode::Send as u16);
-        let (mut send, recv) = hog.open_bi().await.unwrap();
-        send.write_all(&header).await.unwrap();
-        streams.push((send, recv));
-    }
+    assert_eq!(hello_on(&node, &hog).await, Some(Status::Ok));
+    let headers = vec![frame_header(Opcode::Send, MAX_FRAME - 8); 16];
+    let mut streams = headers_alone(&hog, &headers).await;
     // Let the node read the headers and take what room it gives them.
     tokio::time::sleep(Duration::from_millis(500)).await;
     for i in 0..5 {
