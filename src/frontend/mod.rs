@@ -82,6 +82,10 @@ impl Session {
     }
 }
 
+/// What a request other than `HELLO` or `PING` is told on a connection that has not
+/// authenticated (here, and by the server, which refuses it from its header).
+pub(crate) const HELLO_FIRST: &str = "send HELLO with a valid token before other requests";
+
 /// Shared by every connection of a node.
 pub struct Frontend {
     node: Node,
@@ -205,10 +209,7 @@ impl Frontend {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner());
                 let Some(hash) = hash else {
-                    return Err((
-                        Status::Unauthenticated,
-                        "send HELLO with a valid token before other requests".into(),
-                    ));
+                    return Err((Status::Unauthenticated, HELLO_FIRST.into()));
                 };
                 (self.auth.authenticate(&hash, session.ip).await?, hash)
             }

@@ -414,7 +414,7 @@ fn refused_before_hello(h: &crate::protocol::Header) -> Option<ReadError> {
     if code != Opcode::Hello as u16 && code != Opcode::Ping as u16 {
         return Some(ReadError::Refuse(
             Status::Unauthenticated,
-            "send HELLO with a valid token before other requests".into(),
+            crate::frontend::HELLO_FIRST.into(),
         ));
     }
     if h.body_len > UNAUTHENTICATED_WINDOW as usize {
