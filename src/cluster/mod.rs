@@ -742,6 +742,11 @@ impl Node {
         &self.inner.storage_metrics
     }
 
+    /// What each link between this node and a peer has carried since it started.
+    pub fn peer_links(&self) -> Vec<crate::peer::links::Link> {
+        self.inner.connector.links().read()
+    }
+
     /// The local replica of `group`, if this node hosts one.
     fn local(&self, group: u64) -> Option<Local> {
         self.inner

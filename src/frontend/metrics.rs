@@ -2,8 +2,8 @@
 //! (histograms per opcode) and errors (per opcode and status) measured by the front end,
 //! the durations of every hosted group's log writes and state-machine transactions, and,
 //! gathered at each scrape, the usage counters per queue and per user, the message
-//! counts of the queues whose shards this node leads, and the Raft state of every group
-//! it hosts. `server::metrics` serves them over HTTP.
+//! counts of the queues whose shards this node leads, the Raft state of every group it
+//! hosts, and what each link to and from a peer node has carried. `server::metrics` serves them over HTTP.
 
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::cluster::Node;
+use crate::peer::links::{Link, LinkCounts};
 use crate::protocol::{Opcode, ReplicaRole, Status, Usage};
 
 type OpLabel = [(&'static str, &'static str); 1];
@@ -141,6 +142,8 @@ impl Collector for NodeCollector {
             }
         }
 
+        encode_links(&mut encoder, &self.node.peer_links())?;
+
         let report = self.node.report();
         type GroupValue = fn(&crate::cluster::GroupReport) -> i64;
         let group_gauges: [(&str, &str, GroupValue); 5] = [
@@ -180,6 +183,73 @@ impl Collector for NodeCollector {
         }
         Ok(())
     }
+}
+
+type LinkField = (&'static str, &'static str, fn(&LinkCounts) -> u64);
+
+const LINK_COUNTERS: [LinkField; 9] = [
+    ("connections", "QUIC connections opened on the link", |c| {
+        c.connections
+    }),
+    (
+        "datagrams_sent",
+        "UDP datagrams sent (each carries one or more QUIC packets)",
+        |c| c.datagrams_sent,
+    ),
+    ("datagrams_received", "UDP datagrams received", |c| {
+        c.datagrams_received
+    }),
+    ("bytes_sent", "bytes of UDP payload sent", |c| c.bytes_sent),
+    ("bytes_received", "bytes of UDP payload received", |c| {
+        c.bytes_received
+    }),
+    (
+        "send_calls",
+        "calls into the kernel that sent the datagrams (one may carry several)",
+        |c| c.send_calls,
+    ),
+    ("packets_sent", "QUIC packets sent", |c| c.packets_sent),
+    (
+        "packets_lost",
+        "QUIC packets declared lost, their contents sent again",
+        |c| c.packets_lost,
+    ),
+    (
+        "congestion_events",
+        "times loss made the congestion controller shrink its window",
+        |c| c.congestion_events,
+    ),
+];
+
+/// The links to and from peers: counters over every connection each has had, and the
+/// round-trip time of its open one.
+fn encode_links(encoder: &mut DescriptorEncoder, links: &[Link]) -> Result<(), std::fmt::Error> {
+    let labels = |l: &Link| {
+        [
+            ("peer", l.peer.to_string()),
+            ("direction", l.direction.as_str().to_string()),
+        ]
+    };
+    for (field, help, value) in LINK_COUNTERS {
+        let name = format!("mqd_peer_{field}");
+        let help = format!("Per link to or from a peer node (dialed by this node or accepted from the peer): {help}, since this node started.");
+        let mut m = encoder.encode_descriptor(&name, &help, None, MetricType::Counter)?;
+        for l in links {
+            ConstCounter::new(value(&l.counts)).encode(m.encode_family(&labels(l))?)?;
+        }
+    }
+    let mut m = encoder.encode_descriptor(
+        "mqd_peer_rtt_seconds",
+        "Per link to or from a peer node: the smoothed round-trip time of its open connection (none while it has none).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for l in links {
+        if let Some(rtt) = l.rtt {
+            ConstGauge::new(rtt.as_secs_f64()).encode(m.encode_family(&labels(l))?)?;
+        }
+    }
+    Ok(())
 }
 
 /// The registry a scrape encodes: the front end's request metrics and the node's state.

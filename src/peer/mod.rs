@@ -65,6 +65,7 @@ use tokio::sync::Mutex;
 
 pub mod faults;
 pub mod health;
+pub mod links;
 
 pub use faults::Faults;
 
@@ -225,6 +226,7 @@ pub struct Router {
     spool_dir: Arc<PathBuf>,
     forward: Arc<RwLock<Option<ForwardHandler>>>,
     faults: Faults,
+    links: Arc<links::Links>,
 }
 
 impl Router {
@@ -238,7 +240,15 @@ impl Router {
             spool_dir: Arc::new(spool_dir.to_path_buf()),
             forward: Arc::default(),
             faults: Faults::default(),
+            links: Arc::default(),
         }
+    }
+
+    /// Counts the connections peers open to this node on `links` (the node's, shared with
+    /// its [`Connector`]).
+    pub fn with_links(mut self, links: Arc<links::Links>) -> Self {
+        self.links = links;
+        self
     }
 
     /// Leaves streams from peers that `faults` cuts off unanswered (tests).
@@ -286,6 +296,9 @@ pub async fn serve_peer_connection(conn: quinn::Connection, router: Router) {
         conn.close(1u32.into(), b"peer certificate required");
         return;
     }
+    router
+        .links
+        .track(conn.remote_address(), links::Direction::Accepted, &conn);
     let streams = alpn(&conn).as_deref() == Some(ALPN_PEER_STREAMS);
     while let Ok((mut send, mut recv)) = conn.accept_bi().await {
         if router.faults.is_cut(conn.remote_address()) {
@@ -636,6 +649,7 @@ pub struct Connector {
     conns: Arc<std::sync::Mutex<HashMap<SocketAddr, Slot>>>,
     faults: Faults,
     health: Arc<health::Health>,
+    links: Arc<links::Links>,
 }
 
 /// Why a peer RPC failed before the remote Raft could answer.
@@ -677,7 +691,19 @@ impl Connector {
             conns: Arc::default(),
             faults: Faults::default(),
             health: Arc::default(),
+            links: Arc::default(),
         }
+    }
+
+    /// Counts the connections this node dials on `links` (see [`Router::with_links`]).
+    pub fn with_links(mut self, links: Arc<links::Links>) -> Self {
+        self.links = links;
+        self
+    }
+
+    /// What each link to and from a peer has carried (see [`links`]).
+    pub fn links(&self) -> &links::Links {
+        &self.links
     }
 
     /// Whether each peer answers this node's Raft calls (see [`health`]).
@@ -722,6 +748,7 @@ impl Connector {
         let dialed = self.dial(addr).await;
         slot.failed_at = dialed.is_err().then(tokio::time::Instant::now);
         let conn = dialed?;
+        self.links.track(addr, links::Direction::Dialed, &conn);
         slot.conn = Some(conn.clone());
         Ok(conn)
     }

@@ -149,12 +149,17 @@ pub async fn run(
     // are served from the accept loop below, so groups of other nodes can talk to these
     // as soon as it runs.
     let faults = crate::peer::Faults::from_env();
-    let router = crate::peer::Router::new(&config.data_dir).with_faults(faults.clone());
+    // What each link to a peer carries, dialed by this node or by the peer (the metrics).
+    let links = Arc::new(crate::peer::links::Links::default());
+    let router = crate::peer::Router::new(&config.data_dir)
+        .with_faults(faults.clone())
+        .with_links(links.clone());
     let connector = crate::peer::Connector::new(
         endpoint.clone(),
         crate::peer::client_config(&creds).map_err(|e| ServerError::Tls(e.to_string()))?,
     )
-    .with_faults(faults);
+    .with_faults(faults)
+    .with_links(links);
     let layout = ClusterLayout::new(&config.cluster, local_addr);
     let node = Node::start(
         layout,

@@ -1,7 +1,7 @@
 //! Three real mqd processes forming one cluster: queues spread over shards, every node
 //! serving every queue (followers pass requests to the shard's leader), acknowledged sends
 //! surviving the SIGKILL of a shard's leader and a partition that cuts the leader off, and
-//! `mqctl cluster` showing it all.
+//! `mqctl cluster` and the metrics endpoint showing it all.
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -613,8 +613,15 @@ async fn a_leader_cut_off_from_the_majority_refuses_and_loses_nothing() {
 }
 
 #[test]
-fn mqctl_shows_the_cluster() {
-    let nodes = Node::start_cluster(3, SHARDS);
+fn mqctl_and_the_metrics_show_the_cluster() {
+    let metrics = crate::common::free_tcp_addr();
+    let nodes = Node::start_cluster_with(3, SHARDS, |i| {
+        if i == 0 {
+            vec!["--metrics-listen".into(), metrics.to_string()]
+        } else {
+            Vec::new()
+        }
+    });
     wait_caught_up(&nodes[1]);
     // status: three members up, every group led.
     let status: Value = serde_json::from_str(
@@ -660,6 +667,26 @@ fn mqctl_shows_the_cluster() {
     assert!(table.contains(env!("CARGO_PKG_VERSION")), "{table}");
     let text = ok(&nodes[0].mqctl(&["cluster", "status"]));
     assert!(text.contains("healthy"), "{text}");
+
+    // The links between node 1 and each peer, both ways: every node leads some groups
+    // and follows the others, so each dialed the other two and was dialed by them.
+    let (_, body) = crate::metrics::get(metrics, "/metrics");
+    for peer in &nodes[1..] {
+        for direction in ["dialed", "accepted"] {
+            let labels = format!("{{peer=\"{}\",direction=\"{direction}\"}}", peer.addr);
+            let counter = |name: &str| crate::metrics::sample(&body, &format!("{name}{labels}"));
+            assert!(counter("mqd_peer_connections_total") >= 1.0, "{labels}");
+            for name in ["datagrams", "bytes"] {
+                for way in ["sent", "received"] {
+                    let n = counter(&format!("mqd_peer_{name}_{way}_total"));
+                    assert!(n > 0.0, "{name} {way} {labels}: {n}");
+                }
+            }
+            assert!(counter("mqd_peer_packets_sent_total") > 0.0, "{labels}");
+            let rtt = counter("mqd_peer_rtt_seconds");
+            assert!(rtt > 0.0 && rtt < 1.0, "round trip {rtt} s on loopback {labels}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
