@@ -3,7 +3,8 @@
 //! the durations of every hosted group's log writes and state-machine transactions, and,
 //! gathered at each scrape, the usage counters per queue and per user, the message
 //! counts of the queues whose shards this node leads, the Raft state of every group it
-//! hosts, and what each link to and from a peer node has carried. `server::metrics` serves them over HTTP.
+//! hosts, and what each link to and from a peer node has carried. `server::metrics`
+//! serves them over HTTP.
 
 use std::time::Duration;
 

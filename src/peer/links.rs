@@ -147,9 +147,8 @@ impl Links {
                 rtt: None,
             });
             link.counts.add(&stats);
-            // Of two open connections on one link (a peer redialing before the old one
-            // timed out), the one that carried the most recently is the one to show; the
-            // later one in the list is the newer.
+            // Of two open connections on one link (a peer redialed before the old one
+            // timed out), the newer one's, which comes later in the list, is shown.
             link.rtt = Some(stats.path.rtt);
         }
         links.into_values().collect()

@@ -701,7 +701,7 @@ impl Connector {
         self
     }
 
-    /// What each link to and from a peer has carried (see [`links`]).
+    /// What each link to and from a peer has carried (see the `links` module).
     pub fn links(&self) -> &links::Links {
         &self.links
     }

@@ -668,12 +668,33 @@ fn mqctl_and_the_metrics_show_the_cluster() {
     let text = ok(&nodes[0].mqctl(&["cluster", "status"]));
     assert!(text.contains("healthy"), "{text}");
 
-    // The links between node 1 and each peer, both ways: every node leads some groups
-    // and follows the others, so each dialed the other two and was dialed by them.
-    let (_, body) = crate::metrics::get(metrics, "/metrics");
+    // The links between node 1 and each peer, both ways: once leadership is balanced,
+    // every node leads some groups and follows the others, so each has dialed the other
+    // two and been dialed by them (the peers' requests for the status above dial it too).
+    let labels = |peer: &Node, direction: &str| {
+        format!("{{peer=\"{}\",direction=\"{direction}\"}}", peer.addr)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let (_, body) = crate::metrics::get(metrics, "/metrics");
+        let both_ways = nodes[1..].iter().all(|peer| {
+            ["dialed", "accepted"].iter().all(|d| {
+                let rtt = format!("mqd_peer_rtt_seconds{}", labels(peer, d));
+                body.lines().any(|l| l.starts_with(&rtt))
+            })
+        });
+        if both_ways {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 1 has not both dialed and been dialed by each peer within 30 s:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
     for peer in &nodes[1..] {
         for direction in ["dialed", "accepted"] {
-            let labels = format!("{{peer=\"{}\",direction=\"{direction}\"}}", peer.addr);
+            let labels = labels(peer, direction);
             let counter = |name: &str| crate::metrics::sample(&body, &format!("{name}{labels}"));
             assert!(counter("mqd_peer_connections_total") >= 1.0, "{labels}");
             for name in ["datagrams", "bytes"] {
@@ -684,7 +705,10 @@ fn mqctl_and_the_metrics_show_the_cluster() {
             }
             assert!(counter("mqd_peer_packets_sent_total") > 0.0, "{labels}");
             let rtt = counter("mqd_peer_rtt_seconds");
-            assert!(rtt > 0.0 && rtt < 1.0, "round trip {rtt} s on loopback {labels}");
+            assert!(
+                rtt > 0.0 && rtt < 1.0,
+                "round trip {rtt} s on loopback {labels}"
+            );
         }
     }
 }
