@@ -80,6 +80,14 @@ impl Session {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .is_some()
     }
+
+    /// The SHA-256 of the token the last successful HELLO presented, if any.
+    pub fn token_hash(&self) -> Option<[u8; 32]> {
+        *self
+            .token_sha256
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// What a request other than `HELLO` or `PING` is told on a connection that has not

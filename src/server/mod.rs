@@ -44,6 +44,11 @@ const MAX_BUFFERED_BODY_KIB: usize = 256 * 1024;
 /// connection can have on the way: the client library keeps at most quinn's 10 MB send
 /// window unacknowledged.
 const MAX_CONNECTION_BODY_KIB: usize = 64 * 1024;
+/// Most of [`MAX_BUFFERED_BODY_KIB`] the connections of one user hold at once (128 MiB):
+/// with [`MAX_CONNECTION_BODY_KIB`] alone, four connections of one client announcing
+/// bodies they are slow to send, or never send, held all of it, and every other user's
+/// sends waited. A user is known by the token its connections said `HELLO` with.
+const MAX_USER_BODY_KIB: usize = 128 * 1024;
 /// Connection-level QUIC receive window of a connection until it has authenticated: a
 /// client until its `HELLO` succeeds, a peer until its handshake is done. QUIC bytes
 /// received and not yet read by a request's task stay in quinn's memory, up to the
@@ -194,7 +199,10 @@ pub async fn run(
         node.bootstrap_admin(hash);
     }
     let frontend = Arc::new(Frontend::new(node.clone(), bootstrap, shutdown.clone()));
-    let body_budget = Arc::new(Semaphore::new(MAX_BUFFERED_BODY_KIB));
+    let body_budget = NodeBudget {
+        node: Arc::new(Semaphore::new(MAX_BUFFERED_BODY_KIB)),
+        users: Arc::default(),
+    };
     let tracker = tracker::Tracker::default();
 
     let metrics = match config.metrics_listen {
@@ -344,7 +352,7 @@ pub async fn run(
 async fn serve_connection(
     conn: quinn::Connection,
     fe: Arc<Frontend>,
-    node_budget: Arc<Semaphore>,
+    node_budget: NodeBudget,
     tracker: tracker::Tracker,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -352,6 +360,7 @@ async fn serve_connection(
     let budget = Arc::new(BodyBudget {
         node: node_budget,
         connection: Semaphore::new(MAX_CONNECTION_BODY_KIB),
+        user: std::sync::Mutex::default(),
     });
     tracing::debug!("connection established");
     // Closed if it has not said HELLO in time; the task ends with the connection.
@@ -396,10 +405,66 @@ async fn serve_connection(
     }
 }
 
-/// Room for request bodies being read, in KiB: the node's, and one connection's part of it.
-struct BodyBudget {
+/// Room for request bodies being read, in KiB, for all connections: the node's, and each
+/// user's part of it.
+#[derive(Clone)]
+struct NodeBudget {
     node: Arc<Semaphore>,
+    users: Arc<UserShares>,
+}
+
+/// Each user's part of the body budget ([`MAX_USER_BODY_KIB`]), by the hash of the
+/// token its connections authenticated with; a part lives as long as a connection of the
+/// user does.
+#[derive(Default)]
+struct UserShares {
+    shares: std::sync::Mutex<UserShareMap>,
+}
+
+#[derive(Default)]
+struct UserShareMap {
+    by_token: std::collections::HashMap<[u8; 32], std::sync::Weak<Semaphore>>,
+    /// The size at which the parts no connection holds any more are dropped.
+    prune_at: usize,
+}
+
+impl UserShares {
+    /// The part of the user whose token hashes to `token`.
+    fn of(&self, token: [u8; 32]) -> Arc<Semaphore> {
+        let mut m = self.shares.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(share) = m.by_token.get(&token).and_then(std::sync::Weak::upgrade) {
+            return share;
+        }
+        if m.by_token.len() >= m.prune_at {
+            m.by_token.retain(|_, share| share.strong_count() > 0);
+            m.prune_at = (2 * m.by_token.len()).max(64);
+        }
+        let share = Arc::new(Semaphore::new(MAX_USER_BODY_KIB));
+        m.by_token.insert(token, Arc::downgrade(&share));
+        share
+    }
+}
+
+/// Room for one connection's request bodies, in KiB: its own part, its user's once it has
+/// said `HELLO`, and the node's.
+struct BodyBudget {
+    node: NodeBudget,
     connection: Semaphore,
+    /// The part of the user the connection last said `HELLO` as.
+    user: std::sync::Mutex<Option<Arc<Semaphore>>>,
+}
+
+impl BodyBudget {
+    /// From now on the connection's requests take room in the part of the user whose
+    /// token hashes to `token` (its last successful `HELLO`'s).
+    fn authenticated_as(&self, token: [u8; 32]) {
+        let share = self.node.users.of(token);
+        *self.user.lock().unwrap_or_else(|e| e.into_inner()) = Some(share);
+    }
+
+    fn user(&self) -> Option<Arc<Semaphore>> {
+        self.user.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// What went wrong reading a request frame.
@@ -456,14 +521,27 @@ async fn read_frame(
             return Err(refusal);
         }
     }
-    // A frame is at most 16 MiB, well inside both.
+    // A frame is at most 16 MiB, well inside every part. Taken from the narrowest part
+    // to the widest, so that a frame waiting for its connection's or user's room holds
+    // none of the node's.
     let kib = (h.body_len / 1024 + 1).min(MAX_CONNECTION_BODY_KIB) as u32;
     let _own = budget
         .connection
         .acquire_many(kib)
         .await
         .map_err(|_| ReadError::Gone)?;
+    // Before HELLO there is no user, and only a HELLO or PING of at most 64 KiB gets here.
+    let _user = match budget.user() {
+        Some(share) => Some(
+            share
+                .acquire_many_owned(kib)
+                .await
+                .map_err(|_| ReadError::Gone)?,
+        ),
+        None => None,
+    };
     let _permit = budget
+        .node
         .node
         .acquire_many(kib)
         .await
@@ -560,6 +638,9 @@ async fn serve_stream(
                     Ok(resp) => {
                         if hello {
                             authenticated_window(conn);
+                            if let Some(token) = session.token_hash() {
+                                budget.authenticated_as(token);
+                            }
                         }
                         resp.encode_chunks()
                     }
@@ -648,6 +729,40 @@ mod tracker {
 mod tests {
     use super::*;
     use crate::client::udp::{self, MAX_UDP_PAYLOAD};
+
+    #[test]
+    fn a_users_connections_share_one_part_of_the_body_budget() {
+        let shares = UserShares::default();
+        let (alice, bob) = ([1u8; 32], [2u8; 32]);
+        let first = shares.of(alice);
+        let second = shares.of(alice);
+        assert!(
+            Arc::ptr_eq(&first, &second),
+            "one part for a user's connections"
+        );
+        assert!(
+            !Arc::ptr_eq(&first, &shares.of(bob)),
+            "another for another user"
+        );
+        // Room one connection takes is gone for the user's others.
+        let held = first.clone().try_acquire_many_owned(100).unwrap();
+        assert_eq!(second.available_permits(), MAX_USER_BODY_KIB - 100);
+        drop(held);
+
+        // A part nobody holds is dropped once enough have gone, and starts whole again.
+        drop((first, second));
+        for i in 0..200u8 {
+            let _gone = shares.of([i; 32]);
+        }
+        let map = shares.shares.lock().unwrap();
+        assert!(
+            map.by_token.len() < 130,
+            "{} parts kept for 200 users gone",
+            map.by_token.len()
+        );
+        drop(map);
+        assert_eq!(shares.of(alice).available_permits(), MAX_USER_BODY_KIB);
+    }
 
     /// Sends `rounds` exchanges of `size` bytes each way on `conn` (the server echoes).
     async fn exchange(conn: &quinn::Connection, rounds: usize, size: usize) {

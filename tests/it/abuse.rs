@@ -1,6 +1,7 @@
-//! Abuse: a flood of connections, streams opened and never finished, unknown tokens one
-//! after another. The node must cap what it holds, keep serving its other clients, and
-//! stay within bounded memory.
+//! Abuse: a flood of connections, streams opened and never finished, bodies announced and
+//! never sent (by one connection or by many of one user), unknown tokens one after
+//! another. The node must cap what it holds, keep serving its other clients, and stay
+//! within bounded memory.
 
 use std::time::Duration;
 
@@ -140,6 +141,11 @@ async fn headers_alone(
 /// The status of a HELLO with the node's admin token on the bare connection `conn`.
 async fn hello_on(node: &Node, conn: &quinn::Connection) -> Option<mqd::protocol::Status> {
     let token = std::fs::read_to_string(node.dir().join("admin.token")).unwrap();
+    hello_with(&token, conn).await
+}
+
+/// The status of a HELLO with `token` on the bare connection `conn`.
+async fn hello_with(token: &str, conn: &quinn::Connection) -> Option<mqd::protocol::Status> {
     let frame = mqd::protocol::Request::Hello {
         token: token.trim().into(),
         client: "abuse".into(),
@@ -217,14 +223,51 @@ async fn a_client_announcing_bodies_it_never_sends_leaves_room_for_the_others() 
     }
     // The hog's frames are still waiting for their bodies: none has been answered (their
     // reads time out after 30 s), so the sends above did not wait for that.
+    assert_unanswered(&mut streams, "the hog's").await;
+}
+
+/// Asserts that no stream of `streams` (of `whose` frames) has an answer yet.
+async fn assert_unanswered(streams: &mut [(quinn::SendStream, quinn::RecvStream)], whose: &str) {
     for (i, (_send, recv)) in streams.iter_mut().enumerate() {
         let mut byte = [0u8; 1];
         assert!(
             tokio::time::timeout(Duration::ZERO, recv.read(&mut byte))
                 .await
                 .is_err(),
-            "frame {i} was answered already"
+            "{whose} frame {i} was answered already"
         );
+    }
+}
+
+/// One user's connections together hold at most half of the node's body budget (128 MiB
+/// of 256): four connections of a user with no grants at all, each announcing sixteen
+/// bodies of 16 MiB and sending none, would otherwise hold all of it (64 MiB each) until
+/// their reads time out after 30 s, and another user's send would time out first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_users_connections_leave_room_for_the_other_users() {
+    use mqd::protocol::{Opcode, Status, MAX_FRAME};
+
+    let node = Node::start();
+    let c = node.client().await;
+    c.create_queue("q", QueuePatch::default()).await.unwrap();
+    let token = c.create_user("hog").await.unwrap();
+    let headers = vec![frame_header(Opcode::Send, MAX_FRAME - 8); 16];
+    let mut hogs = Vec::new();
+    for _ in 0..4 {
+        let hog = try_raw_connection(&node).await.expect("handshake");
+        assert_eq!(hello_with(&token, &hog).await, Some(Status::Ok));
+        let streams = headers_alone(&hog, &headers).await;
+        hogs.push((hog, streams));
+    }
+    // Let the node read the headers and take what room it gives them.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..5 {
+        served(&c, &format!("beside another user's announced bodies {i}")).await;
+    }
+    // The hog's frames are all still waiting, for their bodies or for room: none has been
+    // answered, so the sends above did not wait for that.
+    for (n, (_hog, streams)) in hogs.iter_mut().enumerate() {
+        assert_unanswered(streams, &format!("connection {n}'s")).await;
     }
 }
 
