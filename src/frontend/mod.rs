@@ -75,10 +75,7 @@ impl Session {
 
     /// Whether a HELLO has authenticated this session.
     pub fn authenticated(&self) -> bool {
-        self.token_sha256
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_some()
+        self.token_hash().is_some()
     }
 
     /// The SHA-256 of the token the last successful HELLO presented, if any.

@@ -531,13 +531,9 @@ async fn read_frame(
         .await
         .map_err(|_| ReadError::Gone)?;
     // Before HELLO there is no user, and only a HELLO or PING of at most 64 KiB gets here.
-    let _user = match budget.user() {
-        Some(share) => Some(
-            share
-                .acquire_many_owned(kib)
-                .await
-                .map_err(|_| ReadError::Gone)?,
-        ),
+    let user = budget.user();
+    let _user = match &user {
+        Some(share) => Some(share.acquire_many(kib).await.map_err(|_| ReadError::Gone)?),
         None => None,
     };
     let _permit = budget
