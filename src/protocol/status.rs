@@ -48,8 +48,9 @@ pub enum Status {
     /// outcome is unknown. Retry after a moment or on another node.
     Unavailable = 31,
     /// A quota refused the request, which did nothing: the queue is at its maximum depth,
-    /// or the user is over its rate limit on this node. Retry after a pause that grows
-    /// with each refusal.
+    /// the user is over its rate limit on this node, or the connection's requests waiting
+    /// for room in the node's request buffers hold all they may. Retry after a pause that
+    /// grows with each refusal.
     Throttled = 32,
     /// The node's disk is nearly full: sends are refused (nothing stored) until space is
     /// freed; receives, acks and deletes go on.

@@ -10,6 +10,7 @@ mod metrics;
 pub mod tls;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,13 +54,26 @@ const MAX_USER_BODY_KIB: usize = 128 * 1024;
 /// client until its `HELLO` succeeds, a peer until its handshake is done. QUIC bytes
 /// received and not yet read by a request's task stay in quinn's memory, up to the
 /// window, so a connection that never authenticates makes the node hold at most this.
-///
-/// Authenticated connections get quinn's default back: unbounded at the connection
-/// level, 1.25 MB on each stream ([`authenticated_window`]). A bound there would let
-/// the streams waiting for room in the body budget ([`MAX_BUFFERED_BODY_KIB`]), whose
-/// bytes stay unread, fill the window and starve the streams that hold room and are
-/// being read, on the same connection, until their 30 s read timeout.
 const UNAUTHENTICATED_WINDOW: u32 = 64 << 10;
+/// A stream's QUIC receive window (quinn's default, set here so that the bounds below can
+/// count on it): what a client may send on one stream ahead of the node's reading.
+const STREAM_WINDOW: u32 = 1_250_000;
+/// Connection-level QUIC receive window of a client connection after its `HELLO`
+/// (16 MiB): what it has sent and the node has not read, whatever it does with its 1,024
+/// streams (out-of-order data included). A peer's connection keeps quinn's unbounded
+/// default ([`peer_window`]).
+///
+/// Frames waiting for room in the body budget leave their bytes unread; were they to fill
+/// the window, the streams that hold room and are being read, on the same connection, would
+/// get no more credit until their 30 s read timeout. So those waiting frames may hold at
+/// most [`MAX_WAITING_BYTES`], half of it, and the frames being read always have the other
+/// half.
+const CLIENT_WINDOW: u32 = 16 << 20;
+/// Most bytes the frames of one connection that wait for room in the body budget may have
+/// left unread (8 MiB), each counted as its body, up to [`STREAM_WINDOW`]. A frame that
+/// would wait beyond it is answered `THROTTLED` from its header, and its stream stopped,
+/// which drops whatever it sent: the client library retries it after a pause.
+const MAX_WAITING_BYTES: usize = CLIENT_WINDOW as usize / 2;
 /// How long shutdown waits for requests in progress before closing connections.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a finished response may take to be acknowledged by the client before its
@@ -105,6 +119,7 @@ fn server_config(creds: &tls::Credentials) -> Result<quinn::ServerConfig, Server
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_bidi_streams(MAX_STREAMS_PER_CONNECTION.into());
     transport.receive_window(UNAUTHENTICATED_WINDOW.into());
+    transport.stream_receive_window(STREAM_WINDOW.into());
     transport.max_concurrent_uni_streams(0u32.into());
     crate::client::udp::discover_mtu(&mut transport);
     transport.max_idle_timeout(Some(
@@ -288,7 +303,7 @@ pub async fn run(
                     async move {
                         match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
                             Ok(Ok(conn)) if crate::peer::alpn(&conn).is_some_and(|a| crate::peer::is_peer_alpn(&a)) => {
-                                authenticated_window(&conn);
+                                peer_window(&conn);
                                 crate::peer::serve_peer_connection(conn, router).await
                             }
                             Ok(Ok(conn)) => serve_connection(conn, fe, budget, tracker, stop).await,
@@ -361,6 +376,7 @@ async fn serve_connection(
         node: node_budget,
         connection: Semaphore::new(MAX_CONNECTION_BODY_KIB),
         user: std::sync::Mutex::default(),
+        waiting: AtomicUsize::new(0),
     });
     tracing::debug!("connection established");
     // Closed if it has not said HELLO in time; the task ends with the connection.
@@ -452,6 +468,9 @@ struct BodyBudget {
     connection: Semaphore,
     /// The part of the user the connection last said `HELLO` as.
     user: std::sync::Mutex<Option<Arc<Semaphore>>>,
+    /// Bytes the connection's frames waiting for room may have left unread (see
+    /// [`MAX_WAITING_BYTES`]).
+    waiting: AtomicUsize,
 }
 
 impl BodyBudget {
@@ -499,6 +518,54 @@ fn refused_before_hello(h: &crate::protocol::Header) -> Option<ReadError> {
     None
 }
 
+/// A frame taking its room in the body budget's parts: at once where there is room, else
+/// counted among the connection's waiting frames while it waits (see
+/// [`MAX_WAITING_BYTES`]), or refused if they have no room left for it.
+struct Admission<'a> {
+    /// The connection's count of waiting bytes.
+    waiting: &'a AtomicUsize,
+    /// What this frame may leave unread while it waits.
+    unread: usize,
+    /// Whether `unread` is in `waiting`.
+    counted: bool,
+}
+
+impl Admission<'_> {
+    async fn take<'s>(
+        &mut self,
+        part: &'s Semaphore,
+        kib: u32,
+    ) -> Result<tokio::sync::SemaphorePermit<'s>, ReadError> {
+        match part.try_acquire_many(kib) {
+            Ok(permit) => return Ok(permit),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(ReadError::Gone),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {}
+        }
+        if !self.counted {
+            let before = self.waiting.fetch_add(self.unread, Ordering::AcqRel);
+            if before + self.unread > MAX_WAITING_BYTES {
+                self.waiting.fetch_sub(self.unread, Ordering::AcqRel);
+                return Err(ReadError::Refuse(
+                    Status::Throttled,
+                    format!(
+                        "this connection's requests waiting for room in the node's request buffers may hold at most {MAX_WAITING_BYTES} unread bytes, and {before} are held; nothing was done: retry after a pause, or have fewer large requests in flight"
+                    ),
+                ));
+            }
+            self.counted = true;
+        }
+        part.acquire_many(kib).await.map_err(|_| ReadError::Gone)
+    }
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        if self.counted {
+            self.waiting.fetch_sub(self.unread, Ordering::AcqRel);
+        }
+    }
+}
+
 async fn read_frame(
     recv: &mut quinn::RecvStream,
     session: &Session,
@@ -525,23 +592,20 @@ async fn read_frame(
     // to the widest, so that a frame waiting for its connection's or user's room holds
     // none of the node's.
     let kib = (h.body_len / 1024 + 1).min(MAX_CONNECTION_BODY_KIB) as u32;
-    let _own = budget
-        .connection
-        .acquire_many(kib)
-        .await
-        .map_err(|_| ReadError::Gone)?;
+    let mut admission = Admission {
+        waiting: &budget.waiting,
+        unread: h.body_len.min(STREAM_WINDOW as usize),
+        counted: false,
+    };
+    let _own = admission.take(&budget.connection, kib).await?;
     // Before HELLO there is no user, and only a HELLO or PING of at most 64 KiB gets here.
     let user = budget.user();
     let _user = match &user {
-        Some(share) => Some(share.acquire_many(kib).await.map_err(|_| ReadError::Gone)?),
+        Some(share) => Some(admission.take(share, kib).await?),
         None => None,
     };
-    let _permit = budget
-        .node
-        .node
-        .acquire_many(kib)
-        .await
-        .map_err(|_| ReadError::Gone)?;
+    let _permit = admission.take(&budget.node.node, kib).await?;
+    drop(admission);
     match read_exactly(recv, h.body_len).await {
         Ok(body) => Ok((h.code, body.freeze())),
         Err(ReadBodyError::Ended(n)) => Err(ReadError::Refuse(
@@ -587,10 +651,15 @@ pub(crate) async fn read_exactly(
     Ok(body)
 }
 
-/// Gives an authenticated connection (a client's after its `HELLO`, a peer's after its
-/// mutual-TLS handshake) quinn's default connection-level window, unbounded: each stream
-/// is bounded by its own window (see [`UNAUTHENTICATED_WINDOW`]).
-fn authenticated_window(conn: &quinn::Connection) {
+/// Gives a client connection whose `HELLO` succeeded its window ([`CLIENT_WINDOW`]).
+fn client_window(conn: &quinn::Connection) {
+    conn.set_receive_window(CLIENT_WINDOW.into());
+}
+
+/// Gives a peer's connection, once its mutual-TLS handshake is done, quinn's default
+/// connection-level window, unbounded: each stream is bounded by its own window. The
+/// peer transport reads every frame at once, and its senders are the cluster's nodes.
+fn peer_window(conn: &quinn::Connection) {
     conn.set_receive_window(quinn::VarInt::MAX);
 }
 
@@ -609,6 +678,10 @@ async fn serve_stream(
         r = tokio::time::timeout(REQUEST_READ_TIMEOUT, read_frame(&mut recv, session, budget)) => Some(r),
         _ = wait_true(shutdown.clone()) => None,
     };
+    // One frame per stream: whatever else the client sent is not read. Stopped now, not
+    // after the answer, so that bytes after the frame do not hold the connection's window
+    // while the request is handled (a long poll waits up to 20 s).
+    let _ = recv.stop(0u32.into());
     let mut frame = match read {
         None => vec![encode_error(
             Status::ShuttingDown,
@@ -633,7 +706,7 @@ async fn serve_stream(
                     // Large bodies stay the `Bytes` the state machine read them into.
                     Ok(resp) => {
                         if hello {
-                            authenticated_window(conn);
+                            client_window(conn);
                             if let Some(token) = session.token_hash() {
                                 budget.authenticated_as(token);
                             }
@@ -645,8 +718,6 @@ async fn serve_stream(
             }
         },
     };
-    // One frame per stream: whatever else the client sent is not read.
-    let _ = recv.stop(0u32.into());
     debug_assert!(frame.iter().map(Bytes::len).sum::<usize>() <= MAX_FRAME);
     // Handed to QUIC as it is: `write_all` would copy every answer (and the bodies of
     // every receive) into QUIC's send buffer first.
@@ -834,8 +905,9 @@ mod tests {
     }
 
     /// A connection that has not authenticated can make the node hold at most
-    /// `UNAUTHENTICATED_WINDOW` bytes it has not read; once it has, a client or a peer is
-    /// bounded by its streams' windows only (17 MiB and more, 1 MiB a stream).
+    /// `UNAUTHENTICATED_WINDOW` bytes it has not read; once it has, a client at most
+    /// `CLIENT_WINDOW` (16 MiB), and a peer is bounded by its streams' windows only (17 MiB
+    /// and more, 1 MiB a stream).
     #[tokio::test]
     async fn what_a_connection_can_make_the_node_hold_depends_on_who_it_is() {
         let dir = tempfile::tempdir().unwrap();
@@ -859,15 +931,17 @@ mod tests {
         let written = keep_writing(conn);
         let limit = UNAUTHENTICATED_WINDOW as usize;
         assert_eq!(count_after(&written, limit).await, limit);
-        authenticated_window(&served);
-        let beyond = 17 << 20;
-        assert!(count_after(&written, beyond).await >= beyond);
+        client_window(&served);
+        let limit = CLIENT_WINDOW as usize;
+        assert_eq!(count_after(&written, limit).await, limit);
 
         let peer = connect(peer).await.unwrap();
         let served_peer = conn_rx.recv().await.unwrap();
         let written = keep_writing(peer);
+        let limit = UNAUTHENTICATED_WINDOW as usize;
         assert_eq!(count_after(&written, limit).await, limit);
-        authenticated_window(&served_peer);
+        peer_window(&served_peer);
+        let beyond = 17 << 20;
         assert!(count_after(&written, beyond).await >= beyond);
         drop((served, served_peer));
     }

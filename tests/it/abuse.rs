@@ -221,21 +221,117 @@ async fn a_client_announcing_bodies_it_never_sends_leaves_room_for_the_others() 
     for i in 0..5 {
         served(&c, &format!("beside the announced bodies {i}")).await;
     }
-    // The hog's frames are still waiting for their bodies: none has been answered (their
-    // reads time out after 30 s), so the sends above did not wait for that.
-    assert_unanswered(&mut streams, "the hog's").await;
+    // The hog's frames are still waiting, for their bodies (four hold the connection's
+    // 64 MiB; their reads time out after 30 s) or for room (six, 7.5 MB unread at most);
+    // the others were refused. So the sends above did not wait for them.
+    assert_eq!(
+        waiting_or_throttled(&mut streams, "the hog's", 10).await,
+        10
+    );
 }
 
-/// Asserts that no stream of `streams` (of `whose` frames) has an answer yet.
-async fn assert_unanswered(streams: &mut [(quinn::SendStream, quinn::RecvStream)], whose: &str) {
-    for (i, (_send, recv)) in streams.iter_mut().enumerate() {
-        let mut byte = [0u8; 1];
-        assert!(
-            tokio::time::timeout(Duration::ZERO, recv.read(&mut byte))
+/// Waits (up to 20 s) until at most `at_most` of `streams` (of `whose` frames) are
+/// unanswered, and asserts that every one answered was refused `THROTTLED` from its
+/// header for want of room among the connection's waiting frames. Returns how many are
+/// unanswered: those still waiting for room, or for their bodies.
+async fn waiting_or_throttled(
+    streams: &mut [(quinn::SendStream, quinn::RecvStream)],
+    whose: &str,
+    at_most: usize,
+) -> usize {
+    let mut answered = vec![false; streams.len()];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        for (i, (_send, recv)) in streams.iter_mut().enumerate() {
+            if answered[i] {
+                continue;
+            }
+            let mut first = [0u8; 1];
+            let Ok(read) = tokio::time::timeout(Duration::ZERO, recv.read(&mut first)).await else {
+                continue;
+            };
+            read.unwrap_or_else(|e| panic!("{whose} frame {i}: {e}"));
+            let rest = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1 << 20))
                 .await
-                .is_err(),
-            "{whose} frame {i} was answered already"
-        );
+                .unwrap_or_else(|_| panic!("{whose} frame {i}: answer incomplete"))
+                .unwrap_or_else(|e| panic!("{whose} frame {i}: {e}"));
+            let status = mqd::protocol::Status::from_u16(u16::from_be_bytes([rest[5], rest[6]]));
+            let message = String::from_utf8_lossy(&rest[7..]);
+            assert_eq!(
+                status,
+                Some(mqd::protocol::Status::Throttled),
+                "{whose} frame {i}: {message}"
+            );
+            assert!(
+                message.contains("waiting for room"),
+                "{whose} frame {i}: {message}"
+            );
+            answered[i] = true;
+        }
+        let waiting = answered.iter().filter(|a| !**a).count();
+        if waiting <= at_most || tokio::time::Instant::now() > deadline {
+            assert!(
+                waiting <= at_most,
+                "{waiting} of {whose} frames wait, at most {at_most} may"
+            );
+            return waiting;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A client connection may have at most 16 MiB sent and not yet read by the node once it
+/// has said HELLO (its QUIC connection-level window), and its frames that wait for room
+/// in the body budget may hold at most half of that: a frame that would wait beyond it is
+/// refused `THROTTLED` from its header and its stream stopped. So waiting frames cannot
+/// starve the frames being read on the same connection. Here four frames of 16 MiB take
+/// the connection's 64 MiB of room and send nothing yet; forty more announce 16 MiB and
+/// send 1 MiB each (six wait, the rest are refused); then the four send their bodies, 64
+/// MiB through the window the six hold 6 MiB of. Before, quinn's unbounded window let the
+/// forty hold 40 MiB (up to 1.28 GB with 1,024 streams); a finite window without the
+/// bound on waiting frames starved the four until their reads timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_waiting_for_room_leave_the_window_to_the_frames_being_read() {
+    use mqd::protocol::{Opcode, Status, MAX_FRAME};
+
+    let node = Node::start();
+    let conn = try_raw_connection(&node).await.expect("handshake");
+    assert_eq!(hello_on(&node, &conn).await, Some(Status::Ok));
+    let body_len = MAX_FRAME - 8;
+    // A PING has no body: each of these is answered BAD_REQUEST once its body is read.
+    let mut holders = headers_alone(&conn, &vec![frame_header(Opcode::Ping, body_len); 4]).await;
+    // Let the node read their headers and give them the connection's room.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut waiters = Vec::new();
+    for _ in 0..40 {
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        let mut frame = frame_header(Opcode::Ping, body_len);
+        frame.extend_from_slice(&[0u8; 1 << 20]);
+        // A refused frame's stream is stopped, so its write may fail.
+        let _ = tokio::time::timeout_at(deadline, send.write_all(&frame)).await;
+        waiters.push((send, recv));
+    }
+    assert_eq!(
+        waiting_or_throttled(&mut waiters, "the waiting", 6).await,
+        6,
+        "frames left waiting"
+    );
+    let body = vec![0u8; body_len];
+    for (i, (send, _)) in holders.iter_mut().enumerate() {
+        tokio::time::timeout_at(deadline, send.write_all(&body))
+            .await
+            .unwrap_or_else(|_| panic!("frame {i}'s body not taken by the node in time"))
+            .unwrap_or_else(|e| panic!("frame {i}'s body: {e}"));
+        send.finish().unwrap();
+    }
+    for (i, (_, recv)) in holders.iter_mut().enumerate() {
+        let answer = tokio::time::timeout_at(deadline, recv.read_to_end(1 << 20))
+            .await
+            .unwrap_or_else(|_| panic!("frame {i} not answered in time"))
+            .unwrap_or_else(|e| panic!("frame {i}: {e}"));
+        let status = Status::from_u16(u16::from_be_bytes([answer[6], answer[7]]));
+        assert_eq!(status, Some(Status::BadRequest), "frame {i}, read whole");
     }
 }
 
@@ -264,10 +360,11 @@ async fn one_users_connections_leave_room_for_the_other_users() {
     for i in 0..5 {
         served(&c, &format!("beside another user's announced bodies {i}")).await;
     }
-    // The hog's frames are all still waiting, for their bodies or for room: none has been
-    // answered, so the sends above did not wait for that.
+    // The hog's frames still wait, for their bodies or for room, at most ten on each
+    // connection (four of 16 MiB in its part, six more waiting); the others were refused.
+    // So the sends above did not wait for them.
     for (n, (_hog, streams)) in hogs.iter_mut().enumerate() {
-        assert_unanswered(streams, &format!("connection {n}'s")).await;
+        waiting_or_throttled(streams, &format!("connection {n}'s"), 10).await;
     }
 }
 
