@@ -691,7 +691,7 @@ pub const KEYS: &[KeyDoc] = &[
         example: "10000",
         env: Some("MQD_MAX_CONNECTIONS"),
         flag: Some("--max-connections"),
-        doc: "Most QUIC connections at once, clients and peer nodes together, handshakes in progress included. A connection beyond it is refused at once (the client sees the connection refused); the node goes on serving the connections it has. A client connection that has not authenticated (HELLO) within 10 seconds is closed, so idle strangers do not hold places.",
+        doc: "Most QUIC connections at once, clients and peer nodes together, handshakes in progress included. A connection beyond it is refused at once (the client sees the connection refused); the node goes on serving the connections it has. A client connection that has not authenticated (HELLO) within 10 seconds is closed, so idle strangers do not hold places. What connections have sent and the node not yet read is bounded too: 64 KiB each before HELLO; after it, client connections share 512 MiB (16 MiB each for up to 32, at least 64 KiB each).",
     },
     KeyDoc {
         name: "min_free_mib",

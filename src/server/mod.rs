@@ -58,22 +58,25 @@ const UNAUTHENTICATED_WINDOW: u32 = 64 << 10;
 /// A stream's QUIC receive window (quinn's default, set here so that the bounds below can
 /// count on it): what a client may send on one stream ahead of the node's reading.
 const STREAM_WINDOW: u32 = 1_250_000;
-/// Connection-level QUIC receive window of a client connection after its `HELLO`
+/// Largest connection-level QUIC receive window of a client connection after its `HELLO`
 /// (16 MiB): what it has sent and the node has not read, whatever it does with its 1,024
-/// streams (out-of-order data included). A peer's connection keeps quinn's unbounded
-/// default ([`peer_window`]).
+/// streams (out-of-order data included). The node's client connections share
+/// [`CLIENT_WINDOWS`] ([`ClientWindows`]), so with many of them each gets less. A peer's
+/// connection keeps quinn's unbounded default ([`peer_window`]).
 ///
 /// Frames waiting for room in the body budget leave their bytes unread; were they to fill
 /// the window, the streams that hold room and are being read, on the same connection, would
 /// get no more credit until their 30 s read timeout. So those waiting frames may hold at
-/// most [`MAX_WAITING_BYTES`], half of it, and the frames being read always have the other
-/// half.
+/// most half of the window ([`WaitingRoom`]), and the frames being read always have the
+/// other half.
 const CLIENT_WINDOW: u32 = 16 << 20;
-/// Most bytes the frames of one connection that wait for room in the body budget may have
-/// left unread (8 MiB), each counted as its body, up to [`STREAM_WINDOW`]. A frame that
-/// would wait beyond it is answered `THROTTLED` from its header, and its stream stopped,
-/// which drops whatever it sent: the client library retries it after a pause.
-const MAX_WAITING_BYTES: usize = CLIENT_WINDOW as usize / 2;
+/// Smallest window of a client connection after its `HELLO`, however many there are: the
+/// window before it.
+const MIN_CLIENT_WINDOW: u32 = UNAUTHENTICATED_WINDOW;
+/// What all of a node's client connections that have said `HELLO` may have sent and the
+/// node not read, together (512 MiB): each gets an equal share of it as its window, between
+/// [`MIN_CLIENT_WINDOW`] and [`CLIENT_WINDOW`] (so beyond 8,192 connections, 64 KiB each).
+const CLIENT_WINDOWS: usize = 512 << 20;
 /// How long shutdown waits for requests in progress before closing connections.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a finished response may take to be acknowledged by the client before its
@@ -217,6 +220,7 @@ pub async fn run(
     let body_budget = NodeBudget {
         node: Arc::new(Semaphore::new(MAX_BUFFERED_BODY_KIB)),
         users: Arc::default(),
+        windows: Arc::new(ClientWindows::new(CLIENT_WINDOWS)),
     };
     let tracker = tracker::Tracker::default();
 
@@ -376,7 +380,8 @@ async fn serve_connection(
         node: node_budget,
         connection: Semaphore::new(MAX_CONNECTION_BODY_KIB),
         user: std::sync::Mutex::default(),
-        waiting: AtomicUsize::new(0),
+        room: Arc::default(),
+        window: std::sync::Mutex::default(),
     });
     tracing::debug!("connection established");
     // Closed if it has not said HELLO in time; the task ends with the connection.
@@ -402,6 +407,7 @@ async fn serve_connection(
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(reason = %e, "connection closed");
+                budget.left();
                 return;
             }
         };
@@ -427,6 +433,8 @@ async fn serve_connection(
 struct NodeBudget {
     node: Arc<Semaphore>,
     users: Arc<UserShares>,
+    /// The client connections' windows (not body room, but what they may send unread).
+    windows: Arc<ClientWindows>,
 }
 
 /// Each user's part of the body budget ([`MAX_USER_BODY_KIB`]), by the hash of the
@@ -468,9 +476,10 @@ struct BodyBudget {
     connection: Semaphore,
     /// The part of the user the connection last said `HELLO` as.
     user: std::sync::Mutex<Option<Arc<Semaphore>>>,
-    /// Bytes the connection's frames waiting for room may have left unread (see
-    /// [`MAX_WAITING_BYTES`]).
-    waiting: AtomicUsize,
+    /// What the connection's frames waiting for room may leave unread.
+    room: Arc<WaitingRoom>,
+    /// The connection's place among the node's client windows, once it has said `HELLO`.
+    window: std::sync::Mutex<Option<u64>>,
 }
 
 impl BodyBudget {
@@ -483,6 +492,139 @@ impl BodyBudget {
 
     fn user(&self) -> Option<Arc<Semaphore>> {
         self.user.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The connection `conn`, whose `HELLO` succeeded, takes its share of the node's
+    /// client windows, if it has none yet.
+    fn joined(&self, conn: &quinn::Connection) {
+        let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        if window.is_none() {
+            *window = Some(self.node.windows.join(conn, &self.room));
+        }
+    }
+
+    /// The connection is gone: its share of the client windows goes to the others.
+    fn left(&self) {
+        let id = self.window.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(id) = id {
+            self.node.windows.leave(id);
+        }
+    }
+}
+
+/// What one connection's frames waiting for room in the body budget may leave unread:
+/// bytes counted against a cap, half of the connection's window. A frame that would wait
+/// beyond the cap is refused `THROTTLED` from its header and its stream stopped, which
+/// drops what it sent; when the cap shrinks (the connection's window with it), waiting
+/// frames over it are refused the same way.
+struct WaitingRoom {
+    /// Bytes counted in, each waiting frame's body up to [`STREAM_WINDOW`].
+    bytes: AtomicUsize,
+    cap: AtomicUsize,
+    shrunk: tokio::sync::Notify,
+}
+
+impl Default for WaitingRoom {
+    fn default() -> Self {
+        Self {
+            bytes: AtomicUsize::new(0),
+            cap: AtomicUsize::new(CLIENT_WINDOW as usize / 2),
+            shrunk: tokio::sync::Notify::new(),
+        }
+    }
+}
+
+impl WaitingRoom {
+    /// Half of the connection's new window `window`.
+    fn set_cap(&self, window: u32) {
+        let cap = window as usize / 2;
+        if self.cap.swap(cap, Ordering::AcqRel) > cap {
+            self.shrunk.notify_waiters();
+        }
+    }
+
+    /// The refusal of a frame that does not fit, with `held` bytes counted in.
+    fn refusal(&self, held: usize) -> ReadError {
+        let cap = self.cap.load(Ordering::Acquire);
+        ReadError::Refuse(
+            Status::Throttled,
+            format!(
+                "this connection's requests waiting for room in the node's request buffers may hold at most {cap} unread bytes, and {held} are held; nothing was done: retry after a pause, or have fewer large requests in flight"
+            ),
+        )
+    }
+}
+
+/// The windows of a node's client connections that have said `HELLO`: an equal share of
+/// `total` ([`CLIENT_WINDOWS`]) each ([`client_window_for`]), set again on every
+/// connection when the share changes. A window that shrinks takes back no credit quinn has
+/// granted: the connection holds no more than its new window once it has been read down.
+struct ClientWindows {
+    total: usize,
+    set: std::sync::Mutex<ClientWindowSet>,
+}
+
+#[derive(Default)]
+struct ClientWindowSet {
+    next: u64,
+    conns: std::collections::HashMap<u64, (quinn::Connection, Arc<WaitingRoom>)>,
+    /// The window each has now (0 before the first).
+    window: u32,
+}
+
+/// The window of each of `n` client connections sharing `total`: an equal share, rounded
+/// down to a power of two (so that it changes only when their number doubles or halves),
+/// between [`MIN_CLIENT_WINDOW`] and [`CLIENT_WINDOW`].
+fn client_window_for(n: usize, total: usize) -> u32 {
+    let share = total / n.max(1);
+    let rounded = share.checked_ilog2().map_or(0, |log| 1usize << log);
+    rounded.clamp(MIN_CLIENT_WINDOW as usize, CLIENT_WINDOW as usize) as u32
+}
+
+fn apply_window(conn: &quinn::Connection, room: &WaitingRoom, window: u32) {
+    conn.set_receive_window(window.into());
+    room.set_cap(window);
+}
+
+impl ClientWindows {
+    fn new(total: usize) -> Self {
+        Self {
+            total,
+            set: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Gives `conn` its window, and its waiting frames their cap; returns its place.
+    fn join(&self, conn: &quinn::Connection, room: &Arc<WaitingRoom>) -> u64 {
+        let mut set = self.set.lock().unwrap_or_else(|e| e.into_inner());
+        let id = set.next;
+        set.next += 1;
+        set.conns.insert(id, (conn.clone(), room.clone()));
+        if !self.reshare(&mut set) {
+            apply_window(conn, room, set.window);
+        }
+        id
+    }
+
+    /// Gives the place `id` up.
+    fn leave(&self, id: u64) {
+        let mut set = self.set.lock().unwrap_or_else(|e| e.into_inner());
+        if set.conns.remove(&id).is_some() {
+            self.reshare(&mut set);
+        }
+    }
+
+    /// Sets every connection's window again if the share has changed; whether it had.
+    fn reshare(&self, set: &mut ClientWindowSet) -> bool {
+        let window = client_window_for(set.conns.len(), self.total);
+        if window == set.window {
+            return false;
+        }
+        set.window = window;
+        for (conn, room) in set.conns.values() {
+            apply_window(conn, room, window);
+        }
+        true
     }
 }
 
@@ -519,14 +661,13 @@ fn refused_before_hello(h: &crate::protocol::Header) -> Option<ReadError> {
 }
 
 /// A frame taking its room in the body budget's parts: at once where there is room, else
-/// counted among the connection's waiting frames while it waits (see
-/// [`MAX_WAITING_BYTES`]), or refused if they have no room left for it.
+/// counted in its connection's [`WaitingRoom`] while it waits, or refused if that has no
+/// room left for it.
 struct Admission<'a> {
-    /// The connection's count of waiting bytes.
-    waiting: &'a AtomicUsize,
+    room: &'a WaitingRoom,
     /// What this frame may leave unread while it waits.
     unread: usize,
-    /// Whether `unread` is in `waiting`.
+    /// Whether `unread` is counted in `room`.
     counted: bool,
 }
 
@@ -542,26 +683,38 @@ impl Admission<'_> {
             Err(tokio::sync::TryAcquireError::NoPermits) => {}
         }
         if !self.counted {
-            let before = self.waiting.fetch_add(self.unread, Ordering::AcqRel);
-            if before + self.unread > MAX_WAITING_BYTES {
-                self.waiting.fetch_sub(self.unread, Ordering::AcqRel);
-                return Err(ReadError::Refuse(
-                    Status::Throttled,
-                    format!(
-                        "this connection's requests waiting for room in the node's request buffers may hold at most {MAX_WAITING_BYTES} unread bytes, and {before} are held; nothing was done: retry after a pause, or have fewer large requests in flight"
-                    ),
-                ));
-            }
+            let before = self.room.bytes.fetch_add(self.unread, Ordering::AcqRel);
             self.counted = true;
+            if before + self.unread > self.room.cap.load(Ordering::Acquire) {
+                return Err(self.refused());
+            }
         }
-        part.acquire_many(kib).await.map_err(|_| ReadError::Gone)
+        loop {
+            let shrunk = self.room.shrunk.notified();
+            tokio::select! {
+                permit = part.acquire_many(kib) => return permit.map_err(|_| ReadError::Gone),
+                () = shrunk => {
+                    let held = self.room.bytes.load(Ordering::Acquire);
+                    if held > self.room.cap.load(Ordering::Acquire) {
+                        return Err(self.refused());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts the frame out and refuses it.
+    fn refused(&mut self) -> ReadError {
+        let held = self.room.bytes.fetch_sub(self.unread, Ordering::AcqRel) - self.unread;
+        self.counted = false;
+        self.room.refusal(held)
     }
 }
 
 impl Drop for Admission<'_> {
     fn drop(&mut self) {
         if self.counted {
-            self.waiting.fetch_sub(self.unread, Ordering::AcqRel);
+            self.room.bytes.fetch_sub(self.unread, Ordering::AcqRel);
         }
     }
 }
@@ -593,7 +746,7 @@ async fn read_frame(
     // none of the node's.
     let kib = (h.body_len / 1024 + 1).min(MAX_CONNECTION_BODY_KIB) as u32;
     let mut admission = Admission {
-        waiting: &budget.waiting,
+        room: &budget.room,
         unread: h.body_len.min(STREAM_WINDOW as usize),
         counted: false,
     };
@@ -649,11 +802,6 @@ pub(crate) async fn read_exactly(
         }
     }
     Ok(body)
-}
-
-/// Gives a client connection whose `HELLO` succeeded its window ([`CLIENT_WINDOW`]).
-fn client_window(conn: &quinn::Connection) {
-    conn.set_receive_window(CLIENT_WINDOW.into());
 }
 
 /// Gives a peer's connection, once its mutual-TLS handshake is done, quinn's default
@@ -712,7 +860,7 @@ async fn serve_stream(
                     // Large bodies stay the `Bytes` the state machine read them into.
                     Ok(resp) => {
                         if hello {
-                            client_window(conn);
+                            budget.joined(conn);
                             if let Some(token) = session.token_hash() {
                                 budget.authenticated_as(token);
                             }
@@ -950,7 +1098,8 @@ mod tests {
         let written = keep_writing(conn);
         let limit = UNAUTHENTICATED_WINDOW as usize;
         assert_eq!(count_after(&written, limit).await, limit);
-        client_window(&served);
+        let windows = ClientWindows::new(CLIENT_WINDOWS);
+        windows.join(&served, &Arc::default());
         let limit = CLIENT_WINDOW as usize;
         assert_eq!(count_after(&written, limit).await, limit);
 
@@ -963,6 +1112,108 @@ mod tests {
         let beyond = 17 << 20;
         assert!(count_after(&written, beyond).await >= beyond);
         drop((served, served_peer));
+    }
+
+    #[test]
+    fn client_connections_share_the_windows_in_powers_of_two() {
+        let total = CLIENT_WINDOWS;
+        assert_eq!(client_window_for(0, total), CLIENT_WINDOW);
+        assert_eq!(client_window_for(1, total), CLIENT_WINDOW);
+        assert_eq!(client_window_for(32, total), CLIENT_WINDOW);
+        assert_eq!(client_window_for(33, total), CLIENT_WINDOW / 2);
+        assert_eq!(client_window_for(4096, total), 128 << 10);
+        assert_eq!(client_window_for(8192, total), MIN_CLIENT_WINDOW);
+        assert_eq!(client_window_for(1_000_000, total), MIN_CLIENT_WINDOW);
+        for n in 1..10_000 {
+            let w = client_window_for(n, total) as usize;
+            assert!(w.is_power_of_two(), "{n} connections: {w}");
+            assert!(
+                w * n <= total || w == MIN_CLIENT_WINDOW as usize,
+                "{n}: {w}"
+            );
+        }
+    }
+
+    /// A node's client connections share its windows: with four sharing 32 MiB each may
+    /// have 8 MiB sent and unread, and its waiting frames hold 4 MiB of it; once two have
+    /// gone, 16 MiB and 8 MiB.
+    #[tokio::test]
+    async fn client_connections_share_the_nodes_windows() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server, addr, [(_, client), _]) = loopback_node(dir.path());
+        let (conn_tx, mut conn_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(incoming) = server.accept().await {
+                let _ = conn_tx.send(incoming.await.unwrap());
+            }
+        });
+        let (endpoint, _) = udp::endpoint(LOOPBACK, None).unwrap();
+        let windows = ClientWindows::new(32 << 20);
+        let (mut clients, mut served, mut rooms, mut places) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..4 {
+            let conn = endpoint
+                .connect_with(client.clone(), addr, crate::protocol::TLS_SERVER_NAME)
+                .unwrap()
+                .await
+                .unwrap();
+            let node_side = conn_rx.recv().await.unwrap();
+            let room = Arc::new(WaitingRoom::default());
+            places.push(windows.join(&node_side, &room));
+            clients.push(conn);
+            served.push(node_side);
+            rooms.push(room);
+        }
+        for room in &rooms {
+            assert_eq!(room.cap.load(Ordering::Acquire), 4 << 20);
+        }
+        // The last to join never had more than 8 MiB of credit.
+        let written = keep_writing(clients[3].clone());
+        assert_eq!(count_after(&written, 8 << 20).await, 8 << 20);
+        windows.leave(places[0]);
+        windows.leave(places[1]);
+        assert_eq!(rooms[3].cap.load(Ordering::Acquire), 8 << 20);
+        assert_eq!(count_after(&written, 16 << 20).await, 16 << 20);
+        drop(served);
+    }
+
+    /// A frame waiting for room is refused `THROTTLED` once its connection's window has
+    /// shrunk so far that its waiting frames no longer fit; the others wait on.
+    #[tokio::test]
+    async fn frames_over_a_shrunk_cap_are_refused() {
+        let room = WaitingRoom::default();
+        let full = Semaphore::new(0);
+        let unread = STREAM_WINDOW as usize;
+        let mut first = Admission {
+            room: &room,
+            unread,
+            counted: false,
+        };
+        let mut second = Admission {
+            room: &room,
+            unread,
+            counted: false,
+        };
+        let (mut a, mut b) = (
+            Box::pin(first.take(&full, 1)),
+            Box::pin(second.take(&full, 1)),
+        );
+        for waiting in [&mut a, &mut b] {
+            assert!(tokio::time::timeout(Duration::from_millis(20), waiting)
+                .await
+                .is_err());
+        }
+        assert_eq!(room.bytes.load(Ordering::Acquire), 2 * unread);
+        // Room for one of the two.
+        room.set_cap(3 * STREAM_WINDOW);
+        let refused = tokio::select! {
+            r = &mut a => r,
+            r = &mut b => r,
+        };
+        assert!(matches!(
+            refused,
+            Err(ReadError::Refuse(Status::Throttled, _))
+        ));
+        assert_eq!(room.bytes.load(Ordering::Acquire), unread);
     }
 
     /// A stream has ended, for the check that spares it a STOP_SENDING, only once its FIN
