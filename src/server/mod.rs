@@ -384,6 +384,8 @@ async fn serve_connection(
         window: std::sync::Mutex::default(),
     });
     tracing::debug!("connection established");
+    // However the connection ends, its share of the client windows goes to the others.
+    let _leave = Leave(budget.clone());
     // Closed if it has not said HELLO in time; the task ends with the connection.
     {
         let (conn, session) = (conn.clone(), session.clone());
@@ -407,7 +409,6 @@ async fn serve_connection(
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(reason = %e, "connection closed");
-                budget.left();
                 return;
             }
         };
@@ -509,6 +510,15 @@ impl BodyBudget {
         if let Some(id) = id {
             self.node.windows.leave(id);
         }
+    }
+}
+
+/// Gives a connection's share of the client windows up when dropped.
+struct Leave(Arc<BodyBudget>);
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        self.0.left();
     }
 }
 
