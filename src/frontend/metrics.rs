@@ -23,6 +23,7 @@ use crate::protocol::{Opcode, ReplicaRole, Status, Usage};
 
 type OpLabel = [(&'static str, &'static str); 1];
 type OpStatusLabel = [(&'static str, &'static str); 2];
+type StatusLabel = [(&'static str, &'static str); 1];
 
 fn latency_histogram() -> Histogram {
     // 50 µs to about 13 s.
@@ -34,6 +35,8 @@ fn latency_histogram() -> Histogram {
 pub struct RequestMetrics {
     latency: Family<OpLabel, Histogram, fn() -> Histogram>,
     errors: Family<OpStatusLabel, Counter>,
+    /// Frames answered with an error before any handler saw them.
+    refused: Family<StatusLabel, Counter>,
     /// Look-ups of unknown tokens and access keys on the control group's leader.
     pub(crate) auth_lookups: super::auth::LookupCounter,
 }
@@ -43,6 +46,7 @@ impl Default for RequestMetrics {
         Self {
             latency: Family::new_with_constructor(latency_histogram),
             errors: Family::default(),
+            refused: Family::default(),
             auth_lookups: Family::default(),
         }
     }
@@ -59,6 +63,13 @@ impl RequestMetrics {
                 .get_or_create(&[("op", op.name()), ("status", s.name())])
                 .inc();
         }
+    }
+
+    /// Records a request frame answered with `status` before it reached a handler.
+    pub fn refused(&self, status: Status) {
+        self.refused
+            .get_or_create(&[("status", status.name())])
+            .inc();
     }
 }
 
@@ -265,6 +276,11 @@ pub fn registry(node: Node, requests: &RequestMetrics) -> Registry {
         "mqd_request_errors",
         "Requests answered with an error, per opcode and status.",
         requests.errors.clone(),
+    );
+    r.register(
+        "mqd_request_frames_refused",
+        "Request frames answered with an error before any handler saw them, per status: refused from their header (BAD_FRAME, UNSUPPORTED_VERSION, FRAME_TOO_LARGE; UNAUTHENTICATED before HELLO; THROTTLED when the connection's frames waiting for room in the request buffers hold all they may), not whole within 30 s (BAD_FRAME), or a body that does not decode (BAD_REQUEST and the like). mqd_request_errors does not count them.",
+        requests.refused.clone(),
     );
     r.register(
         "mqd_auth_lookups",

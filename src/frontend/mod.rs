@@ -175,6 +175,11 @@ impl Frontend {
         self.node.command(queue, cmd).await
     }
 
+    /// Counts a request frame the server answered with `status` before handing it here.
+    pub fn refused(&self, status: crate::protocol::Status) {
+        self.metrics.refused(status);
+    }
+
     /// Handles one request.
     #[tracing::instrument(level = "debug", skip_all, fields(op = req.opcode().name()))]
     pub async fn handle(&self, session: &Session, req: Request) -> Result<Response, Failure> {

@@ -851,17 +851,24 @@ async fn serve_stream(
             Status::ShuttingDown,
             "the node is shutting down; retry on another node or later",
         )],
-        Some(Err(_)) => vec![encode_error(
-            Status::BadFrame,
-            &format!("request frame not complete within {REQUEST_READ_TIMEOUT:?}"),
-        )],
+        Some(Err(_)) => {
+            fe.refused(Status::BadFrame);
+            vec![encode_error(
+                Status::BadFrame,
+                &format!("request frame not complete within {REQUEST_READ_TIMEOUT:?}"),
+            )]
+        }
         Some(Ok(Err(ReadError::Gone))) => return,
         Some(Ok(Err(ReadError::Refuse(status, msg)))) => {
             tracing::debug!(%status, %msg, "refused a frame");
+            fe.refused(status);
             vec![encode_error(status, &msg)]
         }
         Some(Ok(Ok((code, body)))) => match Request::decode(code, body) {
-            Err(e) => vec![encode_error(e.status(), &e.to_string())],
+            Err(e) => {
+                fe.refused(e.status());
+                vec![encode_error(e.status(), &e.to_string())]
+            }
             Ok(req) => {
                 let hello = matches!(req, Request::Hello { .. });
                 // Boxed: the handler's future is large, and inline it would be copied into

@@ -294,7 +294,8 @@ async fn waiting_or_throttled(
 async fn frames_waiting_for_room_leave_the_window_to_the_frames_being_read() {
     use mqd::protocol::{Opcode, Status, MAX_FRAME};
 
-    let node = Node::start();
+    let metrics = crate::common::free_tcp_addr();
+    let node = Node::start_with(&["--metrics-listen", &metrics.to_string()]);
     let conn = try_raw_connection(&node).await.expect("handshake");
     assert_eq!(hello_on(&node, &conn).await, Some(Status::Ok));
     let body_len = MAX_FRAME - 8;
@@ -332,6 +333,12 @@ async fn frames_waiting_for_room_leave_the_window_to_the_frames_being_read() {
             .unwrap_or_else(|e| panic!("frame {i}: {e}"));
         let status = Status::from_u16(u16::from_be_bytes([answer[6], answer[7]]));
         assert_eq!(status, Some(Status::BadRequest), "frame {i}, read whole");
+    }
+    // The metrics count the frames refused before any handler saw them.
+    let (_, body) = crate::metrics::get(metrics, "/metrics");
+    for (status, count) in [("THROTTLED", 34.0), ("BAD_REQUEST", 4.0)] {
+        let name = format!("mqd_request_frames_refused_total{{status=\"{status}\"}}");
+        assert_eq!(crate::metrics::sample(&body, &name), count, "{name}");
     }
 }
 
