@@ -384,8 +384,6 @@ async fn serve_connection(
         window: std::sync::Mutex::default(),
     });
     tracing::debug!("connection established");
-    // However the connection ends, its share of the client windows goes to the others.
-    let _leave = Leave(budget.clone());
     // Closed if it has not said HELLO in time; the task ends with the connection.
     {
         let (conn, session) = (conn.clone(), session.clone());
@@ -503,22 +501,16 @@ impl BodyBudget {
             *window = Some(self.node.windows.join(conn, &self.room));
         }
     }
-
-    /// The connection is gone: its share of the client windows goes to the others.
-    fn left(&self) {
-        let id = self.window.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(id) = id {
-            self.node.windows.leave(id);
-        }
-    }
 }
 
-/// Gives a connection's share of the client windows up when dropped.
-struct Leave(Arc<BodyBudget>);
-
-impl Drop for Leave {
+/// However the connection ends, its share of the client windows goes to the others once
+/// its last request is done.
+impl Drop for BodyBudget {
     fn drop(&mut self) {
-        self.0.left();
+        let place = self.window.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(id) = place.take() {
+            self.node.windows.leave(id);
+        }
     }
 }
 
@@ -538,7 +530,8 @@ impl Default for WaitingRoom {
     fn default() -> Self {
         Self {
             bytes: AtomicUsize::new(0),
-            cap: AtomicUsize::new(CLIENT_WINDOW as usize / 2),
+            // Half of the window before HELLO; each share sets it again.
+            cap: AtomicUsize::new(UNAUTHENTICATED_WINDOW as usize / 2),
             shrunk: tokio::sync::Notify::new(),
         }
     }
@@ -1051,6 +1044,34 @@ mod tests {
     const LOOPBACK: SocketAddr =
         SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
+    /// The connections `server` accepts, in order; nothing on them is read.
+    fn accepted(
+        server: quinn::Endpoint,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<quinn::Connection> {
+        let (conn_tx, conn_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(incoming) = server.accept().await {
+                let _ = conn_tx.send(incoming.await.unwrap());
+            }
+        });
+        conn_rx
+    }
+
+    /// A connection to `addr` with `config`, from an endpoint of its own (returned too, for
+    /// `wait_idle`).
+    async fn dial(
+        addr: SocketAddr,
+        config: quinn::ClientConfig,
+    ) -> (quinn::Endpoint, quinn::Connection) {
+        let (endpoint, _) = udp::endpoint(LOOPBACK, None).unwrap();
+        let conn = endpoint
+            .connect_with(config, addr, crate::protocol::TLS_SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        (endpoint, conn)
+    }
+
     /// Writes to `conn` stream after stream, 1 MiB on each (inside a stream's window), up
     /// to 24 MiB, and counts the bytes quinn takes. Against a server that reads nothing,
     /// the count stops at the connection-level window the server grants.
@@ -1096,21 +1117,9 @@ mod tests {
     async fn what_a_connection_can_make_the_node_hold_depends_on_who_it_is() {
         let dir = tempfile::tempdir().unwrap();
         let (server, addr, [(_, client), (_, peer)]) = loopback_node(dir.path());
-        let (conn_tx, mut conn_rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Some(incoming) = server.accept().await {
-                // Kept, and nothing on them read.
-                let _ = conn_tx.send(incoming.await.unwrap());
-            }
-        });
-        let (endpoint, _) = udp::endpoint(LOOPBACK, None).unwrap();
-        let connect = |config| {
-            endpoint
-                .connect_with(config, addr, crate::protocol::TLS_SERVER_NAME)
-                .unwrap()
-        };
+        let mut conn_rx = accepted(server);
 
-        let conn = connect(client).await.unwrap();
+        let (_client_end, conn) = dial(addr, client).await;
         let served = conn_rx.recv().await.unwrap();
         let written = keep_writing(conn);
         let limit = UNAUTHENTICATED_WINDOW as usize;
@@ -1120,7 +1129,7 @@ mod tests {
         let limit = CLIENT_WINDOW as usize;
         assert_eq!(count_after(&written, limit).await, limit);
 
-        let peer = connect(peer).await.unwrap();
+        let (_peer_end, peer) = dial(addr, peer).await;
         let served_peer = conn_rx.recv().await.unwrap();
         let written = keep_writing(peer);
         let limit = UNAUTHENTICATED_WINDOW as usize;
@@ -1158,21 +1167,11 @@ mod tests {
     async fn client_connections_share_the_nodes_windows() {
         let dir = tempfile::tempdir().unwrap();
         let (server, addr, [(_, client), _]) = loopback_node(dir.path());
-        let (conn_tx, mut conn_rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Some(incoming) = server.accept().await {
-                let _ = conn_tx.send(incoming.await.unwrap());
-            }
-        });
-        let (endpoint, _) = udp::endpoint(LOOPBACK, None).unwrap();
+        let mut conn_rx = accepted(server);
         let windows = ClientWindows::new(32 << 20);
         let (mut clients, mut served, mut rooms, mut places) = (vec![], vec![], vec![], vec![]);
         for _ in 0..4 {
-            let conn = endpoint
-                .connect_with(client.clone(), addr, crate::protocol::TLS_SERVER_NAME)
-                .unwrap()
-                .await
-                .unwrap();
+            let (_end, conn) = dial(addr, client.clone()).await;
             let node_side = conn_rx.recv().await.unwrap();
             let room = Arc::new(WaitingRoom::default());
             places.push(windows.join(&node_side, &room));
@@ -1198,6 +1197,8 @@ mod tests {
     #[tokio::test]
     async fn frames_over_a_shrunk_cap_are_refused() {
         let room = WaitingRoom::default();
+        // A connection's whole window, as its share gives it after HELLO.
+        room.set_cap(CLIENT_WINDOW);
         let full = Semaphore::new(0);
         let unread = STREAM_WINDOW as usize;
         let mut first = Admission {
@@ -1239,14 +1240,9 @@ mod tests {
     async fn a_stream_has_ended_once_its_fin_is_in_and_nothing_follows() {
         let dir = tempfile::tempdir().unwrap();
         let (server, addr, [(_, client), _]) = loopback_node(dir.path());
-        let accept = tokio::spawn(async move { server.accept().await.unwrap().await.unwrap() });
-        let (endpoint, _) = udp::endpoint(LOOPBACK, None).unwrap();
-        let conn = endpoint
-            .connect_with(client, addr, crate::protocol::TLS_SERVER_NAME)
-            .unwrap()
-            .await
-            .unwrap();
-        let served = accept.await.unwrap();
+        let mut conn_rx = accepted(server);
+        let (_end, conn) = dial(addr, client).await;
+        let served = conn_rx.recv().await.unwrap();
         for (written, finish, has_ended) in [
             (&b"abc"[..], true, true),
             (b"abcdef", true, false),
@@ -1302,12 +1298,7 @@ mod tests {
             }
         });
         for (what, config) in configs {
-            let (endpoint, _) = udp::endpoint(LOOPBACK, None).unwrap();
-            let conn = endpoint
-                .connect_with(config, addr, crate::protocol::TLS_SERVER_NAME)
-                .unwrap()
-                .await
-                .unwrap();
+            let (endpoint, conn) = dial(addr, config).await;
             // MTU discovery takes a few round trips; then 10 MiB more each way.
             for _ in 0..100 {
                 if conn.stats().path.current_mtu == MAX_UDP_PAYLOAD {
