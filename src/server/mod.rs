@@ -10,7 +10,7 @@ mod metrics;
 pub mod tls;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,8 +74,9 @@ const CLIENT_WINDOW: u32 = 16 << 20;
 /// window before it.
 const MIN_CLIENT_WINDOW: u32 = UNAUTHENTICATED_WINDOW;
 /// What all of a node's client connections that have said `HELLO` may have sent and the
-/// node not read, together (512 MiB): each gets an equal share of it as its window, between
-/// [`MIN_CLIENT_WINDOW`] and [`CLIENT_WINDOW`] (so beyond 8,192 connections, 64 KiB each).
+/// node not read, together (512 MiB): each gets an equal share of it as its window,
+/// between [`MIN_CLIENT_WINDOW`] and [`CLIENT_WINDOW`] (so beyond 8,192 connections, 64 KiB
+/// each; [`ClientWindows`]).
 const CLIENT_WINDOWS: usize = 512 << 20;
 /// How long shutdown waits for requests in progress before closing connections.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -381,6 +382,7 @@ async fn serve_connection(
         connection: Semaphore::new(MAX_CONNECTION_BODY_KIB),
         user: std::sync::Mutex::default(),
         room: Arc::default(),
+        reads: Arc::default(),
         window: std::sync::Mutex::default(),
     });
     tracing::debug!("connection established");
@@ -477,6 +479,8 @@ struct BodyBudget {
     user: std::sync::Mutex<Option<Arc<Semaphore>>>,
     /// What the connection's frames waiting for room may leave unread.
     room: Arc<WaitingRoom>,
+    /// What its requests have read, for its place among the client windows.
+    reads: Arc<Reads>,
     /// The connection's place among the node's client windows, once it has said `HELLO`.
     window: std::sync::Mutex<Option<u64>>,
 }
@@ -493,12 +497,20 @@ impl BodyBudget {
         self.user.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Counts `n` bytes read from the connection's streams; settles the client windows
+    /// once what it owed from a shrunk window is paid.
+    fn read(&self, n: usize) {
+        if self.reads.add(n) {
+            self.node.windows.settle();
+        }
+    }
+
     /// The connection `conn`, whose `HELLO` succeeded, takes its share of the node's
     /// client windows, if it has none yet.
     fn joined(&self, conn: &quinn::Connection) {
         let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
         if window.is_none() {
-            *window = Some(self.node.windows.join(conn, &self.room));
+            *window = Some(self.node.windows.join(conn, &self.room, &self.reads));
         }
     }
 }
@@ -558,10 +570,46 @@ impl WaitingRoom {
     }
 }
 
+/// What a client connection's request tasks have read from its streams, for its place
+/// among the node's client windows ([`ClientWindows`]): reads pay off the credit quinn
+/// keeps granted after the connection's window shrank.
+struct Reads {
+    bytes: AtomicU64,
+    /// The count of `bytes` at which what the connection owes is paid, and its place should
+    /// be settled again; `u64::MAX` while it owes nothing.
+    settle_at: AtomicU64,
+}
+
+impl Default for Reads {
+    fn default() -> Self {
+        Self {
+            bytes: AtomicU64::new(0),
+            settle_at: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl Reads {
+    /// Counts `n` bytes read; whether the connection's debt is now paid.
+    fn add(&self, n: usize) -> bool {
+        let now = self.bytes.fetch_add(n as u64, Ordering::AcqRel) + n as u64;
+        now >= self.settle_at.load(Ordering::Acquire)
+    }
+}
+
 /// The windows of a node's client connections that have said `HELLO`: an equal share of
-/// `total` ([`CLIENT_WINDOWS`]) each ([`client_window_for`]), set again on every
-/// connection when the share changes. A window that shrinks takes back no credit quinn has
-/// granted: the connection holds no more than its new window once it has been read down.
+/// `total` ([`CLIENT_WINDOWS`]) each ([`client_window_for`]), set again when the share
+/// changes.
+///
+/// quinn takes back no credit when a window shrinks: until the connection has read as
+/// many bytes as the window lost, it may still send up to the old window, and a window
+/// that grows meanwhile adds the whole growth on top, so a share that went down and up
+/// again used to leave a connection more credit each time. So each connection *claims*
+/// its window plus what it still owes from its shrinks (counted down by its [`Reads`]),
+/// and its window grows only as far as its claim stays within the share: a connection
+/// that owes grows once it has read what it owes (the read that pays settles the
+/// windows). A connection's credit is then at most the largest share it has had; all of
+/// them together, at most the sum of those.
 struct ClientWindows {
     total: usize,
     set: std::sync::Mutex<ClientWindowSet>,
@@ -570,14 +618,47 @@ struct ClientWindows {
 #[derive(Default)]
 struct ClientWindowSet {
     next: u64,
-    conns: std::collections::HashMap<u64, (quinn::Connection, Arc<WaitingRoom>)>,
-    /// The window each has now (0 before the first).
-    window: u32,
+    conns: std::collections::HashMap<u64, Place>,
 }
 
-/// The window of each of `n` client connections sharing `total`: an equal share, rounded
-/// down to a power of two (so that it changes only when their number doubles or halves),
-/// between [`MIN_CLIENT_WINDOW`] and [`CLIENT_WINDOW`].
+/// One connection's place among the client windows.
+struct Place {
+    conn: quinn::Connection,
+    room: Arc<WaitingRoom>,
+    reads: Arc<Reads>,
+    /// The window quinn has now.
+    window: u32,
+    /// Bytes it may have on credit beyond `window`, as of `reads` at `mark`.
+    owed: u64,
+    mark: u64,
+}
+
+impl Place {
+    /// Counts what it has read since the last time against what it owes; its claim then.
+    fn settle(&mut self) -> u64 {
+        let read = self.reads.bytes.load(Ordering::Acquire);
+        self.owed = self.owed.saturating_sub(read.saturating_sub(self.mark));
+        self.mark = read;
+        self.claim()
+    }
+
+    /// What it may have sent and the node not read: its window, and what it still owes.
+    fn claim(&self) -> u64 {
+        u64::from(self.window) + self.owed
+    }
+
+    fn set_window(&mut self, window: u32) {
+        if window < self.window {
+            self.owed += u64::from(self.window - window);
+        }
+        self.window = window;
+        apply_window(&self.conn, &self.room, window);
+    }
+}
+
+/// The window each of `n` client connections aims at when they share `total`: an equal
+/// share, rounded down to a power of two (so that it changes only when their number
+/// doubles or halves), between [`MIN_CLIENT_WINDOW`] and [`CLIENT_WINDOW`].
 fn client_window_for(n: usize, total: usize) -> u32 {
     let share = total / n.max(1);
     let rounded = share.checked_ilog2().map_or(0, |log| 1usize << log);
@@ -597,37 +678,67 @@ impl ClientWindows {
         }
     }
 
-    /// Gives `conn` its window, and its waiting frames their cap; returns its place.
-    fn join(&self, conn: &quinn::Connection, room: &Arc<WaitingRoom>) -> u64 {
-        let mut set = self.set.lock().unwrap_or_else(|e| e.into_inner());
+    fn set(&self) -> std::sync::MutexGuard<'_, ClientWindowSet> {
+        self.set.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Gives `conn` a place, its share as its window (from the one it has before `HELLO`),
+    /// and its waiting frames their cap; returns its place.
+    fn join(&self, conn: &quinn::Connection, room: &Arc<WaitingRoom>, reads: &Arc<Reads>) -> u64 {
+        let mut set = self.set();
         let id = set.next;
         set.next += 1;
-        set.conns.insert(id, (conn.clone(), room.clone()));
-        if !self.reshare(&mut set) {
-            apply_window(conn, room, set.window);
-        }
+        let read = reads.bytes.load(Ordering::Acquire);
+        set.conns.insert(
+            id,
+            Place {
+                conn: conn.clone(),
+                room: room.clone(),
+                reads: reads.clone(),
+                window: UNAUTHENTICATED_WINDOW,
+                owed: 0,
+                mark: read,
+            },
+        );
+        self.share(&mut set);
         id
     }
 
     /// Gives the place `id` up.
     fn leave(&self, id: u64) {
-        let mut set = self.set.lock().unwrap_or_else(|e| e.into_inner());
+        let mut set = self.set();
         if set.conns.remove(&id).is_some() {
-            self.reshare(&mut set);
+            self.share(&mut set);
         }
     }
 
-    /// Sets every connection's window again if the share has changed; whether it had.
-    fn reshare(&self, set: &mut ClientWindowSet) -> bool {
-        let window = client_window_for(set.conns.len(), self.total);
-        if window == set.window {
-            return false;
+    /// Counts what the connections have read against what they owe, and grows the windows
+    /// of those that have paid to their share.
+    fn settle(&self) {
+        let mut set = self.set();
+        self.share(&mut set);
+    }
+
+    /// Shrinks the windows over the share, and grows those whose claim is under it up to
+    /// the share.
+    fn share(&self, set: &mut ClientWindowSet) {
+        let target = u64::from(client_window_for(set.conns.len(), self.total));
+        for place in set.conns.values_mut() {
+            if u64::from(place.window) > target {
+                place.set_window(target as u32);
+            }
+            let claim = place.settle();
+            if claim < target {
+                place.set_window(place.window + (target - claim) as u32);
+            }
         }
-        set.window = window;
-        for (conn, room) in set.conns.values() {
-            apply_window(conn, room, window);
+        for place in set.conns.values() {
+            let at = match place.owed {
+                0 => u64::MAX,
+                owed => place.mark + owed,
+            };
+            place.reads.settle_at.store(at, Ordering::Release);
         }
-        true
     }
 }
 
@@ -738,6 +849,7 @@ async fn read_frame(
         }
         Err(quinn::ReadExactError::ReadError(_)) => return Err(ReadError::Gone),
     }
+    budget.read(HEADER_LEN);
     let h = decode_header(&header).map_err(|e| ReadError::Refuse(e.status(), e.to_string()))?;
     if !session.authenticated() {
         if let Some(refusal) = refused_before_hello(&h) {
@@ -763,7 +875,10 @@ async fn read_frame(
     let _permit = admission.take(&budget.node.node, kib).await?;
     drop(admission);
     match read_exactly(recv, h.body_len).await {
-        Ok(body) => Ok((h.code, body.freeze())),
+        Ok(body) => {
+            budget.read(body.len());
+            Ok((h.code, body.freeze()))
+        }
         Err(ReadBodyError::Ended(n)) => Err(ReadError::Refuse(
             Status::BadFrame,
             format!(
@@ -1073,7 +1188,7 @@ mod tests {
     }
 
     /// Writes to `conn` stream after stream, 1 MiB on each (inside a stream's window), up
-    /// to 24 MiB, and counts the bytes quinn takes. Against a server that reads nothing,
+    /// to 48 MiB, and counts the bytes quinn takes. Against a server that reads nothing,
     /// the count stops at the connection-level window the server grants.
     fn keep_writing(conn: quinn::Connection) -> Arc<std::sync::atomic::AtomicUsize> {
         use std::sync::atomic::Ordering;
@@ -1082,7 +1197,7 @@ mod tests {
         tokio::spawn(async move {
             let chunk = vec![0x5a_u8; 16 << 10];
             let mut open = Vec::new();
-            while counted.load(Ordering::Relaxed) < 24 << 20 {
+            while counted.load(Ordering::Relaxed) < 48 << 20 {
                 let Ok((mut send, recv)) = conn.open_bi().await else {
                     return;
                 };
@@ -1125,7 +1240,7 @@ mod tests {
         let limit = UNAUTHENTICATED_WINDOW as usize;
         assert_eq!(count_after(&written, limit).await, limit);
         let windows = ClientWindows::new(CLIENT_WINDOWS);
-        windows.join(&served, &Arc::default());
+        windows.join(&served, &Arc::default(), &Arc::default());
         let limit = CLIENT_WINDOW as usize;
         assert_eq!(count_after(&written, limit).await, limit);
 
@@ -1160,36 +1275,88 @@ mod tests {
         }
     }
 
-    /// A node's client connections share its windows: with four sharing 32 MiB each may
-    /// have 8 MiB sent and unread, and its waiting frames hold 4 MiB of it; once two have
-    /// gone, 16 MiB and 8 MiB.
+    /// A node's client connections share its windows. Two sharing 32 MiB have 16 MiB each
+    /// (their waiting frames 8 MiB of it), four 8 MiB. When the last two go, the first
+    /// two, which may still use the credit granted before their windows shrank, keep 8 MiB
+    /// until they have read what they owe.
     #[tokio::test]
     async fn client_connections_share_the_nodes_windows() {
         let dir = tempfile::tempdir().unwrap();
         let (server, addr, [(_, client), _]) = loopback_node(dir.path());
         let mut conn_rx = accepted(server);
-        let windows = ClientWindows::new(32 << 20);
-        let (mut clients, mut served, mut rooms, mut places) = (vec![], vec![], vec![], vec![]);
+        let node = NodeBudget {
+            node: Arc::new(Semaphore::new(MAX_BUFFERED_BODY_KIB)),
+            users: Arc::default(),
+            windows: Arc::new(ClientWindows::new(32 << 20)),
+        };
+        let (mut clients, mut served, mut budgets) = (vec![], vec![], vec![]);
         for _ in 0..4 {
             let (_end, conn) = dial(addr, client.clone()).await;
-            let node_side = conn_rx.recv().await.unwrap();
-            let room = Arc::new(WaitingRoom::default());
-            places.push(windows.join(&node_side, &room));
             clients.push(conn);
-            served.push(node_side);
-            rooms.push(room);
+            served.push(conn_rx.recv().await.unwrap());
+            budgets.push(BodyBudget {
+                node: node.clone(),
+                connection: Semaphore::new(MAX_CONNECTION_BODY_KIB),
+                user: std::sync::Mutex::default(),
+                room: Arc::default(),
+                reads: Arc::default(),
+                window: std::sync::Mutex::default(),
+            });
         }
-        for room in &rooms {
-            assert_eq!(room.cap.load(Ordering::Acquire), 4 << 20);
+        let cap = |i: usize| budgets[i].room.cap.load(Ordering::Acquire);
+        budgets[0].joined(&served[0]);
+        budgets[1].joined(&served[1]);
+        assert_eq!((cap(0), cap(1)), (8 << 20, 8 << 20));
+        budgets[2].joined(&served[2]);
+        budgets[3].joined(&served[3]);
+        for i in 0..4 {
+            assert_eq!(cap(i), 4 << 20, "connection {i}");
         }
         // The last to join never had more than 8 MiB of credit.
         let written = keep_writing(clients[3].clone());
         assert_eq!(count_after(&written, 8 << 20).await, 8 << 20);
-        windows.leave(places[0]);
-        windows.leave(places[1]);
-        assert_eq!(rooms[3].cap.load(Ordering::Acquire), 8 << 20);
-        assert_eq!(count_after(&written, 16 << 20).await, 16 << 20);
+        budgets.truncate(2);
+        let cap = |i: usize| budgets[i].room.cap.load(Ordering::Acquire);
+        // Alone again, the first two still owe 8 MiB each: they stay at 8 MiB until a read
+        // that pays it off settles the windows.
+        assert_eq!((cap(0), cap(1)), (4 << 20, 4 << 20));
+        budgets[0].read((8 << 20) - 1);
+        assert_eq!(cap(0), 4 << 20);
+        budgets[0].read(1);
+        assert_eq!((cap(0), cap(1)), (8 << 20, 4 << 20));
         drop(served);
+    }
+
+    /// A connection's window that shrinks and grows again as others come and go gives it no
+    /// more credit than its window: quinn keeps what it granted before a shrink, and adds
+    /// the whole of a growth on top, so each round trip of the share used to add 8 MiB.
+    #[tokio::test]
+    async fn a_share_that_shrinks_and_grows_again_adds_no_credit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server, addr, [(_, client), _]) = loopback_node(dir.path());
+        let mut conn_rx = accepted(server);
+        let windows = ClientWindows::new(32 << 20);
+        let (_end, idle) = dial(addr, client.clone()).await;
+        let idle_served = conn_rx.recv().await.unwrap();
+        windows.join(&idle_served, &Arc::default(), &Arc::default());
+        let mut others = vec![];
+        for _ in 0..2 {
+            let (end, conn) = dial(addr, client.clone()).await;
+            others.push((end, conn, conn_rx.recv().await.unwrap()));
+        }
+        for _ in 0..3 {
+            // Three connections: 8 MiB each; then one again: 16 MiB.
+            let places: Vec<u64> = others
+                .iter()
+                .map(|(_, _, served)| windows.join(served, &Arc::default(), &Arc::default()))
+                .collect();
+            for place in places {
+                windows.leave(place);
+            }
+        }
+        let written = keep_writing(idle);
+        assert_eq!(count_after(&written, 16 << 20).await, 16 << 20);
+        drop((idle_served, others));
     }
 
     /// A frame waiting for room is refused `THROTTLED` once its connection's window has
