@@ -377,14 +377,7 @@ async fn serve_connection(
     shutdown: watch::Receiver<bool>,
 ) {
     let session = Arc::new(Session::new(conn.remote_address()));
-    let budget = Arc::new(BodyBudget {
-        node: node_budget,
-        connection: Semaphore::new(MAX_CONNECTION_BODY_KIB),
-        user: std::sync::Mutex::default(),
-        room: Arc::default(),
-        reads: Arc::default(),
-        window: std::sync::Mutex::default(),
-    });
+    let budget = Arc::new(BodyBudget::new(node_budget));
     tracing::debug!("connection established");
     // Closed if it has not said HELLO in time; the task ends with the connection.
     {
@@ -486,6 +479,19 @@ struct BodyBudget {
 }
 
 impl BodyBudget {
+    /// A new connection's: its own part whole, no user yet, no place among the client
+    /// windows.
+    fn new(node: NodeBudget) -> Self {
+        Self {
+            node,
+            connection: Semaphore::new(MAX_CONNECTION_BODY_KIB),
+            user: std::sync::Mutex::default(),
+            room: Arc::default(),
+            reads: Arc::default(),
+            window: std::sync::Mutex::default(),
+        }
+    }
+
     /// From now on the connection's requests take room in the part of the user whose
     /// token hashes to `token` (its last successful `HELLO`'s).
     fn authenticated_as(&self, token: [u8; 32]) {
@@ -731,8 +737,6 @@ impl ClientWindows {
             if claim < target {
                 place.set_window(place.window + (target - claim) as u32);
             }
-        }
-        for place in set.conns.values() {
             let at = match place.owed {
                 0 => u64::MAX,
                 owed => place.mark + owed,
@@ -849,7 +853,6 @@ async fn read_frame(
         }
         Err(quinn::ReadExactError::ReadError(_)) => return Err(ReadError::Gone),
     }
-    budget.read(HEADER_LEN);
     let h = decode_header(&header).map_err(|e| ReadError::Refuse(e.status(), e.to_string()))?;
     if !session.authenticated() {
         if let Some(refusal) = refused_before_hello(&h) {
@@ -876,7 +879,9 @@ async fn read_frame(
     drop(admission);
     match read_exactly(recv, h.body_len).await {
         Ok(body) => {
-            budget.read(body.len());
+            // Counted once per frame; a refused frame's header goes uncounted, which
+            // leaves its connection owing more than it does, never less.
+            budget.read(HEADER_LEN + body.len());
             Ok((h.code, body.freeze()))
         }
         Err(ReadBodyError::Ended(n)) => Err(ReadError::Refuse(
@@ -1294,14 +1299,7 @@ mod tests {
             let (_end, conn) = dial(addr, client.clone()).await;
             clients.push(conn);
             served.push(conn_rx.recv().await.unwrap());
-            budgets.push(BodyBudget {
-                node: node.clone(),
-                connection: Semaphore::new(MAX_CONNECTION_BODY_KIB),
-                user: std::sync::Mutex::default(),
-                room: Arc::default(),
-                reads: Arc::default(),
-                window: std::sync::Mutex::default(),
-            });
+            budgets.push(BodyBudget::new(node.clone()));
         }
         let cap = |i: usize| budgets[i].room.cap.load(Ordering::Acquire);
         budgets[0].joined(&served[0]);
