@@ -165,14 +165,17 @@ def free_ports(n, udp=False):
 
 
 class Cluster:
-    """Some servers started together; stop() stops them all."""
+    """Some servers started together; stop() stops them all, then runs the cleanups."""
 
     def __init__(self):
         self.servers = []
+        self.cleanups = []
 
     def stop(self):
         for srv in self.servers:
             srv.stop()
+        for cleanup in self.cleanups:
+            cleanup()
 
 
 def start_mqd(work, nodes):
@@ -258,8 +261,14 @@ def start_rabbitmq(work, nodes):
     with open(cookie, "w") as f:
         f.write("PEERBENCHCOOKIE")
     os.chmod(cookie, 0o400)
-    picked = free_ports(2 * nodes)
-    ports, dist_ports = picked[:nodes], picked[nodes:]
+    picked = free_ports(2 * nodes + 1)
+    ports, dist_ports, epmd_port = picked[:nodes], picked[nodes:2 * nodes], picked[-1]
+    # Erlang starts a port mapper daemon (epmd) that outlives the nodes; on a port of its
+    # own it is this run's, and is stopped with the nodes instead of being left behind.
+    epmd = shutil.which("epmd")
+    if epmd:
+        cluster.cleanups.append(lambda: subprocess.run(
+            [epmd, "-port", str(epmd_port), "-kill"], capture_output=True))
     envs = []
     for n in range(nodes):
         base = os.path.join(work, f"rabbit{n + 1}")
@@ -267,7 +276,8 @@ def start_rabbitmq(work, nodes):
             os.makedirs(os.path.join(base, d))
         with open(os.path.join(base, "enabled_plugins"), "w") as f:
             f.write("[].\n")
-        env = dict(os.environ, HOME=home, RABBITMQ_NODENAME=f"bench{n + 1}@localhost",
+        env = dict(os.environ, HOME=home, ERL_EPMD_PORT=str(epmd_port),
+                   RABBITMQ_NODENAME=f"bench{n + 1}@localhost",
                    RABBITMQ_NODE_IP_ADDRESS="127.0.0.1", RABBITMQ_NODE_PORT=str(ports[n]),
                    RABBITMQ_DIST_PORT=str(dist_ports[n]),
                    RABBITMQ_MNESIA_BASE=os.path.join(base, "mnesia"),
