@@ -41,7 +41,8 @@ fi
 p99s=()
 for i in $(seq 1 "$rounds"); do
     p=$(peak)
-    read -r moved p50 p99 send99 <<< "$(half "$rate")"
+    h=$(half "$rate")
+    read -r moved p50 p99 send99 <<< "$h"
     line="round $i: peak $p msgs/s; at $rate offered $moved msgs/s, end-to-end p50 $p50 ms, p99 $p99 ms (send p99 $send99 ms)"
     if [ "$p" -lt $((2 * rate)) ]; then
         echo "$line; left out: the peak run was under twice the rate"
