@@ -51,7 +51,8 @@ for i in $(seq 1 "$rounds"); do
         p99s+=("$p99")
     fi
 done
-echo "peak run after: $(peak) msgs/s"
+after=$(peak)
+echo "peak run after: $after msgs/s"
 if [ "${#p99s[@]}" -eq 0 ]; then
     echo "no round had a peak of twice the rate"
     exit 1
