@@ -35,6 +35,7 @@ Durability under these settings:
 """
 
 import argparse
+import glob
 import json
 import os
 import shutil
@@ -265,8 +266,12 @@ def start_rabbitmq(work, nodes):
     ports, dist_ports, epmd_port = picked[:nodes], picked[nodes:2 * nodes], picked[-1]
     # Erlang starts a port mapper daemon (epmd) that outlives the nodes; on a port of its
     # own it is this run's, and is stopped with the nodes instead of being left behind.
-    epmd = shutil.which("epmd")
-    if epmd:
+    # Erlang runs the epmd of its own runtime, which need not be on PATH.
+    epmd = shutil.which("epmd") or next(iter(sorted(
+        glob.glob("/usr/lib/erlang/erts-*/bin/epmd"))), None)
+    if epmd is None:
+        log("run.py: no epmd found; RabbitMQ's port mapper will outlive the run")
+    else:
         cluster.cleanups.append(lambda: subprocess.run(
             [epmd, "-port", str(epmd_port), "-kill"], capture_output=True))
     envs = []
